@@ -1,0 +1,86 @@
+# ultrabones: make setup && make paper   |   make test
+#
+# Each stage's notebook writes build/$(PROFILE)/stamps/<stem>.done only on success.
+# A stamp is remade when its notebook, the package sources, the profile, a
+# per-specimen file, or the stage before it changed; otherwise nothing reruns.
+
+PROFILE ?= default
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+B       := build/$(PROFILE)
+STAMPS  := $(B)/stamps
+RUN     := $(PY) -m ultrabones run
+
+STAGES       := 00_simulate 01_calibration 02_labeling 03_rating_statistics 04_training 05_evaluation 06_reconstruction 07_summary
+PER_SPECIMEN := 00_simulate 01_calibration 02_labeling 06_reconstruction
+AFTER_SPEC   := 03_rating_statistics 04_training 05_evaluation 07_summary
+LIB          := $(shell find lib/ultrabones -name '*.py' -o -name '*.html' 2>/dev/null)
+PARAMS       := params/$(PROFILE).yaml $(wildcard params/specimens/*.yaml)
+DATA_ROOT    ?=
+ifneq ($(strip $(DATA_ROOT)),)
+  EXTRA := -p data_root=$(DATA_ROOT)
+endif
+
+.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check
+
+help:
+	@echo "make setup                 create $(VENV) (torch pair first, then the project)"
+	@echo "make paper [PROFILE=default] [DATA_ROOT=...]   run notebooks 00..07, skipping up-to-date stages"
+	@echo "make test                  unit tests + every notebook on params/smoke.yaml"
+	@echo "make nb NB=02              run one notebook now"
+	@echo "make specimen SPECIMEN=id  rerun the per-specimen stages for one specimen, then the stages after"
+	@echo "make lab                   JupyterLab with the project kernel"
+	@echo "make benchmarks            speed benchmarks (on demand)"
+	@echo "make clean                 remove build/ for PROFILE and the twin's data"
+
+# ------------------------------------------------------------------ setup
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	@bash tools/setup.sh "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+# ------------------------------------------------------------------ tests
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not notebook"
+
+benchmarks: setup
+	$(PY) -m pytest -q benchmarks -s
+
+check: setup
+	$(PY) -m ultrabones check --profile $(PROFILE)
+
+# ------------------------------------------------------------------ paper
+paper: $(STAMPS)/07_summary.done
+	@echo "[ultrabones] paper done: summary in $(B)/notebooks/07_summary.ipynb and figures/summary_table.md"
+
+$(STAMPS)/%.done: notebooks/%.ipynb $(LIB) $(PARAMS) | setup
+	@$(RUN) $* --profile $(PROFILE) $(EXTRA) --stamp $@ --no-progress
+
+# each stage runs after the one before it
+$(STAMPS)/01_calibration.done:       $(STAMPS)/00_simulate.done
+$(STAMPS)/02_labeling.done:          $(STAMPS)/01_calibration.done
+$(STAMPS)/03_rating_statistics.done: $(STAMPS)/02_labeling.done
+$(STAMPS)/04_training.done:          $(STAMPS)/02_labeling.done
+$(STAMPS)/05_evaluation.done:        $(STAMPS)/04_training.done
+$(STAMPS)/06_reconstruction.done:    $(STAMPS)/05_evaluation.done
+$(STAMPS)/07_summary.done:           $(STAMPS)/03_rating_statistics.done $(STAMPS)/06_reconstruction.done
+
+nb: setup
+	@test -n "$(NB)" || (echo "usage: make nb NB=02 [PROFILE=...]"; exit 2)
+	$(RUN) $(NB) --profile $(PROFILE) $(EXTRA)
+
+specimen: setup
+	@test -n "$(SPECIMEN)" || (echo "usage: make specimen SPECIMEN=<id> [PROFILE=...]"; exit 2)
+	@for nb in $(PER_SPECIMEN); do $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --specimen $(SPECIMEN) --no-progress || exit 1; done
+	@for nb in $(AFTER_SPEC); do $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --stamp $(STAMPS)/$$nb.done --no-progress || exit 1; done
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf $(B) data/twin/$(PROFILE)

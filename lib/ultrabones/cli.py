@@ -1,0 +1,65 @@
+"""Command line: ``python -m ultrabones run NOTEBOOK --profile P [--specimen S] [-p key=value ...]``.
+
+Other verbs: ``check`` validates a profile and the specimen files,
+``specimens`` lists a profile's specimens, ``stages`` lists the notebooks.
+Errors of the package's own types print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UltrabonesError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ultrabones", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+    run = sub.add_parser("run", help="execute one numbered notebook with papermill")
+    run.add_argument("notebook", help="'02', '02_labeling' or a path to a notebook")
+    run.add_argument("--profile", default="default", help="params/<profile>.yaml (default: default)")
+    run.add_argument("--specimen", default=None, help="run for this specimen only")
+    run.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter (section.key=value, or key=value of this notebook's section)")
+    run.add_argument("--stamp", default=None, help="file written only on success (for make)")
+    run.add_argument("--no-progress", action="store_true", help="hide papermill's cell progress bar")
+    chk = sub.add_parser("check", help="validate a profile and params/specimens/*.yaml")
+    chk.add_argument("--profile", default="default")
+    spc = sub.add_parser("specimens", help="list the specimens a profile runs on")
+    spc.add_argument("--profile", default="default")
+    sub.add_parser("stages", help="list the numbered notebooks and their sections")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "run":
+            from .runner import run_stage
+
+            run_stage(args.notebook, args.profile, args.specimen, args.assignments, args.stamp,
+                      progress=not args.no_progress)
+        elif args.verb == "check":
+            from .params import load_profile
+            from .paths import PARAMS_DIR
+
+            prof = load_profile(args.profile, PARAMS_DIR)
+            print(f"{prof.source}: ok ({len(prof.overrides)} specimen override file(s))")
+        elif args.verb == "specimens":
+            from .params import load_profile
+            from .paths import PARAMS_DIR
+
+            prof = load_profile(args.profile, PARAMS_DIR)
+            from .paths import specimen_names
+
+            print("\n".join(specimen_names(prof.values)))
+        elif args.verb == "stages":
+            from .params import NOTEBOOKS, PER_SPECIMEN
+
+            for stem, section in NOTEBOOKS.items():
+                print(f"{stem:24s} {section:15s} {'per specimen' if stem in PER_SPECIMEN else ''}")
+    except UltrabonesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

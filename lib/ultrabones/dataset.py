@@ -1,0 +1,404 @@
+"""Reading and writing the released UltraBones100k layouts, validated on read.
+
+Layout A (first release; the digital twin writes this one)::
+
+    <root>/<specimen>/CT_bone_model.stl
+    <root>/<specimen>/<record>/UltrasoundImages/<timestamp>.png
+    <root>/<specimen>/<record>/Labels/<timestamp>_label.png        (visible label)
+    <root>/<specimen>/<record>/Labels_full/<timestamp>_label.png   (whole CT contour)
+    <root>/<specimen>/<record>/tracking.csv
+
+Layout B (newer release)::
+
+    <root>/<specimen>/ultrasound_records/{tibia,fibula,foot}/<record>/...   (as above)
+    <root>/<specimen>/CT_bone_segmentations/{tibia,fibula,foot,CT_bone_model_merged}.stl
+
+``tracking.csv``: ``timestamp`` (integer ms), ``x, y, z`` (mm), ``euler_x,
+euler_y, euler_z`` (degrees, extrinsic xyz), optionally the same six with suffix
+``_optimized`` and ``space_factor`` (mm per pixel). The pose is the probe marker
+in CT space, synchronised with the images.
+
+Every reader raises :class:`~ultrabones.errors.DatasetError` with the file (and
+row, column or pixel value) named; every writer is atomic.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from . import atomic
+from .errors import DatasetError
+from .geometry import POSE_COLUMNS, pose_from_params
+
+IMAGES = "UltrasoundImages"
+LABELS = "Labels"
+LABELS_FULL = "Labels_full"
+LABELS_PRED = "Labels_pred"
+LABELS_MANUAL = "LabelsManual"
+TRACKING = "tracking.csv"
+OPTIMIZED_COLUMNS = tuple(f"{c}_optimized" for c in POSE_COLUMNS)
+BONES = ("tibia", "fibula", "foot")
+
+_LABEL_SUFFIX = {LABELS: "_label", LABELS_FULL: "_label", LABELS_MANUAL: "_label", LABELS_PRED: "_label_pred"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One tracked sweep.
+
+    Attributes
+    ----------
+    specimen : specimen folder name.
+    name : record folder name, e.g. ``record01``.
+    path : the record folder.
+    bone : ``tibia``, ``fibula`` or ``foot`` in layout B, else None.
+    """
+
+    specimen: str
+    name: str
+    path: Path
+    bone: str | None = None
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path / IMAGES
+
+    @property
+    def tracking_csv(self) -> Path:
+        return self.path / TRACKING
+
+    @property
+    def key(self) -> str:
+        """``specimen/record`` (with the bone in layout B): unique within a dataset."""
+        return "/".join(p for p in (self.specimen, self.bone, self.name) if p)
+
+    def image_path(self, timestamp: int) -> Path:
+        return self.images_dir / f"{int(timestamp)}.png"
+
+    def label_path(self, timestamp: int, kind: str = LABELS) -> Path:
+        """Path of a label PNG of kind ``Labels``, ``Labels_full``, ``Labels_pred`` or ``LabelsManual``."""
+        if kind not in _LABEL_SUFFIX:
+            raise ValueError(f"unknown label kind {kind!r}; one of {sorted(_LABEL_SUFFIX)}")
+        return self.path / kind / f"{int(timestamp)}{_LABEL_SUFFIX[kind]}.png"
+
+    def timestamps(self) -> np.ndarray:
+        """Image timestamps (ms) found in ``UltrasoundImages/``, sorted."""
+        return image_timestamps(self.images_dir)
+
+    def labelled_timestamps(self, kind: str = LABELS) -> np.ndarray:
+        """Timestamps that have a label of ``kind``, sorted."""
+        folder = self.path / kind
+        if not folder.is_dir():
+            return np.zeros(0, dtype=np.int64)
+        suffix = _LABEL_SUFFIX[kind]
+        pat = re.compile(rf"^(\d+){re.escape(suffix)}\.png$")
+        ts = [int(m.group(1)) for f in folder.iterdir() if (m := pat.match(f.name))]
+        return np.array(sorted(ts), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Specimen:
+    """One specimen: its records and CT bone model(s).
+
+    Attributes
+    ----------
+    name : folder name, e.g. ``specimen01`` or ``cadaver01_F231091``.
+    path : the specimen folder.
+    layout : ``"A"`` or ``"B"``.
+    records : the specimen's records, sorted.
+    ct_models : bone name -> STL path; ``"merged"`` is the whole bone model.
+    """
+
+    name: str
+    path: Path
+    layout: str
+    records: tuple[Record, ...] = field(default_factory=tuple)
+    ct_models: dict = field(default_factory=dict)
+
+    @property
+    def ct_model(self) -> Path:
+        """The merged CT bone model."""
+        if "merged" not in self.ct_models:
+            raise DatasetError(f"{self.path}: no CT bone model (CT_bone_model.stl) found")
+        return self.ct_models["merged"]
+
+
+def image_timestamps(folder: Path) -> np.ndarray:
+    """Integer timestamps (ms) of ``<timestamp>.png`` files in ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    ts = [int(f.stem) for f in folder.iterdir() if f.suffix == ".png" and f.stem.isdigit()]
+    return np.array(sorted(ts), dtype=np.int64)
+
+
+def _records_in(specimen_dir: Path, specimen: str, bone: str | None, base: Path) -> list[Record]:
+    recs = []
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        if d.is_dir() and ((d / IMAGES).is_dir() or (d / TRACKING).is_file()):
+            recs.append(Record(specimen=specimen, name=d.name, path=d, bone=bone))
+    return recs
+
+
+def read_specimen(path: Path | str) -> Specimen:
+    """Read one specimen folder of layout A or B.
+
+    Raises
+    ------
+    DatasetError
+        If the folder holds neither layout.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: specimen folder not found")
+    name = path.name
+    if (path / "ultrasound_records").is_dir():
+        records = []
+        for bone in BONES:
+            records += _records_in(path, name, bone, path / "ultrasound_records" / bone)
+        seg = path / "CT_bone_segmentations"
+        models = {}
+        for bone in BONES:
+            if (seg / f"{bone}.stl").is_file():
+                models[bone] = seg / f"{bone}.stl"
+        if (seg / "CT_bone_model_merged.stl").is_file():
+            models["merged"] = seg / "CT_bone_model_merged.stl"
+        return Specimen(name, path, "B", tuple(records), models)
+    records = _records_in(path, name, None, path)
+    if not records:
+        raise DatasetError(f"{path}: no records (folders with {IMAGES}/ or {TRACKING}) in layout A or B")
+    models = {}
+    if (path / "CT_bone_model.stl").is_file():
+        models["merged"] = path / "CT_bone_model.stl"
+    for bone in BONES:
+        if (path / f"CT_bone_model_{bone}.stl").is_file():
+            models[bone] = path / f"CT_bone_model_{bone}.stl"
+    return Specimen(name, path, "A", tuple(records), models)
+
+
+def discover(root: Path | str, specimens: list[str] | None = None) -> list[Specimen]:
+    """Every specimen under a dataset root (layout A or B), sorted by name.
+
+    Parameters
+    ----------
+    root : dataset root.
+    specimens : restrict to these folder names (each must exist).
+
+    Raises
+    ------
+    DatasetError
+        If the root is missing, holds no specimen, or a named specimen is absent.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root not found (set data_root, or run notebook 00 for the twin)")
+    found = {}
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            found[d.name] = read_specimen(d)
+        except DatasetError:
+            continue
+    if specimens is not None:
+        missing = [s for s in specimens if s not in found]
+        if missing:
+            raise DatasetError(f"{root}: specimen(s) {', '.join(missing)} not found (have: {', '.join(found)})")
+        return [found[s] for s in specimens]
+    if not found:
+        raise DatasetError(f"{root}: no specimen folders in layout A or B")
+    return list(found.values())
+
+
+# ----------------------------------------------------------------------------- tracking
+
+
+def read_tracking(path: Path | str) -> pd.DataFrame:
+    """Read and validate a ``tracking.csv``.
+
+    Checks: required columns present; ``timestamp`` integer and strictly
+    increasing; no NaN or infinite pose value (in the original and, when
+    present, the optimised columns).
+
+    Returns
+    -------
+    DataFrame with ``timestamp`` as int64 and the pose columns as float.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: tracking file not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
+    required = ("timestamp",) + POSE_COLUMNS
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+    ts = pd.to_numeric(df["timestamp"], errors="coerce")
+    bad = ts.isna() | (ts != np.round(ts))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DatasetError(f"{path} row {row + 1}: timestamp {df['timestamp'].iloc[row]!r} is not an integer")
+    ts = ts.astype(np.int64)
+    steps = np.diff(ts.to_numpy())
+    if np.any(steps <= 0):
+        row = int(np.flatnonzero(steps <= 0)[0]) + 1
+        raise DatasetError(
+            f"{path} row {row + 1}: timestamp {ts.iloc[row]} does not increase (previous {ts.iloc[row - 1]})"
+        )
+    df["timestamp"] = ts
+    cols = list(POSE_COLUMNS) + [c for c in OPTIMIZED_COLUMNS if c in df.columns]
+    for c in cols:
+        vals = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+        nonfinite = ~np.isfinite(vals)
+        if c in OPTIMIZED_COLUMNS:
+            # Discarded frames carry no optimised pose: NaN allowed there, inf not.
+            nonfinite = np.isinf(vals) | (np.isnan(vals) & df[c].notna().to_numpy())
+        if nonfinite.any():
+            row = int(np.flatnonzero(nonfinite)[0])
+            raise DatasetError(f"{path} row {row + 1}: {c} is {df[c].iloc[row]!r} (not a finite number)")
+        df[c] = vals
+    return df
+
+
+def poses(df: pd.DataFrame, optimized: bool = False) -> np.ndarray:
+    """(N, 4, 4) probe-marker-in-CT poses from a tracking table.
+
+    Parameters
+    ----------
+    optimized : use the ``*_optimized`` columns (NaN rows give NaN poses).
+    """
+    cols = list(OPTIMIZED_COLUMNS if optimized else POSE_COLUMNS)
+    if optimized and not set(cols) <= set(df.columns):
+        raise DatasetError("tracking table has no *_optimized columns (run notebook 02 first)")
+    vals = df[cols].to_numpy(dtype=float)
+    out = np.full((len(df), 4, 4), np.nan)
+    ok = np.isfinite(vals).all(axis=1)
+    if ok.any():
+        out[ok] = pose_from_params(vals[ok])
+    return out
+
+
+def write_tracking(path: Path | str, df: pd.DataFrame) -> Path:
+    """Write a tracking table atomically (columns as given, ``timestamp`` first)."""
+    cols = ["timestamp"] + [c for c in df.columns if c != "timestamp"]
+    with atomic.atomic_path(path) as tmp:
+        df[cols].to_csv(tmp, index=False, float_format="%.10g")
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an 8-bit single-channel ultrasound PNG as a (H, W) uint8 array.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing, not a readable image, or not 8-bit grayscale.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable image ({exc})") from None
+    if mode != "L" or arr.dtype != np.uint8 or arr.ndim != 2:
+        raise DatasetError(f"{path}: expected an 8-bit single-channel image, got mode {mode} shape {arr.shape}")
+    return arr
+
+
+def read_label(path: Path | str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a 0/255 label PNG as a (H, W) bool array.
+
+    Parameters
+    ----------
+    shape : the image's (H, W); the label must match it.
+
+    Raises
+    ------
+    DatasetError
+        If unreadable, not single channel, holding values other than 0 and 255,
+        or of another size than the image.
+    """
+    path = Path(path)
+    arr = read_image(path)
+    bad = (arr != 0) & (arr != 255)
+    if bad.any():
+        v, u = np.argwhere(bad)[0]
+        raise DatasetError(
+            f"{path}: label is not binary: pixel (row {v}, col {u}) is {arr[v, u]} (allowed: 0 and 255)"
+        )
+    if shape is not None and arr.shape != tuple(shape):
+        raise DatasetError(f"{path}: label size {arr.shape[::-1]} (W x H) differs from the image's {tuple(shape)[::-1]}")
+    return arr == 255
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) uint8 or bool array (bool written as 0/255)."""
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8 or arr.ndim != 2:
+        raise ValueError(f"encode_png: expected a (H, W) uint8 or bool array, got {arr.dtype} {arr.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_image(path: Path | str, arr: np.ndarray) -> Path:
+    """Write a (H, W) uint8 image (or bool label as 0/255) as PNG, atomically."""
+    return atomic.write_bytes(path, encode_png(arr))
+
+
+def write_label(path: Path | str, mask: np.ndarray) -> Path:
+    """Write a (H, W) bool mask as a 0/255 PNG, atomically."""
+    return write_image(path, np.asarray(mask, dtype=bool))
+
+
+# ----------------------------------------------------------------------------- meshes
+
+
+def read_mesh(path: Path | str):
+    """Read a CT bone model (STL) as a ``trimesh.Trimesh``; warn if not watertight.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing or holds no triangles.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: mesh not found")
+    try:
+        mesh = trimesh.load_mesh(path, file_type=path.suffix.lstrip(".").lower() or "stl", process=True)
+    except Exception as exc:  # trimesh raises many types on corrupt files
+        raise DatasetError(f"{path}: not a readable mesh ({exc})") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise DatasetError(f"{path}: mesh holds no triangles")
+    if not mesh.is_watertight:
+        warnings.warn(f"{path}: mesh is not watertight", stacklevel=2)
+    return mesh
+
+
+def write_mesh(path: Path | str, mesh) -> Path:
+    """Write a trimesh mesh (binary STL by suffix) atomically."""
+    with atomic.atomic_path(path) as tmp:
+        mesh.export(tmp)
+    return Path(path)

@@ -1,0 +1,140 @@
+"""Where every file of a run lives. Nobody else builds these paths by hand.
+
+A run of profile ``P`` uses:
+
+- ``build/P/notebooks/``   executed notebooks
+- ``build/P/metrics/``     one JSON per notebook (the metrics contract)
+- ``build/P/stamps/``      success stamps for ``make``
+- ``build/P/cache/``       resumable per-specimen results
+- ``build/P/models/``      checkpoints and predictions
+- ``data/twin/P/``         the digital twin: ``raw/``, ``truth/`` and ``dataset/``
+- ``figures/``             figures and tables of the default profile
+  (other profiles write to ``build/P/figures/``)
+
+``data_root`` points at a real dataset instead of the twin's ``dataset/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The repository root (``lib/ultrabones/paths.py`` -> three levels up).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_DIR = PROJECT_ROOT / "params"
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+FIGURES_DIR = PROJECT_ROOT / "figures"
+
+
+def build_root() -> Path:
+    """``build/`` or ``$ULTRABONES_BUILD_ROOT`` (tests point this at a temporary folder)."""
+    return Path(os.environ.get("ULTRABONES_BUILD_ROOT", PROJECT_ROOT / "build"))
+
+
+def twin_root() -> Path:
+    """``data/twin/`` or ``$ULTRABONES_TWIN_ROOT``."""
+    return Path(os.environ.get("ULTRABONES_TWIN_ROOT", PROJECT_ROOT / "data" / "twin"))
+
+
+def figures_root(profile: str) -> Path:
+    """``figures/`` for the default profile, ``build/<profile>/figures`` otherwise."""
+    if profile == "default" and "ULTRABONES_BUILD_ROOT" not in os.environ:
+        return FIGURES_DIR
+    return build_root() / profile / "figures"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The folders of one run, as handed to a notebook.
+
+    Parameters
+    ----------
+    build_dir : ``build/<profile>``.
+    twin_dir : the digital twin's folder (``raw/``, ``truth/``, ``dataset/``).
+    figures_dir : where figures and tables go.
+    data_root : a real dataset root, or None for the twin.
+    """
+
+    build_dir: Path
+    twin_dir: Path
+    figures_dir: Path
+    data_root: Path | None = None
+
+    @classmethod
+    def for_profile(cls, profile: str, data_root: str | None = None) -> "Paths":
+        return cls(
+            build_dir=build_root() / profile,
+            twin_dir=twin_root() / profile,
+            figures_dir=figures_root(profile),
+            data_root=Path(data_root) if data_root else None,
+        )
+
+    @classmethod
+    def from_notebook(cls, build_dir, twin_dir, figures_dir, data_root=None) -> "Paths":
+        return cls(Path(build_dir), Path(twin_dir), Path(figures_dir), Path(data_root) if data_root else None)
+
+    @property
+    def is_twin(self) -> bool:
+        """True when running on the digital twin (no real ``data_root``)."""
+        return self.data_root is None
+
+    @property
+    def raw(self) -> Path:
+        """Raw twin acquisitions (tracker streams, images, CT, phantom)."""
+        return self.twin_dir / "raw"
+
+    @property
+    def truth(self) -> Path:
+        """Twin ground truth, kept apart from what the pipeline reads."""
+        return self.twin_dir / "truth"
+
+    @property
+    def dataset(self) -> Path:
+        """The dataset in the released layout: the real one, or the twin's."""
+        return self.data_root if self.data_root is not None else self.twin_dir / "dataset"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.build_dir / "metrics"
+
+    def metrics(self, stem: str) -> Path:
+        """``build/<profile>/metrics/<stem>.json``."""
+        return self.metrics_dir / f"{stem}.json"
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.build_dir / "notebooks"
+
+    @property
+    def stamps_dir(self) -> Path:
+        return self.build_dir / "stamps"
+
+    def cache(self, stem: str) -> Path:
+        """Per-stage folder of resumable intermediate results."""
+        return self.build_dir / "cache" / stem
+
+    @property
+    def models_dir(self) -> Path:
+        return self.build_dir / "models"
+
+    def figure(self, name: str) -> Path:
+        """A figure or table file under the figures folder (created on demand)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        return self.figures_dir / name
+
+
+def twin_specimen_name(index: int) -> str:
+    """Folder name of the twin's ``index``-th specimen (0-based): ``specimen01``, ..."""
+    return f"specimen{index + 1:02d}"
+
+
+def specimen_names(values: dict) -> list[str]:
+    """The specimens a validated profile runs on: its list, the real dataset's, or the twin's."""
+    if values.get("specimens") is not None:
+        return list(values["specimens"])
+    if values.get("data_root"):
+        from .dataset import discover
+
+        return [s.name for s in discover(values["data_root"])]
+    return [twin_specimen_name(i) for i in range(values["simulate"]["n_specimens"])]

@@ -1,0 +1,191 @@
+"""Executing notebooks with papermill, with validated parameters and clear failures.
+
+:func:`execute` runs any notebook with a parameter mapping that must match its
+``parameters`` cell exactly (papermill itself only warns about unknown names).
+:func:`run_stage` resolves a numbered notebook and a profile into parameters
+and paths, executes it into ``build/<profile>/notebooks/`` and checks that it
+wrote its metrics file.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import NotebookError, ParamsError
+from .params import NOTEBOOKS, load_profile
+from .paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
+
+
+def resolve_notebook(name: str) -> Path:
+    """``"02"``, ``"02_labeling"`` or a path -> the notebook file.
+
+    Raises
+    ------
+    ParamsError
+        If no notebook, or more than one, matches.
+    """
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.is_file():
+        return p
+    matches = sorted(NOTEBOOKS_DIR.glob(f"{name}*.ipynb"))
+    if len(matches) != 1:
+        known = ", ".join(sorted(NOTEBOOKS))
+        raise ParamsError(f"notebook {name!r}: {'no' if not matches else 'several'} match (known: {known})")
+    return matches[0]
+
+
+def parameter_names(notebook: Path) -> list[str]:
+    """Names assigned in the notebook's cell tagged ``parameters``, in order.
+
+    Raises
+    ------
+    NotebookError
+        If the notebook has no such cell.
+    """
+    nb = json.loads(Path(notebook).read_text())
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            names = []
+            for node in ast.parse(src).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        names.append(t.id)
+            return names
+    raise NotebookError(f"{notebook}: no cell tagged 'parameters'")
+
+
+def check_parameters(notebook: Path, parameters: Mapping[str, Any]) -> None:
+    """Raise :class:`ParamsError` unless ``parameters`` names exactly the notebook's parameters."""
+    declared = set(parameter_names(notebook))
+    given = set(parameters)
+    unknown, missing = sorted(given - declared), sorted(declared - given)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"not in its parameters cell: {', '.join(unknown)}")
+        if missing:
+            parts.append(f"declared but not passed: {', '.join(missing)}")
+        raise ParamsError(f"{Path(notebook).name}: parameter mismatch ({'; '.join(parts)})")
+
+
+def _failure_message(notebook: Path, output: Path) -> str:
+    """One line naming the notebook, the failing cell and the exception."""
+    try:
+        nb = json.loads(output.read_text())
+    except (OSError, ValueError):
+        return f"{notebook.name} failed (no executed copy at {output})"
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []) or []:
+            if out.get("output_type") == "error":
+                first = "".join(cell.get("source", "")).strip().splitlines()
+                head = first[0][:70] if first else ""
+                return (
+                    f"{notebook.name}: cell {i} ({head!r}) raised {out.get('ename')}: {out.get('evalue')}"
+                    f" -- executed copy kept at {output}"
+                )
+    return f"{notebook.name} failed -- executed copy kept at {output}"
+
+
+def execute(
+    notebook: Path,
+    output: Path,
+    parameters: Mapping[str, Any],
+    cwd: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Execute a notebook with papermill (kernel ``python3``, this Python).
+
+    Parameters
+    ----------
+    notebook : the source notebook.
+    output : the executed copy's path (kept on failure, for inspection).
+    parameters : exactly the names of the notebook's ``parameters`` cell.
+    cwd : working directory of the kernel (default: the notebook's folder).
+    progress : show papermill's cell progress bar.
+
+    Raises
+    ------
+    ParamsError
+        If the parameters do not match the ``parameters`` cell.
+    NotebookError
+        If a cell fails; the message names the notebook, cell and exception.
+    """
+    import papermill as pm
+
+    notebook = Path(notebook)
+    check_parameters(notebook, parameters)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=dict(parameters),
+            kernel_name="python3",
+            cwd=str(cwd or notebook.parent),
+            progress_bar=progress,
+            log_output=False,
+        )
+    except pm.PapermillExecutionError:
+        raise NotebookError(_failure_message(notebook, output)) from None
+    return output
+
+
+def stage_parameters(
+    stem: str, profile: str, specimen: str | None = None, assignments: list[str] | None = None
+) -> tuple[dict, Paths]:
+    """The validated parameters and paths of a stage run."""
+    if stem not in NOTEBOOKS:
+        raise ParamsError(f"notebook {stem!r} is not a stage (known: {', '.join(NOTEBOOKS)})")
+    prof = load_profile(profile, PARAMS_DIR, assignments, specimen=specimen, section_hint=NOTEBOOKS[stem])
+    paths = Paths.for_profile(prof.name, prof.values["data_root"])
+    params = prof.notebook_parameters(stem)
+    params.update(
+        profile=prof.name,
+        twin_dir=str(paths.twin_dir),
+        build_dir=str(paths.build_dir),
+        figures_dir=str(paths.figures_dir),
+    )
+    return params, paths
+
+
+def run_stage(
+    name: str,
+    profile: str = "default",
+    specimen: str | None = None,
+    assignments: list[str] | None = None,
+    stamp: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run one numbered notebook for a profile; return its metrics file.
+
+    The executed copy goes to ``build/<profile>/notebooks/<stem>.ipynb`` (with
+    ``__<specimen>`` for a one-specimen run). ``stamp`` is written only after
+    success, for ``make``.
+    """
+    notebook = resolve_notebook(name)
+    stem = notebook.stem
+    params, paths = stage_parameters(stem, profile, specimen, assignments)
+    suffix = f"__{specimen}" if specimen else ""
+    output = paths.notebooks_dir / f"{stem}{suffix}.ipynb"
+    metrics = paths.metrics(stem)
+    before = metrics.stat().st_mtime if metrics.exists() else None
+    t0 = time.time()
+    print(f"[ultrabones] {stem} (profile {params['profile']}{', specimen ' + specimen if specimen else ''}) ...",
+          file=sys.stderr, flush=True)
+    execute(notebook, output, params, cwd=NOTEBOOKS_DIR, progress=progress)
+    if not metrics.exists() or (before is not None and metrics.stat().st_mtime <= before):
+        raise NotebookError(f"{notebook.name} finished but did not write {metrics}")
+    print(f"[ultrabones] {stem} done in {time.time() - t0:.1f} s -> {metrics}", file=sys.stderr, flush=True)
+    if stamp is not None:
+        stamp = Path(stamp)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(f"{stem} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    return metrics

@@ -1,0 +1,86 @@
+"""Shared fixtures.
+
+``smoke_metrics(stem)`` runs the numbered notebooks on ``params/smoke.yaml``,
+in order and once per test session, in a temporary build and twin folder, and
+returns the metrics JSON that ``stem`` wrote. Notebook tests assert on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = [
+    "00_simulate",
+    "01_calibration",
+    "02_labeling",
+    "03_rating_statistics",
+    "04_training",
+    "05_evaluation",
+    "06_reconstruction",
+    "07_summary",
+]
+
+
+class SmokeRun:
+    """Runs the smoke profile's notebooks lazily, in order, in a temporary tree."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.env = dict(os.environ)
+        self.env["ULTRABONES_BUILD_ROOT"] = str(base / "build")
+        self.env["ULTRABONES_TWIN_ROOT"] = str(base / "twin")
+        self.env.setdefault("OMP_NUM_THREADS", "2")
+        self.done: dict[str, dict] = {}
+        self.failed: dict[str, str] = {}
+
+    @property
+    def build(self) -> Path:
+        return self.base / "build" / "smoke"
+
+    @property
+    def twin(self) -> Path:
+        return self.base / "twin" / "smoke"
+
+    def run(self, stem: str, *extra: str) -> subprocess.CompletedProcess:
+        """Run one notebook through the CLI (no caching)."""
+        return subprocess.run(
+            [sys.executable, "-m", "ultrabones", "run", stem, "--profile", "smoke", "--no-progress", *extra],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    def metrics(self, stem: str) -> dict:
+        """Metrics of ``stem``, running it (and every stage before it) first if needed."""
+        if stem in self.done:
+            return self.done[stem]
+        if stem in self.failed:
+            pytest.fail(self.failed[stem])
+        for prev in STAGES[: STAGES.index(stem)]:
+            if prev not in self.done:
+                self.metrics(prev)
+        proc = self.run(stem)
+        if proc.returncode != 0:
+            self.failed[stem] = f"{stem} failed on smoke:\n{proc.stderr[-4000:]}"
+            pytest.fail(self.failed[stem])
+        self.done[stem] = json.loads((self.build / "metrics" / f"{stem}.json").read_text())
+        return self.done[stem]
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> SmokeRun:
+    return SmokeRun(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture(scope="session")
+def smoke_metrics(smoke):
+    return smoke.metrics
