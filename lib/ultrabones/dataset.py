@@ -45,6 +45,9 @@ LABELS_PRED = "Labels_pred"
 LABELS_MANUAL = "LabelsManual"
 TRACKING = "tracking.csv"
 OPTIMIZED_COLUMNS = tuple(f"{c}_optimized" for c in POSE_COLUMNS)
+#: The global-registration baseline's poses (this project's addition to the format).
+REGISTERED_COLUMNS = tuple(f"{c}_registered" for c in POSE_COLUMNS)
+CALIBRATION = "calibration.json"
 BONES = ("tibia", "fibula", "foot")
 
 _LABEL_SUFFIX = {LABELS: "_label", LABELS_FULL: "_label", LABELS_MANUAL: "_label", LABELS_PRED: "_label_pred"}
@@ -256,11 +259,12 @@ def read_tracking(path: Path | str) -> pd.DataFrame:
             f"{path} row {row + 1}: timestamp {ts.iloc[row]} does not increase (previous {ts.iloc[row - 1]})"
         )
     df["timestamp"] = ts
-    cols = list(POSE_COLUMNS) + [c for c in OPTIMIZED_COLUMNS if c in df.columns]
+    extra = OPTIMIZED_COLUMNS + REGISTERED_COLUMNS
+    cols = list(POSE_COLUMNS) + [c for c in extra if c in df.columns]
     for c in cols:
         vals = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
         nonfinite = ~np.isfinite(vals)
-        if c in OPTIMIZED_COLUMNS:
+        if c in extra:
             # Discarded frames carry no optimised pose: NaN allowed there, inf not.
             nonfinite = np.isinf(vals) | (np.isnan(vals) & df[c].notna().to_numpy())
         if nonfinite.any():
@@ -270,16 +274,18 @@ def read_tracking(path: Path | str) -> pd.DataFrame:
     return df
 
 
-def poses(df: pd.DataFrame, optimized: bool = False) -> np.ndarray:
+def poses(df: pd.DataFrame, method: str = "initial") -> np.ndarray:
     """(N, 4, 4) probe-marker-in-CT poses from a tracking table.
 
     Parameters
     ----------
-    optimized : use the ``*_optimized`` columns (NaN rows give NaN poses).
+    method : ``"initial"`` (the recorded ``x..euler_z``), ``"optimized"``
+        (``*_optimized``) or ``"registered"`` (``*_registered``). Rows without
+        a pose (a discarded frame) give NaN matrices.
     """
-    cols = list(OPTIMIZED_COLUMNS if optimized else POSE_COLUMNS)
-    if optimized and not set(cols) <= set(df.columns):
-        raise DatasetError("tracking table has no *_optimized columns (run notebook 02 first)")
+    cols = list({"initial": POSE_COLUMNS, "optimized": OPTIMIZED_COLUMNS, "registered": REGISTERED_COLUMNS}[method])
+    if not set(cols) <= set(df.columns):
+        raise DatasetError(f"tracking table has no {cols[0]}.. columns (run notebook 02 first)")
     vals = df[cols].to_numpy(dtype=float)
     out = np.full((len(df), 4, 4), np.nan)
     ok = np.isfinite(vals).all(axis=1)
@@ -294,6 +300,46 @@ def write_tracking(path: Path | str, df: pd.DataFrame) -> Path:
     with atomic.atomic_path(path) as tmp:
         df[cols].to_csv(tmp, index=False, float_format="%.10g")
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float], float | None]:
+    """The image-to-probe calibration of a dataset.
+
+    ``<root>/calibration.json`` (written by notebook 01) when present, else the
+    released calibration of UltraBones100k (DESIGN.md).
+
+    Returns
+    -------
+    calib : (4, 4) array, image plane -> probe marker (mm).
+    spacing : (sx, sy) mm per pixel.
+    temporal_offset_ms : the offset found by calibration, or None (released).
+    """
+    from .geometry import RELEASED_SPACING_MM, released_calibration
+
+    f = Path(root) / CALIBRATION
+    if not f.is_file():
+        return released_calibration(), RELEASED_SPACING_MM, None
+    import json
+
+    try:
+        data = json.loads(f.read_text())
+        calib = np.asarray(data["calibration"], dtype=float)
+        spacing = tuple(float(v) for v in data["spacing_mm"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{f}: not a valid calibration file ({exc})") from None
+    if calib.shape != (4, 4) or not np.isfinite(calib).all() or len(spacing) != 2 or min(spacing) <= 0:
+        raise DatasetError(f"{f}: calibration must be a finite 4x4 matrix and spacing_mm two positive numbers")
+    return calib, spacing, data.get("temporal_offset_ms")
+
+
+def write_calibration(root: Path | str, calib: np.ndarray, spacing, temporal_offset_ms: float | None, **extra) -> Path:
+    """Write ``<root>/calibration.json`` atomically (``extra`` keys are kept as provenance)."""
+    data = {"calibration": np.asarray(calib).tolist(), "spacing_mm": [float(v) for v in spacing],
+            "temporal_offset_ms": temporal_offset_ms, **extra}
+    return atomic.write_json(Path(root) / CALIBRATION, data)
 
 
 # ----------------------------------------------------------------------------- images
