@@ -250,7 +250,7 @@ def read_tracking(path: Path | str) -> pd.DataFrame:
     bad = ts.isna() | (ts != np.round(ts))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DatasetError(f"{path} row {row + 1}: timestamp {df['timestamp'].iloc[row]!r} is not an integer")
+        raise DatasetError(f"{path} row {row + 1}: timestamp {df['timestamp'].iloc[row]} is not an integer")
     ts = ts.astype(np.int64)
     steps = np.diff(ts.to_numpy())
     if np.any(steps <= 0):
@@ -269,7 +269,7 @@ def read_tracking(path: Path | str) -> pd.DataFrame:
             nonfinite = np.isinf(vals) | (np.isnan(vals) & df[c].notna().to_numpy())
         if nonfinite.any():
             row = int(np.flatnonzero(nonfinite)[0])
-            raise DatasetError(f"{path} row {row + 1}: {c} is {df[c].iloc[row]!r} (not a finite number)")
+            raise DatasetError(f"{path} row {row + 1}: {c} is {df[c].iloc[row]} (not a finite number)")
         df[c] = vals
     return df
 

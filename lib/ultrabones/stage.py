@@ -121,21 +121,13 @@ def save_table(df, paths: Paths, name: str, stem: str, index: bool = False) -> P
     csv = paths.figure(f"{name}.csv")
     atomic.write_text(csv, df.to_csv(index=index))
     md = paths.figure(f"{name}.md")
-    atomic.write_text(md, df.to_markdown(index=index) + "\n" if _has_tabulate() else _markdown(df, index))
+    atomic.write_text(md, to_markdown(df, index))
     register_outputs(paths, stem, [csv.name, md.name])
     return csv
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _markdown(df, index: bool) -> str:
-    """A GitHub Markdown table without the optional ``tabulate`` dependency."""
+def to_markdown(df, index: bool = False) -> str:
+    """A GitHub Markdown table (no ``tabulate`` dependency); floats to 4 significant digits."""
     frame = df.reset_index() if index else df
     cols = [str(c) for c in frame.columns]
 

@@ -1,0 +1,55 @@
+"""The papermill runner: success, a failing cell, parameter mismatch."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ultrabones import runner
+from ultrabones.errors import NotebookError, ParamsError
+
+FIX = Path(__file__).parent / "fixtures" / "notebooks"
+
+
+def test_parameter_names():
+    assert runner.parameter_names(FIX / "ok.ipynb") == ["build_dir", "value"]
+
+
+def test_runs_a_notebook_and_keeps_executed_copy(tmp_path):
+    out = tmp_path / "executed" / "ok.ipynb"
+    runner.execute(FIX / "ok.ipynb", out, {"build_dir": str(tmp_path), "value": 7}, progress=False)
+    assert json.loads((tmp_path / "metrics" / "fixture.json").read_text()) == {"value_squared": 49}
+    nb = json.loads(out.read_text())
+    assert any(c.get("outputs") is not None for c in nb["cells"])  # an executed copy
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+
+
+def test_failing_cell_names_notebook_cell_and_exception(tmp_path):
+    out = tmp_path / "fail.ipynb"
+    with pytest.raises(NotebookError) as err:
+        runner.execute(FIX / "fail.ipynb", out, {"build_dir": str(tmp_path), "value": 3}, progress=False)
+    msg = str(err.value)
+    assert "fail.ipynb" in msg
+    assert "raise ValueError" in msg  # the failing cell's first line
+    assert "ValueError: fixture failure for value 3" in msg
+    assert str(out) in msg and out.is_file()  # the executed copy is kept for inspection
+
+
+def test_unknown_and_missing_parameters_refused(tmp_path):
+    with pytest.raises(ParamsError, match="not in its parameters cell: valu"):
+        runner.execute(FIX / "ok.ipynb", tmp_path / "x.ipynb", {"build_dir": "b", "value": 1, "valu": 2})
+    with pytest.raises(ParamsError, match="declared but not passed: value"):
+        runner.execute(FIX / "ok.ipynb", tmp_path / "x.ipynb", {"build_dir": "b"})
+
+
+def test_unknown_notebook():
+    with pytest.raises(ParamsError, match="notebook '42': no match"):
+        runner.resolve_notebook("42")
+
+
+def test_cli_reports_one_line_error(capsys):
+    from ultrabones.cli import main
+
+    assert main(["run", "42", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: notebook '42': no match") and err.count("\n") == 1
