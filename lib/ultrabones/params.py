@@ -145,7 +145,10 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "training": {},
     "evaluation": {},
     "reconstruction": {},
-    "summary": {},
+    "summary": {
+        "require_all": _b(doc="fail if a headline number is missing from the stages' metrics"),
+        "gallery": _l(_s(), doc="figure names (without extension) shown in the gallery, in order"),
+    },
 }
 
 #: Notebook stem -> profile section.
