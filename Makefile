@@ -14,7 +14,6 @@ RUN     := $(PY) -m ultrabones run
 
 STAGES       := 00_simulate 01_calibration 02_labeling 03_rating_statistics 04_training 05_evaluation 06_reconstruction 07_summary
 PER_SPECIMEN := 00_simulate 01_calibration 02_labeling 06_reconstruction
-AFTER_SPEC   := 03_rating_statistics 04_training 05_evaluation 07_summary
 LIB          := $(shell find lib/ultrabones -name '*.py' -o -name '*.html' 2>/dev/null)
 PARAMS       := params/$(PROFILE).yaml $(wildcard params/specimens/*.yaml)
 DATA_ROOT    ?=
@@ -74,10 +73,19 @@ nb: setup
 	@test -n "$(NB)" || (echo "usage: make nb NB=02 [PROFILE=...]"; exit 2)
 	$(RUN) $(NB) --profile $(PROFILE) $(EXTRA)
 
+# One specimen: its per-specimen stages run for it alone (the others' cached results stand), every other
+# stage reruns whole. A per-specimen stage's stamp is refreshed only if it was complete before.
 specimen: setup
 	@test -n "$(SPECIMEN)" || (echo "usage: make specimen SPECIMEN=<id> [PROFILE=...]"; exit 2)
-	@for nb in $(PER_SPECIMEN); do $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --specimen $(SPECIMEN) --no-progress || exit 1; done
-	@for nb in $(AFTER_SPEC); do $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --stamp $(STAMPS)/$$nb.done --no-progress || exit 1; done
+	@for nb in $(STAGES); do \
+	  stamp=$(STAMPS)/$$nb.done; \
+	  case " $(PER_SPECIMEN) " in \
+	    *" $$nb "*) had=0; [ -f $$stamp ] && had=1; \
+	      $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --specimen $(SPECIMEN) --no-progress || exit 1; \
+	      [ $$had = 1 ] && touch $$stamp || true ;; \
+	    *) $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --stamp $$stamp --no-progress || exit 1 ;; \
+	  esac; \
+	done
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
