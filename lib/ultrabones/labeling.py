@@ -1,0 +1,667 @@
+"""Automatic bone labels from a CT bone model and tracked ultrasound (paper Section 3.1).
+
+The maths of one frame, as pure functions:
+
+- :func:`surface_points` samples the point cloud ``C`` uniformly on the CT bone
+  surface (with the surface normals).
+- :func:`full_label` is the projection of the intersection
+  ``I_t = {u in U_t | min_c |u - c| <= gamma}`` into the image: every pixel whose
+  centre (mapped to CT by Eq. 1) lies within ``gamma`` (mm) of a point of ``C``.
+- :class:`FrameObjective` evaluates Eq. 2 for a whole differential-evolution
+  population at once; :func:`reference_objective` is Eq. 2 written straight
+  from the paper's definition (every pixel to CT, KD-tree distance to ``C``),
+  kept to test the fast one against.
+- :func:`optimize_frame` maximises Eq. 2 with
+  :func:`scipy.optimize.differential_evolution` over rotation (degrees) and
+  translation (mm) perturbations in ``[-1, 1]^3`` applied as
+  ``pose @ geometry.perturbation(rot, trans)`` (probe-marker frame), then
+  validates the result (mean fiducial correction above 1 mm: discarded).
+- :func:`visible_label` removes from a full label the pixels in the acoustic
+  shadow of the bone and those whose incidence angle exceeds 85 degrees.
+
+Intensities ``f(u)`` are the 8-bit image values divided by 255 (so in
+``[0, 1]``); the fiducial term is in mm. ``lambda`` therefore has the unit
+1/mm. The orchestration over a dataset (Dask, resumable chunks, outputs) lives
+in :mod:`ultrabones.labeling_run`; the global-registration baseline in
+:mod:`ultrabones.registration`.
+
+How the fast objective stays exact
+----------------------------------
+A pixel centre ``u`` is within ``gamma`` of a point ``c`` iff
+``d_plane(u, c)^2 + z_c^2 <= gamma^2`` where ``z_c`` is the out-of-plane
+distance of ``c`` and ``d_plane`` the in-plane distance to its projection. So
+``I_t`` is the union, over the points with ``|z_c| <= gamma``, of the pixels
+within ``sqrt(gamma^2 - z_c^2)`` of their projection: a small stencil around
+each such point. Only the points of ``C`` within a margin of the initial image
+plane can reach it under any allowed perturbation (the margin bounds the
+largest displacement the perturbation can cause over the image); they are
+selected once per frame, and each population member transforms only those.
+The union is deduplicated per member with a scatter/gather on a scratch array.
+The result is the same pixel set as the KD-tree definition, up to floating
+point ties at exactly ``gamma``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import differential_evolution
+from scipy.spatial import cKDTree
+
+from . import geometry
+from .errors import DatasetError, ParamsError
+
+#: The paper's lambda candidates (1/mm, intensity in [0, 1]).
+PAPER_LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+# Largest number of (member, pixel) cells in one scratch array (int32): 32 MB.
+_SCRATCH_CELLS = 8_000_000
+
+
+# ----------------------------------------------------------------------------- C, the CT point cloud
+
+
+def surface_points(mesh, density_per_mm2: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points sampled uniformly on the CT bone surface, with outward normals.
+
+    Parameters
+    ----------
+    mesh : ``trimesh.Trimesh``, the CT bone model (CT frame, mm).
+    density_per_mm2 : expected number of points per mm^2 of surface.
+    seed : random seed (the same seed gives the same points).
+
+    Returns
+    -------
+    points : (N, 3) float array, CT frame (mm), ``N = round(area * density)``.
+    normals : (N, 3) float array, unit outward normals of the faces the points lie on.
+
+    Raises
+    ------
+    ParamsError
+        If the density is not positive.
+    DatasetError
+        If the mesh has no surface area.
+    """
+    if not density_per_mm2 > 0:
+        raise ParamsError(f"labeling.density_per_mm2: must be positive, got {density_per_mm2!r}")
+    area_faces = np.asarray(mesh.area_faces, dtype=float)
+    area = float(area_faces.sum())
+    if not area > 0:
+        raise DatasetError("CT bone model has no surface area (empty or degenerate mesh)")
+    n = int(round(area * density_per_mm2))
+    rng = np.random.default_rng(seed)
+    # Faces in proportion to their area, then uniform barycentric coordinates.
+    face = rng.choice(len(area_faces), size=n, p=area_faces / area)
+    r1, r2 = rng.random(n), rng.random(n)
+    flip = r1 + r2 > 1.0
+    r1[flip], r2[flip] = 1.0 - r1[flip], 1.0 - r2[flip]
+    tri = np.asarray(mesh.triangles, dtype=float)[face]
+    points = tri[:, 0] + r1[:, None] * (tri[:, 1] - tri[:, 0]) + r2[:, None] * (tri[:, 2] - tri[:, 0])
+    normals = np.asarray(mesh.face_normals, dtype=float)[face]
+    return points, normals
+
+
+# ----------------------------------------------------------------------------- the fast kernel
+
+
+def _stencil(gamma_mm: float, spacing: tuple[float, float]) -> np.ndarray:
+    """Integer pixel offsets that can hold a pixel centre within ``gamma`` of a point
+    whose nearest pixel centre is at offset (0, 0). (K, 2) as (du, dv)."""
+    sx, sy = spacing
+    ru, rv = int(np.floor(gamma_mm / sx + 0.5)), int(np.floor(gamma_mm / sy + 0.5))
+    du, dv = np.meshgrid(np.arange(-ru, ru + 1), np.arange(-rv, rv + 1))
+    du, dv = du.ravel(), dv.ravel()
+    near_u = np.maximum(np.abs(du) - 0.5, 0.0) * sx
+    near_v = np.maximum(np.abs(dv) - 0.5, 0.0) * sy
+    keep = near_u**2 + near_v**2 <= gamma_mm**2
+    return np.stack([du[keep], dv[keep]], axis=1)
+
+
+def plane_margin_mm(image_shape, calib, spacing, bound_deg: float, bound_mm: float, gamma_mm: float) -> float:
+    """Largest distance (mm) any image point can move under a perturbation in the bounds, plus gamma.
+
+    The perturbation ``Delta`` acts in the probe-marker frame; a point ``r``
+    (marker frame) moves by ``|Delta r - r| <= |t| + 2 sin(theta / 2) |r|``
+    with ``|t| <= sqrt(3) bound_mm`` and ``theta`` the rotation angle of
+    ``Delta``: for Euler angles each within ``bound_deg`` it is at most
+    ``sqrt(3) bound_deg`` to first order; 2% is added for the higher orders
+    (they are below 1e-4 relative at a few degrees).
+    """
+    h, w = image_shape
+    r = np.linalg.norm(_corner_points(calib, spacing, h, w), axis=1).max()
+    theta = np.radians(1.02 * np.sqrt(3.0) * bound_deg)
+    return float(np.sqrt(3.0) * bound_mm + 2.0 * np.sin(theta / 2.0) * r + gamma_mm)
+
+
+def _corner_points(calib, spacing, h, w) -> np.ndarray:
+    """The four image corners in the probe-marker frame (mm)."""
+    sx, sy = spacing
+    ip = np.array([[0, 0, 0], [w * sx, 0, 0], [0, h * sy, 0], [w * sx, h * sy, 0]], float)
+    return geometry.transform_points(np.asarray(calib, float), ip)
+
+
+class FrameObjective:
+    """Eq. 2 of one frame, evaluated for a whole population at once.
+
+    Parameters
+    ----------
+    image : (H, W) uint8 or float array; uint8 is divided by 255, floats are used as given.
+    pose : (4, 4) array, the recorded probe-marker pose in CT (mm).
+    calib : (4, 4) array, image plane -> probe marker (mm).
+    spacing : (sx, sy) mm per pixel.
+    points : (N, 3) array, ``C`` in CT (mm).
+    gamma_mm : intersection thickness ``gamma`` (mm).
+    bound_deg, bound_mm : the perturbation bounds; points that no perturbation
+        within them can bring within ``gamma`` of the image are dropped.
+    fiducials : (F, 3) probe-marker fiducials (marker frame, mm).
+    margin_mm : override the pre-selection margin (mm) when the perturbations
+        are not of the ``[-bound, bound]`` Euler/translation kind (e.g. the
+        global registration's, about another centre).
+
+    Attributes
+    ----------
+    index : indices into ``points`` of the points kept near the plane.
+    n_points : their number (0 means no bone can be in view).
+    """
+
+    def __init__(self, image, pose, calib, spacing, points, gamma_mm=0.3, bound_deg=1.0, bound_mm=1.0,
+                 fiducials=geometry.PROBE_FIDUCIALS_MM, margin_mm: float | None = None):
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ValueError(f"image must be (H, W), got shape {image.shape}")
+        self.shape = image.shape
+        self.f = (image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)).ravel()
+        self.spacing = (float(spacing[0]), float(spacing[1]))
+        self.gamma = float(gamma_mm)
+        self.pose = np.asarray(pose, float)
+        self.calib = np.asarray(calib, float)
+        self.fiducials = np.asarray(fiducials, float)
+        self.margin = (plane_margin_mm(self.shape, calib, spacing, bound_deg, bound_mm, gamma_mm)
+                       if margin_mm is None else float(margin_mm))
+        h, w = self.shape
+        sx, sy = self.spacing
+        ip = geometry.transform_points(geometry.invert_transform(self.pose @ self.calib), points)
+        m = self.margin
+        near = ((np.abs(ip[:, 2]) <= m) & (ip[:, 0] >= -m) & (ip[:, 0] <= w * sx + m)
+                & (ip[:, 1] >= -m) & (ip[:, 1] <= h * sy + m))
+        # Near points in the probe-marker frame, sorted by their distance to the
+        # unperturbed plane: a member's image-plane coordinates are
+        # inv(calib) @ inv(Delta) @ q, and its out-of-plane distance differs from
+        # the unperturbed one by an affine function of q, bounded over the points,
+        # so each member only scans a slice of the sorted points.
+        order = np.argsort(ip[near, 2], kind="stable")
+        self.index = np.flatnonzero(near)[order]
+        self.z0 = ip[self.index, 2]
+        self.q = geometry.transform_points(geometry.invert_transform(self.pose), np.asarray(points, float)[self.index])
+        self.calib_inv = geometry.invert_transform(self.calib)
+        self.q_centre = _corner_points(self.calib, self.spacing, h, w).mean(axis=0)
+        self.radius = float(np.linalg.norm(self.q - self.q_centre, axis=1).max()) if len(self.q) else 0.0
+        self.stencil = _stencil(self.gamma, self.spacing)
+        self._du = np.arange(self.stencil[:, 0].min(), self.stencil[:, 0].max() + 1)
+        self._dv = np.arange(self.stencil[:, 1].min(), self.stencil[:, 1].max() + 1)
+        self._stencil_mask = np.zeros((len(self._dv), len(self._du)), bool)
+        self._stencil_mask[self.stencil[:, 1] - self._dv[0], self.stencil[:, 0] - self._du[0]] = True
+        self._stencil_full = bool(self._stencil_mask.all())
+        # Flat pixel index of each cell of the image padded by the stencil's reach (-1 outside).
+        # Hits whose nearest pixel lies up to `pad` outside the image can still reach it;
+        # their stencils reach `pad` further: the grid is padded by 2 * pad.
+        self._pad = pad = int(max(np.abs(self._du).max(), np.abs(self._dv).max()))
+        grid = np.full((h + 4 * pad, w + 4 * pad), -1, dtype=np.int64)
+        grid[2 * pad:2 * pad + h, 2 * pad:2 * pad + w] = np.arange(h * w).reshape(h, w)
+        self._pixel_of_padded = grid.ravel()
+        dv_grid, du_grid = np.meshgrid(self._dv, self._du, indexing="ij")
+        self._cell_offset = (dv_grid * (w + 4 * pad) + du_grid).ravel()  # stencil cell -> padded index step
+        self._scratch = None
+
+    @property
+    def n_points(self) -> int:
+        return len(self.index)
+
+    # -- geometry of a population ------------------------------------------------
+
+    @staticmethod
+    def deltas(x: np.ndarray) -> np.ndarray:
+        """(S, 4, 4) perturbations from parameters ``x`` (6, S): rotation (deg), translation (mm)."""
+        x = np.asarray(x, float).reshape(6, -1)
+        return geometry.perturbation(x[:3].T, x[3:].T)
+
+    def band(self, deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The intersection ``I_t`` of each member as unique (member, pixel) pairs.
+
+        Parameters
+        ----------
+        deltas : (S, 4, 4) perturbations (probe-marker frame).
+
+        Returns
+        -------
+        member : (M,) int array, population index.
+        pixel : (M,) int array, flat pixel index ``v * W + u``.
+        point : (M,) int array, index into :attr:`index` of a point of ``C`` within
+            ``gamma`` of that pixel (used for the normals of the incidence filter).
+        """
+        deltas = np.asarray(deltas, float).reshape(-1, 4, 4)
+        s = len(deltas)
+        h, w = self.shape
+        sx, sy = self.spacing
+        empty = np.zeros(0, dtype=np.int64)
+        if self.n_points == 0:
+            return empty, empty, empty
+        m = self.calib_inv @ geometry.invert_transform(deltas)  # (S, 4, 4): marker -> IP
+        a, b = m[:, 2, :3], m[:, 2, 3]  # z = a . q + b
+        a0, b0 = self.calib_inv[2, :3], self.calib_inv[2, 3]
+        da = a - a0
+        shift = da @ self.q_centre + (b - b0)  # z - z0 at the centre of the image
+        slack = np.linalg.norm(da, axis=1) * self.radius + 1e-9  # bound on the rest
+        lo = np.searchsorted(self.z0, -self.gamma - shift - slack, side="left")
+        hi = np.searchsorted(self.z0, self.gamma - shift + slack, side="right")
+        rot, trans = m[:, :3, :3], m[:, :3, 3]
+        # Per member, only its slice of the sorted points: one small matmul each.
+        parts_c, parts_i, parts_k = [], [], []
+        for j in np.flatnonzero(hi > lo):
+            c = self.q[lo[j]:hi[j]] @ rot[j].T + trans[j]  # image-plane coordinates (mm)
+            sel = np.flatnonzero(np.abs(c[:, 2]) <= self.gamma)
+            if len(sel):
+                parts_c.append(c[sel])
+                parts_i.append(sel + lo[j])
+                parts_k.append(np.full(len(sel), j))
+        if not parts_c:
+            return empty, empty, empty
+        c, i, k = np.concatenate(parts_c), np.concatenate(parts_i), np.concatenate(parts_k)
+        u = c[:, 0] / sx - 0.5  # pixel centres sit at integer (u, v)
+        v = c[:, 1] / sy - 0.5
+        ru, rv = np.rint(u), np.rint(v)
+        pad = self._pad
+        near = (ru >= -pad) & (ru < w + pad) & (rv >= -pad) & (rv < h + pad)
+        if not near.all():
+            i, k, u, v, ru, rv, c = i[near], k[near], u[near], v[near], ru[near], rv[near], c[near]
+        # Squared in-plane distance (mm^2) from each point to the stencil's pixel
+        # centres, separable in rows and columns: (hits, rows, cols).
+        cu2 = (((ru - u)[:, None] + self._du) * sx) ** 2
+        rem = (self.gamma**2 - c[:, 2] ** 2)[:, None] - (((rv - v)[:, None] + self._dv) * sy) ** 2
+        ok = cu2[:, None, :] <= rem[:, :, None]  # in-plane d^2 <= gamma^2 - z^2
+        if not self._stencil_full:
+            ok &= self._stencil_mask
+        flat = np.flatnonzero(ok)
+        hit, cell = np.divmod(flat, self._stencil_mask.size)
+        # Pixel index on a grid padded by 2 * pad on every side, then back to the image.
+        base = (rv.astype(np.int64) + 2 * self._pad) * (w + 4 * pad) + (ru.astype(np.int64) + 2 * pad)
+        pixel = self._pixel_of_padded[base[hit] + self._cell_offset[cell]]
+        inside = pixel >= 0
+        member, pixel, point = k[hit][inside], pixel[inside], i[hit][inside]
+        keep = self._unique(member, pixel, s)
+        return member[keep], pixel[keep], point[keep]
+
+    def _unique(self, member: np.ndarray, pixel: np.ndarray, s: int) -> np.ndarray:
+        """Indices selecting one entry per distinct (member, pixel) pair."""
+        hw = self.shape[0] * self.shape[1]
+        cells = s * hw
+        if cells > _SCRATCH_CELLS:  # huge images: sort instead of a scratch array
+            _, first = np.unique(member * hw + pixel, return_index=True)
+            return first
+        if self._scratch is None or len(self._scratch) < cells:
+            self._scratch = np.empty(max(cells, 1), dtype=np.int32)
+        key = member * hw + pixel
+        order = np.arange(len(key), dtype=np.int32)
+        self._scratch[key] = order  # one writer per key survives
+        return np.flatnonzero(self._scratch[key] == order)
+
+    # -- Eq. 2 -----------------------------------------------------------------------
+
+    def intensity(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean intensity over ``I_t`` of each member, and ``|I_t|``.
+
+        Parameters
+        ----------
+        x : (6, S) or (6,) parameters: rotation (deg, Euler xyz), translation (mm).
+
+        Returns
+        -------
+        mean : (S,) mean of ``f`` over ``I_t`` (0 where ``I_t`` is empty).
+        count : (S,) number of pixels in ``I_t``.
+        """
+        x = np.asarray(x, float).reshape(6, -1)
+        s = x.shape[1]
+        member, pixel, _ = self.band(self.deltas(x))
+        count = np.bincount(member, minlength=s)
+        total = np.bincount(member, weights=self.f[pixel], minlength=s)
+        mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        return mean, count
+
+    def fiducial(self, x: np.ndarray) -> np.ndarray:
+        """(S,) mean fiducial displacement (mm) of each member's correction."""
+        return geometry.mean_fiducial_displacement(np.eye(4), self.deltas(x), self.fiducials)
+
+    def value(self, x: np.ndarray, lam: float) -> np.ndarray:
+        """Eq. 2 (to maximise): mean intensity over ``I_t`` minus ``lam`` times the fiducial term.
+
+        Returns (S,) for ``x`` of shape (6, S), a float for (6,).
+        """
+        mean, _ = self.intensity(x)
+        out = mean - lam * self.fiducial(x)
+        return out if np.ndim(x) == 2 else float(out[0])
+
+    def mask(self, x=None) -> np.ndarray:
+        """(H, W) bool full label of one member (``x`` (6,), default no perturbation)."""
+        x = np.zeros(6) if x is None else np.asarray(x, float)
+        _, pixel, _ = self.band(self.deltas(x.reshape(6, 1)))
+        out = np.zeros(self.shape[0] * self.shape[1], bool)
+        out[pixel] = True
+        return out.reshape(self.shape)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def full_label(image_shape, pose, calib, spacing, points, gamma_mm: float = 0.3) -> np.ndarray:
+    """The full (any-pose) bone label: pixels whose centre lies within ``gamma`` of ``C``.
+
+    Parameters
+    ----------
+    image_shape : (H, W) pixels.
+    pose : (4, 4) probe marker in CT (mm); the initial, optimised or registered pose.
+    calib : (4, 4) image plane -> probe marker (mm).
+    spacing : (sx, sy) mm per pixel.
+    points : (N, 3) ``C`` in CT (mm), e.g. from :func:`surface_points`.
+    gamma_mm : intersection thickness (mm), the paper's 0.3.
+
+    Returns
+    -------
+    (H, W) bool array. All False if ``pose`` is not finite.
+    """
+    pose = np.asarray(pose, float)
+    if not np.isfinite(pose).all():
+        return np.zeros(tuple(image_shape), bool)
+    obj = FrameObjective(np.zeros(tuple(image_shape), np.float64), pose, calib, spacing, points,
+                         gamma_mm, bound_deg=0.0, bound_mm=0.0)
+    return obj.mask()
+
+
+@dataclass
+class VisibleLabel:
+    """A full label split by the two ultrasound-physics filters (all (H, W) bool).
+
+    visible : kept pixels (the final label).
+    shadow : full-label pixels removed as lying in the acoustic shadow.
+    steep : full-label pixels (not in shadow) removed for an incidence angle above the limit.
+    incidence_deg : (H, W) float, incidence angle at each full-label pixel (NaN elsewhere).
+    """
+
+    visible: np.ndarray
+    shadow: np.ndarray
+    steep: np.ndarray
+    incidence_deg: np.ndarray
+
+
+def shadow_mask(full: np.ndarray, gap_px: int = 1) -> np.ndarray:
+    """Label pixels in the acoustic shadow: below the first bone crossing of each scan line.
+
+    Scan lines are the image columns (a linear probe, as the paper's vertical
+    scan lines). In each column, the first run of label pixels (gaps up to
+    ``gap_px`` rows bridged) is the bone surface the beam meets first; every
+    label pixel below the end of that run is in its shadow. (A scan line that
+    grazes a bone meets it in a single run; the incidence filter removes such
+    pixels.)
+
+    Parameters
+    ----------
+    full : (H, W) bool full label.
+    gap_px : rows of gap still counted as the same crossing.
+
+    Returns
+    -------
+    (H, W) bool, the shadowed label pixels.
+    """
+    full = np.asarray(full, bool)
+    bridged = full.copy()
+    for g in range(1, gap_px + 1):  # close gaps of up to gap_px rows
+        bridged[:-g] |= full[g:] & np.maximum.accumulate(full[:-g], axis=0)
+    seen = np.maximum.accumulate(bridged, axis=0)
+    left = np.maximum.accumulate(seen & ~bridged, axis=0)  # below the end of the first run
+    return full & left
+
+
+def visible_label(full, pose, calib, spacing, points, normals, gamma_mm: float = 0.3,
+                  incidence_max_deg: float = 85.0, gap_px: int = 1) -> VisibleLabel:
+    """The visible part of a full label: shadow and steep-incidence pixels removed.
+
+    The incidence angle of a label pixel is the angle between the scan line
+    (the image's vertical, ``v`` axis) and the CT surface normal of its nearest
+    point of ``C``, projected into the image plane (Section 3.1); as an angle
+    between lines it lies in ``[0, 90]`` degrees.
+
+    Parameters
+    ----------
+    full : (H, W) bool full label made with ``pose`` (see :func:`full_label`).
+    pose, calib, spacing, points, gamma_mm : as for :func:`full_label`.
+    normals : (N, 3) unit normals of ``points`` (CT frame).
+    incidence_max_deg : largest incidence angle kept (degrees), the paper's 85.
+    gap_px : see :func:`shadow_mask`.
+
+    Returns
+    -------
+    :class:`VisibleLabel`.
+    """
+    full = np.asarray(full, bool)
+    shadow = shadow_mask(full, gap_px)
+    inc = np.full(full.shape, np.nan)
+    vv, uu = np.nonzero(full)
+    if len(vv):
+        ip_from_ct = geometry.invert_transform(np.asarray(pose, float) @ np.asarray(calib, float))
+        ip = geometry.transform_points(ip_from_ct, points)
+        near = np.abs(ip[:, 2]) <= gamma_mm + 1e-9
+        sx, sy = spacing
+        centres = np.c_[(uu + 0.5) * sx, (vv + 0.5) * sy, np.zeros(len(uu))]
+        if near.any():
+            _, j = cKDTree(ip[near]).query(centres)
+            n_ip = np.asarray(normals, float)[near][j] @ ip_from_ct[:3, :3].T
+            inplane = np.hypot(n_ip[:, 0], n_ip[:, 1])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cosang = np.abs(n_ip[:, 1]) / inplane
+            inc[vv, uu] = np.degrees(np.arccos(np.clip(np.nan_to_num(cosang, nan=0.0), 0.0, 1.0)))
+    steep = full & ~shadow & (np.nan_to_num(inc, nan=90.0) > incidence_max_deg)
+    return VisibleLabel(visible=full & ~shadow & ~steep, shadow=shadow, steep=steep, incidence_deg=inc)
+
+
+# ----------------------------------------------------------------------------- the reference objective
+
+
+def reference_objective(x, image, pose, calib, spacing, tree: cKDTree, lam: float, gamma_mm: float = 0.3,
+                        fiducials=geometry.PROBE_FIDUCIALS_MM) -> float:
+    """Eq. 2 straight from the paper's definition, for one parameter vector (slow).
+
+    Every pixel is mapped to CT through Eq. 1 with the perturbed pose
+    ``pose @ perturbation(x[:3], x[3:])``; ``I_t`` holds those within ``gamma``
+    of ``C`` (KD-tree query); the value is the mean of ``f`` (image / 255) over
+    ``I_t`` (0 if empty) minus ``lam`` times the mean fiducial displacement (mm).
+
+    Parameters
+    ----------
+    x : (6,) rotation (deg, Euler xyz) and translation (mm).
+    image : (H, W) uint8 image.
+    tree : ``cKDTree`` of ``C`` (CT, mm).
+    """
+    x = np.asarray(x, float)
+    delta = geometry.perturbation(x[:3], x[3:])
+    image = np.asarray(image)
+    f = image.astype(float) / 255.0 if image.dtype == np.uint8 else image.astype(float)
+    h, w = f.shape
+    pts = geometry.pixels_to_ct(geometry.pixel_grid(w, h), np.asarray(pose, float) @ delta, calib, spacing)
+    dist, _ = tree.query(pts, distance_upper_bound=gamma_mm * (1 + 1e-12))
+    inside = dist <= gamma_mm
+    mean = float(f.ravel()[inside].mean()) if inside.any() else 0.0
+    return mean - lam * float(geometry.mean_fiducial_displacement(np.eye(4), delta, fiducials))
+
+
+def reference_label(image_shape, pose, calib, spacing, tree: cKDTree, gamma_mm: float = 0.3) -> np.ndarray:
+    """The full label from the paper's definition (KD-tree over every pixel), for tests."""
+    h, w = image_shape
+    pts = geometry.pixels_to_ct(geometry.pixel_grid(w, h), pose, calib, spacing)
+    dist, _ = tree.query(pts, distance_upper_bound=gamma_mm * (1 + 1e-12))
+    return (dist <= gamma_mm).reshape(h, w)
+
+
+# ----------------------------------------------------------------------------- one frame
+
+
+@dataclass
+class FrameResult:
+    """The optimisation of one frame.
+
+    status : ``"kept"``, ``"discarded"`` (failed validation) or ``"no_bone"``.
+    reason : why a frame was discarded (empty if kept).
+    x : (6,) rotation (deg) and translation (mm) of the correction ``Delta``.
+    pose : (4, 4) optimised pose ``pose_initial @ Delta`` (NaN if not kept).
+    correction_mm : mean fiducial displacement of ``Delta`` (mm).
+    intensity_initial, intensity_optimized : mean ``f`` over ``I_t`` (in [0, 1]).
+    objective_initial, objective_optimized : Eq. 2 values.
+    n_initial, n_optimized : pixels in ``I_t``.
+    nfev : objective calls, one per generation (each evaluates the whole population).
+    seconds : process (CPU) time of the optimisation (core-seconds).
+    """
+
+    status: str
+    reason: str = ""
+    x: np.ndarray = field(default_factory=lambda: np.zeros(6))
+    pose: np.ndarray = field(default_factory=lambda: np.full((4, 4), np.nan))
+    correction_mm: float = 0.0
+    intensity_initial: float = float("nan")
+    intensity_optimized: float = float("nan")
+    objective_initial: float = float("nan")
+    objective_optimized: float = float("nan")
+    n_initial: int = 0
+    n_optimized: int = 0
+    nfev: int = 0
+    seconds: float = 0.0
+
+
+def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm: float = 0.3,
+                   bound_deg: float = 1.0, bound_mm: float = 1.0, popsize: int = 15, maxiter: int = 100,
+                   tol: float = 0.01, seed: int = 0, max_correction_mm: float = 1.0,
+                   min_label_fraction: float = 0.0, objective: FrameObjective | None = None) -> FrameResult:
+    """Refine one frame's pose by maximising Eq. 2, then validate it.
+
+    Differential evolution (seeded, the population evaluated in one vectorised
+    call, the unperturbed pose included in the initial population) searches
+    ``[-bound_deg, bound_deg]^3 x [-bound_mm, bound_mm]^3``. The result is
+    discarded when its mean fiducial correction exceeds ``max_correction_mm``
+    (the paper's validation) or, optionally, when the optimised intersection
+    keeps fewer than ``min_label_fraction`` of the initial one's pixels (a mean
+    objective can shrink ``I_t`` onto a short bright piece; not in the paper,
+    0 disables it).
+
+    Parameters
+    ----------
+    image : (H, W) uint8 image.
+    pose : (4, 4) recorded probe-marker pose in CT (mm).
+    calib, spacing, points, gamma_mm : as for :func:`full_label`.
+    lam : the weight ``lambda`` of the fiducial term (1/mm).
+    popsize, maxiter, tol : differential evolution settings (population ``popsize * 6``).
+    seed : random seed of the optimiser.
+    max_correction_mm : validation limit (mm), the paper's 1.
+    min_label_fraction : second validation rule (0: off, as in the paper).
+    objective : a prepared :class:`FrameObjective` of this frame (optional).
+
+    Returns
+    -------
+    :class:`FrameResult`; status ``"no_bone"`` when the recorded pose's
+    intersection ``I_t`` is empty (no bone in view: nothing to refine).
+    """
+    t0 = time.process_time()
+    pose = np.asarray(pose, float)
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        raise DatasetError("optimize_frame: the pose is not a finite 4x4 matrix")
+    obj = objective or FrameObjective(image, pose, calib, spacing, points, gamma_mm, bound_deg, bound_mm)
+    zero = np.zeros((6, 1))
+    i0, n0 = obj.intensity(zero)
+    if obj.n_points == 0 or n0[0] == 0:
+        return FrameResult("no_bone", seconds=time.process_time() - t0)
+    bounds = [(-bound_deg, bound_deg)] * 3 + [(-bound_mm, bound_mm)] * 3
+    res = differential_evolution(
+        lambda x: -obj.value(x, lam), bounds, seed=seed, popsize=popsize, maxiter=maxiter, tol=tol,
+        vectorized=True, updating="deferred", polish=False, x0=np.zeros(6), init="latinhypercube",
+    )
+    x = np.asarray(res.x, float)
+    i1, n1 = obj.intensity(x.reshape(6, 1))
+    delta = geometry.perturbation(x[:3], x[3:])
+    corr = float(geometry.mean_fiducial_displacement(np.eye(4), delta, obj.fiducials))
+    reason = ""
+    if corr > max_correction_mm:
+        reason = f"mean fiducial correction {corr:.3f} mm > {max_correction_mm} mm"
+    elif n1[0] < min_label_fraction * n0[0]:
+        reason = f"label shrank to {n1[0]} of {n0[0]} px (< {min_label_fraction:g})"
+    kept = not reason
+    return FrameResult(
+        status="kept" if kept else "discarded", reason=reason, x=x, pose=pose @ delta if kept else np.full((4, 4), np.nan),
+        correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=float(i1[0]),
+        objective_initial=float(i0[0]), objective_optimized=float(i1[0] - lam * corr),
+        n_initial=int(n0[0]), n_optimized=int(n1[0]), nfev=int(res.nfev), seconds=time.process_time() - t0,
+    )
+
+
+# ----------------------------------------------------------------------------- measuring against truth
+
+
+def label_distance_mm(label: np.ndarray, truth: np.ndarray, spacing) -> float:
+    """Mean distance (mm) from each pixel of ``label`` to the nearest pixel of ``truth``.
+
+    NaN when either is empty. Distances by a Euclidean distance transform with
+    the pixel spacing (``sy`` rows, ``sx`` columns).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    label, truth = np.asarray(label, bool), np.asarray(truth, bool)
+    if not label.any() or not truth.any():
+        return float("nan")
+    dt = distance_transform_edt(~truth, sampling=(spacing[1], spacing[0]))
+    return float(dt[label].mean())
+
+
+def precision_recall(pred: np.ndarray, truth: np.ndarray, spacing, tol_mm: float = 0.5) -> tuple[float, float]:
+    """Share of ``pred`` pixels within ``tol_mm`` of ``truth`` and of ``truth`` within ``tol_mm`` of ``pred``.
+
+    NaN for a share whose denominator is empty.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    samp = (spacing[1], spacing[0])
+    prec = rec = float("nan")
+    if pred.any():
+        prec = float((distance_transform_edt(~truth, sampling=samp)[pred] <= tol_mm).mean()) if truth.any() else 0.0
+    if truth.any():
+        rec = float((distance_transform_edt(~pred, sampling=samp)[truth] <= tol_mm).mean()) if pred.any() else 0.0
+    return prec, rec
+
+
+# ----------------------------------------------------------------------------- synthetic frames (tests, benchmarks)
+
+
+def synthetic_image(pose, calib, spacing, shape, points, normals, gamma_mm: float = 0.3, seed: int = 0,
+                    noise: float = 0.05) -> np.ndarray:
+    """A simple B-mode-like frame of a known geometry, for tests and benchmarks.
+
+    The visible bone surface at ``pose`` is drawn bright (brighter at normal
+    incidence), blurred over about 0.3 mm, above a dark acoustic shadow, on a
+    speckle-like textured soft-tissue background. Not a simulator: only what the
+    objective needs (a bright, thin bone response) on a known geometry.
+
+    Returns
+    -------
+    (H, W) uint8 image.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    full = full_label(shape, pose, calib, spacing, points, gamma_mm)
+    vis = visible_label(full, pose, calib, spacing, points, normals, gamma_mm)
+    h, w = shape
+    tissue = 0.18 + 0.08 * gaussian_filter(rng.standard_normal(shape), 1.0)
+    below = np.maximum.accumulate(vis.visible, axis=0) & ~vis.visible
+    tissue[below] *= 0.25
+    bright = np.where(vis.visible, np.cos(np.radians(np.nan_to_num(vis.incidence_deg, nan=90.0))) ** 0.5, 0.0)
+    bright = gaussian_filter(bright, 0.15 / spacing[1])
+    bright = bright / max(bright.max(), 1e-9)
+    img = tissue + 0.8 * bright + noise * rng.standard_normal(shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,705 @@
+"""Labelling a whole dataset: lambda selection, global registration, per-frame optimisation, outputs.
+
+The maths lives in :mod:`ultrabones.labeling` and :mod:`ultrabones.registration`;
+this module runs it over every record of a dataset (layout A or B), on Dask.
+
+Work units and resuming
+-----------------------
+Frames are independent. A record's labelled frames (every ``frame_stride``-th
+row of its ``tracking.csv``) are cut into chunks of ``chunk_size``; a chunk is
+one Dask task that writes one result file
+``build/<profile>/cache/02_labeling/<specimen>/<record>/chunk_XXXX.npz``
+atomically (a temporary file, then a rename), holding the per-frame report and
+the bit-packed labels. A result file carries a key hashing the parameters,
+lambda, calibration, registration and package sources; only files with the
+current key count as done. A killed run therefore restarts with exactly the
+chunks whose file is missing: no frame is lost or labelled twice. The outputs
+(``*_optimized`` and ``*_registered`` columns of ``tracking.csv``, ``Labels/``,
+``Labels_full/``, ``labeling_report.csv``) are written from the chunk files by
+an idempotent merge, record by record.
+
+Per-frame status in the report: ``kept``, ``discarded`` (mean fiducial
+correction above ``max_correction_mm``), ``no_bone`` (no CT surface near the
+image plane: marked, not an error), ``bad_pose`` (NaN pose) and ``bad_image``
+(missing or unreadable PNG): reported with the message and skipped, the rest
+of the record still labelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import atomic, dataset, geometry, labeling, registration
+from .errors import DatasetError
+from .paths import Paths
+from .stage import params_hash, source_hash
+
+STEM = "02_labeling"
+STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
+REPORT = "labeling_report.csv"
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@contextlib.contextmanager
+def executor(kind: str, scheduler: str | None, n_workers: int):
+    """A function ``map(fn, tasks, desc) -> list`` running tasks on Dask or in this process.
+
+    Parameters
+    ----------
+    kind : ``"dask"`` (a ``distributed.LocalCluster`` of ``n_workers`` processes,
+        one thread each, or the scheduler at ``scheduler``) or ``"synchronous"``.
+    scheduler : Dask scheduler address, or None for a local cluster.
+    n_workers : local worker processes.
+    """
+    from tqdm.auto import tqdm
+
+    progress = os.environ.get("ULTRABONES_NO_PROGRESS") is None
+
+    if kind == "synchronous":
+        def run_sync(fn, tasks, desc):
+            return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress or not tasks)]
+
+        yield run_sync
+        return
+
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+        client = Client(cluster)
+
+    def run_dask(fn, tasks, desc):
+        if not tasks:
+            return []
+        futures = client.map(fn, tasks, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        out = [None] * len(tasks)
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+            out[index[fut.key]] = fut.result()
+        return out
+
+    try:
+        yield run_dask
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def surface_cloud(paths: Paths, specimen: dataset.Specimen, density: float, seed: int) -> Path:
+    """``C`` of a specimen, sampled once and cached as ``.npz`` (points, normals; CT, mm).
+
+    The cache key hashes the mesh file's bytes, the density and the seed.
+    """
+    stl = specimen.ct_model
+    digest = hashlib.sha256(stl.read_bytes()).hexdigest()[:16]
+    key = params_hash({"mesh": digest, "density": density, "seed": seed})
+    out = paths.cache(STEM) / specimen.name / f"surface_{key}.npz"
+    if not out.is_file():
+        mesh = dataset.read_mesh(stl)
+        pts, nrm = labeling.surface_points(mesh, density, seed)
+        buf = io.BytesIO()
+        np.savez(buf, points=pts, normals=nrm)
+        atomic.write_bytes(out, buf.getvalue())
+    return out
+
+
+def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as z:
+        return z["points"], z["normals"]
+
+
+def frame_seed(seed: int, key: str, timestamp: int) -> int:
+    """A per-frame optimiser seed, stable across runs and machines."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode()), int(timestamp)]).generate_state(1)[0])
+
+
+def selected_rows(n_rows: int, stride: int, max_frames: int | None) -> np.ndarray:
+    """Rows labelled in a record: every ``stride``-th, at most ``max_frames`` (spread evenly)."""
+    rows = np.arange(0, n_rows, stride)
+    if max_frames is not None and len(rows) > max_frames:
+        rows = rows[np.unique(np.linspace(0, len(rows) - 1, max_frames).round().astype(int))]
+    return rows
+
+
+def _read_image_or_none(path: Path):
+    try:
+        return dataset.read_image(path), None
+    except DatasetError as exc:
+        return None, str(exc)
+
+
+# ----------------------------------------------------------------------------- measuring on the twin
+
+
+def _truth_labels(truth_dir: Path | None, ts: int, shape) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if truth_dir is None:
+        return None, None
+    rec = dataset.Record("", "", Path(truth_dir))
+    out = []
+    for kind in (dataset.LABELS_FULL, dataset.LABELS):
+        f = rec.label_path(ts, kind)
+        out.append(dataset.read_label(f, shape) if f.is_file() else None)
+    return out[0], out[1]
+
+
+def _errors(masks: Mapping[str, np.ndarray | None], truth_full, truth_vis, visible, spacing, tol_mm) -> dict:
+    row: dict[str, Any] = {}
+    for name, m in masks.items():
+        row[f"error_{name}_mm"] = (labeling.label_distance_mm(m, truth_full, spacing)
+                                   if m is not None and truth_full is not None else np.nan)
+    prec = rec = np.nan
+    if visible is not None and truth_vis is not None:
+        prec, rec = labeling.precision_recall(visible, truth_vis, spacing, tol_mm)
+    row["visible_precision"], row["visible_recall"] = prec, rec
+    return row
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def label_chunk(task: Mapping[str, Any]) -> str:
+    """Label one chunk of frames and write its result file (a Dask task).
+
+    ``task`` holds plain data: record folder, truth folder (or None), the rows'
+    timestamps and initial pose parameters, calibration, the registration
+    correction, the cloud file, lambda, the section parameters, the seed, the
+    output file and its key. Returns the output file's path.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    P = task["params"]
+    calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
+    points, _ = load_cloud(task["cloud"])
+    # Labels are drawn from a denser sampling of the same surface than the objective
+    # uses, so that the drawn band is continuous (labeling.label_density_per_mm2).
+    dense, dense_normals = load_cloud(task["label_cloud"])
+    g = np.asarray(task["registration"], float)
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    truth_dir = Path(task["truth_dir"]) if task["truth_dir"] else None
+    rows, masks = [], {}
+    for ts, prm, row_no in zip(task["timestamps"], task["poses"], task["rows"]):
+        t0 = time.process_time()
+        row: dict[str, Any] = {"specimen": rec.specimen, "record": rec.name, "timestamp": int(ts), "message": ""}
+        prm = np.asarray(prm, float)
+        if not np.isfinite(prm).all():
+            row.update(status="bad_pose", message=f"{rec.tracking_csv} row {row_no + 1}: pose is not finite")
+            rows.append(row)
+            continue
+        img, err = _read_image_or_none(rec.image_path(ts))
+        if img is None:
+            row.update(status="bad_image", message=err)
+            rows.append(row)
+            continue
+        pose0 = geometry.pose_from_params(prm)
+        obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"])
+        res = labeling.optimize_frame(
+            img, pose0, calib, spacing, points, task["lambda"], gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
+            bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
+            seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
+            min_label_fraction=P["min_label_fraction"], objective=obj)
+        near = _points_near(dense, img.shape, pose0, [g @ pose0, pose0 @ geometry.perturbation(res.x[:3], res.x[3:])],
+                            calib, spacing, P["gamma_mm"])
+        pts_d, nrm_d = dense[near], dense_normals[near]
+        full_init = labeling.full_label(img.shape, pose0, calib, spacing, pts_d, P["gamma_mm"])
+        full_reg = labeling.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P["gamma_mm"])
+        full_opt = vis = None
+        if res.status == "kept":
+            full_opt = labeling.full_label(img.shape, res.pose, calib, spacing, pts_d, P["gamma_mm"])
+            v = labeling.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P["gamma_mm"],
+                                       P["incidence_max_deg"])
+            vis = v.visible
+            masks[int(ts)] = (full_opt, vis)
+        row.update(
+            status=res.status, message=res.reason, correction_mm=res.correction_mm, rot_x_deg=res.x[0], rot_y_deg=res.x[1],
+            rot_z_deg=res.x[2], trans_x_mm=res.x[3], trans_y_mm=res.x[4], trans_z_mm=res.x[5],
+            intensity_initial=res.intensity_initial, intensity_optimized=res.intensity_optimized,
+            objective_initial=res.objective_initial, objective_optimized=res.objective_optimized,
+            n_label_initial=int(full_init.sum()), n_label_optimized=int(full_opt.sum()) if full_opt is not None else 0,
+            n_label_registered=int(full_reg.sum()), n_label_visible=int(vis.sum()) if vis is not None else 0,
+            has_initial=bool(full_init.any()), has_registered=bool(full_reg.any()),
+            has_optimized=bool(full_opt is not None and full_opt.any()),
+            generations=res.nfev, seconds_optimize=res.seconds,
+        )
+        if truth_dir is not None:
+            tf, tv = _truth_labels(truth_dir, ts, img.shape)
+            row.update(_errors({"initial": full_init, "registered": full_reg, "optimized": full_opt},
+                               tf, tv, vis, spacing, P["precision_tolerance_mm"]))
+        row["seconds_total"] = time.process_time() - t0
+        rows.append(row)
+    _write_chunk(Path(task["out"]), task["key"], rows, masks)
+    return task["out"]
+
+
+def _points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.ndarray:
+    """Mask of the points that can lie within ``gamma`` of the image at ``pose`` or any of ``others``.
+
+    A rigid motion moves the points of the image rectangle most at one of its
+    corners (the displacement is convex), so the largest corner displacement
+    from ``pose`` to each other pose, plus ``gamma``, bounds how far from the
+    ``pose`` image a point can be and still be labelled at another pose.
+    """
+    h, w = shape
+    sx, sy = spacing
+    chain = np.asarray(pose) @ np.asarray(calib)
+    ip_c = np.array([[0, 0, 0], [w * sx, 0, 0], [0, h * sy, 0], [w * sx, h * sy, 0]], float)
+    ct_c = geometry.transform_points(chain, ip_c)
+    reach = max([0.0] + [float(np.linalg.norm(geometry.transform_points(np.asarray(o) @ np.asarray(calib), ip_c) - ct_c,
+                                              axis=1).max()) for o in others])
+    m = reach + gamma_mm + 1e-6
+    ip = geometry.transform_points(geometry.invert_transform(chain), points)
+    return ((np.abs(ip[:, 2]) <= m) & (ip[:, 0] >= -m) & (ip[:, 0] <= w * sx + m)
+            & (ip[:, 1] >= -m) & (ip[:, 1] <= h * sy + m))
+
+
+def _write_chunk(path: Path, key: str, rows: list[dict], masks: dict) -> None:
+    ts = np.array(sorted(masks), dtype=np.int64)
+    shape = next(iter(masks.values()))[0].shape if masks else (0, 0)
+    nbytes = (shape[0] * shape[1] + 7) // 8
+    full = np.zeros((len(ts), nbytes), np.uint8)
+    vis = np.zeros((len(ts), nbytes), np.uint8)
+    for j, t in enumerate(ts):
+        full[j], vis[j] = np.packbits(masks[t][0]), np.packbits(masks[t][1])
+    buf = io.BytesIO()
+    np.savez_compressed(buf, key=np.array(key), report=np.array(json.dumps(atomic._to_jsonable(rows))),
+                        timestamps=ts, shape=np.array(shape), full=full, visible=vis)
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def read_chunk(path: Path | str, key: str | None = None) -> dict | None:
+    """A chunk result: ``report`` (list of dicts) and ``labels`` {timestamp: (full, visible)}.
+
+    None when the file is missing, unreadable or made with another key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            if key is not None and str(z["key"]) != key:
+                return None
+            shape = tuple(int(v) for v in z["shape"])
+            n = shape[0] * shape[1]
+            labels = {int(t): (np.unpackbits(f)[:n].reshape(shape).astype(bool),
+                               np.unpackbits(v)[:n].reshape(shape).astype(bool))
+                      for t, f, v in zip(z["timestamps"], z["full"], z["visible"])}
+            return {"report": json.loads(str(z["report"])), "labels": labels}
+    except (OSError, ValueError, KeyError, zlib.error):
+        return None
+
+
+def lambda_task(task: Mapping[str, Any]) -> list[dict]:
+    """Optimise one frame at every candidate lambda (a Dask task); one dict per lambda."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    P = task["params"]
+    calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
+    points, _ = load_cloud(task["cloud"])
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    ts = int(task["timestamp"])
+    img, err = _read_image_or_none(rec.image_path(ts))
+    if img is None:
+        return []
+    pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
+    obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"])
+    if obj.n_points == 0:
+        return []
+    truth_full = None
+    if task["truth_dir"]:
+        truth_full, _ = _truth_labels(Path(task["truth_dir"]), ts, img.shape)
+    full_init = obj.mask()
+    err_init = labeling.label_distance_mm(full_init, truth_full, spacing) if truth_full is not None else np.nan
+    out = []
+    for lam in task["lambdas"]:
+        res = labeling.optimize_frame(
+            img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
+            bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
+            seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
+            min_label_fraction=P["min_label_fraction"], objective=obj)
+        if res.status == "no_bone":
+            continue
+        err_opt = (labeling.label_distance_mm(obj.mask(res.x), truth_full, spacing)
+                   if truth_full is not None else np.nan)
+        out.append({"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "lambda": lam,
+                    "status": res.status, "correction_mm": res.correction_mm,
+                    "intensity_initial": res.intensity_initial, "intensity_optimized": res.intensity_optimized,
+                    "error_initial_mm": err_init, "error_optimized_mm": err_opt})
+    return out
+
+
+def registration_task(task: Mapping[str, Any]) -> dict:
+    """Register one sweep globally (a Dask task); returns the correction and its figures."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    P = task["params"]
+    calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
+    points, _ = load_cloud(task["cloud"])
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    images, poses = [], []
+    for ts, prm in zip(task["timestamps"], task["poses"]):
+        prm = np.asarray(prm, float)
+        if not np.isfinite(prm).all():
+            continue
+        img, _ = _read_image_or_none(rec.image_path(ts))
+        if img is not None:
+            images.append(img)
+            poses.append(geometry.pose_from_params(prm))
+    if not images:
+        return {"transform": np.eye(4).tolist(), "n_frames": 0, "similarity_initial": np.nan,
+                "similarity_registered": np.nan, "mean_displacement_mm": 0.0, "seconds": 0.0}
+    reg = registration.register_sweep(
+        images, np.array(poses), calib, spacing, points, gamma_mm=P["gamma_mm"],
+        bound_deg=P["registration_bound_deg"], bound_mm=P["registration_bound_mm"], popsize=P["popsize"],
+        maxiter=P["registration_maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, 0))
+    out = asdict(reg)
+    out["transform"] = reg.transform.tolist()
+    return atomic._to_jsonable(out)
+
+
+# ----------------------------------------------------------------------------- lambda selection
+
+
+def choose_lambda(trials: pd.DataFrame, use_truth: bool) -> tuple[float, pd.DataFrame]:
+    """Pick lambda from per-frame trials (rows of :func:`lambda_task`).
+
+    Each candidate is scored on the labels it would deliver: a kept frame
+    delivers its optimised label, a discarded frame falls back to its initial
+    one (so a lambda that over-corrects gains nothing from the frames it loses).
+
+    - Twin (``use_truth``): the mean true label error (mm) of the delivered
+      labels; the smallest wins.
+    - Real data (the proxy): the mean image intensity on the delivered labels'
+      ``I_t``; the largest wins.
+
+    Returns
+    -------
+    lam, and a table by lambda: ``error_mm``, ``proxy_intensity``, ``discard_rate``,
+    ``mean_correction_mm``, ``n_frames``.
+    """
+    t = trials.copy()
+    kept = t["status"] == "kept"
+    t["delivered_error"] = np.where(kept, t["error_optimized_mm"], t["error_initial_mm"])
+    t["delivered_intensity"] = np.where(kept, t["intensity_optimized"], t["intensity_initial"])
+    table = t.groupby("lambda").agg(
+        error_mm=("delivered_error", "mean"), proxy_intensity=("delivered_intensity", "mean"),
+        discard_rate=("status", lambda s: float((s == "discarded").mean())),
+        mean_correction_mm=("correction_mm", "mean"), n_frames=("timestamp", "size")).reset_index()
+    if use_truth and table["error_mm"].notna().any():
+        lam = float(table.loc[table["error_mm"].idxmin(), "lambda"])
+    else:
+        lam = float(table.loc[table["proxy_intensity"].idxmax(), "lambda"])
+    return lam, table
+
+
+# ----------------------------------------------------------------------------- the whole dataset
+
+
+def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
+    return dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
+
+
+def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = None, seed: int = 0,
+        dask_scheduler: str | None = None, n_workers: int = 1, only_specimen: str | None = None,
+        specimen_overrides: Mapping[str, Mapping] | None = None, lambda_override: float | None = None,
+        fail_after_chunks: int | None = None) -> dict:
+    """Label a dataset end to end; resumable.
+
+    Parameters
+    ----------
+    paths : the run's paths (dataset at ``paths.dataset``, truth at ``paths.truth`` on the twin).
+    P : the validated ``labeling`` section.
+    specimens : specimen folders (None: all in the dataset).
+    seed : master seed.
+    dask_scheduler, n_workers : see :func:`executor` (``P["executor"]`` picks Dask or synchronous).
+    only_specimen : label only this specimen (``make specimen``).
+    specimen_overrides : per-specimen section overrides (``params/specimens/``),
+        applied to that specimen's registration and frames.
+    lambda_override : use this lambda instead of ``P``'s choice (tests).
+    fail_after_chunks : stop with ``RuntimeError`` after this many chunks (tests of resuming).
+
+    Returns
+    -------
+    dict with ``report`` (DataFrame, one row per labelled frame of every
+    record, whatever its status), ``lambda``, ``lambda_table`` (DataFrame or
+    None), ``registrations`` (record key -> dict) and ``calibration``.
+    """
+    from tqdm.auto import tqdm  # noqa: F401  (progress bars in executor)
+
+    specs = dataset.discover(paths.dataset, specimens)
+    if only_specimen is not None:
+        specs = [s for s in specs if s.name == only_specimen]
+    calib, spacing, _ = dataset.read_calibration(paths.dataset)
+    use_truth = paths.is_twin and paths.truth.is_dir()
+    cache = paths.cache(STEM)
+    P = dict(P)
+    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": seed}
+    from .params import for_specimen
+
+    spec_params = {s.name: for_specimen(P, specimen_overrides or {}, s.name) for s in specs}
+    clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name]["density_per_mm2"], seed)) for s in specs}
+    label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name]["label_density_per_mm2"], seed + 1))
+                    for s in specs}
+
+    records = []  # (specimen, record, table, rows)
+    for s in specs:
+        for rec in s.records:
+            tab = _record_tracking(rec)
+            Ps = spec_params[s.name]
+            rows = selected_rows(len(tab), Ps["frame_stride"], Ps["max_frames_per_record"])
+            records.append((s, rec, tab, rows))
+
+    def truth_dir(rec):
+        if not use_truth:
+            return None
+        d = paths.truth / rec.specimen / (rec.bone or "") / rec.name
+        return str(d) if d.is_dir() else None
+
+    def frame_poses(tab, rows):
+        return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
+
+    with executor(P["executor"], dask_scheduler, n_workers) as run_tasks:
+        # 1. lambda
+        lam_table = None
+        if lambda_override is not None:
+            lam = float(lambda_override)
+        elif P["lambda_value"] is not None:
+            lam = float(P["lambda_value"])
+        else:
+            lam, lam_table = _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks,
+                                            use_truth, seed)
+        # 2. global registration, one per record
+        regs = {}
+        reg_tasks, reg_keys = [], []
+        for s, rec, tab, rows in records:
+            ok = rows[np.isfinite(tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float)).all(axis=1)]
+            n_reg = min(spec_params[s.name]["registration_frames"], len(ok))
+            pick = ok[np.unique(np.linspace(0, len(ok) - 1, n_reg).round().astype(int))] if len(ok) else ok
+            task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
+                        record_dir=str(rec.path), cloud=clouds[s.name],
+                        timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
+            key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"}, "src": source_hash()})
+            f = cache / rec.key / "registration.json"
+            if f.is_file() and json.loads(f.read_text()).get("key") == key:
+                regs[rec.key] = json.loads(f.read_text())["result"]
+            else:
+                reg_tasks.append(task)
+                reg_keys.append((rec.key, f, key))
+        for (rkey, f, key), result in zip(reg_keys, run_tasks(registration_task, reg_tasks, "registration")):
+            atomic.write_json(f, {"key": key, "result": result})
+            regs[rkey] = result
+        # 3. frames, in chunks
+        chunk_tasks, chunk_files = [], {}
+        for s, rec, tab, rows in records:
+            files = []
+            size = spec_params[s.name]["chunk_size"]
+            for c0 in range(0, len(rows), size):
+                part = rows[c0:c0 + size]
+                task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
+                            record_dir=str(rec.path), cloud=clouds[s.name], label_cloud=label_clouds[s.name],
+                            truth_dir=truth_dir(rec), timestamps=tab.loc[part, "timestamp"].tolist(),
+                            poses=frame_poses(tab, part), rows=part.tolist(), registration=regs[rec.key]["transform"],
+                            **{"lambda": lam})
+                key = params_hash({"task": {k: v for k, v in task.items() if k not in ("record_dir", "truth_dir")},
+                                   "src": source_hash()})
+                out = cache / rec.key / f"chunk_{c0 // size:04d}.npz"
+                task.update(out=str(out), key=key)
+                files.append((out, key))
+                if read_chunk(out, key) is None:
+                    chunk_tasks.append(task)
+            chunk_files[rec.key] = files
+        if fail_after_chunks is not None:
+            run_tasks(label_chunk, chunk_tasks[:fail_after_chunks], "frames")
+            raise RuntimeError(f"stopped after {fail_after_chunks} chunks (fail_after_chunks)")
+        run_tasks(label_chunk, chunk_tasks, "frames")
+    # 4. merge, record by record
+    reports = []
+    for s, rec, tab, rows in records:
+        reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
+    report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
+    return {"report": report, "lambda": lam, "lambda_table": lam_table, "registrations": regs,
+            "calibration": (calib, spacing)}
+
+
+def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks, use_truth, seed):
+    """Sample frames over the dataset and score every candidate lambda (cached)."""
+    rng = np.random.default_rng(seed)
+    pool = [(s, rec, tab, int(r)) for s, rec, tab, rows in records for r in rows
+            if np.isfinite(tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float)).all()]
+    pick = rng.choice(len(pool), size=min(P["lambda_frames"], len(pool)), replace=False) if pool else []
+    tasks = []
+    for j in sorted(pick):
+        s, rec, tab, r = pool[j]
+        tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), cloud=clouds[s.name],
+                          truth_dir=truth_dir(rec), timestamp=int(tab.loc[r, "timestamp"]),
+                          pose=tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist(),
+                          lambdas=list(P["lambdas"])))
+    key = params_hash({"tasks": [{k: v for k, v in t.items() if k not in ("record_dir", "truth_dir")}
+                                 for t in tasks], "src": source_hash()})
+    f = paths.cache(STEM) / "lambda_trials.json"
+    if f.is_file() and json.loads(f.read_text()).get("key") == key:
+        rows = json.loads(f.read_text())["rows"]
+    else:
+        rows = [r for out in run_tasks(lambda_task, tasks, "lambda") for r in out]
+        atomic.write_json(f, {"key": key, "rows": rows})
+    trials = pd.DataFrame(rows)
+    if trials.empty:
+        return float(P["lambdas"][0]), None
+    trials = trials.astype({"error_initial_mm": float, "error_optimized_mm": float})
+    lam, table = choose_lambda(trials, use_truth)
+    _, proxy_table = choose_lambda(trials, use_truth=False)
+    table["proxy_choice"] = float(proxy_table.loc[proxy_table["proxy_intensity"].idxmax(), "lambda"])
+    return lam, table
+
+
+def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
+    """Write a record's outputs from its chunk files (idempotent); return its report.
+
+    Writes ``*_optimized`` (kept frames; NaN otherwise) and ``*_registered``
+    (every frame with a pose) columns into ``tracking.csv``, ``Labels_full/``
+    (optimised full label) and ``Labels/`` (visible label) PNGs of the kept
+    frames, and ``labeling_report.csv``.
+
+    Raises
+    ------
+    RuntimeError
+        If a chunk file is missing or stale (the run did not finish).
+    """
+    rows, labels = [], {}
+    for f, key in files:
+        chunk = read_chunk(f, key)
+        if chunk is None:
+            raise RuntimeError(f"{f}: chunk result missing or stale; rerun to finish the labelling")
+        rows += chunk["report"]
+        labels.update(chunk["labels"])
+    report = pd.DataFrame(rows)
+    out = tab.copy()
+    init = out[list(geometry.POSE_COLUMNS)].to_numpy(float)
+    ok = np.isfinite(init).all(axis=1)
+    opt = np.full((len(out), 6), np.nan)
+    regc = np.full((len(out), 6), np.nan)
+    g = np.asarray(reg["transform"], float)
+    if ok.any():
+        regc[ok] = geometry.params_from_pose(g @ geometry.pose_from_params(init[ok]))
+    if not report.empty:
+        kept = report[report["status"] == "kept"]
+        row_of = {int(t): i for i, t in enumerate(out["timestamp"])}
+        for _, r in kept.iterrows():
+            i = row_of[int(r["timestamp"])]
+            x = np.array([r["rot_x_deg"], r["rot_y_deg"], r["rot_z_deg"], r["trans_x_mm"], r["trans_y_mm"],
+                          r["trans_z_mm"]])
+            opt[i] = geometry.params_from_pose(geometry.pose_from_params(init[i]) @ geometry.perturbation(x[:3], x[3:]))
+    for j, c in enumerate(dataset.OPTIMIZED_COLUMNS):
+        out[c] = opt[:, j]
+    for j, c in enumerate(dataset.REGISTERED_COLUMNS):
+        out[c] = regc[:, j]
+    for ts, (full, vis) in labels.items():
+        dataset.write_label(rec.label_path(ts, dataset.LABELS_FULL), full)
+        dataset.write_label(rec.label_path(ts, dataset.LABELS), vis)
+    dataset.write_tracking(rec.tracking_csv, out)
+    atomic.write_text(rec.path / REPORT, report.to_csv(index=False))
+    return report
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def summarize(report: pd.DataFrame) -> dict:
+    """The notebook's metrics from the per-frame report (keys of issue 5).
+
+    ``label_error_mm`` is measured on the kept frames (each method's full label
+    against the true full label, mean distance in mm), so the three methods are
+    compared on the same frames.
+    """
+    rep = report
+    valid = rep[rep["status"].isin(["kept", "discarded"])]
+    kept = rep[rep["status"] == "kept"]
+    out: dict[str, Any] = {
+        "n_frames": int(len(rep)),
+        "status_counts": {s: int((rep["status"] == s).sum()) for s in STATUSES},
+        "discard_rate": float((valid["status"] == "discarded").mean()) if len(valid) else float("nan"),
+        "kept_mean_fiducial_correction_mm": float(kept["correction_mm"].mean()) if len(kept) else float("nan"),
+        "discarded_for_correction": int(valid["message"].fillna("").str.startswith("mean fiducial").sum()),
+        "discarded_for_shrinking": int(valid["message"].fillna("").str.startswith("label shrank").sum()),
+        "seconds_per_frame": float(valid["seconds_optimize"].mean()) if len(valid) else float("nan"),
+    }
+    if "error_optimized_mm" in rep.columns and len(kept):
+        err = {}
+        for m in ("initial", "registered", "optimized"):
+            e = kept[f"error_{m}_mm"].astype(float).dropna()
+            err["registration" if m == "registered" else m] = {
+                "mean": float(e.mean()), "median": float(e.median()), "p95": float(e.quantile(0.95)), "n": int(len(e))}
+        out["label_error_mm"] = err
+        both = kept[["error_initial_mm", "error_optimized_mm"]].astype(float).dropna()
+        out["optimized_better_share"] = float((both["error_optimized_mm"] < both["error_initial_mm"]).mean())
+        out["visible_label_precision"] = float(kept["visible_precision"].astype(float).mean())
+        out["visible_label_recall"] = float(kept["visible_recall"].astype(float).mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], seed: int = 0) -> dict:
+    """Everything Fig. 3 and Fig. 4 draw for one labelled frame of the report.
+
+    Recomputes, from the dataset and the report row: the image, the initial
+    and optimised full labels, and the shadow and steep-incidence pixels
+    removed from the optimised one.
+
+    Returns
+    -------
+    dict with ``image`` (H, W) uint8 and (H, W) bool ``initial``, ``optimized``,
+    ``shadow``, ``steep``, ``visible``; ``spacing`` (mm per pixel).
+    """
+    spec = dataset.read_specimen(paths.dataset / row["specimen"])
+    rec = next(r for r in spec.records if r.name == row["record"])
+    calib, spacing, _ = dataset.read_calibration(paths.dataset)
+    points, normals = load_cloud(surface_cloud(paths, spec, P["label_density_per_mm2"], seed + 1))
+    tab = _record_tracking(rec)
+    prm = tab.loc[tab["timestamp"] == int(row["timestamp"]), list(geometry.POSE_COLUMNS)].to_numpy(float)[0]
+    img = dataset.read_image(rec.image_path(int(row["timestamp"])))
+    pose0 = geometry.pose_from_params(prm)
+    x = np.array([row["rot_x_deg"], row["rot_y_deg"], row["rot_z_deg"], row["trans_x_mm"], row["trans_y_mm"],
+                  row["trans_z_mm"]], float)
+    pose1 = pose0 @ geometry.perturbation(x[:3], x[3:])
+    init = labeling.full_label(img.shape, pose0, calib, spacing, points, P["gamma_mm"])
+    opt = labeling.full_label(img.shape, pose1, calib, spacing, points, P["gamma_mm"])
+    vis = labeling.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
+    return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
+            "visible": vis.visible, "spacing": spacing}
+
+
+def overlay(image: np.ndarray, layers: Iterable[tuple[np.ndarray, tuple[float, float, float]]]) -> np.ndarray:
+    """An RGB picture of a grey image with coloured masks painted on, in order (later on top).
+
+    Parameters
+    ----------
+    image : (H, W) uint8.
+    layers : (mask, (r, g, b)) pairs, colours in [0, 1].
+
+    Returns
+    -------
+    (H, W, 3) float array in [0, 1].
+    """
+    rgb = np.repeat((np.asarray(image, float) / 255.0)[..., None], 3, axis=2)
+    for mask, colour in layers:
+        rgb[np.asarray(mask, bool)] = colour
+    return rgb

@@ -1,0 +1,452 @@
+"""Known-answer and bad-input tests of ultrabones.labeling, .registration and .labeling_run.
+
+Everything runs on small synthetic frames: two ellipsoid "bones" whose CT
+model, true pose and image are known exactly (``labeling.synthetic_image``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import trimesh
+from scipy.spatial import cKDTree
+
+from ultrabones import dataset, geometry, labeling, labeling_run, registration
+from ultrabones.errors import DatasetError, ParamsError
+from ultrabones.paths import Paths
+
+SPACING = (0.2, 0.2)
+SHAPE = (100, 128)  # H, W: 20 mm deep, 25.6 mm wide
+
+
+def bone_mesh() -> trimesh.Trimesh:
+    """Two ellipsoids (a 'tibia' and a smaller 'fibula') along CT z, tilted so every DoF shows."""
+    a = trimesh.creation.icosphere(subdivisions=4)
+    a.apply_scale([9.0, 7.0, 40.0])
+    a.apply_transform(trimesh.transformations.rotation_matrix(np.radians(20), [1, 0.3, 0]))
+    b = trimesh.creation.icosphere(subdivisions=3)
+    b.apply_scale([4.0, 3.5, 30.0])
+    b.apply_transform(trimesh.transformations.rotation_matrix(np.radians(-15), [0.2, 1, 0]))
+    b.apply_translation([10.0, -5.0, 0.0])
+    return trimesh.util.concatenate([a, b])
+
+
+def frame_pose(z_mm: float = 0.0) -> np.ndarray:
+    """True probe-marker pose whose image plane cuts the bones at CT height ``z_mm``.
+
+    Image x along CT x, depth along CT -y, the top edge 16 mm above the bone axis.
+    """
+    rot = np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]], float).T
+    ip_to_ct = geometry.make_transform(rot, np.array([-SHAPE[1] * SPACING[0] / 2 + 3, 16.0, z_mm]))
+    return ip_to_ct @ geometry.invert_transform(geometry.released_calibration())
+
+
+@pytest.fixture(scope="module")
+def scene():
+    mesh = bone_mesh()
+    pts, nrm = labeling.surface_points(mesh, 8.0, seed=1)
+    return {"mesh": mesh, "points": pts, "normals": nrm, "calib": geometry.released_calibration(),
+            "tree": cKDTree(pts)}
+
+
+# ----------------------------------------------------------------------------- C
+
+
+def test_surface_points_uniform_on_surface_with_outward_normals():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=10.0)
+    pts, nrm = labeling.surface_points(sphere, 2.0, seed=3)
+    assert abs(len(pts) - sphere.area * 2.0) <= 1
+    r = np.linalg.norm(pts, axis=1)
+    assert r.max() <= 10.0 + 1e-9 and r.min() > 9.9  # on the faceted sphere
+    assert np.allclose(np.linalg.norm(nrm, axis=1), 1.0)
+    assert (np.einsum("ij,ij->i", nrm, pts) > 0).all()  # outward
+    # uniform: each octant holds an eighth of the points (binomial, 5 sigma)
+    octant = (pts > 0) @ np.array([1, 2, 4])
+    counts = np.bincount(octant, minlength=8)
+    assert np.abs(counts - len(pts) / 8).max() < 5 * np.sqrt(len(pts) / 8)
+    again, _ = labeling.surface_points(sphere, 2.0, seed=3)
+    assert np.array_equal(pts, again)
+
+
+def test_surface_points_rejects_bad_density():
+    with pytest.raises(ParamsError, match="density_per_mm2"):
+        labeling.surface_points(trimesh.creation.box(), 0.0, seed=0)
+
+
+# ----------------------------------------------------------------------------- fast = reference
+
+
+def test_full_label_equals_the_kdtree_definition(scene):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = rng.uniform(-1, 1, 6)
+        pose = frame_pose(rng.uniform(-10, 10)) @ geometry.perturbation(x[:3], x[3:])
+        fast = labeling.full_label(SHAPE, pose, scene["calib"], SPACING, scene["points"], 0.3)
+        ref = labeling.reference_label(SHAPE, pose, scene["calib"], SPACING, scene["tree"], 0.3)
+        assert ref.sum() > 100
+        assert np.array_equal(fast, ref)
+
+
+def test_fast_objective_equals_reference_on_random_poses(scene):
+    pose = frame_pose(2.0)
+    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    obj = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (6, 12))
+    for lam in (0.1, 10.0):
+        fast = obj.value(x, lam)
+        ref = [labeling.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], lam)
+               for j in range(x.shape[1])]
+        assert np.allclose(fast, ref, atol=1e-12, rtol=0)
+    # the population is evaluated at once, and equals member-by-member evaluation
+    assert np.allclose(obj.value(x, 1.0), [obj.value(x[:, j], 1.0) for j in range(12)])
+
+
+def test_no_bone_in_view_gives_empty_label_and_status(scene):
+    far = frame_pose(500.0)  # the plane misses the bones entirely
+    img = np.full(SHAPE, 80, np.uint8)
+    assert not labeling.full_label(SHAPE, far, scene["calib"], SPACING, scene["points"]).any()
+    res = labeling.optimize_frame(img, far, scene["calib"], SPACING, scene["points"], 1.0, maxiter=5)
+    assert res.status == "no_bone"
+
+
+def test_frame_objective_rejects_non_2d_image(scene):
+    with pytest.raises(ValueError, match=r"image must be \(H, W\)"):
+        labeling.FrameObjective(np.zeros((4, 4, 3)), frame_pose(), scene["calib"], SPACING, scene["points"])
+
+
+def test_optimize_frame_rejects_nan_pose(scene):
+    pose = frame_pose()
+    pose[0, 3] = np.nan
+    with pytest.raises(DatasetError, match="not a finite"):
+        labeling.optimize_frame(np.zeros(SHAPE, np.uint8), pose, scene["calib"], SPACING, scene["points"], 1.0)
+
+
+# ----------------------------------------------------------------------------- the optimiser
+
+
+def test_optimizer_recovers_a_known_perturbation(scene):
+    """Noise-free frame drawn at the true pose; the recorded pose is off by a known perturbation."""
+    true = frame_pose(-3.0)
+    calib, pts = scene["calib"], scene["points"]
+    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])  # deg, mm
+    recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
+    truth = labeling.full_label(SHAPE, true, calib, SPACING, pts)
+    before = labeling.label_distance_mm(labeling.full_label(SHAPE, recorded, calib, SPACING, pts), truth, SPACING)
+    res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
+    assert res.status == "kept"
+    after = labeling.label_distance_mm(labeling.full_label(SHAPE, res.pose, calib, SPACING, pts), truth, SPACING)
+    assert before > 0.25
+    assert after < min(0.08, 0.3 * before), (before, after)
+    assert res.intensity_optimized > res.intensity_initial
+    # the correction undoes the error: the fiducials land near the true ones
+    # (up to the small, weakly observed motions the image cannot see)
+    assert geometry.mean_fiducial_displacement(res.pose, true) < 0.5 * geometry.mean_fiducial_displacement(recorded, true)
+
+
+def test_validation_discards_large_corrections(scene):
+    true = frame_pose(1.0)
+    calib, pts = scene["calib"], scene["points"]
+    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    recorded = true @ geometry.invert_transform(geometry.perturbation([0.9, -0.9, 0.9], [0.9, -0.9, 0.9]))
+    res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, max_correction_mm=0.2)
+    assert res.status == "discarded" and res.correction_mm > 0.2
+    assert np.isnan(res.pose).all()
+
+
+# ----------------------------------------------------------------------------- visible label
+
+
+def test_shadow_mask_keeps_only_the_first_crossing():
+    full = np.zeros((12, 3), bool)
+    full[2:4, 0] = True   # first crossing
+    full[8:10, 0] = True  # a second bone below it: shadowed
+    full[5, 1] = True     # a single crossing: visible
+    full[3, 2] = full[5, 2] = True  # gap of 1 row bridged, then nothing: visible
+    sh = labeling.shadow_mask(full, gap_px=1)
+    assert sh[8:10, 0].all() and not sh[2:4, 0].any()
+    assert not sh[:, 1].any()
+    assert not sh[:, 2].any()
+    assert not labeling.shadow_mask(full, gap_px=0)[3, 2] and labeling.shadow_mask(full, gap_px=0)[5, 2]
+
+
+def test_visible_label_removes_steep_incidence_and_shadow():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=6.0)
+    pts, nrm = labeling.surface_points(sphere, 20.0, seed=0)
+    calib = geometry.released_calibration()
+    rot = np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]], float).T
+    pose = geometry.make_transform(rot, np.array([-12.8, 10.0, 0.0])) @ geometry.invert_transform(calib)
+    full = labeling.full_label(SHAPE, pose, calib, SPACING, pts)
+    vis = labeling.visible_label(full, pose, calib, SPACING, pts, nrm, incidence_max_deg=85.0)
+    vv, uu = np.nonzero(full)
+    # circle of radius 6 mm centred at depth 10 mm, column 64
+    x = (uu + 0.5) * SPACING[0] - 12.8
+    y = (vv + 0.5) * SPACING[1] - 10.0
+    assert np.abs(np.hypot(x, y) - 6.0).max() < 0.4
+    lower = (y > 2.0) & (np.abs(x) < 5.5)  # off the tangent columns
+    assert vis.shadow[vv[lower], uu[lower]].all()  # the lower half lies in the upper half's shadow
+    # a grazing scan line meets the circle in one run: only there can a pixel below the equator stay
+    assert (np.abs(x[(y > 0.5) & vis.visible[vv, uu]]) > 5.5).all()
+    top = (y < -5.0) & (np.abs(x) < 1.0)
+    assert vis.visible[vv[top], uu[top]].all()  # normal incidence at the top: kept
+    # incidence angle is the angle of the in-plane normal to the vertical: asin(|x| / 6)
+    upper = (y < -1.0)
+    expect = np.degrees(np.arcsin(np.clip(np.abs(x[upper]) / np.hypot(x[upper], y[upper]), 0, 1)))
+    assert np.nanmedian(np.abs(vis.incidence_deg[vv[upper], uu[upper]] - expect)) < 3.0
+    # the steep flanks (near-vertical surface) go, not the shadow
+    assert vis.steep.any() and not (vis.steep & vis.shadow).any()
+    assert (vis.incidence_deg[vis.steep] > 85.0).all()
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def test_global_registration_corrects_a_common_offset(scene):
+    calib, pts = scene["calib"], scene["points"]
+    offset = geometry.make_transform(np.eye(3), np.array([0.0, 0.8, 0.0]))  # the whole sweep 0.8 mm off
+    images, recorded = [], []
+    for z in (-6.0, -2.0, 2.0, 6.0):
+        true = frame_pose(z)
+        images.append(labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0))
+        recorded.append(offset @ true)
+    reg = registration.register_sweep(images, np.array(recorded), calib, SPACING, pts, maxiter=40, seed=0)
+    assert reg.similarity_registered > reg.similarity_initial
+    moved = reg.transform @ offset
+    # the registered poses' image centres are back near the true ones
+    assert np.linalg.norm(moved[:3, 3] + moved[:3, :3] @ reg.centre - reg.centre) < 0.3
+    assert registration.correction(np.zeros(6), reg.centre) == pytest.approx(np.eye(4))
+
+
+def test_register_sweep_rejects_mismatched_inputs(scene):
+    with pytest.raises(ValueError, match="images for"):
+        registration.register_sweep([np.zeros(SHAPE, np.uint8)], np.zeros((2, 4, 4)), scene["calib"], SPACING,
+                                    scene["points"])
+
+
+# ----------------------------------------------------------------------------- a whole (tiny) dataset
+
+
+PARAMS = {
+    "density_per_mm2": 6.0, "label_density_per_mm2": 12.0, "gamma_mm": 0.3, "bound_deg": 1.0, "bound_mm": 1.0, "popsize": 6, "maxiter": 15,
+    "tol": 0.02, "lambdas": [0.01, 1.0], "lambda_frames": 2, "lambda_value": None, "max_correction_mm": 1.0, "min_label_fraction": 0.5,
+    "incidence_max_deg": 85.0, "frame_stride": 1, "max_frames_per_record": None, "chunk_size": 2,
+    "registration_frames": 2, "registration_bound_deg": 1.0, "registration_bound_mm": 1.0,
+    "registration_maxiter": 5, "precision_tolerance_mm": 0.5, "executor": "synchronous",
+}
+
+
+def make_twin(root: Path, n_frames: int = 5, seed: int = 0) -> Paths:
+    """A layout-A dataset with truth: one specimen, one record, frames 1 mm apart along the bones."""
+    rng = np.random.default_rng(seed)
+    twin = root / "twin"
+    ds, truth = twin / "dataset", twin / "truth"
+    mesh = bone_mesh()
+    dataset.write_mesh(ds / "specimen01" / "CT_bone_model.stl", mesh)
+    calib = geometry.released_calibration()
+    dataset.write_calibration(ds, calib, SPACING, -100.0)
+    pts, nrm = labeling.surface_points(mesh, 10.0, seed=99)
+    rec = dataset.Record("specimen01", "record01", ds / "specimen01" / "record01")
+    trec = dataset.Record("specimen01", "record01", truth / "specimen01" / "record01")
+    rows = []
+    for j in range(n_frames):
+        ts = 1000 + 50 * j
+        true = frame_pose(-4.0 + 2.0 * j)
+        img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
+        dataset.write_image(rec.image_path(ts), img)
+        full = labeling.full_label(SHAPE, true, calib, SPACING, pts)
+        vis = labeling.visible_label(full, true, calib, SPACING, pts, nrm).visible
+        dataset.write_label(trec.label_path(ts, dataset.LABELS_FULL), full)
+        dataset.write_label(trec.label_path(ts, dataset.LABELS), vis)
+        e = np.r_[rng.uniform(-0.4, 0.4, 3), rng.uniform(-0.5, 0.5, 3)]
+        recorded = true @ geometry.perturbation(e[:3], e[3:])
+        rows.append([ts, *geometry.params_from_pose(recorded)])
+    dataset.write_tracking(rec.tracking_csv, pd.DataFrame(rows, columns=["timestamp", *geometry.POSE_COLUMNS]))
+    return Paths(build_dir=root / "build", twin_dir=twin, figures_dir=root / "figures")
+
+
+def _break_frames(paths: Paths):
+    """Frame 1: NaN pose; frame 2: corrupt PNG; frame 4: plane far from the bones (no bone)."""
+    rec = dataset.read_specimen(paths.dataset / "specimen01").records[0]
+    tab = pd.read_csv(rec.tracking_csv)
+    tab.loc[1, "euler_y"] = np.nan
+    tab.loc[4, "z"] = 900.0
+    tab.to_csv(rec.tracking_csv, index=False)
+    rec.image_path(int(tab.loc[2, "timestamp"])).write_bytes(b"not a png")
+    return rec, tab
+
+
+def test_run_labels_record_and_reports_bad_frames(tmp_path):
+    paths = make_twin(tmp_path)
+    rec, tab = _break_frames(paths)
+    out = labeling_run.run(paths, PARAMS, seed=0)
+    rep = out["report"].set_index("timestamp")
+    ts = tab["timestamp"].to_numpy()
+    assert sorted(rep.index) == sorted(ts)  # every frame reported once
+    assert rep.loc[ts[1], "status"] == "bad_pose" and "row 2" in rep.loc[ts[1], "message"]
+    assert rep.loc[ts[2], "status"] == "bad_image" and "not a readable image" in rep.loc[ts[2], "message"]
+    assert rep.loc[ts[4], "status"] == "no_bone"
+    for t in (ts[0], ts[3]):
+        assert rep.loc[t, "status"] in ("kept", "discarded")
+    # outputs: tracking columns (NaN where not kept), labels of kept frames, the report
+    track = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
+    kept = rep.index[rep["status"] == "kept"]
+    assert len(kept) >= 1
+    for t in ts:
+        row = track[track["timestamp"] == t].iloc[0]
+        assert np.isfinite(row[list(dataset.OPTIMIZED_COLUMNS)].to_numpy(float)).all() == (t in kept)
+        assert rec.label_path(t, dataset.LABELS).is_file() == (t in kept)
+        assert rec.label_path(t, dataset.LABELS_FULL).is_file() == (t in kept)
+    assert np.isfinite(track.loc[0, list(dataset.REGISTERED_COLUMNS)].to_numpy(float)).all()
+    # the written full label is the optimised pose's label over the whole (dense) C
+    spec = dataset.read_specimen(paths.dataset / "specimen01")
+    dense, _ = labeling_run.load_cloud(labeling_run.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
+    t = kept[0]
+    pose_opt = dataset.poses(track, "optimized")[int(np.flatnonzero(track["timestamp"] == t)[0])]
+    expect = labeling.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
+    written = dataset.read_label(rec.label_path(t, dataset.LABELS_FULL))
+    assert (written != expect).sum() <= 2  # equal up to the pose's 10-digit round trip through the CSV
+    assert (rec.path / labeling_run.REPORT).is_file()
+    assert out["lambda"] in PARAMS["lambdas"]
+    m = labeling_run.summarize(out["report"])
+    assert set(m["label_error_mm"]) == {"initial", "registration", "optimized"}
+    assert 0 <= m["discard_rate"] <= 1
+
+
+def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
+    paths = make_twin(tmp_path, n_frames=6)
+    P = dict(PARAMS, lambda_value=0.1)
+    with pytest.raises(RuntimeError, match="stopped after 1 chunks"):
+        labeling_run.run(paths, P, seed=0, fail_after_chunks=1)
+    chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
+    assert len(chunks) == 1
+    first_mtime = chunks[0].stat().st_mtime_ns
+    out = labeling_run.run(paths, P, seed=0)
+    chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
+    assert len(chunks) == 3
+    assert chunks[0].stat().st_mtime_ns == first_mtime  # finished work is not redone
+    ts = out["report"]["timestamp"]
+    assert ts.is_unique and len(ts) == 6
+    # a rerun changes nothing and redoes nothing
+    again = labeling_run.run(paths, P, seed=0)
+    pd.testing.assert_frame_equal(again["report"], out["report"])
+
+
+def test_run_survives_a_killed_process(tmp_path):
+    """SIGKILL a real labelling process mid-run; the restart labels each frame exactly once."""
+    paths = make_twin(tmp_path, n_frames=6)
+    # slow enough per frame (tol 0: every generation runs) to be killed between chunks
+    slow = dict(PARAMS, lambda_value=0.1, chunk_size=1, popsize=10, maxiter=80, tol=0.0)
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from ultrabones import labeling_run
+        from ultrabones.paths import Paths
+        P = {slow!r}
+        paths = Paths(Path({str(paths.build_dir)!r}), Path({str(paths.twin_dir)!r}), Path({str(paths.figures_dir)!r}))
+        labeling_run.run(paths, P, seed=0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cache = paths.cache("02_labeling")
+    for _ in range(600):
+        if len(list(cache.rglob("chunk_*.npz"))) >= 2 or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    killed = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    done_before = sorted(cache.rglob("chunk_*.npz"))
+    assert killed and 1 <= len(done_before) < 6, "the run was not interrupted mid-way"
+    mtimes = {f: f.stat().st_mtime_ns for f in done_before}
+    out = labeling_run.run(paths, slow, seed=0)
+    assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())  # finished chunks kept as they were
+    ts = out["report"]["timestamp"]
+    assert ts.is_unique and len(ts) == 6
+    assert not list(cache.rglob(".chunk_*"))  # no half-written file left behind
+
+
+def test_run_on_dask_matches_synchronous(tmp_path):
+    paths_a = make_twin(tmp_path / "a", n_frames=3)
+    paths_b = make_twin(tmp_path / "b", n_frames=3)
+    P = dict(PARAMS, lambda_value=0.1)
+    sync = labeling_run.run(paths_a, P, seed=0)["report"]
+    dask = labeling_run.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1)["report"]
+    cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm", "error_optimized_mm"]
+    pd.testing.assert_frame_equal(sync[cols], dask[cols])
+
+
+def test_choose_lambda_by_truth_and_by_proxy():
+    trials = pd.DataFrame({
+        "lambda": [0.1, 0.1, 10.0, 10.0], "timestamp": [1, 2, 1, 2],
+        "status": ["kept", "discarded", "kept", "kept"], "correction_mm": [0.5, 1.5, 0.2, 0.3],
+        "intensity_initial": [0.3, 0.3, 0.3, 0.3], "intensity_optimized": [0.9, 0.95, 0.6, 0.5],
+        "error_initial_mm": [1.0, 1.0, 1.0, 1.0], "error_optimized_mm": [0.1, 0.1, 0.4, 0.6],
+    })
+    lam, table = labeling_run.choose_lambda(trials, use_truth=True)
+    # lambda 0.1: delivered errors 0.1 and 1.0 (discarded frame falls back) -> 0.55; lambda 10: 0.5
+    assert lam == 10.0
+    assert table.set_index("lambda").loc[0.1, "error_mm"] == pytest.approx(0.55)
+    assert table.set_index("lambda").loc[0.1, "discard_rate"] == pytest.approx(0.5)
+    lam_p, _ = labeling_run.choose_lambda(trials, use_truth=False)
+    assert lam_p == 0.1  # proxy: (0.9 + 0.3) / 2 = 0.6 > (0.6 + 0.5) / 2
+
+
+def test_selected_rows_stride_and_cap():
+    assert labeling_run.selected_rows(10, 3, None).tolist() == [0, 3, 6, 9]
+    assert labeling_run.selected_rows(100, 1, 5).tolist() == [0, 25, 50, 74, 99]
+
+
+def test_read_tracking_nan_pose_rejected_unless_allowed(tmp_path):
+    f = tmp_path / "tracking.csv"
+    pd.DataFrame({"timestamp": [1, 2], "x": [0.0, np.nan], "y": 0.0, "z": 0.0, "euler_x": 0.0, "euler_y": 0.0,
+                  "euler_z": 0.0}).to_csv(f, index=False)
+    with pytest.raises(DatasetError, match="row 2: x"):
+        dataset.read_tracking(f)
+    assert np.isnan(dataset.read_tracking(f, allow_missing_pose=True).loc[1, "x"])
+
+
+def test_summarize_known_answer():
+    rep = pd.DataFrame({
+        "status": ["kept", "kept", "discarded", "discarded", "no_bone", "bad_pose"],
+        "message": ["", "", "mean fiducial correction 1.2 mm > 1.0 mm", "label shrank to 3 of 90 px (< 0.5)", "",
+                    "row 7: pose is not finite"],
+        "correction_mm": [0.2, 0.6, 1.2, 0.4, np.nan, np.nan],
+        "seconds_optimize": [0.1, 0.3, 0.2, 0.2, np.nan, np.nan],
+        "error_initial_mm": [1.0, 0.5, 2.0, 1.0, np.nan, np.nan],
+        "error_registered_mm": [0.8, 0.9, 1.0, 1.0, np.nan, np.nan],
+        "error_optimized_mm": [0.1, 0.7, np.nan, np.nan, np.nan, np.nan],
+        "visible_precision": [1.0, 0.5, np.nan, np.nan, np.nan, np.nan],
+        "visible_recall": [0.8, 0.6, np.nan, np.nan, np.nan, np.nan],
+    })
+    m = labeling_run.summarize(rep)
+    assert m["discard_rate"] == pytest.approx(0.5)  # of the frames that were optimised
+    assert m["kept_mean_fiducial_correction_mm"] == pytest.approx(0.4)
+    assert m["discarded_for_correction"] == 1 and m["discarded_for_shrinking"] == 1
+    assert m["seconds_per_frame"] == pytest.approx(0.2)
+    assert m["label_error_mm"]["initial"]["mean"] == pytest.approx(0.75)
+    assert m["label_error_mm"]["registration"]["median"] == pytest.approx(0.85)
+    assert m["label_error_mm"]["optimized"]["mean"] == pytest.approx(0.4)
+    assert m["optimized_better_share"] == pytest.approx(0.5)
+    assert m["visible_label_precision"] == pytest.approx(0.75)
+    assert m["status_counts"] == {"kept": 2, "discarded": 2, "no_bone": 1, "bad_pose": 1, "bad_image": 0}
+
+
+def test_label_distance_and_precision_recall_in_mm():
+    truth = np.zeros((10, 10), bool)
+    truth[5, :] = True
+    label = np.zeros((10, 10), bool)
+    label[7, :5] = True  # 2 rows below: 2 * 0.2 mm
+    assert labeling.label_distance_mm(label, truth, (0.1, 0.2)) == pytest.approx(0.4)
+    assert np.isnan(labeling.label_distance_mm(np.zeros_like(label), truth, (0.1, 0.2)))
+    p, r = labeling.precision_recall(label, truth, (0.1, 0.2), tol_mm=0.51)
+    assert p == pytest.approx(1.0)
+    # truth pixels within 0.5 mm of the label: the 5 above it and the next 3 columns (hypot(0.3, 0.4) = 0.5 <= 0.51)
+    assert r == pytest.approx(0.8)
