@@ -1,0 +1,434 @@
+"""Training data for bone segmentation: specimen splits, frames, resizing, augmentation.
+
+The network sees every labelled frame of layout A/B (``UltrasoundImages/<t>.png``
+with ``Labels/<t>_label.png``) resized to a fixed input size, its intensities
+scaled to [0, 1] and normalised with a mean and standard deviation, and the
+visible label widened to a band (3 px in the released model) so that a thin
+bone contour survives the resizing and gives the loss enough positive pixels.
+
+Splits are **by specimen** (no specimen contributes frames to two sets). The
+random parts (augmentation, shuffling) depend only on ``(seed, epoch, index)``,
+never on a global random state, so a run stopped after epoch *k* and resumed
+draws exactly what an uninterrupted run draws (see :class:`EpochSampler`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from . import dataset as ds
+from .errors import DatasetError, ParamsError
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _first_number(name: str) -> int | None:
+    m = re.search(r"\d+", name)
+    return int(m.group()) if m else None
+
+
+def resolve_specimens(entries: Sequence[str], available: Sequence[str], key: str) -> list[str]:
+    """Match a params list of specimens to folder names.
+
+    An entry matches a folder by its exact name, or, when it is a bare number
+    (``"7"``, ``"07"``), the folder whose first number is that value: the
+    released split's ``1, 3, 4, ...`` find ``cadaver01_F231091`` or ``specimen01``.
+
+    Raises
+    ------
+    ParamsError
+        If an entry matches no folder, or several.
+    """
+    out = []
+    for e in entries:
+        e = str(e)
+        if e in available:
+            out.append(e)
+            continue
+        hits = [a for a in available if e.isdigit() and _first_number(a) == int(e)]
+        if len(hits) != 1:
+            raise ParamsError(
+                f"training.{key}: specimen {e!r} matches {'no' if not hits else 'several'} folder(s)"
+                f" (have: {', '.join(available)})"
+            )
+        out.append(hits[0])
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    """Specimen folder names of the training, validation and test sets."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+
+def split_specimens(
+    available: Sequence[str],
+    train: Sequence[str] | None = None,
+    val: Sequence[str] | None = None,
+    test: Sequence[str] | None = None,
+) -> Split:
+    """Split specimens into training, validation and test sets.
+
+    Lists given as None are filled automatically from the sorted names: the
+    last ``round(3/14 n)`` specimens (at least one) are the test set (the
+    paper's 3 of 14), the one before them the validation set, the rest
+    training: 7 specimens give 4/1/2, 3 give 1/1/1, 14 give 10/1/3. A list
+    that is given is resolved with :func:`resolve_specimens`; the automatic
+    ones then take only from the specimens not yet used.
+
+    Raises
+    ------
+    ParamsError
+        If a specimen is in two sets, or a set ends up empty.
+    """
+    avail = sorted(available)
+    given = {}
+    for key, lst in (("train_specimens", train), ("val_specimens", val), ("test_specimens", test)):
+        given[key] = None if lst is None else resolve_specimens(lst, avail, key)
+    used = [s for v in given.values() if v for s in v]
+    dup = sorted({s for s in used if used.count(s) > 1})
+    if dup:
+        raise ParamsError(f"training: specimen(s) {', '.join(dup)} are in more than one of train/val/test")
+    free = [s for s in avail if s not in used]
+    if given["test_specimens"] is None:
+        n_test = max(1, round(3 * len(avail) / 14))
+        given["test_specimens"], free = free[len(free) - n_test:], free[: len(free) - n_test]
+    if given["val_specimens"] is None:
+        given["val_specimens"], free = free[-1:], free[:-1]
+    if given["train_specimens"] is None:
+        given["train_specimens"] = free
+    for key, v in given.items():
+        if not v:
+            raise ParamsError(
+                f"training.{key}: empty split (specimens available: {', '.join(avail)}; need at least 3)"
+            )
+    return Split(tuple(given["train_specimens"]), tuple(given["val_specimens"]), tuple(given["test_specimens"]))
+
+
+def cross_validation_folds(split: Split, n_folds: int) -> list[Split]:
+    """The k folds of cross-validation over the training and validation specimens.
+
+    With ``n_folds == 1`` the split itself. Otherwise the training and
+    validation specimens are pooled, sorted and dealt into ``n_folds`` groups
+    (round robin); fold *i* validates on group *i* and trains on the others.
+    The test set never changes.
+
+    Raises
+    ------
+    ParamsError
+        If there are fewer pooled specimens than folds.
+    """
+    if n_folds == 1:
+        return [split]
+    pool = sorted(split.train + split.val)
+    if n_folds > len(pool):
+        raise ParamsError(f"training.n_folds: {n_folds} folds need at least as many train+val specimens, have {len(pool)}")
+    groups = [pool[i::n_folds] for i in range(n_folds)]
+    return [
+        Split(tuple(s for s in pool if s not in groups[i]), tuple(groups[i]), split.test) for i in range(n_folds)
+    ]
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One labelled frame: its image and visible-label files."""
+
+    specimen: str
+    record: str
+    timestamp: int
+    image: Path
+    label: Path
+
+
+def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen: int | None = None) -> list[Frame]:
+    """Every frame with a visible label in the given specimens, sorted.
+
+    Parameters
+    ----------
+    root : dataset root (layout A or B).
+    specimens : specimen folder names.
+    max_per_specimen : keep at most this many frames per specimen, evenly
+        spaced over its sorted frames (None: all).
+
+    Raises
+    ------
+    DatasetError
+        If a record has no ``Labels/`` folder, a label has no image, or a
+        specimen has no labelled frame; the folder or file is named.
+    """
+    frames: list[Frame] = []
+    for spec in ds.discover(root, list(specimens)):
+        mine = []
+        for rec in spec.records:
+            label_dir = rec.path / ds.LABELS
+            if not label_dir.is_dir():
+                raise DatasetError(f"{label_dir}: label folder not found (run notebook 02_labeling first)")
+            for t in rec.labelled_timestamps(ds.LABELS):
+                img = rec.image_path(t)
+                if not img.is_file():
+                    raise DatasetError(f"{rec.label_path(t)}: label without an image ({img} not found)")
+                mine.append(Frame(spec.name, rec.key, int(t), img, rec.label_path(t)))
+        if not mine:
+            raise DatasetError(f"{spec.path}: no labelled frames ({ds.LABELS}/<t>_label.png) in any record")
+        if max_per_specimen is not None and len(mine) > max_per_specimen:
+            keep = np.unique(np.linspace(0, len(mine) - 1, max_per_specimen).round().astype(int))
+            mine = [mine[i] for i in keep]
+        frames += mine
+    return frames
+
+
+# ----------------------------------------------------------------------------- resizing
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an 8-bit image to ``size = (h, w)`` as float32 in [0, 1] (bilinear, antialiased).
+
+    Used for training and inference alike, so that both see the same pixels.
+    """
+    h, w = size
+    f = Image.fromarray(np.asarray(image, dtype=np.float32) / 255.0, mode="F")
+    return np.asarray(f.resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a bool label to ``size = (h, w)``: a target pixel is set if any source pixel in it is.
+
+    A box average > 0 keeps a one-pixel contour connected when shrinking
+    (nearest-neighbour sampling would break it into dots).
+    """
+    h, w = size
+    f = Image.fromarray(np.asarray(label, dtype=np.float32), mode="F")
+    return np.asarray(f.resize((w, h), Image.BOX), dtype=np.float32) > 1e-6
+
+
+def widen_label(label: np.ndarray, band_px: int) -> np.ndarray:
+    """Widen a bool label to a band ``band_px`` pixels thick (odd; 1 keeps it as is).
+
+    A dilation by a ``band_px x band_px`` square, as the released model's 3-pixel band.
+    """
+    if band_px <= 1:
+        return np.asarray(label, dtype=bool)
+    return ndimage.binary_dilation(label, structure=np.ones((band_px, band_px), dtype=bool))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+#: Fields of one sample's augmentation parameters (a row of :func:`augment_params`).
+AUG_FIELDS = ("flip", "scale", "angle_rad", "shift_y", "shift_x", "gain", "offset", "gamma", "noise_std", "noise_seed")
+
+
+def augment_params(rng: np.random.Generator) -> np.ndarray:
+    """Draw one sample's augmentation (:data:`AUG_FIELDS`, float64).
+
+    Geometry (applied to the image and labels alike): a left-right flip
+    (p = 0.5; the probe can be held either way, depth never flips), scale in
+    [0.9, 1.1], rotation in [-10, 10] degrees and shift in [-5, 5] % of the
+    size, about the centre. Photometry (image only): gain [0.8, 1.2], offset
+    [-0.05, 0.05], gamma [0.8, 1.25], Gaussian noise of standard deviation in
+    [0, 0.03] (intensities in [0, 1]).
+    """
+    return np.array([
+        float(rng.random() < 0.5), rng.uniform(0.9, 1.1), np.deg2rad(rng.uniform(-10.0, 10.0)),
+        rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), rng.uniform(0.8, 1.2), rng.uniform(-0.05, 0.05),
+        rng.uniform(0.8, 1.25), rng.uniform(0.0, 0.03), float(rng.integers(0, 2**31 - 1)),
+    ])
+
+
+def augment_batch(
+    image: torch.Tensor, label: torch.Tensor, line: torch.Tensor, params: torch.Tensor, noise_seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply :func:`augment_params` rows to a batch, on its device (GPU or CPU).
+
+    Batched so that augmentation never bottlenecks a GPU: one ``affine_grid``
+    / ``grid_sample`` per batch (bilinear for the image, nearest for the
+    labels, zeros outside), then the photometric changes; the noise comes from
+    a generator seeded by the batch's first ``noise_seed``.
+
+    Parameters
+    ----------
+    image : (N, 1, h, w) float, intensities in [0, 1].
+    label, line : (N, 1, h, w) band-widened target (float) and thin label (bool).
+    params : (N, len(AUG_FIELDS)) rows of :func:`augment_params`.
+    noise_seed : the noise generator's seed; None: the first row's ``noise_seed``
+        (pass it from the host when ``params`` is on a GPU, to spare a sync).
+    """
+    n, _, h, w = image.shape
+    p = params.to(device=image.device, dtype=torch.float32)
+    flip, scale, ang, sy, sx = p[:, 0] > 0.5, p[:, 1], p[:, 2], p[:, 3], p[:, 4]
+    # output -> input map in pixels: x_in = R(ang)/scale (x_out - c - shift) + c, with x = (col, row);
+    # in affine_grid's normalised coordinates (x, y in [-1, 1]) the pixel axes scale by w/2 and h/2.
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.zeros(n, 2, 3, device=image.device)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+    shift = torch.stack([2 * sx, 2 * sy], dim=1)  # fractions of the size -> normalised units
+    theta[:, :, 2] = -(theta[:, :, :2] @ shift[:, :, None])[:, :, 0]
+    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    fl = flip[:, None, None, None]
+    image = torch.where(fl, image.flip(-1), image)
+    labels = torch.cat([label.float(), line.float()], dim=1)
+    labels = torch.where(fl, labels.flip(-1), labels)
+    image = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    gain, offset, gamma, noise = (p[:, i, None, None, None] for i in (5, 6, 7, 8))
+    image = torch.clamp(image * gain + offset, 0.0, 1.0) ** gamma
+    gen = torch.Generator(device=image.device).manual_seed(int(params[0, 9]) if noise_seed is None else noise_seed)
+    image = image + noise * torch.randn(image.shape, generator=gen, device=image.device)
+    return torch.clamp(image, 0.0, 1.0), labels[:, :1], labels[:, 1:] > 0.5
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's augmentation: a function of (seed, epoch, index) only."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+class FrameDataset(Dataset):
+    """Resized, normalised frames and labels for a segmentation network.
+
+    Items are dicts: ``image`` (1, h, w) uint8, the resized frame (the model
+    scales it to [0, 1] and normalises it on the device, after augmentation),
+    ``label`` (1, h, w) bool band-widened target, ``line`` (1, h, w) bool thin
+    label at the input size (8-bit items keep the cache and the host-to-device
+    copies small),
+    ``spacing`` (2,) float32 mm per pixel (sx, sy) at the input size,
+    ``index``, and with ``augment`` the sample's ``aug`` parameters
+    (:func:`augment_params`, applied to whole batches on the device by
+    :func:`augment_batch`). Indices may be ``(index, epoch)`` pairs (from
+    :class:`EpochSampler`); the epoch seeds the augmentation.
+
+    Parameters
+    ----------
+    frames : the frames.
+    size : input (h, w) in pixels.
+    band_px : label band thickness at the input size (pixels).
+    mean, std : normalisation of [0, 1] intensities (recorded; applied by the model).
+    spacing_mm : (sx, sy) mm per pixel of the original images.
+    augment : whether to augment.
+    seed : augmentation seed.
+    cache_max_mb : decode every frame once and keep it in memory when the
+        resized frames fit in this many MiB; otherwise decode on demand (use
+        DataLoader workers then).
+    progress : progress bar while caching.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Frame],
+        size: tuple[int, int],
+        band_px: int,
+        mean: float,
+        std: float,
+        spacing_mm: tuple[float, float],
+        augment: bool = False,
+        seed: int = 0,
+        cache_max_mb: float = 1024,
+        progress: bool = False,
+    ):
+        self.frames = list(frames)
+        self.size = (int(size[0]), int(size[1]))
+        self.band_px = int(band_px)
+        self.mean, self.std = float(mean), float(std)
+        self.spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        self.augment = augment
+        self.seed = seed
+        self._cache: list | None = None
+        per_frame_mb = self.size[0] * self.size[1] * 3 / 2**20  # uint8 image, band and label
+        if len(self.frames) * per_frame_mb <= cache_max_mb:
+            from tqdm.auto import tqdm
+
+            self._cache = [
+                self._load(i) for i in tqdm(range(len(self.frames)), desc="decoding frames", disable=not progress)
+            ]
+
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _load(self, i: int):
+        f = self.frames[i]
+        img = ds.read_image(f.image)
+        lab = ds.read_label(f.label, img.shape)
+        line = resize_label(lab, self.size)
+        spacing = (self.spacing_mm[0] * img.shape[1] / self.size[1], self.spacing_mm[1] * img.shape[0] / self.size[0])
+        small = np.round(resize_image(img, self.size) * 255.0).astype(np.uint8)
+        return small, widen_label(line, self.band_px), line, np.float32(spacing)
+
+    def __getitem__(self, item):
+        index, epoch = item if isinstance(item, (tuple, list)) else (item, 0)
+        img, lab, line, spacing = self._cache[index] if self._cache is not None else self._load(index)
+        out = {
+            "image": torch.from_numpy(np.array(img, dtype=np.uint8))[None],
+            "label": torch.from_numpy(np.array(lab, dtype=bool))[None],
+            "line": torch.from_numpy(np.array(line, dtype=bool))[None],
+            "spacing": torch.from_numpy(np.asarray(spacing, dtype=np.float32)),
+            "index": int(index),
+        }
+        if self.augment:
+            out["aug"] = torch.from_numpy(augment_params(sample_rng(self.seed, epoch, index)))
+        return out
+
+
+def intensity_stats(frames: Sequence[Frame], size: tuple[int, int], max_frames: int = 200) -> tuple[float, float]:
+    """Mean and standard deviation of resized [0, 1] intensities over (up to ``max_frames``) frames."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round().astype(int))
+    vals = np.stack([resize_image(ds.read_image(frames[i].image), size) for i in idx])
+    return float(vals.mean()), float(vals.std())
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, epoch)`` pairs, shuffled by ``(seed, epoch)``, sharded by rank.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch, so the order
+    and the augmentation of epoch *e* depend only on the seed and *e*: a
+    resumed run repeats an uninterrupted one. Under DDP every rank takes every
+    ``world_size``-th item of the same permutation (padded to equal length).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def __iter__(self):
+        order = (
+            np.random.default_rng([int(self.seed), self.epoch]).permutation(self.n)
+            if self.shuffle
+            else np.arange(self.n)
+        )
+        total = len(self) * self.world_size
+        if total > self.n:
+            order = np.concatenate([order, order[: total - self.n]])
+        for i in order[self.rank :: self.world_size]:
+            yield int(i), self.epoch

@@ -1,0 +1,369 @@
+"""Segmentation: splits, data, losses, checkpoints, inference, training and resume (CPU, tiny)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ultrabones import dataset as ds
+from ultrabones import segdata
+from ultrabones import segmentation as seg
+from ultrabones.errors import DatasetError, ParamsError
+from ultrabones.params import read_yaml, validate_section
+from ultrabones.paths import PARAMS_DIR
+
+torch.set_num_threads(1)
+
+
+def synthetic_frame(rng: np.random.Generator, shape=(60, 72)):
+    """A B-mode-like frame: speckle, a bright curved bone surface, its acoustic shadow; label = the surface."""
+    h, w = shape
+    u = np.arange(w)
+    depth = (0.45 * h + rng.uniform(-0.15, 0.15) * h + 0.12 * h * np.sin(u / w * np.pi * rng.uniform(0.5, 2.0)))
+    rows = np.clip(np.round(depth).astype(int), 2, h - 3)
+    img = rng.gamma(2.0, 18.0, size=shape)
+    vv = np.arange(h)[:, None]
+    img[vv > rows[None, :] + 1] *= 0.15  # shadow
+    img[rows, u] = 235.0
+    img[rows - 1, u] += 60.0
+    label = np.zeros(shape, bool)
+    label[rows, u] = True
+    return np.clip(img, 0, 255).astype(np.uint8), label
+
+
+def make_dataset(root, n_specimens=3, frames=6, shape=(60, 72), seed=0, unlabeled=2):
+    """Layout A with ``n_specimens`` specimens of one record each; some frames have no label."""
+    rng = np.random.default_rng(seed)
+    for s in range(n_specimens):
+        rec = root / f"specimen{s + 1:02d}" / "record01"
+        for i in range(frames + unlabeled):
+            t = 1000 + 48 * i
+            img, lab = synthetic_frame(rng, shape)
+            ds.write_image(rec / ds.IMAGES / f"{t}.png", img)
+            if i < frames:
+                ds.write_label(rec / ds.LABELS / f"{t}_label.png", lab)
+    return root
+
+
+def tiny_params(**kw):
+    P = validate_section("training", read_yaml(PARAMS_DIR / "smoke.yaml")["training"], "smoke")
+    P.update(input_size=[32, 32], encoder="resnet18", epochs=2, batch_size=4, max_frames_per_specimen=None,
+             max_val_frames_per_specimen=None, threads=1, augment=True, tv_weight=0.4, skeleton_weight=0.1)
+    P.update(kw)
+    return validate_section("training", P, "test")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_automatic_split_matches_the_paper_proportions():
+    names = [f"specimen{i:02d}" for i in range(1, 15)]
+    s = segdata.split_specimens(names)
+    assert (len(s.train), len(s.val), len(s.test)) == (10, 1, 3)
+    s7 = segdata.split_specimens(names[:7])
+    assert (s7.train, s7.val, s7.test) == (tuple(names[:4]), (names[4],), tuple(names[5:7]))
+    s3 = segdata.split_specimens(names[:3])
+    assert (len(s3.train), len(s3.val), len(s3.test)) == (1, 1, 1)
+
+
+def test_released_split_resolves_numbers_to_folder_names():
+    names = [f"cadaver{i:02d}_F23{i}" for i in range(1, 15)]
+    P = read_yaml(PARAMS_DIR / "paper.yaml")["training"]
+    s = segdata.split_specimens(names, P["train_specimens"], P["val_specimens"], P["test_specimens"])
+    assert s.test == ("cadaver02_F232", "cadaver07_F237", "cadaver08_F238")
+    assert len(s.train) == 10 and s.val == ("cadaver14_F2314",)
+    assert not set(s.train) & set(s.test)
+
+
+def test_split_rejects_overlap_unknown_and_too_few():
+    names = ["specimen01", "specimen02", "specimen03"]
+    with pytest.raises(ParamsError, match="specimen01.*more than one"):
+        segdata.split_specimens(names, train=["specimen01"], test=["1"])
+    with pytest.raises(ParamsError, match="val_specimens.*'9' matches no"):
+        segdata.split_specimens(names, val=["9"])
+    with pytest.raises(ParamsError, match="empty split"):
+        segdata.split_specimens(names[:2])
+
+
+def test_cross_validation_folds_rotate_validation_and_keep_test():
+    s = segdata.split_specimens([f"s{i}" for i in range(1, 8)])
+    folds = segdata.cross_validation_folds(s, 5)
+    assert len(folds) == 5
+    vals = [v for f in folds for v in f.val]
+    assert sorted(vals) == sorted(s.train + s.val)
+    for f in folds:
+        assert f.test == s.test and not set(f.train) & set(f.val)
+        assert sorted(f.train + f.val) == sorted(s.train + s.val)
+    assert segdata.cross_validation_folds(s, 1) == [s]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_frames_skip_unlabelled_and_subsample(tmp_path):
+    root = make_dataset(tmp_path, n_specimens=2, frames=6, unlabeled=3)
+    frames = segdata.labelled_frames(root, ["specimen01", "specimen02"])
+    assert len(frames) == 12  # 3 unlabelled frames per specimen skipped
+    sub = segdata.labelled_frames(root, ["specimen01"], max_per_specimen=3)
+    assert [f.timestamp for f in sub] == [1000, 1000 + 48 * 2, 1000 + 48 * 5]  # evenly spaced, ends kept
+
+
+def test_missing_label_folder_and_non_binary_label_are_named(tmp_path):
+    root = make_dataset(tmp_path, n_specimens=1, frames=2)
+    other = root / "specimen01" / "record02" / ds.IMAGES
+    ds.write_image(other / "5.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"record02/Labels: label folder not found"):
+        segdata.labelled_frames(root, ["specimen01"])
+    (root / "specimen01" / "record02" / ds.LABELS).mkdir()
+    ds.write_image(root / "specimen01" / "record02" / ds.LABELS / "5_label.png", np.full((8, 8), 7, np.uint8))
+    frames = segdata.labelled_frames(root, ["specimen01"])
+    with pytest.raises(DatasetError, match=r"5_label.png: label is not binary.* is 7"):
+        segdata.FrameDataset(frames, (16, 16), 3, 0.2, 0.2, (0.1, 0.1))
+
+
+def test_resize_and_widen_keep_a_thin_contour_connected():
+    lab = np.zeros((200, 240), bool)
+    lab[100, :] = True
+    small = segdata.resize_label(lab, (20, 24))
+    assert small[10].all() and small.sum() == 24  # one full row, nothing else
+    band = segdata.widen_label(small, 3)
+    assert band[9:12].all() and band.sum() == 3 * 24
+    img = segdata.resize_image(np.full((200, 240), 255, np.uint8), (20, 24))
+    assert img.dtype == np.float32 and img.shape == (20, 24) and np.allclose(img, 1.0)
+
+
+IDENTITY = [0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]  # segdata.AUG_FIELDS
+
+
+def _aug(img, band, line, rows):
+    t = lambda a: torch.from_numpy(np.asarray(a))[None, None]  # noqa: E731
+    n = len(rows)
+    out = segdata.augment_batch(t(img).repeat(n, 1, 1, 1).float(), t(band).repeat(n, 1, 1, 1).float(),
+                                t(line).repeat(n, 1, 1, 1), torch.tensor(rows, dtype=torch.float64))
+    return [o.numpy()[:, 0] for o in out]
+
+
+def test_augmentation_known_maps():
+    rng = np.random.default_rng(3)
+    img = rng.random((8, 12)).astype(np.float32)
+    line = np.zeros((8, 12), bool)
+    line[4, 2:7] = True
+    band = segdata.widen_label(line, 3)
+    flip = list(IDENTITY)
+    flip[0] = 1.0
+    shift = list(IDENTITY)
+    shift[4] = 0.25  # a quarter of the width (3 px) to the right
+    (im, bd, ln) = _aug(img, band, line, [IDENTITY, flip, shift])
+    np.testing.assert_allclose(im[0], img, atol=1e-6)
+    assert (ln[0] == line).all() and (bd[0] == band).all()
+    np.testing.assert_allclose(im[1], img[:, ::-1], atol=1e-6)
+    assert (ln[1] == line[:, ::-1]).all()
+    np.testing.assert_allclose(im[2][:, 3:], img[:, :-3], atol=1e-6)
+    assert np.allclose(im[2][:, :3], 0, atol=1e-5) and (ln[2][4] == np.isin(np.arange(12), range(5, 10))).all()
+
+
+def test_augmentation_moves_image_and_label_together_and_is_reproducible():
+    p1 = segdata.augment_params(segdata.sample_rng(0, 2, 5))
+    np.testing.assert_array_equal(p1, segdata.augment_params(segdata.sample_rng(0, 2, 5)))
+    assert not np.array_equal(p1, segdata.augment_params(segdata.sample_rng(0, 3, 5)))
+    rng = np.random.default_rng(3)
+    img8, lab = synthetic_frame(rng, (64, 80))
+    img = segdata.resize_image(img8, (64, 80))
+    rows = [segdata.augment_params(segdata.sample_rng(0, e, 1)) for e in range(6)]
+    a1 = _aug(img, segdata.widen_label(lab, 3), lab, rows)
+    a2 = _aug(img, segdata.widen_label(lab, 3), lab, rows)
+    for x, y in zip(a1, a2):
+        np.testing.assert_array_equal(x, y)
+    for im, band, line in zip(*a1):
+        assert line.any() and (band[line] == 1).all()  # the thin label stays inside the band
+        assert im.min() >= 0 and im.max() <= 1
+        # the bright surface follows the label: label pixels are much brighter than the rest
+        assert im[line].mean() > im[band < 0.5].mean() + 0.3
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch_and_shards():
+    s = segdata.EpochSampler(10, seed=1, shuffle=True)
+    s.set_epoch(3)
+    a = list(s)
+    s2 = segdata.EpochSampler(10, seed=1, shuffle=True)
+    s2.set_epoch(3)
+    assert a == list(s2) and sorted(i for i, _ in a) == list(range(10)) and {e for _, e in a} == {3}
+    ranks = [list(segdata.EpochSampler(10, 1, True, r, 3)) for r in range(3)]
+    assert all(len(r) == 4 for r in ranks)
+    assert {i for r in ranks for i, _ in r} == set(range(10))
+
+
+# ----------------------------------------------------------------------------- losses and metric
+
+
+def test_losses_known_values():
+    p = torch.zeros(1, 1, 4, 4)
+    p[..., :, 2:] = 1.0  # a vertical edge: 4 of 12 horizontal neighbour pairs differ, no vertical ones
+    assert seg.total_variation(p).item() == pytest.approx(4 / 12)
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 7:10, 2:14] = 1
+    assert seg.skeleton_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    skel = seg.soft_skeleton(target)[0, 0]
+    assert skel.nonzero().tolist() == [[8, u] for u in range(3, 13)]  # the bar's centre line
+    # empty prediction: precision term (0+1)/(0+1) = 1, sensitivity (0+1)/(10+1) -> 1 - clDice = 1 - 2/12
+    assert seg.skeleton_loss(torch.zeros_like(target), target).item() == pytest.approx(1 - 2 / 12)
+    loss = seg.SegmentationLoss(1, 1, 0.4, 0.1)
+    terms = loss(torch.where(target > 0, 20.0, -20.0), target)
+    assert set(terms) == {"dice", "bce", "tv", "skeleton", "loss"}
+    # a perfect prediction leaves only the bar's own edges in TV: 24 vertical + 6 horizontal of 240 pairs each
+    assert terms["tv"].item() == pytest.approx(30 / 240, abs=1e-6)
+    assert terms["loss"].item() == pytest.approx(0.4 * 30 / 240, abs=1e-4)
+
+
+def test_distance_f1_known_answer():
+    gt = np.zeros((50, 50), bool)
+    gt[20, 10:40] = True
+    spacing = (0.1, 0.1)  # mm per pixel
+    near = np.roll(gt, 4, axis=0)  # 0.4 mm away
+    far = np.roll(gt, 6, axis=0)  # 0.6 mm away
+    assert seg._f1_at_distance(near, gt, spacing, 0.5) == (1.0, 1.0, 1.0)
+    assert seg._f1_at_distance(far, gt, spacing, 0.5)[2] == 0.0
+    # anisotropic spacing: a 4-row shift at 0.2 mm/row is 0.8 mm
+    assert seg._f1_at_distance(near, gt, (0.1, 0.2), 0.5)[2] == 0.0
+    half = near.copy()
+    half[24, 10:25] = False  # prediction on columns 25..39 only
+    acc, com, f1 = seg._f1_at_distance(half, gt, spacing, 0.5)
+    # label columns 23..39 lie within 0.5 mm (column 23: sqrt(4^2 + 2^2) * 0.1 = 0.447 mm; 22: exactly 0.5, not <)
+    assert acc == 1.0 and com == pytest.approx(17 / 30) and f1 == pytest.approx(2 * com / (1 + com))
+    assert seg._f1_at_distance(np.zeros_like(gt), gt, spacing, 0.5)[2] == 0.0
+
+
+# ----------------------------------------------------------------------------- checkpoints and inference
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    model = seg.build_model("fpn", "resnet18")
+    meta = {"arch": "fpn", "encoder": "resnet18", "in_channels": 1, "input_size": [32, 32], "norm_mean": 0.2,
+            "norm_std": 0.2, "threshold": 0.5, "split": {"train": ["a"], "val": ["b"], "test": ["c"]}}
+    model.eval()
+    return model, meta
+
+
+def test_checkpoint_reloads_with_weights_only_and_predicts_identically(tmp_path):
+    model, meta = _tiny_model()
+    path = seg.save_checkpoint(tmp_path / "m.ckpt", model.state_dict(), meta)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == seg.FORMAT and raw["metadata"]["split"]["test"] == ["c"]
+    loaded, meta2 = seg.load_checkpoint(path)
+    assert meta2["input_size"] == [32, 32] and "git_commit" in meta2
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 45, 50), dtype=np.uint8)
+    a = seg.predict((model, meta), imgs, device="cpu")
+    b = seg.predict(path, imgs, device="cpu")
+    assert a.shape == (3, 45, 50) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    mixed = seg.predict(loaded, [imgs[0], imgs[1, :40, :30]], device="cpu", threshold=0.5)
+    assert isinstance(mixed, list) and mixed[1].shape == (40, 30) and mixed[1].dtype == bool
+
+
+def test_pickled_checkpoint_is_refused_without_trust_and_converts_with_it(tmp_path):
+    model, _ = _tiny_model()
+    pickled = tmp_path / "released.pth"
+    torch.save(model, pickled)  # a whole pickled module, as the released epoch_100.pth
+    with pytest.raises(DatasetError, match=r"released.pth: a pickled checkpoint.*trust_pickle=True"):
+        seg.load_checkpoint(pickled)
+    with pytest.raises(DatasetError, match="needs trust_pickle=True"):
+        seg.convert_released_checkpoint(pickled, tmp_path / "safe.ckpt")
+    out = seg.convert_released_checkpoint(pickled, tmp_path / "safe.ckpt", trust_pickle=True)
+    loaded, meta = seg.load_checkpoint(out)  # now safe: weights_only
+    assert meta["arch"] == "fpn" and meta["encoder"] == "resnet18" and meta["input_size"] == [256, 256]
+    assert meta["norm_mean"] == pytest.approx(seg.RELEASED_MEAN) and meta["split"]["test"] == ["2", "7", "8"]
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(DatasetError, match="not found"):
+        seg.load_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_predict_record_writes_labels_pred(tmp_path):
+    root = make_dataset(tmp_path, n_specimens=1, frames=3, unlabeled=2)
+    model, meta = _tiny_model()
+    rec = ds.read_specimen(root / "specimen01").records[0]
+    written = seg.predict_record(rec, (model, meta), batch_size=2, device="cpu", progress=False)
+    assert len(written) == 5 and all(p.name.endswith("_label_pred.png") for p in written)
+    pred = ds.read_label(rec.label_path(1000, ds.LABELS_PRED), (60, 72))
+    assert pred.dtype == bool
+    again = seg.predict_record(rec.path, (model, meta), device="cpu", skip_existing=True, progress=False)
+    assert again == []
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _weights(path):
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return ck["state_dict"]
+
+
+def test_tiny_model_overfits_a_handful_of_frames():
+    rng = np.random.default_rng(0)
+    pairs = [synthetic_frame(rng, (64, 64)) for _ in range(4)]
+    x = torch.from_numpy(np.stack([(segdata.resize_image(i, (32, 32)) - 0.2) / 0.2 for i, _ in pairs]))[:, None]
+    y = torch.from_numpy(np.stack([segdata.widen_label(segdata.resize_label(l, (32, 32)), 3) for _, l in pairs]))
+    y = y[:, None].float()
+    torch.manual_seed(0)
+    model = seg.build_model("unet", "resnet18")
+    loss_fn = seg.SegmentationLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)["loss"]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    root = make_dataset(tmp_path / "data", n_specimens=3, frames=6)
+    split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
+    P4 = tiny_params(epochs=3)
+    full = seg.train_fold(root, tmp_path / "full", split, P4, seed=7, progress=False)
+    part = seg.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1), seed=7, progress=False)
+    assert list(part.history["epoch"]) == [0]
+    resumed = seg.train_fold(root, tmp_path / "part", split, P4, seed=7, progress=False)
+    assert list(resumed.history["epoch"]) == [0, 1, 2] and resumed.history["session"].tolist() == [0, 1, 1]
+    a = _weights(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    b = _weights(tmp_path / "part" / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # the exported best checkpoint carries the split and loads safely
+    model, meta = seg.load_checkpoint(full.checkpoint)
+    assert meta["split"] == split.as_dict() and meta["n_train_frames"] == 6
+    assert {"train_loss", "val_loss", "val_f1", "val_dice", "train_images_per_second"} <= set(full.history)
+    # changed parameters do not resume a stale run
+    other = seg.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1, lr=5e-4), seed=7, progress=False)
+    assert list(other.history["epoch"]) == [0]
+
+
+def test_train_writes_best_checkpoint_and_kfold(tmp_path):
+    root = make_dataset(tmp_path / "data", n_specimens=4, frames=4)
+    res = seg.train(root, tmp_path / "models", tiny_params(epochs=1, n_folds=2, augment=False), seed=1,
+                    progress=False)
+    assert len(res.folds) == 2 and res.checkpoint == tmp_path / "models" / "best.ckpt"
+    # automatic split of 4: train 01, 02 / val 03 / test 04; two folds deal 01, 02, 03 round robin
+    assert [f.split.val for f in res.folds] == [("specimen01", "specimen03"), ("specimen02",)]
+    _, meta = seg.load_checkpoint(res.checkpoint)
+    assert meta["split"]["test"] == ["specimen04"] and meta["fold"] == res.best.fold
+
+
+def test_bad_params_are_named():
+    with pytest.raises(ParamsError, match="training.arch"):
+        seg.build_model("segformer")
+    with pytest.raises(ParamsError, match="training.encoder_weights.*not found"):
+        seg.build_model("fpn", "resnet18", "/nonexistent/resnet18.pth")
+    P = tiny_params()
+    bad = copy.deepcopy(P)
+    bad["input_size"] = [32]
+    with pytest.raises(ParamsError, match="input_size"):
+        validate_section("training", bad, "test")
