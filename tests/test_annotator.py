@@ -1,0 +1,125 @@
+"""Tests of the simulated annotator (the manual-labelling baseline on the twin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ultrabones import annotator, metrics
+from ultrabones.dataset import read_label, read_specimen, write_image, write_label
+from ultrabones.errors import DatasetError, ParamsError
+
+SPACING = (0.08, 0.08)
+
+
+def synthetic_frame(seed=0, shape=(200, 300)):
+    """Speckle, a bone surface at row 120: bright on the left, dim (low intensity) on the right."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.gamma(2.0, 15.0, shape), 0, 255)
+    contour = np.zeros(shape, bool)
+    contour[120, 20:280] = True
+    img[119:122, 20:150] = 230  # hyperechoic half
+    img[119:122, 150:280] = 70  # dim half, as bright as some speckle
+    img[123:, 20:280] *= 0.1  # acoustic shadow below the surface
+    return img.astype(np.uint8), contour
+
+
+def test_marks_bright_bone_and_misses_low_intensity_bone():
+    img, contour = synthetic_frame()
+    p = annotator.AnnotatorParams()
+    manual = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(0, "s/r", 1))
+    cols = np.flatnonzero(manual.any(axis=0))
+    assert cols.min() < 40 and 140 <= cols.max() < 165  # the bright stretch, a stroke's width beyond
+    assert not manual[:, 170:].any()  # nothing in the dim part
+    # the stroke stays near the surface: hand jitter of ~0.15 mm, brush 0.25 mm
+    rows = np.nonzero(manual)[0]
+    assert np.abs(rows - 120).max() * SPACING[1] < 1.0
+    m = metrics.distance_metrics(manual, contour, SPACING, [0.5])
+    assert m["accuracy"][0] > 0.9 and 0.4 < m["completeness"][0] < 0.6
+
+
+def test_hand_tracing_jitter_moves_the_stroke_off_the_surface():
+    img, contour = synthetic_frame()
+    still = annotator.AnnotatorParams(jitter_mm=0.0, brush_mm=0.0)
+    shaky = annotator.AnnotatorParams(jitter_mm=0.3, brush_mm=0.0)
+    a = annotator.annotate(img, contour, SPACING, still, annotator.frame_rng(0, "s/r", 1))
+    b = annotator.annotate(img, contour, SPACING, shaky, annotator.frame_rng(0, "s/r", 1))
+    assert np.array_equal(a, contour & a)  # no jitter, no brush: exactly on the surface
+    off = metrics.directed_distances(b, contour, SPACING)
+    assert off.mean() > 0.05 and off.max() < 1.5
+
+
+def test_jitter_field_has_the_requested_spread_and_is_smooth():
+    rng = np.random.default_rng(0)
+    rows, cols = np.full(50, 100), np.arange(50) + 100
+    draws = np.array([annotator.smooth_field_at(rows, cols, (25.0, 25.0), 3.0, rng) for _ in range(300)])
+    assert abs(draws.mean()) < 0.3
+    assert 2.6 < draws.std(axis=0).mean() < 3.2  # the requested 3 pixels at every pixel
+    assert np.abs(np.diff(draws, axis=1)).mean() < 0.3  # neighbours 1/25 of a correlation length apart agree
+
+
+def test_same_seed_same_label_other_frame_other_label():
+    img, contour = synthetic_frame()
+    p = annotator.AnnotatorParams()
+    a = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(3, "specimen02/record01", 100))
+    b = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(3, "specimen02/record01", 100))
+    c = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(3, "specimen02/record01", 150))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_short_stretches_are_not_marked_and_small_gaps_are_bridged():
+    img, contour = synthetic_frame()
+    img[119:122, 20:150] = 70
+    img[119:122, 60:70] = 230  # 0.8 mm bright blip: too short to be sure of
+    img[119:122, 100:130] = 230  # two stretches 2.4 mm long ...
+    img[119:122, 136:166] = 230  # ... 0.48 mm apart
+    p = annotator.AnnotatorParams(jitter_mm=0.0, brush_mm=0.0)
+    seen = annotator.visible_contour(img, contour, SPACING, p)
+    assert not seen[:, 55:75].any()
+    assert seen[120, 100:166].all()  # the gap was traced through
+
+
+def test_one_stroke_of_brush_width_whatever_the_band_thickness():
+    img, contour = synthetic_frame()
+    band = np.zeros_like(contour)
+    band[115:126, 20:150] = True  # an 11-pixel (0.88 mm) CT band over the bright stretch
+    img[115:126, 20:150] = 230
+    p = annotator.AnnotatorParams(jitter_mm=0.0, brush_mm=0.25)
+    manual = annotator.annotate(img, band, SPACING, p, annotator.frame_rng(0, "x", 0))
+    thickness = manual[:, 40:130].sum(axis=0)
+    assert np.median(thickness) <= 4  # 0.25 mm brush at 0.08 mm per pixel: 3 pixels
+    rows = np.nonzero(manual[:, 40:130])[0]
+    assert 118 <= rows.min() and rows.max() <= 122  # along the middle of the band
+
+
+def test_nothing_visible_gives_an_empty_label():
+    img, contour = synthetic_frame()
+    img[119:122, :] = 40
+    manual = annotator.annotate(img, contour, SPACING, annotator.AnnotatorParams(), annotator.frame_rng(0, "x", 0))
+    assert not manual.any()
+
+
+def test_bad_input_and_parameters():
+    img, contour = synthetic_frame()
+    with pytest.raises(DatasetError, match="differs from the contour"):
+        annotator.annotate(img, contour[:, :-1], SPACING, annotator.AnnotatorParams(), annotator.frame_rng(0, "x", 0))
+    with pytest.raises(ParamsError, match="visible_quantile"):
+        annotator.AnnotatorParams(visible_quantile=1.5)
+    with pytest.raises(ParamsError, match="jitter_mm"):
+        annotator.AnnotatorParams(jitter_mm=-0.1)
+    section = {"annotator_jitter_mm": 0.2, "annotator_brush_mm": 0.3, "sigmas_mm": [0.5]}
+    assert annotator.AnnotatorParams.from_section(section).jitter_mm == 0.2
+
+
+def test_annotate_frames_writes_labels_manual(tmp_path):
+    img, contour = synthetic_frame()
+    rec = tmp_path / "specimen02" / "record01"
+    for t in (10, 20):
+        write_image(rec / "UltrasoundImages" / f"{t}.png", img)
+        write_label(rec / "Labels_full" / f"{t}_label.png", contour)
+        write_label(rec / "Labels" / f"{t}_label.png", contour)
+    frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen02")])
+    n = annotator.annotate_frames(frames, SPACING, annotator.AnnotatorParams(), seed=0, progress=False)
+    assert n == 2
+    m = read_label(rec / "LabelsManual" / "10_label.png", img.shape)
+    assert m.any() and not m[:, 170:].any()

@@ -1,0 +1,263 @@
+"""Known-answer and bad-input tests of ultrabones.metrics (Eqs. 3-6, Otsu split, border metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ultrabones import metrics
+from ultrabones.dataset import write_image, write_label
+from ultrabones.errors import DatasetError, ParamsError
+
+SIGMAS = np.round(np.arange(0, 2.01, 0.1), 1)
+
+
+def line(shape=(40, 60), row=20, cols=slice(5, 55)):
+    m = np.zeros(shape, bool)
+    m[row, cols] = True
+    return m
+
+
+# ----------------------------------------------------------------------------- known answers
+
+
+@pytest.mark.parametrize("s", [0.05392, 0.1, 0.37])
+def test_one_pixel_shift_is_wrong_below_spacing_and_right_above(s):
+    gt = line(row=20)
+    pred = line(row=21)  # one row deeper: every pixel exactly s mm from the label
+    sig = np.array([0.0, 0.5 * s, 0.999 * s, s, 1.001 * s, 2 * s])
+    m = metrics.distance_metrics(pred, gt, (s, s), sig)
+    # strict "<": at sigma = s the shifted pixels are not yet correct
+    np.testing.assert_array_equal(m["accuracy"], [0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(m["completeness"], [0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(m["f1"], [0, 0, 0, 0, 1, 1])
+
+
+def test_exact_ties_on_the_lattice_are_not_below_the_threshold():
+    gt = line(row=20)
+    for k in range(1, 8):  # k rows of 0.1 mm at exactly k * 0.1 mm, however the product rounds
+        m = metrics.distance_metrics(line(row=20 + k), gt, (0.1, 0.1), SIGMAS)
+        np.testing.assert_array_equal(m["accuracy"], (SIGMAS > k * 0.1 + 1e-6).astype(float), err_msg=str(k))
+
+
+def test_identical_masks_score_one_for_every_positive_sigma():
+    rng = np.random.default_rng(1)
+    gt = rng.random((50, 70)) < 0.05
+    m = metrics.distance_metrics(gt, gt.copy(), (0.07, 0.05), SIGMAS)
+    for k in metrics.SCORES:
+        np.testing.assert_array_equal(m[k][1:], 1.0)
+        assert m[k][0] == 0.0  # d = 0 is not < 0: the strict definition, as in the released code
+
+
+def test_swapping_prediction_and_label_swaps_accuracy_and_completeness():
+    rng = np.random.default_rng(2)
+    a = rng.random((64, 64)) < 0.03
+    b = np.roll(a, 2, axis=0) | (rng.random((64, 64)) < 0.01)
+    ab = metrics.distance_metrics(a, b, (0.06, 0.08), SIGMAS)
+    ba = metrics.distance_metrics(b, a, (0.06, 0.08), SIGMAS)
+    np.testing.assert_array_equal(ab["accuracy"], ba["completeness"])
+    np.testing.assert_array_equal(ab["completeness"], ba["accuracy"])
+    np.testing.assert_array_equal(ab["f1"], ba["f1"])
+    assert not np.array_equal(ab["accuracy"], ab["completeness"])  # the test means something
+
+
+def test_anisotropic_spacing_uses_row_and_column_steps():
+    sx, sy = 0.1, 0.3  # mm per column, mm per row
+    gt = line(row=20)
+    down = metrics.distance_metrics(line(row=21), gt, (sx, sy), [0.25, 0.35])
+    assert list(down["accuracy"]) == [0.0, 1.0]  # a row step is 0.3 mm
+    col = np.zeros((40, 60), bool)
+    col[5:35, 30] = True
+    right = metrics.distance_metrics(np.roll(col, 1, axis=1), col, (sx, sy), [0.05, 0.15])
+    assert list(right["accuracy"]) == [0.0, 1.0]  # a column step is 0.1 mm
+    d = metrics.directed_distances(line(row=22)[:, :], gt, (sx, sy))
+    np.testing.assert_allclose(d, 0.6)
+
+
+def test_partial_prediction_known_counts():
+    gt = line(cols=slice(0, 40))  # 40 pixels
+    pred = line(cols=slice(0, 10)) | line(row=5, cols=slice(0, 10))  # 10 on the label, 10 far away
+    m = metrics.distance_metrics(pred, gt, (0.1, 0.1), [0.05])
+    assert m["accuracy"][0] == pytest.approx(0.5)
+    assert m["completeness"][0] == pytest.approx(0.25)
+    assert m["f1"][0] == pytest.approx(2 * 0.5 * 0.25 / 0.75)
+
+
+def test_agrees_with_brute_force_on_random_masks():
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        shape = tuple(rng.integers(20, 90, 2))
+        p = rng.random(shape) < rng.uniform(0.005, 0.1)
+        g = rng.random(shape) < rng.uniform(0.005, 0.1)
+        spacing = tuple(rng.uniform(0.03, 0.2, 2))
+        fast = metrics.distance_metrics(p, g, spacing, SIGMAS)
+        slow = metrics.brute_force_metrics(p, g, spacing, SIGMAS)
+        for k in metrics.SCORES:
+            np.testing.assert_allclose(fast[k], slow[k], atol=1e-12, err_msg=f"trial {trial} {k}")
+        np.testing.assert_allclose(
+            np.sort(metrics.directed_distances(p, g, spacing)),
+            np.sort(slow_directed(p, g, spacing)), rtol=1e-12)
+
+
+def slow_directed(a, b, spacing):
+    sx, sy = spacing
+    pa, pb = np.argwhere(a) * [sy, sx], np.argwhere(b) * [sy, sx]
+    return np.sqrt(((pa[:, None] - pb[None]) ** 2).sum(-1)).min(1)
+
+
+def test_empty_masks_follow_the_two_protocols():
+    gt, empty = line(), np.zeros((40, 60), bool)
+    strict = metrics.distance_metrics(empty, gt, (0.1, 0.1), [0.5])
+    assert (strict["accuracy"][0], strict["completeness"][0], strict["f1"][0]) == (1.0, 0.0, 0.0)
+    both = metrics.distance_metrics(empty, empty, (0.1, 0.1), [0.5])
+    assert (both["accuracy"][0], both["completeness"][0], both["f1"][0]) == (1.0, 1.0, 1.0)
+    fp = metrics.distance_metrics(gt, empty, (0.1, 0.1), [0.5])
+    assert (fp["accuracy"][0], fp["completeness"][0], fp["f1"][0]) == (0.0, 1.0, 0.0)
+    rel = metrics.distance_metrics(empty, gt, (0.1, 0.1), [0.5], protocol="released")
+    assert np.isnan(rel["f1"][0])
+
+
+def test_border_metrics_known_answers():
+    gt = line(row=20)
+    same = metrics.border_metrics(gt, gt, (0.1, 0.2))
+    assert same == {"dice": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0}
+    shifted = metrics.border_metrics(line(row=23), gt, (0.1, 0.2))
+    assert shifted["dice"] == 0.0
+    assert shifted["hd95_mm"] == pytest.approx(0.6)
+    assert shifted["assd_mm"] == pytest.approx(0.6)
+    assert np.isnan(metrics.border_metrics(np.zeros_like(gt), gt, (0.1, 0.1))["hd95_mm"])
+
+
+# ----------------------------------------------------------------------------- Otsu split
+
+
+def test_otsu_on_bimodal_sample_lands_between_the_modes():
+    rng = np.random.default_rng(4)
+    vals = np.concatenate([rng.normal(60, 8, 5000), rng.normal(190, 10, 3000)])
+    img = np.clip(vals, 0, 255).astype(np.uint8).reshape(80, 100)
+    hist = metrics.intensity_histogram(img, np.ones(img.shape, bool))
+    assert hist.sum() == img.size
+    t = metrics.otsu_threshold(hist)
+    assert 60 + 2 * 8 < t < 190 - 2 * 10  # between the modes, clear of both
+    classes = metrics.intensity_classes(img, t)
+    assert classes["high"].sum() == pytest.approx(3000, abs=30)
+
+
+def test_otsu_of_empty_histogram_is_a_clear_error():
+    with pytest.raises(DatasetError, match="no label pixels"):
+        metrics.otsu_threshold(np.zeros(256, np.int64))
+
+
+def test_frame_scores_split_high_and_low_regions():
+    img = np.full((40, 60), 30, np.uint8)
+    img[:, :30] = 200  # left half bright
+    gt = line(row=20, cols=slice(0, 60))
+    pred = line(row=20, cols=slice(0, 30))  # finds only the bright half
+    sc = metrics.frame_scores(pred, gt, img, (0.1, 0.1), np.array([0.05]), threshold=100)
+    assert sc["high"].completeness[0] == 1.0 and sc["high"].accuracy[0] == 1.0
+    assert sc["low"].completeness[0] == 0.0 and not sc["low"].defined
+    assert sc["all"].completeness[0] == pytest.approx(0.5)
+    agg = metrics.Aggregate(np.array([0.05]))
+    agg.add(sc)
+    at = agg.at(0.05)
+    assert at["released"]["low"]["n_frames"] == 0 and np.isnan(at["released"]["low"]["f1"])
+    assert at["strict"]["low"]["completeness"] == 0.0 and at["strict"]["low"]["n_frames"] == 1
+
+
+def test_shared_label_distance_transform_gives_the_same_scores():
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (60, 80)).astype(np.uint8)
+    gt = rng.random((60, 80)) < 0.05
+    preds = {"a": rng.random((60, 80)) < 0.03, "b": np.roll(gt, 1, 0), "empty": np.zeros((60, 80), bool)}
+    many = metrics.frame_scores_many(preds, gt, img, (0.07, 0.05), SIGMAS, 120)
+    for name, p in preds.items():
+        for region, c in metrics.intensity_classes(img, 120).items():
+            ref = metrics.brute_force_metrics(p & c, gt & c, (0.07, 0.05), SIGMAS)
+            for k in metrics.SCORES:
+                np.testing.assert_allclose(getattr(many[name][region], k), ref[k], atol=1e-12,
+                                           err_msg=f"{name} {region} {k}")
+
+
+def test_aggregate_averages_per_frame_f1():
+    sig = np.array([0.5])
+    agg = metrics.Aggregate(sig)
+    img = np.full((40, 60), 200, np.uint8)
+    gt = line()
+    agg.add(metrics.frame_scores(gt, gt, img, (0.1, 0.1), sig, 100))  # perfect
+    agg.add(metrics.frame_scores(np.zeros_like(gt), gt, img, (0.1, 0.1), sig, 100))  # missed
+    at = agg.at(0.5)
+    assert at["released"]["all"] == {"accuracy": 1.0, "completeness": 1.0, "f1": 1.0, "n_frames": 1}
+    assert at["strict"]["all"] == {"accuracy": 1.0, "completeness": 0.5, "f1": 0.5, "n_frames": 2}
+    with pytest.raises(ParamsError, match="not one of the evaluated"):
+        agg.at(0.3)
+
+
+def test_evaluate_on_a_tiny_dataset(tmp_path):
+    from ultrabones.dataset import read_specimen
+
+    rec = tmp_path / "specimen02" / "record01"
+    img = np.full((30, 40), 40, np.uint8)
+    img[10, :20] = 220
+    gt = np.zeros((30, 40), bool)
+    gt[10, :] = True
+    for t in (100, 200):
+        write_image(rec / "UltrasoundImages" / f"{t}.png", img)
+        write_label(rec / "Labels" / f"{t}_label.png", gt)
+        write_label(rec / "Labels_pred" / f"{t}_label_pred.png", gt)
+        write_label(rec / "LabelsManual" / f"{t}_label.png", gt & (img > 128))
+    spec = read_specimen(tmp_path / "specimen02")
+    frames = metrics.labelled_frames([spec], ("Labels", "LabelsManual"))
+    assert [f.timestamp for f in frames] == [100, 200]
+    hist = metrics.label_histograms(frames, {"gt": metrics.dataset_label("Labels")}, progress=False)["gt"]
+    t = metrics.otsu_threshold(hist)
+    assert 40 <= t < 220
+    res = metrics.evaluate(frames, metrics.dataset_label("Labels"),
+                           {"model": metrics.dataset_label("Labels_pred"),
+                            "manual": metrics.dataset_label("LabelsManual")},
+                           (0.1, 0.1), SIGMAS, t, progress=False)
+    s = metrics.summarise(res, 0.5)
+    assert s["at"]["released"]["model"]["all"]["f1"] == 1.0
+    assert s["at"]["released"]["manual"]["low"]["n_frames"] == 0  # manual has no low pixel
+    assert s["at"]["strict"]["manual"]["low"]["completeness"] == 0.0
+    # manual marks columns 0..19 of 40; columns 20..23 lie within 0.4 mm < 0.5 mm of it
+    assert s["at"]["strict"]["manual"]["all"]["completeness"] == pytest.approx(24 / 40)
+    assert s["border"]["model"]["dice"] == 1.0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_masks_of_different_sizes_stop_with_a_clear_message():
+    with pytest.raises(DatasetError, match=r"prediction size 60x40 \(W x H\) differs from the label's 61x40"):
+        metrics.distance_metrics(np.zeros((40, 60), bool), np.zeros((40, 61), bool), (0.1, 0.1), [0.5])
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ([0.0, 0.5, 0.5], r"sigmas\[2\] = 0.5 mm does not increase"),
+    ([1.0, 0.5], r"sigmas\[1\] = 0.5 mm does not increase \(previous 1 mm\)"),
+    ([], "non-empty"),
+    ([0.1, float("nan")], r"sigmas\[1\] = nan"),
+    ([-0.1, 0.2], r"sigmas\[0\] = -0.1"),
+])
+def test_thresholds_that_do_not_increase_stop_with_a_clear_message(bad, msg):
+    with pytest.raises(ParamsError, match=msg):
+        metrics.distance_metrics(line(), line(), (0.1, 0.1), bad)
+
+
+def test_bad_spacing_and_protocol():
+    with pytest.raises(ParamsError, match="spacing"):
+        metrics.distance_metrics(line(), line(), (0.1, -1.0), [0.5])
+    with pytest.raises(ParamsError, match="protocol"):
+        metrics.distance_metrics(line(), line(), (0.1, 0.1), [0.5], protocol="lenient")
+
+
+def test_examples_favour_frames_with_low_intensity_bone_and_table_rows():
+    counts = np.array([[10, 0], [5, 40], [0, 0], [8, 25], [3, 90], [9, 1]])
+    picks = metrics.pick_examples(counts, 2)
+    assert len(picks) == 2 and 2 not in picks and 4 in picks
+    assert metrics.pick_examples(np.zeros((3, 2)), 2) == []
+    cell = {"accuracy": 0.5, "completeness": 0.25, "f1": 1 / 3, "n_frames": 4}
+    at = {p: {m: {r: cell for r in metrics.REGIONS} for m in ("model", "manual")} for p in metrics.PROTOCOLS}
+    table = metrics.table_at(at)
+    assert len(table) == 6 and table.loc[0, "accuracy_paper"] == 0.900
+    assert table.loc[5, "completeness_paper"] == 0.190 and np.isnan(table.loc[3, "f1_paper"])

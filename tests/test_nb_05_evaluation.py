@@ -1,0 +1,80 @@
+"""Notebook 05_evaluation on the smoke profile: what it measured, read from its metrics JSON."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+SCORES = ("accuracy", "completeness", "f1")
+REGIONS = ("all", "high", "low")
+PROTOCOLS = ("released", "strict")
+
+
+@pytest.fixture(scope="module")
+def m(smoke_metrics):
+    return smoke_metrics("05_evaluation")
+
+
+@pytest.mark.notebook
+def test_scores_at_half_a_millimetre_for_both_methods_regions_and_protocols(m):
+    at = m["at_0p5mm"]
+    assert m["report_sigma_mm"] == 0.5
+    for proto in PROTOCOLS:
+        for method in ("model", "manual"):
+            for region in REGIONS:
+                cell = at[proto][method][region]
+                assert set(SCORES) <= set(cell), (proto, method, region)
+                if cell["n_frames"]:
+                    for k in SCORES:
+                        assert 0.0 <= cell[k] <= 1.0, (proto, method, region, k, cell[k])
+            # the strict protocol counts every frame, the released one skips empty masks
+            assert at["strict"][method]["all"]["n_frames"] == m["n_test_frames"]
+            assert at["released"][method]["all"]["n_frames"] <= m["n_test_frames"]
+
+
+@pytest.mark.notebook
+def test_curves_cover_zero_to_two_millimetres_and_never_decrease(m):
+    sig = m["sigmas_mm"]
+    assert sig[0] == 0.0 and math.isclose(sig[-1], 2.0) and len(sig) == 21
+    for proto in PROTOCOLS:
+        for method in ("model", "manual"):
+            for region in REGIONS:
+                c = m["curves"][proto][method][region]
+                if not c["n_frames"]:
+                    continue
+                for k in SCORES:
+                    assert len(c[k]) == len(sig)
+                    assert all(b >= a - 1e-12 for a, b in zip(c[k], c[k][1:])), (proto, method, region, k)
+                if proto == "released":  # both masks non-empty: d < 0 never holds (the strict "<" of Eq. 4)
+                    assert c["accuracy"][0] == 0.0 and c["completeness"][0] == 0.0
+
+
+@pytest.mark.notebook
+def test_otsu_split_frames_speed_and_border_metrics(m):
+    assert 0 < m["otsu_threshold"] < 255
+    assert m["n_test_frames"] > 0 and m["test_specimens"]
+    assert m["images_per_second"] > 0
+    for method in ("model", "manual"):
+        assert 0.0 <= m["dice"][method] <= 1.0
+        for k in ("hd95_mm", "assd_mm"):
+            v = m[k][method]
+            assert v is None or math.isnan(v) or v >= 0.0
+
+
+@pytest.mark.notebook
+def test_simulated_annotator_misses_low_intensity_bone(m):
+    assert m["manual_source"] == "simulated annotator"  # the twin has no surgeon, and says so
+    man = m["at_0p5mm"]["released"]["manual"]
+    # it marks the clearly visible hyperechoic bone and misses the dim parts, as the paper's expert did
+    assert man["high"]["completeness"] > man["low"]["completeness"] or man["low"]["n_frames"] == 0
+    assert isinstance(m["model_beats_manual_low_completeness"], bool)  # stated either way in the notebook
+
+
+@pytest.mark.notebook
+def test_twin_scores_against_the_true_labels(m):
+    vt = m["vs_truth"]
+    assert vt["n_frames"] > 0
+    ct = vt["at_0p5mm"]["released"]["ct_labels"]["all"]
+    assert ct["n_frames"] > 0 and 0.0 <= ct["f1"] <= 1.0
+    assert set(vt["at_0p5mm"]["strict"]) == {"model", "manual", "ct_labels"}
