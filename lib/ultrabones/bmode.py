@@ -1,0 +1,630 @@
+"""B-mode image formation of the digital twin, and the true labels of a frame.
+
+One frame of a linear probe is formed scan line by scan line (one image
+column each, straight down the image's ``y`` axis):
+
+1. **Geometry.** Each scan line is cast against the bone meshes (trimesh with
+   Embree): its first bone hit gives the bone depth and the surface normal.
+   A second cast finds where it enters the skin: above that is coupling gel
+   (anechoic); a line that meets no skin within ``gel_max_mm`` has no contact
+   and stays dark.
+2. **Echogenicity** (scatterer power per pixel): epidermis entry echo and
+   dermis, subcutaneous fat, the deep fascia, muscle, and connective-tissue
+   septa (wavy sheets roughly parallel to the skin). Layers follow the depth
+   below the skin; texture and waviness come from smooth random 3D fields
+   sampled at each pixel's CT position, so they stay put across frames.
+3. **Bone.** A coherent specular echo at the first hit with amplitude
+   ``cos(theta)^p`` of the 3D incidence angle ``theta`` between the beam and
+   the surface normal (bright when the beam meets bone head on, dim when
+   oblique, absent beyond 90 degrees), plus a weak diffuse part; beneath it
+   the acoustic shadow (power times ``shadow_level``). A bone below another
+   bone lies in its shadow.
+4. **Speckle.** Circular complex Gaussian scatterers (amplitude ``sqrt`` of the
+   echogenicity) convolved with a Gaussian axial x lateral point-spread
+   function: the envelope is Rayleigh distributed in homogeneous tissue
+   (SNR = 1.91).
+5. **Attenuation** ``a`` dB/cm/MHz at ``f`` MHz over the round trip, of which
+   time-gain compensation restores the fraction ``tgc``; electronic noise.
+6. **Display**: a light Gaussian filter of the detected envelope (a scanner's
+   speckle smoothing and compounding), then **log compression** over
+   ``dynamic_range_db`` to 8 bits. Under pressure the soft tissue conforms to
+   the probe face (skin gaps up to ``conform_mm`` close); the bone geometry
+   itself is rigid.
+
+Labels (:func:`label_frame`): the plane cuts the bone meshes in segments; the
+*full* label holds every pixel whose centre lies within ``gamma`` (0.3 mm) of
+the cut (the whole CT contour in the plane); the *visible* label drops pixels
+deeper than the first bone hit of their scan line (shadow) and pixels whose
+in-plane incidence angle exceeds 85 degrees. The in-plane incidence is the
+angle between the surface normal projected into the image plane and the
+upward scan-line direction (0 deg: the beam meets the surface head on).
+
+Frames: ``ct_from_image`` maps image-plane millimetres (``x`` along the image
+width, ``y`` down the depth, ``z`` out of plane) to CT; pixel ``(u, v)`` sits
+at ``x = (u + 0.5) sx``, ``y = (v + 0.5) sy`` (Eq. 1, ``pose @ calib``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import trimesh
+from scipy.ndimage import gaussian_filter, gaussian_filter1d
+from scipy.spatial import cKDTree
+
+from .errors import ParamsError
+
+
+#: Mean distance (mm) between the connective-tissue sheets (septa, fascia) in muscle and fat, and their thickness.
+SEPTA_SPACING_MM = 5.0
+SEPTA_WIDTH_MM = 0.3
+
+#: Relative amplitude of the bone echo at the surface and at 0.2 mm steps below it.
+BONE_ECHO_PROFILE = (1.0, 0.55, 0.25)
+
+
+@dataclass(frozen=True)
+class BModeParams:
+    """Imaging physics of the twin's linear probe.
+
+    Attributes
+    ----------
+    frequency_mhz : centre frequency (MHz).
+    attenuation_db_cm_mhz : soft-tissue attenuation (dB/cm/MHz, one way).
+    tgc_fraction : share of the round-trip attenuation that time-gain compensation restores (0..1).
+    psf_axial_mm, psf_lateral_mm : standard deviations of the Gaussian point-spread function (mm).
+    specular_exponent : ``p`` of the bone echo's ``cos(theta)^p``.
+    bone_amplitude : specular bone echo at normal incidence: coherent reflector amplitude per pixel of the
+        surface, relative to unit-power tissue scatterers.
+    bone_diffuse : diffuse (rough-surface) bone echo power, relative to unit-power tissue, times ``cos(theta)``.
+    shadow_level : power fraction transmitted beyond bone (0..1).
+    noise_level : electronic noise amplitude, relative to unit-power tissue speckle at the surface.
+    dynamic_range_db : displayed dynamic range (dB).
+    gain_db : envelope level (dB re unit-power speckle) displayed as white.
+    gel_max_mm : a scan line meeting no skin within this depth has no contact (dark) (mm).
+    conform_mm : gaps between probe face and skin up to this close under pressure (soft tissue conforms) (mm).
+    display_smoothing_mm : Gaussian display filter (std, mm) on the detected envelope before log compression, as a
+        scanner's speckle smoothing and compounding soften the Rayleigh nulls.
+    muscle, fat, dermis, fascia, septa : scatterer power of the tissue layers (unit-free).
+    """
+
+    frequency_mhz: float = 7.5
+    attenuation_db_cm_mhz: float = 0.5
+    tgc_fraction: float = 0.75
+    psf_axial_mm: float = 0.18
+    psf_lateral_mm: float = 0.35
+    specular_exponent: float = 4.0
+    bone_amplitude: float = 30.0
+    bone_diffuse: float = 6.0
+    shadow_level: float = 0.01
+    noise_level: float = 0.03
+    dynamic_range_db: float = 50.0
+    gain_db: float = 28.0
+    gel_max_mm: float = 25.0
+    conform_mm: float = 6.0
+    display_smoothing_mm: float = 0.25
+    muscle: float = 0.3
+    fat: float = 0.05
+    dermis: float = 1.0
+    fascia: float = 3.0
+    septa: float = 2.5
+
+    def __post_init__(self):
+        for name in ("frequency_mhz", "psf_axial_mm", "psf_lateral_mm", "dynamic_range_db", "specular_exponent"):
+            if not getattr(self, name) > 0:
+                raise ParamsError(f"BModeParams.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("tgc_fraction", "shadow_level"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ParamsError(f"BModeParams.{name} must lie in [0, 1], got {getattr(self, name)!r}")
+
+
+@dataclass
+class Scene:
+    """What a frame sees: bone surfaces, skin, and the tissue texture.
+
+    Build with :meth:`from_meshes`. Holds Embree intersectors and the meshes'
+    arrays, so one scene is reused for every frame of a specimen.
+
+    Attributes
+    ----------
+    bones : merged bone mesh (CT mm).
+    skin : skin mesh (CT mm), or None for tissue everywhere (contact on every line).
+    fat_mm : subcutaneous fat thickness (mm).
+    texture_k : (T, 3) wave vectors (rad/mm) of the tissue texture fields.
+    texture_phase : (T,) phases (rad).
+    """
+
+    bones: trimesh.Trimesh
+    skin: trimesh.Trimesh | None = None
+    fat_mm: float = 5.0
+    texture_k: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    texture_phase: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def from_meshes(cls, bones, skin=None, fat_mm: float = 5.0, seed: int = 0) -> "Scene":
+        """A scene from a bone mesh (or list of meshes), an optional skin mesh and a texture seed."""
+        if isinstance(bones, (list, tuple)):
+            bones = trimesh.util.concatenate(list(bones))
+        rng = np.random.default_rng(seed)
+        n = 12
+        direction = rng.normal(size=(n, 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        wavelength = rng.uniform(4.0, 20.0, n)
+        scene = cls(bones=bones, skin=skin, fat_mm=float(fat_mm),
+                    texture_k=direction * (2 * np.pi / wavelength)[:, None],
+                    texture_phase=rng.uniform(0, 2 * np.pi, n))
+        scene._prepare()
+        return scene
+
+    def _prepare(self):
+        from trimesh.ray.ray_pyembree import RayMeshIntersector
+
+        self._bone_rays = RayMeshIntersector(self.bones)
+        self._skin_rays = RayMeshIntersector(self.skin) if self.skin is not None else None
+        self._verts = np.asarray(self.bones.vertices, dtype=float)
+        self._faces = np.asarray(self.bones.faces)
+        self._normals = np.asarray(self.bones.face_normals, dtype=float)
+        self._face_cols = tuple(np.ascontiguousarray(self._faces[:, i]) for i in range(3))
+
+    def texture(self, points: np.ndarray) -> np.ndarray:
+        """(T/3, N) three smooth random fields (unit variance about) at CT points ``(N, 3)`` (mm)."""
+        ph = points @ self.texture_k.T + self.texture_phase  # (N, T)
+        c = np.cos(ph).reshape(len(points), 3, -1).sum(axis=2)
+        return (c / np.sqrt(self.texture_k.shape[0] / 6)).T
+
+
+@dataclass
+class Frame:
+    """One rendered frame.
+
+    Attributes
+    ----------
+    image : (H, W) uint8 B-mode image.
+    full : (H, W) bool, true full label.
+    visible : (H, W) bool, true visible label.
+    bone_depth_mm : (W,) depth of the first bone hit per scan line (mm; inf where none).
+    incidence_deg : (W,) 3D incidence angle of the beam on that hit (degrees; nan where none).
+    contour : (M, 2) image-plane mm points sampled along the plane's cut of the bones (in view).
+    contour_incidence_deg : (M,) in-plane incidence angle at each contour point (degrees).
+    """
+
+    image: np.ndarray
+    full: np.ndarray
+    visible: np.ndarray
+    bone_depth_mm: np.ndarray
+    incidence_deg: np.ndarray
+    contour: np.ndarray
+    contour_incidence_deg: np.ndarray
+
+
+def _check_geometry(ct_from_image, width, height, spacing):
+    t = np.asarray(ct_from_image, dtype=float)
+    if t.shape != (4, 4) or not np.isfinite(t).all():
+        raise ParamsError(f"ct_from_image must be a finite 4x4 transform, got shape {t.shape}")
+    if int(width) < 1 or int(height) < 1:
+        raise ParamsError(f"image size must be positive, got {width} x {height} px")
+    sx, sy = (float(v) for v in spacing)
+    if not (sx > 0 and sy > 0):
+        raise ParamsError(f"pixel spacing must be positive (mm/px), got {spacing}")
+    return t, int(width), int(height), sx, sy
+
+
+def first_hits(scene: Scene, ct_from_image, width: int, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First bone hit of every scan line.
+
+    Returns
+    -------
+    depth_mm : (W,) depth of the hit below the image top (mm; inf where none).
+    cos_incidence : (W,) cosine of the 3D angle between the beam and the surface's
+        outward normal, reversed (1 = head on; nan where none).
+    face : (W,) index of the hit triangle (-1 where none).
+    """
+    t = np.asarray(ct_from_image, dtype=float)
+    sx = float(spacing[0])
+    ex, ey = t[:3, 0], t[:3, 1]
+    x = (np.arange(width) + 0.5) * sx
+    origins = t[:3, 3] + x[:, None] * ex
+    dirs = np.broadcast_to(ey, origins.shape).copy()
+    depth = np.full(width, np.inf)
+    cosi = np.full(width, np.nan)
+    face = np.full(width, -1)
+    loc, ray, tri = scene._bone_rays.intersects_location(origins, dirs, multiple_hits=False)
+    if len(ray):
+        depth[ray] = np.einsum("ij,j->i", loc - origins[ray], ey)
+        cosi[ray] = -(scene._normals[tri] @ ey)
+        face[ray] = tri
+    return depth, cosi, face
+
+
+def skin_depths(scene: Scene, ct_from_image, width: int, spacing, lookback_mm: float = 40.0) -> np.ndarray:
+    """Depth (mm) where each scan line enters the skin (negative: the probe presses in; inf: never)."""
+    t = np.asarray(ct_from_image, dtype=float)
+    if scene._skin_rays is None:
+        return np.full(width, -np.inf)
+    ex, ey = t[:3, 0], t[:3, 1]
+    x = (np.arange(width) + 0.5) * float(spacing[0])
+    origins = t[:3, 3] + x[:, None] * ex - lookback_mm * ey
+    dirs = np.broadcast_to(ey, origins.shape).copy()
+    out = np.full(width, np.inf)
+    loc, ray, _ = scene._skin_rays.intersects_location(origins, dirs, multiple_hits=False)
+    if len(ray):
+        out[ray] = np.einsum("ij,j->i", loc - origins[ray], ey) - lookback_mm
+    return out
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def plane_contour(scene: Scene, ct_from_image, width: int, height: int, spacing, step_mm: float | None = None,
+                  margin_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Points sampled along the image plane's cut of the bone meshes.
+
+    Parameters
+    ----------
+    step_mm : sampling step along the cut (mm); default a quarter of the finer pixel spacing.
+    margin_mm : keep points up to this far outside the image (mm).
+
+    Returns
+    -------
+    points : (M, 2) image-plane mm (x, y).
+    incidence_deg : (M,) in-plane incidence angle (degrees, 0 = head on, > 90 facing away).
+    """
+    t = np.asarray(ct_from_image, dtype=float)
+    sx, sy = (float(v) for v in spacing)
+    step = step_mm or min(sx, sy) / 2
+    o, ex, ey, ez = t[:3, 3], t[:3, 0], t[:3, 1], t[:3, 2]
+    d = scene._verts @ ez - o @ ez
+    pos = d > 0
+    f0, f1, f2 = scene._face_cols
+    cnt = pos[f0].view(np.uint8) + pos[f1].view(np.uint8) + pos[f2].view(np.uint8)
+    fi = np.flatnonzero((cnt == 1) | (cnt == 2))
+    if not len(fi):
+        return np.zeros((0, 2)), np.zeros(0)
+    f = scene._faces[fi]
+    dd = d[f]
+    v = scene._verts[f]  # (n, 3, 3)
+    a_idx, b_idx = np.array([0, 1, 2]), np.array([1, 2, 0])
+    da, db = dd[:, a_idx], dd[:, b_idx]
+    edge_cross = (da > 0) != (db > 0)  # (n, 3): exactly two per crossing face
+    da, db = da[edge_cross], db[edge_cross]
+    va, vb = v[:, a_idx][edge_cross], v[:, b_idx][edge_cross]
+    seg = (va + (da / (da - db))[:, None] * (vb - va)).reshape(-1, 2, 3)
+    q = np.stack([(seg - o) @ ex, (seg - o) @ ey], axis=-1)  # (n, 2, 2)
+    # clip each segment to the image rectangle grown by the margin (Liang-Barsky), then sample it
+    lo = np.array([-margin_mm, -margin_mm])
+    hi = np.array([width * sx + margin_mm, height * sy + margin_mm])
+    p0, dp = q[:, 0], q[:, 1] - q[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta = (lo - p0) / dp
+        tb = (hi - p0) / dp
+    t_enter = np.where(dp == 0, np.where((p0 >= lo) & (p0 <= hi), -np.inf, np.inf), np.minimum(ta, tb))
+    t_leave = np.where(dp == 0, np.where((p0 >= lo) & (p0 <= hi), np.inf, -np.inf), np.maximum(ta, tb))
+    t0 = np.maximum(t_enter.max(axis=1), 0.0)
+    t1 = np.minimum(t_leave.min(axis=1), 1.0)
+    keep = t0 <= t1
+    if not keep.any():
+        return np.zeros((0, 2)), np.zeros(0)
+    a = p0[keep] + t0[keep, None] * dp[keep]
+    b = p0[keep] + t1[keep, None] * dp[keep]
+    nrm = scene._normals[fi[keep]]
+    n_ip = np.stack([nrm @ ex, nrm @ ey], axis=1)
+    norm = np.linalg.norm(n_ip, axis=1)
+    inc = np.where(norm > 1e-6, np.degrees(np.arccos(np.clip(-n_ip[:, 1] / np.maximum(norm, 1e-12), -1, 1))), 90.0)
+    seglen = np.linalg.norm(b - a, axis=1)
+    ns = np.maximum(1, np.ceil(seglen / step).astype(int)) + 1
+    idx = np.repeat(np.arange(len(a)), ns)
+    frac = (np.arange(ns.sum()) - np.repeat(np.cumsum(ns) - ns, ns)) / np.repeat(ns - 1, ns)
+    points = a[idx] + frac[:, None] * (b[idx] - a[idx])
+    return points, inc[idx]
+
+
+def rasterise_contour(points: np.ndarray, incidence: np.ndarray, width: int, height: int, spacing,
+                      gamma_mm: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose centre lies within ``gamma_mm`` of contour points.
+
+    Returns
+    -------
+    mask : (H, W) bool.
+    incidence : (H, W) float, in-plane incidence of a contour point within ``gamma_mm`` (degrees; nan off the mask).
+    """
+    sx, sy = (float(v) for v in spacing)
+    mask = np.zeros((height, width), dtype=bool)
+    inc = np.full((height, width), np.nan)
+    if not len(points):
+        return mask, inc
+    ru, rv = int(np.ceil(gamma_mm / sx)) + 1, int(np.ceil(gamma_mm / sy)) + 1
+    du, dv = np.meshgrid(np.arange(-ru, ru + 1), np.arange(-rv, rv + 1))
+    u0 = np.floor(points[:, 0] / sx - 0.5).astype(int)
+    v0 = np.floor(points[:, 1] / sy - 0.5).astype(int)
+    u = (u0[:, None] + du.ravel()[None]).ravel()
+    v = (v0[:, None] + dv.ravel()[None]).ravel()
+    src = np.repeat(np.arange(len(points)), du.size)
+    dist = np.hypot((u + 0.5) * sx - points[src, 0], (v + 0.5) * sy - points[src, 1])
+    ok = (dist <= gamma_mm) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    u, v, src = u[ok], v[ok], src[ok]
+    mask[v, u] = True
+    inc[v, u] = incidence[src]  # any contour point within gamma (the last written)
+    return mask, inc
+
+
+def label_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, gamma_mm: float = 0.3,
+                max_incidence_deg: float = 85.0, bone_depth_mm: np.ndarray | None = None):
+    """The true full and visible labels of a frame.
+
+    Parameters
+    ----------
+    gamma_mm : half-thickness of the label band around the cut (mm; paper 0.3).
+    max_incidence_deg : visible pixels have in-plane incidence at most this (degrees; paper 85).
+    bone_depth_mm : (W,) first-hit depths if already cast (mm).
+
+    Returns
+    -------
+    full, visible : (H, W) bool.
+    contour : (M, 2) image mm, contour_incidence : (M,) degrees.
+    """
+    t, width, height, sx, sy = _check_geometry(ct_from_image, width, height, spacing)
+    pts, inc = plane_contour(scene, t, width, height, (sx, sy))
+    full, pix_inc = rasterise_contour(pts, inc, width, height, (sx, sy), gamma_mm)
+    if bone_depth_mm is None:
+        bone_depth_mm = first_hits(scene, t, width, (sx, sy))[0]
+    depth = (np.arange(height) + 0.5)[:, None] * sy
+    lit = depth <= bone_depth_mm[None, :] + gamma_mm
+    visible = full & lit & (pix_inc <= max_incidence_deg)
+    return full, visible, pts, inc
+
+
+# ----------------------------------------------------------------------------- image
+
+
+def psf_gain(spacing, params: BModeParams) -> float:
+    """Amplitude factor that gives unit mean power to PSF-filtered unit-power white scatterers."""
+    sa = params.psf_axial_mm / float(spacing[1])
+    sl = params.psf_lateral_mm / float(spacing[0])
+    return float(np.sqrt(4 * np.pi * sa * sl))
+
+
+def log_compress(envelope: np.ndarray, params: BModeParams) -> np.ndarray:
+    """8-bit log compression: ``gain_db`` maps to 255, ``gain_db - dynamic_range_db`` to 0."""
+    k = np.float32(20.0 * 255.0 / params.dynamic_range_db)
+    g = np.log10(np.maximum(envelope, np.float32(1e-12))) * k - np.float32(
+        (params.gain_db - params.dynamic_range_db) * 255.0 / params.dynamic_range_db)
+    return np.clip(np.rint(g), 0, 255).astype(np.uint8)
+
+
+def attenuation_profile(height: int, sy: float, params: BModeParams) -> np.ndarray:
+    """(H,) amplitude factor of depth after partial TGC: ``10^(-(1 - tgc) 2 a f d / 20)``, d in cm."""
+    d_cm = (np.arange(height) + 0.5) * sy / 10.0
+    net_db = (1 - params.tgc_fraction) * 2 * params.attenuation_db_cm_mhz * params.frequency_mhz * d_cm
+    return 10.0 ** (-net_db / 20.0)
+
+
+def form_image(power: np.ndarray, coherent: np.ndarray | None, spacing, rng: np.random.Generator,
+               params: BModeParams) -> tuple[np.ndarray, np.ndarray]:
+    """Speckle, PSF, attenuation, noise and log compression of a scatterer map.
+
+    Parameters
+    ----------
+    power : (H, W) scatterer power (unit-free; 1 = reference tissue).
+    coherent : (H, W) complex coherent reflectors (specular echoes), or None.
+    spacing : (sx, sy) mm/px.
+
+    Returns
+    -------
+    image : (H, W) uint8 (display filter, then log compression).
+    envelope : (H, W) float32, the detected envelope (before the display filter and log compression).
+    """
+    h, w = power.shape
+    sx, sy = (float(v) for v in spacing)
+    gain = np.float32(psf_gain(spacing, params))
+    z = rng.standard_normal((2, h, w), dtype=np.float32)
+    amp = np.sqrt(np.maximum(power, 0) * np.float32(0.5), dtype=np.float32)
+    re, im = z[0] * amp, z[1] * amp
+    if coherent is not None:
+        re += (coherent.real / gain).astype(np.float32)
+        im += (coherent.imag / gain).astype(np.float32)
+    sigma = (params.psf_axial_mm / sy, params.psf_lateral_mm / sx)
+    att = (attenuation_profile(h, sy, params)[:, None] * gain).astype(np.float32)
+    re = gaussian_filter(re, sigma, truncate=3.0, mode="nearest") * att
+    im = gaussian_filter(im, sigma, truncate=3.0, mode="nearest") * att
+    n = rng.standard_normal((2, h, w), dtype=np.float32) * np.float32(params.noise_level / np.sqrt(2))
+    re += n[0]
+    im += n[1]
+    env = np.sqrt(re * re + im * im)
+    ds = params.display_smoothing_mm
+    shown = gaussian_filter(env, (ds / sy, ds / sx), truncate=2.0) if ds > 0 else env
+    return log_compress(shown, params), env
+
+
+def _lerp_matrix(n_out: int, n_in: int, factor: int) -> np.ndarray:
+    """(n_out, n_in) linear interpolation from a grid of step ``factor`` to unit step."""
+    x = np.arange(n_out) / factor
+    i0 = np.minimum(np.floor(x).astype(int), n_in - 2)
+    w = (x - i0).astype(np.float32)
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m[np.arange(n_out), i0] = 1 - w
+    m[np.arange(n_out), i0 + 1] = w
+    return m
+
+
+def echogenicity(scene: Scene, ct_from_image, width: int, height: int, spacing, skin_depth: np.ndarray,
+                 params: BModeParams, coarse: int = 4) -> np.ndarray:
+    """(H, W) scatterer power of the soft tissue (before bone and shadow)."""
+    t = np.asarray(ct_from_image, dtype=float)
+    sx, sy = (float(v) for v in spacing)
+    depth = ((np.arange(height) + 0.5) * sy)[:, None]
+    # smooth texture fields on a coarse grid, interpolated to pixels
+    hc, wc = -(-height // coarse) + 1, -(-width // coarse) + 1
+    yc, xc = np.meshgrid(np.arange(hc) * coarse * sy, np.arange(wc) * coarse * sx, indexing="ij")
+    pts = t[:3, 3] + xc.reshape(-1, 1) * t[:3, 0] + yc.reshape(-1, 1) * t[:3, 1]
+    tex = scene.texture(pts).reshape(3, hc, wc) if len(scene.texture_k) else np.zeros((3, hc, wc))
+    ay, ax = _lerp_matrix(height, hc, coarse), _lerp_matrix(width, wc, coarse)
+    tex = np.einsum("ij,tjk,lk->til", ay, tex.astype(np.float32), ax, optimize=True)
+    # depth below the skin (mm); bounded where there is no skin (contact everywhere) or no contact
+    rel = np.clip(depth - skin_depth[None, :], -100.0, 1000.0).astype(np.float32)
+    t0, t1, t2 = tex
+    fat_t = np.float32(scene.fat_mm) * (1 + np.float32(0.25) * t1)
+    # septa: wavy sheets roughly parallel to the skin, SEPTA_SPACING_MM apart, fading in and out along them
+    g = rel * np.float32(1 / SEPTA_SPACING_MM) + np.float32(0.7) * t2
+    sept = np.exp(-((g - np.rint(g)) * np.float32(SEPTA_SPACING_MM / SEPTA_WIDTH_MM)) ** 2)
+    sept *= np.clip(np.float32(0.6) + np.float32(0.8) * t1, 0, None)
+    power = (np.float32(params.muscle) * np.maximum(1 + np.float32(0.6) * t0, np.float32(0.15))
+             + np.float32(params.septa) * sept)
+    fat = np.float32(params.fat) * (1 + np.float32(0.3) * t0) + np.float32(0.5 * params.septa) * sept * (sept > 0.5)
+    power = np.where(rel < fat_t, fat, power)
+    power = np.where(np.abs(rel - fat_t) < 0.35, np.float32(params.fascia), power)
+    power = np.where(rel < 1.6, np.float32(params.dermis) * (1 + np.float32(0.3) * t0), power)
+    power = np.where(np.abs(rel - 0.15) < 0.25, np.float32(4 * params.dermis), power)  # epidermis / gel interface
+    power = np.where(rel < 0, np.float32(0), power)
+    power[:, ~(skin_depth < params.gel_max_mm)] = 0.0  # no contact: nothing enters
+    return power.astype(np.float32)
+
+
+def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, rng: np.random.Generator,
+                 params: BModeParams | None = None, gamma_mm: float = 0.3, max_incidence_deg: float = 85.0) -> Frame:
+    """Render one B-mode frame with its true labels (see the module docstring for the model).
+
+    Parameters
+    ----------
+    scene : bones, skin and tissue texture.
+    ct_from_image : (4, 4) image plane (mm) -> CT (mm), i.e. ``pose @ calib``.
+    width, height : image size (px).
+    spacing : (sx, sy) pixel size (mm/px).
+    rng : random generator (speckle and noise).
+    params : imaging physics (defaults of :class:`BModeParams`).
+    gamma_mm, max_incidence_deg : label band half-width (mm) and visible-incidence limit (degrees).
+
+    Returns
+    -------
+    :class:`Frame`.
+    """
+    params = params or BModeParams()
+    t, width, height, sx, sy = _check_geometry(ct_from_image, width, height, spacing)
+    depth_b, cosi, _ = first_hits(scene, t, width, (sx, sy))
+    skin = skin_depths(scene, t, width, (sx, sy))
+    # under pressure the soft tissue conforms to the probe face: small gaps close
+    skin = np.where(skin < params.gel_max_mm, np.maximum(skin - params.conform_mm, np.minimum(skin, 0.0)), skin)
+    power = echogenicity(scene, t, width, height, (sx, sy), skin, params)
+    depth = ((np.arange(height) + 0.5) * sy)[:, None]
+    contact = skin < params.gel_max_mm
+    hit = np.isfinite(depth_b) & contact & (depth_b < height * sy)
+    c = np.clip(np.nan_to_num(cosi, nan=0.0), 0, 1)
+    # bone: diffuse part at the surface, shadow below
+    below = depth > depth_b[None, :]
+    surf = np.abs(depth - depth_b[None, :]) < max(sy, 0.25)
+    power = np.where(surf & hit[None, :], power + params.bone_diffuse * c[None, :], power)
+    # shadow: transmission falls to shadow_level beneath the hit; its edges are soft (finite beam width)
+    shadowed = (below & hit[None, :] & ~surf).astype(np.float32)
+    shadowed = gaussian_filter1d(shadowed, params.psf_lateral_mm * 2 / sx, axis=1, truncate=2.0)
+    power = power * (1 - shadowed * np.float32(1 - params.shadow_level))
+    coherent = None
+    if hit.any():
+        coherent = np.zeros((height, width), dtype=np.complex64)
+        cols = np.flatnonzero(hit)
+        rows = np.floor(depth_b[cols] / sy).astype(int)
+        phase = np.exp(1j * rng.uniform(0, 2 * np.pi, len(cols)) * 0.3)
+        amp = params.bone_amplitude * c[cols] ** params.specular_exponent * phase
+        # the cortex echoes over about half a millimetre: surface, then weaker reverberation below it
+        step = max(1, int(round(0.2 / sy)))
+        for k, wgt in enumerate(BONE_ECHO_PROFILE):
+            r = rows + k * step
+            ok = r < height
+            coherent[r[ok], cols[ok]] += wgt * amp[ok]
+    image, _ = form_image(power, coherent, (sx, sy), rng, params)
+    full, visible, pts, inc = label_frame(scene, t, width, height, (sx, sy), gamma_mm, max_incidence_deg,
+                                          bone_depth_mm=np.where(contact, depth_b, depth_b))
+    inc3d = np.where(np.isfinite(cosi), np.degrees(np.arccos(np.clip(cosi, -1, 1))), np.nan)
+    return Frame(image, full, visible, depth_b, inc3d, pts, inc)
+
+
+def render(scene: Scene, ct_from_image, width: int, height: int, spacing, rng: np.random.Generator,
+           params: BModeParams | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one frame of a scene: ``(image uint8, full label bool, visible label bool)``, each (H, W).
+
+    The simplest entry point for tests of other stages, e.g. a flat bone 15 mm
+    deep seen head on::
+
+        import trimesh
+        from ultrabones import bmode
+        bone = trimesh.creation.box(extents=(200, 200, 20))          # top face at z = +10 mm
+        scene = bmode.Scene.from_meshes(bone)                         # no skin: contact everywhere
+        ct_from_image = np.array([[1, 0, 0, -25], [0, 0, 1, 0], [0, -1, 0, 25], [0, 0, 0, 1.]])
+        image, full, visible = bmode.render(scene, ct_from_image, 256, 218, (0.2, 0.2),
+                                            np.random.default_rng(0))
+
+    (image ``x`` along CT ``x``, depth along CT ``-z``, the top row at ``z = 25``:
+    the bone's top face appears 15 mm deep.) See :func:`render_frame` for the
+    parameters and for the per-column bone depth and incidence.
+    """
+    f = render_frame(scene, ct_from_image, width, height, spacing, rng, params)
+    return f.image, f.full, f.visible
+
+
+def render_points(points_mm: np.ndarray, width: int, height: int, spacing, rng: np.random.Generator,
+                  params: BModeParams | None = None, amplitude: float = 25.0, background: float = 0.004,
+                  floor_depth_mm: float | None = None) -> np.ndarray:
+    """A frame of point reflectors (e.g. phantom wires) in water: bright dots with speckle around.
+
+    Parameters
+    ----------
+    points_mm : (N, 2) image-plane positions (x, y) in mm; NaN rows are skipped.
+    amplitude : peak echo amplitude of a wire, relative to unit-power tissue speckle.
+    background : scatterer power of the medium (water with a little scattering).
+    floor_depth_mm : depth (mm) of the phantom's floor (a bright flat echo), or None.
+
+    Returns
+    -------
+    (H, W) uint8 image.
+    """
+    params = params or BModeParams()
+    sx, sy = (float(v) for v in spacing)
+    power = np.full((height, width), background, dtype=np.float32)
+    coherent = np.zeros((height, width), dtype=np.complex64)
+    p = np.asarray(points_mm, dtype=float).reshape(-1, 2)
+    p = p[np.isfinite(p).all(axis=1)]
+    u = np.floor(p[:, 0] / sx).astype(int)
+    v = np.floor(p[:, 1] / sy).astype(int)
+    ok = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    # a point reflector spread by the PSF peaks at ``amplitude`` (relative to unit-power speckle)
+    coherent[v[ok], u[ok]] = amplitude * 2 * np.pi * (params.psf_axial_mm / sy) * (params.psf_lateral_mm / sx)
+    if floor_depth_mm is not None and 0 < floor_depth_mm < height * sy:
+        row = int(floor_depth_mm / sy)
+        coherent[row, :] += params.bone_amplitude * 0.5
+        power[row + 1:, :] *= params.shadow_level
+    image, _ = form_image(power, coherent, (sx, sy), rng, params)
+    return image
+
+
+def chamfer_mm(a: np.ndarray, b: np.ndarray, extent_mm: tuple[float, float] | None = None,
+               border_mm: float = 1.0) -> float:
+    """Symmetric mean nearest-neighbour distance (mm) between two contours ``(N, 2)``, ``(M, 2)`` (image mm).
+
+    Parameters
+    ----------
+    extent_mm : the image's (width, height) in mm; when given, points within ``border_mm`` of its edge
+        are left out, so that a piece of contour entering or leaving the view in one of the two does
+        not count as an error.
+
+    Returns
+    -------
+    float, nan if either contour is empty.
+    """
+    a, b = np.asarray(a, float).reshape(-1, 2), np.asarray(b, float).reshape(-1, 2)
+    if extent_mm is not None:
+        w, h = extent_mm
+
+        def inner(p):
+            return p[(p[:, 0] > border_mm) & (p[:, 0] < w - border_mm) & (p[:, 1] > border_mm)
+                     & (p[:, 1] < h - border_mm)]
+
+        a, b = inner(a), inner(b)
+    if not len(a) or not len(b):
+        return float("nan")
+    da, _ = cKDTree(b).query(a)
+    db, _ = cKDTree(a).query(b)
+    return float(0.5 * (da.mean() + db.mean()))
+
+
+__all__ = ["BModeParams", "Scene", "Frame", "render", "render_frame", "render_points", "label_frame",
+           "plane_contour", "rasterise_contour", "first_hits", "skin_depths", "form_image", "log_compress",
+           "attenuation_profile", "echogenicity", "chamfer_mm", "psf_gain"]

@@ -1,0 +1,153 @@
+"""B-mode physics in controlled scenes, and the true labels."""
+
+import numpy as np
+import pytest
+import trimesh
+
+from ultrabones import bmode
+from ultrabones.errors import ParamsError
+
+W, H, SP = 128, 120, (0.2, 0.2)  # 25.6 x 24 mm
+
+
+def looking_down(top_z: float = 25.0, tilt_deg: float = 0.0, x0: float = 0.0) -> np.ndarray:
+    """Image plane over CT: x along CT x, depth along -z, top row at ``top_z``; tilted in plane about the top centre."""
+    a = np.radians(tilt_deg)
+    ex = np.array([np.cos(a), 0.0, np.sin(a)])
+    ey = np.array([np.sin(a), 0.0, -np.cos(a)])
+    ez = np.cross(ex, ey)
+    centre = np.array([x0, 0.0, top_z])
+    t = np.eye(4)
+    t[:3, :3] = np.stack([ex, ey, ez], 1)
+    t[:3, 3] = centre - 0.5 * W * SP[0] * ex
+    return t
+
+
+@pytest.fixture(scope="module")
+def slab():
+    """A flat bone slab whose top face is at z = +10 mm: 15 mm deep under ``looking_down()``."""
+    return bmode.Scene.from_meshes(trimesh.creation.box(extents=(300, 300, 20)))
+
+
+def test_shadow_below_bone_is_dark(slab):
+    img, full, vis = bmode.render(slab, looking_down(), W, H, SP, np.random.default_rng(0))
+    row = int(15.0 / SP[1])
+    above = img[10:row - 5].mean()
+    below = img[row + 5:].mean()
+    assert below < 0.35 * above
+    assert img[row - 1:row + 3].mean() > 1.5 * above  # the bone line is bright
+
+
+def test_full_label_is_the_contour_within_gamma(slab):
+    _, full, vis = bmode.render(slab, looking_down(), W, H, SP, np.random.default_rng(0))
+    rows = np.flatnonzero(full.any(axis=1))
+    depth = (rows + 0.5) * SP[1]
+    assert np.all(np.abs(depth - 15.0) <= 0.3 + 1e-9)
+    assert full[rows].all()  # every column
+    assert np.array_equal(full, vis)  # head on, nothing shadowed
+
+
+def test_echo_falls_monotonically_with_incidence(slab):
+    means = []
+    for tilt in (0, 15, 30, 45, 60, 75):
+        vals = []
+        for seed in range(3):
+            f = bmode.render_frame(slab, looking_down(tilt_deg=tilt), W, H, SP, np.random.default_rng(seed))
+            cols = np.flatnonzero(np.isfinite(f.bone_depth_mm))
+            rows = np.floor(f.bone_depth_mm[cols] / SP[1]).astype(int)
+            ok = rows + 2 < H
+            vals.append(np.mean([f.image[r:r + 3, c].max() for r, c in zip(rows[ok], cols[ok])]))
+            assert np.allclose(f.incidence_deg[cols], tilt, atol=0.5)
+        means.append(np.mean(vals))
+    assert np.all(np.diff(means) < 0), means
+    assert means[0] - means[-1] > 60  # bright head on, dim oblique
+
+
+def test_beyond_85_degrees_is_not_visible():
+    # a thin wedge whose top face is inclined by 88 degrees to the beam in the image plane
+    box = trimesh.creation.box(extents=(200, 200, 20))
+    rot = trimesh.transformations.rotation_matrix(np.radians(88), [0, 1, 0])
+    scene = bmode.Scene.from_meshes(box.apply_transform(rot))
+    f = bmode.render_frame(scene, looking_down(top_z=40), W, H, SP, np.random.default_rng(0))
+    assert f.full.sum() > 0
+    assert f.visible.sum() == 0
+
+
+def test_a_bone_in_another_bones_shadow_is_not_visible():
+    upper = trimesh.creation.box(extents=(300, 300, 4))  # top at z = 2, bottom at -2
+    lower = trimesh.creation.box(extents=(300, 300, 4)).apply_translation([0, 0, -8])  # top at -6
+    scene = bmode.Scene.from_meshes([upper, lower])
+    f = bmode.render_frame(scene, looking_down(top_z=12), W, H, SP, np.random.default_rng(0))
+    rows = np.flatnonzero(f.full.any(axis=1)) * SP[1]
+    assert rows.max() > 17  # the lower bone's contour is in the full label
+    vis_rows = (np.flatnonzero(f.visible.any(axis=1)) + 0.5) * SP[1]
+    assert vis_rows.max() < 10.5  # but only the upper bone's top is visible
+    row = int(18.0 / SP[1])
+    assert f.image[row:row + 2].mean() < 40  # no echo from the shadowed bone
+
+
+def test_homogeneous_speckle_is_rayleigh():
+    p = bmode.BModeParams(tgc_fraction=1.0, noise_level=0.0)
+    power = np.ones((400, 400), dtype=np.float32)
+    _, env = bmode.form_image(power, None, SP, np.random.default_rng(0), p)
+    inner = env[20:-20, 20:-20].astype(float)
+    snr = inner.mean() / inner.std()
+    assert snr == pytest.approx(1.91, abs=0.06)
+    assert (inner**2).mean() == pytest.approx(1.0, rel=0.1)  # PSF gain keeps unit power
+
+
+def test_attenuation_is_monotonic_with_depth():
+    p = bmode.BModeParams(tgc_fraction=0.5, noise_level=0.0)
+    power = np.ones((400, 200), dtype=np.float32)
+    img, env = bmode.form_image(power, None, (0.2, 0.1), np.random.default_rng(1), p)
+    blocks = env[:, 10:-10].reshape(20, 20, -1).mean(axis=(1, 2))
+    assert np.all(np.diff(blocks) < 0)
+    prof = bmode.attenuation_profile(400, 0.1, p)
+    assert np.all(np.diff(prof) < 0) and prof[0] < 1
+    full = bmode.attenuation_profile(400, 0.1, bmode.BModeParams(tgc_fraction=1.0))
+    assert np.allclose(full, 1.0)
+
+
+def test_same_seed_same_image(slab):
+    a = bmode.render(slab, looking_down(tilt_deg=20), W, H, SP, np.random.default_rng(5))
+    b = bmode.render(slab, looking_down(tilt_deg=20), W, H, SP, np.random.default_rng(5))
+    c = bmode.render(slab, looking_down(tilt_deg=20), W, H, SP, np.random.default_rng(6))
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_skin_gel_and_no_contact():
+    bone = trimesh.creation.box(extents=(300, 300, 20))  # top at z = 10
+    skin = trimesh.creation.box(extents=(10, 300, 60))  # a narrow ridge of tissue, top at z = 30
+    scene = bmode.Scene.from_meshes(bone, skin)
+    img, _, _ = bmode.render(scene, looking_down(top_z=30), W, H, SP, np.random.default_rng(0))
+    centre = img[5:60, W // 2 - 5:W // 2 + 5].mean()
+    off = img[5:60, :10].mean()  # no skin under these lines: no contact
+    assert centre > 40 and off < 10
+
+
+def test_render_points_shows_wires():
+    p = np.array([[10.0, 10.0], [np.nan, np.nan]])
+    img = bmode.render_points(p, W, H, SP, np.random.default_rng(0))
+    assert img[48:52, 48:52].max() > 200
+    assert np.median(img) < 60
+
+
+def test_bad_geometry_is_refused(slab):
+    with pytest.raises(ParamsError, match="spacing"):
+        bmode.render(slab, looking_down(), W, H, (-0.2, 0.2), np.random.default_rng(0))
+    with pytest.raises(ParamsError, match="4x4"):
+        bmode.render(slab, np.eye(3), W, H, SP, np.random.default_rng(0))
+    with pytest.raises(ParamsError, match="size"):
+        bmode.render(slab, looking_down(), 0, H, SP, np.random.default_rng(0))
+    with pytest.raises(ParamsError, match="tgc_fraction"):
+        bmode.BModeParams(tgc_fraction=1.5)
+
+
+def test_chamfer_distance_known_answer():
+    a = np.stack([np.linspace(2, 20, 200), np.full(200, 10.0)], 1)
+    b = a + [0, 0.7]
+    assert bmode.chamfer_mm(a, b) == pytest.approx(0.7, abs=1e-9)
+    assert bmode.chamfer_mm(a, b, (25.0, 25.0)) == pytest.approx(0.7, abs=1e-9)
+    assert np.isnan(bmode.chamfer_mm(a, np.zeros((0, 2))))
