@@ -224,12 +224,17 @@ def discover(root: Path | str, specimens: list[str] | None = None) -> list[Speci
 # ----------------------------------------------------------------------------- tracking
 
 
-def read_tracking(path: Path | str) -> pd.DataFrame:
+def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.DataFrame:
     """Read and validate a ``tracking.csv``.
 
     Checks: required columns present; ``timestamp`` integer and strictly
     increasing; no NaN or infinite pose value (in the original and, when
     present, the optimised columns).
+
+    Parameters
+    ----------
+    allow_missing_pose : accept NaN (not infinite) values in the original pose
+        columns too, for per-frame stages that report such a frame and go on.
 
     Returns
     -------
@@ -264,7 +269,7 @@ def read_tracking(path: Path | str) -> pd.DataFrame:
     for c in cols:
         vals = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
         nonfinite = ~np.isfinite(vals)
-        if c in extra:
+        if c in extra or allow_missing_pose:
             # Discarded frames carry no optimised pose: NaN allowed there, inf not.
             nonfinite = np.isinf(vals) | (np.isnan(vals) & df[c].notna().to_numpy())
         if nonfinite.any():

@@ -115,6 +115,11 @@ class Paths:
         return self.build_dir / "cache" / stem
 
     @property
+    def rating_dir(self) -> Path:
+        """``build/<profile>/rating/``: the blinded rating set (page, key) and its ratings."""
+        return self.build_dir / "rating"
+
+    @property
     def models_dir(self) -> Path:
         return self.build_dir / "models"
 
