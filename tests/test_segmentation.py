@@ -115,8 +115,15 @@ def test_missing_label_folder_and_non_binary_label_are_named(tmp_path):
     root = make_dataset(tmp_path, n_specimens=1, frames=2)
     other = root / "specimen01" / "record02" / ds.IMAGES
     ds.write_image(other / "5.png", np.zeros((8, 8), np.uint8))
-    with pytest.raises(DatasetError, match=r"record02/Labels: label folder not found"):
+    with pytest.warns(UserWarning, match=r"record02/Labels: label folder not found; record skipped"):
+        assert len(segdata.labelled_frames(root, ["specimen01"])) == 2
+    import shutil
+
+    shutil.rmtree(root / "specimen01" / "record01" / ds.LABELS)
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"specimen01: no labelled frames"):
         segdata.labelled_frames(root, ["specimen01"])
+    root = make_dataset(tmp_path / "again", n_specimens=1, frames=2)
+    ds.write_image(root / "specimen01" / "record02" / ds.IMAGES / "5.png", np.zeros((8, 8), np.uint8))
     (root / "specimen01" / "record02" / ds.LABELS).mkdir()
     ds.write_image(root / "specimen01" / "record02" / ds.LABELS / "5_label.png", np.full((8, 8), 7, np.uint8))
     frames = segdata.labelled_frames(root, ["specimen01"])

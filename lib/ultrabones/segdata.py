@@ -14,6 +14,8 @@ draws exactly what an uninterrupted run draws (see :class:`EpochSampler`).
 
 from __future__ import annotations
 
+import warnings
+
 import math
 import re
 from dataclasses import dataclass
@@ -170,11 +172,15 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
     max_per_specimen : keep at most this many frames per specimen, evenly
         spaced over its sorted frames (None: all).
 
+    A record without a ``Labels/`` folder (the labeling stage labels a subset
+    of frames, and may keep none of a record) is reported with a warning
+    naming the folder and skipped.
+
     Raises
     ------
     DatasetError
-        If a record has no ``Labels/`` folder, a label has no image, or a
-        specimen has no labelled frame; the folder or file is named.
+        If a label has no image, or a specimen has no labelled frame in any
+        record; the folder or file is named.
     """
     frames: list[Frame] = []
     for spec in ds.discover(root, list(specimens)):
@@ -182,7 +188,8 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
         for rec in spec.records:
             label_dir = rec.path / ds.LABELS
             if not label_dir.is_dir():
-                raise DatasetError(f"{label_dir}: label folder not found (run notebook 02_labeling first)")
+                warnings.warn(f"{label_dir}: label folder not found; record skipped", stacklevel=2)
+                continue
             for t in rec.labelled_timestamps(ds.LABELS):
                 img = rec.image_path(t)
                 if not img.is_file():
