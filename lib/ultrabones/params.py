@@ -208,8 +208,6 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     "rating": {
         "frames_per_sweep": _i(1, 1000, doc="frames drawn per sweep for the rating set (paper: 1, 119 frames)"),
-        "label_gamma_mm": _f(0.01, 5.0, doc="label half-width: image points within this distance (mm) of the CT surface (paper gamma 0.3)"),
-        "surface_density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 of CT surface for drawing the labels (as labeling.density_per_mm2)"),
         "image_format": _s(("jpeg", "png"), doc="encoding of the items embedded in the rating page"),
         "jpeg_quality": _i(50, 100, doc="JPEG quality of the embedded items (4:4:4 chroma)"),
         "overlay_alpha": _f(0.0, 1.0, doc="opacity of the label colour over the image (0-1)"),
