@@ -236,7 +236,7 @@ def test_register_sweep_rejects_mismatched_inputs(scene):
 
 
 PARAMS = {
-    "density_per_mm2": 6.0, "label_density_per_mm2": 12.0, "gamma_mm": 0.3, "bound_deg": 1.0, "bound_mm": 1.0, "popsize": 6, "maxiter": 15,
+    "objective_region": "full", "density_per_mm2": 6.0, "label_density_per_mm2": 12.0, "gamma_mm": 0.3, "bound_deg": 1.0, "bound_mm": 1.0, "popsize": 6, "maxiter": 15,
     "tol": 0.02, "lambdas": [0.01, 1.0], "lambda_frames": 2, "lambda_value": None, "max_correction_mm": 1.0, "min_label_fraction": 0.5,
     "incidence_max_deg": 85.0, "frame_stride": 1, "max_frames_per_record": None, "chunk_size": 2,
     "registration_frames": 2, "registration_bound_deg": 1.0, "registration_bound_mm": 1.0,
@@ -450,3 +450,49 @@ def test_label_distance_and_precision_recall_in_mm():
     assert p == pytest.approx(1.0)
     # truth pixels within 0.5 mm of the label: the 5 above it and the next 3 columns (hypot(0.3, 0.4) = 0.5 <= 0.51)
     assert r == pytest.approx(0.8)
+
+
+# ----------------------------------------------------------------------------- first-hit objective
+
+
+def test_first_hit_region_keeps_the_top_of_each_scan_line(scene):
+    pose = frame_pose(2.0)
+    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    full = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    top = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="first_hit")
+    member, pixel, _ = full.band(full.deltas(np.zeros((6, 1))))
+    v, u = np.divmod(pixel, SHAPE[1])
+    first = {c: v[u == c].min() for c in np.unique(u)}
+    keep = np.array([vv < first[uu] + top.first_hit_rows for vv, uu in zip(v, u)])
+    expected = top.f[pixel[keep]].mean()
+    mean, count = top.intensity(np.zeros((6, 1)))
+    assert top.first_hit_rows == 3  # 2 gamma / sy = 0.6 / 0.2
+    assert count[0] == keep.sum() < len(pixel)
+    assert mean[0] == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="region must be"):
+        labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="visible")
+
+
+def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
+    """A B-mode frame of the twin's physics (speckle, specular bone echo, acoustic shadow).
+
+    The contour's far side lies in the dark shadow whose edges coincide with the bone's outline; the
+    first-hit objective recovers the pose, measured against the true label.
+    """
+    from ultrabones import bmode
+
+    bone = bone_mesh()
+    calib = geometry.released_calibration()
+    true = frame_pose(-3.0)
+    img, _, _ = bmode.render(bmode.Scene.from_meshes(bone), true @ calib, SHAPE[1], SHAPE[0], SPACING,
+                             np.random.default_rng(0))
+    pts, _ = labeling.surface_points(bone, 6.0, seed=0)
+    err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])
+    recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
+    truth = labeling.full_label(img.shape, true, calib, SPACING, pts)
+    before = labeling.label_distance_mm(labeling.full_label(img.shape, recorded, calib, SPACING, pts), truth, SPACING)
+    res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, maxiter=60,
+                                  region="first_hit")
+    after = labeling.label_distance_mm(labeling.full_label(img.shape, res.pose, calib, SPACING, pts), truth, SPACING)
+    assert res.status == "kept"
+    assert before > 0.3 and after < 0.5 * before, (before, after)

@@ -102,7 +102,7 @@ class BModeParams:
     dynamic_range_db: float = 50.0
     gain_db: float = 28.0
     gel_max_mm: float = 25.0
-    conform_mm: float = 6.0
+    conform_mm: float = 12.0
     display_smoothing_mm: float = 0.25
     muscle: float = 0.3
     fat: float = 0.05

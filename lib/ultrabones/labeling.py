@@ -159,6 +159,15 @@ class FrameObjective:
     margin_mm : override the pre-selection margin (mm) when the perturbations
         are not of the ``[-bound, bound]`` Euler/translation kind (e.g. the
         global registration's, about another centre).
+    region : ``"full"``: the mean runs over the whole intersection ``I_t``, as
+        Eq. 2 is written. ``"first_hit"``: only over the part of ``I_t`` that
+        faces the probe, the top-most ``2 gamma`` of ``I_t`` on each scan line
+        (image column). The far side of the bone lies in its own acoustic
+        shadow, whose edges coincide with the bone's outline; with the full
+        intersection, sliding those dark flanks sideways into the bright tissue
+        beside the shadow raises the mean intensity, so the optimum drifts away
+        from the true pose. The first hit is where the paper's premise (bone
+        perpendicular to the beam is bright) holds.
 
     Attributes
     ----------
@@ -167,7 +176,10 @@ class FrameObjective:
     """
 
     def __init__(self, image, pose, calib, spacing, points, gamma_mm=0.3, bound_deg=1.0, bound_mm=1.0,
-                 fiducials=geometry.PROBE_FIDUCIALS_MM, margin_mm: float | None = None):
+                 fiducials=geometry.PROBE_FIDUCIALS_MM, margin_mm: float | None = None, region: str = "full"):
+        if region not in ("full", "first_hit"):
+            raise ValueError(f"region must be 'full' or 'first_hit', got {region!r}")
+        self.region = region
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"image must be (H, W), got shape {image.shape}")
@@ -175,6 +187,8 @@ class FrameObjective:
         self.f = (image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)).ravel()
         self.spacing = (float(spacing[0]), float(spacing[1]))
         self.gamma = float(gamma_mm)
+        # rows of I_t kept below the first hit of a column in "first_hit" mode: the band's own thickness
+        self.first_hit_rows = max(1, int(round(2 * self.gamma / self.spacing[1])))
         self.pose = np.asarray(pose, float)
         self.calib = np.asarray(calib, float)
         self.fiducials = np.asarray(fiducials, float)
@@ -322,12 +336,32 @@ class FrameObjective:
         count : (S,) number of pixels in ``I_t``.
         """
         x = np.asarray(x, float).reshape(6, -1)
-        s = x.shape[1]
         member, pixel, _ = self.band(self.deltas(x))
+        return self.band_mean(member, pixel, x.shape[1])
+
+    def band_mean(self, member: np.ndarray, pixel: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean intensity and pixel count per member of a :meth:`band`, over :attr:`region`.
+
+        Parameters
+        ----------
+        member, pixel : the (member, pixel) pairs of :meth:`band`.
+        s : population size.
+
+        Returns
+        -------
+        mean : (S,) mean of ``f`` (0 where empty); count : (S,) pixels used.
+        """
+        if self.region == "first_hit" and len(pixel):
+            h, w = self.shape
+            v, u = np.divmod(pixel, w)
+            column = member * w + u
+            top = np.full(s * w, h, dtype=np.int64)
+            np.minimum.at(top, column, v)
+            keep = v < top[column] + self.first_hit_rows
+            member, pixel = member[keep], pixel[keep]
         count = np.bincount(member, minlength=s)
         total = np.bincount(member, weights=self.f[pixel], minlength=s)
-        mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-        return mean, count
+        return np.where(count > 0, total / np.maximum(count, 1), 0.0), count
 
     def fiducial(self, x: np.ndarray) -> np.ndarray:
         """(S,) mean fiducial displacement (mm) of each member's correction."""
@@ -539,7 +573,8 @@ class FrameResult:
 def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm: float = 0.3,
                    bound_deg: float = 1.0, bound_mm: float = 1.0, popsize: int = 15, maxiter: int = 100,
                    tol: float = 0.01, seed: int = 0, max_correction_mm: float = 1.0,
-                   min_label_fraction: float = 0.0, objective: FrameObjective | None = None) -> FrameResult:
+                   min_label_fraction: float = 0.0, objective: FrameObjective | None = None,
+                   region: str = "full") -> FrameResult:
     """Refine one frame's pose by maximising Eq. 2, then validate it.
 
     Differential evolution (seeded, the population evaluated in one vectorised
@@ -562,6 +597,8 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
     max_correction_mm : validation limit (mm), the paper's 1.
     min_label_fraction : second validation rule (0: off, as in the paper).
     objective : a prepared :class:`FrameObjective` of this frame (optional).
+    region : the intersection the mean runs over, ``"full"`` (Eq. 2 as written)
+        or ``"first_hit"`` (see :class:`FrameObjective`).
 
     Returns
     -------
@@ -572,7 +609,8 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
     pose = np.asarray(pose, float)
     if pose.shape != (4, 4) or not np.isfinite(pose).all():
         raise DatasetError("optimize_frame: the pose is not a finite 4x4 matrix")
-    obj = objective or FrameObjective(image, pose, calib, spacing, points, gamma_mm, bound_deg, bound_mm)
+    obj = objective or FrameObjective(image, pose, calib, spacing, points, gamma_mm, bound_deg, bound_mm,
+                                      region=region)
     zero = np.zeros((6, 1))
     i0, n0 = obj.intensity(zero)
     if obj.n_points == 0 or n0[0] == 0:

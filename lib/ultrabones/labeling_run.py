@@ -212,7 +212,8 @@ def label_chunk(task: Mapping[str, Any]) -> str:
             rows.append(row)
             continue
         pose0 = geometry.pose_from_params(prm)
-        obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"])
+        obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+                                      region=P["objective_region"])
         res = labeling.optimize_frame(
             img, pose0, calib, spacing, points, task["lambda"], gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
             bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
@@ -320,7 +321,8 @@ def lambda_task(task: Mapping[str, Any]) -> list[dict]:
     if img is None:
         return []
     pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
-    obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"])
+    obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+                                      region=P["objective_region"])
     if obj.n_points == 0:
         return []
     truth_full = None
@@ -368,7 +370,8 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     reg = registration.register_sweep(
         images, np.array(poses), calib, spacing, points, gamma_mm=P["gamma_mm"],
         bound_deg=P["registration_bound_deg"], bound_mm=P["registration_bound_mm"], popsize=P["popsize"],
-        maxiter=P["registration_maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, 0))
+        maxiter=P["registration_maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, 0),
+        region=P["objective_region"])
     out = asdict(reg)
     out["transform"] = reg.transform.tolist()
     return atomic._to_jsonable(out)

@@ -184,6 +184,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "labeling": {
         "density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 of CT bone surface, for the objective of Eq. 2"),
         "label_density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 for drawing the label PNGs and measuring them (denser: a continuous band)"),
+        "objective_region": _s(("full", "first_hit"), doc="part of I_t that Eq. 2 averages: full (as written) or first_hit (the surface facing the probe, per scan line)"),
         "gamma_mm": _f(0.01, 5.0, doc="intersection thickness gamma: image points within this distance of C (mm; paper 0.3)"),
         "bound_deg": _f(0.0, 10.0, doc="rotation perturbation bound of Eq. 2, each Euler angle (degrees; paper 1)"),
         "bound_mm": _f(0.0, 10.0, doc="translation perturbation bound of Eq. 2, each axis (mm; paper 1)"),

@@ -73,7 +73,7 @@ class SweepRegistration:
 
 def register_sweep(images, poses, calib, spacing, points, *, gamma_mm: float = 0.3, bound_deg: float = 2.0,
                    bound_mm: float = 2.0, popsize: int = 15, maxiter: int = 50, tol: float = 0.01,
-                   seed: int = 0) -> SweepRegistration:
+                   seed: int = 0, region: str = "full") -> SweepRegistration:
     """One rigid correction for a whole sweep, maximising the mean bone-surface intensity.
 
     Parameters
@@ -87,6 +87,8 @@ def register_sweep(images, poses, calib, spacing, points, *, gamma_mm: float = 0
     bound_deg, bound_mm : search box of the correction's Euler angles (degrees, about
         the sweep centre) and translation (mm).
     popsize, maxiter, tol, seed : differential evolution settings.
+    region : the part of each frame's intersection the similarity averages,
+        as for :class:`~ultrabones.labeling.FrameObjective`.
 
     Returns
     -------
@@ -109,7 +111,7 @@ def register_sweep(images, poses, calib, spacing, points, *, gamma_mm: float = 0
         # |t| + 2 sin(theta / 2) |p - centre|.
         reach = np.linalg.norm(c_i - centre) + np.hypot(w * sx, h * sy) / 2
         margin = np.sqrt(3.0) * bound_mm + 2 * np.sin(theta / 2) * reach + gamma_mm
-        obj = FrameObjective(img, pose, calib, spacing, points, gamma_mm, margin_mm=margin)
+        obj = FrameObjective(img, pose, calib, spacing, points, gamma_mm, margin_mm=margin, region=region)
         if obj.n_points:
             objectives.append((obj, pose))
 
@@ -120,9 +122,7 @@ def register_sweep(images, poses, calib, spacing, points, *, gamma_mm: float = 0
             # G @ pose = pose @ (inv(pose) @ G @ pose): the per-frame marker-frame perturbation.
             deltas = geometry.invert_transform(pose) @ g @ pose
             member, pixel, _ = obj.band(deltas)
-            count = np.bincount(member, minlength=len(g))
-            s = np.bincount(member, weights=obj.f[pixel], minlength=len(g))
-            total += np.where(count > 0, s / np.maximum(count, 1), 0.0)
+            total += obj.band_mean(member, pixel, len(g))[0]
         return total / max(len(objectives), 1)
 
     zero = np.zeros((6, 1))
