@@ -68,7 +68,7 @@ class SmokeRun:
         for prev in STAGES[: STAGES.index(stem)]:
             if prev not in self.done:
                 self.metrics(prev)
-        proc = self.run(stem)
+        proc = self.run(stem, "--stamp", str(self.build / "stamps" / f"{stem}.done"))
         if proc.returncode != 0:
             self.failed[stem] = f"{stem} failed on smoke:\n{proc.stderr[-4000:]}"
             pytest.fail(self.failed[stem])

@@ -107,16 +107,8 @@ def read_tracker(path: Path, streams: dict[str, tuple[str, ...]]) -> tuple[np.nd
         times not strictly increasing).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: tracker stream not found")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
     need = ["time_ms"] + [c for cols in streams.values() for c in cols]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+    df = dataset.read_csv(path, need, "tracker stream")
     vals = df[need].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(vals)
     if bad.any():

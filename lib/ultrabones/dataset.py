@@ -224,6 +224,27 @@ def discover(root: Path | str, specimens: list[str] | None = None) -> list[Speci
 # ----------------------------------------------------------------------------- tracking
 
 
+def read_csv(path: Path | str, required: tuple[str, ...] | list[str], what: str = "CSV file") -> pd.DataFrame:
+    """Read a CSV table that must hold the ``required`` columns.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing (``what`` names it), unreadable, or lacks a column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
 def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.DataFrame:
     """Read and validate a ``tracking.csv``.
 
@@ -241,16 +262,7 @@ def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.Data
     DataFrame with ``timestamp`` as int64 and the pose columns as float.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: tracking file not found")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not a readable CSV ({exc})") from None
-    required = ("timestamp",) + POSE_COLUMNS
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
+    df = read_csv(path, ("timestamp",) + POSE_COLUMNS, "tracking file")
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
     bad = ts.isna() | (ts != np.round(ts))
     if bad.any():
