@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,9 @@ def test_simulated_rater(smoke_metrics, smoke):
 def test_ratings_exported_from_the_page(smoke_metrics, smoke, tmp_path):
     """Notebook 03 on the CSV the rating page exported in the browser test (and its set's key)."""
     smoke_metrics("03_rating_statistics")  # the stages before 03 have run on the smoke twin
-    env = dict(smoke.env, ULTRABONES_BUILD_ROOT=str(tmp_path / "build"))  # leave the smoke run's metrics alone
+    # a copy of the smoke build (02's metrics and caches included) leaves the smoke run's own metrics alone
+    shutil.copytree(smoke.build, tmp_path / "build" / "smoke")
+    env = dict(smoke.env, ULTRABONES_BUILD_ROOT=str(tmp_path / "build"))
     csv, key_file = FIXTURES / "ratings_from_page.csv", FIXTURES / "ratings_from_page_key.csv"
     proc = subprocess.run(
         [sys.executable, "-m", "ultrabones", "run", "03_rating_statistics", "--profile", "smoke", "--no-progress",
