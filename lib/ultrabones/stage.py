@@ -110,7 +110,7 @@ def save_figure(fig, paths: Paths, name: str, stem: str, pdf: bool = False, dpi:
     if pdf:
         pdf_path = paths.figure(f"{name}.pdf")
         with atomic.atomic_path(pdf_path) as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
+            fig.savefig(tmp, bbox_inches="tight", metadata={"CreationDate": None})  # same inputs, same bytes
         files.append(pdf_path.name)
     register_outputs(paths, stem, files)
     return png
