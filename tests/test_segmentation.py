@@ -374,3 +374,17 @@ def test_bad_params_are_named():
     bad["input_size"] = [32]
     with pytest.raises(ParamsError, match="input_size"):
         validate_section("training", bad, "test")
+
+
+def test_a_finished_run_is_stale_once_its_labels_change(tmp_path):
+    """Resume continues only onto the same data: relabelled frames give another resume key."""
+    root = make_dataset(tmp_path, n_specimens=2, frames=4)
+    split = segdata.Split(("specimen01",), ("specimen02",), ())
+    P = {"max_frames_per_specimen": None, "max_val_frames_per_specimen": None}
+    before = seg.data_fingerprint(root, split, P)
+    assert seg.data_fingerprint(root, split, P) == before
+    frame = segdata.labelled_frames(root, ["specimen01"])[0]
+    label = ds.read_label(frame.label)
+    label[0, 0] = not label[0, 0]
+    ds.write_label(frame.label, label)
+    assert seg.data_fingerprint(root, split, P) != before

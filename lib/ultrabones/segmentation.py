@@ -384,11 +384,30 @@ def _device_name(hw: dict) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {hw['precision']})"
 
 
-def _resume_key(P: Mapping, split: Split, seed: int) -> str:
+def _resume_key(P: Mapping, split: Split, seed: int, data: str = "") -> str:
     from .stage import params_hash
 
     return params_hash({"params": {k: v for k, v in P.items() if k not in _RESUME_FREE},
-                        "split": split.as_dict(), "seed": seed})
+                        "split": split.as_dict(), "seed": seed, "data": data})
+
+
+def data_fingerprint(root: Path | str, split: Split, P: Mapping) -> str:
+    """A hash of the training and validation frames and their labels' bytes.
+
+    A run resumes only onto the data it started with: relabelled frames (say a
+    specimen rerun by ``make specimen``) make a finished run stale.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # records without labels are reported when the datasets are made
+        frames = (segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"])
+                  + segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"]))
+    for f in frames:
+        h.update(f"{f.specimen}/{f.record}/{f.timestamp}".encode())
+        h.update(Path(f.label).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def read_history(run_dir: Path | str) -> pd.DataFrame:
@@ -470,7 +489,7 @@ def train_fold(
     root, run_dir = Path(root), Path(run_dir)
     if P["threads"]:
         torch.set_num_threads(P["threads"])
-    key = _resume_key(P, split, seed)
+    key = _resume_key(P, split, seed, data_fingerprint(root, split, P))
     run_json = run_dir / "run.json"
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
