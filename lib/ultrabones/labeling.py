@@ -644,32 +644,26 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
 def label_distance_mm(label: np.ndarray, truth: np.ndarray, spacing) -> float:
     """Mean distance (mm) from each pixel of ``label`` to the nearest pixel of ``truth``.
 
-    NaN when either is empty. Distances by a Euclidean distance transform with
-    the pixel spacing (``sy`` rows, ``sx`` columns).
+    NaN when either is empty (distances from :func:`ultrabones.metrics.directed_distances`).
     """
-    from scipy.ndimage import distance_transform_edt
+    from .metrics import directed_distances
 
     label, truth = np.asarray(label, bool), np.asarray(truth, bool)
     if not label.any() or not truth.any():
         return float("nan")
-    dt = distance_transform_edt(~truth, sampling=(spacing[1], spacing[0]))
-    return float(dt[label].mean())
+    return float(directed_distances(label, truth, spacing).mean())
 
 
 def precision_recall(pred: np.ndarray, truth: np.ndarray, spacing, tol_mm: float = 0.5) -> tuple[float, float]:
     """Share of ``pred`` pixels within ``tol_mm`` of ``truth`` and of ``truth`` within ``tol_mm`` of ``pred``.
 
-    NaN for a share whose denominator is empty.
+    NaN for a share whose denominator is empty (0 when only the other mask is empty).
     """
-    from scipy.ndimage import distance_transform_edt
+    from .metrics import directed_distances
 
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    samp = (spacing[1], spacing[0])
-    prec = rec = float("nan")
-    if pred.any():
-        prec = float((distance_transform_edt(~truth, sampling=samp)[pred] <= tol_mm).mean()) if truth.any() else 0.0
-    if truth.any():
-        rec = float((distance_transform_edt(~pred, sampling=samp)[truth] <= tol_mm).mean()) if pred.any() else 0.0
+    prec = float((directed_distances(pred, truth, spacing) <= tol_mm).mean()) if pred.any() else float("nan")
+    rec = float((directed_distances(truth, pred, spacing) <= tol_mm).mean()) if truth.any() else float("nan")
     return prec, rec
 
 
