@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_calibration import TRUE_CALIB, synthetic_session  # noqa: E402
 
-from ultrabones import calibration as cal  # noqa: E402
+from ultrabones.twin.layout import truth_dir  # noqa: E402
+from ultrabones.calibration import system as cal  # noqa: E402
 
 
 def test_offset_sweep_3000_offsets_under_30_s():
@@ -38,8 +39,8 @@ def test_stage_on_the_default_twin_under_2_min(tmp_path):
 
     import pytest
 
-    from ultrabones.params import load_profile
-    from ultrabones.paths import PARAMS_DIR, Paths
+    from ultrabones.core.params import load_profile
+    from ultrabones.core.paths import PARAMS_DIR, Paths
 
     prof = load_profile("default", PARAMS_DIR)
     src = Paths.for_profile("default")
@@ -48,7 +49,7 @@ def test_stage_on_the_default_twin_under_2_min(tmp_path):
     twin = tmp_path / "twin"
     twin.mkdir()
     os.symlink(src.raw, twin / "raw")
-    os.symlink(src.truth, twin / "truth")
+    os.symlink(truth_dir(src), twin / "truth")
     paths = Paths(tmp_path / "build", twin, tmp_path / "figures")
     t0 = time.perf_counter()
     res = cal.run_stage(paths, prof.values["calibration"], progress=False, n_workers=prof.values["n_workers"])

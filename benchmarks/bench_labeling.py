@@ -17,7 +17,8 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-from ultrabones import geometry, labeling
+from ultrabones.core import geometry
+from ultrabones.labels import frame
 
 SPACING = (0.2, 0.2)
 SHAPE = (220, 256)  # H, W (default twin: ~256 px wide)
@@ -32,7 +33,7 @@ def _scene():
     b.apply_scale([6.0, 5.0, 50.0])
     b.apply_translation([16.0, -6.0, 0.0])
     mesh = trimesh.util.concatenate([a, b])
-    pts, nrm = labeling.surface_points(mesh, DENSITY, seed=0)
+    pts, nrm = frame.surface_points(mesh, DENSITY, seed=0)
     calib = geometry.released_calibration()
     rot = np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]], float).T
 
@@ -48,11 +49,11 @@ def test_seconds_per_frame():
     times, gens = [], []
     for j in range(6):
         true = pose(-15.0 + 6.0 * j)
-        img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
+        img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
         e = rng.uniform(-1, 1, 6) * 0.7
         recorded = true @ geometry.perturbation(e[:3], e[3:])
         t0 = time.process_time()
-        res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.1, popsize=15, maxiter=100, seed=j)
+        res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.1, popsize=15, maxiter=100, seed=j)
         times.append(time.process_time() - t0)
         gens.append(res.nfev)
     per_frame = float(np.mean(times))
@@ -65,9 +66,9 @@ def test_seconds_per_frame():
 def test_fast_vs_reference_objective():
     pts, nrm, calib, pose = _scene()
     true = pose(0.0)
-    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm)
+    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm)
     tree = cKDTree(pts)
-    obj = labeling.FrameObjective(img, true, calib, SPACING, pts)
+    obj = frame.FrameObjective(img, true, calib, SPACING, pts)
     x = np.random.default_rng(1).uniform(-1, 1, (6, 90))  # one population of popsize 15 x 6
     reps = 20
     obj.value(x, 0.1)  # warm up: the first call allocates the scratch array
@@ -76,7 +77,7 @@ def test_fast_vs_reference_objective():
         fast = obj.value(x, 0.1)
     t_fast = (time.process_time() - t0) / (reps * x.shape[1])
     t0 = time.process_time()
-    ref = [labeling.reference_objective(x[:, j], img, true, calib, SPACING, tree, 0.1) for j in range(15)]
+    ref = [frame.reference_objective(x[:, j], img, true, calib, SPACING, tree, 0.1) for j in range(15)]
     t_ref = (time.process_time() - t0) / 15
     assert np.allclose(fast[:15], ref, atol=1e-12)
     print(f"\n[bench] objective per pose: fast {1e3 * t_fast:.3f} ms, reference {1e3 * t_ref:.2f} ms, "

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from ultrabones import metrics
+from ultrabones.evaluation import metrics
 
 SIGMAS = metrics.PAPER_SIGMAS_MM
 SPACING = (0.1857, 0.1857)  # the released evaluation's mm per pixel at 256x256

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import trimesh
 
-from ultrabones import reconstruction as rc
+from ultrabones.reconstruction import surface as rc
 
 N_QUERIES = 1_000_000
 

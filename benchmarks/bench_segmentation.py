@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_segmentation import make_dataset, tiny_params  # noqa: E402
 
-from ultrabones import segdata  # noqa: E402
-from ultrabones import segmentation as seg  # noqa: E402
+from ultrabones.segmentation import segdata  # noqa: E402
+from ultrabones.segmentation import model as seg  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 PAPER_IMAGES = 100 * 100_000  # 100 epochs over 100k images

@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ultrabones import anatomy, bmode, params, simulate
-from ultrabones.paths import PARAMS_DIR, Paths
+from ultrabones.twin import anatomy
+from ultrabones.twin import bmode
+from ultrabones.core import params
+from ultrabones.twin import simulate
+from ultrabones.core.paths import PARAMS_DIR, Paths
 
 
 def default_section(**over):

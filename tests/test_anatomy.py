@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ultrabones import anatomy
-from ultrabones.errors import ParamsError
+from ultrabones.twin import anatomy
+from ultrabones.core.errors import ParamsError
 
 
 @pytest.fixture(scope="module")

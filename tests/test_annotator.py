@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ultrabones import annotator, metrics
-from ultrabones.dataset import read_label, read_specimen, write_image, write_label
-from ultrabones.errors import DatasetError, ParamsError
+from ultrabones.twin import annotator
+from ultrabones.evaluation import metrics
+from ultrabones.core.dataset import read_label, read_specimen, write_image, write_label
+from ultrabones.core.errors import DatasetError, ParamsError
 
 SPACING = (0.08, 0.08)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from ultrabones import bmode
-from ultrabones.errors import ParamsError
+from ultrabones.twin import bmode
+from ultrabones.core.errors import ParamsError
 
 W, H, SP = 128, 120, (0.2, 0.2)  # 25.6 x 24 mm
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ultrabones import ct
-from ultrabones.errors import DatasetError
+from ultrabones.calibration import ct
+from ultrabones.core.errors import DatasetError
 
 
 def _grid(shape=(40, 44, 48), spacing=(0.8, 0.9, 1.0), origin=(-10.0, 5.0, 100.0)):

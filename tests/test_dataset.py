@@ -6,8 +6,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from ultrabones import dataset as ds
-from ultrabones.errors import DatasetError
+from ultrabones.core import dataset as ds
+from ultrabones.core.errors import DatasetError
 
 
 def _tracking(n=4, t0=1000):
@@ -188,7 +188,7 @@ def test_mesh_missing_empty_and_open(tmp_path):
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    from ultrabones import atomic
+    from ultrabones.core import atomic
 
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):
@@ -200,7 +200,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_calibration_round_trip_and_fallback(tmp_path):
-    from ultrabones.geometry import RELEASED_SPACING_MM, released_calibration
+    from ultrabones.core.geometry import RELEASED_SPACING_MM, released_calibration
 
     calib, spacing, offset = ds.read_calibration(tmp_path)
     np.testing.assert_allclose(calib, released_calibration())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from ultrabones import geometry as g
+from ultrabones.core import geometry as g
 
 
 def test_pixel_through_hand_built_chain():

@@ -1,4 +1,4 @@
-"""Known-answer and bad-input tests of ultrabones.labeling, .registration and .labeling_run.
+"""Known-answer and bad-input tests of ultrabones.labels.frame, .registration and .batch.
 
 Everything runs on small synthetic frames: two ellipsoid "bones" whose CT
 model, true pose and image are known exactly (``labeling.synthetic_image``).
@@ -19,9 +19,13 @@ import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
-from ultrabones import dataset, geometry, labeling, labeling_run, registration
-from ultrabones.errors import DatasetError, ParamsError
-from ultrabones.paths import Paths
+from ultrabones.core import dataset
+from ultrabones.core import geometry
+from ultrabones.labels import frame
+from ultrabones.labels import batch
+from ultrabones.labels import registration
+from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.paths import Paths
 
 SPACING = (0.2, 0.2)
 SHAPE = (100, 128)  # H, W: 20 mm deep, 25.6 mm wide
@@ -52,7 +56,7 @@ def frame_pose(z_mm: float = 0.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scene():
     mesh = bone_mesh()
-    pts, nrm = labeling.surface_points(mesh, 8.0, seed=1)
+    pts, nrm = frame.surface_points(mesh, 8.0, seed=1)
     return {"mesh": mesh, "points": pts, "normals": nrm, "calib": geometry.released_calibration(),
             "tree": cKDTree(pts)}
 
@@ -62,7 +66,7 @@ def scene():
 
 def test_surface_points_uniform_on_surface_with_outward_normals():
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=10.0)
-    pts, nrm = labeling.surface_points(sphere, 2.0, seed=3)
+    pts, nrm = frame.surface_points(sphere, 2.0, seed=3)
     assert abs(len(pts) - sphere.area * 2.0) <= 1
     r = np.linalg.norm(pts, axis=1)
     assert r.max() <= 10.0 + 1e-9 and r.min() > 9.9  # on the faceted sphere
@@ -72,13 +76,13 @@ def test_surface_points_uniform_on_surface_with_outward_normals():
     octant = (pts > 0) @ np.array([1, 2, 4])
     counts = np.bincount(octant, minlength=8)
     assert np.abs(counts - len(pts) / 8).max() < 5 * np.sqrt(len(pts) / 8)
-    again, _ = labeling.surface_points(sphere, 2.0, seed=3)
+    again, _ = frame.surface_points(sphere, 2.0, seed=3)
     assert np.array_equal(pts, again)
 
 
 def test_surface_points_rejects_bad_density():
     with pytest.raises(ParamsError, match="density_per_mm2"):
-        labeling.surface_points(trimesh.creation.box(), 0.0, seed=0)
+        frame.surface_points(trimesh.creation.box(), 0.0, seed=0)
 
 
 # ----------------------------------------------------------------------------- fast = reference
@@ -89,21 +93,21 @@ def test_full_label_equals_the_kdtree_definition(scene):
     for _ in range(5):
         x = rng.uniform(-1, 1, 6)
         pose = frame_pose(rng.uniform(-10, 10)) @ geometry.perturbation(x[:3], x[3:])
-        fast = labeling.full_label(SHAPE, pose, scene["calib"], SPACING, scene["points"], 0.3)
-        ref = labeling.reference_label(SHAPE, pose, scene["calib"], SPACING, scene["tree"], 0.3)
+        fast = frame.full_label(SHAPE, pose, scene["calib"], SPACING, scene["points"], 0.3)
+        ref = frame.reference_label(SHAPE, pose, scene["calib"], SPACING, scene["tree"], 0.3)
         assert ref.sum() > 100
         assert np.array_equal(fast, ref)
 
 
 def test_fast_objective_equals_reference_on_random_poses(scene):
     pose = frame_pose(2.0)
-    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
-    obj = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    obj = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (6, 12))
     for lam in (0.1, 10.0):
         fast = obj.value(x, lam)
-        ref = [labeling.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], lam)
+        ref = [frame.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], lam)
                for j in range(x.shape[1])]
         assert np.allclose(fast, ref, atol=1e-12, rtol=0)
     # the population is evaluated at once, and equals member-by-member evaluation
@@ -113,21 +117,21 @@ def test_fast_objective_equals_reference_on_random_poses(scene):
 def test_no_bone_in_view_gives_empty_label_and_status(scene):
     far = frame_pose(500.0)  # the plane misses the bones entirely
     img = np.full(SHAPE, 80, np.uint8)
-    assert not labeling.full_label(SHAPE, far, scene["calib"], SPACING, scene["points"]).any()
-    res = labeling.optimize_frame(img, far, scene["calib"], SPACING, scene["points"], 1.0, maxiter=5)
+    assert not frame.full_label(SHAPE, far, scene["calib"], SPACING, scene["points"]).any()
+    res = frame.optimize_frame(img, far, scene["calib"], SPACING, scene["points"], 1.0, maxiter=5)
     assert res.status == "no_bone"
 
 
 def test_frame_objective_rejects_non_2d_image(scene):
     with pytest.raises(ValueError, match=r"image must be \(H, W\)"):
-        labeling.FrameObjective(np.zeros((4, 4, 3)), frame_pose(), scene["calib"], SPACING, scene["points"])
+        frame.FrameObjective(np.zeros((4, 4, 3)), frame_pose(), scene["calib"], SPACING, scene["points"])
 
 
 def test_optimize_frame_rejects_nan_pose(scene):
     pose = frame_pose()
     pose[0, 3] = np.nan
     with pytest.raises(DatasetError, match="not a finite"):
-        labeling.optimize_frame(np.zeros(SHAPE, np.uint8), pose, scene["calib"], SPACING, scene["points"], 1.0)
+        frame.optimize_frame(np.zeros(SHAPE, np.uint8), pose, scene["calib"], SPACING, scene["points"], 1.0)
 
 
 # ----------------------------------------------------------------------------- the optimiser
@@ -137,14 +141,14 @@ def test_optimizer_recovers_a_known_perturbation(scene):
     """Noise-free frame drawn at the true pose; the recorded pose is off by a known perturbation."""
     true = frame_pose(-3.0)
     calib, pts = scene["calib"], scene["points"]
-    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
     err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])  # deg, mm
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
-    truth = labeling.full_label(SHAPE, true, calib, SPACING, pts)
-    before = labeling.label_distance_mm(labeling.full_label(SHAPE, recorded, calib, SPACING, pts), truth, SPACING)
-    res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
+    truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
+    before = frame.label_distance_mm(frame.full_label(SHAPE, recorded, calib, SPACING, pts), truth, SPACING)
+    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
     assert res.status == "kept"
-    after = labeling.label_distance_mm(labeling.full_label(SHAPE, res.pose, calib, SPACING, pts), truth, SPACING)
+    after = frame.label_distance_mm(frame.full_label(SHAPE, res.pose, calib, SPACING, pts), truth, SPACING)
     assert before > 0.25
     assert after < min(0.08, 0.3 * before), (before, after)
     assert res.intensity_optimized > res.intensity_initial
@@ -156,9 +160,9 @@ def test_optimizer_recovers_a_known_perturbation(scene):
 def test_validation_discards_large_corrections(scene):
     true = frame_pose(1.0)
     calib, pts = scene["calib"], scene["points"]
-    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
     recorded = true @ geometry.invert_transform(geometry.perturbation([0.9, -0.9, 0.9], [0.9, -0.9, 0.9]))
-    res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, max_correction_mm=0.2)
+    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, max_correction_mm=0.2)
     assert res.status == "discarded" and res.correction_mm > 0.2
     assert np.isnan(res.pose).all()
 
@@ -172,21 +176,21 @@ def test_shadow_mask_keeps_only_the_first_crossing():
     full[8:10, 0] = True  # a second bone below it: shadowed
     full[5, 1] = True     # a single crossing: visible
     full[3, 2] = full[5, 2] = True  # gap of 1 row bridged, then nothing: visible
-    sh = labeling.shadow_mask(full, gap_px=1)
+    sh = frame.shadow_mask(full, gap_px=1)
     assert sh[8:10, 0].all() and not sh[2:4, 0].any()
     assert not sh[:, 1].any()
     assert not sh[:, 2].any()
-    assert not labeling.shadow_mask(full, gap_px=0)[3, 2] and labeling.shadow_mask(full, gap_px=0)[5, 2]
+    assert not frame.shadow_mask(full, gap_px=0)[3, 2] and frame.shadow_mask(full, gap_px=0)[5, 2]
 
 
 def test_visible_label_removes_steep_incidence_and_shadow():
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=6.0)
-    pts, nrm = labeling.surface_points(sphere, 20.0, seed=0)
+    pts, nrm = frame.surface_points(sphere, 20.0, seed=0)
     calib = geometry.released_calibration()
     rot = np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]], float).T
     pose = geometry.make_transform(rot, np.array([-12.8, 10.0, 0.0])) @ geometry.invert_transform(calib)
-    full = labeling.full_label(SHAPE, pose, calib, SPACING, pts)
-    vis = labeling.visible_label(full, pose, calib, SPACING, pts, nrm, incidence_max_deg=85.0)
+    full = frame.full_label(SHAPE, pose, calib, SPACING, pts)
+    vis = frame.visible_label(full, pose, calib, SPACING, pts, nrm, incidence_max_deg=85.0)
     vv, uu = np.nonzero(full)
     # circle of radius 6 mm centred at depth 10 mm, column 64
     x = (uu + 0.5) * SPACING[0] - 12.8
@@ -216,7 +220,7 @@ def test_global_registration_corrects_a_common_offset(scene):
     images, recorded = [], []
     for z in (-6.0, -2.0, 2.0, 6.0):
         true = frame_pose(z)
-        images.append(labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0))
+        images.append(frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0))
         recorded.append(offset @ true)
     reg = registration.register_sweep(images, np.array(recorded), calib, SPACING, pts, maxiter=40, seed=0)
     assert reg.similarity_registered > reg.similarity_initial
@@ -253,17 +257,17 @@ def make_twin(root: Path, n_frames: int = 5, seed: int = 0) -> Paths:
     dataset.write_mesh(ds / "specimen01" / "CT_bone_model.stl", mesh)
     calib = geometry.released_calibration()
     dataset.write_calibration(ds, calib, SPACING, -100.0)
-    pts, nrm = labeling.surface_points(mesh, 10.0, seed=99)
+    pts, nrm = frame.surface_points(mesh, 10.0, seed=99)
     rec = dataset.Record("specimen01", "record01", ds / "specimen01" / "record01")
     trec = dataset.Record("specimen01", "record01", truth / "specimen01" / "record01")
     rows = []
     for j in range(n_frames):
         ts = 1000 + 50 * j
         true = frame_pose(-4.0 + 2.0 * j)
-        img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
+        img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
         dataset.write_image(rec.image_path(ts), img)
-        full = labeling.full_label(SHAPE, true, calib, SPACING, pts)
-        vis = labeling.visible_label(full, true, calib, SPACING, pts, nrm).visible
+        full = frame.full_label(SHAPE, true, calib, SPACING, pts)
+        vis = frame.visible_label(full, true, calib, SPACING, pts, nrm).visible
         dataset.write_label(trec.label_path(ts, dataset.LABELS_FULL), full)
         dataset.write_label(trec.label_path(ts, dataset.LABELS), vis)
         e = np.r_[rng.uniform(-0.4, 0.4, 3), rng.uniform(-0.5, 0.5, 3)]
@@ -287,7 +291,7 @@ def _break_frames(paths: Paths):
 def test_run_labels_record_and_reports_bad_frames(tmp_path):
     paths = make_twin(tmp_path)
     rec, tab = _break_frames(paths)
-    out = labeling_run.run(paths, PARAMS, seed=0)
+    out = batch.run(paths, PARAMS, seed=0)
     rep = out["report"].set_index("timestamp")
     ts = tab["timestamp"].to_numpy()
     assert sorted(rep.index) == sorted(ts)  # every frame reported once
@@ -308,15 +312,15 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert np.isfinite(track.loc[0, list(dataset.REGISTERED_COLUMNS)].to_numpy(float)).all()
     # the written full label is the optimised pose's label over the whole (dense) C
     spec = dataset.read_specimen(paths.dataset / "specimen01")
-    dense, _ = labeling_run.load_cloud(labeling_run.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
+    dense, _ = batch.load_cloud(batch.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
     t = kept[0]
     pose_opt = dataset.poses(track, "optimized")[int(np.flatnonzero(track["timestamp"] == t)[0])]
-    expect = labeling.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
+    expect = frame.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
     written = dataset.read_label(rec.label_path(t, dataset.LABELS_FULL))
     assert (written != expect).sum() <= 2  # equal up to the pose's 10-digit round trip through the CSV
-    assert (rec.path / labeling_run.REPORT).is_file()
+    assert (rec.path / batch.REPORT).is_file()
     assert out["lambda"] in PARAMS["lambdas"]
-    m = labeling_run.summarize(out["report"])
+    m = batch.summarize(out["report"])
     assert set(m["label_error_mm"]) == {"initial", "registration", "optimized"}
     assert 0 <= m["discard_rate"] <= 1
 
@@ -325,18 +329,18 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     paths = make_twin(tmp_path, n_frames=6)
     P = dict(PARAMS, lambda_value=0.1)
     with pytest.raises(RuntimeError, match="stopped after 1 chunks"):
-        labeling_run.run(paths, P, seed=0, fail_after_chunks=1)
+        batch.run(paths, P, seed=0, fail_after_chunks=1)
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 1
     first_mtime = chunks[0].stat().st_mtime_ns
-    out = labeling_run.run(paths, P, seed=0)
+    out = batch.run(paths, P, seed=0)
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 3
     assert chunks[0].stat().st_mtime_ns == first_mtime  # finished work is not redone
     ts = out["report"]["timestamp"]
     assert ts.is_unique and len(ts) == 6
     # a rerun changes nothing and redoes nothing
-    again = labeling_run.run(paths, P, seed=0)
+    again = batch.run(paths, P, seed=0)
     pd.testing.assert_frame_equal(again["report"], out["report"])
 
 
@@ -348,11 +352,11 @@ def test_run_survives_a_killed_process(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from ultrabones import labeling_run
-        from ultrabones.paths import Paths
+        from ultrabones.labels import batch
+        from ultrabones.core.paths import Paths
         P = {slow!r}
         paths = Paths(Path({str(paths.build_dir)!r}), Path({str(paths.twin_dir)!r}), Path({str(paths.figures_dir)!r}))
-        labeling_run.run(paths, P, seed=0)
+        batch.run(paths, P, seed=0)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, OMP_NUM_THREADS="1"))
     cache = paths.cache("02_labeling")
@@ -366,7 +370,7 @@ def test_run_survives_a_killed_process(tmp_path):
     done_before = sorted(cache.rglob("chunk_*.npz"))
     assert killed and 1 <= len(done_before) < 6, "the run was not interrupted mid-way"
     mtimes = {f: f.stat().st_mtime_ns for f in done_before}
-    out = labeling_run.run(paths, slow, seed=0)
+    out = batch.run(paths, slow, seed=0)
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())  # finished chunks kept as they were
     ts = out["report"]["timestamp"]
     assert ts.is_unique and len(ts) == 6
@@ -377,8 +381,8 @@ def test_run_on_dask_matches_synchronous(tmp_path):
     paths_a = make_twin(tmp_path / "a", n_frames=3)
     paths_b = make_twin(tmp_path / "b", n_frames=3)
     P = dict(PARAMS, lambda_value=0.1)
-    sync = labeling_run.run(paths_a, P, seed=0)["report"]
-    dask = labeling_run.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1)["report"]
+    sync = batch.run(paths_a, P, seed=0)["report"]
+    dask = batch.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1)["report"]
     cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm", "error_optimized_mm"]
     pd.testing.assert_frame_equal(sync[cols], dask[cols])
 
@@ -390,18 +394,18 @@ def test_choose_lambda_by_truth_and_by_proxy():
         "intensity_initial": [0.3, 0.3, 0.3, 0.3], "intensity_optimized": [0.9, 0.95, 0.6, 0.5],
         "error_initial_mm": [1.0, 1.0, 1.0, 1.0], "error_optimized_mm": [0.1, 0.1, 0.4, 0.6],
     })
-    lam, table = labeling_run.choose_lambda(trials, use_truth=True)
+    lam, table = batch.choose_lambda(trials, use_truth=True)
     # lambda 0.1: delivered errors 0.1 and 1.0 (discarded frame falls back) -> 0.55; lambda 10: 0.5
     assert lam == 10.0
     assert table.set_index("lambda").loc[0.1, "error_mm"] == pytest.approx(0.55)
     assert table.set_index("lambda").loc[0.1, "discard_rate"] == pytest.approx(0.5)
-    lam_p, _ = labeling_run.choose_lambda(trials, use_truth=False)
+    lam_p, _ = batch.choose_lambda(trials, use_truth=False)
     assert lam_p == 0.1  # proxy: (0.9 + 0.3) / 2 = 0.6 > (0.6 + 0.5) / 2
 
 
 def test_selected_rows_stride_and_cap():
-    assert labeling_run.selected_rows(10, 3, None).tolist() == [0, 3, 6, 9]
-    assert labeling_run.selected_rows(100, 1, 5).tolist() == [0, 25, 50, 74, 99]
+    assert batch.selected_rows(10, 3, None).tolist() == [0, 3, 6, 9]
+    assert batch.selected_rows(100, 1, 5).tolist() == [0, 25, 50, 74, 99]
 
 
 def test_read_tracking_nan_pose_rejected_unless_allowed(tmp_path):
@@ -426,7 +430,7 @@ def test_summarize_known_answer():
         "visible_precision": [1.0, 0.5, np.nan, np.nan, np.nan, np.nan],
         "visible_recall": [0.8, 0.6, np.nan, np.nan, np.nan, np.nan],
     })
-    m = labeling_run.summarize(rep)
+    m = batch.summarize(rep)
     assert m["discard_rate"] == pytest.approx(0.5)  # of the frames that were optimised
     assert m["kept_mean_fiducial_correction_mm"] == pytest.approx(0.4)
     assert m["discarded_for_correction"] == 1 and m["discarded_for_shrinking"] == 1
@@ -444,9 +448,9 @@ def test_label_distance_and_precision_recall_in_mm():
     truth[5, :] = True
     label = np.zeros((10, 10), bool)
     label[7, :5] = True  # 2 rows below: 2 * 0.2 mm
-    assert labeling.label_distance_mm(label, truth, (0.1, 0.2)) == pytest.approx(0.4)
-    assert np.isnan(labeling.label_distance_mm(np.zeros_like(label), truth, (0.1, 0.2)))
-    p, r = labeling.precision_recall(label, truth, (0.1, 0.2), tol_mm=0.51)
+    assert frame.label_distance_mm(label, truth, (0.1, 0.2)) == pytest.approx(0.4)
+    assert np.isnan(frame.label_distance_mm(np.zeros_like(label), truth, (0.1, 0.2)))
+    p, r = frame.precision_recall(label, truth, (0.1, 0.2), tol_mm=0.51)
     assert p == pytest.approx(1.0)
     # truth pixels within 0.5 mm of the label: the 5 above it and the next 3 columns (hypot(0.3, 0.4) = 0.5 <= 0.51)
     assert r == pytest.approx(0.8)
@@ -457,9 +461,9 @@ def test_label_distance_and_precision_recall_in_mm():
 
 def test_first_hit_region_keeps_the_top_of_each_scan_line(scene):
     pose = frame_pose(2.0)
-    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
-    full = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
-    top = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="first_hit")
+    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    full = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    top = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="first_hit")
     member, pixel, _ = full.band(full.deltas(np.zeros((6, 1))))
     v, u = np.divmod(pixel, SHAPE[1])
     first = {c: v[u == c].min() for c in np.unique(u)}
@@ -470,7 +474,7 @@ def test_first_hit_region_keeps_the_top_of_each_scan_line(scene):
     assert count[0] == keep.sum() < len(pixel)
     assert mean[0] == pytest.approx(expected, abs=1e-12)
     with pytest.raises(ValueError, match="region must be"):
-        labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="visible")
+        frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="visible")
 
 
 def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
@@ -479,20 +483,20 @@ def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
     The contour's far side lies in the dark shadow whose edges coincide with the bone's outline; the
     first-hit objective recovers the pose, measured against the true label.
     """
-    from ultrabones import bmode
+    from ultrabones.twin import bmode
 
     bone = bone_mesh()
     calib = geometry.released_calibration()
     true = frame_pose(-3.0)
     img, _, _ = bmode.render(bmode.Scene.from_meshes(bone), true @ calib, SHAPE[1], SHAPE[0], SPACING,
                              np.random.default_rng(0))
-    pts, _ = labeling.surface_points(bone, 6.0, seed=0)
+    pts, _ = frame.surface_points(bone, 6.0, seed=0)
     err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
-    truth = labeling.full_label(img.shape, true, calib, SPACING, pts)
-    before = labeling.label_distance_mm(labeling.full_label(img.shape, recorded, calib, SPACING, pts), truth, SPACING)
-    res = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, maxiter=60,
+    truth = frame.full_label(img.shape, true, calib, SPACING, pts)
+    before = frame.label_distance_mm(frame.full_label(img.shape, recorded, calib, SPACING, pts), truth, SPACING)
+    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, maxiter=60,
                                   region="first_hit")
-    after = labeling.label_distance_mm(labeling.full_label(img.shape, res.pose, calib, SPACING, pts), truth, SPACING)
+    after = frame.label_distance_mm(frame.full_label(img.shape, res.pose, calib, SPACING, pts), truth, SPACING)
     assert res.status == "kept"
     assert before > 0.3 and after < 0.5 * before, (before, after)

@@ -1,13 +1,13 @@
-"""Known-answer and bad-input tests of ultrabones.metrics (Eqs. 3-6, Otsu split, border metrics)."""
+"""Known-answer and bad-input tests of ultrabones.evaluation.metrics (Eqs. 3-6, Otsu split, border metrics)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ultrabones import metrics
-from ultrabones.dataset import write_image, write_label
-from ultrabones.errors import DatasetError, ParamsError
+from ultrabones.evaluation import metrics
+from ultrabones.core.dataset import write_image, write_label
+from ultrabones.core.errors import DatasetError, ParamsError
 
 SIGMAS = np.round(np.arange(0, 2.01, 0.1), 1)
 
@@ -193,7 +193,7 @@ def test_aggregate_averages_per_frame_f1():
 
 
 def test_evaluate_on_a_tiny_dataset(tmp_path):
-    from ultrabones.dataset import read_specimen
+    from ultrabones.core.dataset import read_specimen
 
     rec = tmp_path / "specimen02" / "record01"
     img = np.full((30, 40), 40, np.uint8)

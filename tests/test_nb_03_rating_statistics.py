@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrabones import rating as R
+from ultrabones.rating import study as R
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ultrabones.params import read_yaml
-from ultrabones.paths import PARAMS_DIR
+from ultrabones.core.params import read_yaml
+from ultrabones.core.paths import PARAMS_DIR
 
 SMOKE = read_yaml(PARAMS_DIR / "smoke.yaml")["training"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrabones import summary
+from ultrabones.pipeline import summary
 
 pytestmark = pytest.mark.notebook
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from ultrabones import params as P
-from ultrabones.errors import ParamsError
-from ultrabones.paths import NOTEBOOKS_DIR, PARAMS_DIR
+from ultrabones.core import params as P
+from ultrabones.core.errors import ParamsError
+from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR
 
 PROFILES = ["default", "smoke", "paper"]
 
@@ -126,7 +126,7 @@ def test_specimen_must_be_listed(pdir):
 @pytest.mark.parametrize("stem", list(P.NOTEBOOKS))
 def test_notebook_parameters_cell_matches_what_it_receives(stem):
     """papermill only warns about unknown parameters: the project checks the names itself."""
-    from ultrabones.runner import parameter_names, stage_parameters
+    from ultrabones.pipeline.runner import parameter_names, stage_parameters
 
     nb = NOTEBOOKS_DIR / f"{stem}.ipynb"
     assert nb.is_file(), f"{nb} missing"

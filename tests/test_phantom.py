@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from ultrabones.errors import DatasetError
-from ultrabones.geometry import invert_transform, pose_from_params
-from ultrabones.phantom import NWirePhantom, default_phantom, nominal_phantom_from_image, wire_points_in_image
+from ultrabones.core.errors import DatasetError
+from ultrabones.core.geometry import invert_transform, pose_from_params
+from ultrabones.calibration.phantom import NWirePhantom, default_phantom, nominal_phantom_from_image, wire_points_in_image
 
 
 def _one_n(z0=-20.0, z1=20.0):

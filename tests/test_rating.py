@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ultrabones import rating as R
-from ultrabones.errors import DatasetError, ParamsError
+from ultrabones.rating import study as R
+from ultrabones.twin import rater
+from ultrabones.core.paths import Paths
+from ultrabones.core.errors import DatasetError, ParamsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -134,23 +136,23 @@ def _shares(d, visible=0.3):
     ],
 )
 def test_rubric_on_hand_made_profiles(distances, expected):
-    rubric = R.Rubric(large_share=0.25, some_share=0.10, visible_mm=0.3, minor_share=0.10)
-    assert R.rubric_rating(*_shares(distances), rubric) == expected
+    rubric = rater.Rubric(large_share=0.25, some_share=0.10, visible_mm=0.3, minor_share=0.10)
+    assert rater.rubric_rating(*_shares(distances), rubric) == expected
     # The rater model without noise is the rubric itself.
-    assert R.simulate_ratings([distances], rubric, gain_sd=0.0, lapse=0.0, seed=0)[0] == expected
+    assert rater.simulate_ratings([distances], rubric, gain_sd=0.0, lapse=0.0, seed=0)[0] == expected
 
 
 def test_empty_label_is_rated_zero():
-    rubric = R.Rubric()
-    assert R.rubric_rating(np.nan, np.nan, np.nan, rubric) == 0
-    assert R.simulate_ratings([np.zeros(0)], rubric, 0.0, 0.0, seed=0)[0] == 0
-    prof = R.contour_shares(np.zeros(0), 0.3)
+    rubric = rater.Rubric()
+    assert rater.rubric_rating(np.nan, np.nan, np.nan, rubric) == 0
+    assert rater.simulate_ratings([np.zeros(0)], rubric, 0.0, 0.0, seed=0)[0] == 0
+    prof = rater.contour_shares(np.zeros(0), 0.3)
     assert prof["n_pixels"] == 0 and np.isnan(prof["over_3mm"])
 
 
 def test_contour_shares_sum_to_one():
     d = np.r_[np.full(10, 4.0), np.full(30, 2.0), np.full(60, 0.2)]
-    p = R.contour_shares(d, 0.3)
+    p = rater.contour_shares(d, 0.3)
     assert (p["over_3mm"], p["1_to_3mm"], p["under_1mm"]) == pytest.approx((0.1, 0.3, 0.6))
     assert p["over_visible"] == pytest.approx(0.4)
 
@@ -158,21 +160,21 @@ def test_contour_shares_sum_to_one():
 def test_rater_noise_is_seeded_and_bounded():
     rng = np.random.default_rng(0)
     dists = [rng.uniform(0, s, 200) for s in np.linspace(0.2, 6, 300)]
-    a = R.simulate_ratings(dists, R.Rubric(), gain_sd=0.25, lapse=0.05, seed=7)
-    b = R.simulate_ratings(dists, R.Rubric(), gain_sd=0.25, lapse=0.05, seed=7)
-    clean = R.simulate_ratings(dists, R.Rubric(), gain_sd=0.0, lapse=0.0, seed=7)
+    a = rater.simulate_ratings(dists, rater.Rubric(), gain_sd=0.25, lapse=0.05, seed=7)
+    b = rater.simulate_ratings(dists, rater.Rubric(), gain_sd=0.25, lapse=0.05, seed=7)
+    clean = rater.simulate_ratings(dists, rater.Rubric(), gain_sd=0.0, lapse=0.0, seed=7)
     assert (a == b).all() and set(np.unique(a)) <= {0, 1, 2, 3}
     assert 0 < np.mean(a != clean) < 0.5  # noise changes some ratings, not most
     assert np.corrcoef(a, clean)[0, 1] > 0.8
     with pytest.raises(ParamsError, match="rater_lapse"):
-        R.simulate_ratings(dists, R.Rubric(), 0.1, 1.5, seed=0)
+        rater.simulate_ratings(dists, rater.Rubric(), 0.1, 1.5, seed=0)
 
 
 def test_rubric_rejects_bad_thresholds():
     with pytest.raises(ParamsError, match="rubric_visible_mm"):
-        R.Rubric(visible_mm=1.5)
+        rater.Rubric(visible_mm=1.5)
     with pytest.raises(ParamsError, match="rubric_large_share"):
-        R.Rubric(large_share=0.0)
+        rater.Rubric(large_share=0.0)
 
 
 def test_error_distances_in_mm_with_anisotropic_spacing():
@@ -180,16 +182,16 @@ def test_error_distances_in_mm_with_anisotropic_spacing():
     truth[10, :] = True
     label = np.zeros_like(truth)
     label[15, 5:45] = True  # 5 rows below: 5 * sy
-    d = R.error_distances(label, truth, spacing=(0.1, 0.2))
+    d = rater.error_distances(label, truth, spacing=(0.1, 0.2))
     assert d.shape == (40,) and d == pytest.approx(np.full(40, 1.0))
     truth_v = np.zeros((40, 50), bool)
     truth_v[:, 10] = True
     label_v = np.zeros_like(truth_v)
     label_v[:, 13] = True  # 3 columns right: 3 * sx
-    assert R.error_distances(label_v, truth_v, (0.1, 0.2)) == pytest.approx(np.full(40, 0.3))
-    assert np.isinf(R.error_distances(label, np.zeros_like(truth), (0.1, 0.1))).all()
+    assert rater.error_distances(label_v, truth_v, (0.1, 0.2)) == pytest.approx(np.full(40, 0.3))
+    assert np.isinf(rater.error_distances(label, np.zeros_like(truth), (0.1, 0.1))).all()
     with pytest.raises(ValueError, match="differ in shape"):
-        R.error_distances(label, truth[:-1], (0.1, 0.1))
+        rater.error_distances(label, truth[:-1], (0.1, 0.1))
 
 
 # ----------------------------------------------------------------------------- the set
@@ -357,9 +359,9 @@ def _tiny_dataset(root: Path, shifts_mm: dict, n_records: int = 2, n_frames: int
     """
     import trimesh
 
-    from ultrabones import dataset as ds
-    from ultrabones import geometry as G
-    from ultrabones.labeling import full_label, surface_points
+    from ultrabones.core import dataset as ds
+    from ultrabones.core import geometry as G
+    from ultrabones.labels.frame import full_label, surface_points
 
     spacing, shape = (0.1, 0.1), (160, 200)
     calib = G.released_calibration()
@@ -397,20 +399,22 @@ def test_build_rating_set_on_a_tiny_dataset(tmp_path):
     data, truth = _tiny_dataset(tmp_path, shifts)
     params = {"frames_per_sweep": 1, "image_format": "png", "jpeg_quality": 90, "overlay_alpha": 0.5,
               "rubric_visible_mm": 0.3}
+    measure = rater.label_errors(Paths(tmp_path / "b", truth.parent, tmp_path / "f"), (0.1, 0.1))
     out = R.build_rating_set(data, None, tmp_path / "rating", params, seed=0,
-                             label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), truth_root=truth, progress=False)
+                             label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), measure_item=measure,
+                             progress=False)
     key = out["key"]
     assert len(key) == 6 and set(key.record) == {"record01", "record02"}
     assert (key.timestamp != 1000).all()  # the discarded frame is never drawn
     assert (tmp_path / "rating" / R.PAGE_FILE).is_file()
     pd.testing.assert_frame_equal(R.read_key(tmp_path / "rating" / R.KEY_FILE), key)
     # A circle shifted sideways by s: its largest error is s (at the sides; the label band is 0.6 mm wide).
-    for d, method in zip(out["distances"], key.method):
+    for d, method in zip(out["measured"], key.method):
         assert d.max() == pytest.approx(shifts[method], abs=0.35)
-    clean = R.simulate_ratings(out["distances"], R.Rubric(), gain_sd=0.0, lapse=0.0, seed=0)
+    clean = rater.simulate_ratings(out["measured"], rater.Rubric(), gain_sd=0.0, lapse=0.0, seed=0)
     by_method = {m: set(clean[key.method.to_numpy() == m]) for m in R.METHODS}
     assert by_method == {"optimized": {3}, "initial": {1}, "registered": {0}}
     # Same inputs, same set.
     again = R.build_rating_set(data, None, tmp_path / "rating2", params, seed=0,
                                label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), progress=False)
-    assert again["set_id"] == out["set_id"] and "distances" not in again
+    assert again["set_id"] == out["set_id"] and "measured" not in again

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ultrabones import rating as R
+from ultrabones.rating import study as R
+from ultrabones.twin import rater
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -64,7 +65,7 @@ def synthetic_frames(n_frames: int = 8, seed: int = 5, shape=(160, 200)):
             label = np.abs(vv - curve(uu, dv)) <= 0.3 / SPACING[1]
             items.append({"specimen": spec, "record": rec, "timestamp": ts, "method": method,
                           "rgb": R.render_item(image, label, SPACING, alpha=0.5)})
-            dists[(spec, rec, ts, method)] = R.error_distances(label, truth, SPACING)
+            dists[(spec, rec, ts, method)] = rater.error_distances(label, truth, SPACING)
     return pd.DataFrame(frames, columns=["specimen", "record", "timestamp"]), items, dists
 
 
@@ -75,7 +76,7 @@ def rating_set(tmp_path_factory):
     key = R.make_key(frames, seed=11)
     set_id = R.assemble_rating_set(items, key, out, fmt="png", title="synthetic rating set")
     distances = [dists[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]
-    intended = R.simulate_ratings(distances, R.Rubric(), gain_sd=0.25, lapse=0.05, seed=3)
+    intended = rater.simulate_ratings(distances, rater.Rubric(), gain_sd=0.25, lapse=0.05, seed=3)
     return out, key, set_id, intended
 
 

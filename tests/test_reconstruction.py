@@ -1,4 +1,4 @@
-"""Known-answer and bad-input tests of ``ultrabones.reconstruction`` on synthetic meshes and sweeps.
+"""Known-answer and bad-input tests of ``ultrabones.reconstruction.surface`` on synthetic meshes and sweeps.
 
 The synthetic specimen is a cylinder "bone" (radius 10 mm along CT z) swept by
 transverse image planes from above (probe at +y, depth along -y). Its labels
@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import trimesh
 
-from ultrabones import dataset, geometry
-from ultrabones import reconstruction as rc
-from ultrabones.errors import DatasetError
-from ultrabones.paths import Paths
+from ultrabones.core import dataset
+from ultrabones.core import geometry
+from ultrabones.reconstruction import surface as rc
+from ultrabones.core.errors import DatasetError
+from ultrabones.core.paths import Paths
 
 RADIUS = 10.0
 WIDTH, HEIGHT, SP = 96, 80, 0.5  # pixels, mm per pixel

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ultrabones import runner
-from ultrabones.errors import NotebookError, ParamsError
+from ultrabones.pipeline import runner
+from ultrabones.core.errors import NotebookError, ParamsError
 
 FIX = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -48,7 +48,7 @@ def test_unknown_notebook():
 
 
 def test_cli_reports_one_line_error(capsys):
-    from ultrabones.cli import main
+    from ultrabones.pipeline.cli import main
 
     assert main(["run", "42", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ultrabones import dataset as ds
-from ultrabones import segdata
-from ultrabones import segmentation as seg
-from ultrabones.errors import DatasetError, ParamsError
-from ultrabones.params import read_yaml, validate_section
-from ultrabones.paths import PARAMS_DIR
+from ultrabones.core import dataset as ds
+from ultrabones.segmentation import segdata
+from ultrabones.segmentation import model as seg
+from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.params import read_yaml, validate_section
+from ultrabones.core.paths import PARAMS_DIR
 
 torch.set_num_threads(1)
 

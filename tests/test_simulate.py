@@ -7,9 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ultrabones import anatomy, bmode, calibration, dataset, geometry, params, simulate
-from ultrabones.errors import ParamsError
-from ultrabones.paths import PARAMS_DIR, Paths
+from ultrabones.core.cache import SpecimenCache
+from ultrabones.twin.layout import truth_dir
+from ultrabones.twin import anatomy
+from ultrabones.twin import bmode
+from ultrabones.calibration import system as calibration  # the stage module; "system" names a variable here
+from ultrabones.core import dataset
+from ultrabones.core import geometry
+from ultrabones.core import params
+from ultrabones.twin import simulate
+from ultrabones.core.errors import ParamsError
+from ultrabones.core.paths import PARAMS_DIR, Paths
 
 
 def section(**over) -> dict:
@@ -52,7 +60,7 @@ def test_smooth_process_has_the_asked_std():
 
 def test_tree_follows_the_format(twin):
     paths, res = twin
-    raw, truth = paths.raw, paths.truth
+    raw, truth = paths.raw, truth_dir(paths)
     system = json.loads((raw / "system.json").read_text())
     assert system["image_width"] == 64 and system["image_height"] == 54
     assert np.allclose(system["probe_fiducials_mm"], geometry.PROBE_FIDUCIALS_MM)
@@ -105,8 +113,8 @@ def test_tree_follows_the_format(twin):
 def test_recorded_tracking_reproduces_the_truth_chain(twin):
     """Raw tracker + true offset + true CT-from-marker reproduce the true pose up to the error model."""
     paths, _ = twin
-    tsys = json.loads((paths.truth / "system.json").read_text())
-    ctm = calibration.read_matrix_json(paths.truth / "specimen01" / "ct_from_marker.json", "ct_from_marker")
+    tsys = json.loads((truth_dir(paths) / "system.json").read_text())
+    ctm = calibration.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     rec = "record02"
     ts = dataset.image_timestamps(paths.raw / "specimen01" / rec / "images")
     times, streams = calibration.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
@@ -114,7 +122,7 @@ def test_recorded_tracking_reproduces_the_truth_chain(twin):
     t = ts + tsys["temporal_offset_ms"]
     rec_pose = (ctm @ np.linalg.inv(geometry.interpolate_poses(times, streams["marker"], t))
                 @ geometry.interpolate_poses(times, streams["probe"], t))
-    true = pd.read_csv(paths.truth / "specimen01" / rec / "poses.csv")
+    true = pd.read_csv(truth_dir(paths) / "specimen01" / rec / "poses.csv")
     true_pose = geometry.pose_from_params(true[list(geometry.POSE_COLUMNS)].to_numpy())
     err = geometry.mean_fiducial_displacement(rec_pose, true_pose)
     assert 0.02 < err.mean() < 2.0
@@ -156,7 +164,7 @@ def test_same_seed_same_bytes(tmp_path, twin):
         return h.hexdigest()
 
     assert digest(paths_a.raw) == digest(paths_b.raw)
-    assert digest(paths_a.truth) == digest(paths_b.truth)
+    assert digest(truth_dir(paths_a)) == digest(truth_dir(paths_b))
 
 
 def test_bad_parameters_stop_with_a_message():
@@ -202,10 +210,10 @@ def test_specimen_overrides_apply_but_not_to_the_shared_probe():
 
 
 def test_cached_specimens_are_skipped(tmp_path):
-    from ultrabones import stage
+    from ultrabones.pipeline import stage
 
     paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig")
-    cache = stage.SpecimenCache(paths, "00_simulate")
+    cache = SpecimenCache(paths, "00_simulate")
     P = section(sweep_length_mm=[20.0, 16.0, 12.0])
     first = simulate.simulate_twin(paths, P, seed=1, progress=False, cache=cache)
     stamp = (paths.raw / "specimen01" / "ct.npz").stat().st_mtime_ns

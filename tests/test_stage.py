@@ -9,9 +9,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ultrabones import stage, summary  # noqa: E402
-from ultrabones.paths import FIGURES_DIR, Paths  # noqa: E402
-from ultrabones.params import NOTEBOOKS  # noqa: E402
+from ultrabones.core.cache import SpecimenCache
+from ultrabones.pipeline import stage
+from ultrabones.pipeline import summary  # noqa: E402
+from ultrabones.core.paths import FIGURES_DIR, Paths  # noqa: E402
+from ultrabones.core.params import NOTEBOOKS  # noqa: E402
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def test_figures_and_tables_are_recorded(paths):
 
 
 def test_specimen_cache_resumes_and_invalidates(paths):
-    cache = stage.SpecimenCache(paths, "02_labeling")
+    cache = SpecimenCache(paths, "02_labeling")
     assert cache.get("specimen01", {"k": 1}) is None
     cache.put("specimen01", {"k": 1}, {"err": 0.2})
     assert cache.get("specimen01", {"k": 1}) == {"err": 0.2}

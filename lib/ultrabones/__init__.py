@@ -5,13 +5,13 @@ built on them, and a digital twin that stands in for the real dataset.
 
 One module per concept:
 
-- :mod:`ultrabones.geometry`  poses, the Eq. 1 pixel-to-CT chain, interpolation
-- :mod:`ultrabones.dataset`   the released dataset layouts, validated I/O
-- :mod:`ultrabones.params`    parameter profiles and their validation
-- :mod:`ultrabones.paths`     where every file of a run lives
-- :mod:`ultrabones.runner`    executing notebooks with papermill
+- :mod:`ultrabones.core.geometry`  poses, the Eq. 1 pixel-to-CT chain, interpolation
+- :mod:`ultrabones.core.dataset`   the released dataset layouts, validated I/O
+- :mod:`ultrabones.core.params`    parameter profiles and their validation
+- :mod:`ultrabones.core.paths`     where every file of a run lives
+- :mod:`ultrabones.pipeline.runner`    executing notebooks with papermill
 """
 
 __version__ = "0.1.0"
 
-from .errors import DatasetError, NotebookError, ParamsError, UltrabonesError  # noqa: F401
+from ultrabones.core.errors import DatasetError, NotebookError, ParamsError, UltrabonesError  # noqa: F401

@@ -1,3 +1,3 @@
-from .cli import main
+from ultrabones.pipeline.cli import main
 
 raise SystemExit(main())

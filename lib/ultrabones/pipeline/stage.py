@@ -5,57 +5,19 @@
 - :func:`save_figure` saves a matplotlib figure as PNG (and PDF for the paper's
   figures) under the figures folder and records it in the figure manifest, so
   that every file in ``figures/`` can be traced to the notebook that made it.
-- :class:`SpecimenCache` stores one result per specimen under a key that hashes
-  the specimen's parameters and the package sources, so a rerun skips the
-  specimens already done with the same inputs and a killed run resumes.
+- Cache keys and per-specimen results live in :mod:`ultrabones.core.cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import atomic
-from .paths import PROJECT_ROOT, Paths
-
-
-def git_commit() -> str | None:
-    """The repository's HEAD commit (with ``-dirty`` when modified), or None."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not sha:
-        return None
-    return sha + ("-dirty" if dirty else "")
-
-
-def params_hash(params: Mapping[str, Any]) -> str:
-    """A short stable hash of a parameter mapping (JSON with sorted keys)."""
-    blob = json.dumps(atomic._to_jsonable(params), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def source_hash() -> str:
-    """A short hash of the package's Python sources (changes when the code does)."""
-    h = hashlib.sha256()
-    for f in sorted((PROJECT_ROOT / "lib" / "ultrabones").rglob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+from ultrabones.core import atomic
+from ultrabones.core.cache import git_commit, params_hash
+from ultrabones.core.paths import Paths
 
 
 def write_metrics(paths: Paths, stem: str, metrics: Mapping[str, Any], params: Mapping | None = None) -> Path:
@@ -149,44 +111,3 @@ def register_outputs(paths: Paths, stem: str, files: list[str]) -> None:
     for f in files:
         manifest[f] = stem
     atomic.write_json(manifest_path, dict(sorted(manifest.items())))
-
-
-class SpecimenCache:
-    """Resumable per-specimen results of one stage.
-
-    A result is stored as ``build/<profile>/cache/<stem>/<specimen>.json``
-    together with a key hashing the specimen's parameters and the package
-    sources; :meth:`get` returns it only while the key matches.
-
-    Parameters
-    ----------
-    paths : the run's paths.
-    stem : notebook stem.
-    """
-
-    def __init__(self, paths: Paths, stem: str):
-        self.dir = paths.cache(stem)
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(params: Mapping[str, Any]) -> str:
-        return params_hash({"params": params, "source": source_hash()})
-
-    def path(self, specimen: str) -> Path:
-        return self.dir / f"{specimen}.json"
-
-    def get(self, specimen: str, params: Mapping[str, Any]) -> dict | None:
-        """The stored result if it was made with these parameters and sources, else None."""
-        f = self.path(specimen)
-        if not f.is_file():
-            return None
-        data = json.loads(f.read_text())
-        return data["result"] if data.get("key") == self.key(params) else None
-
-    def put(self, specimen: str, params: Mapping[str, Any], result: Mapping[str, Any]) -> None:
-        """Store a specimen's result (atomically)."""
-        atomic.write_json(self.path(specimen), {"key": self.key(params), "result": result})
-
-    def all(self) -> dict[str, dict]:
-        """Every stored result, by specimen, whatever its key."""
-        return {f.stem: json.loads(f.read_text())["result"] for f in sorted(self.dir.glob("*.json"))}

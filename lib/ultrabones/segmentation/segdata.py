@@ -29,8 +29,8 @@ from scipy import ndimage
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from . import dataset as ds
-from .errors import DatasetError, ParamsError
+from ultrabones.core import dataset as ds
+from ultrabones.core.errors import DatasetError, ParamsError
 
 # ----------------------------------------------------------------------------- splits
 

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from . import atomic
-from . import dataset as ds
-from . import segdata
-from .errors import DatasetError, ParamsError
-from .segdata import Frame, Split
+from ultrabones.core import atomic
+from ultrabones.core import dataset as ds
+from ultrabones.segmentation import segdata
+from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.segmentation.segdata import Frame, Split
 
 FORMAT = "ultrabones-segmentation/1"
 #: Normalisation of the released model ([0, 1] intensities), from DESIGN.md.
@@ -179,11 +179,11 @@ class SegmentationLoss(torch.nn.Module):
 def _f1_at_distance(pred: np.ndarray, gt: np.ndarray, spacing_mm, sigma_mm: float) -> tuple[float, float, float]:
     """Distance-thresholded accuracy, completeness and F1 of one frame at one sigma (Eqs. 3-6).
 
-    :func:`ultrabones.metrics.distance_metrics` with the strict protocol
+    :func:`ultrabones.evaluation.metrics.distance_metrics` with the strict protocol
     (an empty mask scores 0/0 = 1, so an empty prediction of a non-empty label
     has F1 0); ``spacing_mm = (sx, sy)`` mm per pixel (columns, rows).
     """
-    from .metrics import distance_metrics
+    from ultrabones.evaluation.metrics import distance_metrics
 
     m = distance_metrics(pred, gt, spacing_mm, [float(sigma_mm)], protocol="strict")
     return float(m["accuracy"][0]), float(m["completeness"][0]), float(m["f1"][0])
@@ -301,7 +301,7 @@ def _datamodule(train_ds, val_ds, batch_size: int, num_workers: int, seed: int):
     from torch.utils.data import DataLoader
 
     class FrameDataModule(pl.LightningDataModule):
-        """Loaders with :class:`~ultrabones.segdata.EpochSampler` (sharded by rank under DDP)."""
+        """Loaders with :class:`~ultrabones.segmentation.segdata.EpochSampler` (sharded by rank under DDP)."""
 
         def _loader(self, data, shuffle):
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -385,7 +385,7 @@ def _device_name(hw: dict) -> str:
 
 
 def _resume_key(P: Mapping, split: Split, seed: int, data: str = "") -> str:
-    from .stage import params_hash
+    from ultrabones.core.cache import params_hash
 
     return params_hash({"params": {k: v for k, v in P.items() if k not in _RESUME_FREE},
                         "split": split.as_dict(), "seed": seed, "data": data})
@@ -433,7 +433,7 @@ def _spacing(root: Path) -> tuple[float, float]:
 
 
 def make_datasets(root: Path | str, split: Split, P: Mapping, seed: int, progress: bool = False):
-    """Training and validation :class:`~ultrabones.segdata.FrameDataset` of a split, and the normalisation.
+    """Training and validation :class:`~ultrabones.segmentation.segdata.FrameDataset` of a split, and the normalisation.
 
     The normalisation is ``P["norm_mean"], P["norm_std"]``, or, when null,
     measured on the training frames.
@@ -625,7 +625,7 @@ def save_checkpoint(path: Path | str, state_dict: Mapping[str, torch.Tensor], me
     ``metadata`` is reduced to JSON types (lists, dicts, str, numbers, None)
     and given the git commit and creation time.
     """
-    from .stage import git_commit
+    from ultrabones.core.cache import git_commit
 
     meta = atomic._to_jsonable(dict(metadata))
     meta.setdefault("git_commit", git_commit())
@@ -825,7 +825,7 @@ def predict_record(
 
     Parameters
     ----------
-    record : a :class:`~ultrabones.dataset.Record` or a record folder (holding ``UltrasoundImages/``).
+    record : a :class:`~ultrabones.core.dataset.Record` or a record folder (holding ``UltrasoundImages/``).
     ckpt : a checkpoint path, ``(model, metadata)`` or a loaded model.
     out_kind : label kind to write (``Labels_pred``).
     timestamps : only these frames (ms); None: every image.

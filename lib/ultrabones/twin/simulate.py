@@ -3,7 +3,7 @@
 What a real acquisition records goes to ``raw/``, the truth to ``truth/``
 (``docs/twin_format.md``). The pieces:
 
-- **Anatomy** (:mod:`ultrabones.anatomy`): bones, skin and the CT volume.
+- **Anatomy** (:mod:`ultrabones.twin.anatomy`): bones, skin and the CT volume.
 - **Markers and tracking.** A specimen marker on K-wires (fiducial spheres
   visible in CT) and the probe marker (the released fiducials). An optical
   tracker samples both at ``tracker_rate_hz``: each fiducial is measured with
@@ -27,9 +27,9 @@ What a real acquisition records goes to ``raw/``, the truth to ``truth/``
   fibula, three over the foot; forward and backward) with natural hand motion:
   speed, tilt, roll, lateral wobble and pressure vary smoothly; the probe face
   stays on the skin.
-- **Images** (:mod:`ultrabones.bmode`), written frame by frame (memory does not
+- **Images** (:mod:`ultrabones.twin.bmode`), written frame by frame (memory does not
   grow with record length), with the true full and visible labels.
-- **Z-phantom** recordings (:mod:`ultrabones.phantom`) with the same probe,
+- **Z-phantom** recordings (:mod:`ultrabones.calibration.phantom`) with the same probe,
   clocks and offset.
 
 Everything is seeded from the profile's ``seed``: the same parameters give the
@@ -49,10 +49,14 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.transform import Rotation
 
-from . import anatomy as anat
-from . import atomic, bmode, dataset, geometry
-from .errors import ParamsError
-from .paths import Paths, twin_specimen_name
+from ultrabones.twin import anatomy
+from ultrabones.core import atomic
+from ultrabones.twin import bmode
+from ultrabones.core import dataset
+from ultrabones.core import geometry
+from ultrabones.core.errors import ParamsError
+from ultrabones.twin.layout import truth_dir
+from ultrabones.core.paths import Paths, twin_specimen_name
 
 #: Records of a specimen: (name, bone group, direction, variant).
 RECORDS = tuple(
@@ -236,7 +240,7 @@ class SweepPlan:
         return p, tan
 
 
-def plan_sweep(an: anat.Anatomy, group: str, variant: int, length_mm: float, rng: np.random.Generator) -> SweepPlan:
+def plan_sweep(an: anatomy.Anatomy, group: str, variant: int, length_mm: float, rng: np.random.Generator) -> SweepPlan:
     """The path of a record over ``group`` (variant 0..2 sets the approach), ``length_mm`` long.
 
     Raises
@@ -406,7 +410,7 @@ def write_system(paths: Paths, system: System, cfg: TwinConfig) -> None:
         "probe_fiducials_mm": geometry.PROBE_FIDUCIALS_MM, "fiducial_radius_mm": FIDUCIAL_RADIUS_MM,
         "tracker_rate_hz": cfg.tracker_rate_hz, "image_rate_hz": cfg.image_rate_hz,
     })
-    atomic.write_json(paths.truth / "system.json", {
+    atomic.write_json(truth_dir(paths) / "system.json", {
         "calibration": system.calibration, "temporal_offset_ms": system.temporal_offset_ms,
         "spacing_mm": list(cfg.spacing), "released_calibration": geometry.released_calibration(),
         "calibration_error_deg": cfg.calibration_error_deg, "calibration_error_mm": cfg.calibration_error_mm,
@@ -424,7 +428,7 @@ def tracker_from_ct(rng: np.random.Generator) -> np.ndarray:
     return geometry.make_transform(rot, where)
 
 
-def place_marker(an: anat.Anatomy, rng: np.random.Generator, standoff_mm: float = 45.0) -> np.ndarray:
+def place_marker(an: anatomy.Anatomy, rng: np.random.Generator, standoff_mm: float = 45.0) -> np.ndarray:
     """``ct_from_marker``: the specimen marker on K-wires, anterolateral of the mid tibia, off the skin."""
     lm = an.landmarks
     z = lm["plafond_z"] + rng.uniform(0.45, 0.6) * (lm["tibia_top_z"] - lm["plafond_z"])
@@ -459,11 +463,11 @@ def simulate_specimen(paths: Paths, index: int, cfg: TwinConfig, system: System,
     ss = specimen_seed(seed, index)
     children = ss.spawn(5 + len(RECORDS))
     rng_anat, rng_ct, rng_mark = (np.random.default_rng(s) for s in children[:3])
-    raw_s, truth_s = paths.raw / name, paths.truth / name
+    raw_s, truth_s = paths.raw / name, truth_dir(paths) / name
     for d in (raw_s, truth_s):
         if d.exists():
             shutil.rmtree(d)
-    an = anat.make_anatomy(rng_anat)
+    an = anatomy.make_anatomy(rng_anat)
     meshes = an.meshes()
     for bone, mesh in meshes.items():
         dataset.write_mesh(truth_s / "meshes" / f"{bone}.stl", mesh)
@@ -475,7 +479,7 @@ def simulate_specimen(paths: Paths, index: int, cfg: TwinConfig, system: System,
     ot_from_ct = tracker_from_ct(rng_mark)
     spheres = geometry.transform_points(ct_from_marker, SPECIMEN_FIDUCIALS_MM)
     t0 = time.perf_counter()
-    vol, origin = anat.ct_volume(an, spheres, FIDUCIAL_RADIUS_MM, cfg.ct_spacing_mm, rng_ct, cfg.ct_noise_hu)
+    vol, origin = anatomy.ct_volume(an, spheres, FIDUCIAL_RADIUS_MM, cfg.ct_spacing_mm, rng_ct, cfg.ct_noise_hu)
     save_npz(raw_s / "ct.npz", volume=vol, spacing_mm=np.asarray(cfg.ct_spacing_mm, float), origin_mm=origin)
     ct_seconds = time.perf_counter() - t0
     atomic.write_json(raw_s / "marker.json", {"fiducials_mm": SPECIMEN_FIDUCIALS_MM,
@@ -531,7 +535,7 @@ class RecordStreams:
     tracker: pd.DataFrame
 
 
-def record_streams(group: str, direction: str, variant: int, an: anat.Anatomy, scene: bmode.Scene,
+def record_streams(group: str, direction: str, variant: int, an: anatomy.Anatomy, scene: bmode.Scene,
                    cfg: TwinConfig, system: System, ct_from_marker: np.ndarray, ot_from_ct: np.ndarray,
                    rng: np.random.Generator, record_index: int = 0) -> RecordStreams:
     """Plan a sweep, move the probe, and record both markers (see the module docstring)."""
@@ -574,7 +578,7 @@ def record_streams(group: str, direction: str, variant: int, an: anat.Anatomy, s
 
 
 def simulate_record(paths: Paths, specimen: str, rec: str, group: str, direction: str, variant: int,
-                    an: anat.Anatomy, scene: bmode.Scene, cfg: TwinConfig, system: System,
+                    an: anatomy.Anatomy, scene: bmode.Scene, cfg: TwinConfig, system: System,
                     ct_from_marker: np.ndarray, ot_from_ct: np.ndarray, rng: np.random.Generator,
                     record_index: int = 0, progress: bool = True, tqdm=None) -> dict:
     """One sweep: tracker stream, frames and labels, written as they are made; returns statistics."""
@@ -584,7 +588,7 @@ def simulate_record(paths: Paths, specimen: str, rec: str, group: str, direction
     plan, img_t, planes, ct_us_true, ct_us_rec = st.plan, st.image_t, st.planes, st.ct_us_true, st.ct_us_recorded
     width_mm = cfg.image_width * cfg.pixel_spacing_mm
     raw_r = paths.raw / specimen / rec
-    truth_r = paths.truth / specimen / rec
+    truth_r = truth_dir(paths) / specimen / rec
     _write_csv(raw_r / "tracker.csv", st.tracker)
     released = geometry.released_calibration()
     correction = (geometry.invert_transform(ct_us_rec) @ ct_us_true @ system.calibration
@@ -641,17 +645,17 @@ def simulate_phantom(paths: Paths, cfg: TwinConfig, system: System, seed: int, p
     """
     from tqdm.auto import tqdm
 
-    from . import phantom as ph
+    from ultrabones.calibration import phantom
 
     rng = np.random.default_rng([seed, 0x9A27])
     width_mm = cfg.image_width * cfg.pixel_spacing_mm
     depth_mm = cfg.image_height * cfg.pixel_spacing_mm
-    phan = ph.default_phantom(width_mm=0.8 * width_mm, depth_mm=depth_mm)
+    phan = phantom.default_phantom(width_mm=0.8 * width_mm, depth_mm=depth_mm)
     out = paths.raw / "phantom"
     if out.exists():
         shutil.rmtree(out)
     atomic.write_json(out / "phantom.json", phan.to_dict())
-    nominal = ph.nominal_phantom_from_image(phan, width_mm)  # image plane -> phantom
+    nominal = phantom.nominal_phantom_from_image(phan, width_mm)  # image plane -> phantom
     ot_from_phantom = tracker_from_ct(rng)
     dt = system.temporal_offset_ms
     n = cfg.phantom_frames
@@ -676,14 +680,14 @@ def simulate_phantom(paths: Paths, cfg: TwinConfig, system: System, seed: int, p
                                cfg.fiducial_jitter_mm, rng)
     _write_csv(out / "tracker.csv", _pose_frame(trk_t, {"": ot_us_rec, "p": ot_ph_rec}))
     img_from_phantom = geometry.invert_transform(planes(img_t + dt))
-    wires = ph.wire_points_in_image(phan, img_from_phantom)  # (n, n_N, 3, 2)
+    wires = phantom.wire_points_in_image(phan, img_from_phantom)  # (n, n_N, 3, 2)
     bp = cfg.bmode_params()
     floor = depth_mm * 0.93
     for i in tqdm(range(n), desc="phantom", leave=False, disable=not progress):
         img = bmode.render_points(wires[i].reshape(-1, 2), cfg.image_width, cfg.image_height, cfg.spacing, rng, bp,
                                   floor_depth_mm=floor)
         dataset.write_image(out / "images" / f"{int(img_t[i])}.png", img)
-    truth_p = paths.truth / "phantom"
+    truth_p = truth_dir(paths) / "phantom"
     _write_csv(truth_p / "poses.csv", _pose_frame(img_t, {"": ot_from_phantom @ planes(img_t + dt)
                                                           @ geometry.invert_transform(system.calibration)},
                                                   time_col="timestamp"))
@@ -726,7 +730,7 @@ def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None 
     seed : master seed.
     specimens : only these specimen names (the others are kept); None: all.
     n_workers : processes (specimens run in parallel; the output does not depend on it).
-    cache : a :class:`~ultrabones.stage.SpecimenCache`; specimens whose result is cached with the same
+    cache : a :class:`~ultrabones.pipeline.cache.SpecimenCache`; specimens whose result is cached with the same
         parameters are skipped, and cached specimens not asked for are reported too.
     overrides : per-specimen section overrides (``specimen_overrides`` of the notebook).
 
@@ -854,8 +858,8 @@ def _middle_frame(paths: Paths, specimen: str, record: str) -> tuple[np.ndarray,
     ts = dataset.image_timestamps(paths.raw / specimen / record / "images")
     t = int(ts[len(ts) // 2])
     img = dataset.read_image(paths.raw / specimen / record / "images" / f"{t}.png")
-    full = dataset.read_label(paths.truth / specimen / record / dataset.LABELS_FULL / f"{t}_label.png", img.shape)
-    vis = dataset.read_label(paths.truth / specimen / record / dataset.LABELS / f"{t}_label.png", img.shape)
+    full = dataset.read_label(truth_dir(paths) / specimen / record / dataset.LABELS_FULL / f"{t}_label.png", img.shape)
+    vis = dataset.read_label(truth_dir(paths) / specimen / record / dataset.LABELS / f"{t}_label.png", img.shape)
     return img, full, vis
 
 
@@ -900,19 +904,19 @@ def figure_anatomy_and_sweeps(paths: Paths, specimen: str, max_faces: int = 4000
     import matplotlib.pyplot as plt
 
     system = json.loads((paths.raw / "system.json").read_text())
-    calib = np.asarray(json.loads((paths.truth / "system.json").read_text())["calibration"])
+    calib = np.asarray(json.loads((truth_dir(paths) / "system.json").read_text())["calibration"])
     top_centre = np.array([0.5 * system["image_width"] * system["spacing_mm"][0], 0.0, 0.0, 1.0])
     fig = plt.figure(figsize=(6.5, 8))
     ax = fig.add_subplot(projection="3d")
     colours = {"tibia": "tab:blue", "fibula": "tab:orange", "foot": "tab:green"}
-    for f in sorted((paths.truth / specimen / "meshes").glob("*.stl")):
+    for f in sorted((truth_dir(paths) / specimen / "meshes").glob("*.stl")):
         verts, tri = _decimate(dataset.read_mesh(f), max_faces)
         alpha, colour = (0.06, "peachpuff") if f.stem == "skin" else (0.45, "0.75")
         ax.plot_trisurf(verts[:, 0], verts[:, 1], tri, verts[:, 2], color=colour, alpha=alpha, linewidth=0,
                         shade=f.stem != "skin")
     shown = set()
     for rec, group, _, _ in RECORDS:
-        f = paths.truth / specimen / rec / "poses.csv"
+        f = truth_dir(paths) / specimen / rec / "poses.csv"
         if not f.is_file():
             continue
         df = pd.read_csv(f)

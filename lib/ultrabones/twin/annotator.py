@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from .errors import DatasetError, ParamsError
+from ultrabones.core.errors import DatasetError, ParamsError
 
 LABEL = "simulated annotator"
 
@@ -273,7 +273,7 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
 
     Parameters
     ----------
-    frames : :class:`ultrabones.metrics.Frame` objects (test frames).
+    frames : :class:`ultrabones.evaluation.metrics.Frame` objects (test frames).
     spacing : (sx, sy) mm per pixel.
     params : annotator behaviour.
     seed : master seed.
@@ -284,7 +284,7 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
     """
     from tqdm.auto import tqdm
 
-    from .dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_image, read_label, write_label
+    from ultrabones.core.dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_image, read_label, write_label
 
     n = 0
     for fr in tqdm(frames, desc=f"{LABEL} labelling", disable=not progress):

@@ -26,7 +26,7 @@ import numpy as np
 import trimesh
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
-from .errors import ParamsError
+from ultrabones.core.errors import ParamsError
 
 #: Bones of a specimen, in the order they are merged; the record groups they belong to.
 BONE_GROUPS = {"tibia": "tibia", "fibula": "fibula", "talus": "foot", "calcaneus": "foot",

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import NotebookError, ParamsError
-from .params import NOTEBOOKS, load_profile
-from .paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
+from ultrabones.core.errors import NotebookError, ParamsError
+from ultrabones.core.params import NOTEBOOKS, load_profile
+from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
 
 
 def resolve_notebook(name: str) -> Path:

@@ -37,7 +37,7 @@ per occupied voxel), so a specimen of millions of label points stays far below
 the 4 GB budget (20 million points streamed: 0.4 GB peak).
 
 The stage (:func:`reconstruct_dataset`) caches each specimen's result with
-``stage.SpecimenCache`` (keyed on its parameters and the modification times of
+``cache.SpecimenCache`` (keyed on its parameters and the modification times of
 its inputs); :func:`aggregate` pools the grid over specimens. Figures: distance
 histograms (:func:`plot_histograms`), the grid per specimen and bone
 (:func:`plot_grid`) and renders over the CT model (:func:`render_figure`:
@@ -56,10 +56,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import atomic
-from .dataset import LABELS, LABELS_PRED, Record, Specimen, poses, read_label, read_mesh, read_tracking
-from .errors import DatasetError
-from .geometry import invert_transform, pixels_to_ct
+from ultrabones.core import atomic
+from ultrabones.core.dataset import LABELS, LABELS_PRED, Record, Specimen, poses, read_label, read_mesh, read_tracking
+from ultrabones.core.errors import DatasetError
+from ultrabones.core.geometry import invert_transform, pixels_to_ct
 
 #: Label sources of the comparison grid -> label folder.
 SOURCES: dict[str, str] = {"labels": LABELS, "predicted": LABELS_PRED}
@@ -1217,11 +1217,11 @@ def reconstruct_dataset(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[list[dict], list[str]]:
-    """Run :func:`reconstruct_specimen` over a dataset, resumable through ``stage.SpecimenCache``.
+    """Run :func:`reconstruct_specimen` over a dataset, resumable through ``cache.SpecimenCache``.
 
     Parameters
     ----------
-    paths : the run's :class:`~ultrabones.paths.Paths`.
+    paths : the run's :class:`~ultrabones.core.paths.Paths`.
     params : the ``reconstruction`` section.
     specimens : specimen folder names of the run.
     only : process only this specimen (always recomputed); the others are
@@ -1238,9 +1238,9 @@ def reconstruct_dataset(
     """
     from tqdm.auto import tqdm
 
-    from .dataset import CALIBRATION, read_calibration, read_specimen
-    from .params import for_specimen
-    from .stage import SpecimenCache
+    from ultrabones.core.dataset import CALIBRATION, read_calibration, read_specimen
+    from ultrabones.core.params import for_specimen
+    from ultrabones.core.cache import SpecimenCache
 
     if only is not None and only not in specimens:
         raise DatasetError(f"specimen {only!r} is not one of the run's specimens {list(specimens)}")

@@ -8,7 +8,7 @@ Frames
   with depth, and the wires run along ``Z``, so that an image plane with
   ``z`` along ``Z`` cuts every wire once.
 - *image plane* (IP, mm): ``x`` lateral, ``y`` depth, ``z`` out of plane; the
-  plane is ``z = 0`` (see :mod:`ultrabones.geometry`).
+  plane is ``z = 0`` (see :mod:`ultrabones.core.geometry`).
 
 An *N* is three wires: two parallel wires (the first and the third) and a
 diagonal (the middle one) that runs from a point of the first wire's line to a
@@ -16,7 +16,7 @@ point of the third wire's line. The image plane cuts them at three collinear
 points ``a, b, c``; because the triangles the diagonal makes with the parallel
 wires are similar, ``|ab| / |ac|`` is the fraction of the diagonal at which the
 plane cuts it, which places ``b`` in phantom coordinates from the image alone
-(:func:`ultrabones.calibration.middle_points_in_phantom`).
+(:func:`ultrabones.calibration.system.middle_points_in_phantom`).
 
 Recordings hold the probe about :func:`nominal_phantom_from_image`: the
 image's depth along the phantom's ``+Y`` and its lateral axis along ``+X`` or
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DatasetError
+from ultrabones.core.errors import DatasetError
 
 #: Tolerance (mm) for the diagonal's endpoints to lie on the parallel wires' lines.
 _ON_LINE_TOL_MM = 1e-6

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .paths import Paths
+from ultrabones.core.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def orphan_figures(figures_dir: Path) -> list[str]:
     """Files in the figures folder that no notebook recorded in the manifest."""
-    from .stage import MANIFEST
+    from ultrabones.pipeline.stage import MANIFEST
 
     figures_dir = Path(figures_dir)
     manifest_path = figures_dir / MANIFEST

@@ -10,7 +10,7 @@ are merged over the profile for that specimen: notebooks receive them as
 ``specimen_overrides`` and call :func:`for_specimen`.
 
 Every key is validated against :data:`SCHEMA`: an unknown key, a wrong type or
-a value out of range raises :class:`~ultrabones.errors.ParamsError` naming the
+a value out of range raises :class:`~ultrabones.core.errors.ParamsError` naming the
 file and the key. papermill only warns about unknown parameters, so this module
 is the only guard.
 """
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ParamsError
+from ultrabones.core.errors import ParamsError
 
 
 @dataclass(frozen=True)

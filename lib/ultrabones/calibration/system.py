@@ -3,14 +3,14 @@
 Three calibrations turn raw acquisitions into the released ``tracking.csv``:
 
 1. **Spatio-temporal probe calibration** with an N-wire phantom. Each phantom
-   image shows where the image plane cuts the wires (:mod:`ultrabones.phantom`);
+   image shows where the image plane cuts the wires (:mod:`ultrabones.calibration.phantom`);
    :func:`detect_wire_points` finds them, :func:`middle_points_in_phantom` places
    the diagonal's cut in phantom coordinates by similar triangles, and
    :func:`sweep_offsets` solves, for every temporal offset ``dt`` of a grid, the
    image-to-probe transform by closed-form least squares (Kabsch) and keeps the
    ``dt`` of least 3D localisation error. The sweep is batched over offsets.
 2. **CT-to-marker registration** (:func:`register_marker`): the fiducial
-   spheres found in CT (:func:`ultrabones.ct.find_fiducial_spheres`) are
+   spheres found in CT (:func:`ultrabones.calibration.ct.find_fiducial_spheres`) are
    matched to virtual spheres of the fiducials' radius placed at the marker's
    fiducials, then refined by point-to-point ICP (open3d).
 3. **Poses** (:func:`record_poses`): for each image, the tracker streams are
@@ -34,20 +34,18 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import dataset
-from .errors import DatasetError, ParamsError
-from .geometry import (
+from ultrabones.core import dataset
+from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.geometry import (
     POSE_COLUMNS,
     interpolate_poses,
     invert_transform,
     make_transform,
-    mean_fiducial_displacement,
     params_from_pose,
     pose_from_params,
-    rotation_angle_deg,
     transform_points,
 )
-from .phantom import NWirePhantom
+from ultrabones.calibration.phantom import NWirePhantom
 
 #: Columns of the phantom-marker pose in ``raw/phantom/tracker.csv``.
 PHANTOM_COLUMNS = ("px", "py", "pz", "peuler_x", "peuler_y", "peuler_z")
@@ -81,7 +79,7 @@ def read_system(raw: Path) -> dict:
 
 
 def read_phantom(raw: Path) -> NWirePhantom:
-    """``raw/phantom/phantom.json`` as a validated :class:`~ultrabones.phantom.NWirePhantom`."""
+    """``raw/phantom/phantom.json`` as a validated :class:`~ultrabones.calibration.phantom.NWirePhantom`."""
     f = Path(raw) / "phantom" / "phantom.json"
     if not f.is_file():
         raise DatasetError(f"{f}: phantom description not found")
@@ -193,7 +191,7 @@ def phantom_image_order(phantom: NWirePhantom) -> tuple[list[list[int]], bool]:
     The N's are grouped in *layers* (equal mean ``Y``, i.e. equal depth) ordered
     by depth, and within a layer ordered by ``X`` (lateral); the image's ``x``
     and ``y`` run along the phantom's ``X`` and ``Y``
-    (:func:`ultrabones.phantom.nominal_phantom_from_image`).
+    (:func:`ultrabones.calibration.phantom.nominal_phantom_from_image`).
 
     Returns
     -------
@@ -546,26 +544,6 @@ def calibrate_probe(raw: Path, P: dict, progress: bool = False) -> ProbeCalibrat
     return ProbeCalibration(sweep, spacing, frames, (int(used[0]), pts[0]), size, pts)
 
 
-def calibration_errors(calib: np.ndarray, true_calib: np.ndarray, image_size_mm: tuple[float, float]) -> dict:
-    """How far an image-to-probe calibration is from the truth.
-
-    Returns
-    -------
-    dict: ``translation_mm`` (distance of the image origins), ``rotation_deg``
-    (angle of ``inv(true) @ calib``), ``image_mean_mm`` (mean displacement of
-    the image plane's points over a 21 x 21 grid covering the image).
-    """
-    w, h = image_size_mm
-    gx, gy = np.meshgrid(np.linspace(0, w, 21), np.linspace(0, h, 21))
-    grid = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], axis=1)
-    disp = np.linalg.norm(transform_points(calib, grid) - transform_points(true_calib, grid), axis=1)
-    return {
-        "translation_mm": float(np.linalg.norm(calib[:3, 3] - true_calib[:3, 3])),
-        "rotation_deg": float(rotation_angle_deg(invert_transform(true_calib) @ calib)),
-        "image_mean_mm": float(disp.mean()),
-    }
-
-
 # ----------------------------------------------------------------------------- CT-to-marker
 
 
@@ -723,14 +701,14 @@ def raw_records(raw_specimen: Path) -> list[Path]:
 
 
 def build_bone_model(ct_volume, P: dict, exclude: np.ndarray | None, where: str) -> dict:
-    """Per-bone meshes from the CT (see :mod:`ultrabones.ct`): ``{"tibia": mesh, ..., "merged": mesh}``.
+    """Per-bone meshes from the CT (see :mod:`ultrabones.calibration.ct`): ``{"tibia": mesh, ..., "merged": mesh}``.
 
-    Components are named by :func:`ultrabones.ct.name_bones`; several ``foot``
+    Components are named by :func:`ultrabones.calibration.ct.name_bones`; several ``foot``
     components are merged into one foot model.
     """
     import trimesh
 
-    from . import ct
+    from ultrabones.calibration import ct
 
     labels, n = ct.segment_bones(ct_volume, P["bone_threshold_hu"], P["min_bone_volume_mm3"], exclude, where)
     boxes = ndimage.find_objects(labels)
@@ -765,7 +743,7 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
     dict (JSON-able): registration (``ct_from_marker``, ``fre_mm``, ``icp_rmse_mm``,
     ``n_spheres``), the bone models written, per record the frames written and dropped.
     """
-    from . import ct
+    from ultrabones.calibration import ct
 
     raw_s = Path(raw) / specimen
     out_s = Path(dataset_root) / specimen
@@ -809,45 +787,6 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
     }
 
 
-def evaluate_specimen(truth: Path, dataset_root: Path, specimen: str, result: dict, n_samples: int = 20000) -> dict:
-    """Errors of one specimen's calibration products against the twin's truth (read for measuring only).
-
-    Returns
-    -------
-    dict: ``surface_mean_mm`` / ``surface_p95_mm`` (CT bone model vs the true
-    merged bones, symmetric), ``marker_tre_mm`` (mean displacement of the true
-    bone surface between the found and true CT-from-marker transforms),
-    ``pose_error_mm`` (the written poses against the true ones, mean
-    probe-marker fiducial displacement; it includes the twin's tracking error).
-    """
-    import trimesh
-
-    from . import ct
-
-    truth_s = Path(truth) / specimen
-    true_model = dataset.read_mesh(truth_s / "bone_model.stl")
-    model = dataset.read_mesh(Path(dataset_root) / specimen / "CT_bone_model.stl")
-    dist = ct.symmetric_surface_distance(model, true_model, n_samples)
-    true_ct_from_marker = read_matrix_json(truth_s / "ct_from_marker.json", "ct_from_marker")
-    targets, _ = trimesh.sample.sample_surface(true_model, 5000, seed=0)
-    tre = target_registration_error(np.asarray(result["ct_from_marker"]), true_ct_from_marker, targets)
-    # The written poses against the true ones: mean probe-marker fiducial displacement per frame.
-    errs = []
-    for rec in sorted(result["records"]):
-        f = truth_s / rec / "poses.csv"
-        if not f.is_file():
-            continue
-        ours = dataset.read_tracking(Path(dataset_root) / specimen / rec / dataset.TRACKING)
-        true = pd.read_csv(f)
-        both = ours.merge(true, on="timestamp", suffixes=("", "_true"))
-        if len(both):
-            p_true = pose_from_params(both[[f"{c}_true" for c in POSE_COLUMNS]].to_numpy(float))
-            errs.append(mean_fiducial_displacement(dataset.poses(both), p_true))
-    pose_err = float(np.concatenate(errs).mean()) if errs else None
-    return {"surface_mean_mm": dist["mean_mm"], "surface_p95_mm": dist["p95_mm"], "marker_tre_mm": tre,
-            "pose_error_mm": pose_err}
-
-
 def read_matrix_json(path: Path, key: str) -> np.ndarray:
     """A 4x4 matrix stored as JSON: the nested list itself, or under ``key`` (or ``matrix``) of an object."""
     path = Path(path)
@@ -886,7 +825,6 @@ class StageResult:
 
     probe: ProbeCalibration
     specimens: dict
-    truth: dict | None
     metrics: dict
 
 
@@ -894,11 +832,9 @@ def _specimen_job(args: tuple) -> tuple[str, dict]:
     """One specimen's work (a top-level function, so that worker processes can run it)."""
     import time
 
-    raw, dataset_root, truth, sid, offset_ms, Ps = args
+    raw, dataset_root, sid, offset_ms, Ps = args
     t1 = time.time()
     res = process_specimen(raw, dataset_root, sid, offset_ms, Ps)
-    if truth is not None:
-        res["truth"] = evaluate_specimen(truth, dataset_root, sid, res, Ps["surface_samples"])
     res["seconds"] = time.time() - t1
     return sid, res
 
@@ -940,13 +876,14 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
 
     Writes ``calibration.json`` at the dataset root and, per specimen, the bone
     models and ``tracking.csv`` files (:func:`process_specimen`). A specimen is
-    skipped when the :class:`~ultrabones.stage.SpecimenCache` holds its result
+    skipped when the :class:`~ultrabones.pipeline.cache.SpecimenCache` holds its result
     for the same parameters, calibration and sources and its outputs exist.
-    Errors against the twin's truth are measured when ``paths.truth`` exists.
+    Nothing here reads the twin's truth: :func:`ultrabones.twin.measure.calibration` measures these
+    products against it afterwards.
 
     Parameters
     ----------
-    paths : :class:`~ultrabones.paths.Paths` of the run.
+    paths : :class:`~ultrabones.core.paths.Paths` of the run.
     P : the ``calibration`` section.
     specimens : restrict to these (default: every raw specimen).
     only : process only this specimen (``make specimen``); metrics still cover the cache.
@@ -956,19 +893,12 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
     """
     import time
 
-    from .params import for_specimen
-    from .stage import SpecimenCache
+    from ultrabones.core.params import for_specimen
+    from ultrabones.core.cache import SpecimenCache
 
     t0 = time.time()
     probe = calibrate_probe(paths.raw, P, progress)
     t_probe = time.time() - t0
-    has_truth = paths.truth.is_dir()
-    truth = None
-    if has_truth:
-        sysf = paths.truth / "system.json"
-        data = json.loads(sysf.read_text())
-        truth = {"calibration": read_matrix_json(sysf, "calibration"),
-                 "temporal_offset_ms": float(data["temporal_offset_ms"])}
     dataset.write_calibration(
         paths.dataset, probe.calibration, probe.spacing, probe.offset_ms,
         localization_error_mm=probe.sweep.error_mm, phantom_frames_used=int((probe.frames["status"] == "ok").sum()),
@@ -985,14 +915,14 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
         keys[sid] = {**Ps, "offset_ms": probe.offset_ms, "calibration": np.round(probe.calibration, 9).tolist()}
         if cache.get(sid, keys[sid]) is not None and (paths.dataset / sid / "CT_bone_model.stl").is_file():
             continue
-        jobs.append((paths.raw, paths.dataset, paths.truth if has_truth else None, sid, probe.offset_ms, Ps))
+        jobs.append((paths.raw, paths.dataset, sid, probe.offset_ms, Ps))
     for sid, res in _run_jobs(jobs, n_workers, dask_scheduler, progress):
         cache.put(sid, keys[sid], res)
     results = {k: v for k, v in cache.all().items() if k in names}
-    return StageResult(probe, results, truth, stage_metrics(probe, results, truth, t_probe))
+    return StageResult(probe, results, stage_metrics(probe, results, t_probe))
 
 
-def stage_metrics(probe: ProbeCalibration, results: dict, truth: dict | None, probe_seconds: float) -> dict:
+def stage_metrics(probe: ProbeCalibration, results: dict, probe_seconds: float) -> dict:
     """The ``01_calibration`` metrics (keys of issue 4), from the stage's results."""
     frames = probe.frames["status"]
     m = {
@@ -1013,20 +943,6 @@ def stage_metrics(probe: ProbeCalibration, results: dict, truth: dict | None, pr
         "ct_voxel_mm": [float(v) for v in np.max([r["ct_spacing_mm"] for r in results.values()], axis=0)]
         if results else None,
         "per_specimen": {s: {k: r[k] for k in ("fre_mm", "icp_rmse_mm", "n_spheres", "seconds") if k in r}
-                         | r.get("truth", {}) for s, r in results.items()},
+                         for s, r in results.items()},
     }
-    if truth is not None:
-        m["temporal_offset_true_ms"] = truth["temporal_offset_ms"]
-        m["temporal_offset_error_ms"] = abs(probe.offset_ms - truth["temporal_offset_ms"])
-        err = calibration_errors(probe.calibration, truth["calibration"], probe.image_size_mm)
-        m["calibration_translation_error_mm"] = err["translation_mm"]
-        m["calibration_rotation_error_deg"] = err["rotation_deg"]
-        m["calibration_image_error_mm"] = err["image_mean_mm"]
-        t = [r["truth"] for r in results.values() if "truth" in r]
-        if t:
-            m["ct_model_mean_surface_distance_mm"] = float(np.mean([x["surface_mean_mm"] for x in t]))
-            m["ct_model_p95_surface_distance_mm"] = float(np.mean([x["surface_p95_mm"] for x in t]))
-            m["marker_tre_mm"] = float(np.mean([x["marker_tre_mm"] for x in t]))
-            pe = [x["pose_error_mm"] for x in t if x.get("pose_error_mm") is not None]
-            m["pose_error_mm"] = float(np.mean(pe)) if pe else None
     return m

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: The repository root (``lib/ultrabones/paths.py`` -> three levels up).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PARAMS_DIR = PROJECT_ROOT / "params"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 FIGURES_DIR = PROJECT_ROOT / "figures"
@@ -85,11 +85,6 @@ class Paths:
         return self.twin_dir / "raw"
 
     @property
-    def truth(self) -> Path:
-        """Twin ground truth, kept apart from what the pipeline reads."""
-        return self.twin_dir / "truth"
-
-    @property
     def dataset(self) -> Path:
         """The dataset in the released layout: the real one, or the twin's."""
         return self.data_root if self.data_root is not None else self.twin_dir / "dataset"
@@ -139,7 +134,7 @@ def specimen_names(values: dict) -> list[str]:
     if values.get("specimens") is not None:
         return list(values["specimens"])
     if values.get("data_root"):
-        from .dataset import discover
+        from ultrabones.core.dataset import discover
 
         return [s.name for s in discover(values["data_root"])]
     return [twin_specimen_name(i) for i in range(values["simulate"]["n_specimens"])]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import DatasetError
+from ultrabones.core.errors import DatasetError
 
 
 @dataclass(frozen=True)

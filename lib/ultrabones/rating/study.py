@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -42,8 +41,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import atomic
-from .errors import DatasetError, ParamsError
+from ultrabones.core import atomic
+from ultrabones.core.errors import DatasetError, ParamsError
 
 #: The three alignments, in the order of the paper's Fig. 7.
 METHODS = ("initial", "registered", "optimized")
@@ -98,8 +97,8 @@ def eligible_timestamps(tracking: pd.DataFrame, labelled: np.ndarray | None = No
     -------
     (K,) int64 array of timestamps (ms), sorted.
     """
-    from .dataset import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
-    from .geometry import POSE_COLUMNS
+    from ultrabones.core.dataset import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
+    from ultrabones.core.geometry import POSE_COLUMNS
 
     cols = list(POSE_COLUMNS) + list(REGISTERED_COLUMNS) + list(OPTIMIZED_COLUMNS)
     missing = [c for c in cols if c not in tracking.columns]
@@ -376,177 +375,6 @@ def read_key(path: Path | str) -> pd.DataFrame:
     return key[list(KEY_COLUMNS)]
 
 
-# ----------------------------------------------------------------------------- rater model
-
-
-def truth_distance_map(truth: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Distance (mm) of every pixel centre to the nearest true-label pixel (Euclidean distance transform).
-
-    Parameters
-    ----------
-    truth : (H, W) bool true label (the twin's ``Labels_full``).
-    spacing : (sx, sy) mm per pixel.
-
-    Returns
-    -------
-    (H, W) float array (mm): 0 on the true label, ``inf`` everywhere if it is empty.
-    """
-    from scipy import ndimage
-
-    truth = np.asarray(truth, dtype=bool)
-    if not truth.any():
-        return np.full(truth.shape, np.inf)
-    return ndimage.distance_transform_edt(~truth, sampling=(float(spacing[1]), float(spacing[0])))
-
-
-def error_distances(label: np.ndarray, truth: np.ndarray, spacing: tuple[float, float],
-                    distance_map: np.ndarray | None = None) -> np.ndarray:
-    """Distance (mm) of every label pixel to the nearest true-label pixel.
-
-    Parameters
-    ----------
-    label : (H, W) bool label of one alignment.
-    truth : (H, W) bool true label (the twin's ``Labels_full``).
-    spacing : (sx, sy) mm per pixel.
-    distance_map : :func:`truth_distance_map` of ``truth``, when already computed
-        (the three alignments of a frame share it).
-
-    Returns
-    -------
-    (K,) float array, one distance per label pixel (mm); ``inf`` for every pixel
-    when the true label is empty (nothing to align to).
-    """
-    label = np.asarray(label, dtype=bool)
-    truth = np.asarray(truth, dtype=bool)
-    if label.shape != truth.shape:
-        raise ValueError(f"error_distances: label {label.shape} and truth {truth.shape} differ in shape")
-    if distance_map is None:
-        distance_map = truth_distance_map(truth, spacing)
-    return np.asarray(distance_map)[label]
-
-
-@dataclass(frozen=True)
-class Rubric:
-    """The rubric as thresholds on a label's error profile along the contour.
-
-    A rater sees errors over 3 mm on a share ``s3`` of the contour, over 1 mm on
-    ``s1`` and over ``visible_mm`` on ``sv`` (``s3 <= s1 <= sv``) and rates
-
-    - 0 if ``s3 >= large_share`` ("large sections with errors over 3 mm"),
-    - else 1 if ``s1 >= some_share`` ("some sections with errors of 1-3 mm"),
-    - else 2 if ``sv >= minor_share`` ("only minor errors below 1 mm"),
-    - else 3 ("no visible error").
-
-    An item without a label (the alignment put the bone outside the image) is
-    rated 0. The shares and ``visible_mm`` are this project's reading of the
-    paper's words, not the paper's numbers.
-
-    Attributes
-    ----------
-    large_share, some_share, minor_share : shares of the contour's pixels (0-1).
-    visible_mm : the smallest error a rater notices at full resolution (mm).
-    """
-
-    large_share: float = 0.25
-    some_share: float = 0.10
-    visible_mm: float = 0.3
-    minor_share: float = 0.10
-
-    def __post_init__(self):
-        for name in ("large_share", "some_share", "minor_share"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise ParamsError(f"rating.rubric_{name}: {v} must be in (0, 1]")
-        if not 0.0 < self.visible_mm < 1.0:
-            raise ParamsError(f"rating.rubric_visible_mm: {self.visible_mm} must be in (0, 1) mm")
-
-
-def contour_shares(distances: np.ndarray, visible_mm: float) -> dict[str, float]:
-    """The error profile of one label: shares of its pixels by error (mm).
-
-    Returns
-    -------
-    ``over_3mm``, ``1_to_3mm``, ``under_1mm`` (the issue's three bins, summing to
-    1) and ``over_visible`` (share over ``visible_mm``), plus ``n_pixels``. An
-    empty label gives NaN shares.
-    """
-    d = np.asarray(distances, dtype=float)
-    if d.size == 0:
-        return {"n_pixels": 0, "over_3mm": np.nan, "1_to_3mm": np.nan, "under_1mm": np.nan, "over_visible": np.nan}
-    over3 = float(np.mean(d > 3.0))
-    over1 = float(np.mean(d > 1.0))
-    return {
-        "n_pixels": int(d.size),
-        "over_3mm": over3,
-        "1_to_3mm": over1 - over3,
-        "under_1mm": 1.0 - over1,
-        "over_visible": float(np.mean(d > visible_mm)),
-    }
-
-
-def rubric_rating(over_3mm, over_1mm, over_visible, rubric: Rubric) -> np.ndarray:
-    """Apply the rubric to error shares (vectorised).
-
-    Parameters
-    ----------
-    over_3mm, over_1mm, over_visible : shares (0-1) of a label's pixels with an
-        error over 3 mm, over 1 mm and over ``rubric.visible_mm``; NaN for an
-        empty label (rated 0).
-    rubric : the thresholds.
-
-    Returns
-    -------
-    int array of ratings 0-3.
-    """
-    s3, s1, sv = (np.asarray(v, dtype=float) for v in (over_3mm, over_1mm, over_visible))
-    rating = np.full(np.broadcast(s3, s1, sv).shape, 3, dtype=np.int64)
-    rating = np.where(sv >= rubric.minor_share, 2, rating)
-    rating = np.where(s1 >= rubric.some_share, 1, rating)
-    rating = np.where((s3 >= rubric.large_share) | np.isnan(s3), 0, rating)
-    return rating
-
-
-def simulate_ratings(
-    distances: Sequence[np.ndarray], rubric: Rubric, gain_sd: float, lapse: float, seed: int
-) -> np.ndarray:
-    """The simulated rater: the rubric applied to each item's errors as perceived.
-
-    Perceptual noise, per item: the rater misjudges the size of every error of
-    the item by one factor ``g = exp(gain_sd * z)``, ``z ~ N(0, 1)`` (the rater
-    compares against the scale bar by eye; ``gain_sd = 0.25`` means errors look
-    about 25% larger or smaller); then, with probability ``lapse``, the rating
-    moves one step up or down (equally likely, kept within 0-3), for slips and
-    borderline calls.
-
-    Parameters
-    ----------
-    distances : per item, the label pixels' errors (mm), :func:`error_distances`.
-    rubric : the thresholds.
-    gain_sd : standard deviation of ``log g`` (dimensionless, >= 0).
-    lapse : probability (0-1) of a one-step slip.
-    seed : random seed.
-
-    Returns
-    -------
-    (n_items,) int array of ratings 0-3.
-    """
-    if gain_sd < 0 or not 0 <= lapse <= 1:
-        raise ParamsError(f"rating: rater_gain_sd {gain_sd} must be >= 0 and rater_lapse {lapse} in [0, 1]")
-    rng = np.random.default_rng([seed, _stable_int("simulated-rater")])
-    n = len(distances)
-    gain = np.exp(gain_sd * rng.standard_normal(n))
-    slip = rng.random(n) < lapse
-    step = rng.choice([-1, 1], size=n)
-    s3, s1, sv = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    for i, d in enumerate(distances):
-        d = np.asarray(d, dtype=float)
-        if d.size:
-            p = d * gain[i]
-            s3[i], s1[i], sv[i] = np.mean(p > 3.0), np.mean(p > 1.0), np.mean(p > rubric.visible_mm)
-    rating = rubric_rating(s3, s1, sv, rubric)
-    return np.clip(rating + np.where(slip, step, 0), 0, 3)
-
-
 def ratings_table(
     key: pd.DataFrame, ratings: Sequence[int], rater: str, set_id: str, rated_at: str = ""
 ) -> pd.DataFrame:
@@ -570,7 +398,7 @@ def build_rating_set(
     params: Mapping,
     seed: int,
     label_fn_for: Callable,
-    truth_root: Path | str | None = None,
+    measure_item: Callable | None = None,
     progress: bool = True,
 ) -> dict:
     """Sample frames, render the three alignments of each, write the rating set.
@@ -584,22 +412,23 @@ def build_rating_set(
     seed : master seed.
     label_fn_for : ``label_fn_for(specimen, calib, spacing) -> f(image_shape, pose)``
         returning the (H, W) bool label of one alignment (:func:`labeling_label_fn`
-        by default in the notebook); ``specimen`` is a :class:`~ultrabones.dataset.Specimen`,
+        by default in the notebook); ``specimen`` is a :class:`~ultrabones.core.dataset.Specimen`,
         ``calib`` (4, 4) the image plane in the probe-marker frame, ``spacing`` (sx, sy) mm/px.
-    truth_root : the twin's ``truth/`` folder: when given, each item's errors
-        against ``truth/<specimen>/<record>/Labels_full/<t>_label.png`` are measured.
+    measure_item : optional ``measure_item(item, image, label) -> object``, called on every item
+        (``item``: specimen, record, timestamp, method); the results come back in key order as
+        ``measured``. On the twin, :func:`ultrabones.twin.rater.label_errors` measures each drawn
+        label there; this module reads nothing but the dataset.
     progress : show a progress bar.
 
     Returns
     -------
-    ``key`` (DataFrame), ``set_id``, ``distances`` (per key row, the label's
-    errors in mm; only with ``truth_root``), ``profiles`` (DataFrame; only with
-    ``truth_root``), ``examples`` (the first frame's three items with image,
-    label and true label) and ``spacing`` (sx, sy) mm/px.
+    ``key`` (DataFrame), ``set_id``, ``measured`` (per key row, what ``measure_item``
+    returned; only with it), ``examples`` (the first frame's three items with image
+    and label) and ``spacing`` (sx, sy) mm/px.
     """
     from tqdm.auto import tqdm
 
-    from . import dataset as ds
+    from ultrabones.core import dataset as ds
 
     found = ds.discover(dataset_root, list(specimens) if specimens else None)
     candidates, records = {}, {}
@@ -616,18 +445,13 @@ def build_rating_set(
     if frames.empty:
         raise DatasetError(f"{dataset_root}: no frame has all three alignments (initial, registered, optimized)")
     key = make_key(frames, seed)
-    items, dist_by_item, examples = [], {}, []
+    items, measured, examples = [], {}, []
     fns, by_name = {}, {s.name: s for s in found}
     for row in tqdm(frames.itertuples(index=False), total=len(frames), desc="rating items", disable=not progress):
         rec, df = records[(row.specimen, row.record)]
         if row.specimen not in fns:
             fns[row.specimen] = label_fn_for(by_name[row.specimen], calib, spacing)
         image = ds.read_image(rec.image_path(row.timestamp))
-        truth = dmap = None
-        if truth_root is not None:
-            truth = ds.read_label(Path(truth_root) / row.specimen / row.record / ds.LABELS_FULL
-                                  / f"{row.timestamp}_label.png", image.shape)
-            dmap = truth_distance_map(truth, spacing)
         i = int(np.flatnonzero(df["timestamp"].to_numpy() == row.timestamp)[0])
         for method in METHODS:
             pose = ds.poses(df.iloc[[i]], method)[0]
@@ -637,19 +461,13 @@ def build_rating_set(
             # Encoded at once: a few hundred kB per item instead of the raw RGB's megabytes.
             items.append(dict(item, uri=encode_item(rgb, params["image_format"], params["jpeg_quality"])))
             if len(examples) < len(METHODS):
-                examples.append(dict(item, rgb=rgb, image=image, label=label, truth=truth))
-            if truth is not None:
-                dist_by_item[(row.specimen, row.record, row.timestamp, method)] = error_distances(
-                    label, truth, spacing, dmap)
+                examples.append(dict(item, rgb=rgb, image=image, label=label))
+            if measure_item is not None:
+                measured[(row.specimen, row.record, row.timestamp, method)] = measure_item(item, image, label)
     sid = assemble_rating_set(items, key, out_dir, params["image_format"], params["jpeg_quality"])
     out = {"key": key, "set_id": sid, "examples": examples, "spacing": spacing}
-    if truth_root is not None:
-        dists = [dist_by_item[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]
-        prof = pd.DataFrame([contour_shares(d, params["rubric_visible_mm"]) for d in dists])
-        prof.insert(0, "item_id", key["item_id"].to_numpy())
-        prof["median_error_mm"] = [float(np.median(d)) if d.size else np.nan for d in dists]
-        atomic.write_text(Path(out_dir) / PROFILES_FILE, prof.to_csv(index=False, float_format="%.6g"))
-        out.update(distances=dists, profiles=prof)
+    if measure_item is not None:
+        out["measured"] = [measured[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]
     return out
 
 
@@ -991,13 +809,13 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
     gamma_mm)`` for each alignment's pose.
     """
     def for_specimen(specimen, calib, spacing):
-        from . import dataset as ds
-        from . import labeling
+        from ultrabones.core import dataset as ds
+        from ultrabones.labels import frame
 
         if points_for is not None:
             points = points_for(specimen)
         else:
-            points, _ = labeling.surface_points(ds.read_mesh(specimen.ct_model), density_per_mm2, seed)
-        return lambda shape, pose: labeling.full_label(shape, pose, calib, spacing, points, gamma_mm)
+            points, _ = frame.surface_points(ds.read_mesh(specimen.ct_model), density_per_mm2, seed)
+        return lambda shape, pose: frame.full_label(shape, pose, calib, spacing, points, gamma_mm)
 
     return for_specimen

@@ -1,6 +1,6 @@
 """Labelling a whole dataset: lambda selection, global registration, per-frame optimisation, outputs.
 
-The maths lives in :mod:`ultrabones.labeling` and :mod:`ultrabones.registration`;
+The maths lives in :mod:`ultrabones.labels.frame` and :mod:`ultrabones.labels.registration`;
 this module runs it over every record of a dataset (layout A or B), on Dask.
 
 Work units and resuming
@@ -41,10 +41,14 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from . import atomic, dataset, geometry, labeling, registration
-from .errors import DatasetError
-from .paths import Paths
-from .stage import params_hash, source_hash
+from ultrabones.core import atomic
+from ultrabones.core import dataset
+from ultrabones.core import geometry
+from ultrabones.labels import frame
+from ultrabones.labels import registration
+from ultrabones.core.errors import DatasetError
+from ultrabones.core.paths import Paths
+from ultrabones.core.cache import params_hash, source_hash
 
 STEM = "02_labeling"
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
@@ -118,7 +122,7 @@ def surface_cloud(paths: Paths, specimen: dataset.Specimen, density: float, seed
     out = paths.cache(STEM) / specimen.name / f"surface_{key}.npz"
     if not out.is_file():
         mesh = dataset.read_mesh(stl)
-        pts, nrm = labeling.surface_points(mesh, density, seed)
+        pts, nrm = frame.surface_points(mesh, density, seed)
         buf = io.BytesIO()
         np.savez(buf, points=pts, normals=nrm)
         atomic.write_bytes(out, buf.getvalue())
@@ -167,11 +171,11 @@ def _truth_labels(truth_dir: Path | None, ts: int, shape) -> tuple[np.ndarray | 
 def _errors(masks: Mapping[str, np.ndarray | None], truth_full, truth_vis, visible, spacing, tol_mm) -> dict:
     row: dict[str, Any] = {}
     for name, m in masks.items():
-        row[f"error_{name}_mm"] = (labeling.label_distance_mm(m, truth_full, spacing)
+        row[f"error_{name}_mm"] = (frame.label_distance_mm(m, truth_full, spacing)
                                    if m is not None and truth_full is not None else np.nan)
     prec = rec = np.nan
     if visible is not None and truth_vis is not None:
-        prec, rec = labeling.precision_recall(visible, truth_vis, spacing, tol_mm)
+        prec, rec = frame.precision_recall(visible, truth_vis, spacing, tol_mm)
     row["visible_precision"], row["visible_recall"] = prec, rec
     return row
 
@@ -212,9 +216,9 @@ def label_chunk(task: Mapping[str, Any]) -> str:
             rows.append(row)
             continue
         pose0 = geometry.pose_from_params(prm)
-        obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+        obj = frame.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
                                       region=P["objective_region"])
-        res = labeling.optimize_frame(
+        res = frame.optimize_frame(
             img, pose0, calib, spacing, points, task["lambda"], gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
             bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
             seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
@@ -222,12 +226,12 @@ def label_chunk(task: Mapping[str, Any]) -> str:
         near = _points_near(dense, img.shape, pose0, [g @ pose0, pose0 @ geometry.perturbation(res.x[:3], res.x[3:])],
                             calib, spacing, P["gamma_mm"])
         pts_d, nrm_d = dense[near], dense_normals[near]
-        full_init = labeling.full_label(img.shape, pose0, calib, spacing, pts_d, P["gamma_mm"])
-        full_reg = labeling.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P["gamma_mm"])
+        full_init = frame.full_label(img.shape, pose0, calib, spacing, pts_d, P["gamma_mm"])
+        full_reg = frame.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P["gamma_mm"])
         full_opt = vis = None
         if res.status == "kept":
-            full_opt = labeling.full_label(img.shape, res.pose, calib, spacing, pts_d, P["gamma_mm"])
-            v = labeling.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P["gamma_mm"],
+            full_opt = frame.full_label(img.shape, res.pose, calib, spacing, pts_d, P["gamma_mm"])
+            v = frame.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P["gamma_mm"],
                                        P["incidence_max_deg"])
             vis = v.visible
             masks[int(ts)] = (full_opt, vis)
@@ -321,7 +325,7 @@ def lambda_task(task: Mapping[str, Any]) -> list[dict]:
     if img is None:
         return []
     pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
-    obj = labeling.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+    obj = frame.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
                                       region=P["objective_region"])
     if obj.n_points == 0:
         return []
@@ -329,17 +333,17 @@ def lambda_task(task: Mapping[str, Any]) -> list[dict]:
     if task["truth_dir"]:
         truth_full, _ = _truth_labels(Path(task["truth_dir"]), ts, img.shape)
     full_init = obj.mask()
-    err_init = labeling.label_distance_mm(full_init, truth_full, spacing) if truth_full is not None else np.nan
+    err_init = frame.label_distance_mm(full_init, truth_full, spacing) if truth_full is not None else np.nan
     out = []
     for lam in task["lambdas"]:
-        res = labeling.optimize_frame(
+        res = frame.optimize_frame(
             img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
             bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
             seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
             min_label_fraction=P["min_label_fraction"], objective=obj)
         if res.status == "no_bone":
             continue
-        err_opt = (labeling.label_distance_mm(obj.mask(res.x), truth_full, spacing)
+        err_opt = (frame.label_distance_mm(obj.mask(res.x), truth_full, spacing)
                    if truth_full is not None else np.nan)
         out.append({"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "lambda": lam,
                     "status": res.status, "correction_mm": res.correction_mm,
@@ -454,7 +458,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     cache = paths.cache(STEM)
     P = dict(P)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": seed}
-    from .params import for_specimen
+    from ultrabones.core.params import for_specimen
 
     spec_params = {s.name: for_specimen(P, specimen_overrides or {}, s.name) for s in specs}
     clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name]["density_per_mm2"], seed)) for s in specs}
@@ -683,9 +687,9 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], see
     x = np.array([row["rot_x_deg"], row["rot_y_deg"], row["rot_z_deg"], row["trans_x_mm"], row["trans_y_mm"],
                   row["trans_z_mm"]], float)
     pose1 = pose0 @ geometry.perturbation(x[:3], x[3:])
-    init = labeling.full_label(img.shape, pose0, calib, spacing, points, P["gamma_mm"])
-    opt = labeling.full_label(img.shape, pose1, calib, spacing, points, P["gamma_mm"])
-    vis = labeling.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
+    init = frame.full_label(img.shape, pose0, calib, spacing, points, P["gamma_mm"])
+    opt = frame.full_label(img.shape, pose1, calib, spacing, points, P["gamma_mm"])
+    vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
     return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
             "visible": vis.visible, "spacing": spacing}
 

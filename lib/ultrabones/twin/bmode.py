@@ -53,7 +53,7 @@ import trimesh
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from scipy.spatial import cKDTree
 
-from .errors import ParamsError
+from ultrabones.core.errors import ParamsError
 
 
 #: Mean distance (mm) between the connective-tissue sheets (septa, fascia) in muscle and fat, and their thickness.
@@ -545,7 +545,7 @@ def render(scene: Scene, ct_from_image, width: int, height: int, spacing, rng: n
     deep seen head on::
 
         import trimesh
-        from ultrabones import bmode
+        from ultrabones.twin import bmode
         bone = trimesh.creation.box(extents=(200, 200, 20))          # top face at z = +10 mm
         scene = bmode.Scene.from_meshes(bone)                         # no skin: contact everywhere
         ct_from_image = np.array([[1, 0, 0, -25], [0, 0, 1, 0], [0, -1, 0, 25], [0, 0, 0, 1.]])

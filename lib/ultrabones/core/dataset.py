@@ -18,7 +18,7 @@ euler_y, euler_z`` (degrees, extrinsic xyz), optionally the same six with suffix
 ``_optimized`` and ``space_factor`` (mm per pixel). The pose is the probe marker
 in CT space, synchronised with the images.
 
-Every reader raises :class:`~ultrabones.errors.DatasetError` with the file (and
+Every reader raises :class:`~ultrabones.core.errors.DatasetError` with the file (and
 row, column or pixel value) named; every writer is atomic.
 """
 
@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from . import atomic
-from .errors import DatasetError
-from .geometry import POSE_COLUMNS, pose_from_params
+from ultrabones.core import atomic
+from ultrabones.core.errors import DatasetError
+from ultrabones.core.geometry import POSE_COLUMNS, pose_from_params
 
 IMAGES = "UltrasoundImages"
 LABELS = "Labels"
@@ -334,7 +334,7 @@ def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float],
     spacing : (sx, sy) mm per pixel.
     temporal_offset_ms : the offset found by calibration, or None (released).
     """
-    from .geometry import RELEASED_SPACING_MM, released_calibration
+    from ultrabones.core.geometry import RELEASED_SPACING_MM, released_calibration
 
     f = Path(root) / CALIBRATION
     if not f.is_file():

@@ -57,7 +57,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .errors import DatasetError, ParamsError
+from ultrabones.core.errors import DatasetError, ParamsError
 
 #: The paper's thresholds: 0 to 2.0 mm in 0.1 mm steps.
 PAPER_SIGMAS_MM = tuple(round(0.1 * i, 1) for i in range(21))
@@ -515,7 +515,7 @@ class Aggregate:
 class Frame:
     """One evaluated frame: a record and an image timestamp (ms)."""
 
-    record: "object"  # ultrabones.dataset.Record
+    record: "object"  # ultrabones.core.dataset.Record
     timestamp: int
 
     @property
@@ -529,7 +529,7 @@ def labelled_frames(specimens: Sequence, require: Sequence[str] = ("Labels",), n
 
     Parameters
     ----------
-    specimens : :class:`ultrabones.dataset.Specimen` objects (the test specimens).
+    specimens : :class:`ultrabones.core.dataset.Specimen` objects (the test specimens).
     require : label kinds that must exist (e.g. ``("Labels", "LabelsManual")``).
     n_max : keep at most this many, drawn uniformly without replacement with
         ``seed`` (the paper sampled 700 test images for manual labelling); None: all.
@@ -557,7 +557,7 @@ LabelSource = Callable[[Frame, tuple], np.ndarray]
 
 def dataset_label(kind: str) -> LabelSource:
     """A label source reading ``<record>/<kind>/<t>..png`` from the dataset."""
-    from .dataset import read_label
+    from ultrabones.core.dataset import read_label
 
     def read(frame: Frame, shape: tuple) -> np.ndarray:
         path = frame.record.label_path(frame.timestamp, kind)
@@ -569,25 +569,6 @@ def dataset_label(kind: str) -> LabelSource:
     return read
 
 
-def truth_label(truth_root, kind: str = "Labels") -> LabelSource:
-    """A label source reading the twin's true labels ``truth/<specimen>/<record>/<kind>/<t>_label.png``."""
-    from pathlib import Path
-
-    from .dataset import read_label
-
-    root = Path(truth_root)
-
-    def read(frame: Frame, shape: tuple) -> np.ndarray:
-        rec = frame.record
-        path = root / rec.specimen / rec.name / kind / f"{frame.timestamp}_label.png"
-        if not path.is_file():
-            raise DatasetError(f"{path}: true label missing for an evaluated frame")
-        return read_label(path, shape)
-
-    read.kind = f"truth/{kind}"
-    return read
-
-
 def label_histograms(frames: Sequence[Frame], sources: Mapping[str, LabelSource], progress: bool = True) -> dict:
     """(256,) grey-value histograms of the pixels under each source's labels, over all frames.
 
@@ -595,7 +576,7 @@ def label_histograms(frames: Sequence[Frame], sources: Mapping[str, LabelSource]
     """
     from tqdm.auto import tqdm
 
-    from .dataset import read_image
+    from ultrabones.core.dataset import read_image
 
     hist = {name: np.zeros(256, np.int64) for name in sources}
     for fr in tqdm(frames, desc="label histograms", disable=not progress):
@@ -629,7 +610,7 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     """
     from tqdm.auto import tqdm
 
-    from .dataset import read_image
+    from ultrabones.core.dataset import read_image
 
     sig = check_sigmas(sigmas)
     check_spacing(spacing)
@@ -707,7 +688,7 @@ def plot_examples(frames: Sequence[Frame], columns: Mapping[str, LabelSource], t
     """Fig. 6a: input and one overlay per label source (e.g. GT, manual, predicted), one row per frame."""
     import matplotlib.pyplot as plt
 
-    from .dataset import read_image
+    from ultrabones.core.dataset import read_image
 
     n, k = len(frames), len(columns) + 1
     fig, axes = plt.subplots(n, k, figsize=(2.6 * k, 2.3 * n), squeeze=False)

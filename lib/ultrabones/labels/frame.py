@@ -22,8 +22,8 @@ The maths of one frame, as pure functions:
 Intensities ``f(u)`` are the 8-bit image values divided by 255 (so in
 ``[0, 1]``); the fiducial term is in mm. ``lambda`` therefore has the unit
 1/mm. The orchestration over a dataset (Dask, resumable chunks, outputs) lives
-in :mod:`ultrabones.labeling_run`; the global-registration baseline in
-:mod:`ultrabones.registration`.
+in :mod:`ultrabones.labels.batch`; the global-registration baseline in
+:mod:`ultrabones.labels.registration`.
 
 How the fast objective stays exact
 ----------------------------------
@@ -50,8 +50,8 @@ import numpy as np
 from scipy.optimize import differential_evolution
 from scipy.spatial import cKDTree
 
-from . import geometry
-from .errors import DatasetError, ParamsError
+from ultrabones.core import geometry
+from ultrabones.core.errors import DatasetError, ParamsError
 
 #: The paper's lambda candidates (1/mm, intensity in [0, 1]).
 PAPER_LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -644,9 +644,9 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
 def label_distance_mm(label: np.ndarray, truth: np.ndarray, spacing) -> float:
     """Mean distance (mm) from each pixel of ``label`` to the nearest pixel of ``truth``.
 
-    NaN when either is empty (distances from :func:`ultrabones.metrics.directed_distances`).
+    NaN when either is empty (distances from :func:`ultrabones.evaluation.metrics.directed_distances`).
     """
-    from .metrics import directed_distances
+    from ultrabones.evaluation.metrics import directed_distances
 
     label, truth = np.asarray(label, bool), np.asarray(truth, bool)
     if not label.any() or not truth.any():
@@ -659,7 +659,7 @@ def precision_recall(pred: np.ndarray, truth: np.ndarray, spacing, tol_mm: float
 
     NaN for a share whose denominator is empty (0 when only the other mask is empty).
     """
-    from .metrics import directed_distances
+    from ultrabones.evaluation.metrics import directed_distances
 
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     prec = float((directed_distances(pred, truth, spacing) <= tol_mm).mean()) if pred.any() else float("nan")

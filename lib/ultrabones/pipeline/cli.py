@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UltrabonesError
+from ultrabones.core.errors import UltrabonesError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,26 +36,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "run":
-            from .runner import run_stage
+            from ultrabones.pipeline.runner import run_stage
 
             run_stage(args.notebook, args.profile, args.specimen, args.assignments, args.stamp,
                       progress=not args.no_progress)
         elif args.verb == "check":
-            from .params import load_profile
-            from .paths import PARAMS_DIR
+            from ultrabones.core.params import load_profile
+            from ultrabones.core.paths import PARAMS_DIR
 
             prof = load_profile(args.profile, PARAMS_DIR)
             print(f"{prof.source}: ok ({len(prof.overrides)} specimen override file(s))")
         elif args.verb == "specimens":
-            from .params import load_profile
-            from .paths import PARAMS_DIR
+            from ultrabones.core.params import load_profile
+            from ultrabones.core.paths import PARAMS_DIR
 
             prof = load_profile(args.profile, PARAMS_DIR)
-            from .paths import specimen_names
+            from ultrabones.core.paths import specimen_names
 
             print("\n".join(specimen_names(prof.values)))
         elif args.verb == "stages":
-            from .params import NOTEBOOKS, PER_SPECIMEN
+            from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
 
             for stem, section in NOTEBOOKS.items():
                 print(f"{stem:24s} {section:15s} {'per specimen' if stem in PER_SPECIMEN else ''}")

@@ -1,0 +1,230 @@
+"""The simulated rater: a rubric applied to each drawn label's distance to the twin's true label.
+
+This is a *rater model*, not a person: its ratings restate the label error measured against the truth
+(the twin's ``Labels_full``), read through the paper's 0-3 rubric with a per-item misjudgement of the
+error's size and an occasional one-step slip. Tables and figures call it "rater model: rubric on the true
+label error". A person rates the same set with the rating page (:mod:`ultrabones.rating.study`) and feeds
+the exported CSV back through ``rating.ratings_csv``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ultrabones.core import atomic, dataset
+from ultrabones.core.errors import ParamsError
+from ultrabones.core.paths import Paths
+from ultrabones.rating.study import PROFILES_FILE, _stable_int
+from ultrabones.twin.layout import truth_dir
+
+
+
+def truth_distance_map(truth: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """Distance (mm) of every pixel centre to the nearest true-label pixel (Euclidean distance transform).
+
+    Parameters
+    ----------
+    truth : (H, W) bool true label (the twin's ``Labels_full``).
+    spacing : (sx, sy) mm per pixel.
+
+    Returns
+    -------
+    (H, W) float array (mm): 0 on the true label, ``inf`` everywhere if it is empty.
+    """
+    from scipy import ndimage
+
+    truth = np.asarray(truth, dtype=bool)
+    if not truth.any():
+        return np.full(truth.shape, np.inf)
+    return ndimage.distance_transform_edt(~truth, sampling=(float(spacing[1]), float(spacing[0])))
+
+
+def error_distances(label: np.ndarray, truth: np.ndarray, spacing: tuple[float, float],
+                    distance_map: np.ndarray | None = None) -> np.ndarray:
+    """Distance (mm) of every label pixel to the nearest true-label pixel.
+
+    Parameters
+    ----------
+    label : (H, W) bool label of one alignment.
+    truth : (H, W) bool true label (the twin's ``Labels_full``).
+    spacing : (sx, sy) mm per pixel.
+    distance_map : :func:`truth_distance_map` of ``truth``, when already computed
+        (the three alignments of a frame share it).
+
+    Returns
+    -------
+    (K,) float array, one distance per label pixel (mm); ``inf`` for every pixel
+    when the true label is empty (nothing to align to).
+    """
+    label = np.asarray(label, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    if label.shape != truth.shape:
+        raise ValueError(f"error_distances: label {label.shape} and truth {truth.shape} differ in shape")
+    if distance_map is None:
+        distance_map = truth_distance_map(truth, spacing)
+    return np.asarray(distance_map)[label]
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """The rubric as thresholds on a label's error profile along the contour.
+
+    A rater sees errors over 3 mm on a share ``s3`` of the contour, over 1 mm on
+    ``s1`` and over ``visible_mm`` on ``sv`` (``s3 <= s1 <= sv``) and rates
+
+    - 0 if ``s3 >= large_share`` ("large sections with errors over 3 mm"),
+    - else 1 if ``s1 >= some_share`` ("some sections with errors of 1-3 mm"),
+    - else 2 if ``sv >= minor_share`` ("only minor errors below 1 mm"),
+    - else 3 ("no visible error").
+
+    An item without a label (the alignment put the bone outside the image) is
+    rated 0. The shares and ``visible_mm`` are this project's reading of the
+    paper's words, not the paper's numbers.
+
+    Attributes
+    ----------
+    large_share, some_share, minor_share : shares of the contour's pixels (0-1).
+    visible_mm : the smallest error a rater notices at full resolution (mm).
+    """
+
+    large_share: float = 0.25
+    some_share: float = 0.10
+    visible_mm: float = 0.3
+    minor_share: float = 0.10
+
+    def __post_init__(self):
+        for name in ("large_share", "some_share", "minor_share"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ParamsError(f"rating.rubric_{name}: {v} must be in (0, 1]")
+        if not 0.0 < self.visible_mm < 1.0:
+            raise ParamsError(f"rating.rubric_visible_mm: {self.visible_mm} must be in (0, 1) mm")
+
+
+def contour_shares(distances: np.ndarray, visible_mm: float) -> dict[str, float]:
+    """The error profile of one label: shares of its pixels by error (mm).
+
+    Returns
+    -------
+    ``over_3mm``, ``1_to_3mm``, ``under_1mm`` (the issue's three bins, summing to
+    1) and ``over_visible`` (share over ``visible_mm``), plus ``n_pixels``. An
+    empty label gives NaN shares.
+    """
+    d = np.asarray(distances, dtype=float)
+    if d.size == 0:
+        return {"n_pixels": 0, "over_3mm": np.nan, "1_to_3mm": np.nan, "under_1mm": np.nan, "over_visible": np.nan}
+    over3 = float(np.mean(d > 3.0))
+    over1 = float(np.mean(d > 1.0))
+    return {
+        "n_pixels": int(d.size),
+        "over_3mm": over3,
+        "1_to_3mm": over1 - over3,
+        "under_1mm": 1.0 - over1,
+        "over_visible": float(np.mean(d > visible_mm)),
+    }
+
+
+def rubric_rating(over_3mm, over_1mm, over_visible, rubric: Rubric) -> np.ndarray:
+    """Apply the rubric to error shares (vectorised).
+
+    Parameters
+    ----------
+    over_3mm, over_1mm, over_visible : shares (0-1) of a label's pixels with an
+        error over 3 mm, over 1 mm and over ``rubric.visible_mm``; NaN for an
+        empty label (rated 0).
+    rubric : the thresholds.
+
+    Returns
+    -------
+    int array of ratings 0-3.
+    """
+    s3, s1, sv = (np.asarray(v, dtype=float) for v in (over_3mm, over_1mm, over_visible))
+    rating = np.full(np.broadcast(s3, s1, sv).shape, 3, dtype=np.int64)
+    rating = np.where(sv >= rubric.minor_share, 2, rating)
+    rating = np.where(s1 >= rubric.some_share, 1, rating)
+    rating = np.where((s3 >= rubric.large_share) | np.isnan(s3), 0, rating)
+    return rating
+
+
+def simulate_ratings(
+    distances: Sequence[np.ndarray], rubric: Rubric, gain_sd: float, lapse: float, seed: int
+) -> np.ndarray:
+    """The simulated rater: the rubric applied to each item's errors as perceived.
+
+    Perceptual noise, per item: the rater misjudges the size of every error of
+    the item by one factor ``g = exp(gain_sd * z)``, ``z ~ N(0, 1)`` (the rater
+    compares against the scale bar by eye; ``gain_sd = 0.25`` means errors look
+    about 25% larger or smaller); then, with probability ``lapse``, the rating
+    moves one step up or down (equally likely, kept within 0-3), for slips and
+    borderline calls.
+
+    Parameters
+    ----------
+    distances : per item, the label pixels' errors (mm), :func:`error_distances`.
+    rubric : the thresholds.
+    gain_sd : standard deviation of ``log g`` (dimensionless, >= 0).
+    lapse : probability (0-1) of a one-step slip.
+    seed : random seed.
+
+    Returns
+    -------
+    (n_items,) int array of ratings 0-3.
+    """
+    if gain_sd < 0 or not 0 <= lapse <= 1:
+        raise ParamsError(f"rating: rater_gain_sd {gain_sd} must be >= 0 and rater_lapse {lapse} in [0, 1]")
+    rng = np.random.default_rng([seed, _stable_int("simulated-rater")])
+    n = len(distances)
+    gain = np.exp(gain_sd * rng.standard_normal(n))
+    slip = rng.random(n) < lapse
+    step = rng.choice([-1, 1], size=n)
+    s3, s1, sv = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for i, d in enumerate(distances):
+        d = np.asarray(d, dtype=float)
+        if d.size:
+            p = d * gain[i]
+            s3[i], s1[i], sv[i] = np.mean(p > 3.0), np.mean(p > 1.0), np.mean(p > rubric.visible_mm)
+    rating = rubric_rating(s3, s1, sv, rubric)
+    return np.clip(rating + np.where(slip, step, 0), 0, 3)
+
+
+def label_errors(paths: Paths, spacing: tuple[float, float]):
+    """A ``measure_item`` for :func:`ultrabones.rating.study.build_rating_set`: each drawn label's errors (mm).
+
+    Reads the true full label ``truth/<specimen>/<record>/Labels_full/<t>_label.png`` of the item's frame
+    (one distance map per frame, shared by its three alignments) and returns :func:`error_distances`.
+    """
+    cache: dict = {}
+
+    def measure(item, image, label):
+        k = (item["specimen"], item["record"], int(item["timestamp"]))
+        if k not in cache:
+            cache.clear()
+            truth = dataset.read_label(truth_dir(paths) / k[0] / k[1] / dataset.LABELS_FULL / f"{k[2]}_label.png",
+                                       image.shape)
+            cache[k] = (truth, truth_distance_map(truth, spacing))
+        return error_distances(label, cache[k][0], spacing, cache[k][1])
+
+    return measure
+
+
+def true_full_label(paths: Paths, item, shape) -> np.ndarray:
+    """The twin's true full label of a rating item's frame (for drawing the true contour in a figure)."""
+    return dataset.read_label(truth_dir(paths) / item["specimen"] / item["record"] / dataset.LABELS_FULL
+                              / f"{int(item['timestamp'])}_label.png", shape)
+
+
+def error_profiles(key: pd.DataFrame, distances: Sequence[np.ndarray], visible_mm: float,
+                   out_dir: Path | str | None = None) -> pd.DataFrame:
+    """Per item: the shares of its label beyond 3 mm, 1-3 mm, under 1 mm and beyond ``visible_mm``, and its
+    median error (mm); written as ``error_profiles.csv`` into ``out_dir`` when given."""
+    prof = pd.DataFrame([contour_shares(d, visible_mm) for d in distances])
+    prof.insert(0, "item_id", key["item_id"].to_numpy())
+    prof["median_error_mm"] = [float(np.median(d)) if d.size else np.nan for d in distances]
+    if out_dir is not None:
+        atomic.write_text(Path(out_dir) / PROFILES_FILE, prof.to_csv(index=False, float_format="%.6g"))
+    return prof

@@ -1,0 +1,108 @@
+"""The package's layering, checked on its source: the method never imports the twin.
+
+Layers, bottom up (a module may import its own layer and the ones below it):
+
+    core                              geometry, dataset I/O, params, paths, atomic writes, cache, errors
+    calibration labels rating         the method, one package per stage of the paper
+    segmentation evaluation reconstruction
+    twin                              the simulator, the simulated people, the only reader of truth/
+    pipeline                          runner, stage bookkeeping, CLI, summary
+
+The rule that matters most: no method package (nor core) imports ``ultrabones.twin``, so no decision of the
+method can read the twin's truth. The twin may import the method (it measures what the method wrote).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "lib" / "ultrabones"
+METHOD = ("calibration", "labels", "rating", "segmentation", "evaluation", "reconstruction")
+LAYER = {"core": 0, **{m: 1 for m in METHOD}, "twin": 2, "pipeline": 3}
+
+
+def imported_modules(path: Path, pkg: Path = PKG) -> list[tuple[int, str]]:
+    """``(line, dotted module)`` of every import in a source file of ``pkg``, relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    parts = path.relative_to(pkg.parent).with_suffix("").parts  # ("ultrabones", "labels", "batch")
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(parts[:-1])[: len(parts) - node.level]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append((node.lineno, mod))
+            out += [(node.lineno, f"{mod}.{a.name}") for a in node.names]  # from ultrabones import twin
+    return out
+
+
+def violations(pkg: Path = PKG) -> list[str]:
+    """Every import that breaks the layering, as ``file:line imports module``."""
+    bad = []
+    for f in sorted(pkg.rglob("*.py")):
+        rel = f.relative_to(pkg).parts
+        if len(rel) < 2 or rel[0] not in LAYER:
+            continue  # ultrabones/__init__.py, __main__.py
+        mine = LAYER[rel[0]]
+        for line, mod in imported_modules(f, pkg):
+            bits = mod.split(".")
+            if bits[0] != "ultrabones" or len(bits) < 2 or bits[1] not in LAYER:
+                continue
+            theirs = LAYER[bits[1]]
+            if bits[1] == "twin" and rel[0] != "twin":
+                bad.append(f"{f.relative_to(pkg.parent)}:{line} imports {mod} (the method never imports the twin)")
+            elif theirs > mine:
+                bad.append(f"{f.relative_to(pkg.parent)}:{line} imports {mod} (an upper layer)")
+    return sorted(set(bad))
+
+
+def test_no_method_module_imports_the_twin_or_an_upper_layer():
+    assert violations() == []
+
+
+@pytest.mark.parametrize("source", [
+    "from ultrabones.twin import measure\n",
+    "import ultrabones.twin.simulate\n",
+    "from ultrabones import twin\n",
+    "from ..twin.measure import truth_root\n",
+    "def f():\n    from ultrabones.twin.measure import calibration\n",
+])
+def test_the_rule_catches_a_method_module_importing_the_twin(tmp_path, source):
+    pkg = tmp_path / "ultrabones"
+    for sub in ("labels", "twin"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "twin" / "measure.py").write_text("")
+    (pkg / "labels" / "bad.py").write_text("import numpy as np\n" + source)
+    found = violations(pkg)
+    assert len(found) >= 1 and all(v.startswith("ultrabones/labels/bad.py:") and "imports ultrabones.twin" in v for v in found), found
+
+
+def test_the_rule_allows_the_twin_to_import_the_method(tmp_path):
+    pkg = tmp_path / "ultrabones"
+    for sub in ("labels", "twin"):
+        (pkg / sub).mkdir(parents=True)
+    (pkg / "twin" / "measure.py").write_text("from ultrabones.labels import frame\n")
+    assert violations(pkg) == []
+
+
+def test_the_method_does_not_read_the_truth_folder():
+    """No method or core module names the twin's ``truth`` folder or a ``truth_root``/``truth_dir``."""
+    bad = []
+    for f in sorted(PKG.rglob("*.py")):
+        rel = f.relative_to(PKG).parts
+        if len(rel) < 2 or rel[0] not in METHOD + ("core",):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("truth", "truth_root", "truth_dir"):
+                bad.append(f"{f.relative_to(PKG.parent)}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Constant) and node.value == "truth":
+                bad.append(f"{f.relative_to(PKG.parent)}:{node.lineno} '{node.value}'")
+    assert bad == []
