@@ -83,6 +83,42 @@ def test_bad_yaml(pdir):
         P.load_profile("smoke", pdir)
 
 
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(text))
+
+
+def test_duplicate_key_in_a_section_names_file_line_and_key(pdir):
+    """PyYAML keeps the last of two equal keys silently; the project refuses them."""
+    f = pdir / "smoke.yaml"
+    _edit(f, "  gamma_mm: ", "  gamma_mm: 0.9\n  gamma_mm: ")
+    first = _line_of(f, "gamma_mm:")
+    with pytest.raises(ParamsError, match=rf"smoke.yaml line {first + 1}: duplicate key 'gamma_mm' "
+                                          rf"\(first given on line {first}\)"):
+        P.load_profile("smoke", pdir)
+
+
+def test_duplicate_top_level_key_and_section(pdir):
+    f = pdir / "smoke.yaml"
+    f.write_text(f.read_text() + "\nseed: 7\n")
+    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'seed'"):
+        P.load_profile("smoke", pdir)
+    shutil.copy(PARAMS_DIR / "smoke.yaml", f)
+    f.write_text(f.read_text() + "\nsummary:\n  require_all: false\n")
+    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'summary'"):
+        P.load_profile("smoke", pdir)
+
+
+def test_duplicate_key_in_a_specimen_file(pdir):
+    f = pdir / "specimens" / "specimen02.yaml"
+    f.write_text("labeling:\n  gamma_mm: 0.3\n  bound_mm: 1.0\n  gamma_mm: 0.4\n")
+    with pytest.raises(ParamsError, match=r"specimen02.yaml line 4: duplicate key 'gamma_mm' \(first given on line 2\)"):
+        P.load_profile("smoke", pdir)
+
+
+def test_same_key_in_different_sections_is_fine():
+    assert P.load_yaml_text("a:\n  k: 1\nb:\n  k: 2\n") == {"a": {"k": 1}, "b": {"k": 2}}
+
+
 def test_command_line_overrides(pdir):
     prof = P.load_profile("smoke", pdir, ["seed=5", "simulate.n_specimens=2"])
     assert prof.values["seed"] == 5 and prof.values["simulate"]["n_specimens"] == 2

@@ -314,15 +314,66 @@ NOTEBOOKS: dict[str, str] = {
 PER_SPECIMEN = ("00_simulate", "01_calibration", "02_labeling", "06_reconstruction")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (``line`` is 1-based)."""
+
+    def __init__(self, key: Any, line: int, first_line: int, mark):
+        super().__init__(None, None, f"duplicate key {key!r} (first given on line {first_line})", mark)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A ``yaml.SafeLoader`` that refuses a key repeated within one mapping.
+
+    PyYAML keeps the last of two equal keys silently; a profile with
+    ``gamma_mm`` written twice in one section would run with whichever came
+    last. Raises :class:`DuplicateKeyError` naming the key and both lines.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, line, seen[key], key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, where: str = "<string>") -> Any:
+    """Parse YAML text with :class:`StrictLoader`.
+
+    Raises
+    ------
+    ParamsError
+        Naming ``where``, the line and the key of a duplicate key, or the
+        parser's message for malformed YAML.
+    """
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ParamsError(
+            f"{where} line {exc.line}: duplicate key {exc.key!r} (first given on line {exc.first_line});"
+            " each key may appear once per section"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{where}: not valid YAML: {exc}") from None
+
+
 def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    """Read a YAML mapping, with a clear error for a missing or malformed file or a duplicate key."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    data = load_yaml_text(path.read_text(), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
