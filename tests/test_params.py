@@ -169,3 +169,71 @@ def test_notebook_parameters_cell_matches_what_it_receives(stem):
     for profile in PROFILES:
         given, _ = stage_parameters(stem, profile)
         assert sorted(parameter_names(nb)) == sorted(given), (stem, profile)
+
+
+# ----------------------------------------------------------------------------- user-given paths
+
+
+def test_relative_paths_resolve_from_the_command_directory_not_notebooks(pdir, tmp_path, monkeypatch):
+    """papermill runs notebooks in notebooks/: a relative path must be made absolute before injection."""
+    _edit(pdir / "smoke.yaml", "data_root: null", "data_root: ../shared/real_sweep")
+    _edit(pdir / "smoke.yaml", "ratings_csv: null", "ratings_csv: ratings/my.csv")
+    (pdir / "specimens" / "specimen02.yaml").write_text("evaluation:\n  checkpoint: models/x.ckpt\n")
+    here = tmp_path / "work" / "repo"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    prof = P.load_profile("smoke", pdir, ["rating.ratings_key=key.csv"])
+    assert prof.values["data_root"] == str(tmp_path / "work" / "shared" / "real_sweep")
+    assert prof.values["rating"]["ratings_csv"] == str(here / "ratings" / "my.csv")
+    assert prof.values["rating"]["ratings_key"] == str(here / "key.csv")
+    assert prof.overrides["specimen02"]["evaluation"]["checkpoint"] == str(here / "models" / "x.ckpt")
+    nbp = prof.notebook_parameters("03_rating_statistics")
+    assert Path(nbp["data_root"]).is_absolute() and Path(nbp["ratings_csv"]).is_absolute()
+    # an explicit base wins over the process's cwd
+    prof = P.load_profile("smoke", pdir, cwd=tmp_path)
+    assert prof.values["rating"]["ratings_csv"] == str(tmp_path / "ratings" / "my.csv")
+
+
+def test_tilde_expands_and_absolute_and_null_paths_stay(pdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _edit(pdir / "smoke.yaml", "data_root: null", "data_root: ~/datasets/ub")
+    prof = P.load_profile("smoke", pdir, ["training.encoder_weights=/abs/w.pth"])
+    assert prof.values["data_root"] == str(tmp_path / "home" / "datasets" / "ub")
+    assert prof.values["training"]["encoder_weights"] == "/abs/w.pth"
+    assert prof.values["rating"]["ratings_csv"] is None
+
+
+def test_every_path_valued_key_is_resolved():
+    """A new key naming a file or folder must join PATH_KEYS (read from the doc strings)."""
+    import re
+
+    listed = {(s, k) for s, keys in P.PATH_KEYS.items() for k in keys}
+    for section, schema in [(None, P.COMMON)] + list(P.SCHEMA.items()):
+        for key, spec in schema.items():
+            if spec.kind == "str" and re.search(r"\b(file|root|csv|checkpoint|folder|path)\b", spec.doc, re.I):
+                assert (section, key) in listed, f"{section}.{key} looks path-valued but is not in PATH_KEYS"
+    for section, keys in P.PATH_KEYS.items():
+        for k in keys:
+            assert k in (P.COMMON if section is None else P.SCHEMA[section])
+
+
+def test_profile_outside_params_gets_its_own_build_folder(pdir, tmp_path):
+    from ultrabones.paths import Paths
+
+    assert P.load_profile("smoke", pdir).name == "smoke"
+    assert P.load_profile(str(pdir / "smoke.yaml"), pdir).name == "smoke"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(pdir / "smoke.yaml", elsewhere / "smoke.yaml")
+    name = P.load_profile(str(elsewhere / "smoke.yaml"), pdir).name
+    assert name.startswith("smoke-") and len(name) == len("smoke-") + 8
+    assert Paths.for_profile(name).build_dir != Paths.for_profile("smoke").build_dir
+    # stable for one file, different for another one of the same name
+    assert P.load_profile(str(elsewhere / "smoke.yaml"), pdir).name == name
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(pdir / "smoke.yaml", other / "smoke.yaml")
+    assert P.load_profile(str(other / "smoke.yaml"), pdir).name not in (name, "smoke")
+    # a foreign default.yaml never writes into figures/
+    shutil.copy(pdir / "default.yaml", elsewhere / "default.yaml")
+    assert P.load_profile(str(elsewhere / "default.yaml"), pdir).name != "default"

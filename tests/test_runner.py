@@ -53,3 +53,23 @@ def test_cli_reports_one_line_error(capsys):
     assert main(["run", "42", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: notebook '42': no match") and err.count("\n") == 1
+
+
+def test_injected_paths_are_absolute_from_the_command_directory(tmp_path, monkeypatch):
+    """A relative data_root typed by the user must not be read from notebooks/ (papermill's cwd)."""
+    from ultrabones.paths import PARAMS_DIR
+
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(tmp_path / "build"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    params, paths = runner.stage_parameters("03_rating_statistics", "smoke",
+                                            assignments=["data_root=mydata", "ratings_csv=~/r.csv"])
+    assert params["data_root"] == str(tmp_path / "mydata")
+    assert params["ratings_csv"] == str(tmp_path / "home" / "r.csv")
+    assert paths.dataset == tmp_path / "mydata"
+    # a profile outside params/ runs under its own build folder
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "smoke.yaml").write_text((PARAMS_DIR / "smoke.yaml").read_text())
+    params, paths = runner.stage_parameters("03_rating_statistics", "elsewhere/smoke.yaml")
+    assert params["profile"].startswith("smoke-") and paths.build_dir.name == params["profile"]
+    assert params["build_dir"] != str(tmp_path / "build" / "smoke")
