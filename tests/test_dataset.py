@@ -85,6 +85,46 @@ def test_missing_root_and_specimen(tmp_path, layout_a):
         ds.discover(layout_a, ["specimen09"])
 
 
+def test_misnamed_record_folders_are_warned_about_and_returned(layout_a):
+    """A specimen whose record folders are misnamed used to vanish without a word (a third of the frames)."""
+    import warnings
+
+    spec2 = layout_a / "specimen02"
+    for r in ("record01", "record02"):
+        (spec2 / r / ds.IMAGES).rename(spec2 / r / "Ultrasound_Images")
+        (spec2 / r / ds.TRACKING).rename(spec2 / r / "Tracking.csv")
+    (layout_a / "specimen01" / "notes").mkdir()  # a stray folder in a good specimen
+    (layout_a / "README.md").write_text("files at the root are not inputs")
+    with pytest.warns(UserWarning, match=r"2 input folder\(s\) not recognised") as rec:
+        specs = ds.discover(layout_a)
+    assert [s.name for s in specs] == ["specimen01"]
+    msg = str(rec[0].message)
+    assert str(spec2) in msg and "record01, record02" in msg and str(layout_a / "specimen01" / "notes") in msg
+    found, skipped = ds.scan(layout_a)
+    assert [s.name for s in found] == ["specimen01"]
+    rows = ds.skipped_inputs(skipped)
+    assert {r["path"] for r in rows} == {str(spec2), str(layout_a / "specimen01" / "notes")}
+    assert all(r["reason"] for r in rows)
+    # naming the broken specimen says why it is not there
+    with pytest.raises(DatasetError, match=r"specimen02 not found .* no records .*not records: record01, record02"):
+        ds.discover(layout_a, ["specimen02"])
+    # a clean dataset warns about nothing
+    (layout_a / "specimen01" / "notes").rmdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.name for s in ds.discover(layout_a, ["specimen01"])] == ["specimen01"]
+
+
+def test_layout_b_unknown_bone_folder_is_reported(tmp_path):
+    spec = tmp_path / "B" / "specimen03"
+    _record(spec / "ultrasound_records" / "tibia" / "record01", labels=False)
+    _record(spec / "ultrasound_records" / "femur" / "record01", labels=False)
+    (spec / "ultrasound_records" / "tibia" / "record02_broken").mkdir()
+    found, skipped = ds.scan(tmp_path / "B")
+    assert [(r.bone, r.name) for r in found[0].records] == [("tibia", "record01")]
+    assert sorted(sk.path.name for sk in skipped) == ["femur", "record02_broken"]
+
+
 def test_tracking_missing_column(tmp_path):
     f = tmp_path / "tracking.csv"
     _tracking().drop(columns=["euler_y"]).to_csv(f, index=False)

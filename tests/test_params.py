@@ -83,6 +83,42 @@ def test_bad_yaml(pdir):
         P.load_profile("smoke", pdir)
 
 
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(text))
+
+
+def test_duplicate_key_in_a_section_names_file_line_and_key(pdir):
+    """PyYAML keeps the last of two equal keys silently; the project refuses them."""
+    f = pdir / "smoke.yaml"
+    _edit(f, "  gamma_mm: ", "  gamma_mm: 0.9\n  gamma_mm: ")
+    first = _line_of(f, "gamma_mm:")
+    with pytest.raises(ParamsError, match=rf"smoke.yaml line {first + 1}: duplicate key 'gamma_mm' "
+                                          rf"\(first given on line {first}\)"):
+        P.load_profile("smoke", pdir)
+
+
+def test_duplicate_top_level_key_and_section(pdir):
+    f = pdir / "smoke.yaml"
+    f.write_text(f.read_text() + "\nseed: 7\n")
+    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'seed'"):
+        P.load_profile("smoke", pdir)
+    shutil.copy(PARAMS_DIR / "smoke.yaml", f)
+    f.write_text(f.read_text() + "\nsummary:\n  require_all: false\n")
+    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'summary'"):
+        P.load_profile("smoke", pdir)
+
+
+def test_duplicate_key_in_a_specimen_file(pdir):
+    f = pdir / "specimens" / "specimen02.yaml"
+    f.write_text("labeling:\n  gamma_mm: 0.3\n  bound_mm: 1.0\n  gamma_mm: 0.4\n")
+    with pytest.raises(ParamsError, match=r"specimen02.yaml line 4: duplicate key 'gamma_mm' \(first given on line 2\)"):
+        P.load_profile("smoke", pdir)
+
+
+def test_same_key_in_different_sections_is_fine():
+    assert P.load_yaml_text("a:\n  k: 1\nb:\n  k: 2\n") == {"a": {"k": 1}, "b": {"k": 2}}
+
+
 def test_command_line_overrides(pdir):
     prof = P.load_profile("smoke", pdir, ["seed=5", "simulate.n_specimens=2"])
     assert prof.values["seed"] == 5 and prof.values["simulate"]["n_specimens"] == 2
@@ -133,3 +169,71 @@ def test_notebook_parameters_cell_matches_what_it_receives(stem):
     for profile in PROFILES:
         given, _ = stage_parameters(stem, profile)
         assert sorted(parameter_names(nb)) == sorted(given), (stem, profile)
+
+
+# ----------------------------------------------------------------------------- user-given paths
+
+
+def test_relative_paths_resolve_from_the_command_directory_not_notebooks(pdir, tmp_path, monkeypatch):
+    """papermill runs notebooks in notebooks/: a relative path must be made absolute before injection."""
+    _edit(pdir / "smoke.yaml", "data_root: null", "data_root: ../shared/real_sweep")
+    _edit(pdir / "smoke.yaml", "ratings_csv: null", "ratings_csv: ratings/my.csv")
+    (pdir / "specimens" / "specimen02.yaml").write_text("evaluation:\n  checkpoint: models/x.ckpt\n")
+    here = tmp_path / "work" / "repo"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    prof = P.load_profile("smoke", pdir, ["rating.ratings_key=key.csv"])
+    assert prof.values["data_root"] == str(tmp_path / "work" / "shared" / "real_sweep")
+    assert prof.values["rating"]["ratings_csv"] == str(here / "ratings" / "my.csv")
+    assert prof.values["rating"]["ratings_key"] == str(here / "key.csv")
+    assert prof.overrides["specimen02"]["evaluation"]["checkpoint"] == str(here / "models" / "x.ckpt")
+    nbp = prof.notebook_parameters("03_rating_statistics")
+    assert Path(nbp["data_root"]).is_absolute() and Path(nbp["ratings_csv"]).is_absolute()
+    # an explicit base wins over the process's cwd
+    prof = P.load_profile("smoke", pdir, cwd=tmp_path)
+    assert prof.values["rating"]["ratings_csv"] == str(tmp_path / "ratings" / "my.csv")
+
+
+def test_tilde_expands_and_absolute_and_null_paths_stay(pdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _edit(pdir / "smoke.yaml", "data_root: null", "data_root: ~/datasets/ub")
+    prof = P.load_profile("smoke", pdir, ["training.encoder_weights=/abs/w.pth"])
+    assert prof.values["data_root"] == str(tmp_path / "home" / "datasets" / "ub")
+    assert prof.values["training"]["encoder_weights"] == "/abs/w.pth"
+    assert prof.values["rating"]["ratings_csv"] is None
+
+
+def test_every_path_valued_key_is_resolved():
+    """A new key naming a file or folder must join PATH_KEYS (read from the doc strings)."""
+    import re
+
+    listed = {(s, k) for s, keys in P.PATH_KEYS.items() for k in keys}
+    for section, schema in [(None, P.COMMON)] + list(P.SCHEMA.items()):
+        for key, spec in schema.items():
+            if spec.kind == "str" and re.search(r"\b(file|root|csv|checkpoint|folder|path)\b", spec.doc, re.I):
+                assert (section, key) in listed, f"{section}.{key} looks path-valued but is not in PATH_KEYS"
+    for section, keys in P.PATH_KEYS.items():
+        for k in keys:
+            assert k in (P.COMMON if section is None else P.SCHEMA[section])
+
+
+def test_profile_outside_params_gets_its_own_build_folder(pdir, tmp_path):
+    from ultrabones.paths import Paths
+
+    assert P.load_profile("smoke", pdir).name == "smoke"
+    assert P.load_profile(str(pdir / "smoke.yaml"), pdir).name == "smoke"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(pdir / "smoke.yaml", elsewhere / "smoke.yaml")
+    name = P.load_profile(str(elsewhere / "smoke.yaml"), pdir).name
+    assert name.startswith("smoke-") and len(name) == len("smoke-") + 8
+    assert Paths.for_profile(name).build_dir != Paths.for_profile("smoke").build_dir
+    # stable for one file, different for another one of the same name
+    assert P.load_profile(str(elsewhere / "smoke.yaml"), pdir).name == name
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(pdir / "smoke.yaml", other / "smoke.yaml")
+    assert P.load_profile(str(other / "smoke.yaml"), pdir).name not in (name, "smoke")
+    # a foreign default.yaml never writes into figures/
+    shutil.copy(pdir / "default.yaml", elsewhere / "default.yaml")
+    assert P.load_profile(str(elsewhere / "default.yaml"), pdir).name != "default"

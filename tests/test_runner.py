@@ -53,3 +53,42 @@ def test_cli_reports_one_line_error(capsys):
     assert main(["run", "42", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: notebook '42': no match") and err.count("\n") == 1
+
+
+def test_injected_paths_are_absolute_from_the_command_directory(tmp_path, monkeypatch):
+    """A relative data_root typed by the user must not be read from notebooks/ (papermill's cwd)."""
+    from ultrabones.paths import PARAMS_DIR
+
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(tmp_path / "build"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    params, paths = runner.stage_parameters("03_rating_statistics", "smoke",
+                                            assignments=["data_root=mydata", "ratings_csv=~/r.csv"])
+    assert params["data_root"] == str(tmp_path / "mydata")
+    assert params["ratings_csv"] == str(tmp_path / "home" / "r.csv")
+    assert paths.dataset == tmp_path / "mydata"
+    # a profile outside params/ runs under its own build folder
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "smoke.yaml").write_text((PARAMS_DIR / "smoke.yaml").read_text())
+    params, paths = runner.stage_parameters("03_rating_statistics", "elsewhere/smoke.yaml")
+    assert params["profile"].startswith("smoke-") and paths.build_dir.name == params["profile"]
+    assert params["build_dir"] != str(tmp_path / "build" / "smoke")
+
+
+def test_skip_summary_says_how_many_frames_were_skipped_and_why(tmp_path, capsys):
+    m = {"status_counts": {"kept": 20, "discarded": 2, "no_bone": 1, "bad_pose": 0, "bad_image": 1},
+         "skipped_frames": [{"specimen": "s1", "record": "r1", "timestamp": 1050, "status": "bad_image",
+                             "message": "/d/s1/r1/UltrasoundImages/1050.png: image size 200x180 differs"}],
+         "skipped_inputs": [{"path": "/d/s2", "reason": "no records"}]}
+    lines = runner.skip_summary(m, "02_labeling")
+    assert lines[0] == "02_labeling: 4 of 24 frames skipped: discarded 2, no_bone 1, bad_image 1"
+    assert "bad_image s1/r1/1050: /d/s1/r1/UltrasoundImages/1050.png" in lines[1]
+    assert lines[2] == "02_labeling: 1 input folder(s) not recognised and skipped:" and "/d/s2: no records" in lines[3]
+    assert runner.skip_summary({"status_counts": {"kept": 3}}) == []
+    assert runner.skip_summary({"value": 1}) == []
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(m))
+    assert runner.report_skips(f, "02_labeling") == lines
+    err = capsys.readouterr().err
+    assert "[ultrabones] 02_labeling: 4 of 24 frames skipped" in err
+    assert runner.report_skips(tmp_path / "missing.json") == []

@@ -306,7 +306,7 @@ def test_predict_record_writes_labels_pred(tmp_path):
 
 
 def _weights(path):
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)  # our own Lightning file loads safely
     return ck["state_dict"]
 
 
@@ -351,6 +351,44 @@ def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # changed parameters do not resume a stale run
     other = seg.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1, lr=5e-4), seed=7, progress=False)
     assert list(other.history["epoch"]) == [0]
+
+
+def test_corrupt_last_checkpoint_names_the_file_and_how_to_start_fresh(tmp_path):
+    root = make_dataset(tmp_path / "data", n_specimens=3, frames=4)
+    split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
+    seg.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False), seed=3, progress=False)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3])  # a write cut short
+    with pytest.raises(DatasetError) as err:
+        seg.train_fold(root, tmp_path / "run", split, tiny_params(epochs=2, augment=False), seed=3, progress=False)
+    msg = str(err.value)
+    assert str(last) in msg and "corrupt" in msg and "start fresh" in msg and "training.resume=false" in msg
+    # resume=false starts fresh over the corrupt run
+    res = seg.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False, resume=False), seed=3,
+                         progress=False)
+    assert list(res.history["epoch"]) == [0]
+    with pytest.raises(DatasetError, match="checkpoint not found"):
+        seg.load_lightning_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_no_torch_load_without_weights_only_in_the_package():
+    """Every torch.load of the package passes weights_only=True, except the opt-in foreign-pickle path."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(seg.__file__).parent
+    unsafe = []
+    for f in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \
+                    getattr(node.func, "value", None) is not None and getattr(node.func.value, "id", None) == "torch":
+                kw = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+                if not ok:
+                    unsafe.append(f"{f.name}:{node.lineno}")
+    # load_checkpoint(trust_pickle=True) is the one documented exception: a released whole-module file
+    assert len(unsafe) <= 1 and all(u.startswith("segmentation.py") for u in unsafe), unsafe
 
 
 def test_train_writes_best_checkpoint_and_kfold(tmp_path):

@@ -118,6 +118,7 @@ class Specimen:
     layout : ``"A"`` or ``"B"``.
     records : the specimen's records, sorted.
     ct_models : bone name -> STL path; ``"merged"`` is the whole bone model.
+    skipped : folders inside the specimen that are not records (see :class:`Skipped`).
     """
 
     name: str
@@ -125,6 +126,7 @@ class Specimen:
     layout: str
     records: tuple[Record, ...] = field(default_factory=tuple)
     ct_models: dict = field(default_factory=dict)
+    skipped: tuple["Skipped", ...] = field(default_factory=tuple)
 
     @property
     def ct_model(self) -> Path:
@@ -143,11 +145,36 @@ def image_timestamps(folder: Path) -> np.ndarray:
     return np.array(sorted(ts), dtype=np.int64)
 
 
-def _records_in(specimen_dir: Path, specimen: str, bone: str | None, base: Path) -> list[Record]:
+@dataclass(frozen=True)
+class Skipped:
+    """An input folder the readers did not recognise, and why.
+
+    Attributes
+    ----------
+    path : the folder.
+    reason : one line, e.g. ``no UltrasoundImages/ or tracking.csv``.
+    """
+
+    path: Path
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "reason": self.reason}
+
+
+_NOT_A_RECORD = f"not a record: no {IMAGES}/ or {TRACKING} inside"
+
+
+def _records_in(specimen_dir: Path, specimen: str, bone: str | None, base: Path,
+                skipped: list | None = None) -> list[Record]:
     recs = []
     for d in sorted(base.iterdir()) if base.is_dir() else []:
-        if d.is_dir() and ((d / IMAGES).is_dir() or (d / TRACKING).is_file()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        if (d / IMAGES).is_dir() or (d / TRACKING).is_file():
             recs.append(Record(specimen=specimen, name=d.name, path=d, bone=bone))
+        elif skipped is not None:
+            skipped.append(Skipped(d, _NOT_A_RECORD))
     return recs
 
 
@@ -163,10 +190,14 @@ def read_specimen(path: Path | str) -> Specimen:
     if not path.is_dir():
         raise DatasetError(f"{path}: specimen folder not found")
     name = path.name
+    skipped: list[Skipped] = []
     if (path / "ultrasound_records").is_dir():
         records = []
         for bone in BONES:
-            records += _records_in(path, name, bone, path / "ultrasound_records" / bone)
+            records += _records_in(path, name, bone, path / "ultrasound_records" / bone, skipped)
+        for d in sorted((path / "ultrasound_records").iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and d.name not in BONES:
+                skipped.append(Skipped(d, f"not a bone folder (layout B has {', '.join(BONES)})"))
         seg = path / "CT_bone_segmentations"
         models = {}
         for bone in BONES:
@@ -174,21 +205,78 @@ def read_specimen(path: Path | str) -> Specimen:
                 models[bone] = seg / f"{bone}.stl"
         if (seg / "CT_bone_model_merged.stl").is_file():
             models["merged"] = seg / "CT_bone_model_merged.stl"
-        return Specimen(name, path, "B", tuple(records), models)
-    records = _records_in(path, name, None, path)
+        return Specimen(name, path, "B", tuple(records), models, tuple(skipped))
+    records = _records_in(path, name, None, path, skipped)
     if not records:
-        raise DatasetError(f"{path}: no records (folders with {IMAGES}/ or {TRACKING}) in layout A or B")
+        raise DatasetError(f"{path}: no records (folders with {IMAGES}/ or {TRACKING}) in layout A or B"
+                           + (f"; not records: {', '.join(sk.path.name for sk in skipped)}" if skipped else ""))
     models = {}
     if (path / "CT_bone_model.stl").is_file():
         models["merged"] = path / "CT_bone_model.stl"
     for bone in BONES:
         if (path / f"CT_bone_model_{bone}.stl").is_file():
             models[bone] = path / f"CT_bone_model_{bone}.stl"
-    return Specimen(name, path, "A", tuple(records), models)
+    return Specimen(name, path, "A", tuple(records), models, tuple(skipped))
+
+
+def scan(root: Path | str, specimens: list[str] | None = None) -> tuple[list[Specimen], list[Skipped]]:
+    """Every specimen under a dataset root, and every folder that was not recognised.
+
+    Like :func:`discover`, without the warning: returns ``(specimens, skipped)``
+    where ``skipped`` lists the specimen folders that hold no record (with
+    :func:`read_specimen`'s reason) and, inside the returned specimens, the
+    folders that are not records. Folders whose name starts with ``.`` are
+    ignored; files at the root (a README) are not inputs.
+
+    Raises
+    ------
+    DatasetError
+        If the root is missing, holds no specimen, or a named specimen is
+        absent or unrecognised (its reason is given).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root not found (set data_root, or run notebook 00 for the twin)")
+    found: dict[str, Specimen] = {}
+    bad: dict[str, Skipped] = {}
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            found[d.name] = read_specimen(d)
+        except DatasetError as exc:
+            bad[d.name] = Skipped(d, str(exc).removeprefix(f"{d}: "))
+    if specimens is not None:
+        missing = [s for s in specimens if s not in found]
+        if missing:
+            why = "; ".join(f"{s}: {bad[s].reason}" for s in missing if s in bad)
+            raise DatasetError(f"{root}: specimen(s) {', '.join(missing)} not found (have: {', '.join(found)})"
+                               + (f" -- {why}" if why else ""))
+        chosen = [found[s] for s in specimens]
+        skipped = [sk for s in chosen for sk in s.skipped]
+        return chosen, skipped
+    if not found:
+        detail = "; ".join(f"{sk.path.name}: {sk.reason}" for sk in bad.values())
+        raise DatasetError(f"{root}: no specimen folders in layout A or B" + (f" ({detail})" if detail else ""))
+    chosen = list(found.values())
+    skipped = list(bad.values()) + [sk for s in chosen for sk in s.skipped]
+    return chosen, skipped
+
+
+def warn_skipped(root: Path | str, skipped: list[Skipped], stacklevel: int = 3) -> None:
+    """One ``UserWarning`` listing every unrecognised input folder (nothing when the list is empty)."""
+    if skipped:
+        lines = "\n".join(f"  {sk.path}: {sk.reason}" for sk in skipped)
+        warnings.warn(f"{root}: {len(skipped)} input folder(s) not recognised and skipped:\n{lines}",
+                      stacklevel=stacklevel)
 
 
 def discover(root: Path | str, specimens: list[str] | None = None) -> list[Specimen]:
     """Every specimen under a dataset root (layout A or B), sorted by name.
+
+    Folders that are neither specimens nor records are never dropped in
+    silence: they are listed in a warning (see :func:`scan`, which also
+    returns them, for a stage's ``skipped_inputs`` metric).
 
     Parameters
     ----------
@@ -200,25 +288,14 @@ def discover(root: Path | str, specimens: list[str] | None = None) -> list[Speci
     DatasetError
         If the root is missing, holds no specimen, or a named specimen is absent.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: data root not found (set data_root, or run notebook 00 for the twin)")
-    found = {}
-    for d in sorted(root.iterdir()):
-        if not d.is_dir() or d.name.startswith("."):
-            continue
-        try:
-            found[d.name] = read_specimen(d)
-        except DatasetError:
-            continue
-    if specimens is not None:
-        missing = [s for s in specimens if s not in found]
-        if missing:
-            raise DatasetError(f"{root}: specimen(s) {', '.join(missing)} not found (have: {', '.join(found)})")
-        return [found[s] for s in specimens]
-    if not found:
-        raise DatasetError(f"{root}: no specimen folders in layout A or B")
-    return list(found.values())
+    found, skipped = scan(root, specimens)
+    warn_skipped(root, skipped)
+    return found
+
+
+def skipped_inputs(skipped: list[Skipped]) -> list[dict]:
+    """The ``skipped_inputs`` metric: ``[{"path", "reason"}, ...]``."""
+    return [sk.as_dict() for sk in skipped]
 
 
 # ----------------------------------------------------------------------------- tracking

@@ -18,6 +18,8 @@ is the only guard.
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -313,16 +315,130 @@ NOTEBOOKS: dict[str, str] = {
 #: Stages that work specimen by specimen (``make specimen`` reruns these).
 PER_SPECIMEN = ("00_simulate", "01_calibration", "02_labeling", "06_reconstruction")
 
+#: Path-valued keys: section (None: common) -> keys. Relative values are read
+#: from the directory where the command ran and ``~`` expands
+#: (:func:`resolve_paths`), because papermill runs notebooks in ``notebooks/``.
+PATH_KEYS: dict[str | None, tuple[str, ...]] = {
+    None: ("data_root",),
+    "rating": ("ratings_csv", "ratings_key"),
+    "training": ("encoder_weights",),
+    "evaluation": ("checkpoint",),
+}
+
+
+def resolve_path(value: str | None, base: Path | str) -> str | None:
+    """An absolute path for a user-given one: ``~`` expanded, a relative one joined to ``base``.
+
+    Symbolic links are kept as given (``os.path.normpath``, not ``resolve``);
+    None stays None.
+    """
+    if value is None:
+        return None
+    p = Path(os.path.expanduser(str(value)))
+    if not p.is_absolute():
+        p = Path(base) / p
+    return os.path.normpath(str(p))
+
+
+def resolve_paths(values: Mapping, base: Path | str, sections_only: bool = False) -> dict:
+    """A copy of validated ``values`` with every key of :data:`PATH_KEYS` made absolute.
+
+    Parameters
+    ----------
+    values : a validated profile (common keys and sections) or, with
+        ``sections_only``, a specimen override (sections only, any subset).
+    base : the directory relative paths are read from (the command's cwd).
+    """
+    out = copy.deepcopy(dict(values))
+    for section, keys in PATH_KEYS.items():
+        if section is None:
+            if sections_only:
+                continue
+            target = out
+        else:
+            target = out.get(section)
+            if not isinstance(target, dict):
+                continue
+        for k in keys:
+            if k in target and isinstance(target[k], str):
+                target[k] = resolve_path(target[k], base)
+    return out
+
+
+def profile_name(path: Path | str, params_dir: Path | str) -> str:
+    """The build-folder name of a profile file.
+
+    ``params/<name>.yaml`` gives ``<name>``; a file elsewhere gives
+    ``<stem>-<8 hex digits of the SHA-256 of its absolute path>``, so that
+    ``--profile /elsewhere/smoke.yaml`` never writes over ``build/smoke``
+    (or over ``figures/`` for a foreign ``default.yaml``).
+    """
+    path = Path(os.path.abspath(os.path.expanduser(str(path))))
+    if path.parent == Path(os.path.abspath(params_dir)):
+        return path.stem
+    return f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (``line`` is 1-based)."""
+
+    def __init__(self, key: Any, line: int, first_line: int, mark):
+        super().__init__(None, None, f"duplicate key {key!r} (first given on line {first_line})", mark)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A ``yaml.SafeLoader`` that refuses a key repeated within one mapping.
+
+    PyYAML keeps the last of two equal keys silently; a profile with
+    ``gamma_mm`` written twice in one section would run with whichever came
+    last. Raises :class:`DuplicateKeyError` naming the key and both lines.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, line, seen[key], key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, where: str = "<string>") -> Any:
+    """Parse YAML text with :class:`StrictLoader`.
+
+    Raises
+    ------
+    ParamsError
+        Naming ``where``, the line and the key of a duplicate key, or the
+        parser's message for malformed YAML.
+    """
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ParamsError(
+            f"{where} line {exc.line}: duplicate key {exc.key!r} (first given on line {exc.first_line});"
+            " each key may appear once per section"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{where}: not valid YAML: {exc}") from None
+
 
 def read_yaml(path: Path) -> dict:
-    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    """Read a YAML mapping, with a clear error for a missing or malformed file or a duplicate key."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    data = load_yaml_text(path.read_text(), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -427,6 +543,7 @@ def load_profile(
     assignments: list[str] | None = None,
     specimen: str | None = None,
     section_hint: str | None = None,
+    cwd: Path | str | None = None,
 ) -> Profile:
     """Load, validate and merge a profile.
 
@@ -439,9 +556,17 @@ def load_profile(
     specimen : process only this specimen (``make specimen``); it must be
         one of ``specimens`` when that list is given.
     section_hint : the section a bare key belongs to.
+    cwd : the directory where the command ran (default: the current one).
+        Path-valued keys (:data:`PATH_KEYS`) given relative, in the profile,
+        a specimen file or ``-p``, are read from here, and ``~`` expands.
+
+    A profile file outside ``params_dir`` is named by :func:`profile_name`
+    (``<stem>-<hash>``), so that it gets its own build folder.
     """
     params_dir = Path(params_dir)
-    path = Path(name) if name.endswith((".yaml", ".yml")) else params_dir / f"{name}.yaml"
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    path = (Path(os.path.expanduser(name)) if name.endswith((".yaml", ".yml"))
+            else params_dir / f"{name}.yaml")
     values = validate_profile(read_yaml(path), str(path))
     for text in assignments or []:
         key, value = parse_assignment(text)
@@ -466,7 +591,10 @@ def load_profile(
             overrides[f.stem] = validate_override(read_yaml(f), str(f))
     if specimen is not None and values["specimens"] is not None and specimen not in values["specimens"]:
         raise ParamsError(f"{path}: specimen {specimen!r} is not in specimens {values['specimens']}")
-    return Profile(name=path.stem, values=values, overrides=overrides, source=path, specimen=specimen)
+    values = resolve_paths(values, base)
+    overrides = {k: resolve_paths(v, base, sections_only=True) for k, v in overrides.items()}
+    return Profile(name=profile_name(path, params_dir), values=values, overrides=overrides, source=path,
+                   specimen=specimen)
 
 
 def for_specimen(section_params: Mapping, specimen_overrides: Mapping, specimen: str) -> dict:

@@ -147,11 +147,46 @@ def selected_rows(n_rows: int, stride: int, max_frames: int | None) -> np.ndarra
     return rows
 
 
-def _read_image_or_none(path: Path):
+def _read_image_or_none(path: Path, shape: tuple[int, int] | None = None):
+    """``(image, None)``, or ``(None, message)`` for a missing, unreadable or wrongly sized image.
+
+    Parameters
+    ----------
+    shape : the record's (H, W) (:func:`record_image_shape`); an image of
+        another size is refused with its file named, so that one odd frame
+        is reported as ``bad_image`` instead of breaking its chunk.
+    """
     try:
-        return dataset.read_image(path), None
+        img = dataset.read_image(path)
     except DatasetError as exc:
         return None, str(exc)
+    if shape is not None and img.shape != tuple(shape):
+        h, w = img.shape
+        return None, (f"{path}: image size {w}x{h} (W x H) differs from its record's {shape[1]}x{shape[0]}"
+                      " (the size of most of its frames)")
+    return img, None
+
+
+def record_image_shape(rec: dataset.Record, timestamps: Iterable[int]) -> list[int] | None:
+    """The (H, W) that most of these frames' images have (PNG headers only), or None if none is readable.
+
+    Ties go to the size met first along the sweep. Unreadable files are
+    ignored here; they are reported per frame when labelled.
+    """
+    from PIL import Image
+
+    counts: dict[tuple[int, int], int] = {}
+    for ts in timestamps:
+        try:
+            with Image.open(rec.image_path(int(ts))) as im:
+                w, h = im.size
+        except (OSError, ValueError, SyntaxError):
+            continue
+        counts[(h, w)] = counts.get((h, w), 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return list(next(k for k, v in counts.items() if v == best))
 
 
 # ----------------------------------------------------------------------------- measuring on the twin
@@ -210,7 +245,7 @@ def label_chunk(task: Mapping[str, Any]) -> str:
             row.update(status="bad_pose", message=f"{rec.tracking_csv} row {row_no + 1}: pose is not finite")
             rows.append(row)
             continue
-        img, err = _read_image_or_none(rec.image_path(ts))
+        img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
         if img is None:
             row.update(status="bad_image", message=err)
             rows.append(row)
@@ -280,6 +315,9 @@ def _points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.nd
 def _write_chunk(path: Path, key: str, rows: list[dict], masks: dict) -> None:
     ts = np.array(sorted(masks), dtype=np.int64)
     shape = next(iter(masks.values()))[0].shape if masks else (0, 0)
+    odd = [int(t) for t in ts if masks[t][0].shape != shape]
+    if odd:  # label_chunk validates image sizes; this is a guard, not a path
+        raise DatasetError(f"{path}: frames {odd} have labels of another size than {shape[::-1]} (W x H)")
     nbytes = (shape[0] * shape[1] + 7) // 8
     full = np.zeros((len(ts), nbytes), np.uint8)
     vis = np.zeros((len(ts), nbytes), np.uint8)
@@ -321,7 +359,7 @@ def lambda_task(task: Mapping[str, Any]) -> list[dict]:
     points, _ = load_cloud(task["cloud"])
     rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
     ts = int(task["timestamp"])
-    img, err = _read_image_or_none(rec.image_path(ts))
+    img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
     if img is None:
         return []
     pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
@@ -364,13 +402,12 @@ def registration_task(task: Mapping[str, Any]) -> dict:
         prm = np.asarray(prm, float)
         if not np.isfinite(prm).all():
             continue
-        img, _ = _read_image_or_none(rec.image_path(ts))
+        img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
         if img is not None:
             images.append(img)
             poses.append(geometry.pose_from_params(prm))
     if not images:
-        return {"transform": np.eye(4).tolist(), "n_frames": 0, "similarity_initial": np.nan,
-                "similarity_registered": np.nan, "mean_displacement_mm": 0.0, "seconds": 0.0}
+        return empty_registration()
     reg = registration.register_sweep(
         images, np.array(poses), calib, spacing, points, gamma_mm=P["gamma_mm"],
         bound_deg=P["registration_bound_deg"], bound_mm=P["registration_bound_mm"], popsize=P["popsize"],
@@ -378,7 +415,82 @@ def registration_task(task: Mapping[str, Any]) -> dict:
         region=P["objective_region"])
     out = asdict(reg)
     out["transform"] = reg.transform.tolist()
+    out["status"] = "registered"
     return atomic._to_jsonable(out)
+
+
+#: Float fields of a registration result; JSON stores NaN as ``null``.
+_REGISTRATION_FLOATS = ("similarity_initial", "similarity_registered", "mean_displacement_mm", "seconds")
+
+
+def empty_registration() -> dict:
+    """The registration result of a record with no usable frame: the identity, well-formed.
+
+    Same keys and types as a real result, ``status`` ``"no_frames"``: the
+    identity correction (``mean_displacement_mm`` 0), and NaN where nothing
+    was measured (similarities, centre). A cache stores NaN as ``null``;
+    :func:`normalize_registration` reads it back as NaN, so ``np.nanmean``
+    over records skips such a record instead of failing on ``None``.
+    """
+    nan = float("nan")
+    return {"transform": np.eye(4).tolist(), "x": [0.0] * 6, "centre": [nan] * 3, "similarity_initial": nan,
+            "similarity_registered": nan, "n_frames": 0, "mean_displacement_mm": 0.0, "seconds": 0.0,
+            "status": "no_frames"}
+
+
+def normalize_registration(result: Any) -> dict | None:
+    """A registration result as the rest of the stage expects it, or None if it is unusable.
+
+    Tolerates what a cache may hold: ``null`` (or NaN) numbers become NaN
+    floats, missing optional keys get defaults, an older result without
+    ``status`` gets one. Returns None (recompute) when the result is not a
+    mapping or its ``transform`` is not a finite 4x4 matrix.
+    """
+    if not isinstance(result, Mapping):
+        return None
+    try:
+        g = np.asarray(result.get("transform"), dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if g.shape != (4, 4) or not np.isfinite(g).all():
+        return None
+    out = dict(empty_registration())
+    out.update({k: v for k, v in result.items()})
+    out["transform"] = g.tolist()
+    for k in _REGISTRATION_FLOATS:
+        v = out.get(k)
+        try:
+            out[k] = float(v) if v is not None else float("nan")
+        except (TypeError, ValueError):
+            out[k] = float("nan")
+    for k, n in (("x", 6), ("centre", 3)):
+        v = out.get(k)
+        try:
+            arr = np.array([np.nan if e is None else e for e in v], dtype=float) if v is not None else None
+        except (TypeError, ValueError):
+            arr = None
+        out[k] = arr.tolist() if arr is not None and arr.shape == (n,) else [float("nan")] * n
+    try:
+        out["n_frames"] = int(out.get("n_frames") or 0)
+    except (TypeError, ValueError):
+        out["n_frames"] = 0
+    if result.get("status") not in ("registered", "no_frames"):
+        out["status"] = "registered" if out["n_frames"] else "no_frames"
+    return out
+
+
+def read_registration(path: Path | str, key: str) -> dict | None:
+    """A cached ``registration.json`` made with ``key``, normalised; None when missing, stale or unusable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, Mapping) or data.get("key") != key:
+        return None
+    return normalize_registration(data.get("result"))
 
 
 # ----------------------------------------------------------------------------- lambda selection
@@ -446,11 +558,16 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     -------
     dict with ``report`` (DataFrame, one row per labelled frame of every
     record, whatever its status), ``lambda``, ``lambda_table`` (DataFrame or
-    None), ``registrations`` (record key -> dict) and ``calibration``.
+    None), ``registrations`` (record key -> dict, see :func:`normalize_registration`;
+    a record with no usable frame gets :func:`empty_registration`), ``calibration``
+    and ``skipped_inputs`` (folders of the dataset that are not specimens or
+    records: ``[{"path", "reason"}]``, also warned about and kept in
+    ``report.attrs`` for :func:`summarize`).
     """
     from tqdm.auto import tqdm  # noqa: F401  (progress bars in executor)
 
-    specs = dataset.discover(paths.dataset, specimens)
+    specs, skipped = dataset.scan(paths.dataset, specimens)
+    dataset.warn_skipped(paths.dataset, skipped)
     if only_specimen is not None:
         specs = [s for s in specs if s.name == only_specimen]
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
@@ -466,12 +583,14 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
                     for s in specs}
 
     records = []  # (specimen, record, table, rows)
+    shapes = {}  # record key -> the (H, W) most of its labelled frames have
     for s in specs:
         for rec in s.records:
             tab = _record_tracking(rec)
             Ps = spec_params[s.name]
             rows = selected_rows(len(tab), Ps["frame_stride"], Ps["max_frames_per_record"])
             records.append((s, rec, tab, rows))
+            shapes[rec.key] = record_image_shape(rec, tab.loc[rows, "timestamp"])
 
     def truth_dir(rec):
         if not use_truth:
@@ -491,7 +610,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             lam = float(P["lambda_value"])
         else:
             lam, lam_table = _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks,
-                                            use_truth, seed)
+                                            use_truth, seed, shapes)
         # 2. global registration, one per record
         regs = {}
         reg_tasks, reg_keys = [], []
@@ -500,16 +619,18 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             n_reg = min(spec_params[s.name]["registration_frames"], len(ok))
             pick = ok[np.unique(np.linspace(0, len(ok) - 1, n_reg).round().astype(int))] if len(ok) else ok
             task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
-                        record_dir=str(rec.path), cloud=clouds[s.name],
+                        record_dir=str(rec.path), cloud=clouds[s.name], image_shape=shapes[rec.key],
                         timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
             key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"}, "src": source_hash()})
             f = cache / rec.key / "registration.json"
-            if f.is_file() and json.loads(f.read_text()).get("key") == key:
-                regs[rec.key] = json.loads(f.read_text())["result"]
+            cached = read_registration(f, key)
+            if cached is not None:
+                regs[rec.key] = cached
             else:
                 reg_tasks.append(task)
                 reg_keys.append((rec.key, f, key))
         for (rkey, f, key), result in zip(reg_keys, run_tasks(registration_task, reg_tasks, "registration")):
+            result = normalize_registration(result) or empty_registration()
             atomic.write_json(f, {"key": key, "result": result})
             regs[rkey] = result
         # 3. frames, in chunks
@@ -521,7 +642,8 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
                 part = rows[c0:c0 + size]
                 task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
                             record_dir=str(rec.path), cloud=clouds[s.name], label_cloud=label_clouds[s.name],
-                            truth_dir=truth_dir(rec), timestamps=tab.loc[part, "timestamp"].tolist(),
+                            truth_dir=truth_dir(rec), image_shape=shapes[rec.key],
+                            timestamps=tab.loc[part, "timestamp"].tolist(),
                             poses=frame_poses(tab, part), rows=part.tolist(), registration=regs[rec.key]["transform"],
                             **{"lambda": lam})
                 key = params_hash({"task": {k: v for k, v in task.items() if k not in ("record_dir", "truth_dir")},
@@ -541,11 +663,13 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     for s, rec, tab, rows in records:
         reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
+    report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return {"report": report, "lambda": lam, "lambda_table": lam_table, "registrations": regs,
-            "calibration": (calib, spacing)}
+            "calibration": (calib, spacing), "skipped_inputs": dataset.skipped_inputs(skipped)}
 
 
-def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks, use_truth, seed):
+def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks, use_truth, seed,
+                   shapes=None):
     """Sample frames over the dataset and score every candidate lambda (cached)."""
     rng = np.random.default_rng(seed)
     pool = [(s, rec, tab, int(r)) for s, rec, tab, rows in records for r in rows
@@ -556,6 +680,7 @@ def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_
         s, rec, tab, r = pool[j]
         tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), cloud=clouds[s.name],
                           truth_dir=truth_dir(rec), timestamp=int(tab.loc[r, "timestamp"]),
+                          image_shape=(shapes or {}).get(rec.key),
                           pose=tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist(),
                           lambdas=list(P["lambdas"])))
     key = params_hash({"tasks": [{k: v for k, v in t.items() if k not in ("record_dir", "truth_dir")}
@@ -628,14 +753,19 @@ def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
 # ----------------------------------------------------------------------------- metrics
 
 
-def summarize(report: pd.DataFrame) -> dict:
+def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) -> dict:
     """The notebook's metrics from the per-frame report (keys of issue 5).
 
     ``label_error_mm`` is measured on the kept frames (each method's full label
     against the true full label, mean distance in mm), so the three methods are
-    compared on the same frames.
+    compared on the same frames. ``skipped_inputs`` (unrecognised dataset
+    folders) comes from the argument or, by default, from ``report.attrs``
+    as :func:`run` leaves it; ``skipped_frames`` lists each frame reported
+    ``bad_image`` or ``bad_pose`` with its message.
     """
     rep = report
+    if skipped_inputs is None:
+        skipped_inputs = report.attrs.get("skipped_inputs", [])
     valid = rep[rep["status"].isin(["kept", "discarded"])]
     kept = rep[rep["status"] == "kept"]
     out: dict[str, Any] = {
@@ -646,7 +776,12 @@ def summarize(report: pd.DataFrame) -> dict:
         "discarded_for_correction": int(valid["message"].fillna("").str.startswith("mean fiducial").sum()),
         "discarded_for_shrinking": int(valid["message"].fillna("").str.startswith("label shrank").sum()),
         "seconds_per_frame": float(valid["seconds_optimize"].mean()) if len(valid) else float("nan"),
+        "skipped_inputs": list(skipped_inputs),
     }
+    bad = rep[rep["status"].isin(["bad_image", "bad_pose"])]
+    out["skipped_frames"] = [
+        {k: (int(r[k]) if k == "timestamp" else r[k]) for k in ("specimen", "record", "timestamp", "status", "message")
+         if k in r.index} for _, r in bad.iterrows()]
     if "error_optimized_mm" in rep.columns and len(kept):
         err = {}
         for m in ("initial", "registered", "optimized"):

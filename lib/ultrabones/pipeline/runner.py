@@ -138,6 +138,63 @@ def execute(
     return output
 
 
+#: Per-frame statuses that mean a frame was used; every other status counts as skipped.
+USED_STATUSES = ("kept", "ok", "done")
+
+
+def skip_summary(metrics: Mapping[str, Any], stem: str = "", max_items: int = 5) -> list[str]:
+    """Lines saying how many frames a stage skipped and why, from its metrics dict.
+
+    Reads, where present: ``status_counts`` (status -> frames; statuses other
+    than :data:`USED_STATUSES` are skips), ``skipped_frames`` (the first
+    ``max_items`` messages) and ``skipped_inputs`` (unrecognised dataset
+    folders). Returns no line when the stage reports none of these or
+    skipped nothing.
+    """
+    lines = []
+    head = f"{stem}: " if stem else ""
+    counts = metrics.get("status_counts")
+    if isinstance(counts, Mapping) and counts:
+        try:
+            counts = {str(k): int(v) for k, v in counts.items()}
+        except (TypeError, ValueError):
+            counts = {}
+        total = sum(counts.values())
+        skipped = {k: v for k, v in counts.items() if k not in USED_STATUSES and v > 0}
+        if skipped:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]))
+            lines.append(f"{head}{sum(skipped.values())} of {total} frames skipped: {why}")
+    frames = metrics.get("skipped_frames")
+    if isinstance(frames, list) and frames:
+        for item in frames[:max_items]:
+            if isinstance(item, Mapping):
+                where = "/".join(str(item[k]) for k in ("specimen", "record", "timestamp") if k in item)
+                lines.append(f"  {item.get('status', 'skipped')} {where}: {item.get('message', '')}".rstrip())
+        if len(frames) > max_items:
+            lines.append(f"  ... and {len(frames) - max_items} more (see the metrics file)")
+    inputs = metrics.get("skipped_inputs")
+    if isinstance(inputs, list) and inputs:
+        lines.append(f"{head}{len(inputs)} input folder(s) not recognised and skipped:")
+        for item in inputs[:max_items]:
+            if isinstance(item, Mapping):
+                lines.append(f"  {item.get('path')}: {item.get('reason')}")
+        if len(inputs) > max_items:
+            lines.append(f"  ... and {len(inputs) - max_items} more (see the metrics file)")
+    return lines
+
+
+def report_skips(metrics_file: Path, stem: str = "") -> list[str]:
+    """Print :func:`skip_summary` of a metrics JSON to stderr; return the lines (none for an unreadable file)."""
+    try:
+        data = json.loads(Path(metrics_file).read_text())
+    except (OSError, ValueError):
+        return []
+    lines = skip_summary(data, stem) if isinstance(data, Mapping) else []
+    for line in lines:
+        print(f"[ultrabones] {line}", file=sys.stderr, flush=True)
+    return lines
+
+
 def stage_parameters(
     stem: str, profile: str, specimen: str | None = None, assignments: list[str] | None = None
 ) -> tuple[dict, Paths]:
@@ -184,6 +241,7 @@ def run_stage(
     if not metrics.exists() or (before is not None and metrics.stat().st_mtime <= before):
         raise NotebookError(f"{notebook.name} finished but did not write {metrics}")
     print(f"[ultrabones] {stem} done in {time.time() - t0:.1f} s -> {metrics}", file=sys.stderr, flush=True)
+    report_skips(metrics, stem)
     if stamp is not None:
         stamp = Path(stamp)
         stamp.parent.mkdir(parents=True, exist_ok=True)

@@ -541,12 +541,16 @@ def train_fold(
         warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*overridden `on_(before|after)_batch_transfer`.*")
+        resume_from = None
+        if P["resume"] and last.is_file():
+            load_lightning_checkpoint(last, run_dir)  # a corrupt file: a clear error before Lightning's
+            resume_from = str(last)
         trainer.fit(model, datamodule=_datamodule(train_ds, val_ds, P["batch_size"], P["num_workers"], seed),
-                    ckpt_path=str(last) if (P["resume"] and last.is_file()) else None)
+                    ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - t0
     best_path = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
     history = read_history(run_dir)
-    lckpt = torch.load(best_path, map_location="cpu", weights_only=False)  # our own Lightning file
+    lckpt = load_lightning_checkpoint(best_path, run_dir)
     state = {k[len("model."):]: v for k, v in lckpt["state_dict"].items() if k.startswith("model.")}
     epoch = int(lckpt["epoch"])
     row = history[history["epoch"] == epoch]
@@ -575,6 +579,40 @@ def train_fold(
     out = save_checkpoint(run_dir / "best.ckpt", state, metadata)
     return FoldResult(fold, split, out, history, metadata, len(train_ds), len(val_ds), metadata["device"],
                       seconds, run_dir)
+
+
+def load_lightning_checkpoint(path: Path | str, run_dir: Path | str | None = None) -> dict:
+    """Load one of this project's own Lightning checkpoints with ``weights_only=True``.
+
+    Parameters
+    ----------
+    path : a ``.ckpt`` written by :func:`train_fold` (``last.ckpt`` or the best).
+    run_dir : the training run's folder, named in the message as what to delete.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing, truncated or otherwise unreadable (for example
+        ``PytorchStreamReader failed reading zip archive`` after a killed
+        write), or holds more than tensors and plain data. The message names
+        the file and how to start fresh.
+    """
+    path = Path(path)
+    fresh = (f"to start fresh, delete {run_dir if run_dir is not None else path}"
+             " or rerun with -p training.resume=false")
+    if not path.is_file():
+        raise DatasetError(f"{path}: checkpoint not found; {fresh}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DatasetError(f"{path}: checkpoint holds objects other than tensors and plain data, refused "
+                           f"({str(exc).splitlines()[0][:160]}); {fresh}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DatasetError(f"{path}: corrupt or truncated checkpoint ({first}); {fresh}") from None
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise DatasetError(f"{path}: not a Lightning checkpoint (no state_dict); {fresh}")
+    return obj
 
 
 def train(
