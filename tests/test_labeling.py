@@ -336,14 +336,14 @@ def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
 
     shutil.rmtree(paths.truth)  # as on real data: nothing is measured, the frames are only labelled
     P = dict(PARAMS, lambda_value=0.1, chunk_size=4)  # the odd frame shares a chunk with good ones
-    out = labeling_run.run(paths, P, seed=0)
+    out = batch.run(paths, P, seed=0)
     rep = out["report"].set_index("timestamp")
     assert rep.loc[ts[1], "status"] == "bad_image"
     msg = rep.loc[ts[1], "message"]
     assert str(odd) in msg and "200x180" in msg and "128x100" in msg
     assert (rep.drop(index=ts[1])["status"] != "bad_image").all()
     assert (rep["status"] == "kept").sum() >= 1
-    m = labeling_run.summarize(out["report"])
+    m = batch.summarize(out["report"])
     assert m["status_counts"]["bad_image"] == 1
     assert m["skipped_frames"] == [{"specimen": "specimen01", "record": "record01", "timestamp": int(ts[1]),
                                     "status": "bad_image", "message": msg}]
@@ -354,9 +354,9 @@ def test_record_image_shape_is_the_most_common_size(tmp_path):
     for t, shape in [(1, (10, 12)), (2, (8, 9)), (3, (10, 12)), (4, (8, 9)), (5, (10, 12))]:
         dataset.write_image(rec.image_path(t), np.zeros(shape, np.uint8))
     rec.image_path(6).write_bytes(b"not a png")
-    assert labeling_run.record_image_shape(rec, [1, 2, 3, 4, 5, 6]) == [10, 12]
-    assert labeling_run.record_image_shape(rec, [2, 1]) == [8, 9]  # a tie goes to the first met
-    assert labeling_run.record_image_shape(rec, [6, 7]) is None
+    assert batch.record_image_shape(rec, [1, 2, 3, 4, 5, 6]) == [10, 12]
+    assert batch.record_image_shape(rec, [2, 1]) == [8, 9]  # a tie goes to the first met
+    assert batch.record_image_shape(rec, [6, 7]) is None
 
 
 def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
@@ -375,8 +375,8 @@ def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
     def mean_similarity(regs):  # what notebook 02 computes from the registrations
         return float(np.nanmean([r["similarity_initial"] for r in regs.values()]))
 
-    first = labeling_run.run(paths, P, seed=0)
-    again = labeling_run.run(paths, P, seed=0)  # the rerun reads the cached null
+    first = batch.run(paths, P, seed=0)
+    again = batch.run(paths, P, seed=0)  # the rerun reads the cached null
     assert mean_similarity(again["registrations"]) == pytest.approx(mean_similarity(first["registrations"]))
     empty = first["registrations"]["specimen01/record02"]
     assert empty["status"] == "no_frames" and empty["n_frames"] == 0
@@ -391,29 +391,29 @@ def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
     data["result"] = {"transform": np.eye(4).tolist(), "n_frames": 0, "similarity_initial": None,
                       "similarity_registered": None, "mean_displacement_mm": 0.0, "seconds": 0.0}
     f.write_text(json.dumps(data))
-    third = labeling_run.run(paths, P, seed=0)
+    third = batch.run(paths, P, seed=0)
     reg = third["registrations"]["specimen01/record02"]
     assert reg["status"] == "no_frames" and np.isnan(reg["similarity_registered"])
     assert np.isfinite(mean_similarity(third["registrations"]))
     # an unreadable or malformed cache is recomputed, not fatal
     f.write_text("{not json")
-    assert labeling_run.run(paths, P, seed=0)["registrations"]["specimen01/record02"]["status"] == "no_frames"
+    assert batch.run(paths, P, seed=0)["registrations"]["specimen01/record02"]["status"] == "no_frames"
     data["result"] = None
     f.write_text(json.dumps(data))
-    assert labeling_run.run(paths, P, seed=0)["registrations"]["specimen01/record02"]["status"] == "no_frames"
+    assert batch.run(paths, P, seed=0)["registrations"]["specimen01/record02"]["status"] == "no_frames"
     assert (third["report"]["record"] == "record02").sum() == 3
     assert (third["report"].query("record == 'record02'")["status"] == "bad_image").all()
 
 
 def test_normalize_registration_known_answers():
-    assert labeling_run.normalize_registration(None) is None
-    assert labeling_run.normalize_registration({"transform": [[1, 2]]}) is None
-    assert labeling_run.normalize_registration({"transform": np.full((4, 4), np.nan).tolist()}) is None
-    r = labeling_run.normalize_registration({"transform": np.eye(4).tolist(), "similarity_initial": None,
+    assert batch.normalize_registration(None) is None
+    assert batch.normalize_registration({"transform": [[1, 2]]}) is None
+    assert batch.normalize_registration({"transform": np.full((4, 4), np.nan).tolist()}) is None
+    r = batch.normalize_registration({"transform": np.eye(4).tolist(), "similarity_initial": None,
                                              "n_frames": 2, "centre": [1, None, 3]})
     assert r["status"] == "registered" and np.isnan(r["similarity_initial"]) and r["n_frames"] == 2
     assert r["centre"][0] == 1.0 and np.isnan(r["centre"][1]) and len(r["x"]) == 6
-    assert labeling_run.normalize_registration(labeling_run.empty_registration())["status"] == "no_frames"
+    assert batch.normalize_registration(batch.empty_registration())["status"] == "no_frames"
 
 
 def test_unrecognised_folders_are_warned_about_and_in_the_metrics(tmp_path):
@@ -421,9 +421,9 @@ def test_unrecognised_folders_are_warned_about_and_in_the_metrics(tmp_path):
     bad = paths.dataset / "specimen01" / "record02"
     (bad / "ultrasoundimages").mkdir(parents=True)  # misnamed: not a record
     with pytest.warns(UserWarning, match="not recognised"):
-        out = labeling_run.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
+        out = batch.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
     assert out["skipped_inputs"] == [{"path": str(bad), "reason": dataset._NOT_A_RECORD}]
-    assert labeling_run.summarize(out["report"])["skipped_inputs"] == out["skipped_inputs"]
+    assert batch.summarize(out["report"])["skipped_inputs"] == out["skipped_inputs"]
 
 
 def test_run_resumes_after_a_kill_every_frame_once(tmp_path):

@@ -218,7 +218,7 @@ def test_every_path_valued_key_is_resolved():
 
 
 def test_profile_outside_params_gets_its_own_build_folder(pdir, tmp_path):
-    from ultrabones.paths import Paths
+    from ultrabones.core.paths import Paths
 
     assert P.load_profile("smoke", pdir).name == "smoke"
     assert P.load_profile(str(pdir / "smoke.yaml"), pdir).name == "smoke"

@@ -57,7 +57,7 @@ def test_cli_reports_one_line_error(capsys):
 
 def test_injected_paths_are_absolute_from_the_command_directory(tmp_path, monkeypatch):
     """A relative data_root typed by the user must not be read from notebooks/ (papermill's cwd)."""
-    from ultrabones.paths import PARAMS_DIR
+    from ultrabones.core.paths import PARAMS_DIR
 
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(tmp_path / "build"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -192,36 +192,13 @@ def record_image_shape(rec: dataset.Record, timestamps: Iterable[int]) -> list[i
 # ----------------------------------------------------------------------------- measuring on the twin
 
 
-def _truth_labels(truth_dir: Path | None, ts: int, shape) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if truth_dir is None:
-        return None, None
-    rec = dataset.Record("", "", Path(truth_dir))
-    out = []
-    for kind in (dataset.LABELS_FULL, dataset.LABELS):
-        f = rec.label_path(ts, kind)
-        out.append(dataset.read_label(f, shape) if f.is_file() else None)
-    return out[0], out[1]
-
-
-def _errors(masks: Mapping[str, np.ndarray | None], truth_full, truth_vis, visible, spacing, tol_mm) -> dict:
-    row: dict[str, Any] = {}
-    for name, m in masks.items():
-        row[f"error_{name}_mm"] = (frame.label_distance_mm(m, truth_full, spacing)
-                                   if m is not None and truth_full is not None else np.nan)
-    prec = rec = np.nan
-    if visible is not None and truth_vis is not None:
-        prec, rec = frame.precision_recall(visible, truth_vis, spacing, tol_mm)
-    row["visible_precision"], row["visible_recall"] = prec, rec
-    return row
-
-
 # ----------------------------------------------------------------------------- tasks
 
 
 def label_chunk(task: Mapping[str, Any]) -> str:
     """Label one chunk of frames and write its result file (a Dask task).
 
-    ``task`` holds plain data: record folder, truth folder (or None), the rows'
+    ``task`` holds plain data: record folder, the rows'
     timestamps and initial pose parameters, calibration, the registration
     correction, the cloud file, lambda, the section parameters, the seed, the
     output file and its key. Returns the output file's path.
@@ -235,7 +212,6 @@ def label_chunk(task: Mapping[str, Any]) -> str:
     dense, dense_normals = load_cloud(task["label_cloud"])
     g = np.asarray(task["registration"], float)
     rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
-    truth_dir = Path(task["truth_dir"]) if task["truth_dir"] else None
     rows, masks = [], {}
     for ts, prm, row_no in zip(task["timestamps"], task["poses"], task["rows"]):
         t0 = time.process_time()
@@ -281,10 +257,6 @@ def label_chunk(task: Mapping[str, Any]) -> str:
             has_optimized=bool(full_opt is not None and full_opt.any()),
             generations=res.nfev, seconds_optimize=res.seconds,
         )
-        if truth_dir is not None:
-            tf, tv = _truth_labels(truth_dir, ts, img.shape)
-            row.update(_errors({"initial": full_init, "registered": full_reg, "optimized": full_opt},
-                               tf, tv, vis, spacing, P["precision_tolerance_mm"]))
         row["seconds_total"] = time.process_time() - t0
         rows.append(row)
     _write_chunk(Path(task["out"]), task["key"], rows, masks)
@@ -367,11 +339,6 @@ def lambda_task(task: Mapping[str, Any]) -> list[dict]:
                                       region=P["objective_region"])
     if obj.n_points == 0:
         return []
-    truth_full = None
-    if task["truth_dir"]:
-        truth_full, _ = _truth_labels(Path(task["truth_dir"]), ts, img.shape)
-    full_init = obj.mask()
-    err_init = frame.label_distance_mm(full_init, truth_full, spacing) if truth_full is not None else np.nan
     out = []
     for lam in task["lambdas"]:
         res = frame.optimize_frame(
@@ -381,12 +348,10 @@ def lambda_task(task: Mapping[str, Any]) -> list[dict]:
             min_label_fraction=P["min_label_fraction"], objective=obj)
         if res.status == "no_bone":
             continue
-        err_opt = (frame.label_distance_mm(obj.mask(res.x), truth_full, spacing)
-                   if truth_full is not None else np.nan)
         out.append({"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "lambda": lam,
                     "status": res.status, "correction_mm": res.correction_mm,
                     "intensity_initial": res.intensity_initial, "intensity_optimized": res.intensity_optimized,
-                    "error_initial_mm": err_init, "error_optimized_mm": err_opt})
+                    "x": [float(v) for v in res.x], "image_shape": list(img.shape)})
     return out
 
 
@@ -496,35 +461,27 @@ def read_registration(path: Path | str, key: str) -> dict | None:
 # ----------------------------------------------------------------------------- lambda selection
 
 
-def choose_lambda(trials: pd.DataFrame, use_truth: bool) -> tuple[float, pd.DataFrame]:
-    """Pick lambda from per-frame trials (rows of :func:`lambda_task`).
+def choose_lambda(trials: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """Pick lambda from per-frame trials (rows of :func:`lambda_task`), from the images alone.
 
     Each candidate is scored on the labels it would deliver: a kept frame
     delivers its optimised label, a discarded frame falls back to its initial
-    one (so a lambda that over-corrects gains nothing from the frames it loses).
-
-    - Twin (``use_truth``): the mean true label error (mm) of the delivered
-      labels; the smallest wins.
-    - Real data (the proxy): the mean image intensity on the delivered labels'
-      ``I_t``; the largest wins.
+    one. The score is the mean image intensity on the delivered labels' ``I_t``;
+    the largest wins.
 
     Returns
     -------
-    lam, and a table by lambda: ``error_mm``, ``proxy_intensity``, ``discard_rate``,
+    lam, and a table by lambda: ``proxy_intensity``, ``discard_rate``,
     ``mean_correction_mm``, ``n_frames``.
     """
     t = trials.copy()
     kept = t["status"] == "kept"
-    t["delivered_error"] = np.where(kept, t["error_optimized_mm"], t["error_initial_mm"])
     t["delivered_intensity"] = np.where(kept, t["intensity_optimized"], t["intensity_initial"])
     table = t.groupby("lambda").agg(
-        error_mm=("delivered_error", "mean"), proxy_intensity=("delivered_intensity", "mean"),
+        proxy_intensity=("delivered_intensity", "mean"),
         discard_rate=("status", lambda s: float((s == "discarded").mean())),
         mean_correction_mm=("correction_mm", "mean"), n_frames=("timestamp", "size")).reset_index()
-    if use_truth and table["error_mm"].notna().any():
-        lam = float(table.loc[table["error_mm"].idxmin(), "lambda"])
-    else:
-        lam = float(table.loc[table["proxy_intensity"].idxmax(), "lambda"])
+    lam = float(table.loc[table["proxy_intensity"].idxmax(), "lambda"])
     return lam, table
 
 
@@ -543,7 +500,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
 
     Parameters
     ----------
-    paths : the run's paths (dataset at ``paths.dataset``, truth at ``paths.truth`` on the twin).
+    paths : the run's paths (dataset at ``paths.dataset``). Nothing here reads the twin's truth.
     P : the validated ``labeling`` section.
     specimens : specimen folders (None: all in the dataset).
     seed : master seed.
@@ -571,7 +528,6 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     if only_specimen is not None:
         specs = [s for s in specs if s.name == only_specimen]
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
-    use_truth = paths.is_twin and paths.truth.is_dir()
     cache = paths.cache(STEM)
     P = dict(P)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": seed}
@@ -592,25 +548,19 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             records.append((s, rec, tab, rows))
             shapes[rec.key] = record_image_shape(rec, tab.loc[rows, "timestamp"])
 
-    def truth_dir(rec):
-        if not use_truth:
-            return None
-        d = paths.truth / rec.specimen / (rec.bone or "") / rec.name
-        return str(d) if d.is_dir() else None
-
     def frame_poses(tab, rows):
         return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
 
     with executor(P["executor"], dask_scheduler, n_workers) as run_tasks:
         # 1. lambda
-        lam_table = None
+        lam_table = trials = None
         if lambda_override is not None:
             lam = float(lambda_override)
         elif P["lambda_value"] is not None:
             lam = float(P["lambda_value"])
         else:
-            lam, lam_table = _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks,
-                                            use_truth, seed, shapes)
+            lam, lam_table, trials = _select_lambda(paths, P, records, clouds, base, frame_poses, run_tasks, seed,
+                                                    shapes)
         # 2. global registration, one per record
         regs = {}
         reg_tasks, reg_keys = [], []
@@ -642,11 +592,11 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
                 part = rows[c0:c0 + size]
                 task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
                             record_dir=str(rec.path), cloud=clouds[s.name], label_cloud=label_clouds[s.name],
-                            truth_dir=truth_dir(rec), image_shape=shapes[rec.key],
+                            image_shape=shapes[rec.key],
                             timestamps=tab.loc[part, "timestamp"].tolist(),
                             poses=frame_poses(tab, part), rows=part.tolist(), registration=regs[rec.key]["transform"],
                             **{"lambda": lam})
-                key = params_hash({"task": {k: v for k, v in task.items() if k not in ("record_dir", "truth_dir")},
+                key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"},
                                    "src": source_hash()})
                 out = cache / rec.key / f"chunk_{c0 // size:04d}.npz"
                 task.update(out=str(out), key=key)
@@ -664,11 +614,11 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
         reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
-    return {"report": report, "lambda": lam, "lambda_table": lam_table, "registrations": regs,
+    return {"report": report, "lambda": lam, "lambda_table": lam_table, "lambda_trials": trials, "registrations": regs,
             "calibration": (calib, spacing), "skipped_inputs": dataset.skipped_inputs(skipped)}
 
 
-def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_tasks, use_truth, seed,
+def _select_lambda(paths, P, records, clouds, base, frame_poses, run_tasks, seed,
                    shapes=None):
     """Sample frames over the dataset and score every candidate lambda (cached)."""
     rng = np.random.default_rng(seed)
@@ -679,11 +629,11 @@ def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_
     for j in sorted(pick):
         s, rec, tab, r = pool[j]
         tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), cloud=clouds[s.name],
-                          truth_dir=truth_dir(rec), timestamp=int(tab.loc[r, "timestamp"]),
+                          timestamp=int(tab.loc[r, "timestamp"]),
                           image_shape=(shapes or {}).get(rec.key),
                           pose=tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist(),
                           lambdas=list(P["lambdas"])))
-    key = params_hash({"tasks": [{k: v for k, v in t.items() if k not in ("record_dir", "truth_dir")}
+    key = params_hash({"tasks": [{k: v for k, v in t.items() if k != "record_dir"}
                                  for t in tasks], "src": source_hash()})
     f = paths.cache(STEM) / "lambda_trials.json"
     if f.is_file() and json.loads(f.read_text()).get("key") == key:
@@ -693,12 +643,9 @@ def _select_lambda(paths, P, records, clouds, base, truth_dir, frame_poses, run_
         atomic.write_json(f, {"key": key, "rows": rows})
     trials = pd.DataFrame(rows)
     if trials.empty:
-        return float(P["lambdas"][0]), None
-    trials = trials.astype({"error_initial_mm": float, "error_optimized_mm": float})
-    lam, table = choose_lambda(trials, use_truth)
-    _, proxy_table = choose_lambda(trials, use_truth=False)
-    table["proxy_choice"] = float(proxy_table.loc[proxy_table["proxy_intensity"].idxmax(), "lambda"])
-    return lam, table
+        return float(P["lambdas"][0]), None, None
+    lam, table = choose_lambda(trials)
+    return lam, table, trials
 
 
 def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
@@ -754,14 +701,12 @@ def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
 
 
 def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) -> dict:
-    """The notebook's metrics from the per-frame report (keys of issue 5).
+    """The notebook's metrics from the per-frame report: what a user sees without any truth.
 
-    ``label_error_mm`` is measured on the kept frames (each method's full label
-    against the true full label, mean distance in mm), so the three methods are
-    compared on the same frames. ``skipped_inputs`` (unrecognised dataset
-    folders) comes from the argument or, by default, from ``report.attrs``
-    as :func:`run` leaves it; ``skipped_frames`` lists each frame reported
-    ``bad_image`` or ``bad_pose`` with its message.
+    ``skipped_inputs`` (unrecognised dataset folders) comes from the argument or, by default, from
+    ``report.attrs`` as :func:`run` leaves it; ``skipped_frames`` lists each frame reported ``bad_image``
+    or ``bad_pose`` with its message. Errors against the twin's truth are measured separately, on what
+    this stage wrote (:func:`ultrabones.twin.measure.labels`).
     """
     rep = report
     if skipped_inputs is None:
@@ -782,17 +727,6 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
     out["skipped_frames"] = [
         {k: (int(r[k]) if k == "timestamp" else r[k]) for k in ("specimen", "record", "timestamp", "status", "message")
          if k in r.index} for _, r in bad.iterrows()]
-    if "error_optimized_mm" in rep.columns and len(kept):
-        err = {}
-        for m in ("initial", "registered", "optimized"):
-            e = kept[f"error_{m}_mm"].astype(float).dropna()
-            err["registration" if m == "registered" else m] = {
-                "mean": float(e.mean()), "median": float(e.median()), "p95": float(e.quantile(0.95)), "n": int(len(e))}
-        out["label_error_mm"] = err
-        both = kept[["error_initial_mm", "error_optimized_mm"]].astype(float).dropna()
-        out["optimized_better_share"] = float((both["error_optimized_mm"] < both["error_initial_mm"]).mean())
-        out["visible_label_precision"] = float(kept["visible_precision"].astype(float).mean())
-        out["visible_label_recall"] = float(kept["visible_recall"].astype(float).mean())
     return out
 
 
