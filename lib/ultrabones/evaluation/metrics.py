@@ -166,6 +166,110 @@ def directed_distances(src: np.ndarray, dst: np.ndarray, spacing) -> np.ndarray:
     return edt[src[box]]
 
 
+def _run_centres(mask: np.ndarray, max_run_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the runs of ``True`` along each column of ``mask`` no longer than ``max_run_px``.
+
+    Returns
+    -------
+    rows : (n,) float row coordinate of each run's centre (pixel index units,
+        ``(first + last) / 2``); cols : (n,) int column of the run.
+    """
+    m = np.asarray(mask, bool)
+    h = m.shape[0]
+    pad = np.zeros((h + 2, m.shape[1]), bool)
+    pad[1:-1] = m
+    d = np.diff(pad.astype(np.int8), axis=0)  # +1 at a run's first row, -1 after its last
+    sc, ss = np.nonzero(d.T == 1)  # (col, start) sorted by column then row
+    ec, ee = np.nonzero(d.T == -1)
+    length = ee - ss
+    keep = length <= max_run_px
+    return (ss[keep] + ee[keep] - 1) / 2.0, sc[keep]
+
+
+def centre_line_points(label: np.ndarray, spacing, max_run_mm: float = 1.2) -> np.ndarray:
+    """Sub-pixel points (mm, image plane) on the centre line of a band-shaped label.
+
+    A bone label is a band about ``2 gamma`` thick around the bone contour. Its
+    centre line is taken scan line by scan line: every run of label pixels along
+    an image column contributes its centre (the contour crossing that scan
+    line), and so does every run along an image row. A run longer than
+    ``max_run_mm`` runs *along* the band rather than across it (a column run
+    where the contour is steeper than about 60 degrees, a row run where it is
+    flatter than about 30 degrees) and is ignored, so each part of the contour
+    is sampled across its width in at least one direction. For a straight band
+    every kept centre lies on its medial line exactly, which a morphological
+    thinning of a 3-pixel band cannot promise (it snaps to whole pixels); for
+    curved bands the error is below half a pixel. If no run is short enough (a
+    blob thicker than ``max_run_mm`` everywhere), the column-run centres are used.
+
+    Parameters
+    ----------
+    label : (H, W) bool mask.
+    spacing : (sx, sy) mm per pixel.
+    max_run_mm : longest run (mm) still counted as crossing the band.
+
+    Returns
+    -------
+    (n, 2) float array of (x, y) in mm, pixel centres at ``((u + 0.5) sx, (v + 0.5) sy)``;
+    empty for an empty label.
+    """
+    sx, sy = check_spacing(spacing)
+    label = np.asarray(label, bool)
+    if label.ndim != 2:
+        raise DatasetError(f"label: expected a 2-D mask, got shape {label.shape}")
+    if not label.any():
+        return np.zeros((0, 2))
+    v_c, u_c = _run_centres(label, max_run_mm / sy + 1e-9)   # column runs: rows (v) vary
+    u_r, v_r = _run_centres(label.T, max_run_mm / sx + 1e-9)  # row runs: columns (u) vary
+    if len(v_c) + len(u_r) == 0:
+        v_c, u_c = _run_centres(label, np.inf)
+    u = np.concatenate([u_c.astype(float), u_r])
+    v = np.concatenate([v_c, v_r.astype(float)])
+    pts = np.unique(np.c_[(u + 0.5) * sx, (v + 0.5) * sy], axis=0)
+    return pts
+
+
+def contour_distances(label: np.ndarray, truth: np.ndarray, spacing,
+                      max_run_mm: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each centre-line point of ``label`` to the centre line of ``truth``, and back.
+
+    See :func:`centre_line_points`. Empty arrays when either label is empty.
+    """
+    from scipy.spatial import cKDTree
+
+    a = centre_line_points(label, spacing, max_run_mm)
+    b = centre_line_points(truth, spacing, max_run_mm)
+    if not len(a) or not len(b):
+        return np.zeros(0), np.zeros(0)
+    return cKDTree(b).query(a)[0], cKDTree(a).query(b)[0]
+
+
+def contour_error_mm(label: np.ndarray, truth: np.ndarray, spacing, max_run_mm: float = 1.2) -> float:
+    """Contour label error (mm): symmetric mean distance between the centre lines of two labels.
+
+    ``(mean d(label -> truth) + mean d(truth -> label)) / 2`` over the
+    centre-line points of :func:`centre_line_points`. Unlike the mean distance
+    between two bands (whose pixels overlap when the bands are less than a band
+    width apart, so a 0.5 mm offset of a 0.6 mm band reads about 0.3 mm), a
+    contour offset by ``d`` reads ``d``; a contour that is missing in one
+    label counts through the other direction.
+
+    Parameters
+    ----------
+    label, truth : (H, W) bool full labels (method's, true).
+    spacing : (sx, sy) mm per pixel.
+    max_run_mm : see :func:`centre_line_points` (default 1.2 mm: four times gamma = 0.3 mm).
+
+    Returns
+    -------
+    float, mm; NaN when either label is empty.
+    """
+    d_ab, d_ba = contour_distances(label, truth, spacing, max_run_mm)
+    if not len(d_ab):
+        return float("nan")
+    return float((d_ab.mean() + d_ba.mean()) / 2.0)
+
+
 #: Distances within this of a threshold count as equal to it (mm): on a pixel lattice, d = sigma
 #: happens exactly (e.g. 5 pixels of 0.1 mm at 0.5 mm) and float rounding must not decide "<".
 TIE_MM = 1e-9
