@@ -202,3 +202,164 @@ def frames_with_truth(paths: Paths, frames, kind: str = dataset.LABELS) -> list:
     root = truth_dir(paths)
     return [fr for fr in frames
             if (root / fr.record.specimen / fr.record.name / kind / f"{fr.timestamp}_label.png").is_file()]
+
+
+# ----------------------------------------------------------------------------- labels (notebook 02)
+
+
+class _LabelDrawer:
+    """Draws a frame's full label at any pose from the same dense cloud ``C`` as notebook 02's labels."""
+
+    def __init__(self, paths: Paths, gamma_mm: float, density_per_mm2: float, cloud_seed: int):
+        from ultrabones.labels import batch
+
+        self.paths, self.gamma = paths, float(gamma_mm)
+        self.density, self.cloud_seed = float(density_per_mm2), int(cloud_seed)
+        self.calib, self.spacing, _ = dataset.read_calibration(paths.dataset)
+        self._clouds: dict = {}
+        self._batch = batch
+
+    def cloud(self, specimen: str):
+        if specimen not in self._clouds:
+            spec = dataset.read_specimen(self.paths.dataset / specimen)
+            self._clouds[specimen] = self._batch.load_cloud(
+                self._batch.surface_cloud(self.paths, spec, self.density, self.cloud_seed))[0]
+        return self._clouds[specimen]
+
+    def draw(self, specimen: str, shape, poses) -> list[np.ndarray]:
+        """Full labels (H, W) bool of one frame at each pose (4, 4) in ``poses``."""
+        from ultrabones.labels import frame
+
+        pts = self.cloud(specimen)
+        near = self._batch._points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
+        return [frame.full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
+
+
+def _true_label(paths: Paths, specimen: str, record: str, ts: int, kind: str, shape) -> np.ndarray | None:
+    f = truth_dir(paths) / specimen / record / kind / f"{int(ts)}_label.png"
+    return dataset.read_label(f, shape) if f.is_file() else None
+
+
+def _tracking(paths: Paths, specimen: str, record: str) -> pd.DataFrame:
+    return dataset.read_tracking(paths.dataset / specimen / record / dataset.TRACKING, allow_missing_pose=True)
+
+
+def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: dict,
+           tol_mm: float = 0.5, progress: bool = False) -> pd.DataFrame:
+    """Every kept frame's label errors against the truth, from what notebook 02 wrote.
+
+    The initial label is drawn at the recorded pose, the registration baseline's at the sweep's
+    global correction, the optimised one at the report's correction: with the same cloud and band as
+    notebook 02 (``settings``: ``gamma_mm``, ``label_density_per_mm2``, ``label_cloud_seed``). The
+    visible label is the one written in ``Labels/``.
+
+    Returns
+    -------
+    DataFrame per kept frame: ``specimen, record, timestamp``, ``contour_{initial,registered,optimized}_mm``
+    (:func:`ultrabones.evaluation.metrics.contour_error_mm`, the headline), ``error_*_mm`` (the band metric:
+    mean distance of the label band's pixels to the true band), ``visible_precision``, ``visible_recall``
+    (share within ``tol_mm``).
+    """
+    from tqdm.auto import tqdm
+
+    from ultrabones.core.geometry import perturbation
+    from ultrabones.evaluation.metrics import contour_error_mm
+    from ultrabones.labels import frame
+
+    if truth_root(paths) is None:
+        return pd.DataFrame()
+    drawer = _LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
+    kept = report[report["status"] == "kept"]
+    rows, tabs = [], {}
+    for r in tqdm(kept.itertuples(index=False), total=len(kept), desc="errors vs truth", disable=not progress):
+        key = (r.specimen, r.record)
+        if key not in tabs:
+            tabs[key] = _tracking(paths, *key).set_index("timestamp")
+        prm = tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float)
+        shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
+                                   / f"{int(r.timestamp)}.png").shape
+        pose0 = pose_from_params(prm)
+        g = np.asarray(registrations[f"{r.specimen}/{r.record}"]["transform"], float)
+        x = np.array([r.rot_x_deg, r.rot_y_deg, r.rot_z_deg, r.trans_x_mm, r.trans_y_mm, r.trans_z_mm], float)
+        init, reg, opt = drawer.draw(r.specimen, shape, [pose0, g @ pose0, pose0 @ perturbation(x[:3], x[3:])])
+        tf = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
+        tv = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS, shape)
+        row = {"specimen": r.specimen, "record": r.record, "timestamp": int(r.timestamp)}
+        for name, m in (("initial", init), ("registered", reg), ("optimized", opt)):
+            row[f"contour_{name}_mm"] = contour_error_mm(m, tf, drawer.spacing) if tf is not None else np.nan
+            row[f"error_{name}_mm"] = frame.label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
+        vf = paths.dataset / r.specimen / r.record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
+        prec = rec = np.nan
+        if tv is not None and vf.is_file():
+            prec, rec = frame.precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
+        row["visible_precision"], row["visible_recall"] = prec, rec
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _stats(e: pd.Series) -> dict:
+    e = e.astype(float).dropna()
+    if not len(e):
+        return {"mean": None, "median": None, "p95": None, "n": 0}
+    return {"mean": float(e.mean()), "median": float(e.median()), "p95": float(e.quantile(0.95)), "n": int(len(e))}
+
+
+def label_metrics(errors: pd.DataFrame) -> dict:
+    """Notebook 02's metrics against the truth, from :func:`labels` ({} off the twin).
+
+    ``contour_error_mm`` (headline) and ``label_error_mm`` (band metric), each per method
+    (``initial``, ``registration``, ``optimized``) with mean, median, p95 and n; ``optimized_better_share``
+    (kept frames whose optimised contour error is below the initial one); visible-label precision and recall.
+    """
+    if errors.empty:
+        return {}
+    names = {"initial": "initial", "registered": "registration", "optimized": "optimized"}
+    both = errors[["contour_initial_mm", "contour_optimized_mm"]].astype(float).dropna()
+    return {
+        "contour_error_mm": {v: _stats(errors[f"contour_{k}_mm"]) for k, v in names.items()},
+        "label_error_mm": {v: _stats(errors[f"error_{k}_mm"]) for k, v in names.items()},
+        "optimized_better_share": float((both["contour_optimized_mm"] < both["contour_initial_mm"]).mean())
+        if len(both) else None,
+        "visible_label_precision": float(errors["visible_precision"].astype(float).mean()),
+        "visible_label_recall": float(errors["visible_recall"].astype(float).mean()),
+    }
+
+
+def lambda_trials(paths: Paths, trials: pd.DataFrame | None, settings: dict) -> pd.DataFrame | None:
+    """The true contour error of each lambda trial's delivered label (the oracle's view; for reporting only).
+
+    A kept trial delivers its optimised label, a discarded one the initial label, as in
+    :func:`ultrabones.labels.batch.choose_lambda`. Returns the trials with ``contour_delivered_mm`` and
+    ``contour_initial_mm`` added (None off the twin or without trials).
+    """
+    from ultrabones.core.geometry import perturbation
+    from ultrabones.evaluation.metrics import contour_error_mm
+
+    if trials is None or trials.empty or truth_root(paths) is None:
+        return None
+    drawer = _LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
+    out = trials.copy()
+    deliv, init = [], []
+    tabs: dict = {}
+    for r in out.itertuples(index=False):
+        key = (r.specimen, r.record)
+        if key not in tabs:
+            tabs[key] = _tracking(paths, *key).set_index("timestamp")
+        pose0 = pose_from_params(tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float))
+        x = np.asarray(r.x, float) if r.status == "kept" else np.zeros(6)
+        shape = tuple(r.image_shape)
+        lab0, lab1 = drawer.draw(r.specimen, shape, [pose0, pose0 @ perturbation(x[:3], x[3:])])
+        tf = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
+        init.append(contour_error_mm(lab0, tf, drawer.spacing) if tf is not None else np.nan)
+        deliv.append(contour_error_mm(lab1, tf, drawer.spacing) if tf is not None else np.nan)
+    out["contour_initial_mm"], out["contour_delivered_mm"] = init, deliv
+    return out
+
+
+def oracle_lambda(measured_trials: pd.DataFrame | None) -> tuple[float | None, pd.DataFrame | None]:
+    """The lambda the truth would pick (least mean delivered contour error) and the error per lambda."""
+    if measured_trials is None:
+        return None, None
+    table = measured_trials.groupby("lambda").agg(true_contour_mm=("contour_delivered_mm", "mean"),
+                                                  true_contour_initial_mm=("contour_initial_mm", "mean")).reset_index()
+    return float(table.loc[table["true_contour_mm"].idxmin(), "lambda"]), table
