@@ -151,3 +151,59 @@ def test_chamfer_distance_known_answer():
     assert bmode.chamfer_mm(a, b) == pytest.approx(0.7, abs=1e-9)
     assert bmode.chamfer_mm(a, b, (25.0, 25.0)) == pytest.approx(0.7, abs=1e-9)
     assert np.isnan(bmode.chamfer_mm(a, np.zeros((0, 2))))
+
+
+def _flat_scene(seed=0):
+    import trimesh
+
+    bone = trimesh.creation.box(extents=(200, 200, 20))  # top face at z = +10 mm
+    return bmode.Scene.from_meshes(bone, seed=seed)
+
+
+_PLANE = np.array([[1, 0, 0, -25], [0, 0, 1, 0], [0, -1, 0, 25], [0, 0, 0, 1.0]])
+
+
+def test_speckle_is_fixed_in_the_tissue():
+    scene = _flat_scene()
+    a = scene.speckle(_PLANE, 64, 50, (0.2, 0.2), 0.1)
+    b = scene.speckle(_PLANE, 64, 50, (0.2, 0.2), 0.1)
+    assert a.dtype == np.float32 and a.shape == (2, 50, 64)
+    np.testing.assert_array_equal(a, b)
+    assert abs(a.std() - 1) < 0.05 and abs(np.corrcoef(a[0].ravel(), a[1].ravel())[0, 1]) < 0.05
+    shifted = _PLANE.copy()
+    shifted[0, 3] += 0.2 * 10  # the plane moved 10 pixels along its width: the same tissue 10 columns over
+    c = scene.speckle(shifted, 64, 50, (0.2, 0.2), 0.1)
+    np.testing.assert_array_equal(c[:, :, :54], a[:, :, 10:])
+    far = _PLANE.copy()
+    far[1, 3] += 2.0  # 2 mm out of plane: other scatterers
+    d = scene.speckle(far, 64, 50, (0.2, 0.2), 0.1)
+    assert abs(np.corrcoef(a[0].ravel(), d[0].ravel())[0, 1]) < 0.1
+
+
+def test_speed_of_sound_scales_the_displayed_depth():
+    scene = _flat_scene()
+    rows = {}
+    for c in (1540.0, 1600.0):
+        p = bmode.BModeParams(speed_of_sound_m_s=c)
+        f = bmode.render_frame(scene, _PLANE, 64, 120, (0.2, 0.2), np.random.default_rng(0), p)
+        rows[c] = np.flatnonzero(f.full[:, 32]).mean()
+        assert f.bone_depth_mm[32] == pytest.approx(15.0, abs=1e-6)  # true depth
+    # bone 15 mm deep is displayed at 15 * 1540 / c mm
+    assert rows[1540.0] * 0.2 == pytest.approx(15.0, abs=0.2)
+    assert rows[1600.0] * 0.2 == pytest.approx(15.0 * 1540 / 1600, abs=0.2)
+
+
+def test_shadow_has_a_noise_floor_and_the_echo_rings_down():
+    scene = _flat_scene()
+    dark = bmode.BModeParams(shadow_level=0.0, reverb_level=0.0, noise_level=0.0)
+    grey = bmode.BModeParams(shadow_level=0.08, reverb_level=0.3)
+    img0 = bmode.render_frame(scene, _PLANE, 64, 150, (0.2, 0.2), np.random.default_rng(0), dark).image
+    img1 = bmode.render_frame(scene, _PLANE, 64, 150, (0.2, 0.2), np.random.default_rng(0), grey).image
+    shadow = slice(90, 140)  # 18 to 28 mm: 3 to 13 mm below the bone
+    assert img0[shadow].mean() < 2 and img1[shadow].mean() > 10 and img1[shadow].std() > 5
+    thin = bmode.BModeParams(ringdown_mm=0.1)
+    thick = bmode.BModeParams(ringdown_mm=0.6)
+    f_thin = bmode.render_frame(scene, _PLANE, 64, 150, (0.2, 0.2), np.random.default_rng(1), thin).image
+    f_thick = bmode.render_frame(scene, _PLANE, 64, 150, (0.2, 0.2), np.random.default_rng(1), thick).image
+    below = slice(76, 80)  # 0.2 to 1 mm under the surface (row 75)
+    assert f_thick[below].mean() > f_thin[below].mean() + 20

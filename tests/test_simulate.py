@@ -220,3 +220,40 @@ def test_cached_specimens_are_skipped(tmp_path):
     again = simulate.simulate_twin(paths, P, seed=1, progress=False, cache=cache)
     assert (paths.raw / "specimen01" / "ct.npz").stat().st_mtime_ns == stamp
     assert again["specimens"]["specimen01"]["n_frames"] == first["specimens"]["specimen01"]["n_frames"]
+
+
+HARD = dict(speed_of_sound_m_s=1580.0, phantom_speed_of_sound_m_s=1485.0, ct_blur_mm=0.6, ct_cortical_hu=1700.0,
+            tracking_drift_deg=1.5, tracking_drift_mm=0.6, fiducial_jitter_mm=0.25)
+
+
+def test_hard_error_sources_keep_same_seed_same_bytes(tmp_path):
+    def digest(root):
+        h = hashlib.sha256()
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+    a, _ = tiny_twin(tmp_path, "a", **HARD)
+    b, _ = tiny_twin(tmp_path, "b", **HARD)
+    assert digest(a.raw) == digest(b.raw) and digest(a.truth) == digest(b.truth)
+
+
+@pytest.mark.parametrize("key,value", [("speed_of_sound_m_s", 0.0), ("phantom_speed_of_sound_m_s", 0.0),
+                                       ("ct_blur_mm", -0.5), ("shadow_level", 1.5), ("ringdown_mm", -1.0),
+                                       ("speckle_cell_mm", -0.1), ("psf_lateral_mm", 0.0)])
+def test_bad_realism_and_error_parameters_name_the_key(key, value):
+    with pytest.raises(ParamsError, match=f"simulate.{key}"):
+        section(**{key: value})
+    P = dict(section())
+    P[key] = value  # past the schema (a direct caller): the config names the key too
+    with pytest.raises(ParamsError, match=f"simulate.{key}"):
+        simulate.TwinConfig.from_params(P)
+
+
+def test_hard_profile_loads_with_the_error_sources():
+    hard = params.load_profile("hard", PARAMS_DIR).values["simulate"]
+    default = params.load_profile("default", PARAMS_DIR).values["simulate"]
+    assert hard["speed_of_sound_m_s"] != 1540.0 and hard["phantom_speed_of_sound_m_s"] < 1500.0
+    assert hard["ct_blur_mm"] > 0 and hard["ct_cortical_hu"] != 1400.0
+    assert hard["tracking_drift_deg"] > default["tracking_drift_deg"]

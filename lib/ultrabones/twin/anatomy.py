@@ -463,6 +463,8 @@ def ct_volume(
     margin_mm: float = 8.0,
     cortex_mm: float = 2.0,
     chunk: int = 32,
+    blur_mm: float = 0.0,
+    cortical_hu: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The specimen's CT: bones, soft tissue and the marker's fiducial spheres, in HU.
 
@@ -482,6 +484,10 @@ def ct_volume(
     margin_mm : air margin around skin and spheres (mm).
     cortex_mm : cortical thickness (mm).
     chunk : slices per slab.
+    blur_mm : standard deviation of the scanner's Gaussian point-spread function (mm), applied to the
+        partial-volume image before the noise (0: none, a one-voxel partial-volume ramp only). A blurred thin
+        cortex peaks lower and spreads, so a fixed threshold's iso-surface moves off the true surface.
+    cortical_hu : HU of cortical bone (default ``HU["cortical"]``, 1400).
 
     Returns
     -------
@@ -491,6 +497,9 @@ def ct_volume(
     spacing = np.asarray(spacing_mm, dtype=float)
     if spacing.shape != (3,) or np.any(spacing <= 0):
         raise ParamsError(f"CT spacing must be three positive numbers (mm), got {spacing_mm}")
+    if not blur_mm >= 0:
+        raise ParamsError(f"CT blur must be zero or positive (mm), got {blur_mm}")
+    cortical = HU["cortical"] if cortical_hu is None else float(cortical_hu)
     spheres = np.asarray(spheres_mm, dtype=float).reshape(-1, 3)
     lo = np.minimum(anatomy.skin.bounds()[0], (spheres - sphere_radius_mm).min(0) if len(spheres) else np.inf)
     hi = np.maximum(anatomy.skin.bounds()[1], (spheres + sphere_radius_mm).max(0) if len(spheres) else -np.inf)
@@ -498,6 +507,7 @@ def ct_volume(
     shape = np.ceil((hi + margin_mm - origin) / spacing).astype(int) + 1  # (nx, ny, nz)
     nx, ny, nz = shape
     vol = np.empty((nz, ny, nx), dtype=np.int16)
+    blurred = np.empty((nz, ny, nx), dtype=np.float32) if blur_mm > 0 else None
     edge = float(spacing.mean())
     axes = [origin[d] + spacing[d] * np.arange(shape[d]) for d in range(3)]
 
@@ -532,11 +542,23 @@ def ct_volume(
             if kind == "skin":
                 tissue = np.where(sd > -1.5, HU["dermis"], np.where(sd > -anatomy.fat_mm, HU["fat"], HU["muscle"]))
             elif kind == "bone":
-                tissue = np.where(sd > -cortex_mm, HU["cortical"], HU["cancellous"])
+                tissue = np.where(sd > -cortex_mm, cortical, HU["cancellous"])
             else:
                 tissue = HU["fiducial"]
             view = hu[a0 - k0:a1 - k0, i0[1]:i1[1], i0[0]:i1[0]]
             view += f * (np.float32(tissue) - view)
+        if blurred is not None:
+            blurred[k0:k1] = hu
+            continue
         hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
         vol[k0:k1] = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    if blurred is not None:
+        from scipy.ndimage import gaussian_filter
+
+        sigma = tuple(float(blur_mm) / spacing[d] for d in (2, 1, 0))
+        gaussian_filter(blurred, sigma, output=blurred, mode="nearest", truncate=3.0)
+        for k0 in range(0, nz, chunk):  # the same noise stream as without blur, slab by slab
+            k1 = min(nz, k0 + chunk)
+            hu = blurred[k0:k1] + rng.standard_normal((k1 - k0, ny, nx), dtype=np.float32) * np.float32(noise_hu)
+            vol[k0:k1] = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return vol, origin

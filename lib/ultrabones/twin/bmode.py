@@ -56,12 +56,17 @@ from scipy.spatial import cKDTree
 from ultrabones.core.errors import ParamsError
 
 
-#: Mean distance (mm) between the connective-tissue sheets (septa, fascia) in muscle and fat, and their thickness.
-SEPTA_SPACING_MM = 5.0
+#: Thickness (mm) of the connective-tissue sheets (septa, fascia) in muscle and fat (their spacing: BModeParams).
 SEPTA_WIDTH_MM = 0.3
 
-#: Relative amplitude of the bone echo at the surface and at 0.2 mm steps below it.
-BONE_ECHO_PROFILE = (1.0, 0.55, 0.25)
+#: Period (mm) of the reverberation bands beneath a bone echo (multiple reflections inside the cortex).
+REVERB_PERIOD_MM = 0.8
+
+#: Entries of a scene's table of fixed tissue scatterers (a power of two; hashed lattice cells index it).
+SPECKLE_TABLE_SIZE = 1 << 18
+
+#: The scanner's assumed speed of sound (m/s): depths are displayed as ``time x SCANNER_SPEED_M_S / 2``.
+SCANNER_SPEED_M_S = 1540.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,19 @@ class BModeParams:
     bone_amplitude : specular bone echo at normal incidence: coherent reflector amplitude per pixel of the
         surface, relative to unit-power tissue scatterers.
     bone_diffuse : diffuse (rough-surface) bone echo power, relative to unit-power tissue, times ``cos(theta)``.
-    shadow_level : power fraction transmitted beyond bone (0..1).
+    shadow_level : power fraction transmitted beyond bone (0..1): the shadow's floor of weak transmission,
+        side-lobe clutter and multiple scattering, speckled like tissue.
+    reverb_level : power of the reverberation beneath a bone echo, relative to unit-power tissue, at the
+        surface, times ``cos(theta)^p``; banded with period ``REVERB_PERIOD_MM`` and decaying over
+        ``5 x ringdown_mm`` (0: none).
+    ringdown_mm : decay length of the bone echo's amplitude below the surface (mm): a thick bright cap with a
+        soft lower edge (the cortex's internal reflections and the pulse length).
+    speckle_cell_mm : size of the cells of the fixed tissue scatterers (mm): the speckle is a deterministic
+        function of the CT position, so a plane seen twice shows the same speckle and frames closer than a
+        cell correlate; 0 draws fresh speckle for every frame.
+    septa_spacing_mm : mean distance between connective-tissue sheets (fascia, septa) in fat and muscle (mm).
+    speed_of_sound_m_s : speed of sound in the tissue (m/s). The scanner assumes ``SCANNER_SPEED_M_S``: an
+        echo from true depth ``d`` is displayed at ``d x 1540 / c`` (deeper in slower tissue).
     noise_level : electronic noise amplitude, relative to unit-power tissue speckle at the surface.
     dynamic_range_db : displayed dynamic range (dB).
     gain_db : envelope level (dB re unit-power speckle) displayed as white.
@@ -109,6 +126,11 @@ class BModeParams:
     dermis: float = 1.0
     fascia: float = 3.0
     septa: float = 2.5
+    reverb_level: float = 0.0
+    ringdown_mm: float = 0.25
+    speckle_cell_mm: float = 0.0
+    septa_spacing_mm: float = 5.0
+    speed_of_sound_m_s: float = SCANNER_SPEED_M_S
 
     def __post_init__(self):
         for name in ("frequency_mhz", "psf_axial_mm", "psf_lateral_mm", "dynamic_range_db", "specular_exponent"):
@@ -117,6 +139,14 @@ class BModeParams:
         for name in ("tgc_fraction", "shadow_level"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ParamsError(f"BModeParams.{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        for name in ("reverb_level", "ringdown_mm", "speckle_cell_mm", "display_smoothing_mm", "noise_level"):
+            if not getattr(self, name) >= 0:
+                raise ParamsError(f"BModeParams.{name} must be zero or positive, got {getattr(self, name)!r}")
+        if not 1000.0 <= self.speed_of_sound_m_s <= 2000.0:
+            raise ParamsError(f"BModeParams.speed_of_sound_m_s must lie in [1000, 2000] m/s (soft tissue and "
+                              f"water: 1450 to 1600), got {self.speed_of_sound_m_s!r}")
+        if not self.septa_spacing_mm > 0:
+            raise ParamsError(f"BModeParams.septa_spacing_mm must be positive, got {self.septa_spacing_mm!r}")
 
 
 @dataclass
@@ -140,6 +170,7 @@ class Scene:
     fat_mm: float = 5.0
     texture_k: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     texture_phase: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seed: int = 0
 
     @classmethod
     def from_meshes(cls, bones, skin=None, fat_mm: float = 5.0, seed: int = 0) -> "Scene":
@@ -153,7 +184,7 @@ class Scene:
         wavelength = rng.uniform(4.0, 20.0, n)
         scene = cls(bones=bones, skin=skin, fat_mm=float(fat_mm),
                     texture_k=direction * (2 * np.pi / wavelength)[:, None],
-                    texture_phase=rng.uniform(0, 2 * np.pi, n))
+                    texture_phase=rng.uniform(0, 2 * np.pi, n), seed=int(seed))
         scene._prepare()
         return scene
 
@@ -166,6 +197,40 @@ class Scene:
         self._faces = np.asarray(self.bones.faces)
         self._normals = np.asarray(self.bones.face_normals, dtype=float)
         self._face_cols = tuple(np.ascontiguousarray(self._faces[:, i]) for i in range(3))
+
+    def speckle(self, ct_from_image, width: int, height: int, spacing, cell_mm: float) -> np.ndarray:
+        """(2, H, W) float32 unit-variance scatterers (real, imaginary) fixed in the tissue.
+
+        Each pixel centre's CT position is quantised to a cubic cell of ``cell_mm``; the cell's integer
+        coordinates are hashed into a table of :data:`SPECKLE_TABLE_SIZE` independent complex Gaussians drawn
+        once per scene from its seed. Deterministic: the same CT position gives the same scatterer.
+        """
+        table = getattr(self, "_speckle_table", None)
+        if table is None:
+            rng = np.random.default_rng([self.seed, 0x5BEC])
+            table = rng.standard_normal(2 * SPECKLE_TABLE_SIZE, dtype=np.float32).view(np.complex64)
+            self._speckle_table = table
+        t = np.asarray(ct_from_image, dtype=float)
+        sx, sy = (float(v) for v in spacing)
+        inv = 1.0 / float(cell_mm)
+        rows = np.arange(height, dtype=np.float32)[:, None]
+        cols = np.arange(width, dtype=np.float32)[None, :]
+        idx = np.zeros((height, width), dtype=np.int32)
+        q = np.empty((height, width), dtype=np.float32)
+        with np.errstate(over="ignore"):
+            for axis, mult in enumerate((73856093, 19349663, 83492791)):
+                a = (t[axis, 3] + 0.5 * sx * t[axis, 0] + 0.5 * sy * t[axis, 1]) * inv
+                # relative to the frame's first cell: small float32 offsets, exact integer cells
+                a0 = np.floor(a)
+                np.add(np.float32(t[axis, 1] * sy * inv) * rows, np.float32(t[axis, 0] * sx * inv) * cols + np.float32(a - a0),
+                       out=q)
+                qi = np.floor(q, out=q).astype(np.int32)
+                qi += np.int32(int(a0))
+                qi *= np.int32(mult)
+                idx ^= qi
+        idx &= SPECKLE_TABLE_SIZE - 1
+        c = table[idx]
+        return np.stack([c.real, c.imag])
 
     def texture(self, points: np.ndarray) -> np.ndarray:
         """(T/3, N) three smooth random fields (unit variance about) at CT points ``(N, 3)`` (mm)."""
@@ -400,7 +465,7 @@ def attenuation_profile(height: int, sy: float, params: BModeParams) -> np.ndarr
 
 
 def form_image(power: np.ndarray, coherent: np.ndarray | None, spacing, rng: np.random.Generator,
-               params: BModeParams) -> tuple[np.ndarray, np.ndarray]:
+               params: BModeParams, scatterers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Speckle, PSF, attenuation, noise and log compression of a scatterer map.
 
     Parameters
@@ -408,6 +473,8 @@ def form_image(power: np.ndarray, coherent: np.ndarray | None, spacing, rng: np.
     power : (H, W) scatterer power (unit-free; 1 = reference tissue).
     coherent : (H, W) complex coherent reflectors (specular echoes), or None.
     spacing : (sx, sy) mm/px.
+    scatterers : (2, H, W) unit-variance real and imaginary scatterers (e.g. :meth:`Scene.speckle`);
+        None draws them from ``rng``.
 
     Returns
     -------
@@ -417,7 +484,7 @@ def form_image(power: np.ndarray, coherent: np.ndarray | None, spacing, rng: np.
     h, w = power.shape
     sx, sy = (float(v) for v in spacing)
     gain = np.float32(psf_gain(spacing, params))
-    z = rng.standard_normal((2, h, w), dtype=np.float32)
+    z = rng.standard_normal((2, h, w), dtype=np.float32) if scatterers is None else scatterers
     amp = np.sqrt(np.maximum(power, 0) * np.float32(0.5), dtype=np.float32)
     re, im = z[0] * amp, z[1] * amp
     if coherent is not None:
@@ -465,8 +532,8 @@ def echogenicity(scene: Scene, ct_from_image, width: int, height: int, spacing, 
     t0, t1, t2 = tex
     fat_t = np.float32(scene.fat_mm) * (1 + np.float32(0.25) * t1)
     # septa: wavy sheets roughly parallel to the skin, SEPTA_SPACING_MM apart, fading in and out along them
-    g = rel * np.float32(1 / SEPTA_SPACING_MM) + np.float32(0.7) * t2
-    sept = np.exp(-((g - np.rint(g)) * np.float32(SEPTA_SPACING_MM / SEPTA_WIDTH_MM)) ** 2)
+    g = rel * np.float32(1 / params.septa_spacing_mm) + np.float32(0.7) * t2
+    sept = np.exp(-((g - np.rint(g)) * np.float32(params.septa_spacing_mm / SEPTA_WIDTH_MM)) ** 2)
     sept *= np.clip(np.float32(0.6) + np.float32(0.8) * t1, 0, None)
     power = (np.float32(params.muscle) * np.maximum(1 + np.float32(0.6) * t0, np.float32(0.15))
              + np.float32(params.septa) * sept)
@@ -496,10 +563,14 @@ def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, 
 
     Returns
     -------
-    :class:`Frame`.
+    :class:`Frame`. Its labels lie where the bone is displayed; its ``bone_depth_mm`` and ``contour`` are in
+    true millimetres (they differ from the displayed ones when ``params.speed_of_sound_m_s`` is not 1540).
     """
     params = params or BModeParams()
     t, width, height, sx, sy = _check_geometry(ct_from_image, width, height, spacing)
+    # speed of sound: row v shows the echo of true depth (v + 0.5) sy c / 1540; everything below (geometry,
+    # labels, speckle positions) works in true millimetres of that axial pixel size
+    sy = sy * params.speed_of_sound_m_s / SCANNER_SPEED_M_S
     depth_b, cosi, _ = first_hits(scene, t, width, (sx, sy))
     skin = skin_depths(scene, t, width, (sx, sy))
     # under pressure the soft tissue conforms to the probe face: small gaps close
@@ -517,6 +588,18 @@ def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, 
     shadowed = (below & hit[None, :] & ~surf).astype(np.float32)
     shadowed = gaussian_filter1d(shadowed, params.psf_lateral_mm * 2 / sx, axis=1, truncate=2.0)
     power = power * (1 - shadowed * np.float32(1 - params.shadow_level))
+    if params.reverb_level > 0 and hit.any():
+        # reverberation: banded echoes inside the cortex, decaying below the surface
+        # a profile of the row offset below the hit row, gathered per pixel (cheaper than exp and cos per pixel)
+        d = (np.arange(height + 1) + 0.5) * sy
+        prof = (np.exp(-d / (5 * max(params.ringdown_mm, 1e-3))) * (0.6 + 0.4 * np.cos(2 * np.pi / REVERB_PERIOD_MM * d))
+                * params.reverb_level).astype(np.float32)
+        prof[-1] = 0.0
+        row_b = np.where(hit, np.floor(np.nan_to_num(depth_b, posinf=0.0) / sy), height + 1).astype(np.int64)
+        k = np.arange(height)[:, None] - row_b[None, :]
+        k = np.where(k < 0, height, np.minimum(k, height))
+        wgt = np.where(hit, c ** params.specular_exponent, 0.0).astype(np.float32)
+        power = power + shadowed * prof[k] * wgt[None, :]
     coherent = None
     if hit.any():
         coherent = np.zeros((height, width), dtype=np.complex64)
@@ -524,13 +607,18 @@ def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, 
         rows = np.floor(depth_b[cols] / sy).astype(int)
         phase = np.exp(1j * rng.uniform(0, 2 * np.pi, len(cols)) * 0.3)
         amp = params.bone_amplitude * c[cols] ** params.specular_exponent * phase
-        # the cortex echoes over about half a millimetre: surface, then weaker reverberation below it
-        step = max(1, int(round(0.2 / sy)))
-        for k, wgt in enumerate(BONE_ECHO_PROFILE):
-            r = rows + k * step
+        # the echo rings down below the surface (amplitude exp(-depth / ringdown_mm), a random phase per row):
+        # a thick bright cap with a soft lower edge
+        n_ring = int(np.ceil(3 * params.ringdown_mm / sy)) if params.ringdown_mm > 0 else 0
+        ring_phase = np.exp(2j * np.pi * rng.uniform(0, 1, (n_ring + 1, len(cols)))) if n_ring else None
+        for k in range(n_ring + 1):
+            r = rows + k
             ok = r < height
-            coherent[r[ok], cols[ok]] += wgt * amp[ok]
-    image, _ = form_image(power, coherent, (sx, sy), rng, params)
+            wgt = np.exp(-k * sy / params.ringdown_mm) if params.ringdown_mm > 0 else 1.0
+            ph = ring_phase[k] if (k and ring_phase is not None) else 1.0
+            coherent[r[ok], cols[ok]] += (wgt * amp * ph)[ok]
+    scat = scene.speckle(t, width, height, (sx, sy), params.speckle_cell_mm) if params.speckle_cell_mm > 0 else None
+    image, _ = form_image(power, coherent, (sx, sy), rng, params, scatterers=scat)
     full, visible, pts, inc = label_frame(scene, t, width, height, (sx, sy), gamma_mm, max_incidence_deg,
                                           bone_depth_mm=np.where(contact, depth_b, depth_b))
     inc3d = np.where(np.isfinite(cosi), np.degrees(np.arccos(np.clip(cosi, -1, 1))), np.nan)

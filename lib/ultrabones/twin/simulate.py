@@ -106,12 +106,40 @@ class TwinConfig:
     specular_exponent: float
     label_gamma_mm: float
     max_incidence_deg: float
+    # image realism (issue 15); defaults: the twin before it
+    psf_axial_mm: float = 0.18
+    psf_lateral_mm: float = 0.35
+    display_smoothing_mm: float = 0.25
+    gain_db: float = 28.0
+    shadow_level: float = 0.01
+    reverb_level: float = 0.0
+    ringdown_mm: float = 0.25
+    speckle_cell_mm: float = 0.0
+    septa_spacing_mm: float = 5.0
+    # the lab's error sources (issue 15); defaults: none
+    speed_of_sound_m_s: float = 1540.0
+    phantom_speed_of_sound_m_s: float = 1540.0
+    ct_blur_mm: float = 0.0
+    ct_cortical_hu: float = 1400.0
 
     @classmethod
     def from_params(cls, P: dict) -> "TwinConfig":
         """From a validated ``simulate`` section; checks the combinations a schema cannot."""
         known = cls.__dataclass_fields__
         cfg = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in P.items() if k in known})
+        for key in ("psf_axial_mm", "psf_lateral_mm", "septa_spacing_mm", "speed_of_sound_m_s",
+                    "phantom_speed_of_sound_m_s", "ct_cortical_hu"):
+            if not getattr(cfg, key) > 0:
+                raise ParamsError(f"simulate.{key} must be positive, got {getattr(cfg, key)!r}")
+        for key in ("display_smoothing_mm", "reverb_level", "ringdown_mm", "speckle_cell_mm", "ct_blur_mm"):
+            if not getattr(cfg, key) >= 0:
+                raise ParamsError(f"simulate.{key} must be zero or positive, got {getattr(cfg, key)!r}")
+        if not 0 <= cfg.shadow_level <= 1:
+            raise ParamsError(f"simulate.shadow_level must lie in [0, 1], got {cfg.shadow_level!r}")
+        for key in ("speed_of_sound_m_s", "phantom_speed_of_sound_m_s"):
+            if not 1000.0 <= getattr(cfg, key) <= 2000.0:
+                raise ParamsError(f"simulate.{key} must lie in [1000, 2000] m/s (soft tissue and water: 1450 to "
+                                  f"1600), got {getattr(cfg, key)!r}")
         if cfg.pixel_spacing_mm <= 0:
             raise ParamsError(f"simulate.pixel_spacing_mm must be positive, got {cfg.pixel_spacing_mm}")
         if min(cfg.ct_spacing_mm) <= 0:
@@ -137,7 +165,12 @@ class TwinConfig:
 
     def bmode_params(self) -> bmode.BModeParams:
         return bmode.BModeParams(frequency_mhz=self.frequency_mhz, tgc_fraction=self.tgc_fraction,
-                                 dynamic_range_db=self.dynamic_range_db, specular_exponent=self.specular_exponent)
+                                 dynamic_range_db=self.dynamic_range_db, specular_exponent=self.specular_exponent,
+                                 psf_axial_mm=self.psf_axial_mm, psf_lateral_mm=self.psf_lateral_mm,
+                                 display_smoothing_mm=self.display_smoothing_mm, gain_db=self.gain_db,
+                                 shadow_level=self.shadow_level, reverb_level=self.reverb_level,
+                                 ringdown_mm=self.ringdown_mm, speckle_cell_mm=self.speckle_cell_mm,
+                                 septa_spacing_mm=self.septa_spacing_mm, speed_of_sound_m_s=self.speed_of_sound_m_s)
 
 
 #: Seconds of tracking before the first image and after the last: every candidate offset in [-300, 0) ms
@@ -479,7 +512,8 @@ def simulate_specimen(paths: Paths, index: int, cfg: TwinConfig, system: System,
     ot_from_ct = tracker_from_ct(rng_mark)
     spheres = geometry.transform_points(ct_from_marker, SPECIMEN_FIDUCIALS_MM)
     t0 = time.perf_counter()
-    vol, origin = anatomy.ct_volume(an, spheres, FIDUCIAL_RADIUS_MM, cfg.ct_spacing_mm, rng_ct, cfg.ct_noise_hu)
+    vol, origin = anatomy.ct_volume(an, spheres, FIDUCIAL_RADIUS_MM, cfg.ct_spacing_mm, rng_ct, cfg.ct_noise_hu,
+                                    blur_mm=cfg.ct_blur_mm, cortical_hu=cfg.ct_cortical_hu)
     save_npz(raw_s / "ct.npz", volume=vol, spacing_mm=np.asarray(cfg.ct_spacing_mm, float), origin_mm=origin)
     ct_seconds = time.perf_counter() - t0
     atomic.write_json(raw_s / "marker.json", {"fiducials_mm": SPECIMEN_FIDUCIALS_MM,
@@ -681,8 +715,11 @@ def simulate_phantom(paths: Paths, cfg: TwinConfig, system: System, seed: int, p
     _write_csv(out / "tracker.csv", _pose_frame(trk_t, {"": ot_us_rec, "p": ot_ph_rec}))
     img_from_phantom = geometry.invert_transform(planes(img_t + dt))
     wires = phantom.wire_points_in_image(phan, img_from_phantom)  # (n, n_N, 3, 2)
+    # the phantom is scanned in water: the scanner (1540 m/s) displays a wire at true depth d at d * 1540 / c
+    sos = bmode.SCANNER_SPEED_M_S / cfg.phantom_speed_of_sound_m_s
+    wires = wires * np.array([1.0, sos])
     bp = cfg.bmode_params()
-    floor = depth_mm * 0.93
+    floor = depth_mm * 0.93 * sos
     for i in tqdm(range(n), desc="phantom", leave=False, disable=not progress):
         img = bmode.render_points(wires[i].reshape(-1, 2), cfg.image_width, cfg.image_height, cfg.spacing, rng, bp,
                                   floor_depth_mm=floor)
@@ -706,7 +743,8 @@ def _specimen_job(args):
 #: Keys that describe the probe, the clocks and the phantom: shared by all specimens, not overridable per specimen.
 SYSTEM_KEYS = ("n_specimens", "image_width", "image_height", "pixel_spacing_mm", "image_rate_hz", "tracker_rate_hz",
                "calibration_error_deg", "calibration_error_mm", "phantom_frames", "frequency_mhz", "tgc_fraction",
-               "dynamic_range_db", "specular_exponent")
+               "dynamic_range_db", "specular_exponent", "psf_axial_mm", "psf_lateral_mm", "display_smoothing_mm",
+               "gain_db", "speckle_cell_mm", "phantom_speed_of_sound_m_s")
 
 
 def specimen_section(P: dict, overrides: dict | None, name: str) -> dict:
