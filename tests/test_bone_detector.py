@@ -120,3 +120,18 @@ def test_bad_input():
         bd.fit([bone_frame()], [true_band(true_rows())], SPACING, {"nope": (1,)})
     with pytest.raises(DatasetError, match="as many labels"):
         bd.fit([bone_frame()], [], SPACING)
+
+
+def test_phase_symmetry_finds_dim_bone_that_intensity_misses():
+    rows = true_rows()
+    dim = (bone_frame(seed=4, rows=rows) * 0.35).astype(np.uint8)  # the whole frame 3x darker: low-intensity bone
+    ps = bd.DetectorParams(enhancement="phase_symmetry", min_peak=0.0)
+    found = bd.surface_rows(dim, SPACING, ps)
+    ok = np.isfinite(found)
+    assert ok.mean() > 0.9
+    assert np.median(np.abs(found[ok] - rows[ok])) * SPACING[1] <= 0.2
+    assert np.isfinite(bd.surface_rows(dim, SPACING, bd.DetectorParams())).mean() < 0.1  # below min_peak
+    for seed in range(3):
+        assert bd.detect(no_bone_frame(seed), SPACING, ps).mean() < 0.002
+    with pytest.raises(ParamsError, match="enhancement"):
+        bd.DetectorParams(enhancement="magic")
