@@ -70,7 +70,6 @@ frame: a few ms for a 256 x 218 frame (:func:`detect` on one core).
 from __future__ import annotations
 
 import itertools
-import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping, Sequence
@@ -268,8 +267,18 @@ def surface_rows(image: np.ndarray, spacing, params: DetectorParams) -> np.ndarr
 
     Steps 1-5 of the module's method; the depth offset is already applied.
     """
+    inten, score = shadow_peak_score(image, spacing, params)
+    return pick_rows(inten, score, spacing, params)
+
+
+#: The parameters :func:`shadow_peak_score` depends on (the others only pick and clean).
+SCORE_FIELDS = ("smooth_mm", "shadow_offset_mm", "shadow_depth_mm", "top_margin_mm", "enhancement",
+                "ps_wavelength_mm", "ps_scales", "ps_k")
+
+
+def pick_rows(inten: np.ndarray, score: np.ndarray, spacing, params: DetectorParams) -> np.ndarray:
+    """Steps 4-5 and the depth offset on a computed score: (W,) surface row per column (NaN: none)."""
     sx, sy = _spacing(spacing)
-    inten, score = shadow_peak_score(image, (sx, sy), params)
     h, w = score.shape
     cols = np.arange(w)
     peak = np.argmax(score, axis=0)
@@ -388,7 +397,7 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
     ``(best, table)``: the :class:`DetectorParams` with the highest mean F1
     (ties: the first in grid order) and a DataFrame with one row per
     combination (its parameters, ``f1``, ``accuracy``, ``completeness``, means
-    over frames, and ``ms_per_frame``), sorted by ``f1`` descending.
+    over frames), sorted by ``f1`` descending.
 
     Raises
     ------
@@ -403,22 +412,23 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
         raise DatasetError(f"bone detector fit: need as many labels as images, got {len(images)} images and "
                            f"{len(labels)} labels (and at least one)")
     cands = _grid_params(base, DEFAULT_GRID if grid is None else grid)
-    rows = []
-    for p in cands:
+    keys = [tuple(str(getattr(p, k)) for k in SCORE_FIELDS) for p in cands]
+    order = sorted(range(len(cands)), key=lambda i: keys[i])  # one score setting at a time in memory
+    rows: list = [None] * len(cands)
+    cached_key, cached = None, []
+    n = len(images)
+    for i in order:
+        p = cands[i]
+        if keys[i] != cached_key:
+            cached_key, cached = keys[i], [shadow_peak_score(img, spacing, p) for img in images]
         acc = com = f1 = 0.0
-        t0 = time.perf_counter()
-        det_s = 0.0
-        for img, lab in zip(images, labels):
-            t1 = time.perf_counter()
-            pred = detect(img, spacing, p)
-            det_s += time.perf_counter() - t1
+        for img, lab, sc in zip(images, labels, cached):
+            pred = draw_band(pick_rows(*sc, spacing, p), img.shape, spacing, p.gamma_mm)
             m = distance_metrics(pred, lab, spacing, [sigma_mm], protocol="strict")
             acc += m["accuracy"][0]
             com += m["completeness"][0]
             f1 += m["f1"][0]
-        n = len(images)
-        rows.append({**p.as_dict(), "accuracy": acc / n, "completeness": com / n, "f1": f1 / n,
-                     "ms_per_frame": 1000 * det_s / n, "seconds": time.perf_counter() - t0})
+        rows[i] = {**p.as_dict(), "accuracy": acc / n, "completeness": com / n, "f1": f1 / n}
     table = pd.DataFrame(rows)
     best = int(np.argmax(table["f1"].to_numpy()))  # first maximum: grid order breaks ties
     return cands[best], table.sort_values("f1", ascending=False, kind="stable").reset_index(drop=True)
