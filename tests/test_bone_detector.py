@@ -135,3 +135,20 @@ def test_phase_symmetry_finds_dim_bone_that_intensity_misses():
         assert bd.detect(no_bone_frame(seed), SPACING, ps).mean() < 0.002
     with pytest.raises(ParamsError, match="enhancement"):
         bd.DetectorParams(enhancement="magic")
+
+
+def test_score_detector_gives_the_evaluation_rows(tmp_path):
+    from ultrabones import metrics
+    from ultrabones.dataset import read_specimen, write_image, write_label
+
+    rec = tmp_path / "specimen03" / "record01"
+    for t in (10, 20):
+        write_image(rec / "UltrasoundImages" / f"{t}.png", bone_frame(seed=t))
+        write_label(rec / "Labels" / f"{t}_label.png", true_band(true_rows()))
+    frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen03")])
+    table, summ = bd.score_detector(frames, bd.DetectorParams(), SPACING, [0.0, 0.5, 1.0], threshold=100.0)
+    assert table["region"].tolist() == ["all", "high", "low"]
+    assert {"method", "accuracy", "accuracy_strict", "completeness", "f1", "f1_strict", "n_frames"} <= set(table)
+    a = table.set_index("region").loc["all"]
+    assert a["method"] == bd.LABEL and a["n_frames"] == 2 and a["f1"] > 0.9
+    assert len(summ["curves"]["released"][bd.LABEL]["all"]["f1"]) == 3
