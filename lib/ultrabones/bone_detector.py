@@ -64,7 +64,9 @@ Where this departs from the paper
   detected but bone is labelled scores 0), never on test frames.
 
 Cost: one Gaussian filter, one cumulative sum and one distance transform per
-frame: a few ms for a 256 x 218 frame (:func:`detect` on one core).
+frame: about 10 ms for a 256 x 218 frame on one (shared) core
+(``benchmarks/bench_bone_detector.py``); the phase-symmetry variant adds one
+FFT and ``ps_scales`` inverse FFTs per frame (about 35 ms).
 """
 
 from __future__ import annotations
