@@ -152,3 +152,5 @@ def test_score_detector_gives_the_evaluation_rows(tmp_path):
     a = table.set_index("region").loc["all"]
     assert a["method"] == bd.LABEL and a["n_frames"] == 2 and a["f1"] > 0.9
     assert len(summ["curves"]["released"][bd.LABEL]["all"]["f1"]) == 3
+    best, table = bd.fit_frames(frames, SPACING, {"min_score": (0.2, 0.99)}, n_max=1, seed=0)
+    assert best.min_score == 0.2 and len(table) == 2

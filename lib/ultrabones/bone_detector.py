@@ -156,11 +156,12 @@ class DetectorParams:
         return asdict(self)
 
 
-#: The grid :func:`fit` searches by default (the other parameters stay at their defaults).
+#: The grid :func:`fit` searches by default (the other parameters stay at their defaults): both
+#: enhancements, so the choice between them is made on the training frames too (90 combinations).
 DEFAULT_GRID: dict[str, tuple] = {
-    "min_score": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
-    "min_peak": (0.2, 0.35, 0.5),
-    "shadow_depth_mm": (3.0, 6.0),
+    "enhancement": ENHANCEMENTS,
+    "min_score": (0.2, 0.3, 0.4, 0.5, 0.6),
+    "min_peak": (0.0, 0.2, 0.35),
     "depth_offset_mm": (-0.2, 0.0, 0.2),
 }
 
@@ -468,6 +469,21 @@ def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[n
         images.append(img)
         labels.append(read_label(fr.record.label_path(fr.timestamp, kind), img.shape))
     return images, labels
+
+
+def fit_frames(frames: Sequence, spacing, grid: Mapping[str, Sequence] | None = None, n_max: int | None = None,
+               seed: int = 0, kind: str = "Labels", base: DetectorParams = DetectorParams(), sigma_mm: float = 0.5):
+    """:func:`fit` on dataset frames (the *training* specimens' :class:`ultrabones.metrics.Frame` objects).
+
+    ``n_max`` frames at most, drawn with ``seed`` (as :func:`ultrabones.metrics.labelled_frames` draws
+    test frames); their ``kind`` labels are the reference. Returns ``(best, table)`` as :func:`fit`.
+    """
+    frames = list(frames)
+    if n_max is not None and len(frames) > n_max:
+        keep = np.sort(np.random.default_rng(seed).choice(len(frames), n_max, replace=False))
+        frames = [frames[i] for i in keep]
+    images, labels = read_training_frames(frames, kind)
+    return fit(images, labels, spacing, grid, base, sigma_mm)
 
 
 def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, threshold: float,
