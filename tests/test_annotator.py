@@ -149,5 +149,11 @@ def test_visibility_sweep_low_intensity_completeness_falls_with_the_level(tmp_pa
     # the same seeded jitter at every level: the default level equals annotate_frames' label
     same = annotator.visibility_sweep(frames, SPACING, [0.5], threshold=150.0, levels=levels[1:])
     assert same["f1"].tolist() == table[table["level"] == 1]["f1"].tolist()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = annotator.plot_sweep(table, model={"low": {"completeness": 0.8, "f1": 0.7}})
+    assert len(fig.axes) == 2
+    matplotlib.pyplot.close(fig)
     with pytest.raises(ParamsError, match="unknown field"):
         annotator.visibility_sweep(frames, SPACING, [0.5], 150.0, levels=[{"quantile": 0.5}])
