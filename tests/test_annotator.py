@@ -124,3 +124,37 @@ def test_annotate_frames_writes_labels_manual(tmp_path):
     assert n == 2
     m = read_label(rec / "LabelsManual" / "10_label.png", img.shape)
     assert m.any() and not m[:, 170:].any()
+
+
+def test_visibility_sweep_low_intensity_completeness_falls_with_the_level(tmp_path):
+    img, contour = synthetic_frame()
+    rec = tmp_path / "specimen02" / "record01"
+    for t in (10, 20):
+        write_image(rec / "UltrasoundImages" / f"{t}.png", img)
+        write_label(rec / "Labels_full" / f"{t}_label.png", contour)
+        write_label(rec / "Labels" / f"{t}_label.png", contour)
+    frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen02")])
+    levels = ({"visible_quantile": 0.0, "visible_fraction": 0.0, "visible_contrast": 0.0},
+              {"visible_quantile": 0.97, "visible_fraction": 0.6})
+    # the bright half (230) is high intensity, the dim half (70) low
+    table = annotator.visibility_sweep(frames, SPACING, [0.25, 0.5], threshold=150.0, levels=levels)
+    assert len(table) == 2 * 3 and set(table["region"]) == {"all", "high", "low"}
+    at = {(r.level, r.region): r for r in table.itertuples()}
+    # level 0 traces the whole contour: the dim half is found; the default rule misses it by construction
+    # (but for the stroke running a brush width past the bright end)
+    assert at[0, "low"].completeness > 0.9 and at[0, "all"].completeness > 0.9
+    assert at[1, "low"].completeness_strict < 0.2 and at[1, "high"].completeness > 0.9
+    assert 0.4 < at[1, "all"].completeness < 0.6
+    assert at[0, "all"].marked_share > at[1, "all"].marked_share > 0
+    assert at[0, "low"].n_frames == 2 and at[1, "all"].visible_quantile == 0.97
+    # the same seeded jitter at every level: the default level equals annotate_frames' label
+    same = annotator.visibility_sweep(frames, SPACING, [0.5], threshold=150.0, levels=levels[1:])
+    assert same["f1"].tolist() == table[table["level"] == 1]["f1"].tolist()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = annotator.plot_sweep(table, model={"low": {"completeness": 0.8, "f1": 0.7}})
+    assert len(fig.axes) == 2
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ParamsError, match="unknown field"):
+        annotator.visibility_sweep(frames, SPACING, [0.5], 150.0, levels=[{"quantile": 0.5}])

@@ -410,3 +410,20 @@ def test_morton_order_is_a_local_permutation():
     step = np.linalg.norm(np.diff(pts[order], axis=0), axis=1).mean()
     assert step < 0.2 * np.linalg.norm(np.diff(pts, axis=0), axis=1).mean()
     assert len(rc.morton_order(np.zeros((0, 3)))) == 0
+
+
+def test_chamfer_distance_known_answers():
+    # two parallel grids 1 mm apart, same x-y: every nearest distance is 1 mm
+    g = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0), indexing="ij"), -1).reshape(-1, 2)
+    a = np.c_[g, np.zeros(len(g))]
+    b = np.c_[g, np.ones(len(g))]
+    cd = rc.chamfer_distance(a, b)
+    assert cd["chamfer_mm"] == pytest.approx(1.0) and cd["a_to_b_mm"] == pytest.approx(1.0)
+    # asymmetric: A = {0}, B = {0, 3} on a line: A->B 0, B->A (0 + 3) / 2 = 1.5; CD = mean of the two = 0.75
+    cd = rc.chamfer_distance([[0, 0, 0]], [[0, 0, 0], [3, 0, 0]])
+    assert (cd["a_to_b_mm"], cd["b_to_a_mm"], cd["chamfer_mm"]) == pytest.approx((0.0, 1.5, 0.75))
+    assert rc.chamfer_distance(a, a)["chamfer_mm"] == 0.0
+    assert np.isnan(rc.chamfer_distance(a, np.zeros((0, 3)))["chamfer_mm"])
+    # UltraBoneUDF's crop of the reference to the imaged part
+    kept = rc.points_within(b, a[:5], max_mm=1.0)
+    np.testing.assert_array_equal(kept, b[:5])
