@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_bone_detector import SPACING, bone_frame  # noqa: E402
 
-from ultrabones import bone_detector as bd  # noqa: E402
+from ultrabones.evaluation import bone_detector as bd  # noqa: E402
 
 
 def test_detect_under_20_ms_per_frame():

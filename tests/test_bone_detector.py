@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ultrabones import bone_detector as bd
-from ultrabones.errors import DatasetError, ParamsError
-from ultrabones.metrics import directed_distances, distance_metrics
+from ultrabones.evaluation import bone_detector as bd
+from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.evaluation.metrics import directed_distances, distance_metrics
 
 SPACING = (0.2, 0.2)  # mm per pixel, as the twin
 SHAPE = (218, 256)  # rows (depth) x columns
@@ -138,7 +138,7 @@ def test_phase_symmetry_finds_dim_bone_that_intensity_misses():
 
 
 def test_score_detector_gives_the_evaluation_rows(tmp_path):
-    from ultrabones import metrics
+    from ultrabones.evaluation import metrics
     from ultrabones.dataset import read_specimen, write_image, write_label
 
     rec = tmp_path / "specimen03" / "record01"
