@@ -139,7 +139,7 @@ def test_phase_symmetry_finds_dim_bone_that_intensity_misses():
 
 def test_score_detector_gives_the_evaluation_rows(tmp_path):
     from ultrabones.evaluation import metrics
-    from ultrabones.dataset import read_specimen, write_image, write_label
+    from ultrabones.core.dataset import read_specimen, write_image, write_label
 
     rec = tmp_path / "specimen03" / "record01"
     for t in (10, 20):

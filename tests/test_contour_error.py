@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ultrabones import labeling, metrics
+from ultrabones.evaluation import metrics
+from ultrabones.labels import frame as labeling
 
 SP = (0.2, 0.2)
 

@@ -79,7 +79,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .errors import DatasetError, ParamsError
+from ultrabones.core.errors import DatasetError, ParamsError
 
 LABEL = "shadow-peak detector"
 ENHANCEMENTS = ("intensity", "phase_symmetry")
@@ -382,7 +382,7 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
 
     Every combination of ``grid`` (the other parameters from ``base``) is run on
     every frame and scored against its label with
-    :func:`ultrabones.metrics.distance_metrics` (strict protocol: an empty
+    :func:`ultrabones.evaluation.metrics.distance_metrics` (strict protocol: an empty
     detection on a labelled frame scores F1 0). Pass *training* frames only:
     the chosen parameters are then applied, unchanged, to the test frames.
 
@@ -409,7 +409,7 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
     """
     import pandas as pd
 
-    from .metrics import distance_metrics
+    from ultrabones.evaluation.metrics import distance_metrics
 
     if len(images) == 0 or len(images) != len(labels):
         raise DatasetError(f"bone detector fit: need as many labels as images, got {len(images)} images and "
@@ -441,12 +441,12 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
 
 
 def label_source(params: DetectorParams, spacing):
-    """A :data:`ultrabones.metrics.LabelSource` that runs the detector on the frame's image.
+    """A :data:`ultrabones.evaluation.metrics.LabelSource` that runs the detector on the frame's image.
 
-    Use it as a method of :func:`ultrabones.metrics.evaluate`, beside the model
+    Use it as a method of :func:`ultrabones.evaluation.metrics.evaluate`, beside the model
     and the manual labels: ``methods["shadow-peak"] = label_source(p, spacing)``.
     """
-    from .dataset import read_image
+    from ultrabones.core.dataset import read_image
 
     def read(frame, shape: tuple) -> np.ndarray:
         img = read_image(frame.record.image_path(frame.timestamp))
@@ -460,8 +460,8 @@ def label_source(params: DetectorParams, spacing):
 
 
 def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Images and ``kind`` labels of :class:`ultrabones.metrics.Frame` objects (for :func:`fit`)."""
-    from .dataset import read_image, read_label
+    """Images and ``kind`` labels of :class:`ultrabones.evaluation.metrics.Frame` objects (for :func:`fit`)."""
+    from ultrabones.core.dataset import read_image, read_label
 
     images, labels = [], []
     for fr in frames:
@@ -473,9 +473,9 @@ def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[n
 
 def fit_frames(frames: Sequence, spacing, grid: Mapping[str, Sequence] | None = None, n_max: int | None = None,
                seed: int = 0, kind: str = "Labels", base: DetectorParams = DetectorParams(), sigma_mm: float = 0.5):
-    """:func:`fit` on dataset frames (the *training* specimens' :class:`ultrabones.metrics.Frame` objects).
+    """:func:`fit` on dataset frames (the *training* specimens' :class:`ultrabones.evaluation.metrics.Frame` objects).
 
-    ``n_max`` frames at most, drawn with ``seed`` (as :func:`ultrabones.metrics.labelled_frames` draws
+    ``n_max`` frames at most, drawn with ``seed`` (as :func:`ultrabones.evaluation.metrics.labelled_frames` draws
     test frames); their ``kind`` labels are the reference. Returns ``(best, table)`` as :func:`fit`.
     """
     frames = list(frames)
@@ -488,11 +488,11 @@ def fit_frames(frames: Sequence, spacing, grid: Mapping[str, Sequence] | None = 
 
 def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, threshold: float,
                    reference=None, sigma_mm: float = 0.5, name: str = LABEL, progress: bool = False):
-    """Score the detector on (test) frames like the model: the rows of :func:`ultrabones.metrics.table_at`.
+    """Score the detector on (test) frames like the model: the rows of :func:`ultrabones.evaluation.metrics.table_at`.
 
     Parameters
     ----------
-    frames : :class:`ultrabones.metrics.Frame` objects (the evaluated test frames).
+    frames : :class:`ultrabones.evaluation.metrics.Frame` objects (the evaluated test frames).
     params : the detector's parameters, fitted on training frames (:func:`fit`).
     spacing : (sx, sy) mm per pixel.
     sigmas : increasing distance thresholds (mm), containing ``sigma_mm``.
@@ -506,11 +506,11 @@ def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, th
     ``(table, summary)``: a DataFrame with one row per region (``all``,
     ``high``, ``low``): ``method``, ``region``, ``accuracy``,
     ``accuracy_strict``, ``accuracy_paper`` (NaN), ... ``n_frames``, as
-    :func:`ultrabones.metrics.table_at` gives for the model; and the
-    :func:`ultrabones.metrics.summarise` dict (``at``, ``curves``, ``border``)
+    :func:`ultrabones.evaluation.metrics.table_at` gives for the model; and the
+    :func:`ultrabones.evaluation.metrics.summarise` dict (``at``, ``curves``, ``border``)
     to merge into the notebook's Fig. 8 curves.
     """
-    from . import metrics
+    from ultrabones.evaluation import metrics
 
     ref = reference if reference is not None else metrics.dataset_label("Labels")
     res = metrics.evaluate(frames, ref, {name: label_source(params, spacing)}, spacing, sigmas, threshold,

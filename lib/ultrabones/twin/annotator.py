@@ -44,7 +44,7 @@ its visibility level (``visible_quantile``, ``visible_fraction``; default
 curve (:func:`plot_sweep`). Its geometry also starts from the pipeline's own
 ``Labels_full``, the contour the reference ``Labels`` are cut from: it is
 scored against labels it shares geometry with. Real manual labels
-(``LabelsManual/``) are scored by :func:`ultrabones.metrics.evaluate` like any
+(``LabelsManual/``) are scored by :func:`ultrabones.evaluation.metrics.evaluate` like any
 method.
 """
 
@@ -337,13 +337,13 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     ``visible_quantile`` and ``visible_fraction``), the annotator labels every
     frame in memory (nothing is written) and its labels are scored against the
     reference labels with the paper's metrics, per intensity region (the Otsu
-    split of :mod:`ultrabones.metrics`). Every level of a frame uses the same
+    split of :mod:`ultrabones.evaluation.metrics`). Every level of a frame uses the same
     seeded generator (:func:`frame_rng`), so the hand-tracing jitter is the
     same and only the visibility rule changes along the curve.
 
     Parameters
     ----------
-    frames : :class:`ultrabones.metrics.Frame` objects (the evaluated test frames).
+    frames : :class:`ultrabones.evaluation.metrics.Frame` objects (the evaluated test frames).
     spacing : (sx, sy) mm per pixel.
     sigmas : increasing distance thresholds (mm) containing ``sigma_mm``.
     threshold : Otsu grey level of the high/low split (the one the model is scored with).
@@ -372,8 +372,8 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from . import metrics
-    from .dataset import LABELS, LABELS_FULL, read_image, read_label
+    from ultrabones.evaluation import metrics
+    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_image, read_label
 
     names = {f.name for f in dataclasses.fields(AnnotatorParams)}
     plist = []
