@@ -333,6 +333,14 @@ def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
     shutil.rmtree(paths.truth)  # as on real data: nothing is measured, the frames are only labelled
     P = dict(PARAMS, lambda_value=0.1, chunk_size=4)  # the odd frame shares a chunk with good ones
     out = labeling_run.run(paths, P, seed=0)
+    # a record that labels only its odd frame: the record's other frames still set its size
+    paths_b = make_twin(tmp_path / "b", n_frames=4)
+    odd_b = rec.image_path(int(ts[0]))
+    odd_b = paths_b.dataset / odd_b.relative_to(paths.dataset)
+    dataset.write_image(odd_b, np.full((180, 200), 60, np.uint8))
+    only = labeling_run.run(paths_b, dict(P, frame_stride=4), seed=0)["report"]
+    assert list(only["timestamp"]) == [ts[0]] and list(only["status"]) == ["bad_image"]
+    assert str(odd_b) in only["message"].iloc[0]
     rep = out["report"].set_index("timestamp")
     assert rep.loc[ts[1], "status"] == "bad_image"
     msg = rep.loc[ts[1], "message"]
