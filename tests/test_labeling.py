@@ -19,6 +19,8 @@ import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
+from ultrabones.twin.layout import truth_dir
+from ultrabones.twin import measure
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
@@ -321,8 +323,16 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert (rec.path / batch.REPORT).is_file()
     assert out["lambda"] in PARAMS["lambdas"]
     m = batch.summarize(out["report"])
-    assert set(m["label_error_mm"]) == {"initial", "registration", "optimized"}
+    assert "label_error_mm" not in m and "contour_error_mm" not in m  # the stage measures nothing against truth
     assert 0 <= m["discard_rate"] <= 1
+    # the twin measures what the stage wrote
+    settings = {"gamma_mm": PARAMS["gamma_mm"], "label_density_per_mm2": PARAMS["label_density_per_mm2"],
+                "label_cloud_seed": 1}
+    errors = measure.labels(paths, out["report"], out["registrations"], settings)
+    assert list(errors["timestamp"]) == list(kept)
+    mt = measure.label_metrics(errors)
+    assert set(mt["contour_error_mm"]) == set(mt["label_error_mm"]) == {"initial", "registration", "optimized"}
+    assert mt["contour_error_mm"]["optimized"]["n"] == len(kept)
 
 
 def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
@@ -334,9 +344,17 @@ def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
     dataset.write_image(odd, np.full((180, 200), 60, np.uint8))
     import shutil
 
-    shutil.rmtree(paths.truth)  # as on real data: nothing is measured, the frames are only labelled
+    shutil.rmtree(truth_dir(paths))  # as on real data: nothing is measured, the frames are only labelled
     P = dict(PARAMS, lambda_value=0.1, chunk_size=4)  # the odd frame shares a chunk with good ones
     out = batch.run(paths, P, seed=0)
+    # a record that labels only its odd frame: the record's other frames still set its size
+    paths_b = make_twin(tmp_path / "b", n_frames=4)
+    odd_b = rec.image_path(int(ts[0]))
+    odd_b = paths_b.dataset / odd_b.relative_to(paths.dataset)
+    dataset.write_image(odd_b, np.full((180, 200), 60, np.uint8))
+    only = batch.run(paths_b, dict(P, frame_stride=4), seed=0)["report"]
+    assert list(only["timestamp"]) == [ts[0]] and list(only["status"]) == ["bad_image"]
+    assert str(odd_b) in only["message"].iloc[0]
     rep = out["report"].set_index("timestamp")
     assert rep.loc[ts[1], "status"] == "bad_image"
     msg = rep.loc[ts[1], "message"]
@@ -484,24 +502,23 @@ def test_run_on_dask_matches_synchronous(tmp_path):
     P = dict(PARAMS, lambda_value=0.1)
     sync = batch.run(paths_a, P, seed=0)["report"]
     dask = batch.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1)["report"]
-    cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm", "error_optimized_mm"]
+    cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(sync[cols], dask[cols])
 
 
-def test_choose_lambda_by_truth_and_by_proxy():
+def test_choose_lambda_truth_free_and_the_oracle_measured_apart():
     trials = pd.DataFrame({
         "lambda": [0.1, 0.1, 10.0, 10.0], "timestamp": [1, 2, 1, 2],
         "status": ["kept", "discarded", "kept", "kept"], "correction_mm": [0.5, 1.5, 0.2, 0.3],
         "intensity_initial": [0.3, 0.3, 0.3, 0.3], "intensity_optimized": [0.9, 0.95, 0.6, 0.5],
-        "error_initial_mm": [1.0, 1.0, 1.0, 1.0], "error_optimized_mm": [0.1, 0.1, 0.4, 0.6],
     })
-    lam, table = batch.choose_lambda(trials, use_truth=True)
-    # lambda 0.1: delivered errors 0.1 and 1.0 (discarded frame falls back) -> 0.55; lambda 10: 0.5
-    assert lam == 10.0
-    assert table.set_index("lambda").loc[0.1, "error_mm"] == pytest.approx(0.55)
+    lam, table = batch.choose_lambda(trials)
+    assert lam == 0.1  # (0.9 + 0.3) / 2 = 0.6 > (0.6 + 0.5) / 2
     assert table.set_index("lambda").loc[0.1, "discard_rate"] == pytest.approx(0.5)
-    lam_p, _ = batch.choose_lambda(trials, use_truth=False)
-    assert lam_p == 0.1  # proxy: (0.9 + 0.3) / 2 = 0.6 > (0.6 + 0.5) / 2
+    # the oracle: the true contour error of the delivered labels, measured by the twin
+    measured = trials.assign(contour_delivered_mm=[0.1, 1.0, 0.4, 0.6], contour_initial_mm=1.0)
+    oracle, by_lambda = measure.oracle_lambda(measured)
+    assert oracle == 10.0 and by_lambda.set_index("lambda").loc[0.1, "true_contour_mm"] == pytest.approx(0.55)
 
 
 def test_selected_rows_stride_and_cap():
@@ -525,25 +542,28 @@ def test_summarize_known_answer():
                     "row 7: pose is not finite"],
         "correction_mm": [0.2, 0.6, 1.2, 0.4, np.nan, np.nan],
         "seconds_optimize": [0.1, 0.3, 0.2, 0.2, np.nan, np.nan],
-        "error_initial_mm": [1.0, 0.5, 2.0, 1.0, np.nan, np.nan],
-        "error_registered_mm": [0.8, 0.9, 1.0, 1.0, np.nan, np.nan],
-        "error_optimized_mm": [0.1, 0.7, np.nan, np.nan, np.nan, np.nan],
-        "visible_precision": [1.0, 0.5, np.nan, np.nan, np.nan, np.nan],
-        "visible_recall": [0.8, 0.6, np.nan, np.nan, np.nan, np.nan],
     })
     m = batch.summarize(rep)
     assert m["discard_rate"] == pytest.approx(0.5)  # of the frames that were optimised
     assert m["kept_mean_fiducial_correction_mm"] == pytest.approx(0.4)
     assert m["discarded_for_correction"] == 1 and m["discarded_for_shrinking"] == 1
     assert m["seconds_per_frame"] == pytest.approx(0.2)
-    assert m["label_error_mm"]["initial"]["mean"] == pytest.approx(0.75)
-    assert m["label_error_mm"]["registration"]["median"] == pytest.approx(0.85)
-    assert m["label_error_mm"]["optimized"]["mean"] == pytest.approx(0.4)
-    assert m["optimized_better_share"] == pytest.approx(0.5)
-    assert m["visible_label_precision"] == pytest.approx(0.75)
-    assert m["status_counts"] == {"kept": 2, "discarded": 2, "no_bone": 1, "bad_pose": 1, "bad_image": 0}
-    assert m["skipped_frames"] == [{"status": "bad_pose", "message": "row 7: pose is not finite"}]
-    assert m["skipped_inputs"] == []
+
+
+def test_label_metrics_against_truth_known_answer():
+    errors = pd.DataFrame({
+        "contour_initial_mm": [1.0, 0.5], "contour_registered_mm": [0.8, 0.9], "contour_optimized_mm": [0.1, 0.7],
+        "error_initial_mm": [0.6, 0.3], "error_registered_mm": [0.5, 0.6], "error_optimized_mm": [0.05, 0.4],
+        "visible_precision": [1.0, 0.5], "visible_recall": [0.8, 0.6],
+    })
+    m = measure.label_metrics(errors)
+    assert m["contour_error_mm"]["initial"]["mean"] == pytest.approx(0.75)
+    assert m["contour_error_mm"]["registration"]["median"] == pytest.approx(0.85)
+    assert m["contour_error_mm"]["optimized"]["mean"] == pytest.approx(0.4)
+    assert m["label_error_mm"]["optimized"]["mean"] == pytest.approx(0.225)
+    assert m["optimized_better_share"] == pytest.approx(0.5)  # 0.1 < 1.0, 0.7 > 0.5
+    assert m["visible_label_precision"] == pytest.approx(0.75) and m["visible_label_recall"] == pytest.approx(0.7)
+    assert measure.label_metrics(pd.DataFrame()) == {}
 
 
 def test_label_distance_and_precision_recall_in_mm():

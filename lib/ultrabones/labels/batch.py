@@ -539,14 +539,15 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
                     for s in specs}
 
     records = []  # (specimen, record, table, rows)
-    shapes = {}  # record key -> the (H, W) most of its labelled frames have
+    shapes = {}  # record key -> the (H, W) most of its frames have
     for s in specs:
         for rec in s.records:
             tab = _record_tracking(rec)
             Ps = spec_params[s.name]
             rows = selected_rows(len(tab), Ps["frame_stride"], Ps["max_frames_per_record"])
             records.append((s, rec, tab, rows))
-            shapes[rec.key] = record_image_shape(rec, tab.loc[rows, "timestamp"])
+            # all the record's frames vote, not only the labelled ones (a record may label one frame)
+            shapes[rec.key] = record_image_shape(rec, tab["timestamp"])
 
     def frame_poses(tab, rows):
         return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
