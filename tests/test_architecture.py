@@ -106,3 +106,23 @@ def test_the_method_does_not_read_the_truth_folder():
             if isinstance(node, ast.Constant) and node.value == "truth":
                 bad.append(f"{f.relative_to(PKG.parent)}:{node.lineno} '{node.value}'")
     assert bad == []
+
+
+def test_docs_architecture_lists_exactly_the_package_modules():
+    """The layout drawn in docs/architecture.md names every module of the package and no other file."""
+    import re
+
+    doc = (PKG.parents[1] / "docs" / "architecture.md").read_text()
+    block = doc.split("## Layout", 1)[1].split("```", 2)[1]
+    drawn, package = set(), None
+    for line in block.splitlines():
+        m = re.match(r"^  (\w+)/(\s|$)", line)
+        if m:
+            package = m.group(1)
+            continue
+        m = re.match(r"^    (\w+\.py)\s", line)
+        if m and package:
+            drawn.add(f"{package}/{m.group(1)}")
+    actual = {str(f.relative_to(PKG)) for f in PKG.rglob("*.py")
+              if f.parent != PKG and f.name != "__init__.py"}
+    assert drawn == actual, {"not drawn": sorted(actual - drawn), "drawn but absent": sorted(drawn - actual)}

@@ -3,13 +3,20 @@
 CT-derived bone labels for tracked ultrasound, the bone-segmentation benchmark
 built on them, and a digital twin that stands in for the real dataset.
 
-One module per concept:
+Packages, bottom up (``docs/architecture.md``; ``tests/test_architecture.py``
+checks that a package imports only its own layer and those below):
 
-- :mod:`ultrabones.core.geometry`  poses, the Eq. 1 pixel-to-CT chain, interpolation
-- :mod:`ultrabones.core.dataset`   the released dataset layouts, validated I/O
-- :mod:`ultrabones.core.params`    parameter profiles and their validation
-- :mod:`ultrabones.core.paths`     where every file of a run lives
-- :mod:`ultrabones.pipeline.runner`    executing notebooks with papermill
+- :mod:`ultrabones.core`            geometry (Eq. 1), dataset I/O, parameters, paths, cache keys, atomic writes
+- :mod:`ultrabones.calibration`     paper 3.1: Z-phantom, CT bone model, CT-to-marker, probe calibration
+- :mod:`ultrabones.labels`          paper 3.1: Eq. 2 per frame, global registration, labelling a dataset
+- :mod:`ultrabones.rating`          paper 3.1: blinded rating set and page, Wilcoxon + Bonferroni
+- :mod:`ultrabones.segmentation`    paper 3.2: training data, U-Net/FPN under Lightning, inference
+- :mod:`ultrabones.evaluation`      paper 3.2/4: Eqs. 3-6, the Otsu split, the classical detector baseline
+- :mod:`ultrabones.reconstruction`  3D bone surface from labelled sweeps
+- :mod:`ultrabones.twin`            the digital twin, its simulated people, and the only reader of its truth
+- :mod:`ultrabones.pipeline`        runner, stage bookkeeping, CLI, summary
+
+The method packages never import :mod:`ultrabones.twin`: truth only measures.
 """
 
 __version__ = "0.1.0"
