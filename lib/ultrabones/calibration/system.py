@@ -396,7 +396,7 @@ def sweep_offsets(image_times: np.ndarray, image_points: np.ndarray, phantom_poi
     calibs = np.empty((len(offsets_ms), 4, 4))
     starts = range(0, len(offsets_ms), chunk)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         starts = tqdm(starts, desc="offset sweep", unit="chunk")
     for s in starts:
@@ -496,7 +496,7 @@ def calibrate_probe(raw: Path, P: dict, progress: bool = False) -> ProbeCalibrat
     in_range = (ts + offsets[0] >= times[0]) & (ts + offsets[-1] <= times[-1])
     it = ts[in_range]
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         it = tqdm(it, desc="phantom frames", unit="frame")
     blobs = {int(t): detect_blobs(dataset.read_image(img_dir / f"{int(t)}.png"), spacing, P["wire_threshold"],
@@ -765,7 +765,7 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
     records = {}
     recs = raw_records(raw_s)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         recs = tqdm(recs, desc=f"{specimen} records", unit="record", leave=False)
     for rec in recs:
@@ -842,7 +842,7 @@ def _specimen_job(args: tuple) -> tuple[str, dict]:
 def _run_jobs(jobs: list[tuple], n_workers: int, dask_scheduler: str | None, progress: bool):
     """Yield ``(specimen, result)`` of each job as it finishes: on a Dask scheduler, a
     process pool of ``n_workers``, or in this process when one worker suffices."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="specimens", unit="specimen", disable=not progress)
     if dask_scheduler:

@@ -678,7 +678,7 @@ def label_histograms(frames: Sequence[Frame], sources: Mapping[str, LabelSource]
 
     Frames stream: one image and its labels are in memory at a time.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.core.dataset import read_image
 
@@ -712,7 +712,7 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     "gt_counts": (n, 2) high and low-intensity pixels of each reference label,
     "n_frames": n, "seconds": wall time}``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.core.dataset import read_image
 

@@ -69,7 +69,7 @@ def executor(kind: str, scheduler: str | None, n_workers: int):
     scheduler : Dask scheduler address, or None for a local cluster.
     n_workers : local worker processes.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     progress = os.environ.get("ULTRABONES_NO_PROGRESS") is None
 
@@ -521,7 +521,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     records: ``[{"path", "reason"}]``, also warned about and kept in
     ``report.attrs`` for :func:`summarize`).
     """
-    from tqdm.auto import tqdm  # noqa: F401  (progress bars in executor)
+    from tqdm import tqdm  # noqa: F401  (progress bars in executor)
 
     specs, skipped = dataset.scan(paths.dataset, specimens)
     dataset.warn_skipped(paths.dataset, skipped)

@@ -99,6 +99,7 @@ def execute(
     parameters: Mapping[str, Any],
     cwd: Path | None = None,
     progress: bool = True,
+    stream: bool = True,
 ) -> Path:
     """Execute a notebook with papermill (kernel ``python3``, this Python).
 
@@ -109,6 +110,8 @@ def execute(
     parameters : exactly the names of the notebook's ``parameters`` cell.
     cwd : working directory of the kernel (default: the notebook's folder).
     progress : show papermill's cell progress bar.
+    stream : relay the kernel's stderr (progress bars, warnings) to this stderr as lines, with a
+        heartbeat after a minute of silence (:class:`ultrabones.pipeline.progress.ProgressRelay`).
 
     Raises
     ------
@@ -117,12 +120,21 @@ def execute(
     NotebookError
         If a cell fails; the message names the notebook, cell and exception.
     """
+    import os
+
     import papermill as pm
+
+    from ultrabones.pipeline.progress import ProgressRelay
 
     notebook = Path(notebook)
     check_parameters(notebook, parameters)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    # The kernel's tqdm bars (frames done of total, rate, ETA) reach the terminal through the relay,
+    # at most one line per bar every few seconds; the kernel inherits this setting.
+    os.environ.setdefault("TQDM_MININTERVAL", "2")
+    relay = ProgressRelay(sys.stderr, prefix=f"[{notebook.stem}] ", min_interval_s=10.0,
+                          heartbeat_s=60.0 if stream else 0.0)
     try:
         pm.execute_notebook(
             str(notebook),
@@ -132,9 +144,12 @@ def execute(
             cwd=str(cwd or notebook.parent),
             progress_bar=progress,
             log_output=False,
+            stderr_file=relay if stream else None,
         )
     except pm.PapermillExecutionError:
         raise NotebookError(_failure_message(notebook, output)) from None
+    finally:
+        relay.close()
     return output
 
 

@@ -426,7 +426,7 @@ def build_rating_set(
     returned; only with it), ``examples`` (the first frame's three items with image
     and label) and ``spacing`` (sx, sy) mm/px.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.core import dataset as ds
 

@@ -658,7 +658,7 @@ def reconstruct_record(
     image_size : (width, height) of the labels in pixels (None if no frame was read).
     bad : one message per unreadable label (the frame is skipped).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     acc = {m: VoxelAccumulator(voxel_mm) for m in frames.poses}
     size, bad = None, []
@@ -1286,7 +1286,7 @@ def reconstruct_dataset(
         labelled frame, or a :class:`DatasetError` such as a missing CT model or a broken tracking table).
     pending : specimens with no result yet (only when ``only`` is set).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.core.dataset import CALIBRATION, read_calibration, read_specimen
     from ultrabones.core.params import for_specimen

@@ -881,7 +881,7 @@ def predict_record(
     if skip_existing:
         ts = np.array([t for t in ts if not record.label_path(t, out_kind).is_file()], dtype=np.int64)
     thr = float(meta.get("threshold", 0.5))
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     written = []
     for i in tqdm(range(0, len(ts), batch_size), desc=f"predict {record.key}", disable=not progress):
@@ -974,7 +974,7 @@ def evaluate_frames(
         model_f1, background_f1, threshold_f1``).
     frames_per_second : end-to-end :func:`predict` speed (decoded frames in, masks out).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     model, meta = _as_model(ckpt)
     size = tuple(meta["input_size"])

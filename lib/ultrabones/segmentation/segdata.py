@@ -364,7 +364,7 @@ class FrameDataset(Dataset):
         self._cache: list | None = None
         per_frame_mb = self.size[0] * self.size[1] * 3 / 2**20  # uint8 image, band and label
         if len(self.frames) * per_frame_mb <= cache_max_mb:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             self._cache = [
                 self._load(i) for i in tqdm(range(len(self.frames)), desc="decoding frames", disable=not progress)

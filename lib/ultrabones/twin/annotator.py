@@ -294,7 +294,7 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
     -------
     Number of frames annotated. Frames stream: one image in memory at a time.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.core.dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_image, read_label, write_label
 
@@ -370,7 +370,7 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     import dataclasses
 
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.evaluation import metrics
     from ultrabones.core.dataset import LABELS, LABELS_FULL, read_image, read_label

@@ -260,7 +260,7 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
     mean distance of the label band's pixels to the true band), ``visible_precision``, ``visible_recall``
     (share within ``tol_mm``).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.core.geometry import perturbation
     from ultrabones.evaluation.metrics import contour_error_mm

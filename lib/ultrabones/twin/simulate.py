@@ -490,7 +490,7 @@ def simulate_specimen(paths: Paths, index: int, cfg: TwinConfig, system: System,
 
     Old output of the specimen is removed first, so no stale frame survives a rerun.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     name = twin_specimen_name(index)
     ss = specimen_seed(seed, index)
@@ -677,7 +677,7 @@ def simulate_phantom(paths: Paths, cfg: TwinConfig, system: System, seed: int, p
     moves with sinusoids of several periods in all six degrees of freedom, so
     that a wrong temporal offset visibly breaks the wire geometry.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ultrabones.calibration import phantom
 
@@ -778,7 +778,7 @@ def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None 
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     cfg = TwinConfig.from_params(P)
     names = [twin_specimen_name(i) for i in range(cfg.n_specimens)]
