@@ -13,7 +13,7 @@ import numpy as np
 
 from ultrabones.core import geometry as G
 from ultrabones.rating import study as R
-from ultrabones.twin import rater
+from ultrabones.evaluation.metrics import directed_distances
 from ultrabones.labels.frame import full_label, surface_points
 
 
@@ -36,11 +36,10 @@ def test_one_frame_under_half_a_second():
     t0 = time.perf_counter()
     sizes = []
     for _ in range(n):
-        dmap = rater.truth_distance_map(truth, spacing)
         for pose in poses:
             label = full_label(shape, pose, calib, spacing, points, 0.3)
             sizes.append(len(R.encode_item(R.render_item(image, label, spacing), "jpeg", 90)))
-            rater.error_distances(label, truth, spacing, dmap)
+            directed_distances(label, truth, spacing)
     per_frame = (time.perf_counter() - t0) / n
     print(f"\nsurface points: {len(points)} in {t_points:.2f} s per specimen; one frame (3 items): "
           f"{per_frame * 1000:.0f} ms; item size {np.mean(sizes) / 1e3:.0f} kB (JPEG q90, base64)")

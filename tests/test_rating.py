@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ultrabones.rating import study as R
+from ultrabones.evaluation.metrics import directed_distances
 from ultrabones.twin import rater
 from ultrabones.core.paths import Paths
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -177,21 +178,21 @@ def test_rubric_rejects_bad_thresholds():
         rater.Rubric(large_share=0.0)
 
 
-def test_error_distances_in_mm_with_anisotropic_spacing():
+def test_label_error_distances_in_mm_with_anisotropic_spacing():
     truth = np.zeros((40, 50), bool)
     truth[10, :] = True
     label = np.zeros_like(truth)
     label[15, 5:45] = True  # 5 rows below: 5 * sy
-    d = rater.error_distances(label, truth, spacing=(0.1, 0.2))
+    d = directed_distances(label, truth, spacing=(0.1, 0.2))
     assert d.shape == (40,) and d == pytest.approx(np.full(40, 1.0))
     truth_v = np.zeros((40, 50), bool)
     truth_v[:, 10] = True
     label_v = np.zeros_like(truth_v)
     label_v[:, 13] = True  # 3 columns right: 3 * sx
-    assert rater.error_distances(label_v, truth_v, (0.1, 0.2)) == pytest.approx(np.full(40, 0.3))
-    assert np.isinf(rater.error_distances(label, np.zeros_like(truth), (0.1, 0.1))).all()
-    with pytest.raises(ValueError, match="differ in shape"):
-        rater.error_distances(label, truth[:-1], (0.1, 0.1))
+    assert directed_distances(label_v, truth_v, (0.1, 0.2)) == pytest.approx(np.full(40, 0.3))
+    assert np.isinf(directed_distances(label, np.zeros_like(truth), (0.1, 0.1))).all()
+    with pytest.raises(DatasetError, match="differs from the label"):
+        directed_distances(label, truth[:-1], (0.1, 0.1))
 
 
 # ----------------------------------------------------------------------------- the set

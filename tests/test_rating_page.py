@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 
 from ultrabones.rating import study as R
+from ultrabones.evaluation.metrics import directed_distances
 from ultrabones.twin import rater
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -65,7 +66,7 @@ def synthetic_frames(n_frames: int = 8, seed: int = 5, shape=(160, 200)):
             label = np.abs(vv - curve(uu, dv)) <= 0.3 / SPACING[1]
             items.append({"specimen": spec, "record": rec, "timestamp": ts, "method": method,
                           "rgb": R.render_item(image, label, SPACING, alpha=0.5)})
-            dists[(spec, rec, ts, method)] = rater.error_distances(label, truth, SPACING)
+            dists[(spec, rec, ts, method)] = directed_distances(label, truth, SPACING)
     return pd.DataFrame(frames, columns=["specimen", "record", "timestamp"]), items, dists
 
 

@@ -40,11 +40,11 @@ def twin(tmp_path_factory):
     return tiny_twin(tmp_path_factory.mktemp("twin"))
 
 
-def test_kabsch_recovers_a_pose_and_jitter_is_small():
+def test_rigid_fit_recovers_a_pose_and_jitter_is_small():
     rng = np.random.default_rng(0)
     pose = geometry.pose_from_params(np.array([10.0, -20.0, 1500.0, 30.0, -10.0, 80.0]))
     f = geometry.PROBE_FIDUCIALS_MM
-    fit = simulate.kabsch(f, geometry.transform_points(pose, f))
+    fit = geometry.rigid_fit(f, geometry.transform_points(pose, f))
     assert np.allclose(fit, pose, atol=1e-9)
     noisy = simulate.measure_marker(np.repeat(pose[None], 2000, 0), f, 0.1, rng)
     err = geometry.mean_fiducial_displacement(noisy, pose)

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ultrabones.core.errors import DatasetError
+from ultrabones.core.mesh import decimate, point_distances
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,8 @@ def component_mesh(ct: CTVolume, labels: np.ndarray, label: int, level: float, s
         m = m.filter_smooth_taubin(number_of_iterations=int(smooth_iterations))
     if decimate_fraction < 1.0:
         target = max(int(len(m.triangles) * decimate_fraction), 100)
-        m = m.simplify_quadric_decimation(target_number_of_triangles=target)
+        v, f = decimate(np.asarray(m.vertices), np.asarray(m.triangles), target)
+        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v), o3d.utility.Vector3iVector(f))
     m.remove_degenerate_triangles()
     m.remove_unreferenced_vertices()
     mesh = trimesh.Trimesh(np.asarray(m.vertices), np.asarray(m.triangles), process=True)
@@ -334,18 +336,6 @@ def surface_distances(mesh_from, mesh_to, n_samples: int = 20000, seed: int = 0)
 
     pts, _ = trimesh.sample.sample_surface(mesh_from, n_samples, seed=seed)
     return point_distances(pts, mesh_to)
-
-
-def point_distances(points: np.ndarray, mesh) -> np.ndarray:
-    """Unsigned distance (mm) of each point (N, 3) to a triangle mesh's surface (open3d raycasting scene)."""
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)),
-        o3d.core.Tensor(np.asarray(mesh.faces, np.uint32)),
-    )
-    return scene.compute_distance(o3d.core.Tensor(np.asarray(points, np.float32))).numpy().astype(float)
 
 
 def symmetric_surface_distance(mesh_a, mesh_b, n_samples: int = 20000, seed: int = 0) -> dict:

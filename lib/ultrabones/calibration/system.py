@@ -36,13 +36,14 @@ from scipy import ndimage
 
 from ultrabones.core import dataset
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.executor import executor
 from ultrabones.core.geometry import (
     POSE_COLUMNS,
     interpolate_poses,
     invert_transform,
-    make_transform,
     params_from_pose,
     pose_from_params,
+    rigid_fit,
     transform_points,
 )
 from ultrabones.calibration.phantom import NWirePhantom
@@ -301,36 +302,6 @@ def middle_points_in_phantom(phantom: NWirePhantom, points: np.ndarray) -> np.nd
     r = np.einsum("...i,...i->...", b - a, ac) / np.einsum("...i,...i->...", ac, ac)
     p0, p1 = phantom.wires[:, 1, 0], phantom.wires[:, 1, 1]
     return p0 + r[..., None] * (p1 - p0)
-
-
-# ----------------------------------------------------------------------------- least squares
-
-
-def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares rigid transform(s) mapping ``src`` onto ``dst`` (Kabsch), batched.
-
-    Parameters
-    ----------
-    src : (M, 3) or (..., M, 3) array (mm).
-    dst : (..., M, 3) array (mm), broadcastable against ``src``.
-
-    Returns
-    -------
-    (..., 4, 4) array ``T`` minimising ``sum |T src - dst|^2`` over rotations
-    (``det = +1``) and translations. Works for coplanar ``src`` (image points).
-    """
-    src = np.asarray(src, dtype=float)
-    dst = np.asarray(dst, dtype=float)
-    cs = src.mean(axis=-2)
-    cd = dst.mean(axis=-2)
-    h = np.swapaxes(src - cs[..., None, :], -1, -2) @ (dst - cd[..., None, :])  # sum of a b^T
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(u @ vt))
-    fix = np.ones(d.shape + (3,))
-    fix[..., 2] = d
-    rot = np.swapaxes(vt, -1, -2) @ (fix[..., :, None] * np.swapaxes(u, -1, -2))  # V diag(1,1,d) U^T
-    trans = cd - (rot @ cs[..., :, None])[..., 0]
-    return make_transform(rot, trans)
 
 
 @dataclass
@@ -839,36 +810,6 @@ def _specimen_job(args: tuple) -> tuple[str, dict]:
     return sid, res
 
 
-def _run_jobs(jobs: list[tuple], n_workers: int, dask_scheduler: str | None, progress: bool):
-    """Yield ``(specimen, result)`` of each job as it finishes: on a Dask scheduler, a
-    process pool of ``n_workers``, or in this process when one worker suffices."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc="specimens", unit="specimen", disable=not progress)
-    if dask_scheduler:
-        from distributed import Client, as_completed
-
-        with Client(dask_scheduler) as client:
-            for fut in as_completed(client.map(_specimen_job, jobs, pure=False)):
-                bar.update()
-                yield fut.result()
-    elif n_workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn, not fork: open3d's and BLAS's threads do not survive a fork.
-        with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-            for fut in as_completed([ex.submit(_specimen_job, j) for j in jobs]):
-                bar.update()
-                yield fut.result()
-    else:
-        for j in jobs:
-            out = _specimen_job(j)
-            bar.update()
-            yield out
-    bar.close()
-
-
 def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | None = None,
               specimen_overrides: dict | None = None, progress: bool = True, n_workers: int = 1,
               dask_scheduler: str | None = None) -> StageResult:
@@ -916,8 +857,9 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
         if cache.get(sid, keys[sid]) is not None and (paths.dataset / sid / "CT_bone_model.stl").is_file():
             continue
         jobs.append((paths.raw, paths.dataset, sid, probe.offset_ms, Ps))
-    for sid, res in _run_jobs(jobs, n_workers, dask_scheduler, progress):
-        cache.put(sid, keys[sid], res)
+    with executor("auto", dask_scheduler, n_workers, progress) as ex:
+        ex.map(_specimen_job, jobs, desc="specimens", unit="specimen",
+               on_result=lambda _, out: cache.put(out[0], keys[out[0]], out[1]))
     results = {k: v for k, v in cache.all().items() if k in names}
     return StageResult(probe, results, stage_metrics(probe, results, t_probe))
 

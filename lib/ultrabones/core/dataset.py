@@ -108,6 +108,42 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """One frame of a record: the record and the image's timestamp (ms).
+
+    The one frame type of the package: training, evaluation and the twin's
+    measurements list frames of a dataset as these.
+
+    Attributes
+    ----------
+    record : the frame's :class:`Record`.
+    timestamp : the image's timestamp (ms), its file name in ``UltrasoundImages/``.
+    """
+
+    record: Record
+    timestamp: int
+
+    @property
+    def specimen(self) -> str:
+        return self.record.specimen
+
+    @property
+    def key(self) -> str:
+        """``specimen/record/timestamp``: unique within a dataset."""
+        return f"{self.record.key}/{self.timestamp}"
+
+    @property
+    def image(self) -> Path:
+        """The image PNG."""
+        return self.record.image_path(self.timestamp)
+
+    @property
+    def label(self) -> Path:
+        """The visible label PNG (``Labels/``)."""
+        return self.record.label_path(self.timestamp)
+
+
+@dataclass(frozen=True)
 class Specimen:
     """One specimen: its records and CT bone model(s).
 

@@ -205,6 +205,38 @@ def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     ]
 
 
+def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rigid transform(s) mapping ``src`` onto ``dst`` (Kabsch), batched.
+
+    The rotation is :meth:`scipy.spatial.transform.Rotation.align_vectors`
+    (Kabsch's SVD with the reflection fixed) of the centred point sets; the
+    translation maps the centroid of ``src`` onto that of ``dst``.
+
+    Parameters
+    ----------
+    src : (M, 3) or (..., M, 3) array (mm).
+    dst : (..., M, 3) array (mm), broadcastable against ``src``.
+
+    Returns
+    -------
+    (..., 4, 4) array ``T`` minimising ``sum |T src - dst|^2`` over rotations
+    (``det = +1``) and translations. Works for coplanar ``src`` (image points).
+    """
+    src = np.asarray(src, dtype=float)
+    dst = np.asarray(dst, dtype=float)
+    shape = np.broadcast_shapes(src.shape, dst.shape)
+    s = np.broadcast_to(src, shape).reshape(-1, *shape[-2:])
+    d = np.broadcast_to(dst, shape).reshape(-1, *shape[-2:])
+    cs = s.mean(axis=-2)
+    cd = d.mean(axis=-2)
+    rot = np.empty((len(s), 3, 3))
+    for i in range(len(s)):
+        # align_vectors(a, b) finds R with a ~ R b: here dst ~ R src, both centred.
+        rot[i] = Rotation.align_vectors(d[i] - cd[i], s[i] - cs[i])[0].as_matrix()
+    trans = cd - np.einsum("nij,nj->ni", rot, cs)
+    return make_transform(rot, trans).reshape(shape[:-2] + (4, 4))
+
+
 def perturbation(rotation_deg: np.ndarray, translation_mm: np.ndarray) -> np.ndarray:
     """Small rigid perturbation(s) ``Delta`` from Euler xyz angles and a translation.
 

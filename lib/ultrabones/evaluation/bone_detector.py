@@ -460,7 +460,7 @@ def label_source(params: DetectorParams, spacing):
 
 
 def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Images and ``kind`` labels of :class:`ultrabones.evaluation.metrics.Frame` objects (for :func:`fit`)."""
+    """Images and ``kind`` labels of :class:`ultrabones.core.dataset.Frame` objects (for :func:`fit`)."""
     from ultrabones.core.dataset import read_image, read_label
 
     images, labels = [], []
@@ -473,7 +473,7 @@ def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[n
 
 def fit_frames(frames: Sequence, spacing, grid: Mapping[str, Sequence] | None = None, n_max: int | None = None,
                seed: int = 0, kind: str = "Labels", base: DetectorParams = DetectorParams(), sigma_mm: float = 0.5):
-    """:func:`fit` on dataset frames (the *training* specimens' :class:`ultrabones.evaluation.metrics.Frame` objects).
+    """:func:`fit` on dataset frames (the *training* specimens' :class:`ultrabones.core.dataset.Frame` objects).
 
     ``n_max`` frames at most, drawn with ``seed`` (as :func:`ultrabones.evaluation.metrics.labelled_frames` draws
     test frames); their ``kind`` labels are the reference. Returns ``(best, table)`` as :func:`fit`.
@@ -492,7 +492,7 @@ def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, th
 
     Parameters
     ----------
-    frames : :class:`ultrabones.evaluation.metrics.Frame` objects (the evaluated test frames).
+    frames : :class:`ultrabones.core.dataset.Frame` objects (the evaluated test frames).
     params : the detector's parameters, fitted on training frames (:func:`fit`).
     spacing : (sx, sy) mm per pixel.
     sigmas : increasing distance thresholds (mm), containing ``sigma_mm``.

@@ -57,7 +57,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.overlay import overlay
 
 #: The paper's thresholds: 0 to 2.0 mm in 0.1 mm steps.
 PAPER_SIGMAS_MM = tuple(round(0.1 * i, 1) for i in range(21))
@@ -615,18 +617,6 @@ class Aggregate:
 # ----------------------------------------------------------------------------- data sets
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One evaluated frame: a record and an image timestamp (ms)."""
-
-    record: "object"  # ultrabones.core.dataset.Record
-    timestamp: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.record.key}/{self.timestamp}"
-
-
 def labelled_frames(specimens: Sequence, require: Sequence[str] = ("Labels",), n_max: int | None = None,
                     seed: int = 0) -> list[Frame]:
     """Frames of ``specimens`` that have a label of every kind in ``require``.
@@ -779,13 +769,10 @@ def pick_examples(gt_counts: np.ndarray, n: int) -> list[int]:
     return sorted(int(top[i]) for i in np.unique(np.linspace(0, top.size - 1, min(n, top.size)).round().astype(int)))
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
+def intensity_overlay(image: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
     """(H, W, 3) float RGB: the grey image with ``mask`` pixels coloured by intensity class."""
-    rgb = np.repeat((np.asarray(image, float) / 255.0)[..., None], 3, axis=2)
     high = mask & (image > threshold)
-    rgb[high] = HIGH_RGB
-    rgb[mask & ~high] = LOW_RGB
-    return rgb
+    return overlay(image, [(high, HIGH_RGB), (mask & ~high, LOW_RGB)])
 
 
 def plot_examples(frames: Sequence[Frame], columns: Mapping[str, LabelSource], threshold: float):
@@ -800,7 +787,7 @@ def plot_examples(frames: Sequence[Frame], columns: Mapping[str, LabelSource], t
         img = read_image(fr.record.image_path(fr.timestamp))
         axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=255)
         for j, (name, src) in enumerate(columns.items(), start=1):
-            axes[i, j].imshow(overlay(img, src(fr, img.shape), threshold), interpolation="nearest")
+            axes[i, j].imshow(intensity_overlay(img, src(fr, img.shape), threshold), interpolation="nearest")
         axes[i, 0].set_ylabel(fr.key, fontsize=6)
     for j, title in enumerate(["Input", *columns]):
         axes[0, j].set_title(title)
@@ -813,13 +800,21 @@ def plot_examples(frames: Sequence[Frame], columns: Mapping[str, LabelSource], t
 
 
 def plot_histograms(hists: Mapping[str, np.ndarray], threshold: float):
-    """Fig. 6b: grey-value distributions of label pixels with the Otsu threshold (red line)."""
+    """Fig. 6b: grey-value distributions of label pixels with the Otsu threshold (red line).
+
+    One seaborn histogram per label source: the (256,) counts of :func:`label_histograms` as
+    weights on one bin per grey value, normalised to the share of label pixels.
+    """
     import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
 
     fig, axes = plt.subplots(1, len(hists), figsize=(4.2 * len(hists), 3.2), squeeze=False, sharey=True)
     for ax, (name, h) in zip(axes[0], hists.items()):
         h = np.asarray(h, float)
-        ax.bar(np.arange(256), h / max(h.sum(), 1), width=1.0, color="0.4")
+        grey = pd.DataFrame({"grey": np.arange(256), "share": h / max(h.sum(), 1)})
+        sns.histplot(data=grey, x="grey", weights="share", discrete=True, stat="count",
+                     color="0.4", edgecolor="none", alpha=1.0, ax=ax)
         ax.axvline(threshold, color="red", lw=1.5, label=f"Otsu {threshold:.0f}")
         low = h[: int(np.floor(threshold)) + 1].sum() / max(h.sum(), 1)
         ax.set_title(f"{name}: {100 * low:.0f}% low intensity", fontsize=9)

@@ -27,7 +27,6 @@ of the record still labelled.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -36,12 +35,14 @@ import time
 import zlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ultrabones.core import atomic
+from ultrabones.core.executor import executor
+from ultrabones.core.overlay import overlay  # noqa: F401  (notebook 02 draws with batch.overlay)
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
@@ -53,59 +54,6 @@ from ultrabones.core.cache import params_hash, source_hash
 STEM = "02_labeling"
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
 REPORT = "labeling_report.csv"
-
-
-# ----------------------------------------------------------------------------- execution
-
-
-@contextlib.contextmanager
-def executor(kind: str, scheduler: str | None, n_workers: int):
-    """A function ``map(fn, tasks, desc) -> list`` running tasks on Dask or in this process.
-
-    Parameters
-    ----------
-    kind : ``"dask"`` (a ``distributed.LocalCluster`` of ``n_workers`` processes,
-        one thread each, or the scheduler at ``scheduler``) or ``"synchronous"``.
-    scheduler : Dask scheduler address, or None for a local cluster.
-    n_workers : local worker processes.
-    """
-    from tqdm import tqdm
-
-    progress = os.environ.get("ULTRABONES_NO_PROGRESS") is None
-
-    if kind == "synchronous":
-        def run_sync(fn, tasks, desc):
-            return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress or not tasks)]
-
-        yield run_sync
-        return
-
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
-        client = Client(cluster)
-
-    def run_dask(fn, tasks, desc):
-        if not tasks:
-            return []
-        futures = client.map(fn, tasks, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        out = [None] * len(tasks)
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
-            out[index[fut.key]] = fut.result()
-        return out
-
-    try:
-        yield run_dask
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -504,7 +452,8 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     P : the validated ``labeling`` section.
     specimens : specimen folders (None: all in the dataset).
     seed : master seed.
-    dask_scheduler, n_workers : see :func:`executor` (``P["executor"]`` picks Dask or synchronous).
+    dask_scheduler, n_workers : see :func:`ultrabones.core.executor.executor` (``P["executor"]`` picks Dask
+        or synchronous).
     only_specimen : label only this specimen (``make specimen``).
     specimen_overrides : per-specimen section overrides (``params/specimens/``),
         applied to that specimen's registration and frames.
@@ -521,8 +470,6 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     records: ``[{"path", "reason"}]``, also warned about and kept in
     ``report.attrs`` for :func:`summarize`).
     """
-    from tqdm import tqdm  # noqa: F401  (progress bars in executor)
-
     specs, skipped = dataset.scan(paths.dataset, specimens)
     dataset.warn_skipped(paths.dataset, skipped)
     if only_specimen is not None:
@@ -552,7 +499,8 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     def frame_poses(tab, rows):
         return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
 
-    with executor(P["executor"], dask_scheduler, n_workers) as run_tasks:
+    with executor(P["executor"], dask_scheduler, n_workers) as ex:
+        run_tasks = ex.map
         # 1. lambda
         lam_table = trials = None
         if lambda_override is not None:
@@ -762,21 +710,3 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], see
     vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
     return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
             "visible": vis.visible, "spacing": spacing}
-
-
-def overlay(image: np.ndarray, layers: Iterable[tuple[np.ndarray, tuple[float, float, float]]]) -> np.ndarray:
-    """An RGB picture of a grey image with coloured masks painted on, in order (later on top).
-
-    Parameters
-    ----------
-    image : (H, W) uint8.
-    layers : (mask, (r, g, b)) pairs, colours in [0, 1].
-
-    Returns
-    -------
-    (H, W, 3) float array in [0, 1].
-    """
-    rgb = np.repeat((np.asarray(image, float) / 255.0)[..., None], 3, axis=2)
-    for mask, colour in layers:
-        rgb[np.asarray(mask, bool)] = colour
-    return rgb

@@ -15,7 +15,7 @@ This module builds that study and analyses it:
   the paper's rating software, Fig. 5) and the key (id -> frame and method) as a
   separate file. :func:`build_rating_set` does all of it for a dataset.
 - **Rater model** (digital twin only, always called the *simulated rater*):
-  :func:`error_distances` measures each item's label against the twin's true
+  :func:`~ultrabones.evaluation.metrics.directed_distances` measures each item's label against the twin's true
   label, :func:`rubric_rating` applies the rubric to the error profile along the
   contour, :func:`simulate_ratings` adds a documented perceptual noise.
 - **Statistics.** :func:`read_ratings` validates a ratings table (from the page
@@ -43,6 +43,7 @@ import pandas as pd
 
 from ultrabones.core import atomic
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.overlay import overlay
 
 #: The three alignments, in the order of the paper's Fig. 7.
 METHODS = ("initial", "registered", "optimized")
@@ -177,9 +178,7 @@ def render_item(
         raise ValueError(f"render_item: label shape {label.shape} differs from the image's {image.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"render_item: alpha {alpha} is not in [0, 1]")
-    rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
-    col = np.asarray(color, dtype=np.float32)
-    rgb[label] = (1.0 - alpha) * rgb[label] + alpha * col
+    rgb = overlay(image, [(label, np.asarray(color, dtype=np.float32), alpha)], white=255.0, dtype=np.float32)
     return draw_scale_bar(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), spacing)
 
 
@@ -706,16 +705,18 @@ def plot_rating_distribution(summary: pd.DataFrame, rater: str, paper: bool = Tr
     The matplotlib figure (two axes: distribution, means).
     """
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.0, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
-    width = 0.8 / len(METHODS)
     colors = {"initial": "#d62728", "registered": "#7f7f7f", "optimized": "#2ca02c"}
-    x = np.arange(len(RATINGS))
-    for j, m in enumerate(METHODS):
-        shares = [summary.loc[m, f"share_{k}"] for k in RATINGS]
-        ax.bar(x + (j - 1) * width, shares, width, color=colors[m],
-               label=f"{METHOD_LABELS[m]} (n={int(summary.loc[m, 'n'])})")
-    ax.set_xticks(x, [f"{k}" for k in RATINGS])
+    names = {m: f"{METHOD_LABELS[m]} (n={int(summary.loc[m, 'n'])})" for m in METHODS}
+    shares = pd.DataFrame([{"rating": str(k), "share": float(summary.loc[m, f"share_{k}"]), "method": names[m]}
+                           for m in METHODS for k in RATINGS])
+    sns.barplot(data=shares, x="rating", y="share", hue="method", order=[str(k) for k in RATINGS],
+                hue_order=[names[m] for m in METHODS], palette=[colors[m] for m in METHODS], width=0.8,
+                saturation=1.0, errorbar=None, legend=False, ax=ax)
+    for bars, m in zip(ax.containers, METHODS):
+        bars.set_label(names[m])
     ax.set_xlabel("rating (0: errors > 3 mm ... 3: no visible error)")
     ax.set_ylabel("share of frames")
     ax.set_ylim(0, 1.0)
@@ -724,7 +725,10 @@ def plot_rating_distribution(summary: pd.DataFrame, rater: str, paper: bool = Tr
     ax.set_title(f"Rating distribution per alignment - {who}", fontsize=9)
     xm = np.arange(len(METHODS))
     means = [summary.loc[m, "mean"] for m in METHODS]
-    bx.bar(xm, means, 0.6, color=[colors[m] for m in METHODS], label="ours")
+    sns.barplot(x=list(METHODS), y=means, hue=list(METHODS), order=list(METHODS), hue_order=list(METHODS),
+                palette=[colors[m] for m in METHODS], width=0.6, saturation=1.0, errorbar=None, legend=False,
+                ax=bx)
+    bx.patches[0].set_label("ours")
     if paper:
         bx.plot(xm, [PAPER["mean_rating"][m] for m in METHODS], "k_", markersize=22, mew=2, label="paper")
         bx.legend(fontsize=8, loc="upper left")

@@ -63,6 +63,7 @@ from ultrabones.core import atomic
 from ultrabones.core.dataset import LABELS, LABELS_PRED, Record, Specimen, poses, read_label, read_mesh, read_tracking
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.geometry import invert_transform, pixels_to_ct
+from ultrabones.core.mesh import SurfaceDistance, decimate
 
 #: Label sources of the comparison grid -> label folder.
 SOURCES: dict[str, str] = {"labels": LABELS, "predicted": LABELS_PRED}
@@ -107,38 +108,6 @@ def voxel_keys(points: np.ndarray, voxel_mm: float) -> np.ndarray:
     if ijk.size and (ijk.min() < 0 or ijk.max() >= 2 * _KEY_HALF):
         raise ValueError(f"voxel_keys: points beyond {_KEY_HALF * voxel_mm:.0f} mm of the origin")
     return (ijk[:, 0] << (2 * _KEY_BITS)) | (ijk[:, 1] << _KEY_BITS) | ijk[:, 2]
-
-
-def morton_order(points: np.ndarray, cell_mm: float = 1.0) -> np.ndarray:
-    """Permutation that sorts points along a Z-order (Morton) curve over cells of ``cell_mm``.
-
-    Consecutive points in this order are close in space, which keeps a BVH
-    traversal's working set in cache: open3d's closest-point queries run
-    about 2.5x faster in this order than in random order.
-
-    Parameters
-    ----------
-    points : (N, 3) array (mm).
-    cell_mm : cell edge (mm).
-
-    Returns
-    -------
-    (N,) int array of indices.
-    """
-    points = np.asarray(points, dtype=float).reshape(-1, 3)
-    if not len(points):
-        return np.zeros(0, dtype=np.int64)
-    ijk = np.clip(np.floor((points - points.min(axis=0)) / cell_mm), 0, (1 << 21) - 1).astype(np.uint64)
-
-    def spread(x):  # interleave 21 bits with two zero bits each
-        x = (x | x << np.uint64(32)) & np.uint64(0x1F00000000FFFF)
-        x = (x | x << np.uint64(16)) & np.uint64(0x1F0000FF0000FF)
-        x = (x | x << np.uint64(8)) & np.uint64(0x100F00F00F00F00F)
-        x = (x | x << np.uint64(4)) & np.uint64(0x10C30C30C30C30C3)
-        return (x | x << np.uint64(2)) & np.uint64(0x1249249249249249)
-
-    code = spread(ijk[:, 0]) | (spread(ijk[:, 1]) << np.uint64(1)) | (spread(ijk[:, 2]) << np.uint64(2))
-    return np.argsort(code)
 
 
 class VoxelAccumulator:
@@ -216,100 +185,6 @@ class VoxelAccumulator:
 
 
 # ----------------------------------------------------------------------------- distances
-
-
-class SurfaceDistance:
-    """Exact point-to-triangle-mesh distances with open3d's ``RaycastingScene`` (Embree BVH).
-
-    The mesh is shifted to its bounding-box centre before conversion to
-    float32, so CT coordinates of hundreds of millimetres keep micrometre
-    precision. Queries are answered in Z-order (:func:`morton_order`; the BVH
-    traversal is about 2.5x faster on spatially coherent queries) and returned
-    in the caller's order.
-
-    Parameters
-    ----------
-    vertices : (V, 3) array, CT space (mm).
-    faces : (F, 3) int array.
-    nthreads : threads of open3d's queries; 0: all cores.
-
-    Attributes
-    ----------
-    n_queries : closest-point queries answered so far.
-    seconds : wall time spent answering them (s).
-    """
-
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray, nthreads: int = 0):
-        import open3d as o3d
-
-        vertices = np.asarray(vertices, dtype=float)
-        faces = np.asarray(faces)
-        if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3 or not len(faces):
-            raise ValueError(f"SurfaceDistance: need (V, 3) vertices and (F>0, 3) faces, got {vertices.shape}, {faces.shape}")
-        self._o3d = o3d
-        self.offset = (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
-        self.n_faces = len(faces)
-        self.nthreads = int(nthreads)
-        self.scene = o3d.t.geometry.RaycastingScene()
-        self.scene.add_triangles(
-            o3d.core.Tensor(np.ascontiguousarray(vertices - self.offset, dtype=np.float32)),
-            o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.uint32)),
-        )
-        self.n_queries = 0
-        self.seconds = 0.0
-
-    @classmethod
-    def from_mesh(cls, mesh, nthreads: int = 0) -> "SurfaceDistance":
-        """From a ``trimesh.Trimesh``."""
-        return cls(mesh.vertices, mesh.faces, nthreads)
-
-    @property
-    def queries_per_second(self) -> float:
-        return self.n_queries / self.seconds if self.seconds > 0 else float("nan")
-
-    def __call__(self, points: np.ndarray, presort: bool = True) -> np.ndarray:
-        """Unsigned distance (mm) of each point to the surface.
-
-        Parameters
-        ----------
-        points : (N, 3) array, CT space (mm).
-        presort : answer the queries in Z-order (faster; same result).
-
-        Returns
-        -------
-        (N,) float array (mm).
-        """
-        points = np.asarray(points, dtype=float).reshape(-1, 3)
-        if not len(points):
-            return np.zeros(0)
-        t0 = time.perf_counter()
-        local = points - self.offset
-        order = morton_order(local) if presort else None
-        query = np.ascontiguousarray(local[order] if presort else local, dtype=np.float32)
-        d = self.scene.compute_distance(self._o3d.core.Tensor(query), nthreads=self.nthreads).numpy()
-        out = np.empty(len(points))
-        if presort:
-            out[order] = d
-        else:
-            out[:] = d
-        self.seconds += time.perf_counter() - t0
-        self.n_queries += len(points)
-        return out
-
-    def first_hit(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        """Distance (mm) along unit ``directions`` from ``origins`` to the first surface hit (inf: none).
-
-        Parameters
-        ----------
-        origins, directions : (N, 3) arrays, CT space (mm; unit vectors).
-        """
-        origins = np.asarray(origins, dtype=float).reshape(-1, 3)
-        if not len(origins):
-            return np.zeros(0)
-        rays = np.concatenate([origins - self.offset, np.asarray(directions, dtype=float).reshape(-1, 3)], axis=1)
-        hit = self.scene.cast_rays(self._o3d.core.Tensor(np.ascontiguousarray(rays, dtype=np.float32)),
-                                   nthreads=self.nthreads)
-        return hit["t_hit"].numpy().astype(float)
 
 
 def distance_summary(distances: np.ndarray) -> dict:
@@ -1022,7 +897,7 @@ def render_distances(mesh, clouds: Mapping[str, tuple[np.ndarray, np.ndarray]], 
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    verts, faces = _decimated(mesh, max_faces)
+    verts, faces = decimate(mesh.vertices, mesh.faces, max_faces)
     tri = verts[faces]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
@@ -1103,18 +978,6 @@ def _render_child(conn, args) -> None:
         conn.close()
 
 
-def _decimated(mesh, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices and faces of ``mesh`` reduced to about ``max_faces`` by open3d's quadric decimation."""
-    import open3d as o3d
-
-    if len(mesh.faces) <= max_faces:
-        return np.asarray(mesh.vertices, dtype=float), np.asarray(mesh.faces, dtype=np.int32)
-    o3 = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=float)),
-                                   o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)))
-    o3 = o3.simplify_quadric_decimation(int(max_faces))
-    return np.asarray(o3.vertices, dtype=float), np.asarray(o3.triangles, dtype=np.int32)
-
-
 def render_open3d(mesh, clouds: Mapping[str, tuple[np.ndarray, np.ndarray]], direction: np.ndarray,
                   size: tuple[int, int] = (800, 800), max_mm: float = 2.0, point_size: float = 3.0,
                   max_faces: int = 30_000, timeout_s: float = 60.0) -> dict[str, np.ndarray]:
@@ -1146,7 +1009,7 @@ def render_open3d(mesh, clouds: Mapping[str, tuple[np.ndarray, np.ndarray]], dir
     """
     import multiprocessing as mp
 
-    vertices, faces = _decimated(mesh, max_faces)
+    vertices, faces = decimate(mesh.vertices, mesh.faces, max_faces)
     args = (vertices, faces, [(np.asarray(p), np.asarray(d)) for p, d in clouds.values()],
             np.asarray(direction, dtype=float), tuple(size), float(max_mm), float(point_size))
     ctx = mp.get_context("spawn")

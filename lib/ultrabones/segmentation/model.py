@@ -41,7 +41,9 @@ from ultrabones.core import atomic
 from ultrabones.core import dataset as ds
 from ultrabones.segmentation import segdata
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.segmentation.segdata import Frame, Split
+from ultrabones.core.dataset import Frame
+from ultrabones.core.overlay import overlay
+from ultrabones.segmentation.segdata import Split
 
 FORMAT = "ultrabones-segmentation/1"
 #: Normalisation of the released model ([0, 1] intensities), from DESIGN.md.
@@ -405,7 +407,7 @@ def data_fingerprint(root: Path | str, split: Split, P: Mapping) -> str:
         frames = (segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"])
                   + segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"]))
     for f in frames:
-        h.update(f"{f.specimen}/{f.record}/{f.timestamp}".encode())
+        h.update(f"{f.specimen}/{f.record.key}/{f.timestamp}".encode())
         h.update(Path(f.label).read_bytes())
     return h.hexdigest()[:16]
 
@@ -989,7 +991,7 @@ def evaluate_frames(
         t_pred += time.perf_counter() - t0
         for f, im, lab, m in zip(chunk, images, labels, masks):
             acc, com, f1 = _f1_at_distance(m, lab, spacing_mm, sigma_mm)
-            row = {"specimen": f.specimen, "record": f.record, "timestamp": f.timestamp,
+            row = {"specimen": f.specimen, "record": f.record.key, "timestamp": f.timestamp,
                    "model_acc": acc, "model_com": com, "model_f1": f1,
                    "background_f1": _f1_at_distance(np.zeros_like(lab), lab, spacing_mm, sigma_mm)[2]}
             if baseline_threshold is not None:
@@ -1034,9 +1036,8 @@ def plot_predictions(ckpt, frames: Sequence[Frame], n: int = 6, device: str | No
     for j, (i, im, lab, m) in enumerate(zip(idx, images, labels, masks)):
         axes[0, j].imshow(im, cmap="gray")
         axes[0, j].set_title(f"{frames[i].specimen} t={frames[i].timestamp}", fontsize=7)
-        rgb = np.repeat(im[..., None], 3, axis=2).astype(np.float32) / 255
-        rgb[ndimage.binary_dilation(lab, iterations=2)] = (0.1, 0.9, 0.1)
-        rgb[m] = 0.5 * rgb[m] + 0.5 * np.array((0.9, 0.1, 0.9))
+        rgb = overlay(im, [(ndimage.binary_dilation(lab, iterations=2), (0.1, 0.9, 0.1)), (m, (0.9, 0.1, 0.9), 0.5)],
+                      dtype=np.float32)
         axes[1, j].imshow(rgb)
         for ax in axes[:, j]:
             ax.set_axis_off()

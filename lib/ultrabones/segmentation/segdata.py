@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ultrabones.core import dataset as ds
+from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
 
 # ----------------------------------------------------------------------------- splits
@@ -151,17 +152,6 @@ def cross_validation_folds(split: Split, n_folds: int) -> list[Split]:
 # ----------------------------------------------------------------------------- frames
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One labelled frame: its image and visible-label files."""
-
-    specimen: str
-    record: str
-    timestamp: int
-    image: Path
-    label: Path
-
-
 def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen: int | None = None) -> list[Frame]:
     """Every frame with a visible label in the given specimens, sorted.
 
@@ -194,7 +184,7 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
                 img = rec.image_path(t)
                 if not img.is_file():
                     raise DatasetError(f"{rec.label_path(t)}: label without an image ({img} not found)")
-                mine.append(Frame(spec.name, rec.key, int(t), img, rec.label_path(t)))
+                mine.append(Frame(rec, int(t)))
         if not mine:
             raise DatasetError(f"{spec.path}: no labelled frames ({ds.LABELS}/<t>_label.png) in any record")
         if max_per_specimen is not None and len(mine) > max_per_specimen:

@@ -285,7 +285,7 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
 
     Parameters
     ----------
-    frames : :class:`ultrabones.evaluation.metrics.Frame` objects (test frames).
+    frames : :class:`ultrabones.core.dataset.Frame` objects (test frames).
     spacing : (sx, sy) mm per pixel.
     params : annotator behaviour.
     seed : master seed.
@@ -343,7 +343,7 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
 
     Parameters
     ----------
-    frames : :class:`ultrabones.evaluation.metrics.Frame` objects (the evaluated test frames).
+    frames : :class:`ultrabones.core.dataset.Frame` objects (the evaluated test frames).
     spacing : (sx, sy) mm per pixel.
     sigmas : increasing distance thresholds (mm) containing ``sigma_mm``.
     threshold : Otsu grey level of the high/low split (the one the model is scored with).

@@ -240,8 +240,8 @@ class Scene:
 
 
 @dataclass
-class Frame:
-    """One rendered frame.
+class RenderedFrame:
+    """One rendered frame of the twin: the image and its true labels (not a dataset frame).
 
     Attributes
     ----------
@@ -548,7 +548,8 @@ def echogenicity(scene: Scene, ct_from_image, width: int, height: int, spacing, 
 
 
 def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, rng: np.random.Generator,
-                 params: BModeParams | None = None, gamma_mm: float = 0.3, max_incidence_deg: float = 85.0) -> Frame:
+                 params: BModeParams | None = None, gamma_mm: float = 0.3,
+                 max_incidence_deg: float = 85.0) -> RenderedFrame:
     """Render one B-mode frame with its true labels (see the module docstring for the model).
 
     Parameters
@@ -563,7 +564,7 @@ def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, 
 
     Returns
     -------
-    :class:`Frame`. Its labels lie where the bone is displayed; its ``bone_depth_mm`` and ``contour`` are in
+    :class:`RenderedFrame`. Its labels lie where the bone is displayed; its ``bone_depth_mm`` and ``contour`` are in
     true millimetres (they differ from the displayed ones when ``params.speed_of_sound_m_s`` is not 1540).
     """
     params = params or BModeParams()
@@ -622,7 +623,7 @@ def render_frame(scene: Scene, ct_from_image, width: int, height: int, spacing, 
     full, visible, pts, inc = label_frame(scene, t, width, height, (sx, sy), gamma_mm, max_incidence_deg,
                                           bone_depth_mm=np.where(contact, depth_b, depth_b))
     inc3d = np.where(np.isfinite(cosi), np.degrees(np.arccos(np.clip(cosi, -1, 1))), np.nan)
-    return Frame(image, full, visible, depth_b, inc3d, pts, inc)
+    return RenderedFrame(image, full, visible, depth_b, inc3d, pts, inc)
 
 
 def render(scene: Scene, ct_from_image, width: int, height: int, spacing, rng: np.random.Generator,
@@ -713,6 +714,6 @@ def chamfer_mm(a: np.ndarray, b: np.ndarray, extent_mm: tuple[float, float] | No
     return float(0.5 * (da.mean() + db.mean()))
 
 
-__all__ = ["BModeParams", "Scene", "Frame", "render", "render_frame", "render_points", "label_frame",
+__all__ = ["BModeParams", "Scene", "RenderedFrame", "render", "render_frame", "render_points", "label_frame",
            "plane_contour", "rasterise_contour", "first_hits", "skin_depths", "form_image", "log_compress",
            "attenuation_profile", "echogenicity", "chamfer_mm", "psf_gain"]

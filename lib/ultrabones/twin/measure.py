@@ -27,6 +27,7 @@ from ultrabones.core.geometry import (
     rotation_angle_deg,
     transform_points,
 )
+from ultrabones.core.mesh import point_distances
 from ultrabones.core.paths import Paths
 from ultrabones.twin.layout import truth_dir
 
@@ -161,7 +162,7 @@ def ct_model_distances(paths: Paths, specimen: str, n: int = 8000, seed: int = 0
     true_model = dataset.read_mesh(root / specimen / "bone_model.stl")
     pts_t = trimesh.sample.sample_surface(true_model, n, seed=seed)[0]
     pts_m = trimesh.sample.sample_surface(model, n, seed=seed + 1)[0]
-    return pts_t, pts_m, ct.point_distances(pts_m, true_model)
+    return pts_t, pts_m, point_distances(pts_m, true_model)
 
 
 def merge_metrics(method: dict, truth: dict) -> dict:
@@ -198,7 +199,7 @@ def true_label_source(paths: Paths, kind: str = dataset.LABELS):
 
 
 def frames_with_truth(paths: Paths, frames, kind: str = dataset.LABELS) -> list:
-    """The evaluation frames (:class:`ultrabones.evaluation.metrics.Frame`) whose true label exists."""
+    """The evaluation frames (:class:`ultrabones.core.dataset.Frame`) whose true label exists."""
     root = truth_dir(paths)
     return [fr for fr in frames
             if (root / fr.record.specimen / fr.record.name / kind / f"{fr.timestamp}_label.png").is_file()]

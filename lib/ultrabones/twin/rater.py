@@ -19,55 +19,10 @@ import pandas as pd
 from ultrabones.core import atomic, dataset
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import Paths
+from ultrabones.evaluation.metrics import directed_distances
 from ultrabones.rating.study import PROFILES_FILE, _stable_int
 from ultrabones.twin.layout import truth_dir
 
-
-
-def truth_distance_map(truth: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Distance (mm) of every pixel centre to the nearest true-label pixel (Euclidean distance transform).
-
-    Parameters
-    ----------
-    truth : (H, W) bool true label (the twin's ``Labels_full``).
-    spacing : (sx, sy) mm per pixel.
-
-    Returns
-    -------
-    (H, W) float array (mm): 0 on the true label, ``inf`` everywhere if it is empty.
-    """
-    from scipy import ndimage
-
-    truth = np.asarray(truth, dtype=bool)
-    if not truth.any():
-        return np.full(truth.shape, np.inf)
-    return ndimage.distance_transform_edt(~truth, sampling=(float(spacing[1]), float(spacing[0])))
-
-
-def error_distances(label: np.ndarray, truth: np.ndarray, spacing: tuple[float, float],
-                    distance_map: np.ndarray | None = None) -> np.ndarray:
-    """Distance (mm) of every label pixel to the nearest true-label pixel.
-
-    Parameters
-    ----------
-    label : (H, W) bool label of one alignment.
-    truth : (H, W) bool true label (the twin's ``Labels_full``).
-    spacing : (sx, sy) mm per pixel.
-    distance_map : :func:`truth_distance_map` of ``truth``, when already computed
-        (the three alignments of a frame share it).
-
-    Returns
-    -------
-    (K,) float array, one distance per label pixel (mm); ``inf`` for every pixel
-    when the true label is empty (nothing to align to).
-    """
-    label = np.asarray(label, dtype=bool)
-    truth = np.asarray(truth, dtype=bool)
-    if label.shape != truth.shape:
-        raise ValueError(f"error_distances: label {label.shape} and truth {truth.shape} differ in shape")
-    if distance_map is None:
-        distance_map = truth_distance_map(truth, spacing)
-    return np.asarray(distance_map)[label]
 
 
 @dataclass(frozen=True)
@@ -165,7 +120,7 @@ def simulate_ratings(
 
     Parameters
     ----------
-    distances : per item, the label pixels' errors (mm), :func:`error_distances`.
+    distances : per item, the label pixels' errors (mm), :func:`~ultrabones.evaluation.metrics.directed_distances`.
     rubric : the thresholds.
     gain_sd : standard deviation of ``log g`` (dimensionless, >= 0).
     lapse : probability (0-1) of a one-step slip.
@@ -196,7 +151,9 @@ def label_errors(paths: Paths, spacing: tuple[float, float]):
     """A ``measure_item`` for :func:`ultrabones.rating.study.build_rating_set`: each drawn label's errors (mm).
 
     Reads the true full label ``truth/<specimen>/<record>/Labels_full/<t>_label.png`` of the item's frame
-    (one distance map per frame, shared by its three alignments) and returns :func:`error_distances`.
+    (once per frame, shared by its three alignments) and returns the distance of every label pixel to the
+    nearest true-label pixel (:func:`~ultrabones.evaluation.metrics.directed_distances`; ``inf`` for every
+    pixel when the true label is empty).
     """
     cache: dict = {}
 
@@ -204,10 +161,9 @@ def label_errors(paths: Paths, spacing: tuple[float, float]):
         k = (item["specimen"], item["record"], int(item["timestamp"]))
         if k not in cache:
             cache.clear()
-            truth = dataset.read_label(truth_dir(paths) / k[0] / k[1] / dataset.LABELS_FULL / f"{k[2]}_label.png",
-                                       image.shape)
-            cache[k] = (truth, truth_distance_map(truth, spacing))
-        return error_distances(label, cache[k][0], spacing, cache[k][1])
+            cache[k] = dataset.read_label(truth_dir(paths) / k[0] / k[1] / dataset.LABELS_FULL / f"{k[2]}_label.png",
+                                          image.shape)
+        return directed_distances(label, cache[k], spacing)
 
     return measure
 

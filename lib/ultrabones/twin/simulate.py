@@ -54,6 +54,9 @@ from ultrabones.core import atomic
 from ultrabones.twin import bmode
 from ultrabones.core import dataset
 from ultrabones.core import geometry
+from ultrabones.core.executor import executor
+from ultrabones.core.mesh import decimate
+from ultrabones.core.overlay import overlay
 from ultrabones.core.errors import ParamsError
 from ultrabones.twin.layout import truth_dir
 from ultrabones.core.paths import Paths, twin_specimen_name
@@ -212,20 +215,6 @@ class SmoothProcess:
         return (self.amp * np.sin(2 * np.pi * self.freq * t + self.phase)).sum(axis=2)
 
 
-def kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares rigid transforms mapping ``src (F, 3)`` onto ``dst (..., F, 3)`` -> (..., 4, 4)."""
-    dst = np.asarray(dst, dtype=float)
-    cs = src.mean(axis=0)
-    cd = dst.mean(axis=-2)
-    h = np.einsum("fi,...fj->...ij", src - cs, dst - cd[..., None, :])
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(np.einsum("...ij,...jk->...ik", vt.swapaxes(-1, -2), u.swapaxes(-1, -2))))
-    fix = np.ones(h.shape[:-1])
-    fix[..., -1] = d
-    rot = np.einsum("...ji,...j,...kj->...ik", vt, fix, u)
-    return geometry.make_transform(rot, cd - np.einsum("...ij,j->...i", rot, cs))
-
-
 def measure_marker(poses: np.ndarray, fiducials: np.ndarray, jitter_mm: float, rng: np.random.Generator) -> np.ndarray:
     """What the tracker reports: fit to fiducials measured with isotropic jitter.
 
@@ -241,7 +230,7 @@ def measure_marker(poses: np.ndarray, fiducials: np.ndarray, jitter_mm: float, r
     """
     pts = geometry.transform_points(poses, fiducials)
     pts = pts + rng.normal(0, jitter_mm / np.sqrt(3), pts.shape)
-    return kabsch(fiducials, pts)
+    return geometry.rigid_fit(fiducials, pts)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -776,10 +765,6 @@ def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None 
     -------
     dict: ``specimens`` (name -> statistics), ``phantom``, ``wall_seconds``, ``system``, ``config``.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
     cfg = TwinConfig.from_params(P)
     names = [twin_specimen_name(i) for i in range(cfg.n_specimens)]
     if specimens is not None:
@@ -807,25 +792,14 @@ def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None 
             jobs.append(i)
     if jobs:
         args = [(paths, i, cfgs[names[i]], system, seed, progress and n_workers == 1) for i in jobs]
-        bar = tqdm(total=len(jobs), desc="specimens", disable=not progress)
 
-        def done(res):
+        def done(_, res):
             results[res["specimen"]] = res
             if cache is not None:
                 cache.put(res["specimen"], keys[res["specimen"]], res)
-            bar.update()
 
-        if n_workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
-
-            # spawn, not fork: safe from a Jupyter kernel's threads; the output does not depend on it
-            with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-                for res in ex.map(_specimen_job, args):
-                    done(res)
-        else:
-            for a in args:
-                done(_specimen_job(a))
-        bar.close()
+        with executor("auto", None, n_workers, progress) as ex:
+            ex.map(_specimen_job, args, desc="specimens", on_result=done)
     return {"specimens": dict(sorted(results.items())), "phantom": phantom_stats,
             "wall_seconds": time.perf_counter() - t0, "system": system, "config": cfg}
 
@@ -911,28 +885,13 @@ def figure_example_frames(paths: Paths, specimen: str, records=("record01", "rec
         img, full, vis = _middle_frame(paths, specimen, rec)
         axes[0, k].imshow(img, cmap="gray", vmin=0, vmax=255)
         axes[0, k].set_title(f"{specimen}/{rec} ({bones[rec]})", fontsize=8)
-        over = np.repeat(img[..., None] / 255.0, 3, axis=2)
-        over[full & ~vis] = (0.9, 0.15, 0.1)
-        over[vis] = (0.1, 0.9, 0.2)
-        axes[1, k].imshow(over)
+        axes[1, k].imshow(overlay(img, [(full & ~vis, (0.9, 0.15, 0.1)), (vis, (0.1, 0.9, 0.2))]))
         for a in axes[:, k]:
             a.set_xticks([])
             a.set_yticks([])
     axes[1, 0].set_ylabel("full (red) / visible (green)")
     fig.tight_layout()
     return fig
-
-
-def _decimate(mesh, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices and faces of a mesh simplified to about ``max_faces`` triangles (quadric decimation, open3d)."""
-    if len(mesh.faces) <= max_faces:
-        return np.asarray(mesh.vertices), np.asarray(mesh.faces)
-    import open3d as o3d
-
-    m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(mesh.vertices)),
-                                  o3d.utility.Vector3iVector(np.asarray(mesh.faces)))
-    m = m.simplify_quadric_decimation(max_faces)
-    return np.asarray(m.vertices), np.asarray(m.triangles)
 
 
 def figure_anatomy_and_sweeps(paths: Paths, specimen: str, max_faces: int = 4000):
@@ -948,7 +907,8 @@ def figure_anatomy_and_sweeps(paths: Paths, specimen: str, max_faces: int = 4000
     ax = fig.add_subplot(projection="3d")
     colours = {"tibia": "tab:blue", "fibula": "tab:orange", "foot": "tab:green"}
     for f in sorted((truth_dir(paths) / specimen / "meshes").glob("*.stl")):
-        verts, tri = _decimate(dataset.read_mesh(f), max_faces)
+        m = dataset.read_mesh(f)
+        verts, tri = decimate(m.vertices, m.faces, max_faces)
         alpha, colour = (0.06, "peachpuff") if f.stem == "skin" else (0.45, "0.75")
         ax.plot_trisurf(verts[:, 0], verts[:, 1], tri, verts[:, 2], color=colour, alpha=alpha, linewidth=0,
                         shade=f.stem != "skin")
