@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ultrabones.core import paper
 from ultrabones.evaluation import metrics
 from ultrabones.core.dataset import write_image, write_label
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -259,5 +260,6 @@ def test_examples_favour_frames_with_low_intensity_bone_and_table_rows():
     cell = {"accuracy": 0.5, "completeness": 0.25, "f1": 1 / 3, "n_frames": 4}
     at = {p: {m: {r: cell for r in metrics.REGIONS} for m in ("model", "manual")} for p in metrics.PROTOCOLS}
     table = metrics.table_at(at)
-    assert len(table) == 6 and table.loc[0, "accuracy_paper"] == 0.900
-    assert table.loc[5, "completeness_paper"] == 0.190 and np.isnan(table.loc[3, "f1_paper"])
+    assert len(table) == 6 and table.loc[0, "accuracy_paper"] == paper.PUBLISHED["model_all_accuracy"].value == 0.900
+    assert table.loc[5, "completeness_paper"] == paper.PUBLISHED["manual_low_completeness"].value
+    assert np.isnan(table.loc[3, "f1_paper"])

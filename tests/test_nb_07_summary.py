@@ -15,18 +15,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_summary_has_every_headline_number_traced_to_its_source(smoke_metrics, smoke):
     m = smoke_metrics("07_summary")
-    assert m["n_rows"] == len(summary.ROWS)
-    assert m["n_missing"] == 0, [q for q, r in m["rows"].items() if r["value"] is None]
+    stage_metrics = {f.stem: json.loads(f.read_text()) for f in (smoke.build / "metrics").glob("*.json")
+                     if f.stem != "07_summary"}
+    present = [r for r in summary.ROWS if not r.optional or summary.lookup(stage_metrics, r.source) is not None]
+    assert m["n_rows"] == len(present) == len(m["rows"])
+    assert m["n_missing"] == 0, [k for k, r in m["rows"].items() if r["value"] is None]
     assert m["orphan_figures"] == []
-    stage_metrics = {stem: json.loads(f.read_text()) for f in (smoke.build / "metrics").glob("*.json")
-                     for stem in [f.stem]}
-    for row in summary.ROWS:
-        got = m["rows"][row.quantity]
-        assert got["value"] == summary.lookup(stage_metrics, row.source), row.quantity
-        assert got["reproduced"] == summary.reproduced(row, got["value"])
+    assert m["n_seeds"] == 1
+    for row in present:
+        got = m["rows"][row.id]
+        assert got["value"] == pytest.approx(summary.lookup(stage_metrics, row.source)), row.id
+        assert got["how"] in summary.HOW, row.id
+        assert got["criterion"] == row.criterion.text({r.id: r.quantity for r in summary.ROWS})
+        assert got["met"] in summary.MET
+    assert m["n_met"] + m["n_not_met"] == m["n_judged"]
     md = (smoke.build / "figures" / "summary_table.md").read_text()
-    assert md.count("\n") == len(summary.ROWS) + 2  # header, rule, one line a row
-    assert "02_labeling.json: discard_rate" in md
+    assert md.count("\n") == len(present) + 2  # header, rule, one line a row
+    assert "| how obtained |" in md.splitlines()[0]
+    assert "02_labeling.json: contour_error_mm.optimized.mean" in md
+    assert "06_reconstruction.json: grid.labels_optimized.mean_mm" not in md  # the circular row is gone
+    assert (smoke.build / "figures" / "summary_criteria.md").is_file()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")

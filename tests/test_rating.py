@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ultrabones.core import paper
 from ultrabones.rating import study as R
 from ultrabones.evaluation.metrics import directed_distances
 from ultrabones.twin import rater
@@ -340,10 +341,11 @@ def test_paper_comparison_and_figure(key):
     summary = R.method_summary(ratings)
     tests = R.wilcoxon_pairs(R.paired(ratings))
     table = R.paper_comparison(summary, tests, "simulated")
-    assert table.loc[0, "paper"] == 1.45 and table.loc[0, "rater"] == "simulated rater"
+    assert table.loc[0, "paper"] == paper.PUBLISHED["mean_rating_initial"].value
+    assert table.loc[0, "rater"] == "rater model: rubric on the true label error" == R.RATER_MODEL_LABEL
     assert len(table) == 6
     fig = R.plot_rating_distribution(summary, "simulated")
-    assert "simulated rater" in fig.axes[0].get_title()
+    assert R.RATER_MODEL_LABEL in fig.axes[0].get_title()
     assert len(fig.axes[0].patches) == 12  # 4 ratings x 3 methods
     assert [round(b.get_height(), 6) for b in fig.axes[1].patches] == [round(v, 6) for v in summary["mean"]]
 

@@ -5,7 +5,8 @@ label shifted by a known amount), the page is opened from disk, a rater rates
 by key and by click, goes back and changes a rating, reloads the page (progress
 must survive), rates the rest, and exports. The CSV the page downloads through
 its Blob link is read back with ``rating.read_ratings`` and must hold exactly
-the ratings entered.
+the ratings entered; :func:`rating.analyse` then gives the study's statistics from it, and the summary
+marks the rating rows truth-free (the route the README describes for a person).
 
 The ratings entered are the simulated rater's on the synthetic errors, so the
 exported file is a realistic "real ratings" table; with
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ultrabones.pipeline import summary
 from ultrabones.rating import study as R
 from ultrabones.evaluation.metrics import directed_distances
 from ultrabones.twin import rater
@@ -179,6 +181,19 @@ def test_rate_reload_and_export(rating_set, driver):
     assert got["rating"].tolist() == [int(r) for r in intended]
     assert set(got["rater"]) == {rater}
     assert (got["method"] == key["method"]).all()
+
+    # The route a person takes (README, "Rating the labels yourself"): page -> CSV -> read_ratings -> analyse.
+    result = R.analyse(got)
+    assert result["rater"] == rater and result["n_frames"] == result["n_complete"] == n // len(R.METHODS)
+    expected = pd.Series([int(r) for r in intended], index=key["method"]).groupby(level=0).mean()
+    for m in R.METHODS:
+        assert result["summary"].loc[m, "mean"] == pytest.approx(expected[m])
+    assert len(result["tests"]) == 3 and result["tests"]["p_value_bonferroni"].between(0, 1).all()
+    stats = {**R.metrics_of(result), "ratings_source": str(target)}
+    table = summary.summary_table({"03_rating_statistics": stats}).set_index("id")
+    row = table.loc["mean_rating_optimized"]
+    assert row["value"] == pytest.approx(expected["optimized"])
+    assert row["how obtained"] == summary.TRUTH_FREE  # a person's ratings: no truth read
 
     if os.environ.get("ULTRABONES_WRITE_RATING_FIXTURE"):
         shutil.copyfile(target, FIXTURES / "ratings_from_page.csv")

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from ultrabones.core import paper
 from ultrabones.core.cache import SpecimenCache
 from ultrabones.pipeline import stage
 from ultrabones.pipeline import summary  # noqa: E402
@@ -56,25 +57,80 @@ def test_specimen_cache_resumes_and_invalidates(paths):
 
 
 def test_summary_lookup_and_rules():
-    metrics = {"02_labeling": {"discard_rate": 0.2, "label_error_mm": {"optimized": {"mean": 0.25}}}}
-    assert summary.lookup(metrics, "02_labeling:label_error_mm.optimized.mean") == 0.25
-    assert summary.lookup(metrics, "02_labeling:label_error_mm.initial.mean") is None
+    metrics = {"02_labeling": {"discard_rate": 0.2, "contour_error_mm": {"initial": {"mean": 0.9},
+                                                                        "optimized": {"mean": 0.25}}}}
+    assert summary.lookup(metrics, "02_labeling:contour_error_mm.optimized.mean") == 0.25
+    assert summary.lookup(metrics, "02_labeling:contour_error_mm.registration.mean") is None
     assert summary.lookup(metrics, "09_nothing:x") is None
-    row = summary.Row("discard", 0.187, "02_labeling:discard_rate", rule="abs", tol=0.05)
-    assert summary.reproduced(row, 0.2) == "yes"
-    assert summary.reproduced(row, 0.3) == "no"
-    assert summary.reproduced(row, None) == "n/a"
-    assert summary.reproduced(summary.Row("p", 0.001, "x:y", rule="below", tol=0.001), 0.0004) == "yes"
-    table = summary.summary_table(metrics)
-    assert len(table) == len(summary.ROWS)
-    got = table.set_index("quantity").loc["frames discarded by validation (fraction)"]
-    assert got["this run"] == 0.2 and got["reproduced"] == "yes" and got["source"] == "02_labeling.json: discard_rate"
+    crit = paper.Criterion("within", 0.05, basis="physical", why="test")
+    assert crit.judge(0.2, published=0.187) == "yes"
+    assert crit.judge(0.3, published=0.187) == "no"
+    assert crit.judge(None, published=0.187) == "n/a"
+    assert paper.Criterion("below", 0.001, basis="paper").judge(0.0004) == "yes"
+    assert paper.Criterion("below_row", row="x", basis="paper").judge(0.25, other=0.9) == "yes"
+    assert paper.Criterion("below_row", row="x", basis="paper").judge(0.25, other=None) == "n/a"
+    assert paper.CRITERIA["initial_misalignment_mean"].judge(1.13) == "-"  # a simulator setting is never judged
+    table = summary.summary_table(metrics).set_index("id")
+    assert len(table) == sum(not r.optional for r in summary.ROWS)  # optional rows without a value are left out
+    got = table.loc["discard_rate"]
+    assert got["value"] == 0.2 and got["criterion met"] == "-" and got["source"] == "02_labeling.json: discard_rate"
+    assert got["how obtained"] == summary.TRUTH_FREE and got["published"] == 0.187
+    opt = table.loc["contour_optimized_mean"]  # below the initial's mean: 0.25 < 0.9
+    assert opt["criterion met"] == "yes" and opt["how obtained"] == summary.AGAINST_TRUTH
+    assert table.loc["contour_registration_mean", "n_seeds"] == 0
+
+
+def test_summary_over_seeds_gives_mean_and_sd():
+    runs = [{"02_labeling": {"discard_rate": v, "optimized_better_share": s}} for v, s in ((0.1, 0.4), (0.3, 0.8))]
+    table = summary.summary_table(runs).set_index("id")
+    row = table.loc["discard_rate"]
+    assert row["value"] == pytest.approx(0.2) and row["sd"] == pytest.approx(0.1414213562) and row["n_seeds"] == 2
+    assert table.loc["optimized_better_share", "criterion met"] == "yes"  # the mean, 0.6 > 0.5
+    shown = summary.format_table(table.reset_index()).set_index("quantity")
+    assert shown.loc["frames discarded by validation (fraction)", "value"] == "0.2 ± 0.141 (2 seeds)"
+    with pytest.raises(ValueError, match="no metrics"):
+        summary.summary_table([])
+
+
+def test_summary_optional_rows_appear_when_their_key_exists():
+    m = {"06_reconstruction": {"grid": {"labels_original": {"chamfer_true_mm": 0.9},
+                                        "labels_optimized": {"chamfer_true_mm": 0.5}}}}
+    table = summary.summary_table(m).set_index("id")
+    assert "chamfer_labels_optimized" in table.index and "chamfer_predicted_optimized" not in table.index
+    assert table.loc["chamfer_labels_optimized", "criterion met"] == "yes"
+    assert table.loc["chamfer_labels_optimized", "published"] == paper.PUBLISHED["ultraboneudf_chamfer_mm"].value
+    assert not summary.missing_rows(table.reset_index()).count("06_reconstruction.json: grid.labels_original.chamfer_true_mm")
+
+
+def test_summary_rating_rows_say_who_rated():
+    rater_model = {"03_rating_statistics": {"mean_rating": {"initial": 1.5}, "ratings_source": "simulated rater"}}
+    person = {"03_rating_statistics": {"mean_rating": {"initial": 1.5}, "ratings_source": "/tmp/ratings.csv"}}
+    a = summary.summary_table(rater_model).set_index("id").loc["mean_rating_initial"]
+    b = summary.summary_table(person).set_index("id").loc["mean_rating_initial"]
+    assert a["how obtained"] == summary.AGAINST_TRUTH and summary.RATER_MODEL in a["quantity"]
+    assert b["how obtained"] == summary.TRUTH_FREE and summary.RATER_MODEL not in b["quantity"]
+    assert a["criterion met"] == b["criterion met"] == "yes"  # within half a rubric step of 1.45
+
+
+def test_summary_figures_and_metrics(tmp_path):
+    m = {"01_calibration": {"localization_error_mm": 0.4}, "00_simulate": {"initial_misalignment_mm": {"mean": 1.0}}}
+    table = summary.summary_table(m)
+    fig = summary.plot_comparison(table)
+    assert len(fig.axes[0].get_yticklabels()) == 2
+    plt.close(fig)
+    out = summary.summary_metrics(table, summary.missing_rows(table), [])
+    assert out["rows"]["calibration_localisation_error"]["met"] == "yes"
+    assert out["rows"]["initial_misalignment_mean"]["how"] == summary.SIMULATOR_SETTING
+    assert out["n_met"] == 1 and out["n_judged"] == 1 and json.dumps(out)
+    plt.imsave(tmp_path / "a.png", [[0, 1], [1, 0]])
+    fig, missing = summary.gallery(tmp_path, ["a", "b"])
+    assert fig is not None and missing == ["b"]
+    assert summary.gallery(tmp_path, ["b"]) == (None, ["b"])
 
 
 def test_summary_sources_name_real_notebooks():
     for row in summary.ROWS:
-        for ref in filter(None, (row.source, row.truth)):
-            assert ref.split(":")[0] in NOTEBOOKS, ref
+        assert row.source.split(":")[0] in NOTEBOOKS, row.source
 
 
 def test_committed_figures_have_a_maker():

@@ -57,6 +57,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ultrabones.core import paper as _paper
 from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.overlay import overlay
@@ -67,15 +68,9 @@ REGIONS = ("all", "high", "low")
 PROTOCOLS = ("released", "strict")
 SCORES = ("accuracy", "completeness", "f1")
 
-#: The paper's figures at sigma = 0.5 mm (Section 4, Fig. 8). Only the low-intensity
-#: manual row and the overall model row are given in the text.
-PAPER_AT_0P5MM = {
-    "model": {
-        "all": {"accuracy": 0.900, "completeness": 0.895, "f1": 0.893},
-        "low": {"accuracy": 0.789, "completeness": 0.801, "f1": 0.778},
-    },
-    "manual": {"low": {"accuracy": 0.619, "completeness": 0.190, "f1": 0.261}},
-}
+#: The paper's figures at sigma = 0.5 mm (Section 4, Fig. 8), read from :mod:`ultrabones.core.paper`. Only
+#: the low-intensity manual row and the overall and low-intensity model rows are given in the text.
+PAPER_AT_0P5MM = _paper.at_0p5mm()
 
 
 # ----------------------------------------------------------------------------- validation

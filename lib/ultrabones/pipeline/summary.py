@@ -1,10 +1,10 @@
-"""The paper's headline numbers beside this run's, each traced to a metrics JSON key.
+"""The paper's headline numbers beside this run's, each traced to a metrics key and judged by a pre-registered criterion.
 
-:data:`ROWS` lists every headline number of the paper with the notebook and
-key that reproduces it, the twin's ground-truth counterpart where the twin can
-measure what the paper could only rate by eye, and the rule by which the number
-counts as reproduced. :func:`summary_table` reads the metrics files and builds
-the table that notebook 07 shows and saves.
+:data:`ROWS` lists the summary's rows: the metrics key that gives each number, *how* the number was obtained
+(:data:`HOW`), and the published number beside it (a name in :data:`ultrabones.core.paper.PUBLISHED`). The
+criterion of every row is :data:`ultrabones.core.paper.CRITERIA` ``[row.id]``, written down before any run;
+nothing here sets or moves a criterion. :func:`summary_table` takes the metrics of one run or of several seeds
+(one dict per seed) and gives each row's mean (and sd over seeds), its criterion and whether it is met.
 """
 
 from __future__ import annotations
@@ -12,95 +12,135 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
+from ultrabones.core import paper
 from ultrabones.core.paths import Paths
+from ultrabones.rating.study import RATER_MODEL_LABEL
+
+#: How a number was obtained.
+TRUTH_FREE = "truth-free"  #: what a user gets on real data: the method's output, no truth read
+AGAINST_TRUTH = "measured against truth"  #: the twin's truth measures the method's output (twin only)
+SIMULATOR_SETTING = "simulator setting"  #: what the twin is configured to produce: never a result
+HOW = (TRUTH_FREE, AGAINST_TRUTH, SIMULATOR_SETTING)
+#: A row whose "how" depends on who rated: a person's ratings CSV (truth-free) or the rater model.
+RATINGS = "ratings"
+#: How tables and figures name the simulated rater.
+RATER_MODEL = RATER_MODEL_LABEL
+#: ``ratings_source`` of notebook 03 when the ratings come from the rater model.
+RATER_MODEL_SOURCE = "simulated rater"
+#: Values of the "criterion met" column.
+MET = ("yes", "no", "n/a", "-")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One headline number.
+    """One row of the summary.
 
     Attributes
     ----------
+    id : the row's name; its criterion is ``paper.CRITERIA[id]``.
     quantity : what is measured, with its unit.
-    paper : the published value (None where the paper gives none).
-    source : ``"<stem>:<dotted.key.path>"`` of this run's value.
-    truth : ``"<stem>:<dotted.key.path>"`` of the twin's ground-truth measurement, if any.
-    rule : how "reproduced" is decided: ``"abs"`` (``|ours - paper| <= tol``),
-        ``"below"`` (``ours < tol``), ``"above"`` (``ours > tol``), or ``"none"``.
-    tol : the tolerance or bound of the rule.
+    source : ``"<stem>:<dotted.key.path>"`` of the number in the stage's metrics JSON.
+    how : one of :data:`HOW`, or :data:`RATINGS` (decided by who rated, see :func:`how_obtained`).
+    published : name of the published number in ``paper.PUBLISHED`` (None where the paper gives none).
+    optional : the row is left out of the table when no run has its key (keys other stages add later,
+        e.g. the reconstruction against the true surface); a missing key of a required row shows as n/a.
     """
 
+    id: str
     quantity: str
-    paper: float | None
     source: str
-    truth: str | None = None
-    rule: str = "abs"
-    tol: float = 0.0
+    how: str
+    published: str | None = None
+    optional: bool = False
+
+    @property
+    def criterion(self) -> paper.Criterion:
+        """The row's pre-registered criterion (``paper.CRITERIA[self.id]``)."""
+        return paper.CRITERIA[self.id]
+
+    @property
+    def paper_value(self) -> float | None:
+        """The published number, or None."""
+        return paper.PUBLISHED[self.published].value if self.published else None
 
 
-#: Every headline number of the paper, in the paper's order.
+_CE = "02_labeling:contour_error_mm"
+_AT = "05_evaluation:at_0p5mm.released"
+_VT = "05_evaluation:vs_truth.at_0p5mm.released"
+_GRID = "06_reconstruction:grid"
+_UDF = "ultraboneudf_chamfer_mm"
+_SCORE = {"accuracy": "accuracy", "completeness": "completeness", "f1": "F1"}
+
+#: Every row of the summary, in the paper's order.
 ROWS: tuple[Row, ...] = (
-    Row("3D localisation error of the calibration (mm)", 1.07, "01_calibration:localization_error_mm",
-        None, "abs", 0.5),
-    Row("calibration translation error against the truth (mm)", None,
-        "01_calibration:calibration_translation_error_mm", None, "below", 1.0),
-    Row("temporal offset error against the truth (ms)", None, "01_calibration:temporal_offset_error_ms",
-        None, "below", 1.0),
-    Row("initial misalignment, mean (mm)", 1.13, "00_simulate:initial_misalignment_mm.mean",
-        "02_labeling:label_error_mm.initial.mean", "abs", 0.4),
-    Row("initial misalignment, std (mm)", 0.606, "00_simulate:initial_misalignment_mm.std", None, "abs", 0.3),
-    Row("frames discarded by validation (fraction)", 0.187, "02_labeling:discard_rate", None, "abs", 0.1),
-    Row("mean fiducial correction of kept frames (mm)", 0.481, "02_labeling:kept_mean_fiducial_correction_mm",
-        None, "abs", 0.2),
-    Row("label error after optimisation, mean (mm)", None, "02_labeling:label_error_mm.optimized.mean",
-        None, "below", 0.3),
-    Row("label error after global registration, mean (mm)", None, "02_labeling:label_error_mm.registration.mean",
-        None, "none"),
-    Row("kept frames whose optimised label beats the initial (fraction)", None,
-        "02_labeling:optimized_better_share", None, "above", 0.9),
-    Row("mean rating, initial alignment (0-3)", 1.45, "03_rating_statistics:mean_rating.initial", None, "abs", 0.5),
-    Row("mean rating, CT-US registration (0-3)", 0.87, "03_rating_statistics:mean_rating.registration", None,
-        "abs", 0.5),
-    Row("mean rating, optimised alignment (0-3)", 2.39, "03_rating_statistics:mean_rating.optimized", None,
-        "abs", 0.5),
-    Row("Wilcoxon p, optimised vs initial (Bonferroni)", 0.001,
-        "03_rating_statistics:p_value_bonferroni.optimized_vs_initial", None, "below", 0.001),
-    Row("Wilcoxon p, optimised vs registration (Bonferroni)", 0.001,
-        "03_rating_statistics:p_value_bonferroni.optimized_vs_registration", None, "below", 0.001),
-    Row("model accuracy at 0.5 mm, all", 0.900, "05_evaluation:at_0p5mm.released.model.all.accuracy", None, "abs", 0.1),
-    Row("model completeness at 0.5 mm, all", 0.895, "05_evaluation:at_0p5mm.released.model.all.completeness", None,
-        "abs", 0.1),
-    Row("model F1 at 0.5 mm, all", 0.893, "05_evaluation:at_0p5mm.released.model.all.f1", None, "abs", 0.1),
-    Row("model accuracy at 0.5 mm, low intensity", 0.789, "05_evaluation:at_0p5mm.released.model.low.accuracy",
-        None, "abs", 0.15),
-    Row("model completeness at 0.5 mm, low intensity", 0.801,
-        "05_evaluation:at_0p5mm.released.model.low.completeness", None, "abs", 0.15),
-    Row("model F1 at 0.5 mm, low intensity", 0.778, "05_evaluation:at_0p5mm.released.model.low.f1", None, "abs", 0.15),
-    Row("manual accuracy at 0.5 mm, low intensity", 0.619, "05_evaluation:at_0p5mm.released.manual.low.accuracy",
-        None, "abs", 0.15),
-    Row("manual completeness at 0.5 mm, low intensity", 0.190,
-        "05_evaluation:at_0p5mm.released.manual.low.completeness", None, "abs", 0.15),
-    Row("manual F1 at 0.5 mm, low intensity", 0.261, "05_evaluation:at_0p5mm.released.manual.low.f1", None,
-        "abs", 0.15),
-    Row("3D reconstruction, one-sided mean distance, CT labels + optimised poses (mm)", None,
-        "06_reconstruction:grid.labels_optimized.mean_mm", None, "none"),
-    Row("3D reconstruction, one-sided mean distance, CT labels + original poses (mm)", None,
-        "06_reconstruction:grid.labels_original.mean_mm", None, "none"),
+    Row("calibration_localisation_error", "3D localisation error of the calibration (mm)",
+        "01_calibration:localization_error_mm", TRUTH_FREE, "calibration_localisation_error_mm"),
+    Row("calibration_translation_error", "calibration translation error (mm)",
+        "01_calibration:calibration_translation_error_mm", AGAINST_TRUTH),
+    Row("temporal_offset_error", "temporal offset error (ms)", "01_calibration:temporal_offset_error_ms", AGAINST_TRUTH),
+    Row("initial_misalignment_mean", "initial misalignment, mean (mm)", "00_simulate:initial_misalignment_mm.mean",
+        SIMULATOR_SETTING, "initial_misalignment_mean_mm"),
+    Row("initial_misalignment_sd", "initial misalignment, sd (mm)", "00_simulate:initial_misalignment_mm.std",
+        SIMULATOR_SETTING, "initial_misalignment_sd_mm"),
+    Row("discard_rate", "frames discarded by validation (fraction)", "02_labeling:discard_rate", TRUTH_FREE,
+        "discard_rate"),
+    Row("kept_mean_fiducial_correction", "mean fiducial correction of kept frames (mm)",
+        "02_labeling:kept_mean_fiducial_correction_mm", TRUTH_FREE, "kept_mean_fiducial_correction_mm"),
+    Row("lambda_chosen", "lambda chosen by the truth-free rule", "02_labeling:lambda_selection.chosen", TRUTH_FREE),
+    Row("lambda_oracle", "lambda the truth would choose (oracle)", "02_labeling:lambda_selection.oracle",
+        AGAINST_TRUTH),
+    Row("lambda_oracle_gap", "contour error of the chosen lambda minus the oracle's (mm)",
+        "02_labeling:lambda_selection.oracle_gap_mm", AGAINST_TRUTH),
+    *(Row(f"contour_{m}_{s}", f"label contour error, {name}, {s} (mm)", f"{_CE}.{m}.{s}", AGAINST_TRUTH)
+      for m, name in (("initial", "initial"), ("registration", "global registration"), ("optimized", "optimised"))
+      for s in ("mean", "median", "p95")),
+    Row("optimized_better_share", "kept frames whose optimised contour beats the initial (fraction)",
+        "02_labeling:optimized_better_share", AGAINST_TRUTH),
+    Row("band_label_error_optimized_mean", "band label error after optimisation, mean (mm; secondary)",
+        "02_labeling:label_error_mm.optimized.mean", AGAINST_TRUTH),
+    Row("mean_rating_initial", "mean rating, initial alignment (0-3)", "03_rating_statistics:mean_rating.initial",
+        RATINGS, "mean_rating_initial"),
+    Row("mean_rating_registration", "mean rating, CT-US registration (0-3)",
+        "03_rating_statistics:mean_rating.registration", RATINGS, "mean_rating_registration"),
+    Row("mean_rating_optimized", "mean rating, optimised alignment (0-3)", "03_rating_statistics:mean_rating.optimized",
+        RATINGS, "mean_rating_optimized"),
+    Row("p_optimized_vs_initial", "Wilcoxon p, optimised vs initial (Bonferroni)",
+        "03_rating_statistics:p_value_bonferroni.optimized_vs_initial", RATINGS, "p_value_bonferroni_bound"),
+    Row("p_optimized_vs_registration", "Wilcoxon p, optimised vs registration (Bonferroni)",
+        "03_rating_statistics:p_value_bonferroni.optimized_vs_registration", RATINGS, "p_value_bonferroni_bound"),
+    *(Row(f"model_{r}_{s}", f"model {_SCORE[s]} at 0.5 mm, {rn}", f"{_AT}.model.{r}.{s}", TRUTH_FREE, f"model_{r}_{s}")
+      for r, rn in (("all", "all"), ("low", "low intensity")) for s in ("accuracy", "completeness", "f1")),
+    *(Row(f"manual_low_{s}", f"manual {_SCORE[s]} at 0.5 mm, low intensity (twin: simulated annotator)",
+          f"{_AT}.manual.low.{s}", TRUTH_FREE, f"manual_low_{s}") for s in ("accuracy", "completeness", "f1")),
+    Row("detector_all_f1", "classical detector F1 at 0.5 mm, all", f"{_AT}.detector.all.f1", TRUTH_FREE, optional=True),
+    Row("detector_low_f1", "classical detector F1 at 0.5 mm, low intensity", f"{_AT}.detector.low.f1", TRUTH_FREE,
+        optional=True),
+    Row("model_all_f1_vs_truth", "model F1 at 0.5 mm against the true label, all", f"{_VT}.model.all.f1",
+        AGAINST_TRUTH),
+    Row("model_low_f1_vs_truth", "model F1 at 0.5 mm against the true label, low intensity", f"{_VT}.model.low.f1",
+        AGAINST_TRUTH),
+    Row("ct_labels_all_f1_vs_truth", "CT-derived labels F1 at 0.5 mm against the true label, all",
+        f"{_VT}.ct_labels.all.f1", AGAINST_TRUTH),
+    *(Row(f"chamfer_{cell}", f"3D reconstruction Chamfer distance to the true surface, {name} (mm)",
+          f"{_GRID}.{cell}.chamfer_true_mm", AGAINST_TRUTH, _UDF, optional=True)
+      for cell, name in (("labels_original", "CT labels + original poses"),
+                         ("labels_optimized", "CT labels + optimised poses"),
+                         ("predicted_original", "predicted labels + original poses"),
+                         ("predicted_optimized", "predicted labels + optimised poses"))),
+    Row("mean_true_labels_optimized", "3D reconstruction mean distance to the true surface, CT labels + optimised "
+        "poses (mm)", f"{_GRID}.labels_optimized.mean_true_mm", AGAINST_TRUTH, optional=True),
+    Row("mean_true_predicted_optimized", "3D reconstruction mean distance to the true surface, predicted labels + "
+        "optimised poses (mm)", f"{_GRID}.predicted_optimized.mean_true_mm", AGAINST_TRUTH, optional=True),
 )
 
 
-def lookup(metrics: dict[str, dict], ref: str) -> Any:
-    """The value at ``"<stem>:<dotted.path>"`` in the loaded metrics, or None.
-
-    Raises
-    ------
-    KeyError
-        Never: a missing notebook or key gives None (shown as "n/a").
-    """
+def lookup(metrics: Mapping[str, dict], ref: str) -> Any:
+    """The value at ``"<stem>:<dotted.path>"`` in one run's loaded metrics, or None (never a KeyError)."""
     stem, path = ref.split(":", 1)
     node: Any = metrics.get(stem)
     for part in path.split("."):
@@ -110,72 +150,212 @@ def lookup(metrics: dict[str, dict], ref: str) -> Any:
     return node
 
 
-def reproduced(row: Row, value: Any) -> str:
-    """``"yes"``, ``"no"``, ``"n/a"`` (no value) or ``"-"`` (no rule) for a row's value."""
-    if row.rule == "none":
-        return "-"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def seed_values(runs: Sequence[Mapping[str, dict]], ref: str) -> list[float]:
+    """The numbers at ``ref`` over runs (one per seed); runs without a number there are left out."""
+    return [float(v) for v in (lookup(m, ref) for m in runs) if _number(v)]
+
+
+def aggregate(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    """``(mean, sd, n)`` of per-seed values: sd with ddof=1 (None for fewer than two), mean None when empty."""
+    if not values:
+        return None, None, 0
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None), len(arr)
+
+
+def how_obtained(row: Row, runs: Sequence[Mapping[str, dict]]) -> str:
+    """How the row's number was obtained, one of :data:`HOW`.
+
+    Rating rows are truth-free when a person's ratings CSV was read, and measured against truth when the
+    ratings come from the rater model (``03_rating_statistics.json: ratings_source``).
+    """
+    if row.how != RATINGS:
+        return row.how
+    sources = {lookup(m, "03_rating_statistics:ratings_source") for m in runs} - {None}
+    return AGAINST_TRUTH if (not sources or RATER_MODEL_SOURCE in sources) else TRUTH_FREE
+
+
+def _as_runs(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]]) -> list[Mapping[str, dict]]:
+    if isinstance(metrics, Mapping):
+        return [metrics]
+    runs = list(metrics)
+    if not runs:
+        raise ValueError("summary_table: no metrics given (expected one dict per seed)")
+    return runs
+
+
+def summary_table(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]],
+                  rows: Sequence[Row] = ROWS) -> pd.DataFrame:
+    """The summary table of one run or of several seeds.
+
+    Parameters
+    ----------
+    metrics : one run's metrics (``{stem: metrics dict}``, as :func:`load_all` gives) or a list of them,
+        one per seed.
+    rows : the rows (default :data:`ROWS`).
+
+    Returns
+    -------
+    One line per row (optional rows without any value left out): ``id``, ``quantity``, ``published``,
+    ``value`` (the mean over seeds), ``sd`` (over seeds; None for one), ``n_seeds``, ``how obtained``,
+    ``criterion``, ``basis``, ``criterion met`` (:data:`MET`) and ``source`` (``"<stem>.json: <key>"``).
+    A ``*_row`` criterion compares with the other row's mean over the same runs.
+    """
+    runs = _as_runs(metrics)
+    by_id = {r.id: r for r in ROWS}
+    by_id.update({r.id: r for r in rows})
+    names = {k: r.quantity for k, r in by_id.items()}
+    records = []
+    for row in rows:
+        mean, sd, n = aggregate(seed_values(runs, row.source))
+        if row.optional and n == 0:
+            continue
+        crit = row.criterion
+        other = aggregate(seed_values(runs, by_id[crit.row].source))[0] if crit.row else None
+        how = how_obtained(row, runs)
+        quantity = f"{row.quantity} [{RATER_MODEL}]" if row.how == RATINGS and how == AGAINST_TRUTH else row.quantity
+        records.append({
+            "id": row.id, "quantity": quantity, "published": row.paper_value, "value": mean, "sd": sd,
+            "n_seeds": n, "how obtained": how, "criterion": crit.text(names),
+            "basis": crit.basis, "criterion met": crit.judge(mean, row.paper_value, other),
+            "source": row.source.replace(":", ".json: "),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
         return "n/a"
-    if row.rule == "abs":
-        ok = abs(value - row.paper) <= row.tol
-    elif row.rule == "below":
-        ok = value < row.tol
-    elif row.rule == "above":
-        ok = value > row.tol
-    else:  # pragma: no cover - table bug
-        raise ValueError(f"unknown rule {row.rule}")
-    return "yes" if ok else "no"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
 
 
-def _criterion(row: Row) -> str:
-    return {"abs": f"within {row.tol:g} of the paper", "below": f"< {row.tol:g}", "above": f"> {row.tol:g}",
-            "none": "reported only"}[row.rule]
+def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The table for reading: values to 3 significant digits, ``mean ± sd (n seeds)`` over several seeds.
+
+    Columns: quantity, published, value, how obtained, criterion, basis, criterion met, source.
+    """
+    out = df.copy()
+    out["value"] = [_fmt(v) if n <= 1 or sd is None else f"{_fmt(v)} ± {_fmt(sd)} ({n} seeds)"
+                    for v, sd, n in zip(df["value"], df["sd"], df["n_seeds"])]
+    out["published"] = [("-" if p is None or p != p else _fmt(p)) for p in df["published"]]
+    out["basis"] = out["basis"].replace({"none": "-"})
+    return out[["quantity", "published", "value", "how obtained", "criterion", "basis", "criterion met", "source"]]
 
 
-def load_all(paths: Paths, stems: list[str]) -> dict[str, dict]:
-    """Every available metrics JSON of ``stems`` (missing ones are left out)."""
+def criteria_table(rows: Sequence[Row] = ROWS) -> pd.DataFrame:
+    """The pre-registered criteria as a table: row, criterion, basis and the reasoning (from ``paper.CRITERIA``)."""
+    names = {r.id: r.quantity for r in ROWS}
+    return pd.DataFrame.from_records([
+        {"quantity": r.quantity, "published": (f"{r.paper_value:g} ({paper.PUBLISHED[r.published].where})"
+                                              if r.published else "-"),
+         "criterion": r.criterion.text(names), "basis": r.criterion.basis, "why": r.criterion.why or "-"}
+        for r in rows])
+
+
+def summary_metrics(table: pd.DataFrame, missing: Sequence[str], orphans: Sequence[str]) -> dict:
+    """Notebook 07's metrics: counts of criteria met and not met, and every row keyed by its id."""
+    counts = table["criterion met"].value_counts().to_dict()
+
+    def clean(v):
+        return None if v is None or (isinstance(v, float) and v != v) else v
+
+    return {
+        "n_rows": int(len(table)),
+        "n_met": int(counts.get("yes", 0)),
+        "n_not_met": int(counts.get("no", 0)),
+        "n_judged": int(counts.get("yes", 0) + counts.get("no", 0)),
+        "n_missing": len(missing),
+        "n_seeds": int(table["n_seeds"].max()) if len(table) else 0,
+        "orphan_figures": list(orphans),
+        "rows": {r["id"]: {"quantity": r["quantity"], "published": clean(r["published"]), "value": clean(r["value"]),
+                           "sd": clean(r["sd"]), "n_seeds": int(r["n_seeds"]), "how": r["how obtained"],
+                           "criterion": r["criterion"], "basis": r["basis"], "met": r["criterion met"],
+                           "source": r["source"]}
+                 for r in table.to_dict("records")},
+    }
+
+
+def missing_rows(table: pd.DataFrame) -> list[str]:
+    """Sources of the required rows that no run gave a number for."""
+    return table.loc[table["n_seeds"] == 0, "source"].tolist()
+
+
+def plot_comparison(table: pd.DataFrame, title: str = ""):
+    """Each row with a published number as this run's value over the published one (1 = identical).
+
+    Green: criterion met, red: not met, grey: no criterion (reported only, or a simulator setting, drawn as
+    an open marker). The grey band is a ``within`` criterion's tolerance relative to the published value.
+    """
+    import matplotlib.pyplot as plt
+
+    comp = table[table["published"].map(_number) & table["value"].map(_number)].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * max(len(comp), 1) + 1.2))
+    y = np.arange(len(comp))
+    pub = comp["published"].astype(float).to_numpy()
+    ratio = comp["value"].astype(float).to_numpy() / pub
+    for i, rid in enumerate(comp["id"]):
+        c = paper.CRITERIA[rid]
+        if c.rule == "within":
+            ax.barh(i, 2 * c.bound / pub[i], left=1 - c.bound / pub[i], color="0.9", height=0.8)
+    color = comp["criterion met"].map({"yes": "tab:green", "no": "tab:red"}).fillna("0.5")
+    setting = (comp["how obtained"] == SIMULATOR_SETTING).to_numpy()
+    ax.scatter(ratio[~setting], y[~setting], c=list(color[~setting]), zorder=3)
+    ax.scatter(ratio[setting], y[setting], facecolors="none", edgecolors="0.4", zorder=3, label=SIMULATOR_SETTING)
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(y, comp["quantity"], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("this run / published (log)")
+    ax.set_title(title or "green: criterion met, red: not met, grey: no criterion", fontsize=9)
+    if setting.any():
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def gallery(figures_dir: Path, names: Sequence[str], cols: int = 2):
+    """The gallery figures that exist, side by side, and the names of those that do not.
+
+    Parameters
+    ----------
+    figures_dir : the folder of ``<name>.png``.
+    names : figure names without extension.
+
+    Returns
+    -------
+    ``(fig, missing)``: a matplotlib figure (None when no figure exists) and the sorted missing names.
+    """
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figures_dir = Path(figures_dir)
+    available = [n for n in names if (figures_dir / f"{n}.png").is_file()]
+    missing = sorted(set(names) - set(available))
+    if not available:
+        return None, missing
+    rows = int(np.ceil(len(available) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 5 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), available):
+        ax.imshow(Image.open(figures_dir / f"{name}.png"))
+        ax.set_title(name)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, missing
+
+
+def load_all(paths: Paths, stems: Sequence[str]) -> dict[str, dict]:
+    """Every available metrics JSON of ``stems`` of one run (missing ones are left out)."""
     out = {}
     for stem in stems:
         f = paths.metrics(stem)
         if f.is_file():
             out[stem] = json.loads(f.read_text())
-    return out
-
-
-def summary_table(metrics: dict[str, dict], rows: tuple[Row, ...] = ROWS) -> pd.DataFrame:
-    """The summary table: paper, this run, twin truth, criterion, reproduced, source key."""
-    records = []
-    for row in rows:
-        value = lookup(metrics, row.source)
-        truth = lookup(metrics, row.truth) if row.truth else None
-        records.append(
-            {
-                "quantity": row.quantity,
-                "paper": row.paper,
-                "this run": value,
-                "twin ground truth": truth,
-                "criterion": _criterion(row),
-                "reproduced": reproduced(row, value),
-                "source": row.source.replace(":", ".json: "),
-            }
-        )
-    return pd.DataFrame.from_records(records)
-
-
-def format_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Numbers rounded for reading (3 significant digits), missing values as n/a."""
-
-    def fmt(v):
-        if v is None or (isinstance(v, float) and v != v):
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        return v
-
-    out = df.copy()
-    for c in ("paper", "this run", "twin ground truth"):
-        out[c] = out[c].map(fmt)
-    out.loc[df["paper"].isna(), "paper"] = "-"
     return out
 
 

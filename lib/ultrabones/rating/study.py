@@ -14,8 +14,9 @@ This module builds that study and analyses it:
   under anonymous ids and writes a self-contained rating page (:func:`write_rating_page`,
   the paper's rating software, Fig. 5) and the key (id -> frame and method) as a
   separate file. :func:`build_rating_set` does all of it for a dataset.
-- **Rater model** (digital twin only, always called the *simulated rater*):
-  :func:`~ultrabones.evaluation.metrics.directed_distances` measures each item's label against the twin's true
+- **Rater model** (digital twin only, called "rater model: rubric on the true label error" in tables and figures;
+  :mod:`ultrabones.twin.rater`): :func:`~ultrabones.evaluation.metrics.directed_distances` measures each item's
+  label against the twin's true
   label, :func:`rubric_rating` applies the rubric to the error profile along the
   contour, :func:`simulate_ratings` adds a documented perceptual noise.
 - **Statistics.** :func:`read_ratings` validates a ratings table (from the page
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import atomic
+from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.overlay import overlay
 
@@ -61,18 +63,17 @@ RUBRIC = {
     3: "Excellent: no visible error",
 }
 RATINGS = tuple(RUBRIC)
-#: The paper's results (Section 4): mean rating per method and the Bonferroni-adjusted bound.
-PAPER = {
-    "n_frames": 119,
-    "mean_rating": {"initial": 1.45, "registered": 0.87, "optimized": 2.39},
-    "p_value_bonferroni_bound": 0.001,
-}
+#: The paper's results (Section 4): mean rating per method and the Bonferroni-adjusted bound
+#: (read from :mod:`ultrabones.core.paper`, the one place that holds them).
+PAPER = _paper.rating_study()
 #: Columns of the key file (one row per item).
 KEY_COLUMNS = ("item_id", "specimen", "record", "timestamp", "method")
 #: Columns of a ratings table, as the rating page exports it.
 RATINGS_COLUMNS = ("set_id", "item_id", "rating", "rater", "rated_at")
-#: Name of the rater model in tables, figures and metrics.
+#: Name of the rater model in metrics and in the ``rater`` column of a ratings table.
 SIMULATED_RATER = "simulated"
+#: How tables and figures name the rater model (it restates the label error measured against the truth).
+RATER_MODEL_LABEL = "rater model: rubric on the true label error"
 #: Scale bar lengths drawn in the top-left corner of each item (mm).
 SCALE_BAR_MM = (1.0, 2.0, 3.0)
 
@@ -679,7 +680,7 @@ def wilcoxon_pairs(
 
 def paper_comparison(summary: pd.DataFrame, tests: pd.DataFrame, rater: str) -> pd.DataFrame:
     """The paper's figures beside ours: mean rating per method and Bonferroni p per pair."""
-    who = "simulated rater" if rater == SIMULATED_RATER else rater
+    who = RATER_MODEL_LABEL if rater == SIMULATED_RATER else rater
     rows = []
     for m in METHODS:
         rows.append({"quantity": f"mean rating, {METHOD_LABELS[m]}", "paper": PAPER["mean_rating"][m],
@@ -697,7 +698,7 @@ def plot_rating_distribution(summary: pd.DataFrame, rater: str, paper: bool = Tr
     Parameters
     ----------
     summary : :func:`method_summary`'s table.
-    rater : ``"simulated"`` (labelled *simulated rater*) or the rater's name.
+    rater : ``"simulated"`` (labelled :data:`RATER_MODEL_LABEL`) or the rater's name.
     paper : mark the paper's mean ratings in the right panel.
 
     Returns
@@ -721,7 +722,7 @@ def plot_rating_distribution(summary: pd.DataFrame, rater: str, paper: bool = Tr
     ax.set_ylabel("share of frames")
     ax.set_ylim(0, 1.0)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
-    who = "simulated rater (digital twin)" if rater == SIMULATED_RATER else f"rater: {rater}"
+    who = f"{RATER_MODEL_LABEL} (digital twin)" if rater == SIMULATED_RATER else f"rater: {rater}"
     ax.set_title(f"Rating distribution per alignment - {who}", fontsize=9)
     xm = np.arange(len(METHODS))
     means = [summary.loc[m, "mean"] for m in METHODS]

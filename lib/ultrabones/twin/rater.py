@@ -1,4 +1,4 @@
-"""The simulated rater: a rubric applied to each drawn label's distance to the twin's true label.
+"""The rater model (the simulated rater): a rubric applied to each drawn label's distance to the twin's true label.
 
 This is a *rater model*, not a person: its ratings restate the label error measured against the truth
 (the twin's ``Labels_full``), read through the paper's 0-3 rubric with a per-item misjudgement of the

@@ -51,6 +51,7 @@ from scipy.spatial.transform import Rotation
 
 from ultrabones.twin import anatomy
 from ultrabones.core import atomic
+from ultrabones.core.paper import PUBLISHED
 from ultrabones.twin import bmode
 from ultrabones.core import dataset
 from ultrabones.core import geometry
@@ -944,7 +945,8 @@ def figure_statistics(result: dict):
     table = specimen_table(result)
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
     ax[0].hist(mis, bins=40, color="tab:blue")
-    ax[0].axvline(1.13, color="k", ls="--", label="paper mean 1.13 mm")
+    pub = PUBLISHED["initial_misalignment_mean_mm"].value
+    ax[0].axvline(pub, color="k", ls="--", label=f"paper mean {pub:g} mm")
     ax[0].set_xlabel("initial misalignment (mm)")
     ax[0].set_ylabel("frames")
     ax[0].legend()
