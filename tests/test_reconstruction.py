@@ -493,3 +493,19 @@ def test_stage_metrics_keeps_ct_keys_and_merges_the_reference(synthetic, monkeyp
     assert "mean_mm" in m["per_specimen"]["specimen01"]["labels_optimized"] and m["vs_truth"] == {"missing": []}
     t = rc.reference_table(ref["per_specimen"])
     assert t.loc[0, ["specimen", "source", "poses", "group"]].tolist() == ["specimen01", "labels", "optimized", "all"]
+
+
+def test_grid_table_and_check_grid():
+    good = {"labels_optimized": {"n_specimens": 1, "mean_mm": 0.2, "median_mm": 0.1, "p95_mm": 0.5, "chamfer_mm": 0.3,
+                                 "coverage": 0.8, "n_specimens_true": 1, "mean_true_mm": 0.4, "median_true_mm": 0.3,
+                                 "p95_true_mm": 0.9, "chamfer_true_mm": 0.5, "coverage_true": 0.7},
+            "predicted_original": {"n_specimens": 0, "mean_mm": None}}
+    rc.check_grid(good)
+    t = rc.grid_table(good, rc.TRUE_KEYS)
+    assert t.loc["labels_optimized", "chamfer_true_mm"] == 0.5 and list(t.columns)[-1] == "n_specimens"
+    with pytest.raises(AssertionError, match="labels_optimized: coverage_true"):
+        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "coverage_true": 1.5}})
+    with pytest.raises(AssertionError, match="median above p95"):
+        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "median_mm": 0.9}})
+    with pytest.raises(AssertionError, match="mean_true_mm"):
+        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "mean_true_mm": float("nan")}})

@@ -677,6 +677,42 @@ def stage_metrics(summary: Mapping, table: pd.DataFrame, pending: Sequence[str],
     }
 
 
+#: The keys a reference measurement (the twin's truth) adds to a grid cell.
+TRUE_KEYS = ("mean_true_mm", "median_true_mm", "p95_true_mm", "chamfer_true_mm", "chamfer_true_udf_crop_mm",
+             "coverage_true")
+
+
+def grid_table(grid: Mapping[str, Mapping], keys: Sequence[str]) -> pd.DataFrame:
+    """The pooled grid as a table: one row per cell (``<source>_<poses>``), the given keys and ``n_specimens``."""
+    return pd.DataFrame({cell: {k: vals.get(k) for k in (*keys, "n_specimens")} for cell, vals in grid.items()}).T
+
+
+def check_grid(grid: Mapping[str, Mapping], tol_mm: float = HIST_BIN_MM) -> None:
+    """Sanity of every measured cell: finite non-negative distances, median <= p95, coverages in [0, 1].
+
+    Checks the CT-model keys of cells with ``n_specimens`` and the keys of
+    :data:`TRUE_KEYS` where present and not None.
+
+    Raises
+    ------
+    AssertionError
+        Naming the cell and the key.
+    """
+    for cell, v in grid.items():
+        for prefix, n in (("", v.get("n_specimens")), ("_true", v.get("n_specimens_true"))):
+            mean = v.get(f"mean{prefix}_mm")
+            if not n or mean is None:
+                continue
+            for k in (f"mean{prefix}_mm", f"median{prefix}_mm", f"p95{prefix}_mm", f"chamfer{prefix}_mm"):
+                if v.get(k) is not None and not (np.isfinite(v[k]) and v[k] >= 0):
+                    raise AssertionError(f"reconstruction grid {cell}: {k} = {v[k]} is not a finite distance >= 0")
+            if v[f"median{prefix}_mm"] > v[f"p95{prefix}_mm"] + tol_mm:
+                raise AssertionError(f"reconstruction grid {cell}: median{prefix} above p95{prefix}")
+            cov = v.get("coverage" + prefix)
+            if cov is not None and not 0.0 <= cov <= 1.0:
+                raise AssertionError(f"reconstruction grid {cell}: coverage{prefix} = {cov} outside [0, 1]")
+
+
 # ----------------------------------------------------------------------------- frames -> points
 
 
