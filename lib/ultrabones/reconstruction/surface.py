@@ -511,8 +511,15 @@ def points_within(points: np.ndarray, cloud: np.ndarray, max_mm: float = 1.0) ->
     (``filter_source_by_target_distance``), so the unseen far side of the bone
     does not count.
     """
+    from scipy.spatial import cKDTree
+
     points = np.asarray(points, dtype=float).reshape(-1, 3)
-    return points[backward_distances(points, cloud) <= max_mm]
+    cloud = np.asarray(cloud, dtype=float).reshape(-1, 3)
+    if not len(points) or not len(cloud):
+        return points[:0]
+    # a bounded query prunes the search: points farther than max_mm come back as inf without a full search
+    d = cKDTree(cloud).query(points, k=1, distance_upper_bound=max_mm * (1 + 1e-9) + 1e-12)[0]
+    return points[d <= max_mm]
 
 
 # ----------------------------------------------------------------------------- one cloud against a reference surface

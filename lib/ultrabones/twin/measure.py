@@ -458,9 +458,7 @@ def reconstruction_vs_truth(paths: Paths, results, params: dict, sample_mm: floa
             continue
         true_mesh = dataset.read_mesh(mesh_file)
         surf = rc.SurfaceDistance.from_mesh(true_mesh)
-        samples = rc.sample_surface(true_mesh, sample_mm, seed=seed).points
-        imaged = rc.points_within(samples, true_imaged_points(paths, sid, params.get("frame_step", 1)), crop_mm)
-        n_imaged[sid] = len(imaged)
+        clouds = {}
         for key, ply in sorted(r.get("ply", {}).items()):
             src, method, group = key.split("/")
             if group != rc.ALL:
@@ -468,9 +466,15 @@ def reconstruction_vs_truth(paths: Paths, results, params: dict, sample_mm: floa
             if not Path(ply).is_file():
                 missing.append(f"{ply}: point cloud missing (rerun 06)")
                 continue
-            pts, _ = rc.read_ply(ply)
+            clouds[rc.cell_name(src, method)] = rc.read_ply(ply)[0]
+        true_pts = true_imaged_points(paths, sid, params.get("frame_step", 1))
+        # every crop below keeps samples within crop_mm of the imaged points or of a cloud: crop once to their union
+        samples = rc.sample_surface(true_mesh, sample_mm, seed=seed).points
+        samples = rc.points_within(samples, np.concatenate([true_pts, *clouds.values()]), crop_mm)
+        imaged = rc.points_within(samples, true_pts, crop_mm)
+        n_imaged[sid] = len(imaged)
+        for cell, pts in clouds.items():
             row = rc.compare_to_surface(pts, surf, imaged, params["coverage_mm"], samples, crop_mm)
-            cell = rc.cell_name(src, method)
             rows.setdefault(cell, []).append(row)
             pooled = rc.pool_comparisons([row])
             per_specimen.setdefault(sid, {})[cell] = {names[k]: pooled[k] for k in names if k != "n_specimens"}
