@@ -158,3 +158,33 @@ def test_visibility_sweep_low_intensity_completeness_falls_with_the_level(tmp_pa
     matplotlib.pyplot.close(fig)
     with pytest.raises(ParamsError, match="unknown field"):
         annotator.visibility_sweep(frames, SPACING, [0.5], 150.0, levels=[{"quantile": 0.5}])
+
+
+def test_sweep_levels_from_the_profile_lists():
+    assert annotator.sweep_levels([0.5, 0.97], [0.0, 0.6]) == [
+        {"visible_quantile": 0.5, "visible_fraction": 0.0}, {"visible_quantile": 0.97, "visible_fraction": 0.6}]
+    with pytest.raises(ParamsError, match="equal length"):
+        annotator.sweep_levels([0.5, 0.9], [0.1])
+    with pytest.raises(ParamsError, match="equal length"):
+        annotator.sweep_levels([], [])
+    with pytest.raises(ParamsError, match="outside"):
+        annotator.sweep_levels([1.5], [0.1])
+    # the sweep's lists are not annotator fields: from_section ignores them
+    p = annotator.AnnotatorParams.from_section({"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5],
+                                                "annotator_sweep_fractions": [0.1], "max_frames": 3})
+    assert p.visible_quantile == 0.9 and annotator.LABEL == "simulated annotator (sensitivity study)"
+
+
+def test_plot_sweep_draws_the_model_and_the_detector():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    rows = [{"level": i, "visible_quantile": q, "visible_fraction": f, "region": r, "completeness": c, "f1": c}
+            for i, (q, f, c) in enumerate(((0.5, 0.0, 0.9), (0.97, 0.6, 0.3))) for r in ("all", "high", "low")]
+    refs = {"model": {"low": {"completeness": 0.8, "f1": 0.7}}, "detector": {"low": {"completeness": 0.5, "f1": 0.4}}}
+    fig = annotator.plot_sweep(pd.DataFrame(rows), references=refs)
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert "model low" in labels and "detector low" in labels
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["q 0.50\nf 0.00", "q 0.97\nf 0.60"]
+    matplotlib.pyplot.close(fig)

@@ -154,3 +154,31 @@ def test_score_detector_gives_the_evaluation_rows(tmp_path):
     assert len(summ["curves"]["released"][bd.LABEL]["all"]["f1"]) == 3
     best, table = bd.fit_frames(frames, SPACING, {"min_score": (0.2, 0.99)}, n_max=1, seed=0)
     assert best.min_score == 0.2 and len(table) == 2
+
+
+def test_fitted_on_the_checkpoints_training_specimens_only(tmp_path):
+    from ultrabones.core.dataset import write_image, write_label
+
+    # specimen01, 02: training (bone at the true rows); specimen03: test (its labels lie 2 mm deeper: a fit that
+    # saw them would move the band)
+    for name, shift in (("specimen01", 0.0), ("specimen02", 0.0), ("specimen03", 10.0)):
+        rec = tmp_path / name / "record01"
+        for t in (10, 20, 30):
+            write_image(rec / "UltrasoundImages" / f"{t}.png", bone_frame(seed=t + len(name)))
+            write_label(rec / "Labels" / f"{t}_label.png", true_band(true_rows() + shift))
+    split = {"train": ["1", "specimen02", "specimen09"], "val": [], "test": ["specimen03"]}
+    specs, missing = bd.training_specimens(tmp_path, split)
+    assert [s.name for s in specs] == ["specimen01", "specimen02"] and missing == ["specimen09"]
+    # a test specimen listed as training too is never fitted on
+    specs2, _ = bd.training_specimens(tmp_path, {"train": ["specimen01", "specimen03"], "test": ["3"]})
+    assert [s.name for s in specs2] == ["specimen01"]
+    fit = bd.fit_on_training(specs, SPACING, n_frames=5, enhancements=["intensity"], seed=0)
+    assert fit["n_frames"] == 5 and fit["specimens"] == ["specimen01", "specimen02"]
+    assert fit["params"].enhancement == "intensity" and set(fit["table"]["enhancement"]) == {"intensity"}
+    assert fit["fit_f1"] > 0.9  # a frame of the test specimen (labels 2 mm deeper) would score F1 about 0
+    assert len(fit["table"]) == len(bd.DEFAULT_GRID["min_score"]) * len(bd.DEFAULT_GRID["min_peak"]) * 3
+    assert bd.fit_on_training([], SPACING) is None
+    with pytest.raises(ParamsError, match="detector_enhancements"):
+        bd.fit_on_training(specs, SPACING, enhancements=["sobel"])
+    with pytest.raises(ParamsError, match="detector_enhancements"):
+        bd.fit_on_training(specs, SPACING, enhancements=[])

@@ -263,3 +263,45 @@ def test_examples_favour_frames_with_low_intensity_bone_and_table_rows():
     assert len(table) == 6 and table.loc[0, "accuracy_paper"] == paper.PUBLISHED["model_all_accuracy"].value == 0.900
     assert table.loc[5, "completeness_paper"] == paper.PUBLISHED["manual_low_completeness"].value
     assert np.isnan(table.loc[3, "f1_paper"])
+
+
+def _at(model_low, manual_low, manual_low_frames=3):
+    def cell(c, n):
+        return {"accuracy": 0.5, "completeness": c, "f1": 0.5, "n_frames": n}
+
+    return {p: {"model": {r: cell(model_low[p] if r == "low" else 0.9, 3) for r in metrics.REGIONS},
+                "manual": {r: cell(manual_low[p] if r == "low" else 0.9, manual_low_frames if r == "low" else 3)
+                           for r in metrics.REGIONS}} for p in metrics.PROTOCOLS}
+
+
+def test_model_vs_manual_uses_the_strict_protocol_when_a_method_has_no_low_frame():
+    v = metrics.model_vs_manual(_at({"released": 0.8, "strict": 0.7}, {"released": 0.2, "strict": 0.1}))
+    assert v == {"beats": True, "protocol": "released", "model": 0.8, "manual": 0.2}
+    v = metrics.model_vs_manual(_at({"released": 0.3, "strict": 0.3}, {"released": 0.9, "strict": 0.0}, 0))
+    assert v["protocol"] == "strict" and v["beats"] is True and v["manual"] == 0.0
+
+
+def test_check_summary_and_table_with_sweep():
+    import pandas as pd
+
+    curves = {"released": {"model": {r: {"accuracy": [0.1, 0.5], "completeness": [0.2, 0.6], "f1": [0.1, 0.5],
+                                         "n_frames": 2} for r in metrics.REGIONS}}}
+    metrics.check_summary({"curves": curves})
+    curves["released"]["model"]["low"]["f1"] = [0.5, 0.4]
+    with pytest.raises(AssertionError, match="released/model/low/f1 decreases"):
+        metrics.check_summary({"curves": curves})
+    curves["released"]["model"]["low"]["f1"] = [0.5, 1.4]
+    with pytest.raises(AssertionError, match="outside"):
+        metrics.check_summary({"curves": curves})
+    at = _at({"released": 0.8, "strict": 0.7}, {"released": 0.2, "strict": 0.1})
+    table = metrics.table_at(at)
+    sweep = pd.DataFrame([{"level": 0, "visible_quantile": 0.5, "visible_fraction": 0.0, "region": r,
+                           "accuracy": 0.4, "completeness": 0.3, "f1": 0.35, "accuracy_strict": 0.4,
+                           "completeness_strict": 0.3, "f1_strict": 0.35, "n_frames": 4, "marked_share": 1.0}
+                          for r in metrics.REGIONS])
+    t = metrics.table_with_sweep(table, sweep, "sim")
+    assert len(t) == len(table) + 3 and list(t.columns) == list(table.columns)
+    last = t.iloc[-1]
+    assert last["method"] == "sim q 0.50 f 0.00" and last["region"] == "low" and last["f1"] == 0.35
+    assert np.isnan(last["f1_paper"]) and last["n_frames"] == 4
+    assert metrics.table_with_sweep(table, None) is table

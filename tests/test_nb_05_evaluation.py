@@ -64,7 +64,7 @@ def test_otsu_split_frames_speed_and_border_metrics(m):
 
 @pytest.mark.notebook
 def test_simulated_annotator_misses_low_intensity_bone(m):
-    assert m["manual_source"] == "simulated annotator"  # the twin has no surgeon, and says so
+    assert m["manual_source"] == "simulated annotator (sensitivity study)"  # the twin has no surgeon, and says so
     man = m["at_0p5mm"]["released"]["manual"]
     # it marks the clearly visible hyperechoic bone and misses the dim parts, as the paper's expert did
     assert man["high"]["completeness"] > man["low"]["completeness"] or man["low"]["n_frames"] == 0
@@ -77,4 +77,34 @@ def test_twin_scores_against_the_true_labels(m):
     assert vt["n_frames"] > 0
     ct = vt["at_0p5mm"]["released"]["ct_labels"]["all"]
     assert ct["n_frames"] > 0 and 0.0 <= ct["f1"] <= 1.0
-    assert set(vt["at_0p5mm"]["strict"]) == {"model", "manual", "ct_labels"}
+    assert set(vt["at_0p5mm"]["strict"]) == {"model", "detector", "manual", "ct_labels"}
+
+
+@pytest.mark.notebook
+def test_classical_detector_is_fitted_on_training_specimens_and_scored_like_the_model(m):
+    det = m["detector"]
+    assert det["name"] == "shadow-peak detector" and det["n_fit_frames"] >= 5
+    assert not set(det["train_specimens"]) & set(m["test_specimens"])  # never fitted on a test specimen
+    assert det["params"]["enhancement"] in det["enhancements"] and 0.0 <= det["fit_f1"] <= 1.0
+    for proto in PROTOCOLS:
+        for region in REGIONS:
+            cell = m["at_0p5mm"][proto]["detector"][region]
+            assert set(SCORES) <= set(cell)
+            if cell["n_frames"]:
+                assert all(0.0 <= cell[k] <= 1.0 for k in SCORES), (proto, region)
+        assert m["at_0p5mm"]["strict"]["detector"]["all"]["n_frames"] == m["n_test_frames"]
+        assert len(m["curves"][proto]["detector"]["all"]["f1"]) == len(m["sigmas_mm"])
+    assert 0.0 <= m["dice"]["detector"] <= 1.0
+
+
+@pytest.mark.notebook
+def test_annotator_sweep_rows_per_level_and_region(m):
+    rows = m["annotator_sweep"]
+    levels = sorted({r["level"] for r in rows})
+    assert len(levels) >= 2 and len(rows) == 3 * len(levels)
+    assert {r["region"] for r in rows} == set(REGIONS)
+    low = {r["level"]: r for r in rows if r["region"] == "all"}
+    # a stricter visibility rule marks fewer pixels
+    shares = [low[i]["marked_share"] for i in levels]
+    assert all(b <= a + 1e-12 for a, b in zip(shares, shares[1:])), shares
+    assert m["annotator_name"] == "simulated annotator (sensitivity study)"

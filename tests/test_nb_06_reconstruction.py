@@ -46,3 +46,27 @@ def test_points_and_query_rate_are_reported(smoke_metrics):
     assert m["points_per_second"] > 1e4
     assert m["pending"] == [] and isinstance(m["skipped"], list)
     assert all(s["reason"] for s in m["skipped"])
+
+
+TRUE_KEYS = ("mean_true_mm", "median_true_mm", "p95_true_mm", "chamfer_true_mm", "chamfer_true_udf_crop_mm",
+             "coverage_true")
+
+
+@pytest.mark.notebook
+def test_grid_is_measured_against_the_true_surface(smoke_metrics):
+    m = smoke_metrics("06_reconstruction")
+    for cell in CELLS:
+        vals = m["grid"][cell]
+        if not vals["n_specimens"]:
+            continue
+        assert vals["n_specimens_true"] == vals["n_specimens"], cell
+        assert all(math.isfinite(vals[k]) and vals[k] >= 0 for k in TRUE_KEYS), cell
+        assert vals["median_true_mm"] <= vals["p95_true_mm"] + 0.01 and 0.0 < vals["coverage_true"] <= 1.0
+        assert m["per_specimen"][m["specimens"][0]].get(cell, {}).get("mean_true_mm") is not None or cell.startswith(
+            "predicted")
+    assert m["vs_truth"]["missing"] == []
+    # the CT-model distance is kept only as a labelled self-consistency check
+    sc = m["self_consistency_vs_ct_model"]
+    assert "self-consistency" in sc["note"]
+    assert sc["cells"]["labels_optimized"]["mean_mm"] == m["grid"]["labels_optimized"]["mean_mm"]
+    assert m["optimized_lower_against"] == "true bone surface"

@@ -428,3 +428,85 @@ def test_chamfer_distance_known_answers():
     # UltraBoneUDF's crop of the reference to the imaged part
     kept = rc.points_within(b, a[:5], max_mm=1.0)
     np.testing.assert_array_equal(kept, b[:5])
+
+
+def test_compare_to_surface_known_answers():
+    # reference: the cylinder; cloud: samples of a concentric cylinder 0.5 mm outside, on its top half only
+    surf = rc.SurfaceDistance.from_mesh(cylinder())
+    samples = rc.sample_surface(cylinder(), 0.3, seed=0).points
+    top = samples[(samples[:, 1] > 0) & (np.abs(samples[:, 2]) < 20)]
+    bottom = samples[(samples[:, 1] < -5) & (np.abs(samples[:, 2]) < 20)]
+    cloud = top * np.array([1.05, 1.05, 1.0])  # radius 10.5: 0.5 mm from the surface everywhere
+    row = rc.compare_to_surface(cloud, surf, top, coverage_mm=1.0, samples=samples, crop_mm=1.0)
+    assert row["mean_mm"] == pytest.approx(0.5, abs=0.01) and row["p95_mm"] == pytest.approx(0.5, abs=0.01)
+    assert row["sum_mm"] == pytest.approx(0.5 * len(cloud), rel=0.02)
+    assert row["coverage"] == 1.0  # every imaged sample has a cloud point 0.5 mm above it
+    assert row["chamfer_mm"] == pytest.approx(0.5, abs=0.03)  # point sets 0.3 mm apart laterally: a little above
+    assert row["chamfer_udf_crop_mm"] == pytest.approx(row["chamfer_mm"], abs=0.03)
+    # half the imaged part missed: the coverage halves and the backward term grows; the UltraBoneUDF crop
+    # (to the cloud itself) does not see the missing half
+    both = np.concatenate([top, bottom])
+    miss = rc.compare_to_surface(cloud, surf, both, 1.0, samples, 1.0)
+    assert miss["coverage"] == pytest.approx(len(top) / len(both))
+    assert miss["chamfer_mm"] > 4 * row["chamfer_mm"]
+    assert miss["chamfer_udf_crop_mm"] == pytest.approx(row["chamfer_udf_crop_mm"])
+    empty = rc.compare_to_surface(np.zeros((0, 3)), surf, top)
+    assert empty["n_points"] == 0 and np.isnan(empty["mean_mm"]) and empty["coverage"] == 0.0
+
+
+def test_pool_comparisons_weights_points_and_samples():
+    def row(n, mean, nv, back, covered, fwd):
+        return {"n_points": n, "sum_mm": n * mean, "hist": rc.distance_histogram(np.full(n, mean)).tolist(),
+                "n_imaged": nv, "sum_back_mm": nv * back, "n_covered": covered, "sum_fwd_pp_mm": n * fwd,
+                "chamfer_udf_crop_mm": 0.5 * (fwd + back)}
+
+    p = rc.pool_comparisons([row(100, 1.0, 10, 2.0, 5, 1.0), row(300, 0.2, 30, 1.0, 30, 0.2)])
+    assert p["n_specimens"] == 2 and p["n_points"] == 400
+    assert p["mean_mm"] == pytest.approx((100 * 1.0 + 300 * 0.2) / 400)
+    assert p["median_mm"] == pytest.approx(0.2, abs=0.01)
+    assert p["coverage"] == pytest.approx(35 / 40)
+    assert p["chamfer_mm"] == pytest.approx(0.5 * ((100 + 60) / 400 + (20 + 30) / 40))
+    assert p["chamfer_udf_crop_mm"] == pytest.approx(0.5 * (1.5 + 0.6))
+    none = rc.pool_comparisons([])
+    assert none["n_specimens"] == 0 and none["mean_mm"] is None and none["chamfer_mm"] is None
+
+
+def test_stage_metrics_keeps_ct_keys_and_merges_the_reference(synthetic, monkeypatch):
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(synthetic / "build"))
+    paths = Paths(build_dir=synthetic / "build" / "m", twin_dir=synthetic, figures_dir=synthetic / "figs")
+    results, _ = rc.reconstruct_dataset(paths, {**PARAMS, "save_ply": False}, ["specimen01"], progress=False)
+    summary = rc.aggregate(results, PARAMS["sources"], PARAMS["pose_methods"])
+    table = rc.results_table(results)
+    m = rc.stage_metrics(summary, table, [], "none", 1.0)
+    cell = m["grid"]["labels_optimized"]
+    assert set(rc.CT_MODEL_KEYS) <= set(cell) and "specimens" not in cell
+    assert m["self_consistency_vs_ct_model"]["cells"]["labels_optimized"]["mean_mm"] == cell["mean_mm"]
+    assert "self-consistency" in m["self_consistency_vs_ct_model"]["note"]
+    assert m["optimized_lower_mean"] == {"labels": True, "predicted": True}
+    assert m["optimized_lower_against"] == "CT bone model" and m["vs_truth"] is None
+    # a reference that says the original poses are better decides optimized_lower_mean
+    ref = {"grid": {"labels_optimized": {"mean_true_mm": 2.0}, "labels_original": {"mean_true_mm": 1.0}},
+           "per_specimen": {"specimen01": {"labels_optimized": {"mean_true_mm": 2.0}}}, "missing": []}
+    m = rc.stage_metrics(summary, table, [], "none", 1.0, ref)
+    assert m["grid"]["labels_optimized"]["mean_true_mm"] == 2.0 and "mean_mm" in m["grid"]["labels_optimized"]
+    assert m["optimized_lower_mean"]["labels"] is False and m["optimized_lower_against"] == "true bone surface"
+    assert m["per_specimen"]["specimen01"]["labels_optimized"]["mean_true_mm"] == 2.0
+    assert "mean_mm" in m["per_specimen"]["specimen01"]["labels_optimized"] and m["vs_truth"] == {"missing": []}
+    t = rc.reference_table(ref["per_specimen"])
+    assert t.loc[0, ["specimen", "source", "poses", "group"]].tolist() == ["specimen01", "labels", "optimized", "all"]
+
+
+def test_grid_table_and_check_grid():
+    good = {"labels_optimized": {"n_specimens": 1, "mean_mm": 0.2, "median_mm": 0.1, "p95_mm": 0.5, "chamfer_mm": 0.3,
+                                 "coverage": 0.8, "n_specimens_true": 1, "mean_true_mm": 0.4, "median_true_mm": 0.3,
+                                 "p95_true_mm": 0.9, "chamfer_true_mm": 0.5, "coverage_true": 0.7},
+            "predicted_original": {"n_specimens": 0, "mean_mm": None}}
+    rc.check_grid(good)
+    t = rc.grid_table(good, rc.TRUE_KEYS)
+    assert t.loc["labels_optimized", "chamfer_true_mm"] == 0.5 and list(t.columns)[-1] == "n_specimens"
+    with pytest.raises(AssertionError, match="labels_optimized: coverage_true"):
+        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "coverage_true": 1.5}})
+    with pytest.raises(AssertionError, match="median above p95"):
+        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "median_mm": 0.9}})
+    with pytest.raises(AssertionError, match="mean_true_mm"):
+        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "mean_true_mm": float("nan")}})

@@ -294,6 +294,10 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "annotator_jitter_mm": _f(0.0, 10.0, doc="simulated annotator: std of the hand-tracing displacement (mm)"),
         "annotator_jitter_corr_mm": _f(0.0, 100.0, doc="simulated annotator: correlation length of that displacement (mm)"),
         "annotator_brush_mm": _f(0.0, 10.0, doc="simulated annotator: width of the drawn stroke (mm)"),
+        "annotator_sweep_quantiles": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_quantile of each level (twin only; as long as annotator_sweep_fractions)"),
+        "annotator_sweep_fractions": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_fraction of each level (as long as annotator_sweep_quantiles)"),
+        "detector_fit_frames": _i(5, 10**7, doc="shadow-peak detector: training-specimen frames its parameters are fitted on (drawn with seed)"),
+        "detector_enhancements": _l(_s(("intensity", "phase_symmetry")), doc="shadow-peak detector: bright-echo terms the fit chooses among (intensity, phase_symmetry)"),
     },
     "reconstruction": {
         "sources": _l(_s(("labels", "predicted")), doc="label sources of the grid: CT-derived Labels/, model Labels_pred/"),

@@ -517,3 +517,82 @@ def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, th
                            progress=progress, keep_per_frame=None)
     summ = metrics.summarise(res, sigma_mm)
     return metrics.table_at(summ["at"], {}), summ
+
+
+def training_specimens(root, split: Mapping[str, Sequence[str]]) -> tuple[list, list[str]]:
+    """The checkpoint's *training* specimens that the dataset at ``root`` holds.
+
+    Parameters
+    ----------
+    root : dataset root (layout A).
+    split : the checkpoint metadata's ``split`` (``{"train": [...], "val": [...], "test": [...]}``);
+        entries are folder names or bare numbers, as :func:`ultrabones.segmentation.segdata.resolve_specimens` reads them.
+
+    Returns
+    -------
+    ``(specimens, missing)``: the :class:`ultrabones.core.dataset.Specimen` objects found, and
+    the split's training entries the dataset does not hold (e.g. a twin-trained model
+    evaluated on real data). Test specimens are never returned.
+    """
+    from ultrabones.core import dataset as ds
+    from ultrabones.segmentation.segdata import resolve_specimens
+
+    available = [s.name for s in ds.discover(root)]
+
+    def resolve(entries):
+        hit, miss = [], []
+        for e in entries:
+            try:
+                hit += resolve_specimens([e], available, "train_specimens")
+            except ParamsError:
+                miss.append(str(e))
+        return hit, miss
+
+    found, missing = resolve(split.get("train", []))
+    test = set(resolve(split.get("test", []))[0])
+    found = [n for n in dict.fromkeys(found) if n not in test]
+    return (ds.discover(root, found) if found else []), missing
+
+
+def fit_on_training(specimens: Sequence, spacing, n_frames: int = 60, enhancements: Sequence[str] = ENHANCEMENTS,
+                    seed: int = 0, kind: str = "Labels", sigma_mm: float = 0.5) -> dict | None:
+    """Set the detector's parameters once, on the training specimens' labelled frames (never the test ones).
+
+    Parameters
+    ----------
+    specimens : the *training* specimens (:func:`training_specimens`).
+    spacing : (sx, sy) mm per pixel.
+    n_frames : frames drawn with ``seed`` from all their ``kind``-labelled frames.
+    enhancements : the bright-echo terms the grid searches (:data:`ENHANCEMENTS`); the
+        rest of :data:`DEFAULT_GRID` is searched as it is.
+    seed : seed of the draw.
+    kind : the reference labels of the fit.
+    sigma_mm : threshold of the fitted F1 (mm).
+
+    Returns
+    -------
+    None when the specimens hold no ``kind``-labelled frame; else
+    ``{"params": DetectorParams, "table": fit table (DataFrame), "n_frames": int,
+    "specimens": [names], "fit_f1": best mean F1, "seconds": float}``.
+
+    Raises
+    ------
+    ParamsError
+        If ``enhancements`` is empty or names an unknown term.
+    """
+    import time
+
+    from ultrabones.evaluation.metrics import labelled_frames
+
+    enh = tuple(dict.fromkeys(str(e) for e in enhancements))
+    if not enh or set(enh) - set(ENHANCEMENTS):
+        raise ParamsError(f"evaluation.detector_enhancements = {list(enhancements)}: a non-empty list of "
+                          f"{list(ENHANCEMENTS)}")
+    frames = labelled_frames(specimens, (kind,), n_max=int(n_frames), seed=seed)
+    if not frames:
+        return None
+    t0 = time.perf_counter()
+    best, table = fit(*read_training_frames(frames, kind), spacing, {**DEFAULT_GRID, "enhancement": enh},
+                      sigma_mm=sigma_mm)
+    return {"params": best, "table": table, "n_frames": len(frames), "specimens": [s.name for s in specimens],
+            "fit_f1": float(table["f1"].iloc[0]), "seconds": time.perf_counter() - t0}

@@ -869,3 +869,74 @@ def table_at(at: Mapping, paper: Mapping = PAPER_AT_0P5MM):
             row["n_frames"] = at["released"][method][region]["n_frames"]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- checks and comparisons (notebook 05)
+
+
+def check_summary(summ: Mapping) -> None:
+    """Sanity of a :func:`summarise` result: every score in [0, 1] and non-decreasing in sigma.
+
+    Raises
+    ------
+    AssertionError
+        Naming the protocol, method, region and score.
+    """
+    for proto, by_method in summ["curves"].items():
+        for m, by_region in by_method.items():
+            for r in REGIONS:
+                cur = by_region[r]
+                if not cur["n_frames"]:
+                    continue
+                for k in SCORES:
+                    v = np.asarray(cur[k], float)
+                    if not np.all((v >= 0) & (v <= 1)):
+                        raise AssertionError(f"{proto}/{m}/{r}/{k} outside [0, 1]")
+                    if not np.all(np.diff(v) >= -1e-12):
+                        raise AssertionError(f"{proto}/{m}/{r}/{k} decreases with sigma")
+
+
+def model_vs_manual(at: Mapping, manual: str = "manual", model: str = "model") -> dict:
+    """The paper's claim at one threshold: does the model's low-intensity completeness beat the manual labels'?
+
+    The released protocol where both have low-intensity frames, else the strict
+    one (an empty prediction scores 0). ``at`` is ``summarise(...)["at"]``.
+
+    Returns
+    -------
+    ``{"beats": bool, "protocol": str, "model": value, "manual": value}``.
+    """
+    proto = "released" if all(at["released"][m]["low"]["n_frames"] for m in (model, manual)) else "strict"
+    mod = at[proto][model]["low"]["completeness"]
+    man = at[proto][manual]["low"]["completeness"]
+    return {"beats": bool(mod > man), "protocol": proto, "model": mod, "manual": man}
+
+
+def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
+    """The evaluation table (:func:`table_at`) with one row per level and region of an annotator sweep.
+
+    Parameters
+    ----------
+    table : :func:`table_at` rows (model, classical detector, manual, ...).
+    sweep : the rows of :func:`ultrabones.twin.annotator.visibility_sweep` (a DataFrame) or None.
+    name : the swept annotator's name; a level's row is named
+        ``"<name> q <visible_quantile> f <visible_fraction>"``.
+
+    Returns
+    -------
+    DataFrame: ``table`` followed by the sweep's rows, same columns (the paper's values NaN).
+    """
+    import pandas as pd
+
+    if sweep is None or len(sweep) == 0:
+        return table
+    rows = []
+    for r in sweep.itertuples(index=False):
+        row = {"method": f"{name} q {r.visible_quantile:.2f} f {r.visible_fraction:.2f}", "region": r.region}
+        for score in SCORES:
+            row[score] = getattr(r, score)
+            row[f"{score}_strict"] = getattr(r, f"{score}_strict")
+            row[f"{score}_paper"] = np.nan
+        row["n_frames"] = r.n_frames
+        rows.append(row)
+    return pd.concat([table, pd.DataFrame(rows).reindex(columns=table.columns)], ignore_index=True)

@@ -386,8 +386,213 @@ def points_within(points: np.ndarray, cloud: np.ndarray, max_mm: float = 1.0) ->
     (``filter_source_by_target_distance``), so the unseen far side of the bone
     does not count.
     """
+    from scipy.spatial import cKDTree
+
     points = np.asarray(points, dtype=float).reshape(-1, 3)
-    return points[backward_distances(points, cloud) <= max_mm]
+    cloud = np.asarray(cloud, dtype=float).reshape(-1, 3)
+    if not len(points) or not len(cloud):
+        return points[:0]
+    # a bounded query prunes the search: points farther than max_mm come back as inf without a full search
+    d = cKDTree(cloud).query(points, k=1, distance_upper_bound=max_mm * (1 + 1e-9) + 1e-12)[0]
+    return points[d <= max_mm]
+
+
+# ----------------------------------------------------------------------------- one cloud against a reference surface
+
+
+def compare_to_surface(points: np.ndarray, surface: "SurfaceDistance", imaged: np.ndarray,
+                       coverage_mm: float = 1.0, samples: np.ndarray | None = None, crop_mm: float = 1.0) -> dict:
+    """A reconstruction ``R`` against a reference surface (e.g. the twin's true bones), in poolable sums.
+
+    Parameters
+    ----------
+    points : (N, 3) reconstruction points (CT, mm).
+    surface : :class:`SurfaceDistance` of the reference surface.
+    imaged : (M, 3) samples of the reference surface's *imaged part* (the
+        backward term's and the coverage's set; the same for every
+        reconstruction of a specimen).
+    coverage_mm : an imaged sample within this of ``R`` is covered (mm).
+    samples : (K, 3) dense samples of the whole reference surface; with them,
+        the Chamfer distance in UltraBoneUDF's exact protocol is added
+        (``chamfer_udf_crop_mm``: the samples within ``crop_mm`` of ``R``
+        itself as the reference set, :func:`points_within`).
+    crop_mm : that crop distance (mm; UltraBoneUDF: 1 mm).
+
+    Returns
+    -------
+    dict: ``n_points``, ``sum_mm`` and ``hist`` (point-to-surface distances
+    of ``R``: their sum and :func:`distance_histogram`), ``mean_mm``,
+    ``median_mm``, ``p95_mm`` (exact point-to-mesh), ``n_imaged``,
+    ``sum_back_mm`` (sum over ``imaged`` of the distance to the nearest point
+    of ``R``), ``n_covered``, ``coverage``, ``sum_fwd_pp_mm`` (sum over ``R``
+    of the distance to the nearest point of ``imaged``), ``chamfer_mm``
+    (UltraBoneUDF's form on point sets, :func:`chamfer_distance` of ``R`` and
+    ``imaged``), and ``chamfer_udf_crop_mm``, ``n_udf_crop`` with ``samples``.
+    NaN where a set is empty.
+    """
+    pts = np.asarray(points, dtype=float).reshape(-1, 3)
+    imaged = np.asarray(imaged, dtype=float).reshape(-1, 3)
+    d = surface(pts) if len(pts) else np.zeros(0)
+    back = backward_distances(imaged, pts) if len(pts) else np.full(len(imaged), np.inf)
+    fwd_pp = backward_distances(pts, imaged) if len(imaged) else np.full(len(pts), np.inf)
+    out = {"n_points": len(pts), "sum_mm": float(d.sum()), "hist": distance_histogram(d).tolist(),
+           **distance_summary(d), "n_imaged": len(imaged),
+           "sum_back_mm": float(back.sum()) if len(pts) else float("nan"),
+           "n_covered": int((back <= coverage_mm).sum()),
+           "sum_fwd_pp_mm": float(fwd_pp.sum()) if len(imaged) else float("nan")}
+    out["coverage"] = out["n_covered"] / len(imaged) if len(imaged) else float("nan")
+    out["chamfer_mm"] = chamfer_distance(pts, imaged)["chamfer_mm"]
+    if samples is not None:
+        crop = points_within(samples, pts, crop_mm) if len(pts) else np.zeros((0, 3))
+        out["chamfer_udf_crop_mm"] = chamfer_distance(pts, crop)["chamfer_mm"]
+        out["n_udf_crop"] = len(crop)
+    return out
+
+
+def pool_comparisons(rows: Sequence[Mapping]) -> dict:
+    """:func:`compare_to_surface` rows of several specimens pooled into one grid cell.
+
+    ``mean_mm`` over every point of every specimen, ``median_mm`` and ``p95_mm``
+    from the pooled histogram (within 0.005 mm), ``coverage`` covered over
+    imaged samples, ``chamfer_mm`` as ``(sum_fwd / n_points + sum_back / n_imaged) / 2``
+    over the pooled sums; ``chamfer_udf_crop_mm`` the mean over specimens.
+    None where nothing was measured.
+    """
+    rows = [r for r in rows if r["n_points"]]
+    n = sum(r["n_points"] for r in rows)
+    nv = sum(r["n_imaged"] for r in rows)
+    hist = np.sum([r["hist"] for r in rows], axis=0) if rows else np.zeros(1)
+    udf = [r["chamfer_udf_crop_mm"] for r in rows if np.isfinite(r.get("chamfer_udf_crop_mm", np.nan))]
+    return {
+        "n_specimens": len(rows),
+        "n_points": int(n),
+        "mean_mm": sum(r["sum_mm"] for r in rows) / n if n else None,
+        "median_mm": histogram_quantile(hist, 0.5) if n else None,
+        "p95_mm": histogram_quantile(hist, 0.95) if n else None,
+        "coverage": sum(r["n_covered"] for r in rows) / nv if nv else None,
+        "chamfer_mm": (0.5 * (sum(r["sum_fwd_pp_mm"] for r in rows) / n + sum(r["sum_back_mm"] for r in rows) / nv)
+                       if n and nv else None),
+        "chamfer_udf_crop_mm": float(np.mean(udf)) if udf else None,
+        "n_imaged": int(nv),
+    }
+
+
+#: What the grid's CT-model keys measure, written beside them in the metrics (``self_consistency_vs_ct_model``).
+SELF_CONSISTENCY_NOTE = (
+    "distances to the CT bone model the labels were drawn from: for the labels cells a self-consistency check "
+    "(every label pixel lies within gamma of that model at the optimised pose by construction), not a result; "
+    "on the twin the results are the *_true keys (against the true bone surface)")
+
+#: The CT-model keys of a grid cell (kept in ``grid.<cell>`` for the summary and real data).
+CT_MODEL_KEYS = ("mean_mm", "median_mm", "p95_mm", "chamfer_mm", "coverage")
+
+
+def reference_table(per_specimen: Mapping[str, Mapping[str, Mapping]]) -> pd.DataFrame:
+    """``{specimen: {cell: {key: value}}}`` as rows (``specimen``, ``source``, ``poses``, ``group`` = ``all``, keys).
+
+    The shape of :func:`results_table`, so :func:`plot_grid` draws it; cells are
+    named ``<source>_<poses>`` (:func:`cell_name`).
+    """
+    rows = []
+    for sid, cells in per_specimen.items():
+        for cell, vals in cells.items():
+            src, poses_ = cell.rsplit("_", 1)
+            rows.append({"specimen": sid, "source": src, "poses": poses_, "group": ALL, **vals})
+    return pd.DataFrame(rows)
+
+
+def stage_metrics(summary: Mapping, table: pd.DataFrame, pending: Sequence[str], render: str, seconds: float,
+                  reference: Mapping | None = None) -> dict:
+    """The metrics of notebook 06 (``build/<profile>/metrics/06_reconstruction.json``).
+
+    Parameters
+    ----------
+    summary : :func:`aggregate` of the results.
+    table : :func:`results_table` of the results.
+    pending : specimens not reconstructed yet.
+    render : the renderer used (``open3d``, ``matplotlib`` or ``none``).
+    seconds : wall time of the stage (s).
+    reference : measurements against an independent reference surface, e.g.
+        :func:`ultrabones.twin.measure.reconstruction_vs_truth` on the twin:
+        ``{"grid": {cell: {key: value}}, "per_specimen": {specimen: {cell: {...}}}, ...}``;
+        its keys are merged into ``grid`` and ``per_specimen``, the rest is kept under ``vs_truth``.
+
+    Returns
+    -------
+    dict: ``grid`` (per cell: the CT-model keys :data:`CT_MODEL_KEYS`, counts,
+    and the reference's keys), ``self_consistency_vs_ct_model`` (the CT-model
+    keys per cell with :data:`SELF_CONSISTENCY_NOTE`), ``optimized_lower_mean``
+    (per source: the optimised poses' mean distance below the original ones',
+    against the reference where given, else against the CT model), the counts
+    of :func:`aggregate`, ``per_specimen``, ``render``, ``seconds``.
+    """
+    grid = {cell: {k: v for k, v in vals.items() if k != "specimens"} for cell, vals in summary["grid"].items()}
+    ref_grid = dict((reference or {}).get("grid", {}))
+    for cell in grid:
+        grid[cell].update(ref_grid.get(cell, {}))
+    key = "mean_true_mm" if ref_grid else "mean_mm"
+    lower = {}
+    for src in sorted({c.rsplit("_", 1)[0] for c in grid}):
+        a, b = grid.get(cell_name(src, "optimized")), grid.get(cell_name(src, "original"))
+        if a and b and a.get(key) is not None and b.get(key) is not None:
+            lower[src] = bool(a[key] < b[key])
+    per_specimen: dict = {}
+    for _, row in table[table["group"] == ALL].iterrows():
+        per_specimen.setdefault(row["specimen"], {})[cell_name(row["source"], row["poses"])] = {
+            k: row[k] for k in (*CT_MODEL_KEYS, "n_points")}
+    for sid, cells in (reference or {}).get("per_specimen", {}).items():
+        for cell, vals in cells.items():
+            per_specimen.setdefault(sid, {}).setdefault(cell, {}).update(vals)
+    return {
+        "grid": grid,
+        "self_consistency_vs_ct_model": {"note": SELF_CONSISTENCY_NOTE,
+                                         "cells": {c: {k: v.get(k) for k in CT_MODEL_KEYS} for c, v in grid.items()}},
+        "optimized_lower_mean": lower,
+        "optimized_lower_against": "true bone surface" if ref_grid else "CT bone model",
+        **{k: summary[k] for k in ("n_points", "n_points_reconstruction", "n_distance_queries", "points_per_second",
+                                   "n_specimens", "specimens", "skipped", "bad_frames")},
+        "pending": list(pending),
+        "per_specimen": per_specimen,
+        "vs_truth": {k: v for k, v in (reference or {}).items() if k not in ("grid", "per_specimen")} or None,
+        "render": render,
+        "seconds": seconds,
+    }
+
+
+#: The keys a reference measurement (the twin's truth) adds to a grid cell.
+TRUE_KEYS = ("mean_true_mm", "median_true_mm", "p95_true_mm", "chamfer_true_mm", "chamfer_true_udf_crop_mm",
+             "coverage_true")
+
+
+def grid_table(grid: Mapping[str, Mapping], keys: Sequence[str]) -> pd.DataFrame:
+    """The pooled grid as a table: one row per cell (``<source>_<poses>``), the given keys and ``n_specimens``."""
+    return pd.DataFrame({cell: {k: vals.get(k) for k in (*keys, "n_specimens")} for cell, vals in grid.items()}).T
+
+
+def check_grid(grid: Mapping[str, Mapping], tol_mm: float = HIST_BIN_MM) -> None:
+    """Sanity of every measured cell: finite non-negative distances, median <= p95, coverages in [0, 1].
+
+    Checks the CT-model keys of cells with ``n_specimens`` and the keys of
+    :data:`TRUE_KEYS` where present and not None.
+
+    Raises
+    ------
+    AssertionError
+        Naming the cell and the key.
+    """
+    for cell, v in grid.items():
+        for prefix, n in (("", v.get("n_specimens")), ("_true", v.get("n_specimens_true"))):
+            mean = v.get(f"mean{prefix}_mm")
+            if not n or mean is None:
+                continue
+            for k in (f"mean{prefix}_mm", f"median{prefix}_mm", f"p95{prefix}_mm", f"chamfer{prefix}_mm"):
+                if v.get(k) is not None and not (np.isfinite(v[k]) and v[k] >= 0):
+                    raise AssertionError(f"reconstruction grid {cell}: {k} = {v[k]} is not a finite distance >= 0")
+            if v[f"median{prefix}_mm"] > v[f"p95{prefix}_mm"] + tol_mm:
+                raise AssertionError(f"reconstruction grid {cell}: median{prefix} above p95{prefix}")
+            cov = v.get("coverage" + prefix)
+            if cov is not None and not 0.0 <= cov <= 1.0:
+                raise AssertionError(f"reconstruction grid {cell}: coverage{prefix} = {cov} outside [0, 1]")
 
 
 # ----------------------------------------------------------------------------- frames -> points
@@ -855,7 +1060,10 @@ def plot_grid(table: pd.DataFrame, metric: str = "mean_mm"):
     pivot = pivot[[c for c in _CELL_COLOURS if c in pivot.columns] + [c for c in pivot.columns if c not in _CELL_COLOURS]]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(pivot) + 2), 3.6))
     pivot.plot.bar(ax=ax, width=0.8, color=[_CELL_COLOURS.get(c, None) for c in pivot.columns])
-    ax.set_ylabel({"mean_mm": "mean distance to CT (mm)", "coverage": "coverage of visible surface"}.get(metric, metric))
+    ax.set_ylabel({"mean_mm": "mean distance to CT model (mm)", "coverage": "coverage of visible surface",
+                   "mean_true_mm": "mean distance to the true bones (mm)",
+                   "chamfer_true_mm": "Chamfer distance to the true bones (mm)",
+                   "coverage_true": "coverage of the truly imaged surface"}.get(metric, metric))
     ax.set_xlabel("")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()

@@ -60,7 +60,8 @@ from skimage.morphology import skeletonize
 
 from ultrabones.core.errors import DatasetError, ParamsError
 
-LABEL = "simulated annotator"
+#: Its name in tables, figures and metrics: a sensitivity study of a rule, not a person.
+LABEL = "simulated annotator (sensitivity study)"
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,12 @@ class AnnotatorParams:
 
     @classmethod
     def from_section(cls, section: dict) -> "AnnotatorParams":
-        """The ``annotator_*`` keys of the ``evaluation`` parameter section."""
-        return cls(**{k[len("annotator_"):]: v for k, v in section.items() if k.startswith("annotator_")})
+        """The ``annotator_<field>`` keys of the ``evaluation`` parameter section (the sweep's keys are not fields)."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k[len("annotator_"):]: v for k, v in section.items()
+                      if k.startswith("annotator_") and k[len("annotator_"):] in names})
 
 
 def frame_rng(seed: int, record_key: str, timestamp: int) -> np.random.Generator:
@@ -328,6 +333,33 @@ DEFAULT_LEVELS: tuple[dict, ...] = (
 )
 
 
+def sweep_levels(quantiles: Sequence[float], fractions: Sequence[float]) -> list[dict]:
+    """The levels of :func:`visibility_sweep` from the profile's two lists (``annotator_sweep_*``).
+
+    Parameters
+    ----------
+    quantiles : ``visible_quantile`` of each level (0..1).
+    fractions : ``visible_fraction`` of each level (0..1), as many as ``quantiles``.
+
+    Returns
+    -------
+    ``[{"visible_quantile": q, "visible_fraction": f}, ...]`` in the given order.
+
+    Raises
+    ------
+    ParamsError
+        If the lists differ in length, are empty, or hold a value outside [0, 1].
+    """
+    q, f = [float(v) for v in quantiles], [float(v) for v in fractions]
+    if len(q) != len(f) or not q:
+        raise ParamsError(f"evaluation.annotator_sweep_quantiles ({len(q)} values) and annotator_sweep_fractions "
+                          f"({len(f)} values) must be non-empty lists of equal length: one pair per level")
+    bad = [v for v in q + f if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ParamsError(f"evaluation.annotator_sweep_*: {bad[0]} is outside [0, 1]")
+    return [{"visible_quantile": a, "visible_fraction": b} for a, b in zip(q, f)]
+
+
 def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: AnnotatorParams = AnnotatorParams(),
                      levels: Sequence[dict] = DEFAULT_LEVELS, seed: int = 0, reference=None,
                      contour_kind: str | None = None, sigma_mm: float = 0.5, progress: bool = False):
@@ -416,25 +448,36 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     return pd.DataFrame(rows)
 
 
-def plot_sweep(table, score: str = "completeness", model: dict | None = None):
+def plot_sweep(table, score: str = "completeness", model: dict | None = None, references: dict | None = None,
+               title: str = ""):
     """Low-, high-intensity and overall ``score`` along the visibility level (the manual curve of Fig. 8).
 
-    ``model`` (``{region: value}``) adds the model's values as horizontal lines.
+    ``model`` (``{region: {score: value}}``) adds the model's values as horizontal lines;
+    ``references`` (``{name: {region: {score: value}}}``, e.g. the model and the
+    classical detector) adds one line style per method; ``title`` goes above both panels.
     """
     import matplotlib.pyplot as plt
 
     colours = {"all": "black", "high": "tab:green", "low": "tab:blue"}
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     for ax, sc in zip(axes, (score, "f1")):
         for r, col in colours.items():
             t = table[table["region"] == r]
             ax.plot(t["level"], t[sc], "o-", color=col, label=f"{LABEL} {r}")
-            if model and r in model and sc in model[r]:
-                ax.axhline(model[r][sc], color=col, ls="--", lw=1, label=f"model {r}")
-        ax.set_xlabel("visibility level (0: marks the whole contour; higher: only brighter echoes)")
+            refs = {**({"model": model} if model else {}), **(references or {})}
+            for (name, vals), ls in zip(refs.items(), ("--", ":", "-.", (0, (5, 1)))):
+                if vals and r in vals and sc in vals[r] and vals[r][sc] is not None:
+                    ax.axhline(vals[r][sc], color=col, ls=ls, lw=1, label=f"{name} {r}")
+        ax.set_xlabel("visibility level (higher: only brighter echoes are marked)")
+        lv = table[table["region"] == "all"]
+        if {"visible_quantile", "visible_fraction"} <= set(lv.columns):
+            ax.set_xticks(lv["level"], [f"q {q:.2f}\nf {f:.2f}" for q, f in zip(lv["visible_quantile"],
+                                                                                lv["visible_fraction"])], fontsize=7)
         ax.set_ylabel(sc)
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
