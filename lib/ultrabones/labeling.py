@@ -16,6 +16,11 @@ The maths of one frame, as pure functions:
   translation (mm) perturbations in ``[-1, 1]^3`` applied as
   ``pose @ geometry.perturbation(rot, trans)`` (probe-marker frame), then
   validates the result (mean fiducial correction above 1 mm: discarded).
+- :func:`optimize_sweep` labels the frames of a sweep in time order, each
+  warm-started from its predecessor's correction by a local search
+  (:func:`optimize_frame_warm`, :func:`pattern_search`), with
+  :func:`optimize_frame` for a cold start and as the fallback when the local
+  result fails validation; :func:`warm_start_after` continues a sweep cut in chunks.
 - :func:`visible_label` removes from a full label the pixels in the acoustic
   shadow of the bone and those whose incidence angle exceeds 85 degrees.
 
@@ -431,7 +436,7 @@ class FrameObjective:
         s = x.shape[1]
         if s * self.shape[0] * self.shape[1] > _SCRATCH_CELLS:  # large frames: the compact kernel
             member, pixel = self.band_pixels(self.deltas(x))
-        else:  # small frames: the whole-image scratch array is cheaper (measured, docs/labeling_speed)
+        else:  # small frames: the whole-image scratch array of band() is cheaper (measured on 256x218 px)
             member, pixel, _ = self.band(self.deltas(x))
         return self.band_mean(member, pixel, s)
 
@@ -834,7 +839,8 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
                         objective: FrameObjective | None = None, region: str = "full", fallback: bool = True,
                         popsize: int = 15, maxiter: int = 100, tol: float = 0.01, seed: int = 0,
                         method: str = "pattern", local_radius_deg: float = 0.3, local_radius_mm: float = 0.3,
-                        local_popsize: int = 3, local_maxiter: int = 20, n_random: int = 0) -> FrameResult:
+                        local_popsize: int = 3, local_maxiter: int = 20, n_random: int = 0,
+                        n_starts: int = 0) -> FrameResult:
     """Refine one frame's pose by a local search of Eq. 2 from a warm start; differential evolution as fallback.
 
     The search starts from the better (by Eq. 2) of the warm start ``x0`` (e.g.
@@ -865,6 +871,8 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
         to the bounds, population ``local_popsize * 6``, at most ``local_maxiter`` generations).
     local_radius_deg, local_radius_mm, local_popsize, local_maxiter : settings of ``"local_de"``.
     n_random : random poll directions per call of ``"pattern"`` (see :func:`pattern_search`; seeded by ``seed``).
+    n_starts : extra start candidates drawn uniformly in the box (seeded by ``seed``), evaluated in the
+        same batch as the warm start and no correction; the search starts from the best of all.
 
     Returns
     -------
@@ -883,9 +891,12 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
     if not np.isfinite(start).all():
         start = np.zeros(6)
     cand = np.stack([np.zeros(6), start], axis=1)
+    if n_starts:
+        extra = np.random.default_rng(seed).uniform(lower[:, None], upper[:, None], (6, n_starts))
+        cand = np.concatenate([cand, extra], axis=1)
     i0, n0 = obj.intensity(cand)
     if obj.n_points == 0 or n0[0] == 0:
-        return FrameResult("no_bone", seconds=time.process_time() - t0, path="warm", nfev=1, n_members=2)
+        return FrameResult("no_bone", seconds=time.process_time() - t0, path="warm", nfev=1, n_members=cand.shape[1])
     v = i0 - lam * obj.fiducial(cand)
     best = int(np.argmax(v))  # ties: no correction
     first = cand[:, best]
@@ -909,7 +920,7 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
         calls, members = int(res_l.nfev), int(res_l.nfev) * local_popsize * 6
     else:
         raise ValueError(f"method must be 'pattern' or 'local_de', got {method!r}")
-    calls, members = calls + 2, members + 3  # the two start candidates, and the validation
+    calls, members = calls + 2, members + cand.shape[1] + 1  # the start candidates, and the validation
     corr, i1, n1, reason = _validate(obj, x, int(n0[0]), max_correction_mm, min_label_fraction)
     if reason and fallback:
         res = optimize_frame(image, pose, calib, spacing, points, lam, gamma_mm=gamma_mm, bound_deg=bound_deg,
