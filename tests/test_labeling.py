@@ -623,3 +623,174 @@ def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
     after = frame.label_distance_mm(frame.full_label(img.shape, res.pose, calib, SPACING, pts), truth, SPACING)
     assert res.status == "kept"
     assert before > 0.3 and after < 0.5 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- warm-started sweeps (issue 14)
+
+
+def test_compact_kernel_gives_the_same_pixel_sets_as_band(scene):
+    """``band_pixels`` (the large-frame kernel) and ``band`` give the same (member, pixel) pairs."""
+    pose = frame_pose(2.0)
+    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    for region in ("full", "first_hit"):
+        obj = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region=region)
+        x = np.random.default_rng(4).uniform(-1, 1, (6, 20))
+        x[:, 0] = 0.0
+        d = obj.deltas(x)
+        m1, p1, _ = obj.band(d)
+        m2, p2 = obj.band_pixels(d)
+        assert len(m2) == len(set(zip(m2.tolist(), p2.tolist())))  # unique pairs
+        assert set(zip(m1.tolist(), p1.tolist())) == set(zip(m2.tolist(), p2.tolist()))
+        mean1, n1 = obj.band_mean(m1, p1, 20)
+        mean2, n2 = obj.band_mean(m2, p2, 20)
+        assert np.array_equal(n1, n2) and np.allclose(mean1, mean2, atol=1e-12, rtol=0)
+
+
+def test_compact_kernel_is_used_for_large_populations_and_stays_exact(scene, monkeypatch):
+    pose = frame_pose(-1.0)
+    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    obj = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 8))
+    small = obj.value(x, 0.1)
+    monkeypatch.setattr(labeling, "_SCRATCH_CELLS", 0)  # force the compact kernel
+    ref = [labeling.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], 0.1)
+           for j in range(8)]
+    assert np.allclose(obj.value(x, 0.1), ref, atol=1e-12, rtol=0)
+    assert np.allclose(small, ref, atol=1e-12, rtol=0)
+
+
+def test_pattern_search_finds_the_maximum_of_a_smooth_function():
+    target = np.array([0.3, -0.2, 0.5, -0.4, 0.1, 0.25])
+    scale = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
+
+    def fun(p):  # (6, S) -> (S,), a tilted quadratic with a diagonal valley
+        d = (p - target[:, None]) * scale[:, None]
+        return -(d**2).sum(axis=0) - 0.5 * d[0] * d[1]
+
+    x, fx, calls, members = labeling.pattern_search(fun, np.zeros(6), -np.ones(6), np.ones(6), [0.25] * 6, 1e-4,
+                                                    max_calls=400)
+    assert np.abs(x - target).max() < 2e-3 and calls <= 400 and members > calls
+    # bounded: the maximum outside the box lands on its face
+    x, _, _, _ = labeling.pattern_search(fun, np.zeros(6), -0.2 * np.ones(6), 0.2 * np.ones(6), [0.1] * 6, 1e-4,
+                                         max_calls=400)
+    assert x[2] == pytest.approx(0.2) and x[3] == pytest.approx(-0.2)
+
+
+def _perturbed_frame(scene, z_mm, err, noise=0.0, seed=0):
+    true = frame_pose(z_mm)
+    calib, pts = scene["calib"], scene["points"]
+    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=noise, seed=seed)
+    recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
+    return true, img, recorded
+
+
+def test_warm_optimizer_recovers_a_known_perturbation_as_well_as_de(scene):
+    """From a warm start near the correction (the previous frame's), the local search recovers the pose
+    about as well as differential evolution over the whole box, at a small fraction of the evaluations."""
+    calib, pts = scene["calib"], scene["points"]
+    err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])
+    true, img, recorded = _perturbed_frame(scene, -3.0, err)
+    truth = labeling.full_label(SHAPE, true, calib, SPACING, pts)
+
+    def error(pose):
+        return labeling.label_distance_mm(labeling.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+
+    de = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
+    # the previous frame's correction: the same error, off by the slow drift of one frame
+    warm = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=0.8 * err, fallback=False)
+    assert de.status == warm.status == "kept" and warm.path == "warm"
+    before = error(recorded)
+    assert before > 0.25
+    assert error(warm.pose) < min(0.08, 0.3 * before) and error(de.pose) < 0.08
+    assert error(warm.pose) <= error(de.pose) + 0.03
+    assert warm.objective_optimized > warm.objective_initial
+    assert warm.objective_optimized >= de.objective_optimized - 0.02
+    assert warm.n_members < 0.1 * de.n_members
+
+
+def test_warm_optimizer_never_scores_below_the_initial_pose(scene):
+    calib, pts = scene["calib"], scene["points"]
+    _, img, recorded = _perturbed_frame(scene, 1.0, np.array([0.3, 0.2, -0.2, 0.2, 0.3, -0.3]), noise=0.05)
+    bad_start = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # a poor warm start, at the box corner
+    res = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.1, x0=bad_start, fallback=False)
+    assert res.objective_optimized >= res.objective_initial
+
+
+def test_warm_optimizer_falls_back_to_de_when_validation_fails(scene):
+    calib, pts = scene["calib"], scene["points"]
+    err = np.array([0.9, -0.9, 0.9, 0.9, -0.9, 0.9])
+    _, img, recorded = _perturbed_frame(scene, 1.0, err)
+    kw = dict(max_correction_mm=0.2, seed=0)
+    warm = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, **kw)
+    de = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, **kw)
+    assert warm.path == "warm+de" and warm.status == de.status == "discarded"
+    assert np.array_equal(warm.x, de.x) and warm.nfev > de.nfev
+    no_fb = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, fallback=False, **kw)
+    assert no_fb.path == "warm" and no_fb.status == "discarded" and np.isnan(no_fb.pose).all()
+
+
+def _drifting_sweep(scene, n=6):
+    """Frames along z whose recorded poses share a slowly drifting error (as tracking drift)."""
+    frames, poses, truths = [], [], []
+    for t in range(n):
+        err = np.array([0.5, -0.4, 0.3, 0.4, -0.5, 0.3]) + 0.03 * t
+        true, img, recorded = _perturbed_frame(scene, -4.0 + 1.5 * t, err, noise=0.03, seed=t)
+        frames.append(img)
+        poses.append(recorded)
+        truths.append(true)
+    return frames, np.array(poses), truths
+
+
+@pytest.mark.parametrize("max_gap", [1, 2])
+def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap):
+    calib, pts = scene["calib"], scene["points"]
+    frames, poses, truths = _drifting_sweep(scene)
+    # a frame with no bone in view in the middle (the chain of warm starts breaks there when max_gap is 1)
+    frames.insert(3, np.full(SHAPE, 80, np.uint8))
+    poses = np.concatenate([poses[:3], frame_pose(500.0)[None], poses[3:]])
+    kw = dict(max_correction_mm=1.0, min_label_fraction=0.5, max_gap=max_gap)
+    seeds = [11, 12, 13, 14, 15, 16, 17]
+    whole = labeling.optimize_sweep(frames, poses, calib, SPACING, pts, 0.01, seeds=seeds, **kw)
+    paths = [r.path for r in whole]
+    assert whole[3].status == "no_bone" and paths[0] == "de" and paths[1] == "warm"
+    assert paths[4] == "de" if max_gap == 1 else paths[4].startswith("warm")
+    for cut in (2, 4):  # cut after a kept frame, and right after the no-bone frame
+        first = labeling.optimize_sweep(frames[:cut], poses[:cut], calib, SPACING, pts, 0.01, seeds=seeds[:cut], **kw)
+        x0 = labeling.warm_start_after(first, max_gap=max_gap)
+        rest = labeling.optimize_sweep(iter(frames[cut:]), poses[cut:], calib, SPACING, pts, 0.01, x0=x0,
+                                       seeds=seeds[cut:], **kw)
+        for a, b in zip(whole, first + rest, strict=True):
+            assert (a.status, a.path) == (b.status, b.path)
+            assert np.array_equal(a.x, b.x) and np.array_equal(a.pose, b.pose, equal_nan=True)
+            assert np.array_equal(a.objective_optimized, b.objective_optimized, equal_nan=True)
+    # and the sweep recovers the labels (frames with bone: all but the inserted one)
+    def error(pose, true):
+        truth = labeling.full_label(SHAPE, true, calib, SPACING, pts)
+        return labeling.label_distance_mm(labeling.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+
+    with_bone = [0, 1, 2, 4, 5, 6]
+    after = [error(whole[i].pose, t) for i, t in zip(with_bone, truths)]
+    before = [error(poses[i], t) for i, t in zip(with_bone, truths)]
+    assert np.mean(after) < 0.4 * np.mean(before), (after, before)
+
+
+def test_warm_start_after_skips_discarded_frames():
+    kept = labeling.FrameResult("kept", x=np.arange(6.0))
+    assert labeling.warm_start_after([]) is None
+    assert np.array_equal(labeling.warm_start_after([], np.ones(6)), np.ones(6))
+    assert np.array_equal(labeling.warm_start_after([kept, labeling.FrameResult("discarded", x=np.ones(6)),
+                                                     labeling.FrameResult("no_bone")], max_gap=3), np.arange(6.0))
+
+
+def test_optimize_sweep_rejects_mismatched_inputs(scene):
+    with pytest.raises(ValueError, match="images for"):
+        labeling.optimize_sweep([np.zeros(SHAPE, np.uint8)], np.stack([frame_pose()] * 2), scene["calib"], SPACING,
+                                scene["points"], 0.1, x0=np.zeros(6))
+
+
+def test_warm_start_after_respects_the_gap():
+    kept, gone = labeling.FrameResult("kept", x=np.arange(6.0)), labeling.FrameResult("discarded", x=np.ones(6))
+    assert labeling.warm_start_after([kept, gone]) is None  # max_gap 1: only the frame just before
+    assert np.array_equal(labeling.warm_start_after([kept, gone], max_gap=2), np.arange(6.0))
+    assert labeling.warm_start_after([gone], np.ones(6)) is None
+    assert np.array_equal(labeling.warm_start_after([gone], np.ones(6), max_gap=2), np.ones(6))

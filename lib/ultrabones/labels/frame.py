@@ -16,6 +16,11 @@ The maths of one frame, as pure functions:
   translation (mm) perturbations in ``[-1, 1]^3`` applied as
   ``pose @ geometry.perturbation(rot, trans)`` (probe-marker frame), then
   validates the result (mean fiducial correction above 1 mm: discarded).
+- :func:`optimize_sweep` labels the frames of a sweep in time order, each
+  warm-started from its predecessor's correction by a local search
+  (:func:`optimize_frame_warm`, :func:`pattern_search`), with
+  :func:`optimize_frame` for a cold start and as the fallback when the local
+  result fails validation; :func:`warm_start_after` continues a sweep cut in chunks.
 - :func:`visible_label` removes from a full label the pixels in the acoustic
   shadow of the bone and those whose incidence angle exceeds 85 degrees.
 
@@ -321,6 +326,98 @@ class FrameObjective:
         self._scratch[key] = order  # one writer per key survives
         return np.flatnonzero(self._scratch[key] == order)
 
+    def band_pixels(self, deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The intersection ``I_t`` of each member as unique (member, pixel) pairs, sorted.
+
+        The same pixel sets as :meth:`band` (without the point of each pixel),
+        computed for the objective's inner loop on large frames (about 2x faster than
+        :meth:`band` on 950x811 px frames, slower on 256x218 px ones):
+
+        - per member, the out-of-plane coordinate of its slice of points first
+          (one dot product), the in-plane ones only for the points within ``gamma``;
+        - the (hit, stencil cell) pairs are keyed on a grid covering only the
+          bounding box of this call's hits (plus the stencil's reach), not the
+          whole image per member, and deduplicated by marking a boolean array of
+          ``S x box`` cells (small: the bone occupies a fraction of the image),
+          then reading its set cells back in (member, row, column) order.
+
+        Parameters
+        ----------
+        deltas : (S, 4, 4) perturbations (probe-marker frame).
+
+        Returns
+        -------
+        member : (M,) int64, population index (ascending).
+        pixel : (M,) int64, flat pixel index ``v * W + u``.
+        """
+        deltas = np.asarray(deltas, float).reshape(-1, 4, 4)
+        s = len(deltas)
+        h, w = self.shape
+        sx, sy = self.spacing
+        empty = np.zeros(0, dtype=np.int64)
+        if self.n_points == 0:
+            return empty, empty
+        m = self.calib_inv @ geometry.invert_transform(deltas)  # (S, 4, 4): marker -> IP
+        a, b = m[:, 2, :3], m[:, 2, 3]  # z = a . q + b
+        a0, b0 = self.calib_inv[2, :3], self.calib_inv[2, 3]
+        da = a - a0
+        shift = da @ self.q_centre + (b - b0)
+        slack = np.linalg.norm(da, axis=1) * self.radius + 1e-9
+        lo = np.searchsorted(self.z0, -self.gamma - shift - slack, side="left")
+        hi = np.searchsorted(self.z0, self.gamma - shift + slack, side="right")
+        g = self.gamma
+        parts_q, parts_z, parts_k = [], [], []
+        for j in np.flatnonzero(hi > lo):
+            qs = self.q[lo[j]:hi[j]]
+            z = qs @ a[j] + b[j]  # out-of-plane first: most of the slice is dropped here
+            sel = np.abs(z) <= g
+            if sel.any():
+                parts_q.append(qs[sel])
+                parts_z.append(z[sel])
+                parts_k.append(np.full(int(sel.sum()), j))
+        if not parts_q:
+            return empty, empty
+        q, z, k = np.concatenate(parts_q), np.concatenate(parts_z), np.concatenate(parts_k)
+        # in-plane coordinates (mm) of the hits, with each one's own member transform
+        rot, trans = m[k, :2, :3], m[k, :2, 3]
+        cx = np.einsum("nj,nj->n", rot[:, 0], q) + trans[:, 0]
+        cy = np.einsum("nj,nj->n", rot[:, 1], q) + trans[:, 1]
+        u = cx / sx - 0.5  # pixel centres sit at integer (u, v)
+        v = cy / sy - 0.5
+        ru, rv = np.rint(u), np.rint(v)
+        pad = self._pad
+        near = (ru >= -pad) & (ru < w + pad) & (rv >= -pad) & (rv < h + pad)
+        if not near.all():
+            k, z, u, v, ru, rv = k[near], z[near], u[near], v[near], ru[near], rv[near]
+            if not len(k):
+                return empty, empty
+        cu2 = (((ru - u)[:, None] + self._du) * sx) ** 2
+        rem = (g**2 - z**2)[:, None] - (((rv - v)[:, None] + self._dv) * sy) ** 2
+        ok = cu2[:, None, :] <= rem[:, :, None]  # (hits, rows, cols): in-plane d^2 <= gamma^2 - z^2
+        if not self._stencil_full:
+            ok &= self._stencil_mask
+        # The box of this call's reachable cells, clipped to the image.
+        iu, iv = ru.astype(np.int64), rv.astype(np.int64)
+        u_lo, u_hi = max(int(iu.min()) + int(self._du[0]), 0), min(int(iu.max()) + int(self._du[-1]), w - 1)
+        v_lo, v_hi = max(int(iv.min()) + int(self._dv[0]), 0), min(int(iv.max()) + int(self._dv[-1]), h - 1)
+        if u_lo > u_hi or v_lo > v_hi:
+            return empty, empty
+        # Local grid: the box padded by twice the stencil's reach, so that every (hit, cell)
+        # pair has a key (hits up to `pad` outside the box reach `pad` further).
+        bw = u_hi - u_lo + 1 + 4 * pad
+        bh = v_hi - v_lo + 1 + 4 * pad
+        area = bw * bh
+        lu, lv = iu - (u_lo - 2 * pad), iv - (v_lo - 2 * pad)  # each hit's nearest pixel on the local grid
+        dv_grid, du_grid = np.meshgrid(self._dv, self._du, indexing="ij")
+        offset = (dv_grid * bw + du_grid).ravel()
+        base = k * area + lv * bw + lu
+        keys = (base[:, None] + offset)[ok.reshape(len(base), -1)]
+        marked = np.zeros((s, bh, bw), dtype=bool)
+        marked.reshape(-1)[keys] = True
+        marked = marked[:, 2 * pad:2 * pad + v_hi - v_lo + 1, 2 * pad:2 * pad + u_hi - u_lo + 1]  # inside the image
+        member, row, col = np.nonzero(marked)
+        return member, (row + v_lo) * w + (col + u_lo)
+
     # -- Eq. 2 -----------------------------------------------------------------------
 
     def intensity(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -336,8 +433,12 @@ class FrameObjective:
         count : (S,) number of pixels in ``I_t``.
         """
         x = np.asarray(x, float).reshape(6, -1)
-        member, pixel, _ = self.band(self.deltas(x))
-        return self.band_mean(member, pixel, x.shape[1])
+        s = x.shape[1]
+        if s * self.shape[0] * self.shape[1] > _SCRATCH_CELLS:  # large frames: the compact kernel
+            member, pixel = self.band_pixels(self.deltas(x))
+        else:  # small frames: the whole-image scratch array of band() is cheaper (measured on 256x218 px)
+            member, pixel, _ = self.band(self.deltas(x))
+        return self.band_mean(member, pixel, s)
 
     def band_mean(self, member: np.ndarray, pixel: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean intensity and pixel count per member of a :meth:`band`, over :attr:`region`.
@@ -553,6 +654,11 @@ class FrameResult:
     n_initial, n_optimized : pixels in ``I_t``.
     nfev : objective calls, one per generation (each evaluates the whole population).
     seconds : process (CPU) time of the optimisation (core-seconds).
+    path : how the result was found: ``"de"`` (differential evolution over the whole
+        box, :func:`optimize_frame`), ``"warm"`` (local search from a warm start,
+        :func:`optimize_frame_warm`) or ``"warm+de"`` (the local result failed
+        validation and differential evolution replaced it).
+    n_members : objective evaluations (population members, all calls together).
     """
 
     status: str
@@ -568,6 +674,8 @@ class FrameResult:
     n_optimized: int = 0
     nfev: int = 0
     seconds: float = 0.0
+    path: str = "de"
+    n_members: int = 0
 
 
 def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm: float = 0.3,
@@ -635,7 +743,290 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
         correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=float(i1[0]),
         objective_initial=float(i0[0]), objective_optimized=float(i1[0] - lam * corr),
         n_initial=int(n0[0]), n_optimized=int(n1[0]), nfev=int(res.nfev), seconds=time.process_time() - t0,
+        n_members=int(res.nfev) * popsize * 6,
     )
+
+
+# ----------------------------------------------------------------------------- a sweep, warm-started
+
+
+def pattern_search(fun, x_start, lower, upper, step, min_step, max_calls: int = 60, n_random: int = 0,
+                   seed: int = 0, f_start: float | None = None):
+    """Maximise ``fun`` by a compass (coordinate pattern) search whose polls are evaluated in one batch.
+
+    Each call evaluates the ``2 n`` points ``x +- step_i e_i`` (clipped to the
+    box) together with the *combined* move (every axis moved by its better
+    poll when that poll improved on ``x``), so a diagonal valley costs one call,
+    not ``n``. The best improving point becomes ``x``; when none improves, the
+    steps are halved. It stops when every step is below ``min_step`` or after
+    ``max_calls`` calls. Deterministic (no random numbers).
+
+    Parameters
+    ----------
+    fun : callable, ``(n, S)`` parameters -> ``(S,)`` values to *maximise*.
+    x_start : (n,) start (clipped to the box).
+    lower, upper : (n,) box.
+    step : (n,) initial steps (same units as ``x``: degrees, mm).
+    min_step : (n,) or float, smallest step (the search's resolution).
+    max_calls : largest number of calls to ``fun`` (each a batch of ``2 n`` polls, plus the combined move).
+    n_random : extra polls per call, ``x +- step * d`` along random unit directions ``d``
+        (seeded by ``seed``): they follow valleys that are diagonal to the axes.
+    seed : seed of those directions.
+    f_start : ``fun`` at ``x_start`` when known (saves a call; ``x_start`` must lie in the box).
+
+    Returns
+    -------
+    x : (n,) best point found; value : its value; calls : calls to ``fun``;
+    members : points evaluated.
+    """
+    lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+    x = np.clip(np.asarray(x_start, float), lower, upper)
+    step = np.asarray(step, float).copy()
+    min_step = np.broadcast_to(np.asarray(min_step, float), step.shape)
+    n = len(x)
+    if f_start is None:
+        fx = float(fun(x[:, None])[0])
+        calls, members = 1, 1
+    else:
+        fx, calls, members = float(f_start), 0, 0
+    eye = np.eye(n)
+    rng = np.random.default_rng(seed)
+    while calls < max_calls and (step >= min_step).any():
+        polls = np.concatenate([x[:, None] + eye * step, x[:, None] - eye * step], axis=1)
+        if n_random:
+            d = rng.standard_normal((n, n_random))
+            d = d / np.linalg.norm(d, axis=0) * step[:, None]
+            polls = np.concatenate([polls, x[:, None] + d, x[:, None] - d], axis=1)
+        polls = np.clip(polls, lower[:, None], upper[:, None])
+        f = np.asarray(fun(polls), float)
+        calls, members = calls + 1, members + polls.shape[1]
+        # the combined move: per axis, the better of +/- if it improved on x
+        fp, fm = f[:n], f[n:2 * n]
+        gain = np.maximum(fp, fm) - fx
+        move = np.where(gain > 0, np.where(fp >= fm, step, -step), 0.0)
+        j = int(np.argmax(f))
+        if f[j] > fx:
+            best_x, best_f = polls[:, j], float(f[j])
+            if (move != 0).sum() > 1 and calls < max_calls:
+                xc = np.clip(x + move, lower, upper)
+                fc = float(fun(xc[:, None])[0])
+                calls, members = calls + 1, members + 1
+                if fc > best_f:
+                    best_x, best_f = xc, fc
+            x, fx = best_x.copy(), best_f
+        else:
+            step = np.where(step >= min_step, step * 0.5, step)
+    return x, fx, calls, members
+
+
+def _validate(obj: FrameObjective, x, n0: int, max_correction_mm: float, min_label_fraction: float):
+    """Correction (mm), mean intensity, label pixels and the reason a result fails validation ("" if it passes)."""
+    i1, n1 = obj.intensity(np.asarray(x, float).reshape(6, 1))
+    delta = geometry.perturbation(x[:3], x[3:])
+    corr = float(geometry.mean_fiducial_displacement(np.eye(4), delta, obj.fiducials))
+    reason = ""
+    if corr > max_correction_mm:
+        reason = f"mean fiducial correction {corr:.3f} mm > {max_correction_mm} mm"
+    elif n1[0] < min_label_fraction * n0:
+        reason = f"label shrank to {n1[0]} of {n0} px (< {min_label_fraction:g})"
+    return corr, float(i1[0]), int(n1[0]), reason
+
+
+def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=None, gamma_mm: float = 0.3,
+                        bound_deg: float = 1.0, bound_mm: float = 1.0, step_deg: float = 0.2, step_mm: float = 0.2,
+                        min_step_deg: float = 0.02, min_step_mm: float = 0.02, max_calls: int = 60,
+                        max_correction_mm: float = 1.0, min_label_fraction: float = 0.0,
+                        objective: FrameObjective | None = None, region: str = "full", fallback: bool = True,
+                        popsize: int = 15, maxiter: int = 100, tol: float = 0.01, seed: int = 0,
+                        method: str = "pattern", local_radius_deg: float = 0.3, local_radius_mm: float = 0.3,
+                        local_popsize: int = 3, local_maxiter: int = 20, n_random: int = 0,
+                        n_starts: int = 0) -> FrameResult:
+    """Refine one frame's pose by a local search of Eq. 2 from a warm start; differential evolution as fallback.
+
+    The search starts from the better (by Eq. 2) of the warm start ``x0`` (e.g.
+    the previous frame's correction: tracking and calibration errors drift
+    slowly along a sweep) and no correction, and runs :func:`pattern_search`
+    inside the same box as :func:`optimize_frame`. Since the unperturbed pose
+    is a start candidate and the search only accepts improvements, the result
+    never scores below it. The result is validated as in :func:`optimize_frame`
+    (``max_correction_mm``, ``min_label_fraction``); when it fails and
+    ``fallback`` is set, :func:`optimize_frame` (full differential evolution,
+    ``popsize``, ``maxiter``, ``tol``, ``seed``) replaces it, and its result is
+    the frame's (``path = "warm+de"``).
+
+    Parameters
+    ----------
+    image, pose, calib, spacing, points, lam, gamma_mm, bound_deg, bound_mm,
+    max_correction_mm, min_label_fraction, objective, region :
+        as for :func:`optimize_frame`.
+    x0 : (6,) warm start, rotation (deg) and translation (mm); None: no correction.
+    step_deg, step_mm : initial steps of the search (degrees, mm).
+    min_step_deg, min_step_mm : its resolution (degrees, mm).
+    max_calls : largest number of batched objective calls of the search.
+    fallback : run differential evolution when the local result fails validation.
+    popsize, maxiter, tol, seed : differential evolution settings of the fallback
+        (``tol`` and ``seed`` also of the local differential evolution).
+    method : the local search, ``"pattern"`` (:func:`pattern_search`, deterministic) or
+        ``"local_de"`` (differential evolution in the box ``start +- local_radius``, clipped
+        to the bounds, population ``local_popsize * 6``, at most ``local_maxiter`` generations).
+    local_radius_deg, local_radius_mm, local_popsize, local_maxiter : settings of ``"local_de"``.
+    n_random : random poll directions per call of ``"pattern"`` (see :func:`pattern_search`; seeded by ``seed``).
+    n_starts : extra start candidates drawn uniformly in the box (seeded by ``seed``), evaluated in the
+        same batch as the warm start and no correction; the search starts from the best of all.
+
+    Returns
+    -------
+    :class:`FrameResult` with ``path`` ``"warm"`` or ``"warm+de"``; ``nfev`` counts
+    the batched objective calls of both, ``n_members`` the poses evaluated.
+    """
+    t0 = time.process_time()
+    pose = np.asarray(pose, float)
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        raise DatasetError("optimize_frame_warm: the pose is not a finite 4x4 matrix")
+    obj = objective or FrameObjective(image, pose, calib, spacing, points, gamma_mm, bound_deg, bound_mm,
+                                      region=region)
+    lower = np.array([-bound_deg] * 3 + [-bound_mm] * 3, float)
+    upper = -lower
+    start = np.zeros(6) if x0 is None else np.clip(np.asarray(x0, float).reshape(6), lower, upper)
+    if not np.isfinite(start).all():
+        start = np.zeros(6)
+    cand = np.stack([np.zeros(6), start], axis=1)
+    if n_starts:
+        extra = np.random.default_rng(seed).uniform(lower[:, None], upper[:, None], (6, n_starts))
+        cand = np.concatenate([cand, extra], axis=1)
+    i0, n0 = obj.intensity(cand)
+    if obj.n_points == 0 or n0[0] == 0:
+        return FrameResult("no_bone", seconds=time.process_time() - t0, path="warm", nfev=1, n_members=cand.shape[1])
+    v = i0 - lam * obj.fiducial(cand)
+    best = int(np.argmax(v))  # ties: no correction
+    first = cand[:, best]
+    if method == "pattern":
+        x, _, calls, members = pattern_search(
+            lambda p: obj.value(p, lam), first, lower, upper, [step_deg] * 3 + [step_mm] * 3,
+            [min_step_deg] * 3 + [min_step_mm] * 3, max_calls=max_calls, n_random=n_random, seed=seed,
+            f_start=float(v[best]))
+    elif method == "local_de":
+        # differential evolution in a box of half-width local_radius around the start (within the bounds)
+        r = np.array([local_radius_deg] * 3 + [local_radius_mm] * 3)
+        lo_b, hi_b = np.maximum(first - r, lower), np.minimum(first + r, upper)
+        fx = float(v[best])
+        res_l = differential_evolution(
+            lambda p: -obj.value(p, lam), list(zip(lo_b, hi_b)), seed=seed, popsize=local_popsize,
+            maxiter=local_maxiter, tol=tol, vectorized=True, updating="deferred", polish=False, x0=first,
+            init="latinhypercube")
+        x = np.asarray(res_l.x, float)
+        if -float(res_l.fun) < fx:  # never worse than the start
+            x = first.copy()
+        calls, members = int(res_l.nfev), int(res_l.nfev) * local_popsize * 6
+    else:
+        raise ValueError(f"method must be 'pattern' or 'local_de', got {method!r}")
+    calls, members = calls + 2, members + cand.shape[1] + 1  # the start candidates, and the validation
+    corr, i1, n1, reason = _validate(obj, x, int(n0[0]), max_correction_mm, min_label_fraction)
+    if reason and fallback:
+        res = optimize_frame(image, pose, calib, spacing, points, lam, gamma_mm=gamma_mm, bound_deg=bound_deg,
+                             bound_mm=bound_mm, popsize=popsize, maxiter=maxiter, tol=tol, seed=seed,
+                             max_correction_mm=max_correction_mm, min_label_fraction=min_label_fraction,
+                             objective=obj, region=region)
+        res.path, res.nfev, res.n_members = "warm+de", res.nfev + calls, res.n_members + members
+        res.seconds = time.process_time() - t0
+        return res
+    kept = not reason
+    return FrameResult(
+        status="kept" if kept else "discarded", reason=reason, x=x,
+        pose=pose @ geometry.perturbation(x[:3], x[3:]) if kept else np.full((4, 4), np.nan),
+        correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=i1,
+        objective_initial=float(i0[0]), objective_optimized=i1 - lam * corr,
+        n_initial=int(n0[0]), n_optimized=n1, nfev=calls, seconds=time.process_time() - t0, path="warm",
+        n_members=members,
+    )
+
+
+def warm_start_after(results, x0=None, max_gap: int = 1, x0_age: int = 1) -> np.ndarray | None:
+    """The warm start for the frame after ``results``, or None (that frame is solved cold).
+
+    The warm start is the correction of the last kept frame, if it lies at most
+    ``max_gap`` frames before the next one; else ``x0`` under the same rule
+    (``x0_age``: frames from the frame that gave ``x0`` to the first of
+    ``results``); else None. A sweep cut in chunks continues with
+    ``x0 = warm_start_after(previous_chunk_results, previous_chunk_x0, max_gap)``
+    and gives the same results as the uncut sweep (see :func:`optimize_sweep`).
+    """
+    results = list(results)
+    for age, res in enumerate(reversed(results), start=1):
+        if res.status == "kept":
+            return np.asarray(res.x, float).copy() if age <= max_gap else None
+    if x0 is None or x0_age + len(results) > max_gap:
+        return None
+    return np.asarray(x0, float).reshape(6).copy()
+
+
+def optimize_sweep(images, poses, calib, spacing, points, lam: float, *, x0=None, seeds=None, max_gap: int = 1,
+                   on_frame=None, **kwargs) -> list[FrameResult]:
+    """Optimise the frames of one sweep in time order, each warm-started from its predecessor.
+
+    Frame ``t`` starts (:func:`optimize_frame_warm`) from the correction of the
+    last *kept* frame, if that frame lies at most ``max_gap`` frames before it;
+    the first frame from ``x0``. Otherwise (no ``x0``, or the chain broken by
+    discarded or ``no_bone`` frames: tracking may have jumped, the stale start
+    could hold the search in a poor optimum) the frame is solved cold, by full
+    differential evolution (:func:`optimize_frame`, ``path = "de"``).
+
+    Each frame's result depends only on its own inputs and its warm start, so a
+    sweep cut in chunks, each continued with ``x0 = warm_start_after(previous
+    results, previous x0, max_gap)``, gives the same results as the uncut sweep
+    (resumable).
+
+    Parameters
+    ----------
+    images : iterable of (H, W) uint8 images, in time order (read lazily if a generator).
+    poses : (N, 4, 4) recorded probe-marker poses, same order.
+    calib, spacing, points, lam : as for :func:`optimize_frame`.
+    x0 : (6,) warm start of the first frame (rotation deg, translation mm), the
+        correction of the frame just before it; None: the first frame is solved cold.
+    seeds : per-frame seeds of differential evolution (cold frames, fallback, ``local_de``);
+        default ``0, 1, ...``.
+    max_gap : largest distance (frames) from the last kept frame at which its
+        correction still warm-starts a frame (1: only the immediately preceding frame).
+    on_frame : optional callable ``(index, FrameResult)`` called after each frame (progress, writing).
+    **kwargs : passed to :func:`optimize_frame_warm` (gamma_mm, bounds, steps, validation,
+        region, method, DE settings); those that :func:`optimize_frame` takes also to it.
+
+    Returns
+    -------
+    list of :class:`FrameResult`, one per frame.
+    """
+    import inspect
+
+    poses = np.asarray(poses, float).reshape(-1, 4, 4)
+    seeds = list(range(len(poses))) if seeds is None else list(seeds)
+    if len(seeds) != len(poses):
+        raise ValueError(f"optimize_sweep: {len(seeds)} seeds for {len(poses)} poses")
+    if max_gap < 1:
+        raise ValueError(f"optimize_sweep: max_gap must be >= 1, got {max_gap}")
+    de_keys = set(inspect.signature(optimize_frame).parameters)
+    de_kwargs = {k: v for k, v in kwargs.items() if k in de_keys}
+    warm = None if x0 is None else np.asarray(x0, float).reshape(6).copy()
+    age = 1  # frames from the frame that gave `warm` to the current one
+    out: list[FrameResult] = []
+    n = 0
+    for t, image in enumerate(images):
+        if t >= len(poses):
+            raise ValueError(f"optimize_sweep: more images than the {len(poses)} poses")
+        if warm is None or age > max_gap:
+            res = optimize_frame(image, poses[t], calib, spacing, points, lam, seed=seeds[t], **de_kwargs)
+        else:
+            res = optimize_frame_warm(image, poses[t], calib, spacing, points, lam, x0=warm, seed=seeds[t], **kwargs)
+        if res.status == "kept":
+            warm, age = np.asarray(res.x, float).copy(), 1
+        else:
+            age += 1
+        out.append(res)
+        if on_frame is not None:
+            on_frame(t, res)
+        n += 1
+    if n != len(poses):
+        raise ValueError(f"optimize_sweep: {n} images for {len(poses)} poses")
+    return out
 
 
 # ----------------------------------------------------------------------------- measuring against truth
