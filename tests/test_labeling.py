@@ -631,9 +631,9 @@ def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
 def test_compact_kernel_gives_the_same_pixel_sets_as_band(scene):
     """``band_pixels`` (the large-frame kernel) and ``band`` give the same (member, pixel) pairs."""
     pose = frame_pose(2.0)
-    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
     for region in ("full", "first_hit"):
-        obj = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region=region)
+        obj = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region=region)
         x = np.random.default_rng(4).uniform(-1, 1, (6, 20))
         x[:, 0] = 0.0
         d = obj.deltas(x)
@@ -648,12 +648,12 @@ def test_compact_kernel_gives_the_same_pixel_sets_as_band(scene):
 
 def test_compact_kernel_is_used_for_large_populations_and_stays_exact(scene, monkeypatch):
     pose = frame_pose(-1.0)
-    img = labeling.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
-    obj = labeling.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    obj = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
     x = np.random.default_rng(5).uniform(-1, 1, (6, 8))
     small = obj.value(x, 0.1)
-    monkeypatch.setattr(labeling, "_SCRATCH_CELLS", 0)  # force the compact kernel
-    ref = [labeling.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], 0.1)
+    monkeypatch.setattr(frame, "_SCRATCH_CELLS", 0)  # force the compact kernel
+    ref = [frame.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], 0.1)
            for j in range(8)]
     assert np.allclose(obj.value(x, 0.1), ref, atol=1e-12, rtol=0)
     assert np.allclose(small, ref, atol=1e-12, rtol=0)
@@ -667,11 +667,11 @@ def test_pattern_search_finds_the_maximum_of_a_smooth_function():
         d = (p - target[:, None]) * scale[:, None]
         return -(d**2).sum(axis=0) - 0.5 * d[0] * d[1]
 
-    x, fx, calls, members = labeling.pattern_search(fun, np.zeros(6), -np.ones(6), np.ones(6), [0.25] * 6, 1e-4,
+    x, fx, calls, members = frame.pattern_search(fun, np.zeros(6), -np.ones(6), np.ones(6), [0.25] * 6, 1e-4,
                                                     max_calls=400)
     assert np.abs(x - target).max() < 2e-3 and calls <= 400 and members > calls
     # bounded: the maximum outside the box lands on its face
-    x, _, _, _ = labeling.pattern_search(fun, np.zeros(6), -0.2 * np.ones(6), 0.2 * np.ones(6), [0.1] * 6, 1e-4,
+    x, _, _, _ = frame.pattern_search(fun, np.zeros(6), -0.2 * np.ones(6), 0.2 * np.ones(6), [0.1] * 6, 1e-4,
                                          max_calls=400)
     assert x[2] == pytest.approx(0.2) and x[3] == pytest.approx(-0.2)
 
@@ -679,7 +679,7 @@ def test_pattern_search_finds_the_maximum_of_a_smooth_function():
 def _perturbed_frame(scene, z_mm, err, noise=0.0, seed=0):
     true = frame_pose(z_mm)
     calib, pts = scene["calib"], scene["points"]
-    img = labeling.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=noise, seed=seed)
+    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=noise, seed=seed)
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
     return true, img, recorded
 
@@ -690,14 +690,14 @@ def test_warm_optimizer_recovers_a_known_perturbation_as_well_as_de(scene):
     calib, pts = scene["calib"], scene["points"]
     err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])
     true, img, recorded = _perturbed_frame(scene, -3.0, err)
-    truth = labeling.full_label(SHAPE, true, calib, SPACING, pts)
+    truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
 
     def error(pose):
-        return labeling.label_distance_mm(labeling.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+        return frame.label_distance_mm(frame.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
 
-    de = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
+    de = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
     # the previous frame's correction: the same error, off by the slow drift of one frame
-    warm = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=0.8 * err, fallback=False)
+    warm = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=0.8 * err, fallback=False)
     assert de.status == warm.status == "kept" and warm.path == "warm"
     before = error(recorded)
     assert before > 0.25
@@ -712,7 +712,7 @@ def test_warm_optimizer_never_scores_below_the_initial_pose(scene):
     calib, pts = scene["calib"], scene["points"]
     _, img, recorded = _perturbed_frame(scene, 1.0, np.array([0.3, 0.2, -0.2, 0.2, 0.3, -0.3]), noise=0.05)
     bad_start = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # a poor warm start, at the box corner
-    res = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.1, x0=bad_start, fallback=False)
+    res = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.1, x0=bad_start, fallback=False)
     assert res.objective_optimized >= res.objective_initial
 
 
@@ -721,11 +721,11 @@ def test_warm_optimizer_falls_back_to_de_when_validation_fails(scene):
     err = np.array([0.9, -0.9, 0.9, 0.9, -0.9, 0.9])
     _, img, recorded = _perturbed_frame(scene, 1.0, err)
     kw = dict(max_correction_mm=0.2, seed=0)
-    warm = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, **kw)
-    de = labeling.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, **kw)
+    warm = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, **kw)
+    de = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, **kw)
     assert warm.path == "warm+de" and warm.status == de.status == "discarded"
     assert np.array_equal(warm.x, de.x) and warm.nfev > de.nfev
-    no_fb = labeling.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, fallback=False, **kw)
+    no_fb = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, fallback=False, **kw)
     assert no_fb.path == "warm" and no_fb.status == "discarded" and np.isnan(no_fb.pose).all()
 
 
@@ -750,14 +750,14 @@ def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap
     poses = np.concatenate([poses[:3], frame_pose(500.0)[None], poses[3:]])
     kw = dict(max_correction_mm=1.0, min_label_fraction=0.5, max_gap=max_gap)
     seeds = [11, 12, 13, 14, 15, 16, 17]
-    whole = labeling.optimize_sweep(frames, poses, calib, SPACING, pts, 0.01, seeds=seeds, **kw)
+    whole = frame.optimize_sweep(frames, poses, calib, SPACING, pts, 0.01, seeds=seeds, **kw)
     paths = [r.path for r in whole]
     assert whole[3].status == "no_bone" and paths[0] == "de" and paths[1] == "warm"
     assert paths[4] == "de" if max_gap == 1 else paths[4].startswith("warm")
     for cut in (2, 4):  # cut after a kept frame, and right after the no-bone frame
-        first = labeling.optimize_sweep(frames[:cut], poses[:cut], calib, SPACING, pts, 0.01, seeds=seeds[:cut], **kw)
-        x0 = labeling.warm_start_after(first, max_gap=max_gap)
-        rest = labeling.optimize_sweep(iter(frames[cut:]), poses[cut:], calib, SPACING, pts, 0.01, x0=x0,
+        first = frame.optimize_sweep(frames[:cut], poses[:cut], calib, SPACING, pts, 0.01, seeds=seeds[:cut], **kw)
+        x0 = frame.warm_start_after(first, max_gap=max_gap)
+        rest = frame.optimize_sweep(iter(frames[cut:]), poses[cut:], calib, SPACING, pts, 0.01, x0=x0,
                                        seeds=seeds[cut:], **kw)
         for a, b in zip(whole, first + rest, strict=True):
             assert (a.status, a.path) == (b.status, b.path)
@@ -765,8 +765,8 @@ def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap
             assert np.array_equal(a.objective_optimized, b.objective_optimized, equal_nan=True)
     # and the sweep recovers the labels (frames with bone: all but the inserted one)
     def error(pose, true):
-        truth = labeling.full_label(SHAPE, true, calib, SPACING, pts)
-        return labeling.label_distance_mm(labeling.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+        truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
+        return frame.label_distance_mm(frame.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
 
     with_bone = [0, 1, 2, 4, 5, 6]
     after = [error(whole[i].pose, t) for i, t in zip(with_bone, truths)]
@@ -775,22 +775,22 @@ def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap
 
 
 def test_warm_start_after_skips_discarded_frames():
-    kept = labeling.FrameResult("kept", x=np.arange(6.0))
-    assert labeling.warm_start_after([]) is None
-    assert np.array_equal(labeling.warm_start_after([], np.ones(6)), np.ones(6))
-    assert np.array_equal(labeling.warm_start_after([kept, labeling.FrameResult("discarded", x=np.ones(6)),
-                                                     labeling.FrameResult("no_bone")], max_gap=3), np.arange(6.0))
+    kept = frame.FrameResult("kept", x=np.arange(6.0))
+    assert frame.warm_start_after([]) is None
+    assert np.array_equal(frame.warm_start_after([], np.ones(6)), np.ones(6))
+    assert np.array_equal(frame.warm_start_after([kept, frame.FrameResult("discarded", x=np.ones(6)),
+                                                     frame.FrameResult("no_bone")], max_gap=3), np.arange(6.0))
 
 
 def test_optimize_sweep_rejects_mismatched_inputs(scene):
     with pytest.raises(ValueError, match="images for"):
-        labeling.optimize_sweep([np.zeros(SHAPE, np.uint8)], np.stack([frame_pose()] * 2), scene["calib"], SPACING,
+        frame.optimize_sweep([np.zeros(SHAPE, np.uint8)], np.stack([frame_pose()] * 2), scene["calib"], SPACING,
                                 scene["points"], 0.1, x0=np.zeros(6))
 
 
 def test_warm_start_after_respects_the_gap():
-    kept, gone = labeling.FrameResult("kept", x=np.arange(6.0)), labeling.FrameResult("discarded", x=np.ones(6))
-    assert labeling.warm_start_after([kept, gone]) is None  # max_gap 1: only the frame just before
-    assert np.array_equal(labeling.warm_start_after([kept, gone], max_gap=2), np.arange(6.0))
-    assert labeling.warm_start_after([gone], np.ones(6)) is None
-    assert np.array_equal(labeling.warm_start_after([gone], np.ones(6), max_gap=2), np.ones(6))
+    kept, gone = frame.FrameResult("kept", x=np.arange(6.0)), frame.FrameResult("discarded", x=np.ones(6))
+    assert frame.warm_start_after([kept, gone]) is None  # max_gap 1: only the frame just before
+    assert np.array_equal(frame.warm_start_after([kept, gone], max_gap=2), np.arange(6.0))
+    assert frame.warm_start_after([gone], np.ones(6)) is None
+    assert np.array_equal(frame.warm_start_after([gone], np.ones(6), max_gap=2), np.ones(6))
