@@ -910,7 +910,7 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
     if only and only not in names:
         raise DatasetError(f"{paths.raw}: specimen {only!r} is not among the raw specimens {names}")
     cache = SpecimenCache(paths, "01_calibration")
-    digests = DigestStore(paths.cache("01_calibration") / "digests.json")
+    digests = DigestStore(paths.cache("digests") / "01_calibration.json")
     keys, jobs, inputs = {}, [], {}
     for sid in todo:
         Ps = for_specimen(P, specimen_overrides or {}, sid)

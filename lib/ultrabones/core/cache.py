@@ -117,6 +117,8 @@ def files_digest(files: Iterable[Path | str], root: Path | str | None = None) ->
 class DigestStore:
     """File digests kept across runs: ``{path: [size, mtime_ns, digest]}`` in one JSON file.
 
+    Stages keep theirs in ``build/<profile>/cache/digests/<stem>.json``.
+
     Loading it fills :func:`file_digest`'s memo, so that a rerun over a large
     unchanged dataset reads no image again; :meth:`save` writes back the
     digests of this process (atomically). A corrupt store is ignored.
@@ -225,5 +227,13 @@ class SpecimenCache:
         atomic.write_json(self.path(specimen), {"key": self.key(params, inputs, root), "result": result})
 
     def all(self) -> dict[str, dict]:
-        """Every stored result, by specimen, whatever its key."""
-        return {f.stem: json.loads(f.read_text())["result"] for f in sorted(self.dir.glob("*.json"))}
+        """Every stored result, by specimen, whatever its key (unreadable files are left out)."""
+        out = {}
+        for f in sorted(self.dir.glob("*.json")):
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and "result" in data:
+                out[f.stem] = data["result"]
+        return out

@@ -535,7 +535,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
 
     specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
     dataset.warn_skipped(paths.dataset, skipped)
-    digests = DigestStore(paths.cache(STEM) / "digests.json")
+    digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
     if only_specimen is not None:
         specs = [s for s in specs if s.name == only_specimen]
     calib, spacing, _ = dataset.read_calibration(paths.dataset)

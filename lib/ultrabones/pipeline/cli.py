@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
             prof = load_profile(args.profile, PARAMS_DIR, args.assignments)
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
-            text = inputs_digest(paths, store=paths.cache("inputs") / "digests.json")
+            text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
             atomic.write_text_if_changed(Path(args.out), text)
         elif args.verb == "stages":
             from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
