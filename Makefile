@@ -2,7 +2,8 @@
 #
 # Each stage's notebook writes build/$(PROFILE)/stamps/<stem>.done only on success.
 # A stamp is remade when its notebook, the package sources, the profile, a
-# per-specimen file, or the stage before it changed; otherwise nothing reruns.
+# per-specimen file, the input data (DATA_ROOT, or its files' content: see
+# $(B)/inputs.digest) or the stage before it changed; otherwise nothing reruns.
 
 PROFILE ?= default
 PYTHON  ?= python3
@@ -20,12 +21,20 @@ DATA_ROOT    ?=
 ifneq ($(strip $(DATA_ROOT)),)
   EXTRA := -p data_root=$(DATA_ROOT)
 endif
+DERIVED_ROOT ?=
+ifneq ($(strip $(DERIVED_ROOT)),)
+  EXTRA += -p derived_root=$(DERIVED_ROOT)
+endif
+# The input dataset's path and content digest. Regenerated on every make (also under make -n: the
+# recipe starts with +), rewritten only when its text changes, so its mtime moves only when the
+# inputs do; every stamp depends on it.
+DIGEST       := $(B)/inputs.digest
 
-.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check
+.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check FORCE
 
 help:
 	@echo "make setup                 create $(VENV) (torch pair first, then the project)"
-	@echo "make paper [PROFILE=default] [DATA_ROOT=...]   run notebooks 00..07, skipping up-to-date stages"
+	@echo "make paper [PROFILE=default] [DATA_ROOT=...] [DERIVED_ROOT=...]   run notebooks 00..07, skipping up-to-date stages"
 	@echo "make test                  unit tests + every notebook on params/smoke.yaml"
 	@echo "make nb NB=02              run one notebook now"
 	@echo "make specimen SPECIMEN=id  rerun the per-specimen stages for one specimen, then the stages after"
@@ -57,8 +66,13 @@ check: setup
 paper: $(STAMPS)/07_summary.done
 	@echo "[ultrabones] paper done: summary in $(B)/notebooks/07_summary.ipynb and figures/summary_table.md"
 
-$(STAMPS)/%.done: notebooks/%.ipynb $(LIB) $(PARAMS) | setup
+$(STAMPS)/%.done: notebooks/%.ipynb $(LIB) $(PARAMS) $(DIGEST) | setup
 	@$(RUN) $* --profile $(PROFILE) $(EXTRA) --stamp $@ --no-progress
+
+FORCE:
+
+$(DIGEST): FORCE | setup
+	+@if [ -x "$(PY)" ]; then $(PY) -m ultrabones inputs-digest --profile $(PROFILE) $(EXTRA) --out $@; fi
 
 # each stage runs after the one before it
 $(STAMPS)/01_calibration.done:       $(STAMPS)/00_simulate.done

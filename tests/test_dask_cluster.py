@@ -83,8 +83,8 @@ def test_labelling_through_a_scheduler_address_gives_the_local_labels(tmp_path, 
     cols = ["specimen", "record", "timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(a["report"][cols], b["report"][cols])
     assert a["lambda"] == b["lambda"]
-    for ra, rb in zip(dataset.read_specimen(local.dataset / "specimen01").records,
-                      dataset.read_specimen(remote.dataset / "specimen01").records):
+    for ra, rb in zip(dataset.read_specimen(local.dataset / "specimen01", local.derived / "specimen01").records,
+                      dataset.read_specimen(remote.dataset / "specimen01", remote.derived / "specimen01").records):
         for t in ra.labelled_timestamps(dataset.LABELS_FULL):
             assert np.array_equal(dataset.read_label(ra.label_path(t, dataset.LABELS_FULL)),
                                   dataset.read_label(rb.label_path(t, dataset.LABELS_FULL)))

@@ -302,8 +302,10 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert rep.loc[ts[4], "status"] == "no_bone"
     for t in (ts[0], ts[3]):
         assert rep.loc[t, "status"] in ("kept", "discarded")
-    # outputs: tracking columns (NaN where not kept), labels of kept frames, the report
-    track = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
+    # outputs, in the derived dataset: tracking columns (NaN where not kept), labels of kept frames, the report
+    rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
+    assert rec.out == paths.derived / "specimen01" / "record01"
+    track = dataset.read_tracking(rec.poses_csv, allow_missing_pose=True)
     kept = rep.index[rep["status"] == "kept"]
     assert len(kept) >= 1
     for t in ts:
@@ -320,7 +322,7 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     expect = frame.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
     written = dataset.read_label(rec.label_path(t, dataset.LABELS_FULL))
     assert (written != expect).sum() <= 2  # equal up to the pose's 10-digit round trip through the CSV
-    assert (rec.path / batch.REPORT).is_file()
+    assert (rec.out / batch.REPORT).is_file() and not (rec.path / batch.REPORT).exists()
     assert out["lambda"] in PARAMS["lambdas"]
     m = batch.summarize(out["report"])
     assert "label_error_mm" not in m and "contour_error_mm" not in m  # the stage measures nothing against truth
@@ -794,3 +796,75 @@ def test_warm_start_after_respects_the_gap():
     assert np.array_equal(frame.warm_start_after([kept, gone], max_gap=2), np.arange(6.0))
     assert frame.warm_start_after([gone], np.ones(6)) is None
     assert np.array_equal(frame.warm_start_after([gone], np.ones(6), max_gap=2), np.ones(6))
+
+
+# ----------------------------------------------------------------------------- outputs apart, content keys
+
+
+def _checksums(root: Path) -> dict:
+    """Every file under ``root`` (relative name) -> SHA-256 of its bytes."""
+    import hashlib
+
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
+    """02 used to rewrite the user's tracking.csv and write Labels/ into data_root."""
+    paths = make_twin(tmp_path, n_frames=3)
+    before = _checksums(paths.dataset)
+    out = batch.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
+    assert _checksums(paths.dataset) == before  # not one input file changed, none added or removed
+    rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
+    kept = sorted(out["report"].query("status == 'kept'")["timestamp"])
+    assert kept and list(rec.labelled_timestamps(dataset.LABELS)) == kept
+    assert set(dataset.OPTIMIZED_COLUMNS) <= set(pd.read_csv(rec.poses_csv).columns)
+    assert (rec.out / batch.REPORT).is_file()
+
+
+def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
+    """A rerun with a stricter max_correction_mm used to leave the first run's extra labels beside the new ones."""
+    paths = make_twin(tmp_path, n_frames=5)
+    P = dict(PARAMS, lambda_value=0.1)
+    first = batch.run(paths, P, seed=0)["report"]
+    kept1 = first.query("status == 'kept'")
+    assert len(kept1) >= 2
+    strict = float(np.sort(kept1["correction_mm"].to_numpy())[len(kept1) // 2 - 1]) + 1e-9  # drop the upper half
+    second = batch.run(paths, dict(P, max_correction_mm=strict), seed=0)["report"]
+    kept2 = sorted(second.query("status == 'kept'")["timestamp"])
+    assert 1 <= len(kept2) < len(kept1)
+    rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
+    for kind in (dataset.LABELS, dataset.LABELS_FULL):
+        assert list(rec.labelled_timestamps(kind)) == kept2
+        assert sorted(p.name for p in rec.label_dir(kind).iterdir()) == [f"{t}_label.png" for t in kept2]
+    assert not [p for p in rec.out.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    track = dataset.read_tracking(rec.poses_csv, allow_missing_pose=True)
+    has_opt = np.isfinite(track[list(dataset.OPTIMIZED_COLUMNS)].to_numpy(float)).all(axis=1)
+    assert sorted(track.loc[has_opt, "timestamp"]) == kept2
+    assert sorted(pd.read_csv(rec.out / batch.REPORT).query("status == 'kept'")["timestamp"]) == kept2
+
+
+def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
+    """A kept frame's image replaced by a black PNG used to keep its old label and correction (no content in keys)."""
+    paths = make_twin(tmp_path, n_frames=4)
+    # one registration frame (the first): a changed image elsewhere leaves the sweep's registration as it was
+    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
+    first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    kept = [t for t in first.index[first["status"] == "kept"] if t != first.index[0]]
+    assert kept
+    t = kept[0]
+    rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
+    chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
+    mtimes = {f: f.stat().st_mtime_ns for f in chunks}
+    img = rec.image_path(t)
+    dataset.write_image(img, np.zeros(SHAPE, np.uint8))
+    again = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    row0, row1 = first.loc[t], again.loc[t]
+    changed = (row1["status"] != row0["status"]) or not np.isclose(row1["correction_mm"], row0["correction_mm"])
+    assert changed, "the frame whose image changed was not labelled anew"
+    assert row1["intensity_initial"] == 0.0  # measured on the black image
+    i = list(first.index).index(t)
+    redone = [f for f in chunks if f.stat().st_mtime_ns != mtimes[f]]
+    assert [f.name for f in redone] == [f"chunk_{i:04d}.npz"]  # only the changed frame's chunk
+    cols = ["status", "correction_mm", "rot_x_deg", "trans_z_mm"]
+    pd.testing.assert_frame_equal(again.drop(index=t)[cols], first.drop(index=t)[cols])

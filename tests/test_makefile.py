@@ -21,3 +21,47 @@ def test_make_dry_run_lists_notebook_runs(tmp_path):
     assert stems == ["00_simulate", "01_calibration", "02_labeling", "03_rating_statistics", "04_training",
                      "05_evaluation", "06_reconstruction", "07_summary"]
     assert all("--profile smoke" in line and "--stamp" in line for line in runs)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_stamps_depend_on_the_data_root_and_its_content(tmp_path):
+    """`make paper DATA_ROOT=/another/dataset` with stamps present used to run nothing."""
+    import os
+    import sys
+    import time
+
+    data_a, data_b = tmp_path / "a", tmp_path / "b"
+    for d in (data_a, data_b):
+        (d / "specimen01" / "record01").mkdir(parents=True)
+        (d / "specimen01" / "record01" / "tracking.csv").write_text(f"timestamp,x\n1,{d.name}\n")
+    env = dict(os.environ, ULTRABONES_BUILD_ROOT=str(tmp_path / "build_root"))
+    build, stamps = tmp_path / "build", tmp_path / "stamps"
+
+    def dry_run(data):
+        proc = subprocess.run(["make", "-n", "paper", "PROFILE=smoke", f"B={build}", f"STAMPS={stamps}",
+                               f"DATA_ROOT={data}", f"PY={sys.executable}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split("-m ultrabones run ")[1].split()[0]
+                for line in proc.stdout.splitlines() if "-m ultrabones run" in line]
+
+    def stamp_all():
+        time.sleep(0.05)
+        stamps.mkdir(exist_ok=True)
+        for stem in ("00_simulate", "01_calibration", "02_labeling", "03_rating_statistics", "04_training",
+                     "05_evaluation", "06_reconstruction", "07_summary"):
+            (stamps / f"{stem}.done").write_text("done\n")
+        time.sleep(0.05)
+
+    assert len(dry_run(data_a)) == 8  # no stamps yet; the digest file is written
+    digest = build / "inputs.digest"
+    text = digest.read_text()
+    assert f"data_root: {data_a}" in text and "files: 1" in text
+    stamp_all()
+    assert dry_run(data_a) == []  # up to date: the digest was regenerated but not rewritten
+    assert digest.read_text() == text
+    assert len(dry_run(data_b)) == 8  # another DATA_ROOT reruns every stage
+    stamp_all()
+    assert dry_run(data_b) == []
+    (data_b / "specimen01" / "record01" / "tracking.csv").write_text("timestamp,x\n1,changed\n")
+    assert len(dry_run(data_b)) == 8  # the same DATA_ROOT with other content reruns too

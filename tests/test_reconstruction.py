@@ -324,7 +324,9 @@ def test_unreadable_label_is_reported_and_skipped(tmp_path):
 
 def test_reconstruct_dataset_caches_and_aggregates(synthetic, monkeypatch):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(synthetic / "build"))
-    paths = Paths(build_dir=synthetic / "build" / "t", twin_dir=synthetic, figures_dir=synthetic / "figs")
+    # the synthetic dataset ships its labels and optimised poses: it is its own derived dataset
+    paths = Paths(build_dir=synthetic / "build" / "t", twin_dir=synthetic, figures_dir=synthetic / "figs",
+                  derived_root=synthetic / "dataset")
     names = ["specimen01", "specimen02", "specimen03"]
     p = {**PARAMS, "save_ply": False}
     with warnings.catch_warnings():
@@ -358,7 +360,8 @@ def test_specimen_with_broken_input_is_reported_and_skipped(tmp_path, monkeypatc
     (data / "specimen01" / "CT_bone_model.stl").unlink()
     (data / "specimen02").mkdir(parents=True)  # no record at all
     dataset.write_calibration(data, np.eye(4), (SP, SP), None)
-    paths = Paths(build_dir=tmp_path / "build" / "t", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f")
+    paths = Paths(build_dir=tmp_path / "build" / "t", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f",
+                  derived_root=data)
     with pytest.warns(UserWarning, match="specimen01 skipped"):
         res, _ = rc.reconstruct_dataset(paths, {**PARAMS, "save_ply": False}, ["specimen01", "specimen02"],
                                         progress=False)

@@ -56,6 +56,53 @@ def test_specimen_cache_resumes_and_invalidates(paths):
     assert cache.all() == {"specimen01": {"err": 0.2}}
 
 
+def test_specimen_cache_keys_hold_the_inputs_content(paths, tmp_path):
+    """A key names the content of the inputs, not their times: same bytes hit, other bytes miss."""
+    import os
+
+    from ultrabones.core import cache as C
+
+    f = tmp_path / "in" / "a.png"
+    f.parent.mkdir()
+    f.write_bytes(b"first")
+    sc = SpecimenCache(paths, "06_reconstruction")
+    sc.put("s", {"k": 1}, {"v": 1}, inputs=[f], root=f.parent)
+    assert sc.get("s", {"k": 1}, inputs=[f], root=f.parent) == {"v": 1}
+    st = f.stat()
+    f.write_bytes(b"other")  # same size; the time is put back: only the content tells
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert sc.get("s", {"k": 1}, inputs=[f], root=f.parent) is None
+    f.write_bytes(b"first")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5))  # a touch without a change still hits
+    assert sc.get("s", {"k": 1}, inputs=[f], root=f.parent) == {"v": 1}
+    assert C.file_digest(tmp_path / "nothing") == "missing"
+    # digests persist across runs under (path, size, mtime_ns)
+    store = C.DigestStore(tmp_path / "digests.json")
+    d = C.file_digest(f)
+    store.save()
+    C._DIGESTS.clear()
+    C.DigestStore(tmp_path / "digests.json")
+    st = f.stat()
+    assert C._DIGESTS[(str(f.absolute()), st.st_size, st.st_mtime_ns)] == d
+
+
+def test_swap_dir_replaces_a_folder_whole(tmp_path):
+    from ultrabones.core import atomic
+
+    final = tmp_path / "Labels"
+    final.mkdir()
+    (final / "1_label.png").write_bytes(b"old")
+    (final / "2_label.png").write_bytes(b"old")
+    new = atomic.new_dir_beside(final)
+    (new / "2_label.png").write_bytes(b"new")
+    atomic.swap_dir(new, final)
+    assert sorted(p.name for p in final.iterdir()) == ["2_label.png"]
+    assert (final / "2_label.png").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Labels"]
+    assert atomic.write_text_if_changed(tmp_path / "d.txt", "a") is True
+    assert atomic.write_text_if_changed(tmp_path / "d.txt", "a") is False
+
+
 def test_summary_lookup_and_rules():
     metrics = {"02_labeling": {"discard_rate": 0.2, "contour_error_mm": {"initial": {"mean": 0.9},
                                                                         "optimized": {"mean": 0.25}}}}

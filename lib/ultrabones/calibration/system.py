@@ -817,8 +817,9 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
 
     Writes ``calibration.json`` at the dataset root and, per specimen, the bone
     models and ``tracking.csv`` files (:func:`process_specimen`). A specimen is
-    skipped when the :class:`~ultrabones.pipeline.cache.SpecimenCache` holds its result
-    for the same parameters, calibration and sources and its outputs exist.
+    skipped when the :class:`~ultrabones.core.cache.SpecimenCache` holds its result
+    for the same parameters, calibration, sources and raw input files (their
+    content digests) and its outputs exist.
     Nothing here reads the twin's truth: :func:`ultrabones.twin.measure.calibration` measures these
     products against it afterwards.
 
@@ -835,7 +836,7 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
     import time
 
     from ultrabones.core.params import for_specimen
-    from ultrabones.core.cache import SpecimenCache
+    from ultrabones.core.cache import DigestStore, SpecimenCache
 
     t0 = time.time()
     probe = calibrate_probe(paths.raw, P, progress)
@@ -850,16 +851,20 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
     if only and only not in names:
         raise DatasetError(f"{paths.raw}: specimen {only!r} is not among the raw specimens {names}")
     cache = SpecimenCache(paths, "01_calibration")
-    keys, jobs = {}, []
+    digests = DigestStore(paths.cache("digests") / "01_calibration.json")
+    keys, jobs, inputs = {}, [], {}
     for sid in todo:
         Ps = for_specimen(P, specimen_overrides or {}, sid)
         keys[sid] = {**Ps, "offset_ms": probe.offset_ms, "calibration": np.round(probe.calibration, 9).tolist()}
-        if cache.get(sid, keys[sid]) is not None and (paths.dataset / sid / "CT_bone_model.stl").is_file():
+        inputs[sid] = [f for f in sorted((paths.raw / sid).rglob("*")) if f.is_file()]
+        if (cache.get(sid, keys[sid], inputs[sid], paths.raw) is not None
+                and (paths.dataset / sid / "CT_bone_model.stl").is_file()):
             continue
         jobs.append((paths.raw, paths.dataset, sid, probe.offset_ms, Ps))
     with executor("auto", dask_scheduler, n_workers, progress) as ex:
         ex.map(_specimen_job, jobs, desc="specimens", unit="specimen",
-               on_result=lambda _, out: cache.put(out[0], keys[out[0]], out[1]))
+               on_result=lambda _, out: cache.put(out[0], keys[out[0]], out[1], inputs[out[0]], paths.raw))
+    digests.save()
     results = {k: v for k, v in cache.all().items() if k in names}
     return StageResult(probe, results, stage_metrics(probe, results, t_probe))
 

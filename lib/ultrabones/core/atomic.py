@@ -69,3 +69,47 @@ def _to_jsonable(obj: Any) -> Any:
 def write_json(path: Path | str, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically (numpy types converted, NaN -> null)."""
     return write_text(path, json.dumps(_to_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def new_dir_beside(path: Path | str) -> Path:
+    """An empty temporary folder beside ``path`` (same parent), to fill and then :func:`swap_dir` in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+
+
+def swap_dir(new: Path | str, path: Path | str) -> Path:
+    """Replace the folder ``path`` as a whole by the folder ``new`` (a sibling): nothing of the old one survives.
+
+    The old folder is first renamed aside, then ``new`` is renamed to ``path``
+    (both renames within one parent folder), then the old one is removed. A
+    run killed between the two renames leaves ``path`` missing and the old set
+    under ``.<name>.old-*``, never a mix; leftovers of earlier swaps are removed.
+    """
+    import shutil
+
+    new, path = Path(new), Path(path)
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+    os.replace(new, path)
+    for leftover in path.parent.glob(f".{path.name}.old-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return path
+
+
+def write_text_if_changed(path: Path | str, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically only if the file does not already hold it; True when written.
+
+    The file's modification time then moves only when its content does (what a
+    ``make`` prerequisite regenerated on every run needs).
+    """
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text(path, text)
+    return True

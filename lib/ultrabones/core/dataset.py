@@ -18,6 +18,19 @@ euler_y, euler_z`` (degrees, extrinsic xyz), optionally the same six with suffix
 ``_optimized`` and ``space_factor`` (mm per pixel). The pose is the probe marker
 in CT space, synchronised with the images.
 
+Input and derived folders
+-------------------------
+The input dataset (images, ``tracking.csv`` with the recorded poses, CT
+models) is read-only to the method. What the stages make (``tracking.csv``
+with the ``*_optimized`` / ``*_registered`` columns, ``Labels/``,
+``Labels_full/``, ``Labels_pred/``, ``labeling_report.csv``, a simulated
+``LabelsManual/``) goes to a *derived* dataset of the same layout
+(``Paths.derived``). :func:`scan`, :func:`discover` and :func:`read_specimen`
+take the derived root and give every :class:`Record` both folders:
+``record.path`` (input) and ``record.out`` (derived); :meth:`Record.label_path`
+and :attr:`Record.poses_csv` resolve to the right one. Without a derived root,
+both are the input folder (a dataset that ships its labels, as the released one).
+
 Every reader raises :class:`~ultrabones.core.errors.DatasetError` with the file (and
 row, column or pixel value) named; every writer is atomic.
 """
@@ -61,14 +74,40 @@ class Record:
     ----------
     specimen : specimen folder name.
     name : record folder name, e.g. ``record01``.
-    path : the record folder.
+    path : the record folder of the input dataset (images, recorded poses).
     bone : ``tibia``, ``fibula`` or ``foot`` in layout B, else None.
+    derived : the record's folder in the derived dataset (labels, optimised
+        poses, reports), or None: the input folder itself.
     """
 
     specimen: str
     name: str
     path: Path
     bone: str | None = None
+    derived: Path | None = None
+
+    @property
+    def out(self) -> Path:
+        """The folder the stages' products of this record live in (derived, else the input folder)."""
+        return self.derived if self.derived is not None else self.path
+
+    @property
+    def poses_csv(self) -> Path:
+        """The ``tracking.csv`` with the optimised and registered poses (written by notebook 02 into :attr:`out`)."""
+        return self.out / TRACKING
+
+    def label_dir(self, kind: str = LABELS) -> Path:
+        """The folder of labels of ``kind``.
+
+        Labels the stages make are in :attr:`out`. ``LabelsManual/`` is read
+        from the input when the dataset ships one (real manual labels), else
+        from :attr:`out` (where the twin's simulated annotator writes).
+        """
+        if kind not in _LABEL_SUFFIX:
+            raise ValueError(f"unknown label kind {kind!r}; one of {sorted(_LABEL_SUFFIX)}")
+        if kind == LABELS_MANUAL and (self.path / kind).is_dir():
+            return self.path / kind
+        return self.out / kind
 
     @property
     def images_dir(self) -> Path:
@@ -88,9 +127,7 @@ class Record:
 
     def label_path(self, timestamp: int, kind: str = LABELS) -> Path:
         """Path of a label PNG of kind ``Labels``, ``Labels_full``, ``Labels_pred`` or ``LabelsManual``."""
-        if kind not in _LABEL_SUFFIX:
-            raise ValueError(f"unknown label kind {kind!r}; one of {sorted(_LABEL_SUFFIX)}")
-        return self.path / kind / f"{int(timestamp)}{_LABEL_SUFFIX[kind]}.png"
+        return self.label_dir(kind) / f"{int(timestamp)}{_LABEL_SUFFIX[kind]}.png"
 
     def timestamps(self) -> np.ndarray:
         """Image timestamps (ms) found in ``UltrasoundImages/``, sorted."""
@@ -98,7 +135,7 @@ class Record:
 
     def labelled_timestamps(self, kind: str = LABELS) -> np.ndarray:
         """Timestamps that have a label of ``kind``, sorted."""
-        folder = self.path / kind
+        folder = self.label_dir(kind)
         if not folder.is_dir():
             return np.zeros(0, dtype=np.int64)
         suffix = _LABEL_SUFFIX[kind]
@@ -155,6 +192,7 @@ class Specimen:
     records : the specimen's records, sorted.
     ct_models : bone name -> STL path; ``"merged"`` is the whole bone model.
     skipped : folders inside the specimen that are not records (see :class:`Skipped`).
+    derived : the specimen's folder in the derived dataset, or None.
     """
 
     name: str
@@ -163,6 +201,7 @@ class Specimen:
     records: tuple[Record, ...] = field(default_factory=tuple)
     ct_models: dict = field(default_factory=dict)
     skipped: tuple["Skipped", ...] = field(default_factory=tuple)
+    derived: Path | None = None
 
     @property
     def ct_model(self) -> Path:
@@ -202,20 +241,27 @@ _NOT_A_RECORD = f"not a record: no {IMAGES}/ or {TRACKING} inside"
 
 
 def _records_in(specimen_dir: Path, specimen: str, bone: str | None, base: Path,
-                skipped: list | None = None) -> list[Record]:
+                skipped: list | None = None, derived: Path | None = None) -> list[Record]:
     recs = []
     for d in sorted(base.iterdir()) if base.is_dir() else []:
         if not d.is_dir() or d.name.startswith("."):
             continue
         if (d / IMAGES).is_dir() or (d / TRACKING).is_file():
-            recs.append(Record(specimen=specimen, name=d.name, path=d, bone=bone))
+            out = None if derived is None else Path(derived) / d.relative_to(specimen_dir)
+            recs.append(Record(specimen=specimen, name=d.name, path=d, bone=bone, derived=out))
         elif skipped is not None:
             skipped.append(Skipped(d, _NOT_A_RECORD))
     return recs
 
 
-def read_specimen(path: Path | str) -> Specimen:
+def read_specimen(path: Path | str, derived: Path | str | None = None) -> Specimen:
     """Read one specimen folder of layout A or B.
+
+    Parameters
+    ----------
+    path : the specimen folder of the input dataset.
+    derived : the specimen's folder in the derived dataset (``<derived root>/<specimen>``),
+        or None (products live beside the inputs).
 
     Raises
     ------
@@ -230,7 +276,7 @@ def read_specimen(path: Path | str) -> Specimen:
     if (path / "ultrasound_records").is_dir():
         records = []
         for bone in BONES:
-            records += _records_in(path, name, bone, path / "ultrasound_records" / bone, skipped)
+            records += _records_in(path, name, bone, path / "ultrasound_records" / bone, skipped, derived)
         for d in sorted((path / "ultrasound_records").iterdir()):
             if d.is_dir() and not d.name.startswith(".") and d.name not in BONES:
                 skipped.append(Skipped(d, f"not a bone folder (layout B has {', '.join(BONES)})"))
@@ -241,8 +287,9 @@ def read_specimen(path: Path | str) -> Specimen:
                 models[bone] = seg / f"{bone}.stl"
         if (seg / "CT_bone_model_merged.stl").is_file():
             models["merged"] = seg / "CT_bone_model_merged.stl"
-        return Specimen(name, path, "B", tuple(records), models, tuple(skipped))
-    records = _records_in(path, name, None, path, skipped)
+        return Specimen(name, path, "B", tuple(records), models, tuple(skipped),
+                        Path(derived) if derived is not None else None)
+    records = _records_in(path, name, None, path, skipped, derived)
     if not records:
         raise DatasetError(f"{path}: no records (folders with {IMAGES}/ or {TRACKING}) in layout A or B"
                            + (f"; not records: {', '.join(sk.path.name for sk in skipped)}" if skipped else ""))
@@ -252,17 +299,21 @@ def read_specimen(path: Path | str) -> Specimen:
     for bone in BONES:
         if (path / f"CT_bone_model_{bone}.stl").is_file():
             models[bone] = path / f"CT_bone_model_{bone}.stl"
-    return Specimen(name, path, "A", tuple(records), models, tuple(skipped))
+    return Specimen(name, path, "A", tuple(records), models, tuple(skipped),
+                    Path(derived) if derived is not None else None)
 
 
-def scan(root: Path | str, specimens: list[str] | None = None) -> tuple[list[Specimen], list[Skipped]]:
+def scan(root: Path | str, specimens: list[str] | None = None,
+         derived: Path | str | None = None) -> tuple[list[Specimen], list[Skipped]]:
     """Every specimen under a dataset root, and every folder that was not recognised.
 
     Like :func:`discover`, without the warning: returns ``(specimens, skipped)``
     where ``skipped`` lists the specimen folders that hold no record (with
     :func:`read_specimen`'s reason) and, inside the returned specimens, the
     folders that are not records. Folders whose name starts with ``.`` are
-    ignored; files at the root (a README) are not inputs.
+    ignored; files at the root (a README) are not inputs. ``derived``: the
+    derived dataset's root, mirrored from ``root`` for every record (see the
+    module's "Input and derived folders"); None keeps products beside the inputs.
 
     Raises
     ------
@@ -279,7 +330,7 @@ def scan(root: Path | str, specimens: list[str] | None = None) -> tuple[list[Spe
         if not d.is_dir() or d.name.startswith("."):
             continue
         try:
-            found[d.name] = read_specimen(d)
+            found[d.name] = read_specimen(d, None if derived is None else Path(derived) / d.name)
         except DatasetError as exc:
             bad[d.name] = Skipped(d, str(exc).removeprefix(f"{d}: "))
     if specimens is not None:
@@ -307,7 +358,8 @@ def warn_skipped(root: Path | str, skipped: list[Skipped], stacklevel: int = 3) 
                       stacklevel=stacklevel)
 
 
-def discover(root: Path | str, specimens: list[str] | None = None) -> list[Specimen]:
+def discover(root: Path | str, specimens: list[str] | None = None,
+             derived: Path | str | None = None) -> list[Specimen]:
     """Every specimen under a dataset root (layout A or B), sorted by name.
 
     Folders that are neither specimens nor records are never dropped in
@@ -318,13 +370,14 @@ def discover(root: Path | str, specimens: list[str] | None = None) -> list[Speci
     ----------
     root : dataset root.
     specimens : restrict to these folder names (each must exist).
+    derived : the derived dataset's root (labels, optimised poses), or None.
 
     Raises
     ------
     DatasetError
         If the root is missing, holds no specimen, or a named specimen is absent.
     """
-    found, skipped = scan(root, specimens)
+    found, skipped = scan(root, specimens, derived)
     warn_skipped(root, skipped)
     return found
 

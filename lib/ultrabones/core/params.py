@@ -120,6 +120,8 @@ def _l(item=None, length=None, doc="", nullable=False):
 #: Keys at the top level of a profile, passed to every notebook.
 COMMON: dict[str, Spec] = {
     "data_root": _s(nullable=True, doc="real dataset root (layout A or B); null runs the digital twin"),
+    "derived_root": _s(nullable=True, doc="where the stages write labels, optimised poses, reports and predictions "
+                       "(a dataset in the input's layout; the input is never written); null: build/<profile>/dataset"),
     "specimens": _l(_s(), nullable=True, doc="specimen folder names to process; null: all"),
     "seed": _i(0, 2**31 - 1, doc="master random seed"),
     "dask_scheduler": _s(nullable=True, doc="Dask scheduler address; null: a local cluster"),
@@ -336,7 +338,7 @@ PER_SPECIMEN = ("00_simulate", "01_calibration", "02_labeling", "06_reconstructi
 #: from the directory where the command ran and ``~`` expands
 #: (:func:`resolve_paths`), because papermill runs notebooks in ``notebooks/``.
 PATH_KEYS: dict[str | None, tuple[str, ...]] = {
-    None: ("data_root",),
+    None: ("data_root", "derived_root"),
     "rating": ("ratings_csv", "ratings_key"),
     "training": ("encoder_weights",),
     "evaluation": ("checkpoint",),

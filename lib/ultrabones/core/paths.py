@@ -7,11 +7,15 @@ A run of profile ``P`` uses:
 - ``build/P/stamps/``      success stamps for ``make``
 - ``build/P/cache/``       resumable per-specimen results
 - ``build/P/models/``      checkpoints and predictions
+- ``build/P/dataset/``      the derived dataset: what the stages write (optimised poses, labels,
+  reports, predictions), mirroring the input's layout; ``derived_root`` may point elsewhere
 - ``data/twin/P/``         the digital twin: ``raw/``, ``truth/`` and ``dataset/``
 - ``figures/``             figures and tables of the default profile
   (other profiles write to ``build/P/figures/``)
 
-``data_root`` points at a real dataset instead of the twin's ``dataset/``.
+``data_root`` points at a real dataset instead of the twin's ``dataset/``. The input
+dataset (the real one, or the twin's ``dataset/`` written by notebooks 00-01) is
+read-only to the method stages: they write into :attr:`Paths.derived`.
 """
 
 from __future__ import annotations
@@ -54,25 +58,30 @@ class Paths:
     twin_dir : the digital twin's folder (``raw/``, ``truth/``, ``dataset/``).
     figures_dir : where figures and tables go.
     data_root : a real dataset root, or None for the twin.
+    derived_root : where the stages write their products (a dataset mirroring
+        the input's layout); None: ``build/<profile>/dataset``.
     """
 
     build_dir: Path
     twin_dir: Path
     figures_dir: Path
     data_root: Path | None = None
+    derived_root: Path | None = None
 
     @classmethod
-    def for_profile(cls, profile: str, data_root: str | None = None) -> "Paths":
+    def for_profile(cls, profile: str, data_root: str | None = None, derived_root: str | None = None) -> "Paths":
         return cls(
             build_dir=build_root() / profile,
             twin_dir=twin_root() / profile,
             figures_dir=figures_root(profile),
             data_root=Path(data_root) if data_root else None,
+            derived_root=Path(derived_root) if derived_root else None,
         )
 
     @classmethod
-    def from_notebook(cls, build_dir, twin_dir, figures_dir, data_root=None) -> "Paths":
-        return cls(Path(build_dir), Path(twin_dir), Path(figures_dir), Path(data_root) if data_root else None)
+    def from_notebook(cls, build_dir, twin_dir, figures_dir, data_root=None, derived_root=None) -> "Paths":
+        return cls(Path(build_dir), Path(twin_dir), Path(figures_dir), Path(data_root) if data_root else None,
+                   Path(derived_root) if derived_root else None)
 
     @property
     def is_twin(self) -> bool:
@@ -88,6 +97,16 @@ class Paths:
     def dataset(self) -> Path:
         """The dataset in the released layout: the real one, or the twin's."""
         return self.data_root if self.data_root is not None else self.twin_dir / "dataset"
+
+    @property
+    def derived(self) -> Path:
+        """The derived dataset: the stages' products, in the input's layout (never inside the input).
+
+        ``derived_root`` when set, else ``build/<profile>/dataset``. A record
+        ``<input>/<specimen>/<record>`` has its derived folder at
+        ``<derived>/<specimen>/<record>`` (see :func:`ultrabones.core.dataset.scan`).
+        """
+        return self.derived_root if self.derived_root is not None else self.build_dir / "dataset"
 
     @property
     def metrics_dir(self) -> Path:

@@ -12,11 +12,22 @@ one Dask task that writes one result file
 atomically (a temporary file, then a rename), holding the per-frame report and
 the bit-packed labels. A result file carries a key hashing the parameters,
 lambda, calibration, registration and package sources; only files with the
-current key count as done. A killed run therefore restarts with exactly the
-chunks whose file is missing: no frame is lost or labelled twice. The outputs
-(``*_optimized`` and ``*_registered`` columns of ``tracking.csv``, ``Labels/``,
-``Labels_full/``, ``labeling_report.csv``) are written from the chunk files by
-an idempotent merge, record by record.
+current key count as done. The keys (of chunks, registrations and the lambda
+trials) include the digest of the input images they read
+(:func:`ultrabones.core.cache.files_digest`): an image replaced on disk is
+labelled anew. A killed run therefore restarts with exactly the
+chunks whose file is missing: no frame is lost or labelled twice.
+
+Outputs
+-------
+The input dataset is never written. The outputs go to the derived dataset
+(``Paths.derived``, layout A mirrored): per record, ``tracking.csv`` (the
+input's columns plus ``*_optimized`` and ``*_registered``), ``Labels/``,
+``Labels_full/`` and ``labeling_report.csv``. They are written from the chunk
+files by an idempotent merge: a record's label folders are filled beside the
+old ones and swapped in whole (:func:`ultrabones.core.atomic.swap_dir`), so
+they hold exactly the frames this run kept; the reports are written only after
+every record's merge succeeded.
 
 Per-frame status in the report: ``kept``, ``discarded`` (mean fiducial
 correction above ``max_correction_mm``), ``no_bone`` (no CT surface near the
@@ -27,7 +38,6 @@ of the record still labelled.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -49,7 +59,7 @@ from ultrabones.labels import frame
 from ultrabones.labels import registration
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
-from ultrabones.core.cache import params_hash, source_hash
+from ultrabones.core.cache import DigestStore, file_digest, files_digest, params_hash, source_hash
 
 STEM = "02_labeling"
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
@@ -65,7 +75,7 @@ def surface_cloud(paths: Paths, specimen: dataset.Specimen, density: float, seed
     The cache key hashes the mesh file's bytes, the density and the seed.
     """
     stl = specimen.ct_model
-    digest = hashlib.sha256(stl.read_bytes()).hexdigest()[:16]
+    digest = file_digest(stl)
     key = params_hash({"mesh": digest, "density": density, "seed": seed})
     out = paths.cache(STEM) / specimen.name / f"surface_{key}.npz"
     if not out.is_file():
@@ -470,8 +480,9 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     records: ``[{"path", "reason"}]``, also warned about and kept in
     ``report.attrs`` for :func:`summarize`).
     """
-    specs, skipped = dataset.scan(paths.dataset, specimens)
+    specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
     dataset.warn_skipped(paths.dataset, skipped)
+    digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
     if only_specimen is not None:
         specs = [s for s in specs if s.name == only_specimen]
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
@@ -520,7 +531,8 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
                         record_dir=str(rec.path), cloud=clouds[s.name], image_shape=shapes[rec.key],
                         timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
-            key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"}, "src": source_hash()})
+            key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"}, "src": source_hash(),
+                               "inputs": _images_digest(rec, task["timestamps"])})
             f = cache / rec.key / "registration.json"
             cached = read_registration(f, key)
             if cached is not None:
@@ -546,7 +558,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
                             poses=frame_poses(tab, part), rows=part.tolist(), registration=regs[rec.key]["transform"],
                             **{"lambda": lam})
                 key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"},
-                                   "src": source_hash()})
+                                   "src": source_hash(), "inputs": _images_digest(rec, task["timestamps"])})
                 out = cache / rec.key / f"chunk_{c0 // size:04d}.npz"
                 task.update(out=str(out), key=key)
                 files.append((out, key))
@@ -557,10 +569,13 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             run_tasks(label_chunk, chunk_tasks[:fail_after_chunks], "frames")
             raise RuntimeError(f"stopped after {fail_after_chunks} chunks (fail_after_chunks)")
         run_tasks(label_chunk, chunk_tasks, "frames")
-    # 4. merge, record by record
+    digests.save()
+    # 4. merge, record by record, into the derived dataset; the reports once every merge succeeded
     reports = []
     for s, rec, tab, rows in records:
         reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
+    for (s, rec, tab, rows), rep in zip(records, reports):
+        write_report(rec, rep)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return {"report": report, "lambda": lam, "lambda_table": lam_table, "lambda_trials": trials, "registrations": regs,
@@ -583,7 +598,9 @@ def _select_lambda(paths, P, records, clouds, base, frame_poses, run_tasks, seed
                           pose=tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist(),
                           lambdas=list(P["lambdas"])))
     key = params_hash({"tasks": [{k: v for k, v in t.items() if k != "record_dir"}
-                                 for t in tasks], "src": source_hash()})
+                                 for t in tasks], "src": source_hash(),
+                       "inputs": [_images_digest(dataset.Record(t["specimen"], t["record"], Path(t["record_dir"])),
+                                                 [t["timestamp"]]) for t in tasks]})
     f = paths.cache(STEM) / "lambda_trials.json"
     if f.is_file() and json.loads(f.read_text()).get("key") == key:
         rows = json.loads(f.read_text())["rows"]
@@ -597,13 +614,22 @@ def _select_lambda(paths, P, records, clouds, base, frame_poses, run_tasks, seed
     return lam, table, trials
 
 
-def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
-    """Write a record's outputs from its chunk files (idempotent); return its report.
+def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
+    """Digest of the image files of these frames (names and contents): the input part of a cache key."""
+    return files_digest([rec.image_path(int(t)) for t in timestamps], rec.path)
 
-    Writes ``*_optimized`` (kept frames; NaN otherwise) and ``*_registered``
-    (every frame with a pose) columns into ``tracking.csv``, ``Labels_full/``
-    (optimised full label) and ``Labels/`` (visible label) PNGs of the kept
-    frames, and ``labeling_report.csv``.
+
+def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
+    """Write a record's outputs from its chunk files into its derived folder (idempotent); return its report.
+
+    Writes, under ``rec.out`` (the derived dataset; the input folder
+    ``rec.path`` is only read): ``tracking.csv`` (the input's columns plus
+    ``*_optimized``, for kept frames and NaN otherwise, and ``*_registered``,
+    for every frame with a pose), and the ``Labels_full/`` (optimised full
+    label) and ``Labels/`` (visible label) PNGs of the kept frames. Each label
+    folder is written whole beside the old one and swapped in, so it holds
+    exactly this run's kept frames. The report is returned, not written: see
+    :func:`write_report`, called once every record merged.
 
     Raises
     ------
@@ -638,12 +664,28 @@ def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
         out[c] = opt[:, j]
     for j, c in enumerate(dataset.REGISTERED_COLUMNS):
         out[c] = regc[:, j]
-    for ts, (full, vis) in labels.items():
-        dataset.write_label(rec.label_path(ts, dataset.LABELS_FULL), full)
-        dataset.write_label(rec.label_path(ts, dataset.LABELS), vis)
-    dataset.write_tracking(rec.tracking_csv, out)
-    atomic.write_text(rec.path / REPORT, report.to_csv(index=False))
+    if rec.out.resolve() == rec.path.resolve() and rec.derived is not None:
+        raise DatasetError(f"{rec.out}: the derived folder is the input folder; the input is read-only")
+    new = {kind: atomic.new_dir_beside(rec.label_dir(kind)) for kind in (dataset.LABELS_FULL, dataset.LABELS)}
+    try:
+        for ts, (full, vis) in labels.items():
+            name = rec.label_path(ts).name
+            (new[dataset.LABELS_FULL] / name).write_bytes(dataset.encode_png(full))
+            (new[dataset.LABELS] / name).write_bytes(dataset.encode_png(vis))
+        dataset.write_tracking(rec.poses_csv, out)
+        for kind, folder in new.items():
+            atomic.swap_dir(folder, rec.label_dir(kind))
+    finally:
+        import shutil
+
+        for folder in new.values():
+            shutil.rmtree(folder, ignore_errors=True)
     return report
+
+
+def write_report(rec: dataset.Record, report: pd.DataFrame) -> Path:
+    """Write a record's ``labeling_report.csv`` into its derived folder (atomically)."""
+    return atomic.write_text(rec.out / REPORT, report.to_csv(index=False))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -694,7 +736,7 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], see
     dict with ``image`` (H, W) uint8 and (H, W) bool ``initial``, ``optimized``,
     ``shadow``, ``steep``, ``visible``; ``spacing`` (mm per pixel).
     """
-    spec = dataset.read_specimen(paths.dataset / row["specimen"])
+    spec = dataset.read_specimen(paths.dataset / row["specimen"], paths.derived / row["specimen"])
     rec = next(r for r in spec.records if r.name == row["record"])
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     points, normals = load_cloud(surface_cloud(paths, spec, P["label_density_per_mm2"], seed + 1))

@@ -1,7 +1,8 @@
 """Command line: ``python -m ultrabones run NOTEBOOK --profile P [--specimen S] [-p key=value ...]``.
 
 Other verbs: ``check`` validates a profile and the specimen files,
-``specimens`` lists a profile's specimens, ``stages`` lists the notebooks.
+``specimens`` lists a profile's specimens, ``stages`` lists the notebooks,
+``inputs-digest`` writes the input dataset's path and content digest for ``make``.
 Errors of the package's own types print as one line and exit with status 2.
 """
 
@@ -29,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     spc = sub.add_parser("specimens", help="list the specimens a profile runs on")
     spc.add_argument("--profile", default="default")
     sub.add_parser("stages", help="list the numbered notebooks and their sections")
+    dig = sub.add_parser("inputs-digest", help="write the input dataset's path and content digest (for make)")
+    dig.add_argument("--profile", default="default")
+    dig.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter (data_root=..., derived_root=...)")
+    dig.add_argument("--out", required=True, help="the digest file; rewritten only when its content changes")
     return p
 
 
@@ -54,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
             from ultrabones.core.paths import specimen_names
 
             print("\n".join(specimen_names(prof.values)))
+        elif args.verb == "inputs-digest":
+            from pathlib import Path
+
+            from ultrabones.core import atomic
+            from ultrabones.core.cache import inputs_digest
+            from ultrabones.core.params import load_profile
+            from ultrabones.core.paths import PARAMS_DIR, Paths
+
+            prof = load_profile(args.profile, PARAMS_DIR, args.assignments)
+            paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
+            text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
+            atomic.write_text_if_changed(Path(args.out), text)
         elif args.verb == "stages":
             from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
 

@@ -217,7 +217,7 @@ def stage_parameters(
     if stem not in NOTEBOOKS:
         raise ParamsError(f"notebook {stem!r} is not a stage (known: {', '.join(NOTEBOOKS)})")
     prof = load_profile(profile, PARAMS_DIR, assignments, specimen=specimen, section_hint=NOTEBOOKS[stem])
-    paths = Paths.for_profile(prof.name, prof.values["data_root"])
+    paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
     params = prof.notebook_parameters(stem)
     params.update(
         profile=prof.name,

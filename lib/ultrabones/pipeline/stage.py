@@ -35,6 +35,7 @@ def write_metrics(paths: Paths, stem: str, metrics: Mapping[str, Any], params: M
         "notebook": stem,
         "build_dir": str(paths.build_dir),
         "dataset": str(paths.dataset),
+        "derived": str(paths.derived),
         "twin": paths.is_twin,
         "params_hash": params_hash(params or {}),
         "git_commit": git_commit(),

@@ -400,6 +400,7 @@ def build_rating_set(
     label_fn_for: Callable,
     measure_item: Callable | None = None,
     progress: bool = True,
+    derived: Path | str | None = None,
 ) -> dict:
     """Sample frames, render the three alignments of each, write the rating set.
 
@@ -419,6 +420,8 @@ def build_rating_set(
         ``measured``. On the twin, :func:`ultrabones.twin.rater.label_errors` measures each drawn
         label there; this module reads nothing but the dataset.
     progress : show a progress bar.
+    derived : the derived dataset notebook 02 wrote (optimised and registered poses,
+        labels; ``Paths.derived``); None: they are beside the inputs.
 
     Returns
     -------
@@ -430,11 +433,11 @@ def build_rating_set(
 
     from ultrabones.core import dataset as ds
 
-    found = ds.discover(dataset_root, list(specimens) if specimens else None)
+    found = ds.discover(dataset_root, list(specimens) if specimens else None, derived)
     candidates, records = {}, {}
     for spec in found:
         for rec in spec.records:
-            df = ds.read_tracking(rec.tracking_csv)
+            df = ds.read_tracking(rec.poses_csv)
             labelled = rec.labelled_timestamps(ds.LABELS_FULL)
             ts = eligible_timestamps(df, labelled if labelled.size else None)
             ts = ts[np.isin(ts, rec.timestamps())]

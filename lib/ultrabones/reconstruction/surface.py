@@ -40,8 +40,8 @@ per occupied voxel), so a specimen of millions of label points stays far below
 the 4 GB budget (20 million points streamed: 0.4 GB peak).
 
 The stage (:func:`reconstruct_dataset`) caches each specimen's result with
-``cache.SpecimenCache`` (keyed on its parameters and the modification times of
-its inputs); :func:`aggregate` pools the grid over specimens. Figures: distance
+``cache.SpecimenCache`` (keyed on its parameters and the content digest of
+the files it reads: CT models, the derived tracking tables and labels, the calibration); :func:`aggregate` pools the grid over specimens. Figures: distance
 histograms (:func:`plot_histograms`), the grid per specimen and bone
 (:func:`plot_grid`) and renders over the CT model (:func:`render_figure`:
 open3d offscreen, falling back to matplotlib).
@@ -694,11 +694,11 @@ def record_frames(record: Record, kind: str, methods: Sequence[str], frame_step:
     empty = RecordFrames(record, np.zeros(0, dtype=np.int64), {m: np.zeros((0, 4, 4)) for m in methods})
     if not len(labelled):
         return empty
-    df = read_tracking(record.tracking_csv)
+    df = read_tracking(record.poses_csv)
     rows = pd.Index(df["timestamp"]).get_indexer(labelled)
     missing = labelled[rows < 0]
     if len(missing):
-        warnings.warn(f"{record.tracking_csv}: no row for {len(missing)} labelled frame(s), e.g. {missing[0]}; skipped",
+        warnings.warn(f"{record.poses_csv}: no row for {len(missing)} labelled frame(s), e.g. {missing[0]}; skipped",
                       stacklevel=2)
     ts, rows = labelled[rows >= 0], rows[rows >= 0]
     all_poses = {}
@@ -1304,22 +1304,25 @@ STEM = "06_reconstruction"
 
 
 def dataset_fingerprint(specimen: Specimen, calibration_file: Path | None = None) -> dict:
-    """Modification times (ns) of what a specimen's reconstruction reads, for the cache key.
+    """Content digests of what a specimen's reconstruction reads, for the cache key.
 
-    Tracking tables, the label folders (a folder's time changes when a label
-    is added or removed), the CT models and the calibration file: when an
-    earlier stage rewrites any of them, the cached result is stale.
+    The CT models, each record's tracking table with the optimised poses
+    (:attr:`Record.poses_csv`, in the derived dataset), every label PNG of
+    ``Labels/`` and ``Labels_pred/`` (names and bytes) and the calibration
+    file: when an earlier stage changes any of them, the cached result is stale
+    (:func:`ultrabones.core.cache.files_digest`; unchanged files are not re-read).
     """
+    from ultrabones.core.cache import file_digest, files_digest
 
-    def mtime(p: Path) -> int | None:
-        return p.stat().st_mtime_ns if p.exists() else None
-
-    out = {str(p.relative_to(specimen.path)): mtime(p) for p in specimen.ct_models.values()}
+    out = {f"ct/{k}": file_digest(p) for k, p in sorted(specimen.ct_models.items())}
     for r in specimen.records:
-        for p in (r.tracking_csv, r.path / LABELS, r.path / LABELS_PRED):
-            out[str(p.relative_to(specimen.path))] = mtime(p)
+        out[f"{r.key}/poses"] = file_digest(r.poses_csv)
+        for kind in (LABELS, LABELS_PRED):
+            folder = r.label_dir(kind)
+            files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+            out[f"{r.key}/{kind}"] = files_digest(files, folder)
     if calibration_file is not None:
-        out["calibration"] = mtime(Path(calibration_file))
+        out["calibration"] = file_digest(Path(calibration_file))
     return out
 
 
@@ -1370,12 +1373,12 @@ def reconstruct_dataset(
     results, pending = [], []
     for sid in tqdm(list(specimens), desc="reconstruction", disable=not progress):
         try:
-            spec = read_specimen(paths.dataset / sid)
+            spec = read_specimen(paths.dataset / sid, paths.derived / sid)
         except DatasetError as exc:
             results.append(_skipped(sid, str(exc)))
             continue
         p = for_specimen(params, specimen_overrides or {}, sid)
-        key = {"params": p, "seed": seed, "dataset": str(paths.dataset),
+        key = {"params": p, "seed": seed, "dataset": str(paths.dataset), "derived": str(paths.derived),
                "inputs": dataset_fingerprint(spec, paths.dataset / CALIBRATION)}
         cached = cache.get(sid, key) if sid != only else None
         if cached is not None:

@@ -393,8 +393,8 @@ def _resume_key(P: Mapping, split: Split, seed: int, data: str = "") -> str:
                         "split": split.as_dict(), "seed": seed, "data": data})
 
 
-def data_fingerprint(root: Path | str, split: Split, P: Mapping) -> str:
-    """A hash of the training and validation frames and their labels' bytes.
+def data_fingerprint(root: Path | str, split: Split, P: Mapping, derived: Path | str | None = None) -> str:
+    """A hash of the training and validation frames: their images' and labels' bytes.
 
     A run resumes only onto the data it started with: relabelled frames (say a
     specimen rerun by ``make specimen``) make a finished run stale.
@@ -404,11 +404,14 @@ def data_fingerprint(root: Path | str, split: Split, P: Mapping) -> str:
     h = hashlib.sha256()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # records without labels are reported when the datasets are made
-        frames = (segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"])
-                  + segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"]))
+        frames = (segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"], derived)
+                  + segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"], derived))
+    from ultrabones.core.cache import file_digest
+
     for f in frames:
         h.update(f"{f.specimen}/{f.record.key}/{f.timestamp}".encode())
         h.update(Path(f.label).read_bytes())
+        h.update(file_digest(f.image).encode())
     return h.hexdigest()[:16]
 
 
@@ -434,7 +437,8 @@ def _spacing(root: Path) -> tuple[float, float]:
     return float(spacing[0]), float(spacing[1])
 
 
-def make_datasets(root: Path | str, split: Split, P: Mapping, seed: int, progress: bool = False):
+def make_datasets(root: Path | str, split: Split, P: Mapping, seed: int, progress: bool = False,
+                  derived: Path | str | None = None):
     """Training and validation :class:`~ultrabones.segmentation.segdata.FrameDataset` of a split, and the normalisation.
 
     The normalisation is ``P["norm_mean"], P["norm_std"]``, or, when null,
@@ -442,8 +446,8 @@ def make_datasets(root: Path | str, split: Split, P: Mapping, seed: int, progres
     """
     root = Path(root)
     size = tuple(P["input_size"])
-    train_frames = segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"])
-    val_frames = segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"])
+    train_frames = segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"], derived)
+    val_frames = segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"], derived)
     if P["norm_mean"] is None or P["norm_std"] is None:
         mean, std = segdata.intensity_stats(train_frames, size)
     else:
@@ -465,6 +469,7 @@ def train_fold(
     seed: int,
     fold: int = 0,
     progress: bool = True,
+    derived: Path | str | None = None,
 ) -> FoldResult:
     """Train one model on a split with PyTorch Lightning and export its best checkpoint.
 
@@ -483,6 +488,7 @@ def train_fold(
     seed : master seed (weights, shuffling, augmentation).
     fold : fold number (recorded in the metadata).
     progress : Lightning's progress bar.
+    derived : the derived dataset with the labels (``Paths.derived``); None: beside the images.
     """
     pl = _lightning()
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -491,7 +497,7 @@ def train_fold(
     root, run_dir = Path(root), Path(run_dir)
     if P["threads"]:
         torch.set_num_threads(P["threads"])
-    key = _resume_key(P, split, seed, data_fingerprint(root, split, P))
+    key = _resume_key(P, split, seed, data_fingerprint(root, split, P, derived))
     run_json = run_dir / "run.json"
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -506,7 +512,7 @@ def train_fold(
     atomic.write_json(run_json, {"key": key, "split": split.as_dict(), "seed": seed, "fold": fold})
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    train_ds, val_ds, (mean, std) = make_datasets(root, split, P, seed, progress=progress)
+    train_ds, val_ds, (mean, std) = make_datasets(root, split, P, seed, progress=progress, derived=derived)
     config = dict(P)
     config.update(seed=seed, norm_mean=mean, norm_std=std)
     model = _module_class()(config)
@@ -624,6 +630,7 @@ def train(
     seed: int,
     specimens: Sequence[str] | None = None,
     progress: bool = True,
+    derived: Path | str | None = None,
 ) -> TrainResult:
     """Split by specimen, train every cross-validation fold, keep the best as ``models_dir/best.ckpt``.
 
@@ -635,6 +642,7 @@ def train(
     P : the ``training`` parameters.
     seed : master seed.
     specimens : restrict to these specimen folders (the common ``specimens``).
+    derived : the derived dataset notebook 02 wrote the labels to (``Paths.derived``); None: beside the images.
 
     Returns
     -------
@@ -648,7 +656,7 @@ def train(
     results = []
     for k, fs in enumerate(folds):
         run_dir = models_dir / ("run" if len(folds) == 1 else f"fold{k}")
-        results.append(train_fold(root, run_dir, fs, P, seed, fold=k, progress=progress))
+        results.append(train_fold(root, run_dir, fs, P, seed, fold=k, progress=progress, derived=derived))
     best = max(results, key=lambda r: -1.0 if r.metadata["val_f1"] is None else r.metadata["val_f1"])
     out = models_dir / "best.ckpt"
     with atomic.atomic_path(out) as tmp:
@@ -942,12 +950,12 @@ def fit_threshold_baseline(
 
 
 def threshold_baseline(root: Path | str, specimens: Sequence[str], P: Mapping, sigma_mm: float,
-                       n_frames: int = 48) -> float:
+                       n_frames: int = 48, derived: Path | str | None = None) -> float:
     """Fit the intensity-threshold baseline on (up to ``n_frames``) training frames at the input size.
 
     Returns the threshold on blurred, resized [0, 1] intensities (see :func:`fit_threshold_baseline`).
     """
-    frames = segdata.labelled_frames(root, specimens, P["max_frames_per_specimen"])
+    frames = segdata.labelled_frames(root, specimens, P["max_frames_per_specimen"], derived)
     idx = np.unique(np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int))
     data = segdata.FrameDataset([frames[i] for i in idx], tuple(P["input_size"]), 1, 0.0, 1.0,
                                 _spacing(Path(root)), cache_max_mb=float("inf"))

@@ -152,12 +152,14 @@ def cross_validation_folds(split: Split, n_folds: int) -> list[Split]:
 # ----------------------------------------------------------------------------- frames
 
 
-def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen: int | None = None) -> list[Frame]:
+def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen: int | None = None,
+                    derived: Path | str | None = None) -> list[Frame]:
     """Every frame with a visible label in the given specimens, sorted.
 
     Parameters
     ----------
-    root : dataset root (layout A or B).
+    root : dataset root (layout A or B): the images.
+    derived : the derived dataset holding the labels (``Paths.derived``); None: beside the images.
     specimens : specimen folder names.
     max_per_specimen : keep at most this many frames per specimen, evenly
         spaced over its sorted frames (None: all).
@@ -173,10 +175,10 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
         record; the folder or file is named.
     """
     frames: list[Frame] = []
-    for spec in ds.discover(root, list(specimens)):
+    for spec in ds.discover(root, list(specimens), derived):
         mine = []
         for rec in spec.records:
-            label_dir = rec.path / ds.LABELS
+            label_dir = rec.label_dir(ds.LABELS)
             if not label_dir.is_dir():
                 warnings.warn(f"{label_dir}: label folder not found; record skipped", stacklevel=2)
                 continue

@@ -289,7 +289,7 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
         for name, m in (("initial", init), ("registered", reg), ("optimized", opt)):
             row[f"contour_{name}_mm"] = contour_error_mm(m, tf, drawer.spacing) if tf is not None else np.nan
             row[f"error_{name}_mm"] = frame.label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
-        vf = paths.dataset / r.specimen / r.record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
+        vf = paths.derived / r.specimen / r.record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
         prec = rec = np.nan
         if tv is not None and vf.is_file():
             prec, rec = frame.precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
