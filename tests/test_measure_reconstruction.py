@@ -57,7 +57,8 @@ def twin(tmp_path_factory):
 
 
 def test_true_imaged_points_lie_on_the_imaged_top_of_the_cylinder(twin):
-    paths = Paths(build_dir=twin / "build" / "t", twin_dir=twin, figures_dir=twin / "figs")
+    paths = Paths(build_dir=twin / "build" / "t", twin_dir=twin, figures_dir=twin / "figs",
+                  derived_root=twin / "dataset")  # the synthetic dataset ships its labels
     pts = measure.true_imaged_points(paths, "specimen01")
     assert len(pts) > 1000
     r = np.hypot(pts[:, 0], pts[:, 1])
@@ -67,7 +68,8 @@ def test_true_imaged_points_lie_on_the_imaged_top_of_the_cylinder(twin):
 
 def test_grid_against_the_true_surface(twin, monkeypatch):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(twin / "build"))
-    paths = Paths(build_dir=twin / "build" / "t", twin_dir=twin, figures_dir=twin / "figs")
+    paths = Paths(build_dir=twin / "build" / "t", twin_dir=twin, figures_dir=twin / "figs",
+                  derived_root=twin / "dataset")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results, _ = rc.reconstruct_dataset(paths, PARAMS, ["specimen01"], progress=False)

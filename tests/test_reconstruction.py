@@ -476,7 +476,8 @@ def test_pool_comparisons_weights_points_and_samples():
 
 def test_stage_metrics_keeps_ct_keys_and_merges_the_reference(synthetic, monkeypatch):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(synthetic / "build"))
-    paths = Paths(build_dir=synthetic / "build" / "m", twin_dir=synthetic, figures_dir=synthetic / "figs")
+    paths = Paths(build_dir=synthetic / "build" / "m", twin_dir=synthetic, figures_dir=synthetic / "figs",
+                  derived_root=synthetic / "dataset")  # the synthetic dataset ships its labels
     results, _ = rc.reconstruct_dataset(paths, {**PARAMS, "save_ply": False}, ["specimen01"], progress=False)
     summary = rc.aggregate(results, PARAMS["sources"], PARAMS["pose_methods"])
     table = rc.results_table(results)
