@@ -247,6 +247,8 @@ PARAMS = {
     "incidence_max_deg": 85.0, "frame_stride": 1, "max_frames_per_record": None, "chunk_size": 2,
     "registration_frames": 2, "registration_bound_deg": 1.0, "registration_bound_mm": 1.0,
     "registration_maxiter": 5, "precision_tolerance_mm": 0.5, "executor": "synchronous",
+    "selection_rule": "split", "selection_eval_region": "first_hit", "selection_offset_frames": 4,
+    "fallback_region": "first_hit",
 }
 
 
@@ -506,21 +508,6 @@ def test_run_on_dask_matches_synchronous(tmp_path):
     dask = batch.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1)["report"]
     cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(sync[cols], dask[cols])
-
-
-def test_choose_lambda_truth_free_and_the_oracle_measured_apart():
-    trials = pd.DataFrame({
-        "lambda": [0.1, 0.1, 10.0, 10.0], "timestamp": [1, 2, 1, 2],
-        "status": ["kept", "discarded", "kept", "kept"], "correction_mm": [0.5, 1.5, 0.2, 0.3],
-        "intensity_initial": [0.3, 0.3, 0.3, 0.3], "intensity_optimized": [0.9, 0.95, 0.6, 0.5],
-    })
-    lam, table = batch.choose_lambda(trials)
-    assert lam == 0.1  # (0.9 + 0.3) / 2 = 0.6 > (0.6 + 0.5) / 2
-    assert table.set_index("lambda").loc[0.1, "discard_rate"] == pytest.approx(0.5)
-    # the oracle: the true contour error of the delivered labels, measured by the twin
-    measured = trials.assign(contour_delivered_mm=[0.1, 1.0, 0.4, 0.6], contour_initial_mm=1.0)
-    oracle, by_lambda = measure.oracle_lambda(measured)
-    assert oracle == 10.0 and by_lambda.set_index("lambda").loc[0.1, "true_contour_mm"] == pytest.approx(0.55)
 
 
 def test_selected_rows_stride_and_cap():

@@ -27,7 +27,8 @@ PARAMS = {
     "max_correction_mm": 1.0, "min_label_fraction": 0.5, "incidence_max_deg": 85.0, "frame_stride": 1,
     "max_frames_per_record": None, "chunk_size": 3, "registration_frames": 2, "registration_bound_deg": 1.0,
     "registration_bound_mm": 1.0, "registration_maxiter": 3, "precision_tolerance_mm": 0.5,
-    "executor": "synchronous",
+    "executor": "synchronous", "selection_rule": "split", "selection_eval_region": "first_hit",
+    "selection_offset_frames": 4, "fallback_region": "first_hit",
 }
 
 

@@ -57,6 +57,7 @@ from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
 from ultrabones.labels import registration
+from ultrabones.labels import select
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, file_digest, files_digest, params_hash, source_hash
@@ -281,38 +282,6 @@ def read_chunk(path: Path | str, key: str | None = None) -> dict | None:
         return None
 
 
-def lambda_task(task: Mapping[str, Any]) -> list[dict]:
-    """Optimise one frame at every candidate lambda (a Dask task); one dict per lambda."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    P = task["params"]
-    calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
-    points, _ = load_cloud(task["cloud"])
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
-    ts = int(task["timestamp"])
-    img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
-    if img is None:
-        return []
-    pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
-    obj = frame.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
-                                      region=P["objective_region"])
-    if obj.n_points == 0:
-        return []
-    out = []
-    for lam in task["lambdas"]:
-        res = frame.optimize_frame(
-            img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
-            bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
-            seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
-            min_label_fraction=P["min_label_fraction"], objective=obj)
-        if res.status == "no_bone":
-            continue
-        out.append({"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "lambda": lam,
-                    "status": res.status, "correction_mm": res.correction_mm,
-                    "intensity_initial": res.intensity_initial, "intensity_optimized": res.intensity_optimized,
-                    "x": [float(v) for v in res.x], "image_shape": list(img.shape)})
-    return out
-
-
 def registration_task(task: Mapping[str, Any]) -> dict:
     """Register one sweep globally (a Dask task); returns the correction and its figures."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -419,30 +388,6 @@ def read_registration(path: Path | str, key: str) -> dict | None:
 # ----------------------------------------------------------------------------- lambda selection
 
 
-def choose_lambda(trials: pd.DataFrame) -> tuple[float, pd.DataFrame]:
-    """Pick lambda from per-frame trials (rows of :func:`lambda_task`), from the images alone.
-
-    Each candidate is scored on the labels it would deliver: a kept frame
-    delivers its optimised label, a discarded frame falls back to its initial
-    one. The score is the mean image intensity on the delivered labels' ``I_t``;
-    the largest wins.
-
-    Returns
-    -------
-    lam, and a table by lambda: ``proxy_intensity``, ``discard_rate``,
-    ``mean_correction_mm``, ``n_frames``.
-    """
-    t = trials.copy()
-    kept = t["status"] == "kept"
-    t["delivered_intensity"] = np.where(kept, t["intensity_optimized"], t["intensity_initial"])
-    table = t.groupby("lambda").agg(
-        proxy_intensity=("delivered_intensity", "mean"),
-        discard_rate=("status", lambda s: float((s == "discarded").mean())),
-        mean_correction_mm=("correction_mm", "mean"), n_frames=("timestamp", "size")).reset_index()
-    lam = float(table.loc[table["proxy_intensity"].idxmax(), "lambda"])
-    return lam, table
-
-
 # ----------------------------------------------------------------------------- the whole dataset
 
 
@@ -473,8 +418,9 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     Returns
     -------
     dict with ``report`` (DataFrame, one row per labelled frame of every
-    record, whatever its status), ``lambda``, ``lambda_table`` (DataFrame or
-    None), ``registrations`` (record key -> dict, see :func:`normalize_registration`;
+    record, whatever its status), ``lambda``, ``objective_region`` (the one
+    used), ``lambda_selection`` (None when lambda was given; else the dict of
+    :func:`_select_lambda`), ``registrations`` (record key -> dict, see :func:`normalize_registration`;
     a record with no usable frame gets :func:`empty_registration`), ``calibration``
     and ``skipped_inputs`` (folders of the dataset that are not specimens or
     records: ``[{"path", "reason"}]``, also warned about and kept in
@@ -512,15 +458,19 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
 
     with executor(P["executor"], dask_scheduler, n_workers) as ex:
         run_tasks = ex.map
-        # 1. lambda
-        lam_table = trials = None
+        # 1. lambda, and the objective region when it is "auto": truth-free (ultrabones.labels.select)
+        selection = None
+        if P["objective_region"] == "auto" and (lambda_override is not None or P["lambda_value"] is not None):
+            P["objective_region"] = P["fallback_region"]
         if lambda_override is not None:
             lam = float(lambda_override)
         elif P["lambda_value"] is not None:
             lam = float(P["lambda_value"])
         else:
-            lam, lam_table, trials = _select_lambda(paths, P, records, clouds, base, frame_poses, run_tasks, seed,
-                                                    shapes)
+            lam, region, selection = _select_lambda(paths, P, records, clouds, base, run_tasks, seed)
+            P["objective_region"] = region
+        base = dict(base, params=P)
+        spec_params = {k: dict(v, objective_region=P["objective_region"]) for k, v in spec_params.items()}
         # 2. global registration, one per record
         regs = {}
         reg_tasks, reg_keys = [], []
@@ -578,40 +528,75 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
         write_report(rec, rep)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
-    return {"report": report, "lambda": lam, "lambda_table": lam_table, "lambda_trials": trials, "registrations": regs,
-            "calibration": (calib, spacing), "skipped_inputs": dataset.skipped_inputs(skipped)}
+    return {"report": report, "lambda": lam, "objective_region": P["objective_region"], "lambda_selection": selection,
+            "registrations": regs, "calibration": (calib, spacing), "skipped_inputs": dataset.skipped_inputs(skipped)}
 
 
-def _select_lambda(paths, P, records, clouds, base, frame_poses, run_tasks, seed,
-                   shapes=None):
-    """Sample frames over the dataset and score every candidate lambda (cached)."""
-    rng = np.random.default_rng(seed)
-    pool = [(s, rec, tab, int(r)) for s, rec, tab, rows in records for r in rows
-            if np.isfinite(tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float)).all()]
-    pick = rng.choice(len(pool), size=min(P["lambda_frames"], len(pool)), replace=False) if pool else []
+def _selection_tasks(P, records, clouds, base, seed) -> list[dict]:
+    """The truth-free selection's tasks: sampled frames (with held-out neighbours for the temporal rule)."""
+    rule = P["selection_rule"]
+    k = int(P["selection_offset_frames"]) if rule == "temporal" else 0
+    cols = list(geometry.POSE_COLUMNS)
+    finite = [np.isfinite(tab[cols].to_numpy(float)).all(axis=1) for _, _, tab, _ in records]
+    pick = select.sample_frames([len(tab) for _, _, tab, _ in records], [rows for *_, rows in records],
+                                finite, P["lambda_frames"], k, seed)
+    regions = list(select.REGIONS) if P["objective_region"] == "auto" else [P["objective_region"]]
     tasks = []
-    for j in sorted(pick):
-        s, rec, tab, r = pool[j]
+    for i, r, nbs in pick:
+        s, rec, tab, _ = records[i]
         tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), cloud=clouds[s.name],
-                          timestamp=int(tab.loc[r, "timestamp"]),
-                          image_shape=(shapes or {}).get(rec.key),
-                          pose=tab.loc[r, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist(),
-                          lambdas=list(P["lambdas"])))
-    key = params_hash({"tasks": [{k: v for k, v in t.items() if k != "record_dir"}
-                                 for t in tasks], "src": source_hash(),
+                          timestamp=int(tab.loc[r, "timestamp"]), pose=tab.loc[r, cols].to_numpy(float).tolist(),
+                          neighbours=[(int(tab.loc[q, "timestamp"]), tab.loc[q, cols].to_numpy(float).tolist())
+                                      for q in nbs],
+                          lambdas=list(P["lambdas"]), regions=regions, split=rule == "split",
+                          eval_regions=[P["selection_eval_region"]]))
+    return tasks
+
+
+def _select_lambda(paths, P, records, clouds, base, run_tasks, seed) -> tuple[float, str, dict]:
+    """Choose lambda (and the region when ``objective_region`` is ``auto``) by held-out cross-validation, cached.
+
+    Reads images, poses and the CT model only (:mod:`ultrabones.labels.select`). The trials are kept in
+    the result so that, on the twin, :func:`ultrabones.twin.measure.lambda_oracle` can measure every
+    candidate's delivered labels against the truth for the report; that never changes this decision.
+
+    Returns
+    -------
+    lambda, region, and the selection dict: ``by`` (the rule in words), ``rule``, ``chosen``
+    (lambda), ``region``, ``n_frames``, ``seconds_per_fit``, ``table`` (DataFrame: score per
+    (region, lambda)) and ``trials`` (DataFrame: one row per frame and candidate, with the
+    correction ``x`` each fit found).
+    """
+    tasks = _selection_tasks(P, records, clouds, base, seed)
+    key = params_hash({"tasks": [{k: v for k, v in t.items() if k != "record_dir"} for t in tasks],
+                       "src": source_hash(),
                        "inputs": [_images_digest(dataset.Record(t["specimen"], t["record"], Path(t["record_dir"])),
-                                                 [t["timestamp"]]) for t in tasks]})
-    f = paths.cache(STEM) / "lambda_trials.json"
-    if f.is_file() and json.loads(f.read_text()).get("key") == key:
-        rows = json.loads(f.read_text())["rows"]
-    else:
-        rows = [r for out in run_tasks(lambda_task, tasks, "lambda") for r in out]
+                                                 [t["timestamp"]] + [n[0] for n in t["neighbours"]]) for t in tasks]})
+    f = paths.cache(STEM) / "lambda_selection.json"
+    rows = None
+    if f.is_file():
+        try:
+            data = json.loads(f.read_text())
+            rows = data["rows"] if data.get("key") == key else None
+        except (OSError, ValueError, KeyError, TypeError):
+            rows = None
+    if rows is None:
+        rows = [r for out in run_tasks(select.selection_task, tasks, "lambda") for r in out]
         atomic.write_json(f, {"key": key, "rows": rows})
     trials = pd.DataFrame(rows)
-    if trials.empty:
-        return float(P["lambdas"][0]), None, None
-    lam, table = choose_lambda(trials)
-    return lam, table, trials
+    region0 = P["objective_region"] if P["objective_region"] != "auto" else P["fallback_region"]
+    if trials.empty:  # nothing could be scored: no correction is the safe choice
+        lam = float(max(P["lambdas"]))
+        return lam, region0, {"by": "no frame could be scored: the largest lambda (no correction)", "rule": None,
+                              "chosen": lam, "region": region0, "n_frames": 0, "table": None, "trials": None}
+    eval_region, rule = P["selection_eval_region"], P["selection_rule"]
+    scores = select.score_table(trials, eval_region, rule=rule)
+    lam, region, scores = select.choose(scores)
+    by = ("truth-free: held-out gain of the {e} intensity on the other half of the bone's scan lines" if rule == "split"
+          else "truth-free: held-out gain of the {e} intensity on frames +-{k}")
+    return lam, region, {"by": by.format(e=eval_region, k=int(P["selection_offset_frames"])), "rule": rule,
+                         "chosen": lam, "region": region, "n_frames": int(trials["timestamp"].nunique()),
+                         "seconds_per_fit": float(trials["seconds"].mean()), "table": scores, "trials": trials}
 
 
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
@@ -752,3 +737,21 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], see
     vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
     return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
             "visible": vis.visible, "spacing": spacing}
+
+
+def selection_metrics(selection: dict | None, measured: Mapping | None = None) -> dict | None:
+    """The ``lambda_selection`` block of notebook 02's metrics (None when lambda was given).
+
+    ``selection`` is :func:`_select_lambda`'s dict; ``measured`` what a measurement of the trials
+    against a reference added (on the twin :func:`ultrabones.twin.measure.lambda_oracle`: ``oracle``,
+    ``oracle_region``, ``oracle_gap_mm``, ``true_contour_initial_mm``, ``table``). Tables become dicts of
+    lists; the per-trial rows are left out.
+    """
+    if selection is None:
+        return None
+    out = {k: v for k, v in selection.items() if k not in ("table", "trials")}
+    if selection.get("table") is not None:
+        out["table"] = selection["table"].to_dict(orient="list")
+    for k, v in (measured or {}).items():
+        out[k] = v.to_dict(orient="list") if isinstance(v, pd.DataFrame) else v
+    return out

@@ -326,44 +326,53 @@ def label_metrics(errors: pd.DataFrame) -> dict:
     }
 
 
-def lambda_trials(paths: Paths, trials: pd.DataFrame | None, settings: dict) -> pd.DataFrame | None:
-    """The true contour error of each lambda trial's delivered label (the oracle's view; for reporting only).
+def lambda_oracle(paths: Paths, selection: dict | None, settings: dict) -> dict:
+    """The oracle's view of the truth-free lambda selection, for reporting only ({} off the twin).
 
-    A kept trial delivers its optimised label, a discarded one the initial label, as in
-    :func:`ultrabones.labels.batch.choose_lambda`. Returns the trials with ``contour_delivered_mm`` and
-    ``contour_initial_mm`` added (None off the twin or without trials).
+    Every selection trial's delivered label (the optimised one if its fit was kept, the initial one
+    otherwise, as :func:`ultrabones.labels.select.score_table` counts it) is drawn with notebook 02's cloud
+    and band and measured against the true full label by the contour error.
+
+    Returns
+    -------
+    dict: ``oracle`` (lambda), ``oracle_region``, ``oracle_gap_mm`` (mean true contour error of the chosen
+    candidate's delivered labels minus the oracle's, mm, >= 0), ``true_contour_initial_mm`` (the same frames,
+    no correction) and ``table`` (DataFrame by region and lambda: ``true_contour_mm``).
     """
     from ultrabones.core.geometry import perturbation
     from ultrabones.evaluation.metrics import contour_error_mm
 
-    if trials is None or trials.empty or truth_root(paths) is None:
-        return None
+    trials = None if selection is None else selection.get("trials")
+    if trials is None or len(trials) == 0 or truth_root(paths) is None:
+        return {}
     drawer = _LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
-    out = trials.copy()
-    deliv, init = [], []
-    tabs: dict = {}
-    for r in out.itertuples(index=False):
+    rows, tabs, init = [], {}, {}
+    for r in trials.itertuples(index=False):
         key = (r.specimen, r.record)
         if key not in tabs:
             tabs[key] = _tracking(paths, *key).set_index("timestamp")
         pose0 = pose_from_params(tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float))
-        x = np.asarray(r.x, float) if r.status == "kept" else np.zeros(6)
-        shape = tuple(r.image_shape)
-        lab0, lab1 = drawer.draw(r.specimen, shape, [pose0, pose0 @ perturbation(x[:3], x[3:])])
+        shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
+                                   / f"{int(r.timestamp)}.png").shape
         tf = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
-        init.append(contour_error_mm(lab0, tf, drawer.spacing) if tf is not None else np.nan)
-        deliv.append(contour_error_mm(lab1, tf, drawer.spacing) if tf is not None else np.nan)
-    out["contour_initial_mm"], out["contour_delivered_mm"] = init, deliv
-    return out
-
-
-def oracle_lambda(measured_trials: pd.DataFrame | None) -> tuple[float | None, pd.DataFrame | None]:
-    """The lambda the truth would pick (least mean delivered contour error) and the error per lambda."""
-    if measured_trials is None:
-        return None, None
-    table = measured_trials.groupby("lambda").agg(true_contour_mm=("contour_delivered_mm", "mean"),
-                                                  true_contour_initial_mm=("contour_initial_mm", "mean")).reset_index()
-    return float(table.loc[table["true_contour_mm"].idxmin(), "lambda"]), table
+        if tf is None:
+            continue
+        fk = (r.specimen, r.record, int(r.timestamp))
+        x = np.asarray(r.x, float) if r.status == "kept" else np.zeros(6)
+        lab0, lab1 = drawer.draw(r.specimen, shape, [pose0, pose0 @ perturbation(x[:3], x[3:])])
+        if fk not in init:
+            init[fk] = contour_error_mm(lab0, tf, drawer.spacing)
+        rows.append({"region": r.region, "lambda": float(r[trials.columns.get_loc("lambda")]),
+                     "timestamp": int(r.timestamp), "true_contour_mm": contour_error_mm(lab1, tf, drawer.spacing)})
+    if not rows:
+        return {}
+    table = pd.DataFrame(rows).groupby(["region", "lambda"]).agg(true_contour_mm=("true_contour_mm", "mean"))
+    table = table.reset_index()
+    best = table.loc[table["true_contour_mm"].idxmin()]
+    e = table.set_index(["region", "lambda"])["true_contour_mm"]
+    return {"oracle": float(best["lambda"]), "oracle_region": str(best["region"]),
+            "oracle_gap_mm": float(e.loc[(selection["region"], selection["chosen"])] - best["true_contour_mm"]),
+            "true_contour_initial_mm": float(np.nanmean(list(init.values()))), "table": table}
 
 
 # ----------------------------------------------------------------------------- reconstruction (notebook 06)

@@ -1,0 +1,398 @@
+"""A truth-free choice of lambda and of the objective region: cross-validation of the fitted correction.
+
+Eq. 2 trades the mean image intensity over ``I_t`` against the fiducial
+displacement of the correction ``Delta`` with the weight ``lambda``. Scoring a
+lambda by the intensity it reaches on the frame it was fitted on cannot work:
+the smaller lambda, the freer the fit, the higher that intensity (monotone by
+construction). This module scores a correction where it was *not* fitted.
+
+The rule (``rule="split"``, the default)
+----------------------------------------
+A rigid pose error moves the whole bone contour of a frame. So, for a sampled
+frame and each candidate (``lambda``, region):
+
+1. Eq. 2 is fitted on the scan lines (image columns) of the left half of the
+   bone's initial label only, and separately on the right half
+   (:class:`ColumnObjective`, :func:`frame.optimize_frame` as it is);
+2. each half's correction is applied to the *other* half, and the gain of the
+   mean intensity there, ``I_other(Delta_half) - I_other(0)``, is its held-out
+   gain; the frame's gain is the mean of the two. It is measured in one
+   evaluation region (``first_hit`` by default) for every candidate, so that
+   regions compare on one scale;
+3. score(lambda, region) = mean gain over the sampled frames, where a frame
+   whose full fit or half fits fail validation counts 0 (it delivers its
+   initial label).
+
+:func:`choose` picks the candidate with the largest score. A correction that
+fits speckle or a structure on one side does not raise the other side; a
+lambda large enough to forbid any correction scores 0; so the score is not
+monotone in lambda.
+
+The alternative measured beside it (``rule="temporal"``) applies the
+correction of frame ``t`` to its neighbours ``t +- k`` of the sweep
+(``pose_{t+-k} @ Delta_t``). On the twin the pose error changes too fast along a
+sweep for that to carry over (see the project's report on issue 18), so it is
+kept for measuring only.
+
+Everything here reads images, poses and the CT model only. On the twin,
+:func:`ultrabones.twin.measure.lambda_oracle` measures every candidate's
+delivered labels against the truth afterwards, for the report (the oracle's
+choice and the gap); nothing here can see it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ultrabones.core import dataset, geometry
+from ultrabones.core.errors import DatasetError
+from ultrabones.labels import frame
+
+#: The objective regions a candidate can use (see :class:`frame.FrameObjective`).
+REGIONS = ("full", "first_hit")
+
+
+def sample_frames(n_rows_per_record: Sequence[int], candidate_rows: Sequence[Sequence[int]],
+                  finite_rows: Sequence[np.ndarray], n_frames: int, offset_frames: int,
+                  seed: int) -> list[tuple[int, int, list[int]]]:
+    """Frames for the selection, each with its held-out neighbours ``row - k`` and ``row + k``.
+
+    A frame qualifies when its pose is finite and at least one neighbour exists
+    with a finite pose (both where the sweep allows); with ``offset_frames`` 0
+    (no temporal neighbours: the column-split rule) every finite frame qualifies.
+
+    Parameters
+    ----------
+    n_rows_per_record : rows of each record's ``tracking.csv``.
+    candidate_rows : per record, the rows the pipeline labels (sampled from these).
+    finite_rows : per record, a bool array marking rows whose pose is finite.
+    n_frames : frames to draw (fewer when fewer qualify).
+    offset_frames : the neighbour offset ``k`` (rows of ``tracking.csv``).
+    seed : random seed of the draw.
+
+    Returns
+    -------
+    list of (record index, row, neighbour rows), sorted.
+    """
+    pool = []
+    for i, (n, rows, ok) in enumerate(zip(n_rows_per_record, candidate_rows, finite_rows)):
+        for r in rows:
+            r = int(r)
+            nb = [q for q in (r - offset_frames, r + offset_frames) if 0 <= q < n and q != r and ok[q]]
+            if ok[r] and (nb or offset_frames == 0):
+                pool.append((i, r, nb))
+    if not pool:
+        return []
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(pool), size=min(n_frames, len(pool)), replace=False)
+    return sorted(pool[j] for j in pick)
+
+
+def _objective(img, pose, calib, spacing, points, P, region):
+    return frame.FrameObjective(img, pose, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+                                   region=region)
+
+
+def selection_task(task: Mapping[str, Any]) -> list[dict]:
+    """Fit one frame at every (region, lambda) and score each fit on its neighbours (a Dask task).
+
+    ``task`` holds plain data: ``record_dir``, ``specimen``, ``record``, ``timestamp``
+    and ``pose`` (6 pose parameters) of the frame, ``neighbours`` (list of
+    (timestamp, pose parameters)), ``cloud`` (the ``.npz`` of ``C``), ``calib``,
+    ``spacing``, ``params`` (the labeling section), ``seed``, ``lambdas``,
+    ``regions`` (fit regions) and ``eval_regions``.
+
+    Returns
+    -------
+    One dict per (region, lambda): ``status``, ``reason``, ``x`` (6 correction
+    parameters, deg and mm), ``correction_mm``, ``n_initial``, ``n_optimized``
+    (pixels of ``I_t`` in the fit region), ``intensity_initial``,
+    ``intensity_optimized``, ``gain_<eval region>`` (mean held-out gain of the raw
+    correction over the neighbours that show bone; NaN if none does),
+    ``n_neighbours``, ``seconds`` (CPU s of the fit). Empty when the frame's
+    image is unreadable or no bone is in view.
+    """
+    from ultrabones.labels.batch import frame_seed, load_cloud  # plain helpers; no truth
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    P = task["params"]
+    calib, spacing = np.asarray(task["calib"], float), tuple(task["spacing"])
+    points, _ = load_cloud(task["cloud"])
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    ts = int(task["timestamp"])
+    try:
+        img = dataset.read_image(rec.image_path(ts))
+    except DatasetError:
+        return []
+    pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
+    regions = list(task.get("regions", REGIONS))
+    eval_regions = list(task.get("eval_regions", REGIONS))
+    fits = []
+    for region in regions:
+        obj = _objective(img, pose0, calib, spacing, points, P, region)
+        if obj.n_points == 0:
+            return []
+        for lam in task["lambdas"]:
+            res = frame.optimize_frame(
+                img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
+                bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
+                seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
+                min_label_fraction=P["min_label_fraction"], objective=obj)
+            if res.status == "no_bone":
+                return []
+            fits.append({"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "region": region,
+                         "lambda": float(lam), "status": res.status, "reason": res.reason,
+                         "x": [float(v) for v in res.x], "correction_mm": res.correction_mm,
+                         "n_initial": res.n_initial, "n_optimized": res.n_optimized,
+                         "intensity_initial": res.intensity_initial, "intensity_optimized": res.intensity_optimized,
+                         "seconds": res.seconds})
+    if task.get("split", True):
+        split = {(r["region"], r["lambda"]): r for r in column_split_task(task)}
+        for f in fits:
+            sr = split.get((f["region"], f["lambda"]))
+            f["split_kept"] = bool(sr["split_kept"]) if sr else False
+            for e in eval_regions:
+                f[f"split_gain_{e}"] = sr[f"split_gain_{e}"] if sr else float("nan")
+            f["split_x"] = sr["split_x"] if sr else None
+            f["seconds_split"] = sr["seconds"] if sr else 0.0
+    xs = np.array([f["x"] for f in fits], float).T  # (6, S)
+    xs = np.concatenate([np.zeros((6, 1)), xs], axis=1)  # column 0: no correction
+    n_fit = xs.shape[1] - 1
+    gains = {e: [] for e in eval_regions}  # per neighbour: (S,) gains, NaN where it shows no bone
+    for nts, nprm in task["neighbours"]:
+        nprm = np.asarray(nprm, float)
+        nimg = None
+        if np.isfinite(nprm).all():
+            try:
+                nimg = dataset.read_image(rec.image_path(int(nts)))
+            except DatasetError:
+                nimg = None
+        for e in eval_regions:
+            g = np.full(n_fit, np.nan)
+            if nimg is not None:
+                nobj = _objective(nimg, geometry.pose_from_params(nprm), calib, spacing, points, P, e)
+                mean, count = nobj.intensity(xs)
+                if count[0] > 0:
+                    g = mean[1:] - mean[0]
+            gains[e].append(g)
+    for j, f in enumerate(fits):
+        for e in eval_regions:
+            per = [float(g[j]) for g in gains[e]]
+            f[f"gains_{e}"] = per
+            f[f"gain_{e}"] = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+        f["n_neighbours"] = int(sum(np.isfinite(g[0]) for g in gains[eval_regions[0]])) if eval_regions else 0
+    return fits
+
+
+class ColumnObjective(frame.FrameObjective):
+    """:class:`frame.FrameObjective` restricted to a set of image columns (scan lines).
+
+    Eq. 2's mean runs only over the pixels of ``I_t`` in the columns where
+    ``columns`` is True; everything else is the parent's.
+    """
+
+    def __init__(self, *args, columns: np.ndarray, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.columns = np.asarray(columns, bool)
+
+    def band_mean(self, member, pixel, s):
+        keep = self.columns[pixel % self.shape[1]]
+        return super().band_mean(member[keep], pixel[keep], s)
+
+
+def split_columns(label: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two halves of the image columns holding about half of ``label``'s columns each.
+
+    The split is at the median of the label's columns (so each half sees part
+    of the bone); None when the label spans fewer than 4 columns.
+    """
+    cols = np.flatnonzero(np.asarray(label, bool).any(axis=0))
+    if len(cols) < 4:
+        return None
+    cut = cols[len(cols) // 2]
+    left = np.arange(label.shape[1]) < cut
+    return left, ~left
+
+
+def column_split_task(task: Mapping[str, Any]) -> list[dict]:
+    """Cross-validation across the two halves of the bone's scan lines, per (region, lambda) (a Dask task).
+
+    For each candidate, Eq. 2 is fitted on the left half of the columns
+    crossing the bone and its correction scored on the right half (gain of
+    the mean intensity over ``I_t`` there, in each evaluation region), and vice
+    versa. A rigid pose error moves the whole contour, so a real correction
+    found on one half also raises the other; a fit to speckle or to a
+    structure on one side does not. ``task``: as :func:`selection_task`
+    (``neighbours`` is not used).
+
+    Returns
+    -------
+    One dict per (region, lambda): ``split_gain_<eval region>`` (mean of the
+    two held-out gains), ``split_kept`` (both half-fits within
+    ``max_correction_mm``), ``split_x`` (the two corrections), ``seconds``.
+    """
+    from ultrabones.labels.batch import frame_seed, load_cloud
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    P = task["params"]
+    calib, spacing = np.asarray(task["calib"], float), tuple(task["spacing"])
+    points, _ = load_cloud(task["cloud"])
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    ts = int(task["timestamp"])
+    try:
+        img = dataset.read_image(rec.image_path(ts))
+    except DatasetError:
+        return []
+    pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
+    regions = list(task.get("regions", REGIONS))
+    eval_regions = list(task.get("eval_regions", REGIONS))
+    halves = split_columns(_objective(img, pose0, calib, spacing, points, P, "full").mask())
+    if halves is None:
+        return []
+    objs = {(h, r): ColumnObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+                                    region=r, columns=halves[h])
+            for h in (0, 1) for r in set(regions) | set(eval_regions)}
+    out = []
+    for region in regions:
+        for lam in task["lambdas"]:
+            t0 = time.process_time()
+            xs, kept = [], True
+            for h in (0, 1):
+                res = frame.optimize_frame(
+                    img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
+                    bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
+                    seed=frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P["max_correction_mm"],
+                    min_label_fraction=0.0, objective=objs[(h, region)])
+                xs.append(res.x if res.status == "kept" else np.zeros(6))
+                kept &= res.status == "kept"
+            row = {"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "region": region,
+                   "lambda": float(lam), "split_kept": bool(kept), "split_x": [list(map(float, x)) for x in xs]}
+            for e in eval_regions:
+                gains = []
+                for h in (0, 1):  # fitted on h, scored on the other half
+                    mean, count = objs[(1 - h, e)].intensity(np.c_[np.zeros(6), xs[h]])
+                    if count[0] > 0:
+                        gains.append(mean[1] - mean[0])
+                row[f"split_gain_{e}"] = float(np.mean(gains)) if gains else float("nan")
+            row["seconds"] = time.process_time() - t0
+            out.append(row)
+    return out
+
+
+def score_table(trials: pd.DataFrame, eval_region: str = "first_hit", min_label_fraction: float | None = None,
+                max_correction_mm: float | None = None, rule: str = "split") -> pd.DataFrame:
+    """The rule's score of every (region, lambda) candidate, from the rows of :func:`selection_task`.
+
+    A kept frame contributes its held-out gain; a discarded one contributes 0
+    (it delivers its initial label, which gains nothing over the initial pose).
+    ``rule="split"`` (the default, :func:`column_split_task`) scores the gain on
+    the other half of the scan lines, and also counts a frame whose half-fits
+    fail validation as 0; ``rule="temporal"`` the gain on the neighbouring frames.
+
+    Parameters
+    ----------
+    trials : rows of :func:`selection_task`.
+    eval_region : which held-out intensity scores every candidate (``split_gain_<eval_region>``
+        or ``gain_<eval_region>``).
+    min_label_fraction, max_correction_mm : re-validate the fits with other limits
+        than those they were run with (None: keep the task's status).
+
+    Returns
+    -------
+    DataFrame, one row per (region, lambda): ``score`` (mean held-out gain, intensity
+    units in [0, 1]), ``score_se`` (its standard error over frames), ``discard_rate``,
+    ``mean_correction_mm`` (kept frames), ``n_frames``.
+    """
+    t = trials.copy()
+    kept = t["status"] == "kept"
+    if max_correction_mm is not None:
+        kept = t["correction_mm"] <= max_correction_mm
+    if min_label_fraction is not None:
+        kept &= t["n_optimized"] >= min_label_fraction * t["n_initial"]
+    t["kept"] = kept
+    if rule == "split":  # both half-fits must pass validation too
+        kept_cv = kept & t["split_kept"].astype(bool)
+        t["delivered_gain"] = np.where(kept_cv, t[f"split_gain_{eval_region}"].astype(float).fillna(0.0), 0.0)
+    elif rule == "temporal":
+        t["delivered_gain"] = np.where(kept, t[f"gain_{eval_region}"].astype(float).fillna(0.0), 0.0)
+    else:
+        raise ValueError(f"rule must be 'split' or 'temporal', got {rule!r}")
+    t["kept_correction"] = np.where(kept, t["correction_mm"], np.nan)
+    g = t.groupby(["region", "lambda"])
+    table = g.agg(score=("delivered_gain", "mean"),
+                  score_sd=("delivered_gain", "std"),
+                  discard_rate=("kept", lambda s: float(1.0 - s.mean())),
+                  mean_correction_mm=("kept_correction", "mean"),
+                  n_frames=("timestamp", "size")).reset_index()
+    table["score_se"] = table["score_sd"] / np.sqrt(table["n_frames"].clip(lower=1))
+    return table.drop(columns="score_sd")
+
+
+def choose(table: pd.DataFrame) -> tuple[float, str, pd.DataFrame]:
+    """The truth-free choice: the (lambda, region) with the largest held-out score.
+
+    Ties (within 1e-12) go to the larger lambda (the smaller correction), then
+    to the region listed first in :data:`REGIONS`.
+
+    Returns
+    -------
+    lambda (1/mm), region, and the table with a ``chosen`` column.
+    """
+    if table.empty:
+        raise ValueError("choose: empty score table (no frame could be scored)")
+    t = table.copy()
+    t["_r"] = [REGIONS.index(r) if r in REGIONS else len(REGIONS) for r in t["region"]]
+    best = t["score"].max()
+    cand = t[t["score"] >= best - 1e-12].sort_values(["lambda", "_r"], ascending=[False, True])
+    i = cand.index[0]
+    t["chosen"] = t.index == i
+    return float(t.loc[i, "lambda"]), str(t.loc[i, "region"]), t.drop(columns="_r")
+
+
+def plot_scores(table: pd.DataFrame, chosen: float, region: str, true_table: pd.DataFrame | None = None):
+    """The truth-free score of every candidate against lambda, per region (and the true error beside it).
+
+    Parameters
+    ----------
+    table : :func:`score_table` (``region``, ``lambda``, ``score``, ``score_se``, ``discard_rate``).
+    chosen, region : the choice, marked.
+    true_table : optional, by region and lambda: ``true_contour_mm`` (the twin's measurement, drawn
+        in a second panel; it plays no part in the choice).
+
+    Returns
+    -------
+    matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    n = 2 if true_table is not None else 1
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    for k, (reg, g) in enumerate(table.groupby("region")):
+        g = g.sort_values("lambda")
+        ax.errorbar(g["lambda"], g["score"], yerr=g["score_se"], marker="o", capsize=3, color=f"C{k}", label=reg)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(chosen, color="k", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("lambda (1/mm)")
+    ax.set_ylabel("held-out intensity gain")
+    ax.set_title(f"truth-free score; chosen {region}, lambda {chosen:g}", fontsize=9)
+    ax.legend(fontsize=8)
+    if true_table is not None:
+        ax = axes[0, 1]
+        for k, (reg, g) in enumerate(true_table.groupby("region")):
+            g = g.sort_values("lambda")
+            ax.plot(g["lambda"], g["true_contour_mm"], marker="o", color=f"C{k}", label=reg)
+        ax.axvline(chosen, color="k", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda (1/mm)")
+        ax.set_ylabel("true contour error, delivered (mm)")
+        ax.set_title("twin only: measured against the truth", fontsize=9)
+    fig.tight_layout()
+    return fig

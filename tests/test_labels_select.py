@@ -1,0 +1,123 @@
+"""The truth-free choice of lambda and objective region (labels.select), and its wiring into labels.batch."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ultrabones.core import dataset
+from ultrabones.labels import batch, select
+from ultrabones.twin import measure
+from ultrabones.twin.layout import truth_dir
+
+from test_labeling import PARAMS, make_twin
+
+
+def trials(rows):
+    cols = ["region", "lambda", "timestamp", "status", "correction_mm", "n_initial", "n_optimized", "gain_first_hit"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_score_counts_discarded_frames_as_zero_and_is_not_monotone():
+    t = trials([
+        ("first_hit", 0.01, 1, "kept", 0.9, 100, 90, -0.02),   # over-fitted: loses on the neighbours
+        ("first_hit", 0.01, 2, "discarded", 1.4, 100, 90, 0.50),  # discarded: delivers nothing
+        ("first_hit", 0.1, 1, "kept", 0.4, 100, 95, 0.03),
+        ("first_hit", 0.1, 2, "kept", 0.5, 100, 95, 0.01),
+        ("first_hit", 1000.0, 1, "kept", 0.0, 100, 100, 0.0),
+        ("first_hit", 1000.0, 2, "kept", 0.0, 100, 100, 0.0),
+    ])
+    table = select.score_table(t, rule="temporal").set_index("lambda")
+    assert table.loc[0.01, "score"] == pytest.approx(-0.01)
+    assert table.loc[0.01, "discard_rate"] == pytest.approx(0.5)
+    assert table.loc[0.1, "score"] == pytest.approx(0.02)
+    assert table.loc[1000.0, "score"] == 0.0
+    lam, region, full = select.choose(table.reset_index())
+    assert (lam, region) == (0.1, "first_hit")
+    assert full["chosen"].sum() == 1
+
+
+def test_score_revalidates_with_other_limits():
+    t = trials([("full", 0.1, 1, "kept", 0.4, 100, 40, 0.05), ("full", 0.1, 2, "kept", 0.4, 100, 90, 0.01)])
+    assert select.score_table(t, min_label_fraction=0.5, rule="temporal")["score"].iloc[0] == pytest.approx(0.005)
+    assert select.score_table(t, max_correction_mm=0.3, rule="temporal")["score"].iloc[0] == 0.0
+
+
+def test_split_score_needs_the_half_fits_validated():
+    t = trials([("first_hit", 0.1, 1, "kept", 0.4, 100, 90, 0.0), ("first_hit", 0.1, 2, "kept", 0.4, 100, 90, 0.0),
+                ("first_hit", 0.1, 3, "discarded", 1.2, 100, 90, 0.0)])
+    t["split_gain_first_hit"] = [0.10, 0.30, 0.50]
+    t["split_kept"] = [True, False, True]
+    assert select.score_table(t)["score"].iloc[0] == pytest.approx(0.10 / 3)
+    with pytest.raises(ValueError, match="rule"):
+        select.score_table(t, rule="oracle")
+
+
+def test_column_objective_sees_only_its_columns():
+    img = np.zeros((40, 60), np.uint8)
+    img[:, :30] = 255
+    halves = select.split_columns(np.ones((40, 60), bool))
+    assert halves is not None and halves[0].sum() == 30 and not (halves[0] & halves[1]).any()
+    assert select.split_columns(np.zeros((40, 60), bool)) is None
+    # a flat 'bone' plane through the image: the left half is bright, the right dark
+    from test_labeling import SHAPE, SPACING, bone_mesh, frame_pose
+    from ultrabones.core import geometry
+    from ultrabones.labels import frame
+    pts, _ = frame.surface_points(bone_mesh(), 4.0, seed=0)
+    img = np.zeros(SHAPE, np.uint8)
+    img[:, : SHAPE[1] // 2] = 200
+    left = np.arange(SHAPE[1]) < SHAPE[1] // 2
+    calib = geometry.released_calibration()
+    a = select.ColumnObjective(img, frame_pose(), calib, SPACING, pts, columns=left)
+    b = select.ColumnObjective(img, frame_pose(), calib, SPACING, pts, columns=~left)
+    ma, na = a.intensity(np.zeros(6))
+    mb, nb = b.intensity(np.zeros(6))
+    assert na[0] > 0 and nb[0] > 0
+    assert ma[0] == pytest.approx(200 / 255) and mb[0] == 0.0
+
+
+def test_choose_breaks_ties_towards_the_smaller_correction():
+    table = pd.DataFrame({"region": ["full", "first_hit", "first_hit"], "lambda": [1.0, 1.0, 10.0],
+                          "score": [0.0, 0.0, 0.0]})
+    lam, region, _ = select.choose(table)
+    assert (lam, region) == (10.0, "first_hit")
+    with pytest.raises(ValueError, match="empty"):
+        select.choose(table.iloc[:0])
+
+
+def test_sample_frames_needs_a_neighbour():
+    finite = [np.array([True, True, True, False, True])]
+    pick = select.sample_frames([5], [[0, 1, 2, 3, 4]], finite, 10, 2, seed=0)
+    assert all(len(nb) >= 1 for _, _, nb in pick)
+    assert (0, 1, [3]) not in pick  # row 3 has no pose
+    assert {r for _, r, _ in pick} == {0, 2, 4}
+
+
+def test_selection_ignores_the_truth(tmp_path):
+    """The choice (lambda, region) and the labels are the same with the twin's truth folder removed."""
+    P = dict(PARAMS, objective_region="auto", lambdas=[0.01, 1.0, 1000.0], lambda_frames=2,
+             selection_offset_frames=1, max_frames_per_record=3, frame_stride=2)
+    a = make_twin(tmp_path / "a", n_frames=5)
+    b = make_twin(tmp_path / "b", n_frames=5)
+    shutil.rmtree(truth_dir(b))
+    out_a = batch.run(a, P, seed=0)
+    out_b = batch.run(b, P, seed=0)
+    assert out_a["lambda"] == out_b["lambda"]
+    assert out_a["objective_region"] == out_b["objective_region"] in select.REGIONS
+    sa, sb = out_a["lambda_selection"], out_b["lambda_selection"]
+    pd.testing.assert_frame_equal(sb["table"], sa["table"])
+    # the truth only measures, afterwards: the oracle and its gap exist on the twin with truth
+    settings = {"gamma_mm": P["gamma_mm"], "label_density_per_mm2": P["label_density_per_mm2"], "label_cloud_seed": 1}
+    oa, ob = measure.lambda_oracle(a, sa, settings), measure.lambda_oracle(b, sb, settings)
+    assert ob == {} and np.isfinite(oa["oracle_gap_mm"]) and oa["oracle_gap_mm"] >= -1e-12
+    assert (oa["oracle_region"], oa["oracle"]) in set(zip(sa["table"]["region"], sa["table"]["lambda"]))
+    m = batch.selection_metrics(sa, oa)
+    assert m["chosen"] == out_a["lambda"] and m["by"].startswith("truth-free") and "trials" not in m
+    rec_a = dataset.read_specimen(a.dataset / "specimen01", a.derived / "specimen01").records[0]
+    rec_b = dataset.read_specimen(b.dataset / "specimen01", b.derived / "specimen01").records[0]
+    files = sorted(p.name for p in rec_a.label_dir(dataset.LABELS_FULL).glob("*.png"))
+    assert files and files == sorted(p.name for p in rec_b.label_dir(dataset.LABELS_FULL).glob("*.png"))
+    for name in files:
+        assert (rec_a.label_dir(dataset.LABELS_FULL) / name).read_bytes() == \
+            (rec_b.label_dir(dataset.LABELS_FULL) / name).read_bytes()
