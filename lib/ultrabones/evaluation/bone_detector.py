@@ -519,12 +519,13 @@ def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, th
     return metrics.table_at(summ["at"], {}), summ
 
 
-def training_specimens(root, split: Mapping[str, Sequence[str]]) -> tuple[list, list[str]]:
+def training_specimens(root, split: Mapping[str, Sequence[str]], derived=None) -> tuple[list, list[str]]:
     """The checkpoint's *training* specimens that the dataset at ``root`` holds.
 
     Parameters
     ----------
-    root : dataset root (layout A).
+    root : dataset root (layout A): the images.
+    derived : the derived dataset holding the labels (``Paths.derived``); None: beside the images.
     split : the checkpoint metadata's ``split`` (``{"train": [...], "val": [...], "test": [...]}``);
         entries are folder names or bare numbers, as :func:`ultrabones.segmentation.segdata.resolve_specimens` reads them.
 
@@ -551,7 +552,7 @@ def training_specimens(root, split: Mapping[str, Sequence[str]]) -> tuple[list, 
     found, missing = resolve(split.get("train", []))
     test = set(resolve(split.get("test", []))[0])
     found = [n for n in dict.fromkeys(found) if n not in test]
-    return (ds.discover(root, found) if found else []), missing
+    return (ds.discover(root, found, derived) if found else []), missing
 
 
 def fit_on_training(specimens: Sequence, spacing, n_frames: int = 60, enhancements: Sequence[str] = ENHANCEMENTS,

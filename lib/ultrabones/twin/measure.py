@@ -392,7 +392,7 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
     root = truth_root(paths)
     calib = true_system(paths)["calibration"]
     _, spacing, _ = dataset.read_calibration(paths.dataset)
-    spec = dataset.read_specimen(paths.dataset / specimen)
+    spec = dataset.read_specimen(paths.dataset / specimen, paths.derived / specimen)
     out = []
     for rec in spec.records:
         ts = rec.labelled_timestamps(kind)[:: max(1, int(frame_step))]
