@@ -19,7 +19,6 @@ MAX_LINES = 40
 #: measured when this list was written (code lines, loops); each is work left, not a licence
 NOT_YET_THIN = {
     "00_simulate": "realism section and the example-frame figure loop",
-    "01_calibration": "85 lines, 5 loops: figure code in cells",
     "02_labeling": "about 95 lines, 10 loops: figure code in cells",
     "03_rating_statistics": "about 108 lines, 4 loops: the ratings source and checks in cells",
     "04_training": "76 lines, 5 loops",

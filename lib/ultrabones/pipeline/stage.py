@@ -112,3 +112,8 @@ def register_outputs(paths: Paths, stem: str, files: list[str]) -> None:
     for f in files:
         manifest[f] = stem
     atomic.write_json(manifest_path, dict(sorted(manifest.items())))
+
+
+def scalars(metrics: Mapping[str, Any]) -> dict:
+    """The top-level numbers and strings of a metrics dict (no lists or nested dicts): what a notebook prints."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict, tuple))}
