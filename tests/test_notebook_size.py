@@ -20,7 +20,6 @@ MAX_LINES = 40
 NOT_YET_THIN = {
     "00_simulate": "realism section and the example-frame figure loop",
     "02_labeling": "about 95 lines, 10 loops: figure code in cells",
-    "03_rating_statistics": "about 108 lines, 4 loops: the ratings source and checks in cells",
     "04_training": "76 lines, 5 loops",
     "05_evaluation": "about 190 lines, 12 loops",
     "06_reconstruction": "69 lines, 10 loops",

@@ -827,3 +827,75 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
         return lambda shape, pose: frame.full_label(shape, pose, calib, spacing, points, gamma_mm)
 
     return for_specimen
+
+
+# ----------------------------------------------------------------------------- the stage, as notebook 03 calls it
+
+
+def label_fn_of_labeling(paths, drawn: Mapping) -> Callable:
+    """``label_fn_for`` drawing labels exactly as notebook 02 drew its ``Labels_full`` (its recorded ``settings``:
+    gamma, cloud density and seed), with ``C`` from 02's cache when there."""
+    from ultrabones.labels import batch
+
+    def cloud(spec):
+        return batch.load_cloud(batch.surface_cloud(paths, spec, drawn["label_density_per_mm2"],
+                                                    drawn["label_cloud_seed"]))[0]
+
+    return labeling_label_fn(drawn["label_density_per_mm2"], drawn["gamma_mm"], drawn["label_cloud_seed"],
+                             points_for=cloud)
+
+
+def plot_items(examples: Sequence[Mapping], outline: Callable | None = None):
+    """The three items of one frame as the rater sees them (Fig. 5).
+
+    ``outline(item) -> (H, W) bool``, when given, is drawn as a magenta contour for the reader (on the twin,
+    the true label; never in the rating page).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(examples), figsize=(4.2 * len(examples), 3.8), squeeze=False)
+    for ax, it in zip(axes[0], examples):
+        ax.imshow(it["rgb"])
+        if outline is not None:
+            ax.contour(outline(it), levels=[0.5], colors="magenta", linewidths=0.6)
+        ax.set_title(f"{METHOD_LABELS[it['method']]}\n{it['specimen']}/{it['record']} t={it['timestamp']} ms",
+                     fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def check_analysis(result: Mapping) -> None:
+    """What must hold for any ratings: frames rated, Bonferroni factor three, p-values in [0, 1]."""
+    tests = result["tests"]
+    assert result["n_frames"] >= 1, result["n_frames"]
+    assert np.allclose(tests["p_value_bonferroni"], np.minimum(1.0, 3 * tests["p_value_raw"]))
+    assert ((tests["p_value_raw"] >= 0) & (tests["p_value_raw"] <= 1)).all()
+
+
+def stage_metrics(built: Mapping, result: Mapping | None, params: Mapping, source: str | None,
+                  page: Path | str, seconds: float | None = None) -> dict:
+    """Notebook 03's metrics: the set, and the statistics of its ratings when there are any.
+
+    ``source`` says where the ratings came from (a CSV's path, or the rater model's name); with no ratings
+    yet (real data, nobody has rated the page) the metrics say so (``awaiting_ratings``).
+    """
+    key = built["key"]
+    n_set_frames = len(key) // len(METHODS)
+    m = {"n_items": int(len(key)), "set_id": built["set_id"], "n_set_frames": int(n_set_frames),
+         "rating_page": str(page), "zero_method": params["zero_method"],
+         "wilcoxon_method": params["wilcoxon_method"], "alpha": params["alpha"], "seconds": seconds}
+    if result is None:
+        return {**m, "rater": None, "awaiting_ratings": True, "n_frames": int(n_set_frames)}
+    tests = result["tests"]
+    return {**m, **metrics_of(result), "ratings_source": source,
+            "significant_bonferroni": dict(zip(tests["pair"], (tests["p_value_bonferroni"] < params["alpha"]).tolist()))}
+
+
+def ratings_of_another_set(ratings_csv: Path | str | None, ratings_key: Path | str | None) -> pd.DataFrame | None:
+    """Ratings given for another run's set (both a CSV and that set's ``key.csv``), validated before any work;
+    None unless both are given."""
+    if ratings_csv is None or ratings_key is None:
+        return None
+    rated_key = read_key(Path(ratings_key))
+    return read_ratings(Path(ratings_csv), rated_key, set_id_of(rated_key))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -184,3 +184,84 @@ def error_profiles(key: pd.DataFrame, distances: Sequence[np.ndarray], visible_m
     if out_dir is not None:
         atomic.write_text(Path(out_dir) / PROFILES_FILE, prof.to_csv(index=False, float_format="%.6g"))
     return prof
+
+
+# ----------------------------------------------------------------------------- notebook 03 on the twin
+
+
+def ratings(paths: Paths, built: Mapping, params: Mapping, seed: int, out_dir: Path | str) -> pd.DataFrame:
+    """The rater model's ratings of a rating set, written as a CSV in the page's export format and read back
+    through the same validation as a person's (:func:`ultrabones.rating.study.read_ratings`)."""
+    from ultrabones.rating import study
+
+    rubric = Rubric(params["rubric_large_share"], params["rubric_some_share"], params["rubric_visible_mm"],
+                    params["rubric_minor_share"])
+    simulated = simulate_ratings(built["measured"], rubric, params["rater_gain_sd"], params["rater_lapse"], seed)
+    table = study.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
+    f = Path(out_dir) / study.SIMULATED_FILE
+    atomic.write_text(f, table.to_csv(index=False))
+    return study.read_ratings(f, built["key"], built["set_id"])
+
+
+def twin_label_error(profiles: pd.DataFrame | None, key: pd.DataFrame) -> dict:
+    """``{"twin_label_error": per method: the items' median label error (mm) and the shares of their contour over
+    3 mm, 1-3 mm, under 1 mm}``; {} without profiles (real data)."""
+    from ultrabones.rating.study import METRIC_NAMES
+
+    if profiles is None:
+        return {}
+    prof = profiles.merge(key, on="item_id")
+    return {"twin_label_error": {METRIC_NAMES[m]: {"median_error_mm": float(g["median_error_mm"].median()),
+                              "share_over_3mm": float(g["over_3mm"].mean()),
+                              "share_1_to_3mm": float(g["1_to_3mm"].mean()),
+                              "share_under_1mm": float(g["under_1mm"].mean())} for m, g in prof.groupby("method")}}
+
+
+def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame | None, key: pd.DataFrame,
+                    result: Mapping | None, source: str | None, alpha: float, paper_frames: int) -> dict:
+    """The rater model is coherent: higher ratings for smaller measured errors (Spearman rho < 0); when the
+    optimised labels are measured closer to the truth than the initial ones, they are rated higher, and
+    significantly so once the set is as large as the paper's. Returns the figures it checked ({} unless the
+    rater model rated the set: a person's ratings are not the model's to check)."""
+    from scipy.stats import spearmanr
+
+    if result is None or profiles is None or source != "simulated rater":
+        return {}
+
+    prof = profiles.merge(key, on="item_id")
+    median_err = prof.groupby("method")["median_error_mm"].median()
+    both = ratings_table.merge(prof, on=["item_id", "method"])
+    rho = float(spearmanr(both["rating"], both["median_error_mm"], nan_policy="omit").statistic)
+    assert result["n_complete"] == result["n_frames"] == len(key) // 3, result["n_complete"]
+    assert rho < 0, rho
+    summary, tests = result["summary"], result["tests"]
+    if median_err["optimized"] < median_err["initial"]:
+        assert summary.loc["optimized", "mean"] > summary.loc["initial", "mean"], summary
+        if result["n_frames"] >= paper_frames:
+            p = tests.set_index("pair").loc["optimized_vs_initial", "p_value_bonferroni"]
+            assert p < alpha, p
+    return {"spearman_rho": rho, "median_error_mm": median_err.round(3).to_dict()}
+
+
+def ratings_or_model(paths: Paths, built: Mapping, params: Mapping, seed: int, given: pd.DataFrame | None,
+                     ratings_csv: Path | str | None) -> tuple[pd.DataFrame | None, str | None]:
+    """The ratings notebook 03 analyses, and where they came from.
+
+    A person's CSV (of another set, already read as ``given``, or of this run's set) always wins; on the
+    twin without one, the rater model rates the set; on real data without one there is nothing yet
+    (None, None): the page waits for a person.
+    """
+    from ultrabones.rating import study
+
+    if given is not None:
+        return given, str(ratings_csv)
+    if ratings_csv is not None:
+        return study.read_ratings(Path(ratings_csv), built["key"], built["set_id"]), str(ratings_csv)
+    if paths.is_twin and "measured" in built:
+        return ratings(paths, built, params, seed, paths.rating_dir), "simulated rater"
+    return None, None
+
+
+def true_outline(paths: Paths):
+    """``outline(item)`` for :func:`ultrabones.rating.study.plot_items`: the item's true full label (twin only)."""
+    return lambda item: true_full_label(paths, item, item["image"].shape)
