@@ -28,6 +28,8 @@ PARAMS = {
     "max_frames_per_record": None, "chunk_size": 3, "registration_frames": 2, "registration_bound_deg": 1.0,
     "registration_bound_mm": 1.0, "registration_maxiter": 3, "precision_tolerance_mm": 0.5,
     "executor": "synchronous",
+    "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
+    "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1,
 }
 
 
