@@ -465,13 +465,43 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     # a rerun changes nothing and redoes nothing
     again = batch.run(paths, P, seed=0)
     pd.testing.assert_frame_equal(again["report"], out["report"])
+    # the sweep is walked in order: after the first frame, a frame following a kept one is warm-started,
+    # also across the chunk boundary where the run was killed (its warm start came from the first chunk's file)
+    rep = out["report"].reset_index(drop=True)
+    assert rep.loc[0, "path"] == "de"
+    for i in range(1, len(rep)):
+        if rep.loc[i - 1, "status"] == "kept" and rep.loc[i, "status"] != "no_bone":
+            assert rep.loc[i, "path"] in ("warm", "warm+de")
+    assert (rep["path"] != "de").any()
+    # the resumed run gives what an uninterrupted one gives
+    fresh = batch.run(make_twin(tmp_path / "fresh", n_frames=6), P, seed=0)["report"]
+    cols = [c for c in rep.columns if not c.startswith("seconds")]
+    pd.testing.assert_frame_equal(fresh[cols], rep[cols])
+    # a chunk's key holds the warm start it began from: another start makes it stale, and only it is redone
+    first = batch.read_chunk(chunks[0], labels=False)["report"]
+    x0, age = batch.carry_warm_start(first, None, 0, 1)
+    assert x0 is not None and age == 1
+    assert batch.chunk_key("k", x0, age) != batch.chunk_key("k", None, 0)
+    assert batch.chunk_key("k", x0, age) != batch.chunk_key("k", x0 + 1e-3, age)
+    assert batch.carry_warm_start([{"status": "discarded"}], x0, 1, 1) == (None, 0)
+    assert batch.carry_warm_start([{"status": "no_bone"}], x0, 1, 2)[1] == 2
+
+
+def test_de_optimizer_solves_every_frame_cold(tmp_path):
+    paths = make_twin(tmp_path, n_frames=3)
+    out = batch.run(paths, dict(PARAMS, lambda_value=0.1, optimizer="de"), seed=0)
+    rep = out["report"]
+    assert set(rep["path"].dropna()) == {"de"}
+    assert batch.summarize(rep)["path_share"] == {"de": 1.0}
 
 
 def test_run_survives_a_killed_process(tmp_path):
     """SIGKILL a real labelling process mid-run; the restart labels each frame exactly once."""
     paths = make_twin(tmp_path, n_frames=6)
     # slow enough per frame (tol 0: every generation runs) to be killed between chunks
-    slow = dict(PARAMS, lambda_value=0.1, chunk_size=1, popsize=10, maxiter=80, tol=0.0)
+    # (the warm-started frames: a dense C, a fine and long pattern search)
+    slow = dict(PARAMS, lambda_value=0.1, chunk_size=1, popsize=10, maxiter=80, tol=0.0, density_per_mm2=60.0,
+                warm_max_calls=200, warm_min_step_deg=0.005, warm_min_step_mm=0.005)
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
@@ -498,6 +528,7 @@ def test_run_survives_a_killed_process(tmp_path):
     ts = out["report"]["timestamp"]
     assert ts.is_unique and len(ts) == 6
     assert not list(cache.rglob(".chunk_*"))  # no half-written file left behind
+    assert (out["report"]["path"] != "de").any()  # the sweep was warm-started
 
 
 def test_run_on_dask_matches_synchronous(tmp_path):
