@@ -858,7 +858,9 @@ def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
 def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
     """A rerun with a stricter max_correction_mm used to leave the first run's extra labels beside the new ones."""
     paths = make_twin(tmp_path, n_frames=5)
-    P = dict(PARAMS, lambda_value=0.1)
+    # optimizer de: each frame's correction is its own, so the stricter limit drops exactly the larger ones
+    # (warm-started, a newly discarded frame would change its successors' starts)
+    P = dict(PARAMS, lambda_value=0.1, optimizer="de")
     first = batch.run(paths, P, seed=0)["report"]
     kept1 = first.query("status == 'kept'")
     assert len(kept1) >= 2
@@ -881,7 +883,8 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     """A kept frame's image replaced by a black PNG used to keep its old label and correction (no content in keys)."""
     paths = make_twin(tmp_path, n_frames=4)
     # one registration frame (the first): a changed image elsewhere leaves the sweep's registration as it was
-    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
+    # optimizer de: frames independent (warm-started, the next frame's start, hence its chunk, changes too)
+    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de")
     first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
     kept = [t for t in first.index[first["status"] == "kept"] if t != first.index[0]]
     assert kept
@@ -901,3 +904,21 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     assert [f.name for f in redone] == [f"chunk_{i:04d}.npz"]  # only the changed frame's chunk
     cols = ["status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(again.drop(index=t)[cols], first.drop(index=t)[cols])
+
+
+def test_a_replaced_image_in_a_sweep_redoes_its_chunk_and_those_after_only(tmp_path):
+    """Warm-started: the changed frame's chunk and the later ones (their warm start may change) are redone."""
+    paths = make_twin(tmp_path, n_frames=4)
+    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
+    first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    t = first.index[2]
+    chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
+    mtimes = {f: f.stat().st_mtime_ns for f in chunks}
+    rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
+    dataset.write_image(rec.image_path(t), np.zeros(SHAPE, np.uint8))
+    again = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    assert again.loc[t, "intensity_initial"] == 0.0
+    assert [f.stat().st_mtime_ns == mtimes[f] for f in chunks][:2] == [True, True]  # the frames before: kept as they were
+    assert chunks[2].stat().st_mtime_ns != mtimes[chunks[2]]
+    cols = ["status", "correction_mm", "rot_x_deg", "trans_z_mm", "path"]
+    pd.testing.assert_frame_equal(again.iloc[:2][cols], first.iloc[:2][cols])
