@@ -249,6 +249,8 @@ PARAMS = {
     "registration_maxiter": 5, "precision_tolerance_mm": 0.5, "executor": "synchronous",
     "selection_rule": "split", "selection_eval_region": "first_hit", "selection_offset_frames": 4,
     "fallback_region": "first_hit",
+    "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
+    "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1,
 }
 
 
@@ -465,13 +467,43 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     # a rerun changes nothing and redoes nothing
     again = batch.run(paths, P, seed=0)
     pd.testing.assert_frame_equal(again["report"], out["report"])
+    # the sweep is walked in order: after the first frame, a frame following a kept one is warm-started,
+    # also across the chunk boundary where the run was killed (its warm start came from the first chunk's file)
+    rep = out["report"].reset_index(drop=True)
+    assert rep.loc[0, "path"] == "de"
+    for i in range(1, len(rep)):
+        if rep.loc[i - 1, "status"] == "kept" and rep.loc[i, "status"] != "no_bone":
+            assert rep.loc[i, "path"] in ("warm", "warm+de")
+    assert (rep["path"] != "de").any()
+    # the resumed run gives what an uninterrupted one gives
+    fresh = batch.run(make_twin(tmp_path / "fresh", n_frames=6), P, seed=0)["report"]
+    cols = [c for c in rep.columns if not c.startswith("seconds")]
+    pd.testing.assert_frame_equal(fresh[cols], rep[cols])
+    # a chunk's key holds the warm start it began from: another start makes it stale, and only it is redone
+    first = batch.read_chunk(chunks[0], labels=False)["report"]
+    x0, age = batch.carry_warm_start(first, None, 0, 1)
+    assert x0 is not None and age == 1
+    assert batch.chunk_key("k", x0, age) != batch.chunk_key("k", None, 0)
+    assert batch.chunk_key("k", x0, age) != batch.chunk_key("k", x0 + 1e-3, age)
+    assert batch.carry_warm_start([{"status": "discarded"}], x0, 1, 1) == (None, 0)
+    assert batch.carry_warm_start([{"status": "no_bone"}], x0, 1, 2)[1] == 2
+
+
+def test_de_optimizer_solves_every_frame_cold(tmp_path):
+    paths = make_twin(tmp_path, n_frames=3)
+    out = batch.run(paths, dict(PARAMS, lambda_value=0.1, optimizer="de"), seed=0)
+    rep = out["report"]
+    assert set(rep["path"].dropna()) == {"de"}
+    assert batch.summarize(rep)["path_share"] == {"de": 1.0}
 
 
 def test_run_survives_a_killed_process(tmp_path):
     """SIGKILL a real labelling process mid-run; the restart labels each frame exactly once."""
     paths = make_twin(tmp_path, n_frames=6)
     # slow enough per frame (tol 0: every generation runs) to be killed between chunks
-    slow = dict(PARAMS, lambda_value=0.1, chunk_size=1, popsize=10, maxiter=80, tol=0.0)
+    # (the warm-started frames: a dense C, a fine and long pattern search)
+    slow = dict(PARAMS, lambda_value=0.1, chunk_size=1, popsize=10, maxiter=80, tol=0.0, density_per_mm2=60.0,
+                warm_max_calls=200, warm_min_step_deg=0.005, warm_min_step_mm=0.005)
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
@@ -498,6 +530,7 @@ def test_run_survives_a_killed_process(tmp_path):
     ts = out["report"]["timestamp"]
     assert ts.is_unique and len(ts) == 6
     assert not list(cache.rglob(".chunk_*"))  # no half-written file left behind
+    assert (out["report"]["path"] != "de").any()  # the sweep was warm-started
 
 
 def test_run_on_dask_matches_synchronous(tmp_path):
@@ -812,7 +845,9 @@ def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
 def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
     """A rerun with a stricter max_correction_mm used to leave the first run's extra labels beside the new ones."""
     paths = make_twin(tmp_path, n_frames=5)
-    P = dict(PARAMS, lambda_value=0.1)
+    # optimizer de: each frame's correction is its own, so the stricter limit drops exactly the larger ones
+    # (warm-started, a newly discarded frame would change its successors' starts)
+    P = dict(PARAMS, lambda_value=0.1, optimizer="de")
     first = batch.run(paths, P, seed=0)["report"]
     kept1 = first.query("status == 'kept'")
     assert len(kept1) >= 2
@@ -835,7 +870,8 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     """A kept frame's image replaced by a black PNG used to keep its old label and correction (no content in keys)."""
     paths = make_twin(tmp_path, n_frames=4)
     # one registration frame (the first): a changed image elsewhere leaves the sweep's registration as it was
-    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
+    # optimizer de: frames independent (warm-started, the next frame's start, hence its chunk, changes too)
+    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de")
     first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
     kept = [t for t in first.index[first["status"] == "kept"] if t != first.index[0]]
     assert kept
@@ -855,3 +891,21 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     assert [f.name for f in redone] == [f"chunk_{i:04d}.npz"]  # only the changed frame's chunk
     cols = ["status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(again.drop(index=t)[cols], first.drop(index=t)[cols])
+
+
+def test_a_replaced_image_in_a_sweep_redoes_its_chunk_and_those_after_only(tmp_path):
+    """Warm-started: the changed frame's chunk and the later ones (their warm start may change) are redone."""
+    paths = make_twin(tmp_path, n_frames=4)
+    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
+    first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    t = first.index[2]
+    chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
+    mtimes = {f: f.stat().st_mtime_ns for f in chunks}
+    rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
+    dataset.write_image(rec.image_path(t), np.zeros(SHAPE, np.uint8))
+    again = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    assert again.loc[t, "intensity_initial"] == 0.0
+    assert [f.stat().st_mtime_ns == mtimes[f] for f in chunks][:2] == [True, True]  # the frames before: kept as they were
+    assert chunks[2].stat().st_mtime_ns != mtimes[chunks[2]]
+    cols = ["status", "correction_mm", "rot_x_deg", "trans_z_mm", "path"]
+    pd.testing.assert_frame_equal(again.iloc[:2][cols], first.iloc[:2][cols])

@@ -29,6 +29,8 @@ PARAMS = {
     "registration_bound_mm": 1.0, "registration_maxiter": 3, "precision_tolerance_mm": 0.5,
     "executor": "synchronous", "selection_rule": "split", "selection_eval_region": "first_hit",
     "selection_offset_frames": 4, "fallback_region": "first_hit",
+    "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
+    "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1,
 }
 
 

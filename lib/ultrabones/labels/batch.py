@@ -5,18 +5,25 @@ this module runs it over every record of a dataset (layout A or B), on Dask.
 
 Work units and resuming
 -----------------------
-Frames are independent. A record's labelled frames (every ``frame_stride``-th
-row of its ``tracking.csv``) are cut into chunks of ``chunk_size``; a chunk is
-one Dask task that writes one result file
-``build/<profile>/cache/02_labeling/<specimen>/<record>/chunk_XXXX.npz``
-atomically (a temporary file, then a rename), holding the per-frame report and
-the bit-packed labels. A result file carries a key hashing the parameters,
-lambda, calibration, registration and package sources; only files with the
-current key count as done. The keys (of chunks, registrations and the lambda
-trials) include the digest of the input images they read
-(:func:`ultrabones.core.cache.files_digest`): an image replaced on disk is
-labelled anew. A killed run therefore restarts with exactly the
-chunks whose file is missing: no frame is lost or labelled twice.
+A record's labelled frames (every ``frame_stride``-th row of its
+``tracking.csv``) are cut into chunks of ``chunk_size``; each chunk has one
+result file ``build/<profile>/cache/02_labeling/<specimen>/<record>/chunk_XXXX.npz``
+written atomically (a temporary file, then a rename) as soon as the chunk is
+done, holding the per-frame report and the bit-packed labels. With
+``optimizer: sweep`` (default) a sweep is one Dask task (:func:`label_sweep`):
+its frames run in time order, each warm-started from its predecessor's kept
+correction (local pattern search; differential evolution as cold start and
+fallback; the report's ``path`` says which), and sweeps run in parallel. A
+chunk's warm start comes from the previous chunk's file
+(:func:`carry_warm_start`). With ``optimizer: de`` every frame is solved from
+scratch and each chunk is its own task. A result file carries a key hashing the
+parameters, lambda, calibration, registration, package sources and the chunk's
+warm start (:func:`chunk_key`); only files with the current key count as done.
+The keys (of chunks, registrations and the lambda trials) include the digest of
+the input images they read (:func:`ultrabones.core.cache.files_digest`): an
+image replaced on disk is labelled anew. A killed run therefore restarts with
+exactly the chunks whose file is missing, from the warm start the last finished
+chunk left: no frame is lost, redone or written twice.
 
 Outputs
 -------
@@ -154,45 +161,136 @@ def record_image_shape(rec: dataset.Record, timestamps: Iterable[int]) -> list[i
 # ----------------------------------------------------------------------------- tasks
 
 
-def label_chunk(task: Mapping[str, Any]) -> str:
-    """Label one chunk of frames and write its result file (a Dask task).
+def label_sweep(task: Mapping[str, Any]) -> dict:
+    """Label one record's chunks in time order and write each chunk's result file when it is done (a Dask task).
 
-    ``task`` holds plain data: record folder, the rows'
-    timestamps and initial pose parameters, calibration, the registration
-    correction, the cloud file, lambda, the section parameters, the seed, the
-    output file and its key. Returns the output file's path.
+    ``task`` holds plain data: the record folder, calibration, the
+    registration correction, the cloud files, lambda, the section parameters
+    ``params``, the seed, the record's image size, and ``chunks``: a list of
+    ``{"timestamps", "poses", "rows", "out", "key"}`` in time order (``key``:
+    the chunk's key without its warm start). With ``params["optimizer"] ==
+    "sweep"`` each frame starts (:func:`ultrabones.labels.frame.optimize_frame_warm`)
+    from the correction of the last kept frame when that one lies at most
+    ``warm_max_gap`` labelled frames before it, else it is solved cold by
+    differential evolution (as :func:`ultrabones.labels.frame.optimize_sweep`);
+    a chunk's warm start is carried from the previous chunk's result file
+    (:func:`carry_warm_start`) and is part of its key (:func:`chunk_key`), so
+    a chunk whose file exists with that key is read, not redone. With
+    ``"de"`` every frame is solved from scratch (no carry).
+
+    ``task["max_new_chunks"]`` (optional) stops after labelling that many
+    chunks (the kill-and-resume tests).
+
+    Returns
+    -------
+    dict with ``files`` [(path, key)] of the chunks done so far, in order,
+    ``n_new`` (chunks labelled by this call) and ``complete``.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     P = task["params"]
-    calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
-    points, _ = load_cloud(task["cloud"])
+    sweep = P.get("optimizer", "de") == "sweep"
+    max_gap = int(P.get("warm_max_gap", 1))
+    limit = task.get("max_new_chunks")
+    x0, age = None, 0
+    files, n_new, ctx = [], 0, None
+    for ch in task["chunks"]:
+        key = chunk_key(ch["key"], x0, age)
+        done = read_chunk(ch["out"], key, labels=False)
+        if done is None:
+            if limit is not None and n_new >= limit:
+                return {"files": files, "n_new": n_new, "complete": False}
+            if ctx is None:
+                ctx = _sweep_context(task)
+            rows, masks = _label_frames(task, ctx, ch, x0 if sweep else None, age, max_gap, sweep)
+            _write_chunk(Path(ch["out"]), key, rows, masks)
+            n_new += 1
+        else:
+            rows = done["report"]
+        files.append((ch["out"], key))
+        if sweep:
+            x0, age = carry_warm_start(rows, x0, age, max_gap)
+    return {"files": files, "n_new": n_new, "complete": True}
+
+
+def chunk_key(base_key: str, x0, age: int) -> str:
+    """A chunk's key: its key without the warm start (parameters, inputs, sources) and the warm start it began from."""
+    return params_hash({"chunk": base_key, "x0": None if x0 is None else [float(v) for v in x0],
+                        "x0_age": int(age) if x0 is not None else 0})
+
+
+def carry_warm_start(rows: list[Mapping[str, Any]], x0, age: int, max_gap: int) -> tuple[np.ndarray | None, int]:
+    """The warm start after a chunk's frames: ``(x0, age)`` for the next chunk, or ``(None, 0)`` (cold).
+
+    ``x0`` is the correction (rotation deg, translation mm) of the last kept
+    frame and ``age`` the number of labelled frames from that frame to the
+    next chunk's first one (1: the frame just before). Frames not kept (any
+    status) break nothing but age the start; past ``max_gap`` the next frame
+    is solved cold. ``x0, age`` passed in are the chunk's own start, so a
+    chunk without a kept frame passes an older start on.
+    """
+    for k, r in enumerate(reversed(list(rows)), start=1):
+        if r.get("status") == "kept":
+            x = np.array([r[c] for c in _X_COLUMNS], float)
+            return (x, k) if k <= max_gap else (None, 0)
+    if x0 is None or age + len(rows) > max_gap:
+        return None, 0
+    return np.asarray(x0, float), age + len(rows)
+
+
+_X_COLUMNS = ("rot_x_deg", "rot_y_deg", "rot_z_deg", "trans_x_mm", "trans_y_mm", "trans_z_mm")
+
+
+def _sweep_context(task: Mapping[str, Any]) -> dict:
+    """What every frame of a sweep task needs, loaded once: calibration, clouds, registration, record."""
     # Labels are drawn from a denser sampling of the same surface than the objective
     # uses, so that the drawn band is continuous (labeling.label_density_per_mm2).
     dense, dense_normals = load_cloud(task["label_cloud"])
-    g = np.asarray(task["registration"], float)
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
+            "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
+            "g": np.asarray(task["registration"], float),
+            "rec": dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))}
+
+
+def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> tuple[list[dict], dict]:
+    """Label one chunk's frames in order, warm-starting from ``x0`` (``age`` frames old); report rows and masks."""
+    P = task["params"]
+    calib, spacing, points, g, rec = ctx["calib"], ctx["spacing"], ctx["points"], ctx["g"], ctx["rec"]
+    dense, dense_normals = ctx["dense"], ctx["dense_normals"]
+    warm = None if x0 is None else np.asarray(x0, float)
     rows, masks = [], {}
-    for ts, prm, row_no in zip(task["timestamps"], task["poses"], task["rows"]):
+    for ts, prm, row_no in zip(chunk["timestamps"], chunk["poses"], chunk["rows"]):
         t0 = time.process_time()
         row: dict[str, Any] = {"specimen": rec.specimen, "record": rec.name, "timestamp": int(ts), "message": ""}
         prm = np.asarray(prm, float)
+        res = None
         if not np.isfinite(prm).all():
             row.update(status="bad_pose", message=f"{rec.tracking_csv} row {row_no + 1}: pose is not finite")
+        else:
+            img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+            if img is None:
+                row.update(status="bad_image", message=err)
+        if "status" in row:
             rows.append(row)
-            continue
-        img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
-        if img is None:
-            row.update(status="bad_image", message=err)
-            rows.append(row)
+            age += 1
             continue
         pose0 = geometry.pose_from_params(prm)
         obj = frame.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
-                                      region=P["objective_region"])
-        res = frame.optimize_frame(
-            img, pose0, calib, spacing, points, task["lambda"], gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
-            bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
-            seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
-            min_label_fraction=P["min_label_fraction"], objective=obj)
+                                   region=P["objective_region"])
+        common = dict(gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"], bound_mm=P["bound_mm"], popsize=P["popsize"],
+                      maxiter=P["maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, ts),
+                      max_correction_mm=P["max_correction_mm"], min_label_fraction=P["min_label_fraction"],
+                      objective=obj)
+        if warm is not None and age <= max_gap:
+            res = frame.optimize_frame_warm(
+                img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P["warm_step_deg"],
+                step_mm=P["warm_step_mm"], min_step_deg=P["warm_min_step_deg"], min_step_mm=P["warm_min_step_mm"],
+                max_calls=P["warm_max_calls"], **common)
+        else:
+            res = frame.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
+        if res.status == "kept" and sweep:
+            warm, age = np.asarray(res.x, float).copy(), 1
+        else:
+            age += 1
         near = _points_near(dense, img.shape, pose0, [g @ pose0, pose0 @ geometry.perturbation(res.x[:3], res.x[3:])],
                             calib, spacing, P["gamma_mm"])
         pts_d, nrm_d = dense[near], dense_normals[near]
@@ -202,7 +300,7 @@ def label_chunk(task: Mapping[str, Any]) -> str:
         if res.status == "kept":
             full_opt = frame.full_label(img.shape, res.pose, calib, spacing, pts_d, P["gamma_mm"])
             v = frame.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P["gamma_mm"],
-                                       P["incidence_max_deg"])
+                                    P["incidence_max_deg"])
             vis = v.visible
             masks[int(ts)] = (full_opt, vis)
         row.update(
@@ -214,12 +312,11 @@ def label_chunk(task: Mapping[str, Any]) -> str:
             n_label_registered=int(full_reg.sum()), n_label_visible=int(vis.sum()) if vis is not None else 0,
             has_initial=bool(full_init.any()), has_registered=bool(full_reg.any()),
             has_optimized=bool(full_opt is not None and full_opt.any()),
-            generations=res.nfev, seconds_optimize=res.seconds,
+            generations=res.nfev, n_members=res.n_members, path=res.path, seconds_optimize=res.seconds,
         )
         row["seconds_total"] = time.process_time() - t0
         rows.append(row)
-    _write_chunk(Path(task["out"]), task["key"], rows, masks)
-    return task["out"]
+    return rows, masks
 
 
 def _points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.ndarray:
@@ -260,10 +357,11 @@ def _write_chunk(path: Path, key: str, rows: list[dict], masks: dict) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def read_chunk(path: Path | str, key: str | None = None) -> dict | None:
+def read_chunk(path: Path | str, key: str | None = None, labels: bool = True) -> dict | None:
     """A chunk result: ``report`` (list of dicts) and ``labels`` {timestamp: (full, visible)}.
 
     None when the file is missing, unreadable or made with another key.
+    ``labels=False`` reads the report only (``labels`` is then None).
     """
     path = Path(path)
     if not path.is_file():
@@ -272,6 +370,8 @@ def read_chunk(path: Path | str, key: str | None = None) -> dict | None:
         with np.load(path) as z:
             if key is not None and str(z["key"]) != key:
                 return None
+            if not labels:
+                return {"report": json.loads(str(z["report"])), "labels": None}
             shape = tuple(int(v) for v in z["shape"])
             n = shape[0] * shape[1]
             labels = {int(t): (np.unpackbits(f)[:n].reshape(shape).astype(bool),
@@ -494,31 +594,44 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             result = normalize_registration(result) or empty_registration()
             atomic.write_json(f, {"key": key, "result": result})
             regs[rkey] = result
-        # 3. frames, in chunks
-        chunk_tasks, chunk_files = [], {}
+        # 3. frames: one task per sweep (optimizer sweep: its chunks in time order, warm-started) or per chunk (de)
+        frame_tasks, chunk_files = [], {}
         for s, rec, tab, rows in records:
-            files = []
-            size = spec_params[s.name]["chunk_size"]
+            Ps = spec_params[s.name]
+            common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path),
+                          cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
+                          registration=regs[rec.key]["transform"], **{"lambda": lam})
+            common_key = {k: v for k, v in common.items() if k != "record_dir"}
+            size = Ps["chunk_size"]
+            chunks = []
             for c0 in range(0, len(rows), size):
                 part = rows[c0:c0 + size]
-                task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
-                            record_dir=str(rec.path), cloud=clouds[s.name], label_cloud=label_clouds[s.name],
-                            image_shape=shapes[rec.key],
-                            timestamps=tab.loc[part, "timestamp"].tolist(),
-                            poses=frame_poses(tab, part), rows=part.tolist(), registration=regs[rec.key]["transform"],
-                            **{"lambda": lam})
-                key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"},
-                                   "src": source_hash(), "inputs": _images_digest(rec, task["timestamps"])})
-                out = cache / rec.key / f"chunk_{c0 // size:04d}.npz"
-                task.update(out=str(out), key=key)
-                files.append((out, key))
-                if read_chunk(out, key) is None:
-                    chunk_tasks.append(task)
-            chunk_files[rec.key] = files
+                ch = {"timestamps": tab.loc[part, "timestamp"].tolist(), "poses": frame_poses(tab, part),
+                      "rows": part.tolist(), "out": str(cache / rec.key / f"chunk_{c0 // size:04d}.npz")}
+                ch["key"] = params_hash({"task": common_key, "frames": {k: ch[k] for k in ("timestamps", "poses", "rows")},
+                                         "src": source_hash(), "inputs": _images_digest(rec, ch["timestamps"])})
+                chunks.append(ch)
+            groups = [chunks] if Ps["optimizer"] == "sweep" else [[c] for c in chunks]
+            chunk_files[rec.key] = []
+            for g in groups:
+                task = dict(common, chunks=g)
+                done = label_sweep(dict(task, max_new_chunks=0))  # reads the chunk files only
+                if done["complete"]:
+                    chunk_files[rec.key] += done["files"]
+                else:
+                    frame_tasks.append((rec.key, task))
         if fail_after_chunks is not None:
-            run_tasks(label_chunk, chunk_tasks[:fail_after_chunks], "frames")
+            left = fail_after_chunks
+            for rkey, task in frame_tasks:
+                if left <= 0:
+                    break
+                left -= run_tasks(label_sweep, [dict(task, max_new_chunks=left)], "frames")[0]["n_new"]
             raise RuntimeError(f"stopped after {fail_after_chunks} chunks (fail_after_chunks)")
-        run_tasks(label_chunk, chunk_tasks, "frames")
+        done = run_tasks(label_sweep, [t for _, t in frame_tasks], "frames")
+        for (rkey, task), result in zip(frame_tasks, done):
+            chunk_files[rkey] += result["files"]
+        for s, rec, tab, rows in records:  # chunk tasks of one record may finish in any order
+            chunk_files[rec.key].sort(key=lambda f: str(f[0]))
     digests.save()
     # 4. merge, record by record, into the derived dataset; the reports once every merge succeeded
     reports = []
@@ -697,6 +810,11 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
         "discarded_for_correction": int(valid["message"].fillna("").str.startswith("mean fiducial").sum()),
         "discarded_for_shrinking": int(valid["message"].fillna("").str.startswith("label shrank").sum()),
         "seconds_per_frame": float(valid["seconds_optimize"].mean()) if len(valid) else float("nan"),
+        "seconds_per_frame_total": (float(valid["seconds_total"].mean()) if len(valid) and "seconds_total" in valid
+                                    else float("nan")),
+        # how each optimised frame was found: de (cold), warm (local search), warm+de (fallback)
+        "path_share": ({str(k): float(v) for k, v in valid["path"].value_counts(normalize=True).sort_index().items()}
+                       if len(valid) and "path" in valid else {}),
         "skipped_inputs": list(skipped_inputs),
     }
     bad = rep[rep["status"].isin(["bad_image", "bad_pose"])]
