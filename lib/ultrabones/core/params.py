@@ -228,6 +228,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "warm_min_step_mm": _f(0.005, 0.1, doc="sweep optimizer: translation resolution of the pattern search (mm)"),
         "warm_max_calls": _i(10, 200, doc="sweep optimizer: batched objective calls of the pattern search at most"),
         "warm_max_gap": _i(1, doc="sweep optimizer: a kept frame's correction warm-starts frames at most this many labelled frames later; farther: differential evolution"),
+        "warm_cold_every": _i(0, 100000, doc="solve every this-many-th frame of a sweep (tracking.csv row) cold with full differential evolution, restarting the warm chain; 0: never"),
         "registration_frames": _i(1, 100000, doc="frames per sweep used by the global-registration baseline"),
         "registration_bound_deg": _f(0.0, 30.0, doc="global registration search box, Euler angles about the sweep centre (degrees)"),
         "registration_bound_mm": _f(0.0, 100.0, doc="global registration search box, translation (mm)"),

@@ -280,7 +280,8 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
                       maxiter=P["maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, ts),
                       max_correction_mm=P["max_correction_mm"], min_label_fraction=P["min_label_fraction"],
                       objective=obj)
-        if warm is not None and age <= max_gap:
+        every = int(P.get("warm_cold_every", 0))
+        if warm is not None and age <= max_gap and not (every and row_no % every == 0):
             res = frame.optimize_frame_warm(
                 img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P["warm_step_deg"],
                 step_mm=P["warm_step_mm"], min_step_deg=P["warm_min_step_deg"], min_step_mm=P["warm_min_step_mm"],
