@@ -25,6 +25,10 @@ DERIVED_ROOT ?=
 ifneq ($(strip $(DERIVED_ROOT)),)
   EXTRA += -p derived_root=$(DERIVED_ROOT)
 endif
+INIT_CHECKPOINT ?=
+ifneq ($(strip $(INIT_CHECKPOINT)),)
+  EXTRA += -p training.init_checkpoint=$(INIT_CHECKPOINT)
+endif
 # The input dataset's path and content digest. Regenerated on every make (also under make -n: the
 # recipe starts with +), rewritten only when its text changes, so its mtime moves only when the
 # inputs do; every stamp depends on it.
@@ -34,7 +38,7 @@ DIGEST       := $(B)/inputs.digest
 
 help:
 	@echo "make setup                 create $(VENV) (torch pair first, then the project)"
-	@echo "make paper [PROFILE=default] [DATA_ROOT=...] [DERIVED_ROOT=...]   run notebooks 00..07, skipping up-to-date stages"
+	@echo "make paper [PROFILE=default] [DATA_ROOT=...] [DERIVED_ROOT=...] [INIT_CHECKPOINT=...]   run notebooks 00..07, skipping up-to-date stages"
 	@echo "make test                  unit tests + every notebook on params/smoke.yaml"
 	@echo "make nb NB=02              run one notebook now"
 	@echo "make specimen SPECIMEN=id  rerun the per-specimen stages for one specimen, then the stages after"

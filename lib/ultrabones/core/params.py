@@ -290,6 +290,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "threads": _i(1, 1024, nullable=True, doc="torch CPU threads; null: torch's default"),
         "resume": _b(doc="resume from the last checkpoint of a run with the same parameters"),
         "expect_learning": _b(doc="assert that validation F1 beats both baselines (off for smoke: too short to learn)"),
+        "mode": _s(("train", "evaluate", "auto"), doc="train: a model from scratch on the data's split; evaluate: the init_checkpoint model (e.g. twin-trained) on every labelled frame of the data, no training; auto: evaluate when the data has too few specimens to split, else train"),
+        "init_checkpoint": _s(nullable=True, doc="checkpoint evaluated by mode evaluate (e.g. the twin's build/default/models/best.ckpt); a path, relative to where the command ran"),
     },
     "evaluation": {
         "sigmas_mm": _l(_f(0.0, 100.0), doc="distance thresholds sigma of Eqs. 4-5, strictly increasing (mm)"),
@@ -352,7 +354,7 @@ PER_SPECIMEN = ("00_simulate", "01_calibration", "02_labeling", "06_reconstructi
 PATH_KEYS: dict[str | None, tuple[str, ...]] = {
     None: ("data_root", "derived_root"),
     "rating": ("ratings_csv", "ratings_key"),
-    "training": ("encoder_weights",),
+    "training": ("encoder_weights", "init_checkpoint"),
     "evaluation": ("checkpoint",),
 }
 

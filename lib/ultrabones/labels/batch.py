@@ -863,14 +863,15 @@ def selection_metrics(selection: dict | None, measured: Mapping | None = None) -
 
     ``selection`` is :func:`_select_lambda`'s dict; ``measured`` what a measurement of the trials
     against a reference added (on the twin :func:`ultrabones.twin.measure.lambda_oracle`: ``oracle``,
-    ``oracle_region``, ``oracle_gap_mm``, ``true_contour_initial_mm``, ``table``). Tables become dicts of
-    lists; the per-trial rows are left out.
+    ``oracle_region``, ``oracle_gap_mm``, ``true_contour_initial_mm``, ``table``, kept as ``oracle_table``
+    beside the rule's own ``table`` of scores per lambda and region). Tables become dicts of lists; the
+    per-trial rows are left out.
     """
     if selection is None:
         return None
     out = {k: v for k, v in selection.items() if k not in ("table", "trials")}
     if selection.get("table") is not None:
         out["table"] = selection["table"].to_dict(orient="list")
-    for k, v in (measured or {}).items():
-        out[k] = v.to_dict(orient="list") if isinstance(v, pd.DataFrame) else v
+    for k, v in (measured or {}).items():  # the measurement's table beside the rule's, never over it
+        out["oracle_table" if k == "table" else k] = v.to_dict(orient="list") if isinstance(v, pd.DataFrame) else v
     return out
