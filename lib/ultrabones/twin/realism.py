@@ -563,7 +563,10 @@ def figure_side_by_side(result: RealismResult, n: int = 3, height_mm: float = 40
             h, w = img.shape
             ax.imshow(img, cmap="gray", vmin=0, vmax=255, extent=(0, w * sp[0], h * sp[1], 0))
             ax.set_ylim(min(height_mm, h * sp[1]), 0)
-            ax.set_title(f"{name}: {Path(f).parent.parent.name}/{Path(f).stem}", fontsize=8)
+            f = Path(f)
+            where = (f"{f.parents[2].name}/{f.parents[1].name}/{f.stem}" if f.parent.name in ("images", "UltrasoundImages")
+                     else f.stem)
+            ax.set_title(f"{name}: {where}", fontsize=8)
             ax.set_xlabel("mm")
         axes[row][0].set_ylabel("depth (mm)")
     fig.tight_layout()
