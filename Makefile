@@ -9,7 +9,15 @@ PROFILE ?= default
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-B       := build/$(PROFILE)
+# SEED=N runs the profile with master seed N into build/$(PROFILE)-seedN/ and data/twin/$(PROFILE)-seedN/
+SEED    ?=
+ifneq ($(strip $(SEED)),)
+  B       := build/$(PROFILE)-seed$(SEED)
+  SEEDARG := --seed $(SEED)
+else
+  B       := build/$(PROFILE)
+  SEEDARG :=
+endif
 STAMPS  := $(B)/stamps
 RUN     := $(PY) -m ultrabones run
 
@@ -71,12 +79,12 @@ paper: $(STAMPS)/07_summary.done
 	@echo "[ultrabones] paper done: summary in $(B)/notebooks/07_summary.ipynb and figures/summary_table.md"
 
 $(STAMPS)/%.done: notebooks/%.ipynb $(LIB) $(PARAMS) $(DIGEST) | setup
-	@$(RUN) $* --profile $(PROFILE) $(EXTRA) --stamp $@ --no-progress
+	@$(RUN) $* --profile $(PROFILE) $(SEEDARG) $(EXTRA) --stamp $@ --no-progress
 
 FORCE:
 
 $(DIGEST): FORCE | setup
-	+@if [ -x "$(PY)" ]; then $(PY) -m ultrabones inputs-digest --profile $(PROFILE) $(EXTRA) --out $@; fi
+	+@if [ -x "$(PY)" ]; then $(PY) -m ultrabones inputs-digest --profile $(PROFILE) $(SEEDARG) $(EXTRA) --out $@; fi
 
 # each stage runs after the one before it
 $(STAMPS)/01_calibration.done:       $(STAMPS)/00_simulate.done
@@ -89,7 +97,7 @@ $(STAMPS)/07_summary.done:           $(STAMPS)/03_rating_statistics.done $(STAMP
 
 nb: setup
 	@test -n "$(NB)" || (echo "usage: make nb NB=02 [PROFILE=...]"; exit 2)
-	$(RUN) $(NB) --profile $(PROFILE) $(EXTRA)
+	$(RUN) $(NB) --profile $(PROFILE) $(SEEDARG) $(EXTRA)
 
 # One specimen: its per-specimen stages run for it alone (the others' cached results stand), every other
 # stage reruns whole. A per-specimen stage's stamp is refreshed only if it was complete before.
@@ -99,9 +107,9 @@ specimen: setup
 	  stamp=$(STAMPS)/$$nb.done; \
 	  case " $(PER_SPECIMEN) " in \
 	    *" $$nb "*) had=0; [ -f $$stamp ] && had=1; \
-	      $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --specimen $(SPECIMEN) --no-progress || exit 1; \
+	      $(RUN) $$nb --profile $(PROFILE) $(SEEDARG) $(EXTRA) --specimen $(SPECIMEN) --no-progress || exit 1; \
 	      [ $$had = 1 ] && touch $$stamp || true ;; \
-	    *) $(RUN) $$nb --profile $(PROFILE) $(EXTRA) --stamp $$stamp --no-progress || exit 1 ;; \
+	    *) $(RUN) $$nb --profile $(PROFILE) $(SEEDARG) $(EXTRA) --stamp $$stamp --no-progress || exit 1 ;; \
 	  esac; \
 	done
 
@@ -109,4 +117,4 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean:
-	rm -rf $(B) data/twin/$(PROFILE)
+	rm -rf $(B) data/twin/$(notdir $(B))

@@ -65,3 +65,22 @@ def test_stamps_depend_on_the_data_root_and_its_content(tmp_path):
     assert dry_run(data_b) == []
     (data_b / "specimen01" / "record01" / "tracking.csv").write_text("timestamp,x\n1,changed\n")
     assert len(dry_run(data_b)) == 8  # the same DATA_ROOT with other content reruns too
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_seed_runs_into_the_seed_build(tmp_path):
+    """`make paper SEED=2` passes --seed 2 to every run and stamps into build/<profile>-seed2/."""
+    import os
+    import sys
+
+    env = dict(os.environ, ULTRABONES_BUILD_ROOT=str(tmp_path / "build_root"),
+               ULTRABONES_TWIN_ROOT=str(tmp_path / "twin_root"))
+    digest = tmp_path / "inputs.digest"  # written even under -n; kept out of the repository's build/
+    proc = subprocess.run(["make", "-n", "paper", "PROFILE=smoke", "SEED=2", f"PY={sys.executable}",
+                           f"DIGEST={digest}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line for line in proc.stdout.splitlines() if "-m ultrabones run" in line]
+    assert len(runs) == 8
+    assert all("--profile smoke --seed 2" in line and "--stamp build/smoke-seed2/stamps/" in line for line in runs)
+    assert "smoke-seed2" in digest.read_text()

@@ -97,3 +97,81 @@ def test_compare_same_frames_is_within():
 def test_bad_spacing_is_refused():
     with pytest.raises(ValueError, match="spacing"):
         realism.frame_statistics(np.zeros((10, 10), np.uint8), (0.0, 0.1))
+
+
+def _write_png(path, img):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def _fake_run(tmp_path, n_twin=4, n_ref=2, n_sweep=10, twin_std=5.0):
+    """A twin raw/ folder (0.1 mm/px frames) and a shared folder with reference images and a sweep."""
+    import json
+
+    rng = np.random.default_rng(8)
+    raw = tmp_path / "twin" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "system.json").write_text(json.dumps({"spacing_mm": [0.1, 0.1]}))
+    for i in range(n_twin):
+        _write_png(raw / "specimen01" / f"record0{i % 2 + 1}" / "images" / f"{1000 + i}.png",
+                   synthetic_frame(rng, shadow_std=twin_std)[0])
+    _write_png(raw / "phantom" / "record01" / "images" / "1.png", np.zeros((20, 20), np.uint8))
+    shared = tmp_path / "shared"
+    for i in range(n_ref):
+        _write_png(shared / "reference_images" / f"specimen0{i}_frame1.png", synthetic_frame(rng)[0])
+    for i in range(n_sweep):
+        _write_png(shared / "real_sweep" / "specimen01" / "record01" / "UltrasoundImages" / f"{2000 + i}.png",
+                   np.zeros((20, 20), np.uint8))
+    return raw, shared
+
+
+def test_frame_files_of_twin_and_real(tmp_path):
+    raw, shared = _fake_run(tmp_path)
+    twin = realism.twin_frame_files(raw, n=3)
+    assert len(twin) == 3 and all("phantom" not in f.parts for f in twin)
+    assert len(realism.twin_frame_files(raw, n=100)) == 4
+    real = realism.real_frame_files(shared)
+    assert len(real) == 2 + 2  # every reference image, every 5th of 10 sweep frames
+    assert realism.real_frame_files(tmp_path / "nowhere") == []
+    assert realism.twin_spacing(raw) == (0.1, 0.1)
+
+
+def test_realism_table_states_a_reason_outside_20pct():
+    assert set(realism.REASONS) == set(realism.STATISTICS) and all(realism.REASONS.values())
+    rng = np.random.default_rng(9)
+    real = realism.frames_table([synthetic_frame(rng)[:2] for _ in range(3)])
+    twin = real.copy()
+    twin["shadow_std"] *= 2.0
+    table = realism.realism_table(twin, real)
+    assert not table.loc["shadow_std", "within_20pct"]
+    assert table.loc["shadow_std", "reason"] == realism.REASONS["shadow_std"]
+    assert table.loc["tissue_median", "within_20pct"] and table.loc["tissue_median", "reason"] == ""
+    m = realism.realism_metrics(table)
+    assert m["shadow_std"]["ratio"] == pytest.approx(2.0) and m["shadow_std"]["within_20pct"] is False
+    assert set(m["tissue_median"]) == {"twin_median", "real_median", "ratio", "within_20pct"}
+    assert m["n_statistics"] == len(realism.STATISTICS) and m["n_within_20pct"] < m["n_statistics"]
+
+
+def test_run_realism_measures_and_caches(tmp_path):
+    raw, shared = _fake_run(tmp_path, twin_std=10.0)
+    cache = tmp_path / "cache"
+    res = realism.run_realism(raw, shared, n_twin=3, cache_dir=cache)
+    assert len(res.twin_files) == 3 and len(res.real_files) == 4
+    assert list(res.table.index) == list(realism.STATISTICS) and "reason" in res.table
+    assert len(list(cache.glob("realism_*.csv"))) == 1
+    again = realism.run_realism(raw, shared, n_twin=3, cache_dir=cache)  # the real statistics from the cache
+    assert again.table[["real_median", "ratio"]].equals(res.table[["real_median", "ratio"]])
+    m = res.metrics()
+    assert m["n_twin_frames"] == 3 and m["n_real_frames"] == 4
+    fig = realism.figure_side_by_side(res, n=2)
+    assert len(fig.axes) == 4
+
+
+def test_run_realism_skips_without_real_frames(tmp_path):
+    raw, _ = _fake_run(tmp_path)
+    assert realism.run_realism(raw, None) is None
+    assert realism.run_realism(raw, tmp_path / "missing") is None
+    (tmp_path / "empty").mkdir()
+    assert realism.run_realism(raw, tmp_path / "empty") is None

@@ -92,3 +92,35 @@ def test_skip_summary_says_how_many_frames_were_skipped_and_why(tmp_path, capsys
     err = capsys.readouterr().err
     assert "[ultrabones] 02_labeling: 4 of 24 frames skipped" in err
     assert runner.report_skips(tmp_path / "missing.json") == []
+
+
+def test_seed_runs_into_its_own_folders(tmp_path, monkeypatch):
+    """--seed N: the profile with master seed N, in build/<profile>-seed<N>/ and data/twin/<profile>-seed<N>/."""
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(tmp_path / "build"))
+    monkeypatch.setenv("ULTRABONES_TWIN_ROOT", str(tmp_path / "twin"))
+    params, paths = runner.stage_parameters("00_simulate", "smoke", seed=3)
+    assert params["seed"] == 3 and params["profile"] == "smoke-seed3"
+    assert paths.build_dir == tmp_path / "build" / "smoke-seed3"
+    assert paths.twin_dir == tmp_path / "twin" / "smoke-seed3"
+    assert params["build_dir"] == str(paths.build_dir) and params["twin_dir"] == str(paths.twin_dir)
+    assert paths.figures_dir == tmp_path / "build" / "smoke-seed3" / "figures"
+    plain, plain_paths = runner.stage_parameters("00_simulate", "smoke")
+    assert plain["profile"] == "smoke" and plain_paths.build_dir == tmp_path / "build" / "smoke"
+    with pytest.raises(ParamsError, match="once"):
+        runner.stage_parameters("00_simulate", "smoke", assignments=["seed=4"], seed=3)
+    with pytest.raises(ParamsError, match="seed"):
+        runner.stage_parameters("00_simulate", "smoke", seed=-1)
+
+
+def test_cli_seed_reaches_the_runner_and_the_digest(tmp_path, monkeypatch):
+    from ultrabones.pipeline import cli
+
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(tmp_path / "build"))
+    monkeypatch.setenv("ULTRABONES_TWIN_ROOT", str(tmp_path / "twin"))
+    seen = {}
+    monkeypatch.setattr(runner, "run_stage", lambda *a, **k: seen.update(args=a, kwargs=k))
+    assert cli.main(["run", "02", "--profile", "smoke", "--seed", "2", "--no-progress"]) == 0
+    assert seen["kwargs"]["seed"] == 2
+    out = tmp_path / "digest.txt"
+    assert cli.main(["inputs-digest", "--profile", "smoke", "--seed", "2", "--out", str(out)]) == 0
+    assert "smoke-seed2" in out.read_text()

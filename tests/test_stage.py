@@ -189,3 +189,32 @@ def test_committed_figures_have_a_maker():
     assert set(manifest.values()) <= set(NOTEBOOKS)
     missing = [f for f in manifest if not (FIGURES_DIR / f).is_file()]
     assert not missing, f"manifest lists files that are not in figures/: {missing}"
+
+
+def test_seed_builds_found_beside_the_profile(tmp_path):
+    import json
+
+    for name, rate in (("default", 0.1), ("default-seed2", 0.3), ("default-seed10", 0.2), ("default-seedx", 0.9),
+                       ("smoke-seed1", 0.9), ("default-seed3", None)):
+        d = tmp_path / name
+        d.mkdir()
+        if rate is not None:
+            (d / "metrics").mkdir()
+            (d / "metrics" / "02_labeling.json").write_text(json.dumps({
+                "discard_rate": rate, "lambda_selection": {"chosen": 0.1, "oracle": 1.0, "region": "full",
+                                                           "oracle_region": "first_hit", "oracle_gap_mm": 0.02},
+                "contour_error_mm": {"initial": {"mean": 0.8}, "optimized": {"mean": 0.3}}}))
+    expect = [tmp_path / n for n in ("default", "default-seed2", "default-seed10")]
+    assert summary.seed_builds(tmp_path / "default") == expect
+    assert summary.seed_builds(tmp_path / "default-seed2") == expect  # from a seed build, the same set
+    runs, names = summary.load_seed_runs(tmp_path / "default", ["00_simulate", "02_labeling"])
+    assert names == ["default", "default-seed2", "default-seed10"] and len(runs) == 3
+    table = summary.summary_table(runs).set_index("id")
+    assert table.loc["discard_rate", "value"] == pytest.approx(0.2) and table.loc["discard_rate", "n_seeds"] == 3
+    per_seed = summary.labeling_seed_table(runs, names)
+    assert list(per_seed["run"]) == names + ["mean ± sd"]
+    assert per_seed.loc[1, "discard rate"] == 0.3 and per_seed.loc[0, "chosen region"] == "full"
+    assert per_seed.loc[3, "discard rate"] == "0.2 ± 0.1" and per_seed.loc[3, "chosen region"] is None
+    assert per_seed.loc[0, "contour registration (mm)"] is None
+    single = summary.labeling_seed_table(runs[:1], names[:1])
+    assert len(single) == 1

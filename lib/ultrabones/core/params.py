@@ -179,6 +179,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "phantom_speed_of_sound_m_s": _f(1400, 1700, doc="speed of sound in the Z-phantom's water bath (m/s; about 1485 at room temperature)"),
         "ct_blur_mm": _f(0, 5, doc="CT point-spread function, Gaussian std (mm; 0: one-voxel partial volume only)"),
         "ct_cortical_hu": _f(200, 3000, doc="HU of the twin's cortical bone (1400: the bone threshold 720 is the midpoint to muscle)"),
+        "real_frames_dir": _s(nullable=True, doc="folder with real frames (reference_images/, real_sweep/) for notebook 00's realism table; relative to where the command ran; null or missing: the section is skipped"),
     },
     "calibration": {
         "wire_threshold": _f(0, 255, doc="grey level (0..255, after smoothing) above which a pixel is a wire echo"),
@@ -353,6 +354,7 @@ PER_SPECIMEN = ("00_simulate", "01_calibration", "02_labeling", "06_reconstructi
 #: (:func:`resolve_paths`), because papermill runs notebooks in ``notebooks/``.
 PATH_KEYS: dict[str | None, tuple[str, ...]] = {
     None: ("data_root", "derived_root"),
+    "simulate": ("real_frames_dir",),
     "rating": ("ratings_csv", "ratings_key"),
     "training": ("encoder_weights", "init_checkpoint"),
     "evaluation": ("checkpoint",),

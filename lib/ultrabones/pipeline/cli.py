@@ -1,4 +1,7 @@
-"""Command line: ``python -m ultrabones run NOTEBOOK --profile P [--specimen S] [-p key=value ...]``.
+"""Command line: ``python -m ultrabones run NOTEBOOK --profile P [--seed N] [--specimen S] [-p key=value ...]``.
+
+``--seed N`` runs the profile with master seed N into its own folders
+(``build/<profile>-seed<N>/``, ``data/twin/<profile>-seed<N>/``).
 
 Other verbs: ``check`` validates a profile and the specimen files,
 ``specimens`` lists a profile's specimens, ``stages`` lists the notebooks,
@@ -20,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute one numbered notebook with papermill")
     run.add_argument("notebook", help="'02', '02_labeling' or a path to a notebook")
     run.add_argument("--profile", default="default", help="params/<profile>.yaml (default: default)")
+    run.add_argument("--seed", type=int, default=None,
+                     help="another master seed; the run goes to build/<profile>-seed<N>/ and data/twin/<profile>-seed<N>/")
     run.add_argument("--specimen", default=None, help="run for this specimen only")
     run.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (section.key=value, or key=value of this notebook's section)")
@@ -32,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stages", help="list the numbered notebooks and their sections")
     dig = sub.add_parser("inputs-digest", help="write the input dataset's path and content digest (for make)")
     dig.add_argument("--profile", default="default")
+    dig.add_argument("--seed", type=int, default=None, help="as for run")
     dig.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (data_root=..., derived_root=...)")
     dig.add_argument("--out", required=True, help="the digest file; rewritten only when its content changes")
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             from ultrabones.pipeline.runner import run_stage
 
             run_stage(args.notebook, args.profile, args.specimen, args.assignments, args.stamp,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, seed=args.seed)
         elif args.verb == "check":
             from ultrabones.core.params import load_profile
             from ultrabones.core.paths import PARAMS_DIR
@@ -65,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
             from ultrabones.core import atomic
             from ultrabones.core.cache import inputs_digest
-            from ultrabones.core.params import load_profile
-            from ultrabones.core.paths import PARAMS_DIR, Paths
+            from ultrabones.core.paths import Paths
+            from ultrabones.pipeline.runner import seeded_profile
 
-            prof = load_profile(args.profile, PARAMS_DIR, args.assignments)
+            prof = seeded_profile(args.profile, args.assignments, args.seed)
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
             text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
             atomic.write_text_if_changed(Path(args.out), text)

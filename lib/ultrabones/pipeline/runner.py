@@ -210,13 +210,42 @@ def report_skips(metrics_file: Path, stem: str = "") -> list[str]:
     return lines
 
 
+def seeded_name(profile: str, seed: int | None) -> str:
+    """The run name of a profile under another master seed: ``<profile>-seed<N>`` (``profile`` for None).
+
+    A seeded run writes to ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``, so
+    that runs of several seeds sit side by side (see :func:`ultrabones.pipeline.summary.seed_builds`).
+    """
+    return profile if seed is None else f"{profile}-seed{int(seed)}"
+
+
+def seeded_profile(profile: str, assignments: list[str] | None = None, seed: int | None = None,
+                   specimen: str | None = None, section_hint: str | None = None):
+    """Load a profile with ``seed`` as its master seed and the run name of :func:`seeded_name`.
+
+    Raises
+    ------
+    ParamsError
+        If ``seed`` is out of the schema's range, or ``-p seed=...`` is given together with it.
+    """
+    assignments = list(assignments or [])
+    if seed is not None:
+        if any(a.split("=", 1)[0].strip() == "seed" for a in assignments):
+            raise ParamsError("give the master seed once: --seed N, not also -p seed=...")
+        assignments.append(f"seed={int(seed)}")
+    prof = load_profile(profile, PARAMS_DIR, assignments, specimen=specimen, section_hint=section_hint)
+    prof.name = seeded_name(prof.name, seed)
+    return prof
+
+
 def stage_parameters(
-    stem: str, profile: str, specimen: str | None = None, assignments: list[str] | None = None
+    stem: str, profile: str, specimen: str | None = None, assignments: list[str] | None = None,
+    seed: int | None = None,
 ) -> tuple[dict, Paths]:
-    """The validated parameters and paths of a stage run."""
+    """The validated parameters and paths of a stage run (``seed``: another master seed, own folders)."""
     if stem not in NOTEBOOKS:
         raise ParamsError(f"notebook {stem!r} is not a stage (known: {', '.join(NOTEBOOKS)})")
-    prof = load_profile(profile, PARAMS_DIR, assignments, specimen=specimen, section_hint=NOTEBOOKS[stem])
+    prof = seeded_profile(profile, assignments, seed, specimen=specimen, section_hint=NOTEBOOKS[stem])
     paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
     params = prof.notebook_parameters(stem)
     params.update(
@@ -235,16 +264,18 @@ def run_stage(
     assignments: list[str] | None = None,
     stamp: Path | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> Path:
     """Run one numbered notebook for a profile; return its metrics file.
 
     The executed copy goes to ``build/<profile>/notebooks/<stem>.ipynb`` (with
     ``__<specimen>`` for a one-specimen run). ``stamp`` is written only after
-    success, for ``make``.
+    success, for ``make``. With ``seed``, the profile runs with that master
+    seed into ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``.
     """
     notebook = resolve_notebook(name)
     stem = notebook.stem
-    params, paths = stage_parameters(stem, profile, specimen, assignments)
+    params, paths = stage_parameters(stem, profile, specimen, assignments, seed=seed)
     suffix = f"__{specimen}" if specimen else ""
     output = paths.notebooks_dir / f"{stem}{suffix}.ipynb"
     metrics = paths.metrics(stem)

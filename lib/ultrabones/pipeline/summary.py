@@ -10,6 +10,7 @@ nothing here sets or moves a criterion. :func:`summary_table` takes the metrics 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -370,3 +371,75 @@ def orphan_figures(figures_dir: Path) -> list[str]:
         f.name for f in figures_dir.iterdir()
         if f.is_file() and f.name not in manifest and f.name != MANIFEST and not f.name.startswith(".")
     )
+
+
+def seed_builds(build_dir: Path | str) -> list[Path]:
+    """The build folders of one profile over its seeds: ``build/<profile>/`` and every
+    ``build/<profile>-seed<N>/`` (see ``python -m ultrabones run --seed``) that holds a ``metrics/`` folder.
+
+    ``build_dir`` may be the profile's folder or one of its seed folders; the result is the same: the
+    profile's own run first (when it has metrics), then the seeds in increasing order.
+    """
+    build_dir = Path(build_dir)
+    base = re.sub(r"-seed\d+$", "", build_dir.name)
+    pattern = re.compile(rf"^{re.escape(base)}-seed(\d+)$")
+    seeded = sorted((int(m.group(1)), d) for d in build_dir.parent.glob(f"{base}-seed*")
+                    if (m := pattern.match(d.name)) and (d / "metrics").is_dir())
+    own = build_dir.parent / base
+    return ([own] if (own / "metrics").is_dir() else []) + [d for _, d in seeded]
+
+
+def load_seed_runs(build_dir: Path | str, stems: Sequence[str]) -> tuple[list[dict[str, dict]], list[str]]:
+    """One metrics dict per seed build of :func:`seed_builds` (stems that a build lacks are left out), and
+    the builds' folder names, in the same order: the input of :func:`summary_table` over seeds."""
+    runs, names = [], []
+    for d in seed_builds(build_dir):
+        run = {stem: json.loads((d / "metrics" / f"{stem}.json").read_text())
+               for stem in stems if (d / "metrics" / f"{stem}.json").is_file()}
+        if run:
+            runs.append(run)
+            names.append(d.name)
+    return runs, names
+
+
+#: Columns of :func:`labeling_seed_table`: column -> ``"<stem>:<dotted.key>"``.
+LABELING_SEED_COLUMNS = {
+    "n_specimens": "00_simulate:n_specimens",
+    "n_frames": "02_labeling:n_frames",
+    "oracle lambda": "02_labeling:lambda_selection.oracle",
+    "oracle region": "02_labeling:lambda_selection.oracle_region",
+    "chosen lambda": "02_labeling:lambda_selection.chosen",
+    "chosen region": "02_labeling:lambda_selection.region",
+    "oracle gap (mm)": "02_labeling:lambda_selection.oracle_gap_mm",
+    "contour initial (mm)": "02_labeling:contour_error_mm.initial.mean",
+    "contour registration (mm)": "02_labeling:contour_error_mm.registration.mean",
+    "contour optimised (mm)": "02_labeling:contour_error_mm.optimized.mean",
+    "share improved": "02_labeling:optimized_better_share",
+    "discard rate": "02_labeling:discard_rate",
+}
+
+
+def labeling_seed_table(runs: Sequence[Mapping[str, dict]], names: Sequence[str]) -> pd.DataFrame:
+    """Notebook 02's truth-free choice against the oracle, seed by seed.
+
+    Parameters
+    ----------
+    runs, names : from :func:`load_seed_runs`.
+
+    Returns
+    -------
+    One row per seed build (``run``: its folder name) with :data:`LABELING_SEED_COLUMNS` (contour errors
+    are means over kept frames, mm; ``share improved``: kept frames whose optimised contour beats the
+    initial; missing values None), and, with two or more seeds, a last row ``mean ± sd`` of the numeric
+    columns (sd with ddof=1).
+    """
+    rows = [{"run": n, **{c: lookup(m, ref) for c, ref in LABELING_SEED_COLUMNS.items()}}
+            for m, n in zip(runs, names)]
+    df = pd.DataFrame(rows, columns=["run", *LABELING_SEED_COLUMNS])
+    if len(rows) >= 2:
+        agg = {"run": "mean ± sd"}
+        for c in LABELING_SEED_COLUMNS:
+            mean, sd, n = aggregate([float(v) for v in df[c] if _number(v)])
+            agg[c] = None if mean is None else (f"{mean:.3g} ± {sd:.2g}" if sd is not None else f"{mean:.3g}")
+        df = pd.concat([df.astype(object), pd.DataFrame([agg])], ignore_index=True)
+    return df

@@ -744,7 +744,11 @@ def specimen_section(P: dict, overrides: dict | None, name: str) -> dict:
     if bad:
         raise ParamsError(f"params/specimens/{name}.yaml: simulate.{bad[0]} describes the probe or the phantom "
                           f"shared by every specimen; it cannot be set per specimen")
-    return {**P, **ov}
+    return {k: v for k, v in {**P, **ov}.items() if k not in NOT_SIMULATION_KEYS}
+
+
+#: ``simulate`` keys that change no simulated byte (left out of the cache keys).
+NOT_SIMULATION_KEYS = ("real_frames_dir",)
 
 
 def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None = None, n_workers: int = 1,
