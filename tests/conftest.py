@@ -39,6 +39,7 @@ class SmokeRun:
         self.env.setdefault("OMP_NUM_THREADS", "2")
         self.done: dict[str, dict] = {}
         self.failed: dict[str, str] = {}
+        self.input_digest: dict[str, str] | None = None  # the input dataset's files right after 01 wrote it
 
     @property
     def build(self) -> Path:
@@ -73,7 +74,17 @@ class SmokeRun:
             self.failed[stem] = f"{stem} failed on smoke:\n{proc.stderr[-4000:]}"
             pytest.fail(self.failed[stem])
         self.done[stem] = json.loads((self.build / "metrics" / f"{stem}.json").read_text())
+        if stem == "01_calibration":
+            self.input_digest = self.dataset_digest()
         return self.done[stem]
+
+    def dataset_digest(self) -> dict[str, str]:
+        """SHA-256 of every file of the twin's input dataset (what 01 wrote; every later stage only reads it)."""
+        import hashlib
+
+        root = self.twin / "dataset"
+        return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(root.rglob("*")) if f.is_file()}
 
 
 @pytest.fixture(scope="session")

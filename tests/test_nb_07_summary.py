@@ -46,3 +46,12 @@ def test_a_second_make_paper_reruns_nothing(smoke_metrics, smoke):
     proc = subprocess.run(["make", "-q", str(stamps / "07_summary.done"), "PROFILE=smoke", f"B={smoke.build}",
                            f"STAMPS={stamps}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, "make -q paper says a stage is out of date:\n" + proc.stdout + proc.stderr
+
+
+@pytest.mark.notebook
+def test_the_input_dataset_is_byte_identical_after_every_stage(smoke, smoke_metrics):
+    """02-07 only read the input dataset: every file's checksum after 07 equals the one right after 01 wrote it."""
+    smoke_metrics("07_summary")
+    assert smoke.input_digest, "01 did not run in this session"
+    after = smoke.dataset_digest()
+    assert after == smoke.input_digest, sorted(set(after.items()) ^ set(smoke.input_digest.items()))[:5]
