@@ -69,6 +69,10 @@ class SmokeRun:
         for prev in STAGES[: STAGES.index(stem)]:
             if prev not in self.done:
                 self.metrics(prev)
+        if stem == STAGES[0]:  # as make does before any stage: the inputs' digest every stamp depends on
+            subprocess.run([sys.executable, "-m", "ultrabones", "inputs-digest", "--profile", "smoke",
+                            "--out", str(self.build / "inputs.digest")], cwd=ROOT, env=self.env, check=True,
+                           capture_output=True, timeout=300)
         proc = self.run(stem, "--stamp", str(self.build / "stamps" / f"{stem}.done"))
         if proc.returncode != 0:
             self.failed[stem] = f"{stem} failed on smoke:\n{proc.stderr[-4000:]}"

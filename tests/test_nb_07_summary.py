@@ -44,7 +44,7 @@ def test_a_second_make_paper_reruns_nothing(smoke_metrics, smoke):
         pytest.skip("make setup has not run in this checkout")
     stamps = smoke.build / "stamps"
     proc = subprocess.run(["make", "-q", str(stamps / "07_summary.done"), "PROFILE=smoke", f"B={smoke.build}",
-                           f"STAMPS={stamps}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           f"STAMPS={stamps}"], cwd=ROOT, env=smoke.env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, "make -q paper says a stage is out of date:\n" + proc.stdout + proc.stderr
 
 
