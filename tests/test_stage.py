@@ -216,5 +216,6 @@ def test_seed_builds_found_beside_the_profile(tmp_path):
     assert per_seed.loc[1, "discard rate"] == 0.3 and per_seed.loc[0, "chosen region"] == "full"
     assert per_seed.loc[3, "discard rate"] == "0.2 ± 0.1" and per_seed.loc[3, "chosen region"] is None
     assert per_seed.loc[0, "contour registration (mm)"] is None
+    assert per_seed.loc[3, "chosen lambda"] == "0.1 ± 0"  # equal values: sd exactly 0
     single = summary.labeling_seed_table(runs[:1], names[:1])
     assert len(single) == 1

@@ -440,6 +440,8 @@ def labeling_seed_table(runs: Sequence[Mapping[str, dict]], names: Sequence[str]
         agg = {"run": "mean ± sd"}
         for c in LABELING_SEED_COLUMNS:
             mean, sd, n = aggregate([float(v) for v in df[c] if _number(v)])
+            if sd is not None and sd <= 1e-9 * max(1.0, abs(mean)):
+                sd = 0.0  # equal values: no floating-point noise in the table
             agg[c] = None if mean is None else (f"{mean:.3g} ± {sd:.2g}" if sd is not None else f"{mean:.3g}")
         df = pd.concat([df.astype(object), pd.DataFrame([agg])], ignore_index=True)
     return df
