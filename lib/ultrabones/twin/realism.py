@@ -578,3 +578,10 @@ __all__ = ["STATISTICS", "REAL_SPACING_MM", "REASONS", "Regions", "find_regions"
            "frames_table", "compare", "read_frames", "real_frame_files", "twin_frame_files", "twin_spacing",
            "cached_frames_table", "realism_table", "realism_metrics", "RealismResult", "run_realism",
            "figure_side_by_side"]
+
+
+def realism_metrics_or_skip(result: "RealismResult | None", real_dir) -> dict:
+    """The ``realism`` metrics of notebook 00: the comparison's, or why it was skipped (no real frames)."""
+    if result is None:
+        return {"skipped": f"no real frames under {str(real_dir)!r}"}
+    return result.metrics()

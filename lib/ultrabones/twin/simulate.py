@@ -963,3 +963,12 @@ def figure_statistics(result: dict):
     ax[2].set_ylabel("visible / full label pixels")
     fig.tight_layout()
     return fig
+
+
+def check_metrics(metrics: dict, P: dict) -> None:
+    """Sanity of a simulated twin: frames and specimens as configured, an initial misalignment of the paper's
+    order (a simulator setting, paper 1.13 mm), and bone visible in some but not all of the image."""
+    mis = metrics["initial_misalignment_mm"]["mean"]
+    assert metrics["n_frames"] > 0 and metrics["n_specimens"] == P["n_specimens"], metrics["n_specimens"]
+    assert 0.5 < mis < 2.0, f"initial misalignment {mis:.2f} mm is not of the paper's order (1.13 mm)"
+    assert 0.05 < metrics["visible_bone_fraction"] < 0.95, metrics["visible_bone_fraction"]
