@@ -94,6 +94,23 @@ def sample_frames(n_rows_per_record: Sequence[int], candidate_rows: Sequence[Seq
     return sorted(pool[j] for j in pick)
 
 
+def _task_frame(task: Mapping[str, Any]):
+    """The plain data of a selection task unpacked: the section, calibration, spacing, ``C``, the record, the
+    timestamp, the image, the recorded pose and the regions; None when the image cannot be read."""
+    from ultrabones.labels.batch import load_cloud  # plain helpers; no truth
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    ts = int(task["timestamp"])
+    try:
+        img = dataset.read_image(rec.image_path(ts))
+    except DatasetError:
+        return None
+    return (task["params"], np.asarray(task["calib"], float), tuple(task["spacing"]), load_cloud(task["cloud"])[0],
+            rec, ts, img, geometry.pose_from_params(np.asarray(task["pose"], float)),
+            list(task.get("regions", REGIONS)), list(task.get("eval_regions", REGIONS)))
+
+
 def _objective(img, pose, calib, spacing, points, P, region):
     return frame.FrameObjective(img, pose, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
                                    region=region)
@@ -118,21 +135,12 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
     ``n_neighbours``, ``seconds`` (CPU s of the fit). Empty when the frame's
     image is unreadable or no bone is in view.
     """
-    from ultrabones.labels.batch import frame_seed, load_cloud  # plain helpers; no truth
+    from ultrabones.labels.batch import frame_seed
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    P = task["params"]
-    calib, spacing = np.asarray(task["calib"], float), tuple(task["spacing"])
-    points, _ = load_cloud(task["cloud"])
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
-    ts = int(task["timestamp"])
-    try:
-        img = dataset.read_image(rec.image_path(ts))
-    except DatasetError:
+    frame_ = _task_frame(task)
+    if frame_ is None:
         return []
-    pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
-    regions = list(task.get("regions", REGIONS))
-    eval_regions = list(task.get("eval_regions", REGIONS))
+    P, calib, spacing, points, rec, ts, img, pose0, regions, eval_regions = frame_
     fits = []
     for region in regions:
         obj = _objective(img, pose0, calib, spacing, points, P, region)
@@ -237,21 +245,12 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
     two held-out gains), ``split_kept`` (both half-fits within
     ``max_correction_mm``), ``split_x`` (the two corrections), ``seconds``.
     """
-    from ultrabones.labels.batch import frame_seed, load_cloud
+    from ultrabones.labels.batch import frame_seed
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    P = task["params"]
-    calib, spacing = np.asarray(task["calib"], float), tuple(task["spacing"])
-    points, _ = load_cloud(task["cloud"])
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
-    ts = int(task["timestamp"])
-    try:
-        img = dataset.read_image(rec.image_path(ts))
-    except DatasetError:
+    frame_ = _task_frame(task)
+    if frame_ is None:
         return []
-    pose0 = geometry.pose_from_params(np.asarray(task["pose"], float))
-    regions = list(task.get("regions", REGIONS))
-    eval_regions = list(task.get("eval_regions", REGIONS))
+    P, calib, spacing, points, rec, ts, img, pose0, regions, eval_regions = frame_
     halves = split_columns(_objective(img, pose0, calib, spacing, points, P, "full").mask())
     if halves is None:
         return []
