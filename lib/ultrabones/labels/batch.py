@@ -59,7 +59,6 @@ import pandas as pd
 
 from ultrabones.core import atomic
 from ultrabones.core.executor import executor
-from ultrabones.core.overlay import overlay  # noqa: F401  (notebook 02 draws with batch.overlay)
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
