@@ -169,6 +169,35 @@ def test_validation_discards_large_corrections(scene):
     assert np.isnan(res.pose).all()
 
 
+def test_halves_check_keeps_a_true_correction_and_discards_a_one_sided_one(scene):
+    """A correction that undoes a pose error raises the echo on both halves of the bone's scan lines; where one
+    half of the image is featureless, no correction can raise it there, and the frame is discarded."""
+    true = frame_pose(-3.0)
+    calib, pts = scene["calib"], scene["points"]
+    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    err = np.array([0.0, 0.0, 0.0, 0.5, 0.0, 0.4])  # deg, mm
+    recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
+    obj = frame.FrameObjective(img, recorded, calib, SPACING, pts, region="first_hit")
+    left, right = obj.half_gains(err)
+    assert left > 0.05 and right > 0.05, (left, right)
+    assert frame.check_halves(obj, err, "first_hit")[0] == ""
+    # the right half of the bone's columns made uniform
+    cols = np.flatnonzero(obj.mask().any(axis=0))
+    flat = img.copy()
+    flat[:, cols[len(cols) // 2]:] = 128
+    obj2 = frame.FrameObjective(flat, recorded, calib, SPACING, pts, region="first_hit")
+    left2, right2 = obj2.half_gains(err)
+    assert left2 > 0.05 and right2 == pytest.approx(0.0, abs=1e-12)
+    reason, gains = frame.check_halves(obj2, err, "first_hit")
+    assert "one half of the bone's scan lines only" in reason and gains == (left2, right2)
+    assert frame.check_halves(obj2, np.zeros(6), "first_hit")[0] == ""  # no correction: nothing to support
+    assert frame.check_halves(obj2, err, None)[0] == ""  # off
+    res = frame.optimize_frame(flat, recorded, calib, SPACING, pts, 0.01, seed=0, halves_check="first_hit")
+    assert res.status == "discarded" and "one half" in res.reason and res.gain_right == pytest.approx(0.0, abs=1e-12)
+    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, halves_check="first_hit")
+    assert res.status == "kept" and min(res.gain_left, res.gain_right) > 0
+
+
 # ----------------------------------------------------------------------------- visible label
 
 
@@ -243,7 +272,7 @@ def test_register_sweep_rejects_mismatched_inputs(scene):
 
 PARAMS = {
     "objective_region": "full", "density_per_mm2": 6.0, "label_density_per_mm2": 12.0, "gamma_mm": 0.3, "bound_deg": 1.0, "bound_mm": 1.0, "popsize": 6, "maxiter": 15,
-    "tol": 0.02, "lambdas": [0.01, 1.0], "lambda_frames": 2, "lambda_value": None, "max_correction_mm": 1.0, "min_label_fraction": 0.5,
+    "tol": 0.02, "lambdas": [0.01, 1.0], "lambda_frames": 2, "lambda_value": None, "max_correction_mm": 1.0, "min_label_fraction": 0.5, "halves_check": "first_hit",
     "incidence_max_deg": 85.0, "frame_stride": 1, "max_frames_per_record": None, "chunk_size": 2,
     "registration_frames": 2, "registration_bound_deg": 1.0, "registration_bound_mm": 1.0,
     "registration_maxiter": 5, "precision_tolerance_mm": 0.5, "executor": "synchronous",

@@ -24,7 +24,7 @@ PARAMS = {
     "objective_region": "first_hit", "density_per_mm2": 6.0, "label_density_per_mm2": 12.0, "gamma_mm": 0.3,
     "bound_deg": 1.0, "bound_mm": 1.0, "popsize": 6, "maxiter": 10, "tol": 0.02,
     "lambdas": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], "lambda_frames": 2, "lambda_value": 0.1,
-    "max_correction_mm": 1.0, "min_label_fraction": 0.5, "incidence_max_deg": 85.0, "frame_stride": 1,
+    "max_correction_mm": 1.0, "min_label_fraction": 0.5, "halves_check": "first_hit", "incidence_max_deg": 85.0, "frame_stride": 1,
     "max_frames_per_record": None, "chunk_size": 3, "registration_frames": 2, "registration_bound_deg": 1.0,
     "registration_bound_mm": 1.0, "registration_maxiter": 3, "precision_tolerance_mm": 0.5,
     "executor": "synchronous", "selection_rule": "split", "selection_eval_region": "first_hit",

@@ -218,6 +218,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "lambda_value": _f(0.0, 1e6, nullable=True, doc="fixed lambda (1/mm); null: choose among lambdas"),
         "max_correction_mm": _f(0.0, 100.0, doc="validation: discard a frame whose mean fiducial correction exceeds this (mm; paper 1)"),
         "min_label_fraction": _f(0.0, 1.0, doc="validation (not in the paper): discard a frame whose optimised label keeps fewer than this share of the initial label's pixels; 0: off"),
+        "halves_check": _s(("first_hit", "full"), nullable=True, doc="validation (not in the paper): discard a frame whose correction does not raise the mean intensity, in this region, on both halves of the bone's scan lines; null: off"),
         "incidence_max_deg": _f(0.0, 90.0, doc="visible label keeps incidence angles up to this (degrees; paper 85)"),
         "frame_stride": _i(1, 100000, doc="label every k-th frame of a record"),
         "max_frames_per_record": _i(1, 1000000, nullable=True, doc="at most this many labelled frames per record (spread evenly); null: no cap"),

@@ -278,7 +278,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
         common = dict(gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"], bound_mm=P["bound_mm"], popsize=P["popsize"],
                       maxiter=P["maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, ts),
                       max_correction_mm=P["max_correction_mm"], min_label_fraction=P["min_label_fraction"],
-                      objective=obj)
+                      objective=obj, halves_check=P["halves_check"])
         every = int(P.get("warm_cold_every", 0))
         if warm is not None and age <= max_gap and not (every and row_no % every == 0):
             res = frame.optimize_frame_warm(
@@ -313,6 +313,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             has_initial=bool(full_init.any()), has_registered=bool(full_reg.any()),
             has_optimized=bool(full_opt is not None and full_opt.any()),
             generations=res.nfev, n_members=res.n_members, path=res.path, seconds_optimize=res.seconds,
+            gain_left=res.gain_left, gain_right=res.gain_right,
         )
         row["seconds_total"] = time.process_time() - t0
         rows.append(row)

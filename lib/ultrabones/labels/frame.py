@@ -440,19 +440,21 @@ class FrameObjective:
             member, pixel, _ = self.band(self.deltas(x))
         return self.band_mean(member, pixel, s)
 
-    def band_mean(self, member: np.ndarray, pixel: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    def band_mean(self, member: np.ndarray, pixel: np.ndarray, s: int,
+                  region: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean intensity and pixel count per member of a :meth:`band`, over :attr:`region`.
 
         Parameters
         ----------
         member, pixel : the (member, pixel) pairs of :meth:`band`.
         s : population size.
+        region : ``"full"`` or ``"first_hit"``; None: :attr:`region`.
 
         Returns
         -------
         mean : (S,) mean of ``f`` (0 where empty); count : (S,) pixels used.
         """
-        if self.region == "first_hit" and len(pixel):
+        if (region or self.region) == "first_hit" and len(pixel):
             h, w = self.shape
             v, u = np.divmod(pixel, w)
             column = member * w + u
@@ -476,6 +478,39 @@ class FrameObjective:
         mean, _ = self.intensity(x)
         out = mean - lam * self.fiducial(x)
         return out if np.ndim(x) == 2 else float(out[0])
+
+    def half_gains(self, x, region: str = "first_hit") -> tuple[float, float]:
+        """How much the correction ``x`` raises the mean intensity on each half of the bone's scan lines.
+
+        The image columns crossed by the initial intersection ``I_t`` (no
+        correction) are cut at their median into a left and a right half; on
+        each, the mean intensity over ``I_t`` (in ``region``) at ``x`` minus that
+        at no correction. A rigid pose error moves the whole contour, so a
+        correction that undoes one raises both halves; a correction that pulls
+        one side of the contour onto a bright structure (speckle, a fascia
+        line) at the expense of the other raises one only.
+
+        Parameters
+        ----------
+        x : (6,) correction, rotation (deg) and translation (mm).
+        region : ``"first_hit"`` or ``"full"`` (see :class:`FrameObjective`).
+
+        Returns
+        -------
+        (left, right) gains in intensity units ([0, 1] scale); NaN for both when the
+        initial intersection crosses fewer than 4 columns.
+        """
+        member, pixel, _ = self.band(self.deltas(np.c_[np.zeros(6), np.asarray(x, float).reshape(6)]))
+        w = self.shape[1]
+        cols = np.unique(pixel[member == 0] % w)
+        if len(cols) < 4:
+            return float("nan"), float("nan")
+        left = pixel % w < cols[len(cols) // 2]
+        gains = []
+        for side in (left, ~left):
+            mean, count = self.band_mean(member[side], pixel[side], 2, region=region)
+            gains.append(float(mean[1] - mean[0]) if count[0] > 0 else float("nan"))
+        return gains[0], gains[1]
 
     def mask(self, x=None) -> np.ndarray:
         """(H, W) bool full label of one member (``x`` (6,), default no perturbation)."""
@@ -659,6 +694,8 @@ class FrameResult:
         :func:`optimize_frame_warm`) or ``"warm+de"`` (the local result failed
         validation and differential evolution replaced it).
     n_members : objective evaluations (population members, all calls together).
+    gain_left, gain_right : :meth:`FrameObjective.half_gains` of the correction, when the
+        halves check ran (NaN otherwise).
     """
 
     status: str
@@ -676,13 +713,15 @@ class FrameResult:
     seconds: float = 0.0
     path: str = "de"
     n_members: int = 0
+    gain_left: float = float("nan")
+    gain_right: float = float("nan")
 
 
 def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm: float = 0.3,
                    bound_deg: float = 1.0, bound_mm: float = 1.0, popsize: int = 15, maxiter: int = 100,
                    tol: float = 0.01, seed: int = 0, max_correction_mm: float = 1.0,
                    min_label_fraction: float = 0.0, objective: FrameObjective | None = None,
-                   region: str = "full") -> FrameResult:
+                   region: str = "full", halves_check: str | None = None) -> FrameResult:
     """Refine one frame's pose by maximising Eq. 2, then validate it.
 
     Differential evolution (seeded, the population evaluated in one vectorised
@@ -707,6 +746,9 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
     objective : a prepared :class:`FrameObjective` of this frame (optional).
     region : the intersection the mean runs over, ``"full"`` (Eq. 2 as written)
         or ``"first_hit"`` (see :class:`FrameObjective`).
+    halves_check : third validation rule (not in the paper; None: off): the correction must raise
+        the mean intensity (in this region, ``"first_hit"`` or ``"full"``) on both halves of the
+        bone's scan lines (:meth:`FrameObjective.half_gains`).
 
     Returns
     -------
@@ -729,21 +771,18 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
         vectorized=True, updating="deferred", polish=False, x0=np.zeros(6), init="latinhypercube",
     )
     x = np.asarray(res.x, float)
-    i1, n1 = obj.intensity(x.reshape(6, 1))
-    delta = geometry.perturbation(x[:3], x[3:])
-    corr = float(geometry.mean_fiducial_displacement(np.eye(4), delta, obj.fiducials))
-    reason = ""
-    if corr > max_correction_mm:
-        reason = f"mean fiducial correction {corr:.3f} mm > {max_correction_mm} mm"
-    elif n1[0] < min_label_fraction * n0[0]:
-        reason = f"label shrank to {n1[0]} of {n0[0]} px (< {min_label_fraction:g})"
+    corr, i1, n1, reason = _validate(obj, x, int(n0[0]), max_correction_mm, min_label_fraction)
+    gains = (float("nan"), float("nan"))
+    if not reason:
+        reason, gains = check_halves(obj, x, halves_check)
     kept = not reason
     return FrameResult(
-        status="kept" if kept else "discarded", reason=reason, x=x, pose=pose @ delta if kept else np.full((4, 4), np.nan),
-        correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=float(i1[0]),
-        objective_initial=float(i0[0]), objective_optimized=float(i1[0] - lam * corr),
-        n_initial=int(n0[0]), n_optimized=int(n1[0]), nfev=int(res.nfev), seconds=time.process_time() - t0,
-        n_members=int(res.nfev) * popsize * 6,
+        status="kept" if kept else "discarded", reason=reason, x=x,
+        pose=pose @ geometry.perturbation(x[:3], x[3:]) if kept else np.full((4, 4), np.nan),
+        correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=i1,
+        objective_initial=float(i0[0]), objective_optimized=i1 - lam * corr,
+        n_initial=int(n0[0]), n_optimized=n1, nfev=int(res.nfev), seconds=time.process_time() - t0,
+        n_members=int(res.nfev) * popsize * 6, gain_left=gains[0], gain_right=gains[1],
     )
 
 
@@ -821,7 +860,8 @@ def pattern_search(fun, x_start, lower, upper, step, min_step, max_calls: int = 
 
 def _validate(obj: FrameObjective, x, n0: int, max_correction_mm: float, min_label_fraction: float):
     """Correction (mm), mean intensity, label pixels and the reason a result fails validation ("" if it passes)."""
-    i1, n1 = obj.intensity(np.asarray(x, float).reshape(6, 1))
+    x = np.asarray(x, float)
+    i1, n1 = obj.intensity(x.reshape(6, 1))
     delta = geometry.perturbation(x[:3], x[3:])
     corr = float(geometry.mean_fiducial_displacement(np.eye(4), delta, obj.fiducials))
     reason = ""
@@ -832,6 +872,23 @@ def _validate(obj: FrameObjective, x, n0: int, max_correction_mm: float, min_lab
     return corr, float(i1[0]), int(n1[0]), reason
 
 
+def check_halves(obj: FrameObjective, x, region: str | None) -> tuple[str, tuple[float, float]]:
+    """The halves check of a correction: the reason it fails ("" if it passes, or if ``region`` is None) and the gains.
+
+    The correction must raise the mean intensity on both halves of the bone's scan
+    lines (:meth:`FrameObjective.half_gains`, in ``region``). No correction (``x`` all
+    zero: the initial label) and a bone crossing fewer than 4 columns (it cannot be
+    split) pass.
+    """
+    if region is None or not np.any(np.asarray(x, float)):
+        return "", (float("nan"), float("nan"))
+    gains = obj.half_gains(x, region)
+    if np.isfinite(gains).all() and min(gains) <= 0.0:
+        return (f"the correction raises the echo on one half of the bone's scan lines only "
+                f"(gain left {gains[0]:+.4f}, right {gains[1]:+.4f})"), gains
+    return "", gains
+
+
 def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=None, gamma_mm: float = 0.3,
                         bound_deg: float = 1.0, bound_mm: float = 1.0, step_deg: float = 0.2, step_mm: float = 0.2,
                         min_step_deg: float = 0.02, min_step_mm: float = 0.02, max_calls: int = 60,
@@ -840,7 +897,7 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
                         popsize: int = 15, maxiter: int = 100, tol: float = 0.01, seed: int = 0,
                         method: str = "pattern", local_radius_deg: float = 0.3, local_radius_mm: float = 0.3,
                         local_popsize: int = 3, local_maxiter: int = 20, n_random: int = 0,
-                        n_starts: int = 0) -> FrameResult:
+                        n_starts: int = 0, halves_check: str | None = None) -> FrameResult:
     """Refine one frame's pose by a local search of Eq. 2 from a warm start; differential evolution as fallback.
 
     The search starts from the better (by Eq. 2) of the warm start ``x0`` (e.g.
@@ -857,7 +914,7 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
     Parameters
     ----------
     image, pose, calib, spacing, points, lam, gamma_mm, bound_deg, bound_mm,
-    max_correction_mm, min_label_fraction, objective, region :
+    max_correction_mm, min_label_fraction, objective, region, halves_check :
         as for :func:`optimize_frame`.
     x0 : (6,) warm start, rotation (deg) and translation (mm); None: no correction.
     step_deg, step_mm : initial steps of the search (degrees, mm).
@@ -922,14 +979,17 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
         raise ValueError(f"method must be 'pattern' or 'local_de', got {method!r}")
     calls, members = calls + 2, members + cand.shape[1] + 1  # the start candidates, and the validation
     corr, i1, n1, reason = _validate(obj, x, int(n0[0]), max_correction_mm, min_label_fraction)
+    gains = (float("nan"), float("nan"))
     if reason and fallback:
         res = optimize_frame(image, pose, calib, spacing, points, lam, gamma_mm=gamma_mm, bound_deg=bound_deg,
                              bound_mm=bound_mm, popsize=popsize, maxiter=maxiter, tol=tol, seed=seed,
                              max_correction_mm=max_correction_mm, min_label_fraction=min_label_fraction,
-                             objective=obj, region=region)
+                             objective=obj, region=region, halves_check=halves_check)
         res.path, res.nfev, res.n_members = "warm+de", res.nfev + calls, res.n_members + members
         res.seconds = time.process_time() - t0
         return res
+    if not reason:  # a correction the image does not support on both halves: no fallback, the frame is discarded
+        reason, gains = check_halves(obj, x, halves_check)
     kept = not reason
     return FrameResult(
         status="kept" if kept else "discarded", reason=reason, x=x,
@@ -937,7 +997,7 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
         correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=i1,
         objective_initial=float(i0[0]), objective_optimized=i1 - lam * corr,
         n_initial=int(n0[0]), n_optimized=n1, nfev=calls, seconds=time.process_time() - t0, path="warm",
-        n_members=members,
+        n_members=members, gain_left=gains[0], gain_right=gains[1],
     )
 
 

@@ -28,6 +28,17 @@ fits speckle or a structure on one side does not raise the other side; a
 lambda large enough to forbid any correction scores 0; so the score is not
 monotone in lambda.
 
+Two consequences of Eq. 2 keep the rule cheap and consistent with the labelling:
+
+- the candidates are fitted in increasing ``lambda``; once a fit finds no
+  correction (``Delta = 0``: nothing beats the unperturbed pose), every larger
+  ``lambda`` finds none either (the fiducial term is >= 0 and 0 at ``Delta = 0``,
+  so raising its weight cannot lift another pose above it), and is not refitted;
+- the full fit is validated as the labelling validates it, including the
+  halves check (``labeling.halves_check``, :func:`frame.check_halves`): a frame
+  whose correction does not raise the echo on both halves of the bone delivers
+  its initial label, in the score as in the dataset.
+
 The alternative measured beside it (``rule="temporal"``) applies the
 correction of frame ``t`` to its neighbours ``t +- k`` of the sweep
 (``pose_{t+-k} @ Delta_t``). On the twin the pose error changes too fast along a
@@ -42,6 +53,7 @@ choice and the gap); nothing here can see it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -146,14 +158,17 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
         obj = _objective(img, pose0, calib, spacing, points, P, region)
         if obj.n_points == 0:
             return []
-        for lam in task["lambdas"]:
-            res = frame.optimize_frame(
+        zero = None  # the fit that found no correction worth its cost; every larger lambda finds none either
+        for lam in sorted(task["lambdas"]):
+            res = zero or frame.optimize_frame(
                 img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
                 bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
                 seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
-                min_label_fraction=P["min_label_fraction"], objective=obj)
+                min_label_fraction=P["min_label_fraction"], objective=obj, halves_check=P.get("halves_check"))
             if res.status == "no_bone":
                 return []
+            if zero is None and not np.any(res.x):
+                zero = dataclasses.replace(res, seconds=0.0)
             fits.append({"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "region": region,
                          "lambda": float(lam), "status": res.status, "reason": res.reason,
                          "x": [float(v) for v in res.x], "correction_mm": res.correction_mm,
@@ -209,9 +224,9 @@ class ColumnObjective(frame.FrameObjective):
         super().__init__(*args, **kwargs)
         self.columns = np.asarray(columns, bool)
 
-    def band_mean(self, member, pixel, s):
+    def band_mean(self, member, pixel, s, region=None):
         keep = self.columns[pixel % self.shape[1]]
-        return super().band_mean(member[keep], pixel[keep], s)
+        return super().band_mean(member[keep], pixel[keep], s, region)
 
 
 def split_columns(label: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -259,10 +274,14 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
             for h in (0, 1) for r in set(regions) | set(eval_regions)}
     out = []
     for region in regions:
-        for lam in task["lambdas"]:
+        zero = [False, False]  # per half: a lambda at which the fit found no correction (so do all larger ones)
+        for lam in sorted(task["lambdas"]):
             t0 = time.process_time()
             xs, kept = [], True
             for h in (0, 1):
+                if zero[h]:
+                    xs.append(np.zeros(6))
+                    continue
                 res = frame.optimize_frame(
                     img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
                     bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
@@ -270,6 +289,7 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
                     min_label_fraction=0.0, objective=objs[(h, region)])
                 xs.append(res.x if res.status == "kept" else np.zeros(6))
                 kept &= res.status == "kept"
+                zero[h] = not np.any(res.x)
             row = {"specimen": rec.specimen, "record": rec.name, "timestamp": ts, "region": region,
                    "lambda": float(lam), "split_kept": bool(kept), "split_x": [list(map(float, x)) for x in xs]}
             for e in eval_regions:
