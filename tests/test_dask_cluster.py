@@ -81,8 +81,8 @@ def test_labelling_through_a_scheduler_address_gives_the_local_labels(tmp_path, 
     a = batch.run(local, P, seed=0)
     b = batch.run(remote, dict(P, executor="dask"), seed=0, dask_scheduler=cluster)
     cols = ["specimen", "record", "timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
-    pd.testing.assert_frame_equal(a["report"][cols], b["report"][cols])
-    assert a["lambda"] == b["lambda"]
+    pd.testing.assert_frame_equal(a.report[cols], b.report[cols])
+    assert a.lam == b.lam
     for ra, rb in zip(dataset.read_specimen(local.dataset / "specimen01", local.derived / "specimen01").records,
                       dataset.read_specimen(remote.dataset / "specimen01", remote.derived / "specimen01").records):
         for t in ra.labelled_timestamps(dataset.LABELS_FULL):

@@ -24,7 +24,7 @@ from ultrabones.twin import measure
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
-from ultrabones.labels import batch
+from ultrabones.labels import batch, figures
 from ultrabones.labels import registration
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.paths import Paths
@@ -327,7 +327,7 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     paths = make_twin(tmp_path)
     rec, tab = _break_frames(paths)
     out = batch.run(paths, PARAMS, seed=0)
-    rep = out["report"].set_index("timestamp")
+    rep = out.report.set_index("timestamp")
     ts = tab["timestamp"].to_numpy()
     assert sorted(rep.index) == sorted(ts)  # every frame reported once
     assert rep.loc[ts[1], "status"] == "bad_pose" and "row 2" in rep.loc[ts[1], "message"]
@@ -356,18 +356,26 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     written = dataset.read_label(rec.label_path(t, dataset.LABELS_FULL))
     assert (written != expect).sum() <= 2  # equal up to the pose's 10-digit round trip through the CSV
     assert (rec.out / batch.REPORT).is_file() and not (rec.path / batch.REPORT).exists()
-    assert out["lambda"] in PARAMS["lambdas"]
-    m = batch.summarize(out["report"])
+    assert out.lam in PARAMS["lambdas"]
+    m = batch.summarize(out.report)
     assert "label_error_mm" not in m and "contour_error_mm" not in m  # the stage measures nothing against truth
     assert 0 <= m["discard_rate"] <= 1
     # the twin measures what the stage wrote
     settings = {"gamma_mm": PARAMS["gamma_mm"], "label_density_per_mm2": PARAMS["label_density_per_mm2"],
                 "label_cloud_seed": 1}
-    errors = measure.labels(paths, out["report"], out["registrations"], settings)
+    errors = measure.labels(paths, out.report, out.registrations, settings)
     assert list(errors["timestamp"]) == list(kept)
     mt = measure.label_metrics(errors)
     assert set(mt["contour_error_mm"]) == set(mt["label_error_mm"]) == {"initial", "registration", "optimized"}
     assert mt["contour_error_mm"]["optimized"]["n"] == len(kept)
+    # Figs. 3 and 4 draw the kept frames from what the stage wrote; Fig. 4's titles add the measured errors
+    fig3 = figures.fig3_pipeline(paths, out.report, PARAMS, seed=0)
+    fig4 = figures.fig4_before_after(paths, out.report, PARAMS, seed=0, errors=errors)
+    assert len(fig3.axes) == 3 and "correction" in fig3.texts[0].get_text()
+    titled = [ax.get_title() for ax in fig4.axes if ax.get_title()]
+    assert len(titled) == len(kept) and all("(truth)" in t for t in titled)
+    with pytest.raises(ValueError, match="no frame kept"):
+        figures.fig3_pipeline(paths, out.report.assign(status="discarded"), PARAMS)
 
 
 def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
@@ -387,16 +395,16 @@ def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
     odd_b = rec.image_path(int(ts[0]))
     odd_b = paths_b.dataset / odd_b.relative_to(paths.dataset)
     dataset.write_image(odd_b, np.full((180, 200), 60, np.uint8))
-    only = batch.run(paths_b, dict(P, frame_stride=4), seed=0)["report"]
+    only = batch.run(paths_b, dict(P, frame_stride=4), seed=0).report
     assert list(only["timestamp"]) == [ts[0]] and list(only["status"]) == ["bad_image"]
     assert str(odd_b) in only["message"].iloc[0]
-    rep = out["report"].set_index("timestamp")
+    rep = out.report.set_index("timestamp")
     assert rep.loc[ts[1], "status"] == "bad_image"
     msg = rep.loc[ts[1], "message"]
     assert str(odd) in msg and "200x180" in msg and "128x100" in msg
     assert (rep.drop(index=ts[1])["status"] != "bad_image").all()
     assert (rep["status"] == "kept").sum() >= 1
-    m = batch.summarize(out["report"])
+    m = batch.summarize(out.report)
     assert m["status_counts"]["bad_image"] == 1
     assert m["skipped_frames"] == [{"specimen": "specimen01", "record": "record01", "timestamp": int(ts[1]),
                                     "status": "bad_image", "message": msg}]
@@ -430,32 +438,32 @@ def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
 
     first = batch.run(paths, P, seed=0)
     again = batch.run(paths, P, seed=0)  # the rerun reads the cached null
-    assert mean_similarity(again["registrations"]) == pytest.approx(mean_similarity(first["registrations"]))
-    empty = first["registrations"]["specimen01/record02"]
+    assert mean_similarity(again.registrations) == pytest.approx(mean_similarity(first.registrations))
+    empty = first.registrations["specimen01/record02"]
     assert empty["status"] == "no_frames" and empty["n_frames"] == 0
     assert np.isnan(empty["similarity_initial"]) and np.allclose(empty["transform"], np.eye(4))
-    assert first["registrations"]["specimen01/record01"]["status"] == "registered"
+    assert first.registrations["specimen01/record01"]["status"] == "registered"
     f = paths.cache("02_labeling") / "specimen01" / "record02" / "registration.json"
     assert json.loads(f.read_text())["result"]["similarity_initial"] is None  # NaN is stored as null
-    assert np.isnan(again["registrations"]["specimen01/record02"]["similarity_initial"])
-    pd.testing.assert_frame_equal(again["report"], first["report"])
+    assert np.isnan(again.registrations["specimen01/record02"]["similarity_initial"])
+    pd.testing.assert_frame_equal(again.report, first.report)
     # a result cached by the older code: no status, x or centre, nulls, with the current key
     data = json.loads(f.read_text())
     data["result"] = {"transform": np.eye(4).tolist(), "n_frames": 0, "similarity_initial": None,
                       "similarity_registered": None, "mean_displacement_mm": 0.0, "seconds": 0.0}
     f.write_text(json.dumps(data))
     third = batch.run(paths, P, seed=0)
-    reg = third["registrations"]["specimen01/record02"]
+    reg = third.registrations["specimen01/record02"]
     assert reg["status"] == "no_frames" and np.isnan(reg["similarity_registered"])
-    assert np.isfinite(mean_similarity(third["registrations"]))
+    assert np.isfinite(mean_similarity(third.registrations))
     # an unreadable or malformed cache is recomputed, not fatal
     f.write_text("{not json")
-    assert batch.run(paths, P, seed=0)["registrations"]["specimen01/record02"]["status"] == "no_frames"
+    assert batch.run(paths, P, seed=0).registrations["specimen01/record02"]["status"] == "no_frames"
     data["result"] = None
     f.write_text(json.dumps(data))
-    assert batch.run(paths, P, seed=0)["registrations"]["specimen01/record02"]["status"] == "no_frames"
-    assert (third["report"]["record"] == "record02").sum() == 3
-    assert (third["report"].query("record == 'record02'")["status"] == "bad_image").all()
+    assert batch.run(paths, P, seed=0).registrations["specimen01/record02"]["status"] == "no_frames"
+    assert (third.report["record"] == "record02").sum() == 3
+    assert (third.report.query("record == 'record02'")["status"] == "bad_image").all()
 
 
 def test_normalize_registration_known_answers():
@@ -475,8 +483,8 @@ def test_unrecognised_folders_are_warned_about_and_in_the_metrics(tmp_path):
     (bad / "ultrasoundimages").mkdir(parents=True)  # misnamed: not a record
     with pytest.warns(UserWarning, match="not recognised"):
         out = batch.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
-    assert out["skipped_inputs"] == [{"path": str(bad), "reason": dataset._NOT_A_RECORD}]
-    assert batch.summarize(out["report"])["skipped_inputs"] == out["skipped_inputs"]
+    assert out.skipped_inputs == [{"path": str(bad), "reason": dataset._NOT_A_RECORD}]
+    assert batch.summarize(out.report)["skipped_inputs"] == out.skipped_inputs
 
 
 def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
@@ -491,21 +499,21 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 3
     assert chunks[0].stat().st_mtime_ns == first_mtime  # finished work is not redone
-    ts = out["report"]["timestamp"]
+    ts = out.report["timestamp"]
     assert ts.is_unique and len(ts) == 6
     # a rerun changes nothing and redoes nothing
     again = batch.run(paths, P, seed=0)
-    pd.testing.assert_frame_equal(again["report"], out["report"])
+    pd.testing.assert_frame_equal(again.report, out.report)
     # the sweep is walked in order: after the first frame, a frame following a kept one is warm-started,
     # also across the chunk boundary where the run was killed (its warm start came from the first chunk's file)
-    rep = out["report"].reset_index(drop=True)
+    rep = out.report.reset_index(drop=True)
     assert rep.loc[0, "path"] == "de"
     for i in range(1, len(rep)):
         if rep.loc[i - 1, "status"] == "kept" and rep.loc[i, "status"] != "no_bone":
             assert rep.loc[i, "path"] in ("warm", "warm+de")
     assert (rep["path"] != "de").any()
     # the resumed run gives what an uninterrupted one gives
-    fresh = batch.run(make_twin(tmp_path / "fresh", n_frames=6), P, seed=0)["report"]
+    fresh = batch.run(make_twin(tmp_path / "fresh", n_frames=6), P, seed=0).report
     cols = [c for c in rep.columns if not c.startswith("seconds")]
     pd.testing.assert_frame_equal(fresh[cols], rep[cols])
     # a chunk's key holds the warm start it began from: another start makes it stale, and only it is redone
@@ -521,7 +529,7 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
 def test_de_optimizer_solves_every_frame_cold(tmp_path):
     paths = make_twin(tmp_path, n_frames=3)
     out = batch.run(paths, dict(PARAMS, lambda_value=0.1, optimizer="de"), seed=0)
-    rep = out["report"]
+    rep = out.report
     assert set(rep["path"].dropna()) == {"de"}
     assert batch.summarize(rep)["path_share"] == {"de": 1.0}
 
@@ -556,18 +564,18 @@ def test_run_survives_a_killed_process(tmp_path):
     mtimes = {f: f.stat().st_mtime_ns for f in done_before}
     out = batch.run(paths, slow, seed=0)
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())  # finished chunks kept as they were
-    ts = out["report"]["timestamp"]
+    ts = out.report["timestamp"]
     assert ts.is_unique and len(ts) == 6
     assert not list(cache.rglob(".chunk_*"))  # no half-written file left behind
-    assert (out["report"]["path"] != "de").any()  # the sweep was warm-started
+    assert (out.report["path"] != "de").any()  # the sweep was warm-started
 
 
 def test_run_on_dask_matches_synchronous(tmp_path):
     paths_a = make_twin(tmp_path / "a", n_frames=3)
     paths_b = make_twin(tmp_path / "b", n_frames=3)
     P = dict(PARAMS, lambda_value=0.1)
-    sync = batch.run(paths_a, P, seed=0)["report"]
-    dask = batch.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1)["report"]
+    sync = batch.run(paths_a, P, seed=0).report
+    dask = batch.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1).report
     cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(sync[cols], dask[cols])
 
@@ -865,7 +873,7 @@ def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
     out = batch.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
     assert _checksums(paths.dataset) == before  # not one input file changed, none added or removed
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
-    kept = sorted(out["report"].query("status == 'kept'")["timestamp"])
+    kept = sorted(out.report.query("status == 'kept'")["timestamp"])
     assert kept and list(rec.labelled_timestamps(dataset.LABELS)) == kept
     assert set(dataset.OPTIMIZED_COLUMNS) <= set(pd.read_csv(rec.poses_csv).columns)
     assert (rec.out / batch.REPORT).is_file()
@@ -877,11 +885,11 @@ def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
     # optimizer de: each frame's correction is its own, so the stricter limit drops exactly the larger ones
     # (warm-started, a newly discarded frame would change its successors' starts)
     P = dict(PARAMS, lambda_value=0.1, optimizer="de")
-    first = batch.run(paths, P, seed=0)["report"]
+    first = batch.run(paths, P, seed=0).report
     kept1 = first.query("status == 'kept'")
     assert len(kept1) >= 2
     strict = float(np.sort(kept1["correction_mm"].to_numpy())[len(kept1) // 2 - 1]) + 1e-9  # drop the upper half
-    second = batch.run(paths, dict(P, max_correction_mm=strict), seed=0)["report"]
+    second = batch.run(paths, dict(P, max_correction_mm=strict), seed=0).report
     kept2 = sorted(second.query("status == 'kept'")["timestamp"])
     assert 1 <= len(kept2) < len(kept1)
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
@@ -901,7 +909,7 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     # one registration frame (the first): a changed image elsewhere leaves the sweep's registration as it was
     # optimizer de: frames independent (warm-started, the next frame's start, hence its chunk, changes too)
     P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de")
-    first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    first = batch.run(paths, P, seed=0).report.set_index("timestamp")
     kept = [t for t in first.index[first["status"] == "kept"] if t != first.index[0]]
     assert kept
     t = kept[0]
@@ -910,7 +918,7 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     mtimes = {f: f.stat().st_mtime_ns for f in chunks}
     img = rec.image_path(t)
     dataset.write_image(img, np.zeros(SHAPE, np.uint8))
-    again = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    again = batch.run(paths, P, seed=0).report.set_index("timestamp")
     row0, row1 = first.loc[t], again.loc[t]
     changed = (row1["status"] != row0["status"]) or not np.isclose(row1["correction_mm"], row0["correction_mm"])
     assert changed, "the frame whose image changed was not labelled anew"
@@ -926,15 +934,44 @@ def test_a_replaced_image_in_a_sweep_redoes_its_chunk_and_those_after_only(tmp_p
     """Warm-started: the changed frame's chunk and the later ones (their warm start may change) are redone."""
     paths = make_twin(tmp_path, n_frames=4)
     P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
-    first = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    first = batch.run(paths, P, seed=0).report.set_index("timestamp")
     t = first.index[2]
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     mtimes = {f: f.stat().st_mtime_ns for f in chunks}
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
     dataset.write_image(rec.image_path(t), np.zeros(SHAPE, np.uint8))
-    again = batch.run(paths, P, seed=0)["report"].set_index("timestamp")
+    again = batch.run(paths, P, seed=0).report.set_index("timestamp")
     assert again.loc[t, "intensity_initial"] == 0.0
     assert [f.stat().st_mtime_ns == mtimes[f] for f in chunks][:2] == [True, True]  # the frames before: kept as they were
     assert chunks[2].stat().st_mtime_ns != mtimes[chunks[2]]
     cols = ["status", "correction_mm", "rot_x_deg", "trans_z_mm", "path"]
     pd.testing.assert_frame_equal(again.iloc[:2][cols], first.iloc[:2][cols])
+
+
+def test_metrics_of_a_labelling_result_known_answer():
+    """``batch.metrics`` on a hand-made result: counts, rates, means and the registration block."""
+    rep = pd.DataFrame({
+        "specimen": ["s1"] * 5, "record": ["r1"] * 5, "timestamp": [1, 2, 3, 4, 5],
+        "status": ["kept", "kept", "discarded", "discarded", "bad_pose"],
+        "message": ["", "", "mean fiducial correction 1.2 mm > 1 mm",
+                    "the correction raises the echo on one half of the bone's scan lines only (...)", "row 6: NaN"],
+        "correction_mm": [0.2, 0.4, 1.2, 0.3, np.nan], "seconds_optimize": [0.1, 0.3, 0.5, 0.3, np.nan],
+        "path": ["warm", "warm", "de", "warm", None]})
+    regs = {"s1/r1": {"mean_displacement_mm": 0.5, "similarity_initial": 0.2, "similarity_registered": 0.3},
+            "s1/r2": {"mean_displacement_mm": 1.5, "similarity_initial": float("nan"),
+                      "similarity_registered": 0.5}}
+    result = batch.LabelingResult(report=rep, lam=0.1, objective_region="first_hit", selection=None,
+                                  registrations=regs, calibration=(np.eye(4), (0.2, 0.2)), skipped_inputs=[],
+                                  settings={"gamma_mm": 0.3})
+    m = batch.metrics(result)
+    assert m["n_frames"] == 5 and m["status_counts"]["kept"] == 2 and m["status_counts"]["bad_pose"] == 1
+    assert m["discard_rate"] == pytest.approx(0.5)  # 2 of the 4 optimised frames
+    assert m["kept_mean_fiducial_correction_mm"] == pytest.approx(0.3)
+    assert m["discarded_for_correction"] == 1 and m["discarded_for_halves"] == 1 and m["discarded_for_shrinking"] == 0
+    assert m["seconds_per_frame"] == pytest.approx(0.3)
+    assert m["path_share"] == {"de": 0.25, "warm": 0.75}
+    assert m["lambda"] == 0.1 and m["objective_region"] == "first_hit" and m["lambda_selection"] is None
+    assert m["registration"] == {"mean_displacement_mm": 1.0, "similarity_initial": pytest.approx(0.2),
+                                 "similarity_registered": pytest.approx(0.4), "n_sweeps": 2}
+    assert m["settings"] == {"gamma_mm": 0.3}
+    assert [f["timestamp"] for f in m["skipped_frames"]] == [5]

@@ -45,7 +45,7 @@ def test_labels_real_frames_without_any_truth(tmp_path):
     paths = real_copy(tmp_path)
     assert not paths.is_twin
     out = batch.run(paths, PARAMS, seed=0)
-    rep = out["report"]
+    rep = out.report
     assert len(rep) == 6 and set(rep["status"]) <= {"kept", "discarded"}
     assert (rep["status"] == "kept").sum() >= 1
     m = batch.summarize(rep)
@@ -62,7 +62,7 @@ def test_bad_real_poses_are_reported_per_frame_not_a_crash(tmp_path):
     tab.loc[3, "x"] = 1e9           # out of any CT's reach
     tab.loc[4, "euler_y"] = np.nan  # no pose at all
     tab.to_csv(rec.tracking_csv, index=False)
-    rep = batch.run(paths, PARAMS, seed=0)["report"].set_index("timestamp")
+    rep = batch.run(paths, PARAMS, seed=0).report.set_index("timestamp")
     assert rep.loc[ts[1], "status"] == "no_bone"
     assert rep.loc[ts[3], "status"] == "no_bone"
     assert rep.loc[ts[4], "status"] == "bad_pose"

@@ -103,9 +103,9 @@ def test_selection_ignores_the_truth(tmp_path):
     shutil.rmtree(truth_dir(b))
     out_a = batch.run(a, P, seed=0)
     out_b = batch.run(b, P, seed=0)
-    assert out_a["lambda"] == out_b["lambda"]
-    assert out_a["objective_region"] == out_b["objective_region"] in select.REGIONS
-    sa, sb = out_a["lambda_selection"], out_b["lambda_selection"]
+    assert out_a.lam == out_b.lam
+    assert out_a.objective_region == out_b.objective_region in select.REGIONS
+    sa, sb = out_a.selection, out_b.selection
     pd.testing.assert_frame_equal(sb["table"], sa["table"])
     # the truth only measures, afterwards: the oracle and its gap exist on the twin with truth
     settings = {"gamma_mm": P["gamma_mm"], "label_density_per_mm2": P["label_density_per_mm2"], "label_cloud_seed": 1}
@@ -113,7 +113,7 @@ def test_selection_ignores_the_truth(tmp_path):
     assert ob == {} and np.isfinite(oa["oracle_gap_mm"]) and oa["oracle_gap_mm"] >= -1e-12
     assert (oa["oracle_region"], oa["oracle"]) in set(zip(sa["table"]["region"], sa["table"]["lambda"]))
     m = batch.selection_metrics(sa, oa)
-    assert m["chosen"] == out_a["lambda"] and m["by"].startswith("truth-free") and "trials" not in m
+    assert m["chosen"] == out_a.lam and m["by"].startswith("truth-free") and "trials" not in m
     rec_a = dataset.read_specimen(a.dataset / "specimen01", a.derived / "specimen01").records[0]
     rec_b = dataset.read_specimen(b.dataset / "specimen01", b.derived / "specimen01").records[0]
     files = sorted(p.name for p in rec_a.label_dir(dataset.LABELS_FULL).glob("*.png"))

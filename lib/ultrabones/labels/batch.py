@@ -50,7 +50,7 @@ import json
 import os
 import time
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -71,6 +71,38 @@ from ultrabones.core.cache import DigestStore, file_digest, files_digest, params
 STEM = "02_labeling"
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
 REPORT = "labeling_report.csv"
+
+
+@dataclass(frozen=True)
+class LabelingResult:
+    """What :func:`run` labelled.
+
+    report : one row per labelled frame of every record, whatever its status (``labeling_report.csv``).
+    lam : the lambda used (1/mm).
+    objective_region : the region Eq. 2 averaged (``full`` or ``first_hit``).
+    selection : the truth-free choice (:func:`_select_lambda`'s dict), None when lambda was given.
+    registrations : record key -> the sweep's global registration (:func:`normalize_registration`).
+    calibration : (4, 4) image plane -> probe marker (mm), and the pixel spacing (mm).
+    skipped_inputs : folders of the dataset that are not specimens or records (``[{"path", "reason"}]``).
+    settings : what later stages need to draw labels exactly as this stage did (``gamma_mm``,
+        ``label_density_per_mm2``, ``label_cloud_seed``, ...; :func:`label_settings`).
+    """
+
+    report: pd.DataFrame
+    lam: float
+    objective_region: str
+    selection: dict | None
+    registrations: dict
+    calibration: tuple
+    skipped_inputs: list
+    settings: dict
+
+
+def label_settings(P: Mapping[str, Any], seed: int) -> dict:
+    """The settings with which labels were drawn, for the stages that redraw them (03, the twin's measurement)."""
+    return {"popsize": P["popsize"], "maxiter": P["maxiter"], "frame_stride": P["frame_stride"],
+            "max_frames_per_record": P["max_frames_per_record"], "gamma_mm": P["gamma_mm"],
+            "label_density_per_mm2": P["label_density_per_mm2"], "label_cloud_seed": seed + 1}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -499,7 +531,7 @@ def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
 def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = None, seed: int = 0,
         dask_scheduler: str | None = None, n_workers: int = 1, only_specimen: str | None = None,
         specimen_overrides: Mapping[str, Mapping] | None = None, lambda_override: float | None = None,
-        fail_after_chunks: int | None = None) -> dict:
+        fail_after_chunks: int | None = None) -> LabelingResult:
     """Label a dataset end to end; resumable.
 
     Parameters
@@ -518,14 +550,8 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
 
     Returns
     -------
-    dict with ``report`` (DataFrame, one row per labelled frame of every
-    record, whatever its status), ``lambda``, ``objective_region`` (the one
-    used), ``lambda_selection`` (None when lambda was given; else the dict of
-    :func:`_select_lambda`), ``registrations`` (record key -> dict, see :func:`normalize_registration`;
-    a record with no usable frame gets :func:`empty_registration`), ``calibration``
-    and ``skipped_inputs`` (folders of the dataset that are not specimens or
-    records: ``[{"path", "reason"}]``, also warned about and kept in
-    ``report.attrs`` for :func:`summarize`).
+    :class:`LabelingResult`. A record with no usable frame gets :func:`empty_registration`; the
+    skipped inputs are also warned about and kept in ``report.attrs`` for :func:`summarize`.
     """
     specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
     dataset.warn_skipped(paths.dataset, skipped)
@@ -642,8 +668,9 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
         write_report(rec, rep)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
-    return {"report": report, "lambda": lam, "objective_region": P["objective_region"], "lambda_selection": selection,
-            "registrations": regs, "calibration": (calib, spacing), "skipped_inputs": dataset.skipped_inputs(skipped)}
+    return LabelingResult(report=report, lam=lam, objective_region=P["objective_region"], selection=selection,
+                          registrations=regs, calibration=(calib, spacing),
+                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(P, seed))
 
 
 def _selection_tasks(P, records, clouds, base, seed) -> list[dict]:
@@ -810,6 +837,7 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
         "kept_mean_fiducial_correction_mm": float(kept["correction_mm"].mean()) if len(kept) else float("nan"),
         "discarded_for_correction": int(valid["message"].fillna("").str.startswith("mean fiducial").sum()),
         "discarded_for_shrinking": int(valid["message"].fillna("").str.startswith("label shrank").sum()),
+        "discarded_for_halves": int(valid["message"].fillna("").str.startswith("the correction raises").sum()),
         "seconds_per_frame": float(valid["seconds_optimize"].mean()) if len(valid) else float("nan"),
         "seconds_per_frame_total": (float(valid["seconds_total"].mean()) if len(valid) and "seconds_total" in valid
                                     else float("nan")),
@@ -823,39 +851,6 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
         {k: (int(r[k]) if k == "timestamp" else r[k]) for k in ("specimen", "record", "timestamp", "status", "message")
          if k in r.index} for _, r in bad.iterrows()]
     return out
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], seed: int = 0) -> dict:
-    """Everything Fig. 3 and Fig. 4 draw for one labelled frame of the report.
-
-    Recomputes, from the dataset and the report row: the image, the initial
-    and optimised full labels, and the shadow and steep-incidence pixels
-    removed from the optimised one.
-
-    Returns
-    -------
-    dict with ``image`` (H, W) uint8 and (H, W) bool ``initial``, ``optimized``,
-    ``shadow``, ``steep``, ``visible``; ``spacing`` (mm per pixel).
-    """
-    spec = dataset.read_specimen(paths.dataset / row["specimen"], paths.derived / row["specimen"])
-    rec = next(r for r in spec.records if r.name == row["record"])
-    calib, spacing, _ = dataset.read_calibration(paths.dataset)
-    points, normals = load_cloud(surface_cloud(paths, spec, P["label_density_per_mm2"], seed + 1))
-    tab = _record_tracking(rec)
-    prm = tab.loc[tab["timestamp"] == int(row["timestamp"]), list(geometry.POSE_COLUMNS)].to_numpy(float)[0]
-    img = dataset.read_image(rec.image_path(int(row["timestamp"])))
-    pose0 = geometry.pose_from_params(prm)
-    x = np.array([row["rot_x_deg"], row["rot_y_deg"], row["rot_z_deg"], row["trans_x_mm"], row["trans_y_mm"],
-                  row["trans_z_mm"]], float)
-    pose1 = pose0 @ geometry.perturbation(x[:3], x[3:])
-    init = frame.full_label(img.shape, pose0, calib, spacing, points, P["gamma_mm"])
-    opt = frame.full_label(img.shape, pose1, calib, spacing, points, P["gamma_mm"])
-    vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
-    return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
-            "visible": vis.visible, "spacing": spacing}
 
 
 def selection_metrics(selection: dict | None, measured: Mapping | None = None) -> dict | None:
@@ -875,3 +870,28 @@ def selection_metrics(selection: dict | None, measured: Mapping | None = None) -
     for k, v in (measured or {}).items():  # the measurement's table beside the rule's, never over it
         out["oracle_table" if k == "table" else k] = v.to_dict(orient="list") if isinstance(v, pd.DataFrame) else v
     return out
+
+
+def metrics(result: LabelingResult, measured_selection: Mapping | None = None) -> dict:
+    """Notebook 02's metrics of a labelling, without any truth.
+
+    :func:`summarize` of the report, ``lambda``, ``objective_region``, ``lambda_selection``
+    (:func:`selection_metrics`, with ``measured_selection`` beside the rule's table: on the twin
+    :func:`ultrabones.twin.measure.lambda_oracle`), ``registration`` (mean over sweeps of the
+    registration's fiducial displacement (mm) and its similarity before and after; ``n_sweeps``) and
+    ``settings`` (:class:`LabelingResult`). The errors against the twin's truth are added by
+    :func:`ultrabones.twin.measure.label_metrics`.
+    """
+    regs = list(result.registrations.values())
+
+    def mean(key):
+        vals = [r[key] for r in regs if r.get(key) is not None]
+        return float(np.nanmean(vals)) if vals and np.isfinite(vals).any() else float("nan")
+
+    return summarize(result.report, result.skipped_inputs) | {
+        "lambda": result.lam, "objective_region": result.objective_region,
+        "lambda_selection": selection_metrics(result.selection, measured_selection),
+        "registration": {"mean_displacement_mm": mean("mean_displacement_mm"),
+                         "similarity_initial": mean("similarity_initial"),
+                         "similarity_registered": mean("similarity_registered"), "n_sweeps": len(regs)},
+        "settings": dict(result.settings)}

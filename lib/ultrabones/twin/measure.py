@@ -326,6 +326,23 @@ def label_metrics(errors: pd.DataFrame) -> dict:
     }
 
 
+def plot_label_errors(errors: pd.DataFrame):
+    """Box plot of the contour error against the truth (mm) of the initial, registered and optimised labels.
+
+    ``errors``: :func:`labels` (kept frames). Returns a matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    cols = {"initial": "contour_initial_mm", "registration": "contour_registered_mm",
+            "optimised": "contour_optimized_mm"}
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.boxplot([errors[c].astype(float).dropna() for c in cols.values()], showfliers=False)
+    ax.set_xticks(range(1, len(cols) + 1), list(cols))
+    ax.set_ylabel("contour error against the truth (mm)")
+    fig.tight_layout()
+    return fig
+
+
 def lambda_oracle(paths: Paths, selection: dict | None, settings: dict) -> dict:
     """The oracle's view of the truth-free lambda selection, for reporting only ({} off the twin).
 
