@@ -188,3 +188,23 @@ def test_plot_sweep_draws_the_model_and_the_detector():
     assert "model low" in labels and "detector low" in labels
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["q 0.50\nf 0.00", "q 0.97\nf 0.60"]
     matplotlib.pyplot.close(fig)
+
+
+def test_simulated_annotator_from_the_section_labels_and_sweeps_like_the_functions(tmp_path):
+    img, contour = synthetic_frame()
+    rec = tmp_path / "specimen02" / "record01"
+    write_image(rec / "UltrasoundImages" / "10.png", img)
+    write_label(rec / "Labels" / "10_label.png", contour)
+    frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen02")])
+    section = {"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5, 0.97],
+               "annotator_sweep_fractions": [0.0, 0.6]}
+    sim = annotator.SimulatedAnnotator.from_section(section, seed=3)
+    assert sim.params.visible_quantile == 0.9 and sim.seed == 3 and sim.name == annotator.LABEL
+    assert sim.levels == tuple(annotator.sweep_levels([0.5, 0.97], [0.0, 0.6]))
+    assert sim.annotate(frames, SPACING, progress=False) == 1
+    expected = annotator.annotate(img, contour, SPACING, sim.params, annotator.frame_rng(3, "specimen02/record01", 10))
+    assert np.array_equal(read_label(rec / "LabelsManual" / "10_label.png", img.shape), expected)
+    table = sim.sweep(frames, SPACING, [0.5], threshold=150.0, sigma_mm=0.5)
+    assert list(table["visible_quantile"].unique()) == [0.5, 0.97]
+    with pytest.raises(ParamsError, match="equal length"):
+        annotator.SimulatedAnnotator.from_section({"annotator_sweep_quantiles": [0.5], "annotator_sweep_fractions": []})

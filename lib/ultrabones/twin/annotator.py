@@ -448,6 +448,55 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class SimulatedAnnotator:
+    """The simulated annotator as stage 05's manual baseline (an
+    :class:`ultrabones.evaluation.benchmark.Annotator`): labels the evaluated frames, then is swept.
+
+    Attributes
+    ----------
+    params : its behaviour at the profile's visibility level (lengths in mm).
+    levels : the visibility levels of the sensitivity study (:func:`sweep_levels`).
+    seed : master seed of the hand-tracing jitter (:func:`frame_rng`).
+    name : its name in tables, figures and metrics (:data:`LABEL`).
+    """
+
+    params: AnnotatorParams
+    levels: tuple[dict, ...] = DEFAULT_LEVELS
+    seed: int = 0
+    name: str = LABEL
+
+    @classmethod
+    def from_section(cls, section: dict, seed: int = 0) -> "SimulatedAnnotator":
+        """From the ``evaluation`` section's ``annotator_*`` keys (the sweep's from ``annotator_sweep_*``).
+
+        Raises
+        ------
+        ParamsError
+            If a value is out of range or the sweep's two lists differ in length (:func:`sweep_levels`).
+        """
+        levels = sweep_levels(section["annotator_sweep_quantiles"], section["annotator_sweep_fractions"])
+        return cls(AnnotatorParams.from_section(section), tuple(levels), int(seed))
+
+    def annotate(self, frames: Sequence, spacing, progress: bool = True) -> int:
+        """Write ``LabelsManual/`` for every frame (:func:`annotate_frames`); returns how many."""
+        return annotate_frames(frames, spacing, self.params, self.seed, progress)
+
+    def sweep(self, frames: Sequence, spacing, sigmas, threshold: float, sigma_mm: float = 0.5):
+        """Scores along the visibility levels on the same frames and Otsu split (:func:`visibility_sweep`)."""
+        return visibility_sweep(frames, spacing, sigmas, threshold, self.params, self.levels, seed=self.seed,
+                                sigma_mm=sigma_mm)
+
+
+def plot_evaluation_sweep(result):
+    """The sweep of a stage-05 result (:class:`ultrabones.evaluation.benchmark.EvaluationResult`), with the
+    model's and the classical detector's released scores at the report threshold as horizontal lines."""
+    released = result.summary["at"]["released"]
+    refs = {m: released[m] for m in result.methods if m != "manual"}
+    return plot_sweep(result.sweep, "completeness", references=refs,
+                      title=f"{LABEL}: released protocol at {result.params.report_sigma_mm} mm")
+
+
 def plot_sweep(table, score: str = "completeness", model: dict | None = None, references: dict | None = None,
                title: str = ""):
     """Low-, high-intensity and overall ``score`` along the visibility level (the manual curve of Fig. 8).
