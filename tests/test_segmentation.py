@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from ultrabones.core import dataset as ds
-from ultrabones.segmentation import segdata
+from ultrabones.segmentation import segdata, training
 from ultrabones.segmentation import model as seg
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.params import read_yaml, validate_section
@@ -426,3 +429,65 @@ def test_a_finished_run_is_stale_once_its_labels_change(tmp_path):
     label[0, 0] = not label[0, 0]
     ds.write_label(frame.label, label)
     assert seg.data_fingerprint(root, split, P) != before
+
+
+# ----------------------------------------------------------------------------- the stage (train mode)
+
+
+def test_training_params_are_the_schema_section_typed_and_round_trip():
+    from ultrabones.core.params import SCHEMA
+
+    section = tiny_params()
+    tp = training.TrainingParams.from_section(section)
+    assert [f.name for f in dataclasses.fields(tp)] == list(SCHEMA["training"])
+    assert tp.input_size == (32, 32) and tp.encoder == "resnet18"
+    assert tp.as_dict() == section
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tp.epochs = 3
+    with pytest.raises(ParamsError, match="training.batch_size"):
+        training.TrainingParams.from_section({**section, "batch_size": 0})
+
+
+def _stage_result(tmp_path, **params):
+    """A train-mode result with known numbers: two epochs, four validation frames (one with an empty label)."""
+    tp = training.TrainingParams.from_section(tiny_params(epochs=2, **params))
+    split = segdata.Split(("specimen01",), ("specimen02",), ("specimen03",))
+    history = pd.DataFrame({"epoch": [0, 1], "train_images_per_second": [10.0, 30.0], "val_f1": [0.2, 0.4]})
+    fold = seg.FoldResult(0, split, tmp_path / "run" / "best.ckpt", history,
+                          {"epoch": 1, "val_f1": 0.4, "val_dice": 0.5}, 6, 4, "cpu (1 threads, 32-true)", 12.5,
+                          tmp_path / "run")
+    trained = seg.TrainResult(split, [fold], fold, tmp_path / "best.ckpt")
+    scores = pd.DataFrame({"label_pixels": [0, 5, 7, 9], "model_acc": [1.0, 0.5, 0.5, 0.2],
+                           "model_com": [1.0, 0.5, 0.5, 0.0], "model_f1": [1.0, 0.5, 0.5, 0.0],
+                           "background_f1": [1.0, 0.0, 0.0, 0.0], "threshold_f1": [0.0, 0.2, 0.2, 0.4]})
+    return training.TrainingResult(tp, trained, (), scores, 0.6, 100.0, 20.0)
+
+
+def test_stage_metrics_known_answer(tmp_path):
+    m = training.metrics(_stage_result(tmp_path))
+    assert (m["epochs"], m["best_epoch"], m["train_images"], m["val_images"]) == (2, 1, 6, 4)
+    assert m["val_frames_empty_label"] == 1
+    assert m["val_f1_at_0p5mm"] == pytest.approx(0.5) and m["val_accuracy_at_0p5mm"] == pytest.approx(0.55)
+    assert m["val_completeness_at_0p5mm"] == pytest.approx(0.5)
+    assert m["baseline_background_f1_at_0p5mm"] == pytest.approx(0.25)
+    assert m["baseline_threshold_f1_at_0p5mm"] == pytest.approx(0.2) and m["baseline_threshold"] == 0.6
+    assert m["images_per_second_train"] == 30.0  # the first epoch (warm-up) left out
+    assert (m["val_f1_at_0p5mm_input_size"], m["val_dice"], m["fold_val_f1"]) == (0.4, 0.5, [0.4])
+    assert (m["frames_per_second_inference"], m["frames_per_second_inference_end_to_end"]) == (20.0, 100.0)
+    assert m["train_seconds"] == 12.5 and m["input_size"] == [32, 32] and m["n_folds"] == 1
+    assert m["split"] == {"train": ["specimen01"], "val": ["specimen02"], "test": ["specimen03"]}
+    json.dumps(m)  # JSON types only
+    training.check(m, training.TrainingParams.from_section(tiny_params(epochs=2)))
+
+
+def test_stage_check_names_what_failed(tmp_path):
+    m = training.metrics(_stage_result(tmp_path))
+    tp = training.TrainingParams.from_section(tiny_params(epochs=2))
+    with pytest.raises(AssertionError, match="stopped early"):
+        training.check(m, training.TrainingParams.from_section(tiny_params(epochs=3)))
+    with pytest.raises(AssertionError, match="leaked"):
+        training.check({**m, "split": {"train": ["a"], "val": ["b"], "test": ["a"]}}, tp)
+    learning = training.TrainingParams.from_section(tiny_params(epochs=2, expect_learning=True))
+    training.check(m, learning)  # F1 0.5: 0.25 above the better baseline (background 0.25, threshold 0.2)
+    with pytest.raises(AssertionError, match="did not clearly learn"):
+        training.check({**m, "baseline_threshold_f1_at_0p5mm": 0.4}, learning)  # 0.1 above it

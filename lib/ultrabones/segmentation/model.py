@@ -650,7 +650,7 @@ def train(
     ``f1_sigma_mm``; its metadata holds the split (test specimens for evaluation).
     """
     models_dir = Path(models_dir)
-    available = [s.name for s in ds.discover(root, list(specimens) if specimens else None)]
+    available = segdata.available_specimens(root, specimens)
     split = segdata.split_specimens(available, P["train_specimens"], P["val_specimens"], P["test_specimens"])
     folds = segdata.cross_validation_folds(split, P["n_folds"])
     results = []
@@ -980,8 +980,9 @@ def evaluate_frames(
 
     Returns
     -------
-    table : one row per frame (``specimen, record, timestamp, model_acc, model_com,
-        model_f1, background_f1, threshold_f1``).
+    table : one row per frame (``specimen, record, timestamp, label_pixels, model_acc, model_com,
+        model_f1, background_f1``, and with ``baseline_threshold`` ``threshold_f1``); ``label_pixels``
+        counts the label's pixels at the frame's size.
     frames_per_second : end-to-end :func:`predict` speed (decoded frames in, masks out).
     """
     from tqdm import tqdm
@@ -1000,7 +1001,7 @@ def evaluate_frames(
         for f, im, lab, m in zip(chunk, images, labels, masks):
             acc, com, f1 = _f1_at_distance(m, lab, spacing_mm, sigma_mm)
             row = {"specimen": f.specimen, "record": f.record.key, "timestamp": f.timestamp,
-                   "model_acc": acc, "model_com": com, "model_f1": f1,
+                   "label_pixels": int(lab.sum()), "model_acc": acc, "model_com": com, "model_f1": f1,
                    "background_f1": _f1_at_distance(np.zeros_like(lab), lab, spacing_mm, sigma_mm)[2]}
             if baseline_threshold is not None:
                 row["threshold_f1"] = _f1_at_distance(threshold_predict(im, baseline_threshold, size), lab,

@@ -152,6 +152,17 @@ def cross_validation_folds(split: Split, n_folds: int) -> list[Split]:
 # ----------------------------------------------------------------------------- frames
 
 
+def available_specimens(root: Path | str, specimens: Sequence[str] | None = None) -> list[str]:
+    """The specimen folder names of a dataset, sorted (``specimens``: only these, each must exist; None: all).
+
+    Raises
+    ------
+    DatasetError
+        If the root holds no specimen, or a named one is absent (see ``dataset.discover``).
+    """
+    return [s.name for s in ds.discover(root, list(specimens) if specimens else None)]
+
+
 def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen: int | None = None,
                     derived: Path | str | None = None) -> list[Frame]:
     """Every frame with a visible label in the given specimens, sorted.
