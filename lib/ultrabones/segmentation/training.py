@@ -4,7 +4,8 @@ The stage's one shape, as every stage's:
 
 - :class:`TrainingParams`: the ``training`` section of a profile, validated and typed (frozen);
 - :func:`run`: split the specimens, train every cross-validation fold (:func:`ultrabones.segmentation.model.train`:
-  Lightning, checkpoints, resume), then judge the best fold's model on its validation specimens at the frames' own
+  Lightning, checkpoints, resume; every labelled frame of the training specimens that fits ``memory_budget_mb``,
+  ``samples_per_epoch`` of them drawn an epoch, see :mod:`ultrabones.segmentation.segdata`), then judge the best fold's model on its validation specimens at the frames' own
   size beside two baselines, **all background** (predicts nothing) and an **intensity threshold** (bright pixels
   after a 1-px blur, the threshold fitted on training frames), and time inference;
 - :class:`TrainingResult` (frozen), :func:`metrics` (stage 04's metrics JSON), :func:`check` (what must hold on any
@@ -28,11 +29,10 @@ import pandas as pd
 import torch
 
 from ultrabones.core import dataset as ds
-from ultrabones.core.dataset import Frame
 from ultrabones.core.params import validate_section
 from ultrabones.segmentation import model as seg
 from ultrabones.segmentation import segdata
-from ultrabones.segmentation.segdata import Split
+from ultrabones.segmentation.segdata import Split, TrainingFrames
 
 #: Inference speed is timed on frames of this size (h, w; pixels), with this many CPU threads.
 SPEED_SIZE, SPEED_THREADS = (256, 256), 2
@@ -58,10 +58,11 @@ class TrainingParams:
     val_specimens: tuple[str, ...] | None
     test_specimens: tuple[str, ...] | None
     n_folds: int
-    max_frames_per_specimen: int | None
+    memory_budget_mb: float
     max_val_frames_per_specimen: int | None
     augment: bool
     epochs: int
+    samples_per_epoch: int | None
     batch_size: int
     optimizer: str
     lr: float
@@ -79,7 +80,6 @@ class TrainingParams:
     precision: str
     deterministic: bool
     num_workers: int
-    cache_max_mb: int
     threads: int | None
     resume: bool
     expect_learning: bool
@@ -93,9 +93,11 @@ class TrainingParams:
         Raises
         ------
         ParamsError
-            Naming the key, for an unknown or missing key or a bad value (see ``params.validate_section``).
+            Naming the key, for an unknown or missing key or a bad value (see ``params.validate_section``), or a
+            ``memory_budget_mb`` that holds no frame at ``input_size``.
         """
         values = validate_section("training", section, where)
+        segdata.frames_in_budget(values["input_size"], values["memory_budget_mb"])
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,7 +115,7 @@ class TrainingResult:
     params : the stage's parameters.
     trained : every fold's training and the exported ``models/best.ckpt``
         (:class:`ultrabones.segmentation.model.TrainResult`).
-    val_frames : the best fold's validation frames, as scored.
+    frames : the best fold's training pool (held in memory; of how many labelled) and validation frames (scored).
     scores : one row per validation frame, scored at the frame's own size (``specimen, record, timestamp,
         label_pixels, model_acc, model_com, model_f1, background_f1, threshold_f1``; see
         :func:`ultrabones.segmentation.model.evaluate_frames`).
@@ -124,7 +126,7 @@ class TrainingResult:
 
     params: TrainingParams
     trained: seg.TrainResult
-    val_frames: tuple[Frame, ...]
+    frames: TrainingFrames
     scores: pd.DataFrame
     baseline_threshold: float
     frames_per_second_end_to_end: float
@@ -174,13 +176,14 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: 
     best = trained.best
     _, spacing, _ = ds.read_calibration(root)
     sigma = params.f1_sigma_mm
-    val_frames = segdata.labelled_frames(root, best.split.val, params.max_val_frames_per_specimen, derived)
-    threshold = seg.threshold_baseline(root, best.split.train, P, sigma, derived=derived)
-    scores, fps_end_to_end = seg.evaluate_frames(trained.checkpoint, val_frames, spacing, sigma, threshold,
+    frames = segdata.training_frames(root, best.split, params.input_size, params.memory_budget_mb,
+                                     params.max_val_frames_per_specimen, derived)
+    threshold = seg.threshold_baseline(frames.train, params.input_size, spacing, sigma)
+    scores, fps_end_to_end = seg.evaluate_frames(trained.checkpoint, frames.val, spacing, sigma, threshold,
                                                  progress=progress)
     fps = seg.inference_speed(trained.checkpoint, size=SPEED_SIZE, n=16, batch_size=8, threads=SPEED_THREADS,
                               device="cpu")
-    return TrainingResult(params, trained, tuple(val_frames), scores, threshold, fps_end_to_end, fps)
+    return TrainingResult(params, trained, frames, scores, threshold, fps_end_to_end, fps)
 
 
 def images_per_second(history: pd.DataFrame) -> float:
@@ -199,7 +202,9 @@ def metrics(result: TrainingResult) -> dict[str, Any]:
     ``val_accuracy_at_0p5mm``, ``val_completeness_at_0p5mm``, ``baseline_background_f1_at_0p5mm``,
     ``baseline_threshold_f1_at_0p5mm`` (at ``f1_sigma_mm``, named for the paper's 0.5 mm), with
     ``val_frames_empty_label``; the best epoch's ``val_f1_at_0p5mm_input_size`` and ``val_dice`` (band Dice), both
-    at the network's input size. Training: ``epochs``, ``best_epoch``, ``train_images``, ``val_images``,
+    at the network's input size. Training: ``epochs``, ``best_epoch``, ``train_images`` (the pool held in memory)
+    of ``train_images_labelled`` (the training specimens' labelled frames; fewer are used only when they do not
+    fit ``memory_budget_mb``), ``train_images_per_epoch`` (drawn from the pool), ``val_images``,
     ``train_seconds`` (all folds), ``images_per_second_train``; inference: ``frames_per_second_inference``
     (``SPEED_SIZE``, ``SPEED_THREADS`` CPU threads), ``frames_per_second_inference_end_to_end``. Set-up:
     ``device``, ``arch``, ``encoder``, ``input_size``, ``split``, ``n_folds``, ``fold_val_f1``, ``checkpoint``.
@@ -209,8 +214,10 @@ def metrics(result: TrainingResult) -> dict[str, Any]:
     return {
         "epochs": int(len(best.history)),
         "best_epoch": int(best.metadata["epoch"]),
-        "train_images": int(best.n_train),
-        "val_images": int(best.n_val),
+        "train_images": len(result.frames.train),
+        "train_images_labelled": int(result.frames.n_train_labelled),
+        "train_images_per_epoch": int(p.samples_per_epoch or len(result.frames.train)),
+        "val_images": len(result.frames.val),
         "val_frames_empty_label": int((t["label_pixels"] == 0).sum()),
         "f1_sigma_mm": p.f1_sigma_mm,
         "val_f1_at_0p5mm": float(mean["model_f1"]),
@@ -262,4 +269,4 @@ def plot_curves(result: TrainingResult):
 
 def plot_predictions(result: TrainingResult, n: int = 6):
     """``n`` validation frames (evenly spaced): image, CT-derived label (green), the model's prediction (magenta)."""
-    return seg.plot_predictions(result.checkpoint, result.val_frames, n=n)
+    return seg.plot_predictions(result.checkpoint, result.frames.val, n=n)
