@@ -95,7 +95,7 @@ def test_lightning_loop_throughput(tmp_path):
     split = segdata.Split(("specimen01", "specimen02"), ("specimen03",), ())
     P = tiny_params(encoder="resnet34", input_size=[size, size], epochs=3, batch_size=64 if CUDA else 8,
                     num_workers=4 if CUDA else 0, threads=None if CUDA else 2, deterministic=not CUDA,
-                    max_val_frames_per_specimen=8, tv_weight=0.0, skeleton_weight=0.0)
+                    max_val_frames_per_specimen=8, memory_budget_mb=4096, tv_weight=0.0, skeleton_weight=0.0)
     res = seg.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
     ips = res.history["train_images_per_second"].dropna().iloc[1:].mean()
     hours = PAPER_IMAGES / ips / 3600

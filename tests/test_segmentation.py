@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from ultrabones.core import dataset as ds
-from ultrabones.segmentation import segdata
+from ultrabones.segmentation import segdata, training
 from ultrabones.segmentation import model as seg
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.params import read_yaml, validate_section
@@ -50,8 +53,9 @@ def make_dataset(root, n_specimens=3, frames=6, shape=(60, 72), seed=0, unlabele
 
 def tiny_params(**kw):
     P = validate_section("training", read_yaml(PARAMS_DIR / "smoke.yaml")["training"], "smoke")
-    P.update(input_size=[32, 32], encoder="resnet18", epochs=2, batch_size=4, max_frames_per_specimen=None,
-             max_val_frames_per_specimen=None, threads=1, augment=True, tv_weight=0.4, skeleton_weight=0.1)
+    P.update(input_size=[32, 32], encoder="resnet18", epochs=2, batch_size=4, memory_budget_mb=64,
+             samples_per_epoch=None, max_val_frames_per_specimen=None, threads=1, augment=True, tv_weight=0.4,
+             skeleton_weight=0.1)
     P.update(kw)
     return validate_section("training", P, "test")
 
@@ -109,6 +113,43 @@ def test_frames_skip_unlabelled_and_subsample(tmp_path):
     assert len(frames) == 12  # 3 unlabelled frames per specimen skipped
     sub = segdata.labelled_frames(root, ["specimen01"], max_per_specimen=3)
     assert [f.timestamp for f in sub] == [1000, 1000 + 48 * 2, 1000 + 48 * 5]  # evenly spaced, ends kept
+
+
+def test_a_budget_smaller_than_the_pool_keeps_an_evenly_spaced_subset_that_fits(tmp_path):
+    root = make_dataset(tmp_path, n_specimens=3, frames=6, unlabeled=1)
+    split = segdata.Split(("specimen01", "specimen02"), ("specimen03",), ())
+    per_mb = segdata.frame_bytes((32, 32)) / 2**20  # 3 KiB a frame at 32 x 32: image, band, label
+    assert segdata.frame_bytes((32, 32)) == 3 * 32 * 32
+    frames = segdata.training_frames(root, split, (32, 32), 4.5 * per_mb, 2)  # room for 4 and a half frames
+    assert frames.n_train_labelled == 12 and len(frames.train) == 4
+    assert len(frames.train) * segdata.frame_bytes((32, 32)) <= 4.5 * per_mb * 2**20
+    # evenly spaced over both specimens' 12 frames (indices 0, 4, 7, 11), the ends kept
+    assert [(f.specimen, f.timestamp) for f in frames.train] == [
+        ("specimen01", 1000), ("specimen01", 1000 + 48 * 4), ("specimen02", 1000 + 48 * 1), ("specimen02", 1000 + 48 * 5)]
+    assert [f.timestamp for f in frames.val] == [1000, 1000 + 48 * 5]  # max_val_per_specimen = 2
+
+
+def test_a_budget_that_holds_every_frame_keeps_them_all(tmp_path):
+    root = make_dataset(tmp_path, n_specimens=3, frames=6, unlabeled=1)
+    split = segdata.Split(("specimen01", "specimen02"), ("specimen03",), ())
+    exact = 12 * segdata.frame_bytes((32, 32)) / 2**20
+    for budget in (exact, 64.0):
+        frames = segdata.training_frames(root, split, (32, 32), budget)
+        assert frames.train == tuple(segdata.labelled_frames(root, split.train)) and frames.n_train_labelled == 12
+        assert len(frames.val) == 6  # no cap: every validation frame
+    assert len(segdata.training_frames(root, split, (32, 32), exact * 0.99).train) == 11
+
+
+def test_a_bad_memory_budget_names_the_key():
+    with pytest.raises(ParamsError, match=r"training.memory_budget_mb: 0.002 MiB holds no frame at 32 x 32 px"):
+        segdata.within_budget([], (32, 32), 0.002)
+    with pytest.raises(ParamsError, match=r"training.memory_budget_mb.*give at least"):
+        training.TrainingParams.from_section(tiny_params() | {"memory_budget_mb": 0.001})
+    for bad in (0, -5, "2 GB", None):
+        with pytest.raises(ParamsError, match=r"training.memory_budget_mb"):
+            tiny_params(memory_budget_mb=bad)
+    with pytest.raises(ParamsError, match=r"training.samples_per_epoch"):
+        tiny_params(samples_per_epoch=0)
 
 
 def test_missing_label_folder_and_non_binary_label_are_named(tmp_path):
@@ -197,10 +238,32 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch_and_shards():
     a = list(s)
     s2 = segdata.EpochSampler(10, seed=1, shuffle=True)
     s2.set_epoch(3)
-    assert a == list(s2) and sorted(i for i, _ in a) == list(range(10)) and {e for _, e in a} == {3}
+    assert a == list(s2) and sorted(i for i, _, _ in a) == list(range(10)) and {(e, d) for _, e, d in a} == {(3, 0)}
     ranks = [list(segdata.EpochSampler(10, 1, True, r, 3)) for r in range(3)]
     assert all(len(r) == 4 for r in ranks)
-    assert {i for r in ranks for i, _ in r} == set(range(10))
+    assert {i for r in ranks for i, _, _ in r} == set(range(10))
+
+
+def test_epoch_sampler_draws_a_fixed_number_of_samples_whatever_the_pool():
+    def epoch(n, samples, e=2):
+        s = segdata.EpochSampler(n, seed=5, shuffle=True, samples=samples)
+        s.set_epoch(e)
+        return list(s)
+
+    assert epoch(10, None) == epoch(10, 10)  # null: every frame once, as before
+    few = epoch(1000, 16)
+    assert len(few) == 16 and len({i for i, _, _ in few}) == 16  # 16 of 1000, none twice
+    assert [i for i, _, _ in few] == [i for i, _, _ in epoch(1000, 1000)[:16]]
+    assert few != epoch(1000, 16, e=3)
+    many = epoch(4, 10)  # more draws than frames: whole passes first, then part of another
+    assert len(many) == 10 and sorted(i for i, _, _ in many[:4]) == sorted(i for i, _, _ in many[4:8]) == [0, 1, 2, 3]
+    assert [d for _, _, d in many] == [0] * 4 + [1] * 4 + [2] * 2
+    assert len({(i, d) for i, _, d in many}) == 10  # a repeat has its own draw number, so its own augmentation
+    assert len(segdata.EpochSampler(4, 5, True, samples=10)) == 10
+    assert [i for i, _, _ in segdata.EpochSampler(3, 5, False, samples=5)] == [0, 1, 2, 0, 1]
+    aug = lambda draw: segdata.augment_params(segdata.sample_rng(5, 2, 7, draw))  # noqa: E731
+    assert not np.array_equal(aug(0), aug(1))
+    np.testing.assert_array_equal(aug(0), segdata.augment_params(segdata.sample_rng(5, 2, 7)))  # first draws: as before
 
 
 # ----------------------------------------------------------------------------- losses and metric
@@ -353,6 +416,19 @@ def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert list(other.history["epoch"]) == [0]
 
 
+def test_an_epoch_draws_samples_per_epoch_from_the_frames_the_budget_holds(tmp_path):
+    root = make_dataset(tmp_path / "data", n_specimens=3, frames=6)
+    split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
+    budget = 3.5 * segdata.frame_bytes((32, 32)) / 2**20  # three frames of the training specimen's six
+    P = tiny_params(epochs=1, memory_budget_mb=budget, samples_per_epoch=10, augment=False)
+    res = seg.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
+    assert (res.n_train, res.n_train_labelled) == (3, 6)
+    assert (res.metadata["n_train_frames"], res.metadata["n_train_labelled"], res.metadata["samples_per_epoch"]) == (
+        3, 6, 10)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3  # 10 draws in batches of 4
+
+
 def test_corrupt_last_checkpoint_names_the_file_and_how_to_start_fresh(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=4)
     split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
@@ -418,7 +494,7 @@ def test_a_finished_run_is_stale_once_its_labels_change(tmp_path):
     """Resume continues only onto the same data: relabelled frames give another resume key."""
     root = make_dataset(tmp_path, n_specimens=2, frames=4)
     split = segdata.Split(("specimen01",), ("specimen02",), ())
-    P = {"max_frames_per_specimen": None, "max_val_frames_per_specimen": None}
+    P = {"input_size": [32, 32], "memory_budget_mb": 64, "max_val_frames_per_specimen": None}
     before = seg.data_fingerprint(root, split, P)
     assert seg.data_fingerprint(root, split, P) == before
     frame = segdata.labelled_frames(root, ["specimen01"])[0]
@@ -426,3 +502,70 @@ def test_a_finished_run_is_stale_once_its_labels_change(tmp_path):
     label[0, 0] = not label[0, 0]
     ds.write_label(frame.label, label)
     assert seg.data_fingerprint(root, split, P) != before
+
+
+# ----------------------------------------------------------------------------- the stage (train mode)
+
+
+def test_training_params_are_the_schema_section_typed_and_round_trip():
+    from ultrabones.core.params import SCHEMA
+
+    section = tiny_params()
+    tp = training.TrainingParams.from_section(section)
+    assert [f.name for f in dataclasses.fields(tp)] == list(SCHEMA["training"])
+    assert tp.input_size == (32, 32) and tp.encoder == "resnet18"
+    assert tp.as_dict() == section
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tp.epochs = 3
+    with pytest.raises(ParamsError, match="training.batch_size"):
+        training.TrainingParams.from_section({**section, "batch_size": 0})
+
+
+def _stage_result(tmp_path, **params):
+    """A train-mode result with known numbers: two epochs, four validation frames (one with an empty label)."""
+    tp = training.TrainingParams.from_section(tiny_params(epochs=2, **params))
+    split = segdata.Split(("specimen01",), ("specimen02",), ("specimen03",))
+    history = pd.DataFrame({"epoch": [0, 1], "train_images_per_second": [10.0, 30.0], "val_f1": [0.2, 0.4]})
+    fold = seg.FoldResult(0, split, tmp_path / "run" / "best.ckpt", history,
+                          {"epoch": 1, "val_f1": 0.4, "val_dice": 0.5}, 6, 4, "cpu (1 threads, 32-true)", 12.5,
+                          tmp_path / "run", 9)
+    trained = seg.TrainResult(split, [fold], fold, tmp_path / "best.ckpt")
+    frame = lambda spec, t: ds.Frame(ds.Record(spec, "record01", tmp_path / spec / "record01"), t)  # noqa: E731
+    frames = segdata.TrainingFrames(tuple(frame("specimen01", t) for t in range(6)), 9,
+                                    tuple(frame("specimen02", t) for t in range(4)))
+    scores = pd.DataFrame({"label_pixels": [0, 5, 7, 9], "model_acc": [1.0, 0.5, 0.5, 0.2],
+                           "model_com": [1.0, 0.5, 0.5, 0.0], "model_f1": [1.0, 0.5, 0.5, 0.0],
+                           "background_f1": [1.0, 0.0, 0.0, 0.0], "threshold_f1": [0.0, 0.2, 0.2, 0.4]})
+    return training.TrainingResult(tp, trained, frames, scores, 0.6, 100.0, 20.0)
+
+
+def test_stage_metrics_known_answer(tmp_path):
+    m = training.metrics(_stage_result(tmp_path))
+    assert (m["epochs"], m["best_epoch"], m["train_images"], m["val_images"]) == (2, 1, 6, 4)
+    assert (m["train_images_labelled"], m["train_images_per_epoch"]) == (9, 6)  # 6 of 9 in memory, each once
+    assert training.metrics(_stage_result(tmp_path, samples_per_epoch=480))["train_images_per_epoch"] == 480
+    assert m["val_frames_empty_label"] == 1
+    assert m["val_f1_at_0p5mm"] == pytest.approx(0.5) and m["val_accuracy_at_0p5mm"] == pytest.approx(0.55)
+    assert m["val_completeness_at_0p5mm"] == pytest.approx(0.5)
+    assert m["baseline_background_f1_at_0p5mm"] == pytest.approx(0.25)
+    assert m["baseline_threshold_f1_at_0p5mm"] == pytest.approx(0.2) and m["baseline_threshold"] == 0.6
+    assert m["images_per_second_train"] == 30.0  # the first epoch (warm-up) left out
+    assert (m["val_f1_at_0p5mm_input_size"], m["val_dice"], m["fold_val_f1"]) == (0.4, 0.5, [0.4])
+    assert (m["frames_per_second_inference"], m["frames_per_second_inference_end_to_end"]) == (20.0, 100.0)
+    assert m["train_seconds"] == 12.5 and m["input_size"] == [32, 32] and m["n_folds"] == 1
+    assert m["split"] == {"train": ["specimen01"], "val": ["specimen02"], "test": ["specimen03"]}
+    json.dumps(m)  # JSON types only
+    training.check(m, training.TrainingParams.from_section(tiny_params(epochs=2)))
+
+
+def test_stage_check_names_what_failed(tmp_path):
+    m = training.metrics(_stage_result(tmp_path))
+    tp = training.TrainingParams.from_section(tiny_params(epochs=2))
+    with pytest.raises(AssertionError, match="stopped early"):
+        training.check(m, training.TrainingParams.from_section(tiny_params(epochs=3)))
+    with pytest.raises(AssertionError, match="leaked"):
+        training.check({**m, "split": {"train": ["a"], "val": ["b"], "test": ["a"]}}, tp)
+    learning = training.TrainingParams.from_section(tiny_params(epochs=2, expect_learning=True))
+    training.check(m, learning)  # F1 0.5: 0.25 above the better baseline (background 0.25, threshold 0.2)
+    with pytest.raises(AssertionError, match="did not clearly learn"):
+        training.check({**m, "baseline_threshold_f1_at_0p5mm": 0.4}, learning)  # 0.1 above it

@@ -39,7 +39,8 @@ TOLERANCES = {
         "mean_rating.optimized": (1e-6, "seeded rater model"),
         "mean_rating.initial": (1e-6, "seeded rater model"),
     },
-    "04_training": {"train_images": (0, "a count"), "val_images": (0, "a count"),
+    "04_training": {"train_images": (0, "a count"), "train_images_labelled": (0, "a count"),
+                    "val_images": (0, "a count"),
                     "val_f1_at_0p5mm": (0.05, "CPU training; BLAS may differ between machines")},
     "05_evaluation": {
         "n_test_frames": (0, "a count"),

@@ -52,7 +52,9 @@ RELEASED_MEAN, RELEASED_STD = 0.17475835978984833, 0.16475939750671387
 RELEASED_SIZE, RELEASED_BAND_PX = (256, 256), 3
 ARCHS = {"fpn": "FPN", "unet": "Unet"}
 #: Parameters that may change between a stopped run and its resumption.
-_RESUME_FREE = ("epochs", "resume", "devices", "accelerator", "num_workers", "threads", "cache_max_mb", "expect_learning")
+#: (``memory_budget_mb`` only chooses the frames, and the data fingerprint holds the frames chosen.)
+_RESUME_FREE = ("epochs", "resume", "devices", "accelerator", "num_workers", "threads", "memory_budget_mb",
+                "expect_learning")
 
 
 # ----------------------------------------------------------------------------- model
@@ -298,26 +300,27 @@ def _module_class():
     return SegmentationModule
 
 
-def _datamodule(train_ds, val_ds, batch_size: int, num_workers: int, seed: int):
+def _datamodule(train_ds, val_ds, batch_size: int, num_workers: int, seed: int, samples_per_epoch: int | None = None):
     pl = _lightning()
     from torch.utils.data import DataLoader
 
     class FrameDataModule(pl.LightningDataModule):
-        """Loaders with :class:`~ultrabones.segmentation.segdata.EpochSampler` (sharded by rank under DDP)."""
+        """Loaders with :class:`~ultrabones.segmentation.segdata.EpochSampler` (sharded by rank under DDP): training
+        draws ``samples_per_epoch`` frames an epoch from its pool (None: each once), validation takes each once."""
 
-        def _loader(self, data, shuffle):
+        def _loader(self, data, shuffle, samples=None):
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             return DataLoader(
                 data,
                 batch_size=batch_size,
-                sampler=segdata.EpochSampler(len(data), seed, shuffle, rank, world),
+                sampler=segdata.EpochSampler(len(data), seed, shuffle, rank, world, samples),
                 num_workers=num_workers,
                 persistent_workers=num_workers > 0,
                 pin_memory=torch.cuda.is_available(),
             )
 
         def train_dataloader(self):
-            return self._loader(train_ds, True)
+            return self._loader(train_ds, True, samples_per_epoch)
 
         def val_dataloader(self):
             return self._loader(val_ds, False)
@@ -338,6 +341,10 @@ class FoldResult:
     history : one row per epoch (train and validation losses, ``val_dice``,
         ``val_f1``, ``train_images_per_second``, ``lr``).
     metadata : the checkpoint's metadata.
+    n_train : frames in the training pool (held in memory).
+    n_val : validation frames.
+    n_train_labelled : labelled frames of the training specimens (the pool: all of them, or the evenly spaced
+        subset that fits ``memory_budget_mb``).
     """
 
     fold: int
@@ -350,6 +357,7 @@ class FoldResult:
     device: str
     train_seconds: float
     run_dir: Path
+    n_train_labelled: int
 
 
 @dataclass
@@ -404,11 +412,10 @@ def data_fingerprint(root: Path | str, split: Split, P: Mapping, derived: Path |
     h = hashlib.sha256()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # records without labels are reported when the datasets are made
-        frames = (segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"], derived)
-                  + segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"], derived))
+        frames = _split_frames(root, split, P, derived)
     from ultrabones.core.cache import file_digest
 
-    for f in frames:
+    for f in frames.train + frames.val:
         h.update(f"{f.specimen}/{f.record.key}/{f.timestamp}".encode())
         h.update(Path(f.label).read_bytes())
         h.update(file_digest(f.image).encode())
@@ -437,28 +444,34 @@ def _spacing(root: Path) -> tuple[float, float]:
     return float(spacing[0]), float(spacing[1])
 
 
+def _split_frames(root: Path | str, split: Split, P: Mapping, derived: Path | str | None = None):
+    """:func:`ultrabones.segmentation.segdata.training_frames` with the ``training`` parameters."""
+    return segdata.training_frames(root, split, P["input_size"], P["memory_budget_mb"],
+                                   P["max_val_frames_per_specimen"], derived)
+
+
 def make_datasets(root: Path | str, split: Split, P: Mapping, seed: int, progress: bool = False,
                   derived: Path | str | None = None):
-    """Training and validation :class:`~ultrabones.segmentation.segdata.FrameDataset` of a split, and the normalisation.
+    """Training and validation :class:`~ultrabones.segmentation.segdata.FrameDataset` of a split, the
+    normalisation, and the frames (:class:`~ultrabones.segmentation.segdata.TrainingFrames`).
 
-    The normalisation is ``P["norm_mean"], P["norm_std"]``, or, when null,
-    measured on the training frames.
+    The training pool is every labelled frame of the training specimens, or the evenly spaced subset that fits
+    ``P["memory_budget_mb"]``. The normalisation is ``P["norm_mean"], P["norm_std"]``, or, when null, measured on
+    the training frames.
     """
     root = Path(root)
     size = tuple(P["input_size"])
-    train_frames = segdata.labelled_frames(root, split.train, P["max_frames_per_specimen"], derived)
-    val_frames = segdata.labelled_frames(root, split.val, P["max_val_frames_per_specimen"], derived)
+    frames = _split_frames(root, split, P, derived)
     if P["norm_mean"] is None or P["norm_std"] is None:
-        mean, std = segdata.intensity_stats(train_frames, size)
+        mean, std = segdata.intensity_stats(frames.train, size)
     else:
         mean, std = P["norm_mean"], P["norm_std"]
     std = max(std, 1e-6)
     spacing = _spacing(root)
-    common = dict(size=size, band_px=P["label_band_px"], mean=mean, std=std, spacing_mm=spacing,
-                  cache_max_mb=P["cache_max_mb"], progress=progress)
-    train_ds = segdata.FrameDataset(train_frames, augment=P["augment"], seed=seed, **common)
-    val_ds = segdata.FrameDataset(val_frames, augment=False, seed=seed, **common)
-    return train_ds, val_ds, (mean, std)
+    common = dict(size=size, band_px=P["label_band_px"], mean=mean, std=std, spacing_mm=spacing, progress=progress)
+    train_ds = segdata.FrameDataset(frames.train, augment=P["augment"], seed=seed, **common)
+    val_ds = segdata.FrameDataset(frames.val, augment=False, seed=seed, **common)
+    return train_ds, val_ds, (mean, std), frames
 
 
 def train_fold(
@@ -512,7 +525,7 @@ def train_fold(
     atomic.write_json(run_json, {"key": key, "split": split.as_dict(), "seed": seed, "fold": fold})
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    train_ds, val_ds, (mean, std) = make_datasets(root, split, P, seed, progress=progress, derived=derived)
+    train_ds, val_ds, (mean, std), frames = make_datasets(root, split, P, seed, progress=progress, derived=derived)
     config = dict(P)
     config.update(seed=seed, norm_mean=mean, norm_std=std)
     model = _module_class()(config)
@@ -522,7 +535,8 @@ def train_fold(
     # Lightning >= 2.5 refreshes save_last only when the best changes: keep "last" with its own callback.
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                               enable_version_counter=False)
-    n_batches = max(1, len(train_ds) // P["batch_size"])
+    samples = P["samples_per_epoch"]
+    n_batches = max(1, (len(train_ds) if samples is None else samples) // P["batch_size"])
     callbacks = [ckpt_cb, last_cb]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, n_batches // 20)))
@@ -553,7 +567,7 @@ def train_fold(
         if P["resume"] and last.is_file():
             load_lightning_checkpoint(last, run_dir)  # a corrupt file: a clear error before Lightning's
             resume_from = str(last)
-        trainer.fit(model, datamodule=_datamodule(train_ds, val_ds, P["batch_size"], P["num_workers"], seed),
+        trainer.fit(model, datamodule=_datamodule(train_ds, val_ds, P["batch_size"], P["num_workers"], seed, samples),
                     ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - t0
     best_path = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else last
@@ -578,6 +592,8 @@ def train_fold(
         "val_f1": float(row["val_f1"].iloc[0]) if len(row) else None,
         "val_dice": float(row["val_dice"].iloc[0]) if len(row) else None,
         "n_train_frames": len(train_ds),
+        "n_train_labelled": frames.n_train_labelled,
+        "samples_per_epoch": samples if samples is not None else len(train_ds),
         "n_val_frames": len(val_ds),
         "seed": seed,
         "params": dict(P),
@@ -586,7 +602,7 @@ def train_fold(
     }
     out = save_checkpoint(run_dir / "best.ckpt", state, metadata)
     return FoldResult(fold, split, out, history, metadata, len(train_ds), len(val_ds), metadata["device"],
-                      seconds, run_dir)
+                      seconds, run_dir, frames.n_train_labelled)
 
 
 def load_lightning_checkpoint(path: Path | str, run_dir: Path | str | None = None) -> dict:
@@ -650,7 +666,7 @@ def train(
     ``f1_sigma_mm``; its metadata holds the split (test specimens for evaluation).
     """
     models_dir = Path(models_dir)
-    available = [s.name for s in ds.discover(root, list(specimens) if specimens else None)]
+    available = segdata.available_specimens(root, specimens)
     split = segdata.split_specimens(available, P["train_specimens"], P["val_specimens"], P["test_specimens"])
     folds = segdata.cross_validation_folds(split, P["n_folds"])
     results = []
@@ -949,20 +965,22 @@ def fit_threshold_baseline(
     return float(cands[int(np.argmax(scores))])
 
 
-def threshold_baseline(root: Path | str, specimens: Sequence[str], P: Mapping, sigma_mm: float,
-                       n_frames: int = 48, derived: Path | str | None = None) -> float:
-    """Fit the intensity-threshold baseline on (up to ``n_frames``) training frames at the input size.
+def threshold_baseline(frames: Sequence[Frame], size: Sequence[int], spacing_mm, sigma_mm: float,
+                       n_frames: int = 48) -> float:
+    """Fit the intensity-threshold baseline on (up to ``n_frames``, evenly spaced) training frames at the input size.
+
+    Parameters
+    ----------
+    frames : training frames (the training pool).
+    size : network input (h, w), pixels.
+    spacing_mm : (sx, sy) mm per pixel of the original images.
+    sigma_mm : distance threshold of the F1 it maximises (mm).
 
     Returns the threshold on blurred, resized [0, 1] intensities (see :func:`fit_threshold_baseline`).
     """
-    frames = segdata.labelled_frames(root, specimens, P["max_frames_per_specimen"], derived)
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int))
-    data = segdata.FrameDataset([frames[i] for i in idx], tuple(P["input_size"]), 1, 0.0, 1.0,
-                                _spacing(Path(root)), cache_max_mb=float("inf"))
-    images = np.stack([c[0] for c in data._cache]).astype(np.float32) / 255.0
-    lines = np.stack([c[2] for c in data._cache])
-    spacings = np.stack([c[3] for c in data._cache])
-    return fit_threshold_baseline(images, lines, spacings, sigma_mm)
+    picked = [frames[i] for i in segdata.evenly_spaced(len(frames), n_frames)]
+    images, _, lines, spacings = segdata.FrameDataset(picked, tuple(size), 1, 0.0, 1.0, spacing_mm).arrays()
+    return fit_threshold_baseline(images.astype(np.float32) / 255.0, lines, spacings, sigma_mm)
 
 
 def threshold_predict(image: np.ndarray, threshold: float, size: tuple[int, int]) -> np.ndarray:
@@ -980,8 +998,9 @@ def evaluate_frames(
 
     Returns
     -------
-    table : one row per frame (``specimen, record, timestamp, model_acc, model_com,
-        model_f1, background_f1, threshold_f1``).
+    table : one row per frame (``specimen, record, timestamp, label_pixels, model_acc, model_com,
+        model_f1, background_f1``, and with ``baseline_threshold`` ``threshold_f1``); ``label_pixels``
+        counts the label's pixels at the frame's size.
     frames_per_second : end-to-end :func:`predict` speed (decoded frames in, masks out).
     """
     from tqdm import tqdm
@@ -1000,7 +1019,7 @@ def evaluate_frames(
         for f, im, lab, m in zip(chunk, images, labels, masks):
             acc, com, f1 = _f1_at_distance(m, lab, spacing_mm, sigma_mm)
             row = {"specimen": f.specimen, "record": f.record.key, "timestamp": f.timestamp,
-                   "model_acc": acc, "model_com": com, "model_f1": f1,
+                   "label_pixels": int(lab.sum()), "model_acc": acc, "model_com": com, "model_f1": f1,
                    "background_f1": _f1_at_distance(np.zeros_like(lab), lab, spacing_mm, sigma_mm)[2]}
             if baseline_threshold is not None:
                 row["threshold_f1"] = _f1_at_distance(threshold_predict(im, baseline_threshold, size), lab,
@@ -1035,7 +1054,7 @@ def plot_predictions(ckpt, frames: Sequence[Frame], n: int = 6, device: str | No
     """A grid of validation frames: image, CT-derived label (green) and prediction (magenta)."""
     import matplotlib.pyplot as plt
 
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int))
+    idx = segdata.evenly_spaced(len(frames), n)
     images = [ds.read_image(frames[i].image) for i in idx]
     labels = [ds.read_label(frames[i].label, im.shape) for i, im in zip(idx, images)]
     model, meta = _as_model(ckpt)

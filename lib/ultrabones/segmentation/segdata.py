@@ -1,15 +1,21 @@
 """Training data for bone segmentation: specimen splits, frames, resizing, augmentation.
 
-The network sees every labelled frame of layout A/B (``UltrasoundImages/<t>.png``
+The network sees the labelled frames of layout A/B (``UltrasoundImages/<t>.png``
 with ``Labels/<t>_label.png``) resized to a fixed input size, its intensities
 scaled to [0, 1] and normalised with a mean and standard deviation, and the
 visible label widened to a band (3 px in the released model) so that a thin
 bone contour survives the resizing and gives the loss enough positive pixels.
 
+Training uses **every labelled frame of its training specimens**, decoded once
+at the input size and held in memory, as far as a memory budget allows: when
+they do not all fit, an evenly spaced subset that fits (:func:`within_budget`,
+:func:`training_frames`). Compute does not grow with the pool: an epoch draws a
+fixed number of samples from it (:class:`EpochSampler`).
+
 Splits are **by specimen** (no specimen contributes frames to two sets). The
-random parts (augmentation, shuffling) depend only on ``(seed, epoch, index)``,
-never on a global random state, so a run stopped after epoch *k* and resumed
-draws exactly what an uninterrupted run draws (see :class:`EpochSampler`).
+random parts (augmentation, the draws of an epoch) depend only on ``(seed,
+epoch, index)``, never on a global random state, so a run stopped after epoch
+*k* and resumed draws exactly what an uninterrupted run draws.
 """
 
 from __future__ import annotations
@@ -152,6 +158,17 @@ def cross_validation_folds(split: Split, n_folds: int) -> list[Split]:
 # ----------------------------------------------------------------------------- frames
 
 
+def available_specimens(root: Path | str, specimens: Sequence[str] | None = None) -> list[str]:
+    """The specimen folder names of a dataset, sorted (``specimens``: only these, each must exist; None: all).
+
+    Raises
+    ------
+    DatasetError
+        If the root holds no specimen, or a named one is absent (see ``dataset.discover``).
+    """
+    return [s.name for s in ds.discover(root, list(specimens) if specimens else None)]
+
+
 def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen: int | None = None,
                     derived: Path | str | None = None) -> list[Frame]:
     """Every frame with a visible label in the given specimens, sorted.
@@ -189,11 +206,99 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
                 mine.append(Frame(rec, int(t)))
         if not mine:
             raise DatasetError(f"{spec.path}: no labelled frames ({ds.LABELS}/<t>_label.png) in any record")
-        if max_per_specimen is not None and len(mine) > max_per_specimen:
-            keep = np.unique(np.linspace(0, len(mine) - 1, max_per_specimen).round().astype(int))
-            mine = [mine[i] for i in keep]
+        if max_per_specimen is not None:
+            mine = [mine[i] for i in evenly_spaced(len(mine), max_per_specimen)]
         frames += mine
     return frames
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of ``min(k, n)`` of ``n`` items, evenly spaced, the first and the last kept (all when ``k >= n``)."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
+def frame_bytes(size: Sequence[int]) -> int:
+    """Bytes one frame holds in memory at the input size ``(h, w)``: the 8-bit image, band and thin label."""
+    return 3 * int(size[0]) * int(size[1])
+
+
+def within_budget(frames: Sequence[Frame], size: Sequence[int], budget_mb: float) -> list[Frame]:
+    """The frames that fit a memory budget once decoded at the input size: all, or an evenly spaced subset.
+
+    Parameters
+    ----------
+    frames : the labelled frames, in order (specimen, record, time).
+    size : network input (h, w), pixels.
+    budget_mb : memory for the decoded frames, MiB (``training.memory_budget_mb``); each takes
+        :func:`frame_bytes`.
+
+    Returns
+    -------
+    Every frame when they all fit; otherwise as many as fit, evenly spaced over the whole list (each specimen
+    keeps its share), the first and the last kept.
+
+    Raises
+    ------
+    ParamsError
+        If the budget does not hold a single frame, naming ``training.memory_budget_mb`` and the least budget.
+    """
+    return [frames[i] for i in evenly_spaced(len(frames), frames_in_budget(size, budget_mb))]
+
+
+def frames_in_budget(size: Sequence[int], budget_mb: float) -> int:
+    """How many frames decoded at the input size ``(h, w)`` fit ``budget_mb`` MiB (:func:`frame_bytes` each).
+
+    Raises
+    ------
+    ParamsError
+        If not one does, naming ``training.memory_budget_mb`` and the least budget that holds one.
+    """
+    per = frame_bytes(size)
+    fit = int(budget_mb * 2**20 // per)
+    if fit < 1:
+        raise ParamsError(f"training.memory_budget_mb: {budget_mb} MiB holds no frame at {size[0]} x {size[1]} px "
+                          f"({per / 2**20:.3g} MiB each); give at least {per / 2**20:.3g}")
+    return fit
+
+
+@dataclass(frozen=True)
+class TrainingFrames:
+    """The frames of a split that training holds in memory.
+
+    Attributes
+    ----------
+    train : the training pool: every labelled frame of the training specimens, or the evenly spaced subset
+        that fits the memory budget (:func:`within_budget`).
+    n_train_labelled : labelled frames of the training specimens (the pool's source).
+    val : the validation frames (at most ``max_val_frames_per_specimen`` per specimen, evenly spaced).
+    """
+
+    train: tuple[Frame, ...]
+    n_train_labelled: int
+    val: tuple[Frame, ...]
+
+
+def training_frames(root: Path | str, split: Split, size: Sequence[int], budget_mb: float,
+                    max_val_per_specimen: int | None = None, derived: Path | str | None = None) -> TrainingFrames:
+    """The training pool and validation frames of a split (see :class:`TrainingFrames`).
+
+    Parameters
+    ----------
+    root : dataset root (the images).
+    split : the specimens.
+    size : network input (h, w), pixels.
+    budget_mb : memory for the decoded training frames, MiB (``training.memory_budget_mb``).
+    max_val_per_specimen : validation frames kept per specimen (``training.max_val_frames_per_specimen``); None: all.
+    derived : the derived dataset holding the labels (``Paths.derived``); None: beside the images.
+
+    Raises
+    ------
+    ParamsError, DatasetError
+        A budget below one frame; a specimen without labelled frames (see :func:`labelled_frames`).
+    """
+    labelled = labelled_frames(root, split.train, None, derived)
+    return TrainingFrames(tuple(within_budget(labelled, size, budget_mb)), len(labelled),
+                          tuple(labelled_frames(root, split.val, max_val_per_specimen, derived)))
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -299,38 +404,45 @@ def augment_batch(
 # ----------------------------------------------------------------------------- dataset
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one sample's augmentation: a function of (seed, epoch, index) only."""
-    return np.random.default_rng([int(seed), int(epoch), int(index)])
+def sample_rng(seed: int, epoch: int, index: int, draw: int = 0) -> np.random.Generator:
+    """The generator of one sample's augmentation: a function of (seed, epoch, index, draw) only.
+
+    ``draw`` counts an item's earlier draws in the same epoch (:class:`EpochSampler` draws a small pool more
+    than once); a repeat gets its own augmentation, the first draw the one of ``(seed, epoch, index)``.
+    """
+    return np.random.default_rng([int(seed), int(epoch), int(index)] + ([int(draw)] if draw else []))
 
 
 class FrameDataset(Dataset):
-    """Resized, normalised frames and labels for a segmentation network.
+    """Resized, normalised frames and labels for a segmentation network, decoded once and held in memory.
 
     Items are dicts: ``image`` (1, h, w) uint8, the resized frame (the model
     scales it to [0, 1] and normalises it on the device, after augmentation),
     ``label`` (1, h, w) bool band-widened target, ``line`` (1, h, w) bool thin
-    label at the input size (8-bit items keep the cache and the host-to-device
-    copies small),
+    label at the input size (8-bit items keep memory, :func:`frame_bytes` per
+    frame, and the host-to-device copies small),
     ``spacing`` (2,) float32 mm per pixel (sx, sy) at the input size,
     ``index``, and with ``augment`` the sample's ``aug`` parameters
     (:func:`augment_params`, applied to whole batches on the device by
-    :func:`augment_batch`). Indices may be ``(index, epoch)`` pairs (from
-    :class:`EpochSampler`); the epoch seeds the augmentation.
+    :func:`augment_batch`). Indices may be ``(index, epoch)`` or ``(index,
+    epoch, draw)`` tuples (from :class:`EpochSampler`); they seed the
+    augmentation (:func:`sample_rng`).
 
     Parameters
     ----------
-    frames : the frames.
+    frames : the frames (choose them to fit memory: :func:`within_budget`).
     size : input (h, w) in pixels.
     band_px : label band thickness at the input size (pixels).
     mean, std : normalisation of [0, 1] intensities (recorded; applied by the model).
     spacing_mm : (sx, sy) mm per pixel of the original images.
     augment : whether to augment.
     seed : augmentation seed.
-    cache_max_mb : decode every frame once and keep it in memory when the
-        resized frames fit in this many MiB; otherwise decode on demand (use
-        DataLoader workers then).
-    progress : progress bar while caching.
+    progress : progress bar while decoding.
+
+    Raises
+    ------
+    DatasetError
+        For an unreadable image or label (named), while decoding.
     """
 
     def __init__(
@@ -343,9 +455,10 @@ class FrameDataset(Dataset):
         spacing_mm: tuple[float, float],
         augment: bool = False,
         seed: int = 0,
-        cache_max_mb: float = 1024,
         progress: bool = False,
     ):
+        from tqdm import tqdm
+
         self.frames = list(frames)
         self.size = (int(size[0]), int(size[1]))
         self.band_px = int(band_px)
@@ -353,18 +466,8 @@ class FrameDataset(Dataset):
         self.spacing_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
         self.augment = augment
         self.seed = seed
-        self._cache: list | None = None
-        per_frame_mb = self.size[0] * self.size[1] * 3 / 2**20  # uint8 image, band and label
-        if len(self.frames) * per_frame_mb <= cache_max_mb:
-            from tqdm import tqdm
-
-            self._cache = [
-                self._load(i) for i in tqdm(range(len(self.frames)), desc="decoding frames", disable=not progress)
-            ]
-
-    @property
-    def cached(self) -> bool:
-        return self._cache is not None
+        self._items = [self._load(i) for i in tqdm(range(len(self.frames)), desc="decoding frames",
+                                                   disable=not progress)]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -378,9 +481,15 @@ class FrameDataset(Dataset):
         small = np.round(resize_image(img, self.size) * 255.0).astype(np.uint8)
         return small, widen_label(line, self.band_px), line, np.float32(spacing)
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every decoded frame, stacked: images (N, h, w) uint8, bands and thin labels (N, h, w) bool,
+        spacings (N, 2) float32 mm per pixel (sx, sy) at the input size."""
+        images, bands, lines, spacings = zip(*self._items)
+        return np.stack(images), np.stack(bands), np.stack(lines), np.stack(spacings)
+
     def __getitem__(self, item):
-        index, epoch = item if isinstance(item, (tuple, list)) else (item, 0)
-        img, lab, line, spacing = self._cache[index] if self._cache is not None else self._load(index)
+        index, epoch, draw = (*item, 0, 0)[:3] if isinstance(item, (tuple, list)) else (item, 0, 0)
+        img, lab, line, spacing = self._items[index]
         out = {
             "image": torch.from_numpy(np.array(img, dtype=np.uint8))[None],
             "label": torch.from_numpy(np.array(lab, dtype=bool))[None],
@@ -389,28 +498,35 @@ class FrameDataset(Dataset):
             "index": int(index),
         }
         if self.augment:
-            out["aug"] = torch.from_numpy(augment_params(sample_rng(self.seed, epoch, index)))
+            out["aug"] = torch.from_numpy(augment_params(sample_rng(self.seed, epoch, index, draw)))
         return out
 
 
 def intensity_stats(frames: Sequence[Frame], size: tuple[int, int], max_frames: int = 200) -> tuple[float, float]:
-    """Mean and standard deviation of resized [0, 1] intensities over (up to ``max_frames``) frames."""
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round().astype(int))
-    vals = np.stack([resize_image(ds.read_image(frames[i].image), size) for i in idx])
+    """Mean and standard deviation of resized [0, 1] intensities over (up to ``max_frames``, evenly spaced) frames."""
+    vals = np.stack([resize_image(ds.read_image(frames[i].image), size) for i in evenly_spaced(len(frames), max_frames)])
     return float(vals.mean()), float(vals.std())
 
 
 class EpochSampler(Sampler):
-    """Yields ``(index, epoch)`` pairs, shuffled by ``(seed, epoch)``, sharded by rank.
+    """Yields an epoch's ``(index, epoch, draw)`` items, drawn by ``(seed, epoch)``, sharded by rank.
 
-    Lightning calls :meth:`set_epoch` at the start of every epoch, so the order
+    An epoch draws ``samples`` items from a pool of ``n`` (None: ``n``): shuffled, the first ``n`` draws a
+    permutation of the pool, the next ``n`` another, and so on, so that no frame is drawn twice before every
+    frame has been drawn once; ``draw`` counts an item's earlier draws in the epoch (0 for the first), so that a
+    repeat gets its own augmentation. Compute per epoch is set by ``samples``, not by the pool's size. Unshuffled
+    (validation), the pool in order.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch, so the draws
     and the augmentation of epoch *e* depend only on the seed and *e*: a
     resumed run repeats an uninterrupted one. Under DDP every rank takes every
-    ``world_size``-th item of the same permutation (padded to equal length).
+    ``world_size``-th item of the same draws (padded to equal length).
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
+                 samples: int | None = None):
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.samples = n if samples is None else int(samples)
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -418,16 +534,18 @@ class EpochSampler(Sampler):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world_size)
+        return math.ceil(self.samples / self.world_size)
 
     def __iter__(self):
-        order = (
-            np.random.default_rng([int(self.seed), self.epoch]).permutation(self.n)
-            if self.shuffle
-            else np.arange(self.n)
-        )
+        if self.n == 0:
+            return
+        rng = np.random.default_rng([int(self.seed), self.epoch])
+        order = np.concatenate([rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+                                for _ in range(math.ceil(self.samples / self.n))])[: self.samples]
+        draw = np.arange(len(order)) // self.n
         total = len(self) * self.world_size
-        if total > self.n:
-            order = np.concatenate([order, order[: total - self.n]])
-        for i in order[self.rank :: self.world_size]:
-            yield int(i), self.epoch
+        if total > len(order):
+            order = np.concatenate([order, order[: total - len(order)]])
+            draw = np.concatenate([draw, draw[: total - len(draw)]])
+        for i, d in zip(order[self.rank :: self.world_size], draw[self.rank :: self.world_size]):
+            yield int(i), self.epoch, int(d)

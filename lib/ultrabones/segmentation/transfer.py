@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset as ds
+from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.segmentation import model as seg
 from ultrabones.segmentation import segdata
+from ultrabones.segmentation.training import TrainingParams
 
 #: Fewest specimens the train/val/test split needs (one of each).
 MIN_SPECIMENS_TO_SPLIT = 3
@@ -56,7 +58,8 @@ class EvaluateResult:
     checkpoint : the exported ``models/best.ckpt``.
     init_checkpoint : the checkpoint it was made from.
     metadata : the exported checkpoint's metadata (``mode``, ``split``, ``trained_on``).
-    table : one row per labelled frame (``specimen, record, timestamp, model_acc, model_com, model_f1,
+    frames : every labelled frame of the data, as scored.
+    table : one row per frame (``specimen, record, timestamp, label_pixels, model_acc, model_com, model_f1,
         background_f1``), scored at the frames' own size.
     frames_per_second : end-to-end inference speed (decoded frames in, masks out).
     sigma_mm : the distance threshold of the scores (mm).
@@ -65,6 +68,7 @@ class EvaluateResult:
     checkpoint: Path
     init_checkpoint: Path
     metadata: dict
+    frames: tuple[Frame, ...]
     table: pd.DataFrame
     frames_per_second: float
     sigma_mm: float
@@ -118,15 +122,15 @@ def export_for_data(init_checkpoint: str | Path | None, out: Path | str, specime
     return seg.save_checkpoint(out, net.state_dict(), new), new
 
 
-def run(root: Path | str, models_dir: Path | str, P: Mapping, specimens: Sequence[str] | None = None,
+def run(root: Path | str, models_dir: Path | str, params: TrainingParams, specimens: Sequence[str] | None = None,
         derived: Path | str | None = None, progress: bool = False) -> EvaluateResult:
-    """Export ``P["init_checkpoint"]`` for this data and score it on every labelled frame.
+    """Export ``params.init_checkpoint`` for this data and score it on every labelled frame.
 
     Parameters
     ----------
     root : the dataset (images).
     models_dir : ``paths.models_dir``; ``best.ckpt`` is written there.
-    P : the ``training`` parameters (``init_checkpoint``, ``f1_sigma_mm``).
+    params : the stage's parameters (here ``init_checkpoint`` and ``f1_sigma_mm``).
     specimens : restrict to these specimen folders (the common ``specimens``).
     derived : the derived dataset holding notebook 02's labels (``Paths.derived``).
 
@@ -135,15 +139,16 @@ def run(root: Path | str, models_dir: Path | str, P: Mapping, specimens: Sequenc
     ParamsError, DatasetError
         No checkpoint (see :func:`export_for_data`), or no labelled frame in the data.
     """
-    available = [s.name for s in ds.discover(root, list(specimens) if specimens else None)]
-    out, meta = export_for_data(P.get("init_checkpoint"), Path(models_dir) / "best.ckpt", available, root)
+    available = segdata.available_specimens(root, specimens)
+    out, meta = export_for_data(params.init_checkpoint, Path(models_dir) / "best.ckpt", available, root)
     frames = segdata.labelled_frames(root, available, None, derived)
     if not frames:
         raise DatasetError(f"{root}: no labelled frame to evaluate on (run notebook 02 first)")
     _, spacing, _ = ds.read_calibration(root)
-    sigma = float(P["f1_sigma_mm"])
+    sigma = float(params.f1_sigma_mm)
     table, fps = seg.evaluate_frames(out, frames, spacing, sigma, None, progress=progress)
-    return EvaluateResult(out, Path(P["init_checkpoint"]), meta, table, fps, sigma)
+    return EvaluateResult(checkpoint=out, init_checkpoint=Path(params.init_checkpoint), metadata=meta,
+                          frames=tuple(frames), table=table, frames_per_second=fps, sigma_mm=sigma)
 
 
 def metrics(result: EvaluateResult) -> dict[str, Any]:
@@ -171,6 +176,11 @@ def metrics(result: EvaluateResult) -> dict[str, Any]:
         if np.isfinite(result.frames_per_second) else None,
         "split": result.metadata["split"],
     }
+
+
+def plot_predictions(result: EvaluateResult, n: int = 6):
+    """``n`` of the scored frames (evenly spaced): image, CT-derived label (green), the model's prediction (magenta)."""
+    return seg.plot_predictions(result.checkpoint, result.frames, n=n)
 
 
 def sim_to_real(at: Mapping, model_meta: Mapping, n_frames: int, checkpoint: str) -> dict | None:

@@ -1,0 +1,272 @@
+"""Stage 04 in train mode (paper 3.2, "Segmentation Mode"): a network trained by specimen, judged on validation.
+
+The stage's one shape, as every stage's:
+
+- :class:`TrainingParams`: the ``training`` section of a profile, validated and typed (frozen);
+- :func:`run`: split the specimens, train every cross-validation fold (:func:`ultrabones.segmentation.model.train`:
+  Lightning, checkpoints, resume; every labelled frame of the training specimens that fits ``memory_budget_mb``,
+  ``samples_per_epoch`` of them drawn an epoch, see :mod:`ultrabones.segmentation.segdata`), then judge the best fold's model on its validation specimens at the frames' own
+  size beside two baselines, **all background** (predicts nothing) and an **intensity threshold** (bright pixels
+  after a 1-px blur, the threshold fitted on training frames), and time inference;
+- :class:`TrainingResult` (frozen), :func:`metrics` (stage 04's metrics JSON), :func:`check` (what must hold on any
+  data), and the figures :func:`plot_curves` and :func:`plot_predictions`.
+
+The scores are the paper's F1 at ``f1_sigma_mm`` (Eqs. 3-6) under the strict protocol: every frame counts, and a
+frame with an empty label scores 1 when nothing is predicted. Evaluate mode (a model trained elsewhere, scored on
+data that cannot be split) is :mod:`ultrabones.segmentation.transfer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ultrabones.core import dataset as ds
+from ultrabones.core.params import validate_section
+from ultrabones.segmentation import model as seg
+from ultrabones.segmentation import segdata
+from ultrabones.segmentation.segdata import Split, TrainingFrames
+
+#: Inference speed is timed on frames of this size (h, w; pixels), with this many CPU threads.
+SPEED_SIZE, SPEED_THREADS = (256, 256), 2
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """The ``training`` section's keys, typed (units and ranges: ``params.SCHEMA["training"]``).
+
+    Build it with :meth:`from_section`; lists become tuples. :meth:`as_dict` gives the section back as plain
+    data, which is what the Lightning module's hyperparameters, the checkpoint's metadata and the resume key of
+    :mod:`ultrabones.segmentation.model` hold.
+    """
+
+    arch: str
+    encoder: str
+    encoder_weights: str | None
+    input_size: tuple[int, int]
+    label_band_px: int
+    norm_mean: float | None
+    norm_std: float | None
+    train_specimens: tuple[str, ...] | None
+    val_specimens: tuple[str, ...] | None
+    test_specimens: tuple[str, ...] | None
+    n_folds: int
+    memory_budget_mb: float
+    max_val_frames_per_specimen: int | None
+    augment: bool
+    epochs: int
+    samples_per_epoch: int | None
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    lr_step_epochs: int
+    lr_gamma: float
+    dice_weight: float
+    bce_weight: float
+    tv_weight: float
+    skeleton_weight: float
+    threshold: float
+    f1_sigma_mm: float
+    accelerator: str
+    devices: int | None
+    precision: str
+    deterministic: bool
+    num_workers: int
+    threads: int | None
+    resume: bool
+    expect_learning: bool
+    mode: str
+    init_checkpoint: str | None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], where: str = "training") -> "TrainingParams":
+        """From a ``training`` section (``params.collect(globals(), "04_training")``), validated again here.
+
+        Raises
+        ------
+        ParamsError
+            Naming the key, for an unknown or missing key or a bad value (see ``params.validate_section``), or a
+            ``memory_budget_mb`` that holds no frame at ``input_size``.
+        """
+        values = validate_section("training", section, where)
+        segdata.frames_in_budget(values["input_size"], values["memory_budget_mb"])
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as plain data (tuples as lists), in the schema's order."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What train mode did.
+
+    Attributes
+    ----------
+    params : the stage's parameters.
+    trained : every fold's training and the exported ``models/best.ckpt``
+        (:class:`ultrabones.segmentation.model.TrainResult`).
+    frames : the best fold's training pool (held in memory; of how many labelled) and validation frames (scored).
+    scores : one row per validation frame, scored at the frame's own size (``specimen, record, timestamp,
+        label_pixels, model_acc, model_com, model_f1, background_f1, threshold_f1``; see
+        :func:`ultrabones.segmentation.model.evaluate_frames`).
+    baseline_threshold : the intensity-threshold baseline's threshold (blurred, resized [0, 1] intensities).
+    frames_per_second_end_to_end : inference on the validation frames, decoded frames in, masks out.
+    frames_per_second_inference : inference on ``SPEED_SIZE`` input with ``SPEED_THREADS`` CPU threads.
+    """
+
+    params: TrainingParams
+    trained: seg.TrainResult
+    frames: TrainingFrames
+    scores: pd.DataFrame
+    baseline_threshold: float
+    frames_per_second_end_to_end: float
+    frames_per_second_inference: float
+
+    @property
+    def split(self) -> Split:
+        """The specimen split (before cross-validation folds)."""
+        return self.trained.split
+
+    @property
+    def best(self) -> seg.FoldResult:
+        """The fold with the best validation F1 (the exported model)."""
+        return self.trained.best
+
+    @property
+    def checkpoint(self) -> Path:
+        """``models/best.ckpt``."""
+        return self.trained.checkpoint
+
+
+def run(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: int,
+        specimens: Sequence[str] | None = None, derived: Path | str | None = None,
+        progress: bool = False) -> TrainingResult:
+    """Train by specimen, then judge the best model on its validation frames beside the two baselines.
+
+    Parameters
+    ----------
+    root : the dataset (images; layout A or B).
+    models_dir : ``paths.models_dir``: one folder per fold and ``best.ckpt`` (see
+        :func:`ultrabones.segmentation.model.train`; a rerun with the same parameters resumes).
+    params : the stage's parameters.
+    seed : master seed (weights, shuffling, augmentation).
+    specimens : restrict to these specimen folders (the common ``specimens``); None: all.
+    derived : the derived dataset holding notebook 02's labels (``Paths.derived``); None: beside the images.
+    progress : progress bars.
+
+    Raises
+    ------
+    ParamsError, DatasetError
+        From the split (too few specimens, unknown names) or the data (no labelled frame), naming what is wrong.
+    """
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    P = params.as_dict()
+    trained = seg.train(root, models_dir, P, seed, specimens=specimens, progress=progress, derived=derived)
+    best = trained.best
+    _, spacing, _ = ds.read_calibration(root)
+    sigma = params.f1_sigma_mm
+    frames = segdata.training_frames(root, best.split, params.input_size, params.memory_budget_mb,
+                                     params.max_val_frames_per_specimen, derived)
+    threshold = seg.threshold_baseline(frames.train, params.input_size, spacing, sigma)
+    scores, fps_end_to_end = seg.evaluate_frames(trained.checkpoint, frames.val, spacing, sigma, threshold,
+                                                 progress=progress)
+    fps = seg.inference_speed(trained.checkpoint, size=SPEED_SIZE, n=16, batch_size=8, threads=SPEED_THREADS,
+                              device="cpu")
+    return TrainingResult(params, trained, frames, scores, threshold, fps_end_to_end, fps)
+
+
+def images_per_second(history: pd.DataFrame) -> float:
+    """Mean training throughput (images/s) over the epochs, the first left out when there are more (warm-up)."""
+    if "train_images_per_second" not in history:
+        return float("nan")
+    ips = history["train_images_per_second"].dropna()
+    ips = ips.iloc[1:] if len(ips) > 1 else ips
+    return float(ips.mean()) if len(ips) else float("nan")
+
+
+def metrics(result: TrainingResult) -> dict[str, Any]:
+    """Stage 04's metrics in train mode (JSON types).
+
+    Scores (means over the validation frames, at their own size; strict protocol): ``val_f1_at_0p5mm``,
+    ``val_accuracy_at_0p5mm``, ``val_completeness_at_0p5mm``, ``baseline_background_f1_at_0p5mm``,
+    ``baseline_threshold_f1_at_0p5mm`` (at ``f1_sigma_mm``, named for the paper's 0.5 mm), with
+    ``val_frames_empty_label``; the best epoch's ``val_f1_at_0p5mm_input_size`` and ``val_dice`` (band Dice), both
+    at the network's input size. Training: ``epochs``, ``best_epoch``, ``train_images`` (the pool held in memory)
+    of ``train_images_labelled`` (the training specimens' labelled frames; fewer are used only when they do not
+    fit ``memory_budget_mb``), ``train_images_per_epoch`` (drawn from the pool), ``val_images``,
+    ``train_seconds`` (all folds), ``images_per_second_train``; inference: ``frames_per_second_inference``
+    (``SPEED_SIZE``, ``SPEED_THREADS`` CPU threads), ``frames_per_second_inference_end_to_end``. Set-up:
+    ``device``, ``arch``, ``encoder``, ``input_size``, ``split``, ``n_folds``, ``fold_val_f1``, ``checkpoint``.
+    """
+    p, best, t = result.params, result.best, result.scores
+    mean = t[["model_acc", "model_com", "model_f1", "background_f1", "threshold_f1"]].mean()
+    return {
+        "epochs": int(len(best.history)),
+        "best_epoch": int(best.metadata["epoch"]),
+        "train_images": len(result.frames.train),
+        "train_images_labelled": int(result.frames.n_train_labelled),
+        "train_images_per_epoch": int(p.samples_per_epoch or len(result.frames.train)),
+        "val_images": len(result.frames.val),
+        "val_frames_empty_label": int((t["label_pixels"] == 0).sum()),
+        "f1_sigma_mm": p.f1_sigma_mm,
+        "val_f1_at_0p5mm": float(mean["model_f1"]),
+        "val_accuracy_at_0p5mm": float(mean["model_acc"]),
+        "val_completeness_at_0p5mm": float(mean["model_com"]),
+        "val_f1_at_0p5mm_input_size": best.metadata["val_f1"],
+        "val_dice": best.metadata["val_dice"],
+        "baseline_background_f1_at_0p5mm": float(mean["background_f1"]),
+        "baseline_threshold_f1_at_0p5mm": float(mean["threshold_f1"]),
+        "baseline_threshold": result.baseline_threshold,
+        "images_per_second_train": images_per_second(best.history),
+        "frames_per_second_inference": float(result.frames_per_second_inference),
+        "frames_per_second_inference_end_to_end": float(result.frames_per_second_end_to_end),
+        "train_seconds": float(sum(f.train_seconds for f in result.trained.folds)),
+        "device": best.device,
+        "arch": p.arch,
+        "encoder": p.encoder,
+        "input_size": list(p.input_size),
+        "split": result.split.as_dict(),
+        "n_folds": p.n_folds,
+        "fold_val_f1": [f.metadata["val_f1"] for f in result.trained.folds],
+        "checkpoint": str(result.checkpoint),
+    }
+
+
+#: Train mode's model must beat the better baseline by this much F1 when ``expect_learning`` is set.
+LEARNING_MARGIN = 0.2
+
+
+def check(m: Mapping[str, Any], params: TrainingParams) -> None:
+    """What must hold on any data, from :func:`metrics`: every epoch ran, no test specimen was trained or
+    validated on, scores are scores, and the all-background baseline scores exactly the share of empty labels
+    (strict protocol). With ``expect_learning`` the model beats both baselines by ``LEARNING_MARGIN``."""
+    split = m["split"]
+    assert not (set(split["train"]) | set(split["val"])) & set(split["test"]), "a test specimen leaked into training"
+    assert m["epochs"] == params.epochs, "training stopped early"
+    assert 0.0 <= m["val_f1_at_0p5mm"] <= 1.0 and np.isfinite(m["val_dice"])
+    assert np.isclose(m["baseline_background_f1_at_0p5mm"], m["val_frames_empty_label"] / m["val_images"])
+    if params.expect_learning:
+        floor = max(m["baseline_background_f1_at_0p5mm"], m["baseline_threshold_f1_at_0p5mm"])
+        assert m["val_f1_at_0p5mm"] >= floor + LEARNING_MARGIN, \
+            f"the model did not clearly learn ({m['val_f1_at_0p5mm']:.3f} vs baselines {floor:.3f})"
+
+
+def plot_curves(result: TrainingResult):
+    """Training curves of the best fold: losses, validation Dice and F1 per epoch."""
+    return seg.plot_history(result.best.history)
+
+
+def plot_predictions(result: TrainingResult, n: int = 6):
+    """``n`` validation frames (evenly spaced): image, CT-derived label (green), the model's prediction (magenta)."""
+    return seg.plot_predictions(result.checkpoint, result.frames.val, n=n)
