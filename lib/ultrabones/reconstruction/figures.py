@@ -36,7 +36,6 @@ def pooled_histograms(results: Iterable[Mapping], group: str = ALL) -> dict[tupl
     return out
 
 
-
 def plot_histograms(results: Sequence[Mapping], max_mm: float | None = None):
     """Distance histograms of the grid cells (pooled over specimens), one panel per label source.
 

@@ -668,5 +668,3 @@ def read_ply(path: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
     pts = pcd.point.positions.numpy().astype(float)
     dist = pcd.point["distance"].numpy().ravel().astype(float) if "distance" in pcd.point else None
     return pts, dist
-
-
