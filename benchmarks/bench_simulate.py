@@ -1,10 +1,19 @@
 """Speed of the digital twin (run on demand: ``pytest -s benchmarks/bench_simulate.py``).
 
-Targets (issue 3): at least 50 frames per second per core at the default image size, rendering, labels and
-PNG writes included; the default twin (``params/default.yaml``) in under 2 minutes on 2 cores.
+Targets (issues 3 and 15): at least 50 frames per CPU-second on one core at the default image size, rendering,
+labels and PNG writes included; the default twin (``params/default.yaml``) in under 2 minutes on 2 cores.
+
+One core: the record is simulated in a child interpreter started with one BLAS/OpenMP thread, as the Dask workers
+run. A thread limit set after numpy is imported does not take, and idle BLAS threads spinning on the other core
+would count their CPU time as the simulator's (about half the frame rate). The scene (meshes and ray-tracing
+structures) serves a specimen's nine records and is built once: the record is simulated three times on one scene
+and the fastest run counts (processes sharing the cores only slow a run down).
 """
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +26,11 @@ from ultrabones.core import params
 from ultrabones.twin import simulate
 from ultrabones.core.paths import PARAMS_DIR, Paths
 
+#: Frames per CPU-second on one core (issue 15).
+TARGET_FPS = 50.0
+#: Environment of the measuring child: one thread for every numerical library.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 def default_section(**over):
     P = dict(params.load_profile("default", PARAMS_DIR).values["simulate"])
@@ -24,24 +38,43 @@ def default_section(**over):
     return P
 
 
-def test_frames_per_second_per_core(tmp_path):
-    """One tibia record of the default twin, single process: frames / second, everything included."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def simulate_one_record(out: Path, repeat: int = 3) -> list[dict]:
+    """Simulate one tibia record of the default twin ``repeat`` times on one scene, in this process.
+
+    Returns
+    -------
+    One dict per run: ``n_frames``, ``cpu_s`` (process CPU time, s) and ``wall_s`` (s).
+    """
     cfg = simulate.TwinConfig.from_params(default_section())
     system = simulate.System.draw(0, cfg)
     leg = anatomy.make_anatomy(np.random.default_rng(0))
     scene = bmode.Scene.from_meshes(list(leg.meshes().values()), leg.skin_mesh(), leg.fat_mm)
     ctm = simulate.place_marker(leg, np.random.default_rng(1))
-    paths = Paths(tmp_path / "b", tmp_path / "t", tmp_path / "f")
-    t0, c0 = time.perf_counter(), time.process_time()
-    stats = simulate.simulate_record(paths, "specimen01", "record01", "tibia", "forward", 0, leg, scene, cfg,
-                                     system, ctm, np.eye(4), np.random.default_rng(2), progress=False)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    fps = stats["n_frames"] / cpu
-    print(f"\n[bench] {stats['n_frames']} frames of {cfg.image_width}x{cfg.image_height} px: {cpu:.2f} s CPU, "
-          f"{wall:.2f} s wall: {fps:.1f} frames per CPU-second (per core; target >= 50), "
-          f"{stats['n_frames'] / wall:.1f} frames/s wall")
-    assert fps > 0
+    runs = []
+    for i in range(repeat):
+        paths = Paths(out / f"run{i}" / "b", out / f"run{i}" / "t", out / f"run{i}" / "f")
+        t0, c0 = time.perf_counter(), time.process_time()
+        stats = simulate.simulate_record(paths, "specimen01", "record01", "tibia", "forward", 0, leg, scene, cfg,
+                                         system, ctm, np.eye(4), np.random.default_rng(2), progress=False)
+        runs.append({"n_frames": stats["n_frames"], "cpu_s": time.process_time() - c0,
+                     "wall_s": time.perf_counter() - t0})
+    return runs
+
+
+def test_frames_per_second_per_core(tmp_path):
+    """One tibia record of the default twin on one core: frames per CPU-second, everything included."""
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env={**os.environ, **ONE_THREAD},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    best = min(runs, key=lambda r: r["cpu_s"])
+    fps = best["n_frames"] / best["cpu_s"]
+    cfg = simulate.TwinConfig.from_params(default_section())
+    cpu = ", ".join(f"{r['cpu_s']:.2f}" for r in runs)
+    print(f"\n[bench] {best['n_frames']} frames of {cfg.image_width}x{cfg.image_height} px, one thread, CPU s per "
+          f"run {cpu} (wall {best['wall_s']:.2f} s for the best): {fps:.1f} frames per CPU-second "
+          f"(target >= {TARGET_FPS:.0f})")
+    assert fps >= TARGET_FPS, f"{fps:.1f} frames per CPU-second, below the target of {TARGET_FPS:.0f}"
 
 
 @pytest.mark.skipif(not os.environ.get("ULTRABONES_BENCH_FULL"), reason="set ULTRABONES_BENCH_FULL=1 (about 2 min)")
@@ -56,3 +89,7 @@ def test_default_twin_wall_time(tmp_path):
           f"phantom frames in {wall:.1f} s on 2 workers (target < 120 s); {m['frames_per_second']:.1f} frames/s "
           f"per worker")
     assert wall > 0
+
+
+if __name__ == "__main__":  # the measuring child of test_frames_per_second_per_core
+    print(json.dumps(simulate_one_record(Path(sys.argv[1]))))

@@ -207,3 +207,77 @@ def test_shadow_has_a_noise_floor_and_the_echo_rings_down():
     f_thick = bmode.render_frame(scene, _PLANE, 64, 150, (0.2, 0.2), np.random.default_rng(1), thick).image
     below = slice(76, 80)  # 0.2 to 1 mm under the surface (row 75)
     assert f_thick[below].mean() > f_thin[below].mean() + 20
+
+
+# ----------------------------------------------------------------------------- fast paths: the same bits as the plain ones
+
+
+def _bumpy_scene():
+    """An irregular closed bone (a noisy icosphere, 20 mm across) with randomly ordered faces."""
+    rng = np.random.default_rng(3)
+    s = trimesh.creation.icosphere(subdivisions=5, radius=10.0)
+    v = s.vertices * (1 + 0.15 * rng.standard_normal((len(s.vertices), 1)))
+    faces = s.faces[rng.permutation(len(s.faces))]
+    return bmode.Scene.from_meshes(trimesh.Trimesh(v, faces, process=False))
+
+
+def _random_planes(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+        t = np.eye(4)
+        t[:3, :3] = q * np.sign(np.linalg.det(q))
+        t[:3, 3] = rng.uniform(-12, 12, 3) - t[:3, :3] @ [0.5 * W * SP[0], 0.5 * H * SP[1], 0.0]
+        out.append(t)
+    return out
+
+
+def test_faces_near_plane_hold_every_crossing_face_in_order():
+    scene = _bumpy_scene()
+    assert scene._chunks.shape[1] == bmode.FACE_CHUNK
+    assert np.array_equal(np.sort(scene._chunks[scene._chunks >= 0]), np.arange(len(scene._faces)))
+    n_near = []
+    for t in _random_planes(40):
+        o, ez = t[:3, 3], t[:3, 2]
+        pos = scene._verts @ ez - o @ ez > 0
+        cnt = pos[scene._faces].sum(axis=1)
+        crossing = np.flatnonzero((cnt == 1) | (cnt == 2))
+        near = scene.faces_near_plane(o, ez)
+        assert np.all(np.diff(near) > 0) and np.isin(crossing, near).all()
+        n_near.append(len(near))
+    assert np.mean(n_near) < 0.5 * len(scene._faces)  # it does skip faces
+
+
+def test_rasterise_contour_matches_every_offset():
+    """Only offsets that can fall within gamma are tried; the mask and the last-written incidence do not change."""
+    rng = np.random.default_rng(1)
+    for gamma, spacing in ((0.3, (0.2, 0.2)), (0.5, (0.3, 0.15)), (0.2, (0.2, 0.2)), (0.05, (0.1, 0.2))):
+        pts = rng.uniform(-1, 27, (500, 2))
+        pts[:50] = (np.round(pts[:50] / spacing) + 0.5) * spacing + [gamma, 0]  # exactly gamma from a centre
+        inc = rng.uniform(0, 120, len(pts))
+        mask, pix = bmode.rasterise_contour(pts, inc, W, H, spacing, gamma)
+        sx, sy = spacing
+        r = int(np.ceil(gamma / min(sx, sy))) + 2
+        du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))
+        u = (np.floor(pts[:, 0] / sx - 0.5).astype(int)[:, None] + du.ravel()).ravel()
+        v = (np.floor(pts[:, 1] / sy - 0.5).astype(int)[:, None] + dv.ravel()).ravel()
+        src = np.repeat(np.arange(len(pts)), du.size)
+        ok = ((np.hypot((u + 0.5) * sx - pts[src, 0], (v + 0.5) * sy - pts[src, 1]) <= gamma)
+              & (u >= 0) & (u < W) & (v >= 0) & (v < H))
+        ref_mask, ref_pix = np.zeros((H, W), bool), np.full((H, W), np.nan)
+        ref_mask[v[ok], u[ok]] = True
+        ref_pix[v[ok], u[ok]] = inc[src[ok]]
+        assert np.array_equal(mask, ref_mask) and np.array_equal(pix, ref_pix, equal_nan=True)
+
+
+def test_blur_rows_is_gaussian_filter1d():
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(2)
+    depth = rng.integers(0, 60, 90)
+    img = (np.arange(80)[:, None] > depth[None, :]).astype(np.float32)  # a shadow: few distinct rows
+    noisy = rng.standard_normal((30, 90)).astype(np.float32)
+    for a in (img, noisy, img[:0], img[:1]):
+        ref = gaussian_filter1d(a, 4.5, axis=1, truncate=2.0) if len(a) else a
+        assert np.array_equal(bmode.blur_rows(a, 4.5, truncate=2.0), ref)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import trimesh
 from test_reconstruction import PARAMS, make_specimen
 from ultrabones.core import dataset, geometry
 from ultrabones.core.paths import Paths
-from ultrabones.reconstruction import surface as rc
+from ultrabones.reconstruction import batch
 from ultrabones.twin import measure
 
 
@@ -72,8 +73,8 @@ def test_grid_against_the_true_surface(twin, monkeypatch):
                   derived_root=twin / "dataset")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results, _ = rc.reconstruct_dataset(paths, PARAMS, ["specimen01"], progress=False)
-    vt = measure.reconstruction_vs_truth(paths, results, PARAMS, sample_mm=0.3)
+        result = batch.run(paths, PARAMS, ["specimen01"], progress=False)
+    vt = measure.reconstruction_vs_truth(paths, result, sample_mm=0.3)
     assert vt["missing"] == [] and vt["n_true_imaged"]["specimen01"] > 500
     opt, orig = vt["grid"]["labels_optimized"], vt["grid"]["labels_original"]
     # the labels' voxel centroids lie on radius 10 within the band: 0.5 mm inside the true surface
@@ -93,10 +94,10 @@ def test_off_the_twin_or_without_point_clouds(twin, monkeypatch, tmp_path):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(twin / "build"))
     real = Paths(build_dir=twin / "build" / "r", twin_dir=tmp_path, figures_dir=twin / "figs",
                  data_root=twin / "dataset")
-    assert measure.reconstruction_vs_truth(real, [], PARAMS) is None
+    assert measure.reconstruction_vs_truth(real, batch.ReconstructionResult((), (), PARAMS, 0.0)) is None
     paths = Paths(build_dir=twin / "build" / "n", twin_dir=twin, figures_dir=twin / "figs")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results, _ = rc.reconstruct_dataset(paths, {**PARAMS, "save_ply": False}, ["specimen01"], progress=False)
-    vt = measure.reconstruction_vs_truth(paths, results, PARAMS, sample_mm=0.5)
+        result = batch.run(paths, replace(PARAMS, save_ply=False), ["specimen01"], progress=False)
+    vt = measure.reconstruction_vs_truth(paths, result, sample_mm=0.5)
     assert vt["grid"] == {} and "save_ply" in vt["missing"][0]

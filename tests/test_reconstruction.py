@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pandas as pd
@@ -20,23 +21,25 @@ import trimesh
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.core.mesh import morton_order
+from ultrabones.reconstruction import batch, figures
 from ultrabones.reconstruction import surface as rc
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
 
 RADIUS = 10.0
 WIDTH, HEIGHT, SP = 96, 80, 0.5  # pixels, mm per pixel
-PARAMS = {
-    "sources": ["labels", "predicted"],
-    "pose_methods": ["original", "optimized"],
-    "voxel_mm": 0.5,
-    "frame_step": 1,
-    "surface_sample_mm": 0.5,
-    "visibility_gamma_mm": 0.5,
-    "max_incidence_deg": 85.0,
-    "coverage_mm": 1.0,
-    "save_ply": True,
-}
+PARAMS = batch.ReconstructionParams(
+    sources=("labels", "predicted"),
+    pose_methods=("original", "optimized"),
+    voxel_mm=0.5,
+    frame_step=1,
+    surface_sample_mm=0.5,
+    visibility_gamma_mm=0.5,
+    max_incidence_deg=85.0,
+    coverage_mm=1.0,
+    save_ply=True,
+    render="matplotlib",
+)
 
 
 def cylinder() -> trimesh.Trimesh:
@@ -260,7 +263,7 @@ def specimen01(synthetic):
     bones = rc.read_record_bones(synthetic / "raw" / "specimen01", spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return rc.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), bones, out_dir=synthetic / "ply",
+        return batch.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), bones, out_dir=synthetic / "ply",
                                        progress=False)
 
 
@@ -303,10 +306,10 @@ def test_specimen_writes_point_clouds(specimen01):
 
 def test_specimen_without_labelled_frame_is_skipped(synthetic):
     spec = dataset.read_specimen(synthetic / "dataset" / "specimen03")
-    r = rc.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), progress=False)
+    r = batch.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), progress=False)
     assert r["skipped"] and "no labelled frame" in r["skipped"] and "specimen03" in r["skipped"]
     assert r["rows"] == []
-    agg = rc.aggregate([r], PARAMS["sources"], PARAMS["pose_methods"])
+    agg = batch.aggregate([r], PARAMS.sources, PARAMS.pose_methods)
     assert agg["skipped"] == [{"specimen": "specimen03", "reason": r["skipped"]}]
     assert agg["n_specimens"] == 0 and agg["grid"]["labels_optimized"]["mean_mm"] is None
 
@@ -316,30 +319,33 @@ def test_unreadable_label_is_reported_and_skipped(tmp_path):
     bad = spec_dir / "record01" / dataset.LABELS / "1048_label.png"
     bad.write_bytes(b"not a png")
     spec = dataset.read_specimen(spec_dir)
-    r = rc.reconstruct_specimen(spec, {**PARAMS, "sources": ["labels"], "save_ply": False}, np.eye(4), (SP, SP),
+    r = batch.reconstruct_specimen(spec, replace(PARAMS, sources=("labels",), save_ply=False), np.eye(4), (SP, SP),
                                 progress=False)
     assert len(r["bad_frames"]) == 1 and "1048_label.png" in r["bad_frames"][0]
     assert rows_of(r, "labels", "optimized")["n_frames"] == 11
 
 
-def test_reconstruct_dataset_caches_and_aggregates(synthetic, monkeypatch):
+def test_run_caches_and_aggregates(synthetic, monkeypatch):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(synthetic / "build"))
     # the synthetic dataset ships its labels and optimised poses: it is its own derived dataset
     paths = Paths(build_dir=synthetic / "build" / "t", twin_dir=synthetic, figures_dir=synthetic / "figs",
                   derived_root=synthetic / "dataset")
     names = ["specimen01", "specimen02", "specimen03"]
-    p = {**PARAMS, "save_ply": False}
+    p = replace(PARAMS, save_ply=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res, pending = rc.reconstruct_dataset(paths, p, names, only="specimen02", progress=False)
-        assert [r["specimen"] for r in res] == ["specimen02"] and pending == ["specimen01", "specimen03"]
-        res, pending = rc.reconstruct_dataset(paths, p, names, progress=False)
-    assert pending == [] and [r["specimen"] for r in res] == names
-    cache = paths.cache(rc.STEM)
+        one = batch.run(paths, p, names, only="specimen02", progress=False)
+        assert [r["specimen"] for r in one.specimens] == ["specimen02"]
+        assert one.pending == ("specimen01", "specimen03")
+        assert "not yet reconstructed" in batch.report(one) and "specimen03" in batch.report(one)
+        res = batch.run(paths, p, names, progress=False)
+    assert res.pending == () and [r["specimen"] for r in res.specimens] == names and res.params == p
+    assert "skipped: specimen03" in batch.report(res)
+    cache = paths.cache(batch.STEM)
     stamp = (cache / "specimen02.json").stat().st_mtime_ns
-    res2, _ = rc.reconstruct_dataset(paths, p, names, progress=False)  # all from the cache
+    res2 = batch.run(paths, p, None, progress=False).specimens  # all from the cache; None: every specimen
     assert (cache / "specimen02.json").stat().st_mtime_ns == stamp
-    agg = rc.aggregate(res2, p["sources"], p["pose_methods"])
+    agg = batch.aggregate(res2, p.sources, p.pose_methods)
     assert agg["n_specimens"] == 2 and agg["skipped"][0]["specimen"] == "specimen03"
     cells = agg["grid"]
     assert cells["labels_optimized"]["mean_mm"] < cells["labels_original"]["mean_mm"]
@@ -347,10 +353,10 @@ def test_reconstruct_dataset_caches_and_aggregates(synthetic, monkeypatch):
     for c in cells.values():
         assert 0 < c["coverage"] <= 1 and c["median_mm"] <= c["p95_mm"] and c["chamfer_mm"] > 0
     assert agg["points_per_second"] > 0 and agg["n_points"] > 0
-    table = rc.results_table(res2)
+    table = batch.results_table(res2)
     assert set(table["specimen"]) == {"specimen01", "specimen02"} and "hist" not in table
     with pytest.raises(DatasetError, match="specimen99"):
-        rc.reconstruct_dataset(paths, p, names, only="specimen99", progress=False)
+        batch.run(paths, p, names, only="specimen99", progress=False)
 
 
 def test_specimen_with_broken_input_is_reported_and_skipped(tmp_path, monkeypatch):
@@ -363,37 +369,44 @@ def test_specimen_with_broken_input_is_reported_and_skipped(tmp_path, monkeypatc
     paths = Paths(build_dir=tmp_path / "build" / "t", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f",
                   derived_root=data)
     with pytest.warns(UserWarning, match="specimen01 skipped"):
-        res, _ = rc.reconstruct_dataset(paths, {**PARAMS, "save_ply": False}, ["specimen01", "specimen02"],
-                                        progress=False)
+        res = batch.run(paths, replace(PARAMS, save_ply=False), ["specimen01", "specimen02"],
+                        progress=False).specimens
     assert "CT_bone_model.stl" in res[0]["skipped"] and "no records" in res[1]["skipped"]
-    assert not (paths.cache(rc.STEM) / "specimen01.json").exists()  # a broken input is not cached
-    assert [s["specimen"] for s in rc.aggregate(res, ["labels"], ["optimized"])["skipped"]] == ["specimen01",
+    assert not (paths.cache(batch.STEM) / "specimen01.json").exists()  # a broken input is not cached
+    assert [s["specimen"] for s in batch.aggregate(res, ["labels"], ["optimized"])["skipped"]] == ["specimen01",
                                                                                              "specimen02"]
 
 
-def test_figures_draw(specimen01):
+def test_figures_draw(specimen01, synthetic):
     import matplotlib
 
     matplotlib.use("Agg")
-    fig = rc.plot_histograms([specimen01])
+    fig = figures.plot_histograms([specimen01])
     assert len(fig.axes) == 2
-    fig2 = rc.plot_grid(rc.results_table([specimen01]))
+    fig2 = figures.plot_grid(batch.results_table([specimen01]))
     assert fig2.axes
     clouds = {m: rc.read_ply(specimen01["ply"][f"labels/{m}/all"]) for m in ("original", "optimized")}
-    view = rc.view_angles(specimen01["groups"]["all"]["view_direction"])
+    view = figures.view_angles(specimen01["groups"]["all"]["view_direction"])
     assert view == pytest.approx((0.0, 90.0), abs=5.0)  # the probe sat at +y: look from +y
-    fig3 = rc.render_distances(cylinder(), clouds, view=view)
+    fig3 = figures.render_distances(cylinder(), clouds, view=view)
     assert len(fig3.axes) == 3  # two panels and the colour bar
-    fig4, used = rc.render_figure(cylinder(), clouds, specimen01["groups"]["all"]["view_direction"],
+    fig4, used = figures.render_figure(cylinder(), clouds, specimen01["groups"]["all"]["view_direction"],
                                   backend="matplotlib")
     assert used == "matplotlib (matplotlib requested)" and len(fig4.axes) == 3
+    # notebook 06's render: the specimen with predicted labels, a panel per pose method
+    fig5, used = figures.render_example(batch.ReconstructionResult((specimen01,), (), PARAMS, 0.0),
+                                        synthetic / "dataset", backend="matplotlib")
+    assert used.startswith("matplotlib") and len(fig5.axes) == 3 and "specimen01" in fig5._suptitle.get_text()
+    assert "predicted labels" in fig5.axes[0].get_title()
+    no_ply = {**specimen01, "ply": {}}
+    assert figures.render_example(batch.ReconstructionResult((no_ply,), (), PARAMS, 0.0), synthetic) == (None, "none")
 
 
 def test_open3d_render_or_a_clear_failure(specimen01):
     """open3d's offscreen renderer (Vulkan on the CPU) draws non-blank images, or fails with a RuntimeError."""
     clouds = {m: rc.read_ply(specimen01["ply"][f"labels/{m}/all"]) for m in ("original", "optimized")}
     try:
-        images = rc.render_open3d(cylinder(), clouds, [0.0, 1.0, 0.3], size=(160, 120), timeout_s=20)
+        images = figures.render_open3d(cylinder(), clouds, [0.0, 1.0, 0.3], size=(160, 120), timeout_s=20)
     except RuntimeError as exc:
         assert "open3d offscreen rendering" in str(exc)
         pytest.skip(str(exc))
@@ -403,8 +416,8 @@ def test_open3d_render_or_a_clear_failure(specimen01):
 
 
 def test_view_angles():
-    assert rc.view_angles([0, 0, 1])[0] == pytest.approx(90)
-    assert rc.view_angles([0, 1, 0]) == pytest.approx((0, 90))
+    assert figures.view_angles([0, 0, 1])[0] == pytest.approx(90)
+    assert figures.view_angles([0, 1, 0]) == pytest.approx((0, 90))
 
 
 def test_morton_order_is_a_local_permutation():
@@ -474,29 +487,28 @@ def test_pool_comparisons_weights_points_and_samples():
     assert none["n_specimens"] == 0 and none["mean_mm"] is None and none["chamfer_mm"] is None
 
 
-def test_stage_metrics_keeps_ct_keys_and_merges_the_reference(synthetic, monkeypatch):
+def test_metrics_keep_ct_keys_and_merge_the_reference(synthetic, monkeypatch):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(synthetic / "build"))
     paths = Paths(build_dir=synthetic / "build" / "m", twin_dir=synthetic, figures_dir=synthetic / "figs",
                   derived_root=synthetic / "dataset")  # the synthetic dataset ships its labels
-    results, _ = rc.reconstruct_dataset(paths, {**PARAMS, "save_ply": False}, ["specimen01"], progress=False)
-    summary = rc.aggregate(results, PARAMS["sources"], PARAMS["pose_methods"])
-    table = rc.results_table(results)
-    m = rc.stage_metrics(summary, table, [], "none", 1.0)
+    result = batch.run(paths, replace(PARAMS, save_ply=False), ["specimen01"], progress=False)
+    m = batch.metrics(result)
     cell = m["grid"]["labels_optimized"]
-    assert set(rc.CT_MODEL_KEYS) <= set(cell) and "specimens" not in cell
+    assert set(batch.CT_MODEL_KEYS) <= set(cell) and "specimens" not in cell
     assert m["self_consistency_vs_ct_model"]["cells"]["labels_optimized"]["mean_mm"] == cell["mean_mm"]
     assert "self-consistency" in m["self_consistency_vs_ct_model"]["note"]
     assert m["optimized_lower_mean"] == {"labels": True, "predicted": True}
-    assert m["optimized_lower_against"] == "CT bone model" and m["vs_truth"] is None
+    assert m["optimized_lower_against"] == "CT bone model" and m["vs_truth"] is None and m["render"] == "none"
+    assert m["seconds"] == result.seconds and m["pending"] == [] and m["specimens"] == ["specimen01"]
     # a reference that says the original poses are better decides optimized_lower_mean
     ref = {"grid": {"labels_optimized": {"mean_true_mm": 2.0}, "labels_original": {"mean_true_mm": 1.0}},
            "per_specimen": {"specimen01": {"labels_optimized": {"mean_true_mm": 2.0}}}, "missing": []}
-    m = rc.stage_metrics(summary, table, [], "none", 1.0, ref)
+    m = batch.metrics(result, ref, render="matplotlib")
     assert m["grid"]["labels_optimized"]["mean_true_mm"] == 2.0 and "mean_mm" in m["grid"]["labels_optimized"]
     assert m["optimized_lower_mean"]["labels"] is False and m["optimized_lower_against"] == "true bone surface"
     assert m["per_specimen"]["specimen01"]["labels_optimized"]["mean_true_mm"] == 2.0
     assert "mean_mm" in m["per_specimen"]["specimen01"]["labels_optimized"] and m["vs_truth"] == {"missing": []}
-    t = rc.reference_table(ref["per_specimen"])
+    t = batch.reference_table(ref["per_specimen"])
     assert t.loc[0, ["specimen", "source", "poses", "group"]].tolist() == ["specimen01", "labels", "optimized", "all"]
 
 
@@ -505,12 +517,84 @@ def test_grid_table_and_check_grid():
                                  "coverage": 0.8, "n_specimens_true": 1, "mean_true_mm": 0.4, "median_true_mm": 0.3,
                                  "p95_true_mm": 0.9, "chamfer_true_mm": 0.5, "coverage_true": 0.7},
             "predicted_original": {"n_specimens": 0, "mean_mm": None}}
-    rc.check_grid(good)
-    t = rc.grid_table(good, rc.TRUE_KEYS)
+    batch.check_grid(good)
+    t = batch.grid_table(good, batch.TRUE_KEYS)
     assert t.loc["labels_optimized", "chamfer_true_mm"] == 0.5 and list(t.columns)[-1] == "n_specimens"
     with pytest.raises(AssertionError, match="labels_optimized: coverage_true"):
-        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "coverage_true": 1.5}})
+        batch.check_grid({"labels_optimized": {**good["labels_optimized"], "coverage_true": 1.5}})
     with pytest.raises(AssertionError, match="median above p95"):
-        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "median_mm": 0.9}})
+        batch.check_grid({"labels_optimized": {**good["labels_optimized"], "median_mm": 0.9}})
     with pytest.raises(AssertionError, match="mean_true_mm"):
-        rc.check_grid({"labels_optimized": {**good["labels_optimized"], "mean_true_mm": float("nan")}})
+        batch.check_grid({"labels_optimized": {**good["labels_optimized"], "mean_true_mm": float("nan")}})
+
+
+def _cell_row(poses, n, mean_mm, n_visible, back_mm, n_covered):
+    """A specimen's grid row (group ``all``) whose n points all lie ``mean_mm`` from the surface."""
+    d = np.full(n, mean_mm)
+    return {"source": "labels", "poses": poses, "group": rc.ALL, "n_frames": 1, "n_label_points": 2 * n,
+            "n_points": n, **rc.distance_summary(d), "n_visible": n_visible, "n_covered": n_covered,
+            "sum_mm": float(d.sum()), "sum_back_mm": n_visible * back_mm, "hist": rc.distance_histogram(d).tolist(),
+            "coverage": n_covered / n_visible, "chamfer_mm": 0.5 * (mean_mm + back_mm)}
+
+
+def _specimen_result(name, rows, n_queries=0, query_seconds=0.0, skipped=None, bad_frames=()):
+    return {"specimen": name, "skipped": skipped, "rows": rows, "groups": {}, "notes": [],
+            "bad_frames": list(bad_frames), "n_label_points": 0, "n_queries": n_queries,
+            "query_seconds": query_seconds, "ply": {}}
+
+
+def test_metrics_pool_a_known_grid():
+    """Two specimens of 100 and 300 points and a skipped one: the pooled cells weight points and samples."""
+    s1 = _specimen_result("s1", [_cell_row("optimized", 100, 1.0, 10, 2.0, 5),
+                                 _cell_row("original", 100, 2.0, 10, 3.0, 2)],
+                          n_queries=200, query_seconds=0.1, bad_frames=["record01/Labels/1_label.png: unreadable"])
+    s2 = _specimen_result("s2", [_cell_row("optimized", 300, 0.2, 30, 1.0, 30),
+                                 _cell_row("original", 300, 0.4, 30, 1.0, 20)], n_queries=600, query_seconds=0.3)
+    s3 = _specimen_result("s3", [], skipped="no labelled frame")
+    p = replace(PARAMS, sources=("labels",))
+    m = batch.metrics(batch.ReconstructionResult((s1, s2, s3), (), p, 2.5))
+    opt, orig = m["grid"]["labels_optimized"], m["grid"]["labels_original"]
+    assert set(m["grid"]) == {"labels_optimized", "labels_original"}
+    assert opt["n_specimens"] == 2 and opt["n_points"] == 400 and opt["n_label_points"] == 800
+    assert opt["mean_mm"] == pytest.approx((100 * 1.0 + 300 * 0.2) / 400)  # 0.4 mm: every point counts once
+    assert opt["median_mm"] == pytest.approx(0.2, abs=0.01) and opt["p95_mm"] == pytest.approx(1.0, abs=0.01)
+    assert opt["coverage"] == pytest.approx(35 / 40)  # covered over visible samples, pooled
+    assert opt["chamfer_mm"] == pytest.approx(0.5 * (0.4 + (10 * 2.0 + 30 * 1.0) / 40))
+    assert orig["mean_mm"] == pytest.approx((100 * 2.0 + 300 * 0.4) / 400)
+    assert m["optimized_lower_mean"] == {"labels": True} and m["optimized_lower_against"] == "CT bone model"
+    assert m["n_specimens"] == 2 and m["specimens"] == ["s1", "s2"] and m["bad_frames"] == 1
+    assert m["skipped"] == [{"specimen": "s3", "reason": "no labelled frame"}]
+    assert m["n_points_reconstruction"] == 800 and m["points_per_second"] == pytest.approx(800 / 0.4)
+    assert m["per_specimen"]["s2"]["labels_original"]["mean_mm"] == pytest.approx(0.4)
+    assert m["seconds"] == 2.5 and m["vs_truth"] is None
+    batch.check(m, on_twin=True)
+    # the checks the notebook asserts
+    worse = batch.metrics(batch.ReconstructionResult((s1,), (), p, 1.0), {
+        "grid": {"labels_optimized": {"mean_true_mm": 2.0}, "labels_original": {"mean_true_mm": 1.0}}})
+    batch.check(worse, on_twin=False)  # off the twin there is no truth to judge the poses by
+    with pytest.raises(AssertionError, match="optimised poses do not bring"):
+        batch.check(worse, on_twin=True)
+    with pytest.raises(AssertionError, match="no specimen reconstructed"):
+        batch.check(batch.metrics(batch.ReconstructionResult((s3,), (), p, 0.0)), on_twin=True)
+
+
+def test_params_from_the_profile_section_and_overrides():
+    from ultrabones.core import params
+    from ultrabones.core.errors import ParamsError
+    from ultrabones.core.paths import PARAMS_DIR
+
+    section = params.load_profile("smoke", PARAMS_DIR).values["reconstruction"]
+    p = batch.ReconstructionParams.from_section(section)
+    assert p.sources == tuple(section["sources"]) and p.voxel_mm == section["voxel_mm"]
+    with pytest.raises(FrozenInstanceError):
+        p.voxel_mm = 1.0
+    assert p.for_specimen({"specimen02": {"voxel_mm": 1.0}}, "specimen02").voxel_mm == 1.0
+    assert p.for_specimen({"specimen02": {"voxel_mm": 1.0}}, "specimen01") == p
+    with pytest.raises(ParamsError, match="specimen02 overrides: unknown key 'reconstruction.voxel'"):
+        p.for_specimen({"specimen02": {"voxel": 1.0}}, "specimen02")
+    with pytest.raises(ParamsError, match="voxel_mm"):
+        batch.ReconstructionParams.from_section({**section, "voxel_mm": 0.0})
+    with pytest.raises(ParamsError, match="lacks key"):
+        batch.ReconstructionParams.from_section({k: v for k, v in section.items() if k != "render"})
+    with pytest.raises(ParamsError, match="not one of"):
+        replace(p, sources=("labels", "manual"))

@@ -464,12 +464,12 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
     return np.concatenate(out) if out else np.zeros((0, 3))
 
 
-def reconstruction_vs_truth(paths: Paths, results, params: dict, sample_mm: float = 0.2, crop_mm: float = 1.0,
+def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_mm: float = 1.0,
                             seed: int = 0) -> dict | None:
     """Notebook 06's grid measured against the twin's *true* bone surface (None off the twin).
 
     For each reconstructed specimen and grid cell (group ``all``), the
-    point cloud the stage wrote (``result["ply"]``) is compared with
+    point cloud the stage wrote (its ``"ply"`` files) is compared with
     ``truth/<specimen>/bone_model.stl`` by
     :func:`ultrabones.reconstruction.surface.compare_to_surface`:
 
@@ -489,8 +489,8 @@ def reconstruction_vs_truth(paths: Paths, results, params: dict, sample_mm: floa
     Parameters
     ----------
     paths : the run's paths.
-    results : :func:`ultrabones.reconstruction.surface.reconstruct_dataset` results.
-    params : the ``reconstruction`` section (``coverage_mm``, ``frame_step``).
+    result : the stage's :class:`~ultrabones.reconstruction.batch.ReconstructionResult` (its parameters give
+        ``coverage_mm`` and ``frame_step``).
     sample_mm : spacing of the true-surface samples (mm).
     crop_mm : distance of the imaged-part crop (mm; UltraBoneUDF: 1).
     seed : seed of the surface sampling.
@@ -513,6 +513,7 @@ def reconstruction_vs_truth(paths: Paths, results, params: dict, sample_mm: floa
              "coverage": "coverage_true", "n_specimens": "n_specimens_true"}
     rows: dict[str, list] = {}
     per_specimen, n_imaged, missing = {}, {}, []
+    results, params = result.specimens, result.params
     for r in results:
         if r.get("skipped"):
             continue
@@ -532,14 +533,14 @@ def reconstruction_vs_truth(paths: Paths, results, params: dict, sample_mm: floa
                 missing.append(f"{ply}: point cloud missing (rerun 06)")
                 continue
             clouds[rc.cell_name(src, method)] = rc.read_ply(ply)[0]
-        true_pts = true_imaged_points(paths, sid, params.get("frame_step", 1))
+        true_pts = true_imaged_points(paths, sid, params.frame_step)
         # every crop below keeps samples within crop_mm of the imaged points or of a cloud: crop once to their union
         samples = rc.sample_surface(true_mesh, sample_mm, seed=seed).points
         samples = rc.points_within(samples, np.concatenate([true_pts, *clouds.values()]), crop_mm)
         imaged = rc.points_within(samples, true_pts, crop_mm)
         n_imaged[sid] = len(imaged)
         for cell, pts in clouds.items():
-            row = rc.compare_to_surface(pts, surf, imaged, params["coverage_mm"], samples, crop_mm)
+            row = rc.compare_to_surface(pts, surf, imaged, params.coverage_mm, samples, crop_mm)
             rows.setdefault(cell, []).append(row)
             pooled = rc.pool_comparisons([row])
             per_specimen.setdefault(sid, {})[cell] = {names[k]: pooled[k] for k in names if k != "n_specimens"}
