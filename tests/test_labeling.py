@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +289,32 @@ def labeling_params(**changes) -> batch.LabelingParams:
     return batch.LabelingParams.from_section({**PARAMS, **changes})
 
 
+def test_labeling_params_are_the_schema_section_typed_and_round_trip():
+    from ultrabones.core.cache import params_hash
+    from ultrabones.core.params import SCHEMA, load_profile
+    from ultrabones.core.paths import PARAMS_DIR
+
+    P = labeling_params()
+    assert [f.name for f in fields(P)] == list(SCHEMA["labeling"]) == list(P.as_dict())
+    assert P.lambdas == (0.01, 1.0) and P.lambda_value is None and P.halves_check == "first_hit"
+    assert P.as_dict() == PARAMS and batch.LabelingParams.from_section(P.as_dict()) == P
+    section = load_profile("smoke", PARAMS_DIR).values["labeling"]  # what notebook 02 collects
+    assert params_hash(batch.LabelingParams.from_section(section).as_dict()) == params_hash(section)  # cache keys
+    with pytest.raises(FrozenInstanceError):
+        P.gamma_mm = 0.4
+    with pytest.raises(ParamsError, match=r"labeling\.gamma_mm"):
+        batch.LabelingParams.from_section({**PARAMS, "gamma_mm": 0.0})
+    with pytest.raises(ParamsError, match=r"labeling\.objective_region"):
+        replace(P, objective_region="everywhere")
+    with pytest.raises(ParamsError, match="lacks key.*chunk_size"):
+        batch.LabelingParams.from_section({k: v for k, v in PARAMS.items() if k != "chunk_size"})
+    over = {"specimen02": {"gamma_mm": 0.4, "lambdas": [1.0]}}
+    assert P.for_specimen(over, "specimen02") == replace(P, gamma_mm=0.4, lambdas=(1.0,))
+    assert P.for_specimen(over, "specimen01") == P.for_specimen(None, "specimen01") == P
+    with pytest.raises(ParamsError, match="specimen02 overrides: unknown key 'labeling.gama_mm'"):
+        P.for_specimen({"specimen02": {"gama_mm": 0.4}}, "specimen02")
+
+
 def make_twin(root: Path, n_frames: int = 5, seed: int = 0) -> Paths:
     """A layout-A dataset with truth: one specimen, one record, frames 1 mm apart along the bones."""
     rng = np.random.default_rng(seed)
@@ -538,6 +564,15 @@ def test_de_optimizer_solves_every_frame_cold(tmp_path):
     rep = out.report
     assert set(rep["path"].dropna()) == {"de"}
     assert batch.summarize(rep)["path_share"] == {"de": 1.0}
+
+
+def test_a_specimen_override_applies_to_its_specimen(tmp_path):
+    paths = make_twin(tmp_path, n_frames=3)
+    P = labeling_params(lambda_value=0.1, optimizer="de", chunk_size=3)
+    out = batch.run(paths, P, seed=0, specimen_overrides={"specimen01": {"chunk_size": 1, "frame_stride": 2},
+                                                          "specimen02": {"frame_stride": 3}})
+    assert list(out.report["timestamp"]) == [1000, 1100]  # rows 0 and 2
+    assert len(list(paths.cache("02_labeling").rglob("chunk_*.npz"))) == 2  # one frame a chunk
 
 
 def test_run_survives_a_killed_process(tmp_path):
