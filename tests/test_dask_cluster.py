@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pytest
 from ultrabones.core import dataset
 from ultrabones.labels import batch
 
-from test_labeling import PARAMS, make_twin
+from test_labeling import labeling_params, make_twin
 
 DASK = Path(sys.executable).with_name("dask")
 
@@ -77,9 +78,9 @@ def cluster(tmp_path):
 def test_labelling_through_a_scheduler_address_gives_the_local_labels(tmp_path, cluster):
     local = make_twin(tmp_path / "local", n_frames=4)
     remote = make_twin(tmp_path / "remote", n_frames=4)
-    P = dict(PARAMS, lambda_value=None, executor="synchronous")
+    P = labeling_params(lambda_value=None, executor="synchronous")
     a = batch.run(local, P, seed=0)
-    b = batch.run(remote, dict(P, executor="dask"), seed=0, dask_scheduler=cluster)
+    b = batch.run(remote, replace(P, executor="dask"), seed=0, dask_scheduler=cluster)
     cols = ["specimen", "record", "timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(a.report[cols], b.report[cols])
     assert a.lam == b.lam

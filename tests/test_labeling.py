@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import FrozenInstanceError, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,37 @@ PARAMS = {
 }
 
 
+def labeling_params(**changes) -> batch.LabelingParams:
+    """The tiny dataset's ``labeling`` section (:data:`PARAMS`) with ``changes``, as the stage takes it."""
+    return batch.LabelingParams.from_section({**PARAMS, **changes})
+
+
+def test_labeling_params_are_the_schema_section_typed_and_round_trip():
+    from ultrabones.core.cache import params_hash
+    from ultrabones.core.params import SCHEMA, load_profile
+    from ultrabones.core.paths import PARAMS_DIR
+
+    P = labeling_params()
+    assert [f.name for f in fields(P)] == list(SCHEMA["labeling"]) == list(P.as_dict())
+    assert P.lambdas == (0.01, 1.0) and P.lambda_value is None and P.halves_check == "first_hit"
+    assert P.as_dict() == PARAMS and batch.LabelingParams.from_section(P.as_dict()) == P
+    section = load_profile("smoke", PARAMS_DIR).values["labeling"]  # what notebook 02 collects
+    assert params_hash(batch.LabelingParams.from_section(section).as_dict()) == params_hash(section)  # cache keys
+    with pytest.raises(FrozenInstanceError):
+        P.gamma_mm = 0.4
+    with pytest.raises(ParamsError, match=r"labeling\.gamma_mm"):
+        batch.LabelingParams.from_section({**PARAMS, "gamma_mm": 0.0})
+    with pytest.raises(ParamsError, match=r"labeling\.objective_region"):
+        replace(P, objective_region="everywhere")
+    with pytest.raises(ParamsError, match="lacks key.*chunk_size"):
+        batch.LabelingParams.from_section({k: v for k, v in PARAMS.items() if k != "chunk_size"})
+    over = {"specimen02": {"gamma_mm": 0.4, "lambdas": [1.0]}}
+    assert P.for_specimen(over, "specimen02") == replace(P, gamma_mm=0.4, lambdas=(1.0,))
+    assert P.for_specimen(over, "specimen01") == P.for_specimen(None, "specimen01") == P
+    with pytest.raises(ParamsError, match="specimen02 overrides: unknown key 'labeling.gama_mm'"):
+        P.for_specimen({"specimen02": {"gama_mm": 0.4}}, "specimen02")
+
+
 def make_twin(root: Path, n_frames: int = 5, seed: int = 0) -> Paths:
     """A layout-A dataset with truth: one specimen, one record, frames 1 mm apart along the bones."""
     rng = np.random.default_rng(seed)
@@ -326,7 +358,7 @@ def _break_frames(paths: Paths):
 def test_run_labels_record_and_reports_bad_frames(tmp_path):
     paths = make_twin(tmp_path)
     rec, tab = _break_frames(paths)
-    out = batch.run(paths, PARAMS, seed=0)
+    out = batch.run(paths, labeling_params(), seed=0)
     rep = out.report.set_index("timestamp")
     ts = tab["timestamp"].to_numpy()
     assert sorted(rep.index) == sorted(ts)  # every frame reported once
@@ -369,13 +401,13 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert set(mt["contour_error_mm"]) == set(mt["label_error_mm"]) == {"initial", "registration", "optimized"}
     assert mt["contour_error_mm"]["optimized"]["n"] == len(kept)
     # Figs. 3 and 4 draw the kept frames from what the stage wrote; Fig. 4's titles add the measured errors
-    fig3 = figures.fig3_pipeline(paths, out.report, PARAMS, seed=0)
-    fig4 = figures.fig4_before_after(paths, out.report, PARAMS, seed=0, errors=errors)
+    fig3 = figures.fig3_pipeline(paths, out.report, labeling_params(), seed=0)
+    fig4 = figures.fig4_before_after(paths, out.report, labeling_params(), seed=0, errors=errors)
     assert len(fig3.axes) == 3 and "correction" in fig3.texts[0].get_text()
     titled = [ax.get_title() for ax in fig4.axes if ax.get_title()]
     assert len(titled) == len(kept) and all("(truth)" in t for t in titled)
     with pytest.raises(ValueError, match="no frame kept"):
-        figures.fig3_pipeline(paths, out.report.assign(status="discarded"), PARAMS)
+        figures.fig3_pipeline(paths, out.report.assign(status="discarded"), labeling_params())
 
 
 def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
@@ -388,14 +420,14 @@ def test_an_image_of_another_size_is_skipped_with_its_file_named(tmp_path):
     import shutil
 
     shutil.rmtree(truth_dir(paths))  # as on real data: nothing is measured, the frames are only labelled
-    P = dict(PARAMS, lambda_value=0.1, chunk_size=4)  # the odd frame shares a chunk with good ones
+    P = labeling_params(lambda_value=0.1, chunk_size=4)  # the odd frame shares a chunk with good ones
     out = batch.run(paths, P, seed=0)
     # a record that labels only its odd frame: the record's other frames still set its size
     paths_b = make_twin(tmp_path / "b", n_frames=4)
     odd_b = rec.image_path(int(ts[0]))
     odd_b = paths_b.dataset / odd_b.relative_to(paths.dataset)
     dataset.write_image(odd_b, np.full((180, 200), 60, np.uint8))
-    only = batch.run(paths_b, dict(P, frame_stride=4), seed=0).report
+    only = batch.run(paths_b, replace(P, frame_stride=4), seed=0).report
     assert list(only["timestamp"]) == [ts[0]] and list(only["status"]) == ["bad_image"]
     assert str(odd_b) in only["message"].iloc[0]
     rep = out.report.set_index("timestamp")
@@ -431,7 +463,7 @@ def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
     shutil.copytree(spec / "record01", spec / "record02")
     for f in (spec / "record02" / dataset.IMAGES).glob("*.png"):
         f.write_bytes(b"not a png")  # nothing usable in record02
-    P = dict(PARAMS, lambda_value=0.1)
+    P = labeling_params(lambda_value=0.1)
 
     def mean_similarity(regs):  # what notebook 02 computes from the registrations
         return float(np.nanmean([r["similarity_initial"] for r in regs.values()]))
@@ -482,14 +514,14 @@ def test_unrecognised_folders_are_warned_about_and_in_the_metrics(tmp_path):
     bad = paths.dataset / "specimen01" / "record02"
     (bad / "ultrasoundimages").mkdir(parents=True)  # misnamed: not a record
     with pytest.warns(UserWarning, match="not recognised"):
-        out = batch.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
+        out = batch.run(paths, labeling_params(lambda_value=0.1), seed=0)
     assert out.skipped_inputs == [{"path": str(bad), "reason": dataset._NOT_A_RECORD}]
     assert batch.summarize(out.report)["skipped_inputs"] == out.skipped_inputs
 
 
 def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     paths = make_twin(tmp_path, n_frames=6)
-    P = dict(PARAMS, lambda_value=0.1)
+    P = labeling_params(lambda_value=0.1)
     with pytest.raises(RuntimeError, match="stopped after 1 chunks"):
         batch.run(paths, P, seed=0, fail_after_chunks=1)
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
@@ -528,10 +560,19 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
 
 def test_de_optimizer_solves_every_frame_cold(tmp_path):
     paths = make_twin(tmp_path, n_frames=3)
-    out = batch.run(paths, dict(PARAMS, lambda_value=0.1, optimizer="de"), seed=0)
+    out = batch.run(paths, labeling_params(lambda_value=0.1, optimizer="de"), seed=0)
     rep = out.report
     assert set(rep["path"].dropna()) == {"de"}
     assert batch.summarize(rep)["path_share"] == {"de": 1.0}
+
+
+def test_a_specimen_override_applies_to_its_specimen(tmp_path):
+    paths = make_twin(tmp_path, n_frames=3)
+    P = labeling_params(lambda_value=0.1, optimizer="de", chunk_size=3)
+    out = batch.run(paths, P, seed=0, specimen_overrides={"specimen01": {"chunk_size": 1, "frame_stride": 2},
+                                                          "specimen02": {"frame_stride": 3}})
+    assert list(out.report["timestamp"]) == [1000, 1100]  # rows 0 and 2
+    assert len(list(paths.cache("02_labeling").rglob("chunk_*.npz"))) == 2  # one frame a chunk
 
 
 def test_run_survives_a_killed_process(tmp_path):
@@ -546,7 +587,7 @@ def test_run_survives_a_killed_process(tmp_path):
         from pathlib import Path
         from ultrabones.labels import batch
         from ultrabones.core.paths import Paths
-        P = {slow!r}
+        P = batch.LabelingParams.from_section({slow!r})
         paths = Paths(Path({str(paths.build_dir)!r}), Path({str(paths.twin_dir)!r}), Path({str(paths.figures_dir)!r}))
         batch.run(paths, P, seed=0)
     """)
@@ -562,7 +603,7 @@ def test_run_survives_a_killed_process(tmp_path):
     done_before = sorted(cache.rglob("chunk_*.npz"))
     assert killed and 1 <= len(done_before) < 6, "the run was not interrupted mid-way"
     mtimes = {f: f.stat().st_mtime_ns for f in done_before}
-    out = batch.run(paths, slow, seed=0)
+    out = batch.run(paths, batch.LabelingParams.from_section(slow), seed=0)
     assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())  # finished chunks kept as they were
     ts = out.report["timestamp"]
     assert ts.is_unique and len(ts) == 6
@@ -573,9 +614,9 @@ def test_run_survives_a_killed_process(tmp_path):
 def test_run_on_dask_matches_synchronous(tmp_path):
     paths_a = make_twin(tmp_path / "a", n_frames=3)
     paths_b = make_twin(tmp_path / "b", n_frames=3)
-    P = dict(PARAMS, lambda_value=0.1)
+    P = labeling_params(lambda_value=0.1)
     sync = batch.run(paths_a, P, seed=0).report
-    dask = batch.run(paths_b, dict(P, executor="dask"), seed=0, n_workers=1).report
+    dask = batch.run(paths_b, replace(P, executor="dask"), seed=0, n_workers=1).report
     cols = ["timestamp", "status", "correction_mm", "rot_x_deg", "trans_z_mm"]
     pd.testing.assert_frame_equal(sync[cols], dask[cols])
 
@@ -870,7 +911,7 @@ def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
     """02 used to rewrite the user's tracking.csv and write Labels/ into data_root."""
     paths = make_twin(tmp_path, n_frames=3)
     before = _checksums(paths.dataset)
-    out = batch.run(paths, dict(PARAMS, lambda_value=0.1), seed=0)
+    out = batch.run(paths, labeling_params(lambda_value=0.1), seed=0)
     assert _checksums(paths.dataset) == before  # not one input file changed, none added or removed
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
     kept = sorted(out.report.query("status == 'kept'")["timestamp"])
@@ -884,12 +925,12 @@ def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
     paths = make_twin(tmp_path, n_frames=5)
     # optimizer de: each frame's correction is its own, so the stricter limit drops exactly the larger ones
     # (warm-started, a newly discarded frame would change its successors' starts)
-    P = dict(PARAMS, lambda_value=0.1, optimizer="de")
+    P = labeling_params(lambda_value=0.1, optimizer="de")
     first = batch.run(paths, P, seed=0).report
     kept1 = first.query("status == 'kept'")
     assert len(kept1) >= 2
     strict = float(np.sort(kept1["correction_mm"].to_numpy())[len(kept1) // 2 - 1]) + 1e-9  # drop the upper half
-    second = batch.run(paths, dict(P, max_correction_mm=strict), seed=0).report
+    second = batch.run(paths, replace(P, max_correction_mm=strict), seed=0).report
     kept2 = sorted(second.query("status == 'kept'")["timestamp"])
     assert 1 <= len(kept2) < len(kept1)
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
@@ -908,7 +949,7 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     paths = make_twin(tmp_path, n_frames=4)
     # one registration frame (the first): a changed image elsewhere leaves the sweep's registration as it was
     # optimizer de: frames independent (warm-started, the next frame's start, hence its chunk, changes too)
-    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de")
+    P = labeling_params(lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de")
     first = batch.run(paths, P, seed=0).report.set_index("timestamp")
     kept = [t for t in first.index[first["status"] == "kept"] if t != first.index[0]]
     assert kept
@@ -933,7 +974,7 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
 def test_a_replaced_image_in_a_sweep_redoes_its_chunk_and_those_after_only(tmp_path):
     """Warm-started: the changed frame's chunk and the later ones (their warm start may change) are redone."""
     paths = make_twin(tmp_path, n_frames=4)
-    P = dict(PARAMS, lambda_value=0.1, chunk_size=1, registration_frames=1)
+    P = labeling_params(lambda_value=0.1, chunk_size=1, registration_frames=1)
     first = batch.run(paths, P, seed=0).report.set_index("timestamp")
     t = first.index[2]
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))

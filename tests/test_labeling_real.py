@@ -20,7 +20,7 @@ from ultrabones.labels import batch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "real_sweep"
 
-PARAMS = {
+PARAMS = batch.LabelingParams.from_section({
     "objective_region": "first_hit", "density_per_mm2": 6.0, "label_density_per_mm2": 12.0, "gamma_mm": 0.3,
     "bound_deg": 1.0, "bound_mm": 1.0, "popsize": 6, "maxiter": 10, "tol": 0.02,
     "lambdas": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], "lambda_frames": 2, "lambda_value": 0.1,
@@ -31,7 +31,7 @@ PARAMS = {
     "selection_offset_frames": 4, "fallback_region": "first_hit",
     "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
     "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1, "warm_cold_every": 0,
-}
+})
 
 
 def real_copy(tmp_path: Path) -> Paths:

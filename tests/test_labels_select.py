@@ -11,7 +11,7 @@ from ultrabones.labels import batch, select
 from ultrabones.twin import measure
 from ultrabones.twin.layout import truth_dir
 
-from test_labeling import PARAMS, make_twin
+from test_labeling import labeling_params, make_twin
 
 
 def trials(rows):
@@ -96,8 +96,8 @@ def test_sample_frames_needs_a_neighbour():
 
 def test_selection_ignores_the_truth(tmp_path):
     """The choice (lambda, region) and the labels are the same with the twin's truth folder removed."""
-    P = dict(PARAMS, objective_region="auto", lambdas=[0.01, 1.0, 1000.0], lambda_frames=2,
-             selection_offset_frames=1, max_frames_per_record=3, frame_stride=2)
+    P = labeling_params(objective_region="auto", lambdas=[0.01, 1.0, 1000.0], lambda_frames=2,
+                        selection_offset_frames=1, max_frames_per_record=3, frame_stride=2)
     a = make_twin(tmp_path / "a", n_frames=5)
     b = make_twin(tmp_path / "b", n_frames=5)
     shutil.rmtree(truth_dir(b))
@@ -108,7 +108,7 @@ def test_selection_ignores_the_truth(tmp_path):
     sa, sb = out_a.selection, out_b.selection
     pd.testing.assert_frame_equal(sb["table"], sa["table"])
     # the truth only measures, afterwards: the oracle and its gap exist on the twin with truth
-    settings = {"gamma_mm": P["gamma_mm"], "label_density_per_mm2": P["label_density_per_mm2"], "label_cloud_seed": 1}
+    settings = {"gamma_mm": P.gamma_mm, "label_density_per_mm2": P.label_density_per_mm2, "label_cloud_seed": 1}
     oa, ob = measure.lambda_oracle(a, sa, settings), measure.lambda_oracle(b, sb, settings)
     assert ob == {} and np.isfinite(oa["oracle_gap_mm"]) and oa["oracle_gap_mm"] >= -1e-12
     assert (oa["oracle_region"], oa["oracle"]) in set(zip(sa["table"]["region"], sa["table"]["lambda"]))

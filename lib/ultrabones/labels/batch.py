@@ -1,7 +1,9 @@
 """Labelling a whole dataset: lambda selection, global registration, per-frame optimisation, outputs.
 
 The maths lives in :mod:`ultrabones.labels.frame` and :mod:`ultrabones.labels.registration`;
-this module runs it over every record of a dataset (layout A or B), on Dask.
+this module runs it over every record of a dataset (layout A or B), on Dask. The parameters
+arrive as one :class:`LabelingParams` (a specimen's overrides: :meth:`LabelingParams.for_specimen`);
+:func:`run` returns a :class:`LabelingResult`, and :func:`metrics` gives notebook 02's metrics.
 
 Work units and resuming
 -----------------------
@@ -45,6 +47,7 @@ of the record still labelled.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -67,10 +70,86 @@ from ultrabones.labels import select
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, file_digest, files_digest, params_hash, source_hash
+from ultrabones.core.params import validate_section
 
 STEM = "02_labeling"
+SECTION = "labeling"
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
 REPORT = "labeling_report.csv"
+
+
+@dataclass(frozen=True)
+class LabelingParams:
+    """The ``labeling`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["labeling"]``).
+
+    Build it with :meth:`from_section`; a specimen's overrides give :meth:`for_specimen`. Construction, and so
+    ``dataclasses.replace``, validates every value; lists become tuples. :meth:`as_dict` gives the section back
+    as plain data: what the cache keys hash and the metrics' provenance records.
+    """
+
+    density_per_mm2: float
+    label_density_per_mm2: float
+    objective_region: str
+    gamma_mm: float
+    bound_deg: float
+    bound_mm: float
+    popsize: int
+    maxiter: int
+    tol: float
+    lambdas: tuple[float, ...]
+    lambda_frames: int
+    selection_rule: str
+    selection_eval_region: str
+    selection_offset_frames: int
+    fallback_region: str
+    lambda_value: float | None
+    max_correction_mm: float
+    min_label_fraction: float
+    halves_check: str | None
+    incidence_max_deg: float
+    frame_stride: int
+    max_frames_per_record: int | None
+    chunk_size: int
+    optimizer: str
+    warm_step_deg: float
+    warm_step_mm: float
+    warm_min_step_deg: float
+    warm_min_step_mm: float
+    warm_max_calls: int
+    warm_max_gap: int
+    warm_cold_every: int
+    registration_frames: int
+    registration_bound_deg: float
+    registration_bound_mm: float
+    registration_maxiter: int
+    precision_tolerance_mm: float
+    executor: str
+
+    def __post_init__(self):
+        checked = validate_section(SECTION, self.as_dict(), "LabelingParams")
+        for name, value in checked.items():
+            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], where: str = f"{SECTION} section") -> "LabelingParams":
+        """From the profile's ``labeling`` section, every key (``params.collect(globals(), "02_labeling")``).
+
+        Raises
+        ------
+        ParamsError
+            Naming the key (``labeling.<key>``) of an unknown, missing or out-of-range value.
+        """
+        return cls(**validate_section(SECTION, section, where))
+
+    def for_specimen(self, specimen_overrides: Mapping | None, specimen: str) -> "LabelingParams":
+        """These parameters with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated."""
+        over = (specimen_overrides or {}).get(specimen, {})
+        return dataclasses.replace(self, **validate_section(SECTION, over, f"{specimen} overrides", partial=True))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as plain data (tuples as lists), in the schema's order."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
@@ -98,11 +177,11 @@ class LabelingResult:
     settings: dict
 
 
-def label_settings(P: Mapping[str, Any], seed: int) -> dict:
+def label_settings(P: LabelingParams, seed: int) -> dict:
     """The settings with which labels were drawn, for the stages that redraw them (03, the twin's measurement)."""
-    return {"popsize": P["popsize"], "maxiter": P["maxiter"], "frame_stride": P["frame_stride"],
-            "max_frames_per_record": P["max_frames_per_record"], "gamma_mm": P["gamma_mm"],
-            "label_density_per_mm2": P["label_density_per_mm2"], "label_cloud_seed": seed + 1}
+    return {"popsize": P.popsize, "maxiter": P.maxiter, "frame_stride": P.frame_stride,
+            "max_frames_per_record": P.max_frames_per_record, "gamma_mm": P.gamma_mm,
+            "label_density_per_mm2": P.label_density_per_mm2, "label_cloud_seed": seed + 1}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -195,12 +274,12 @@ def record_image_shape(rec: dataset.Record, timestamps: Iterable[int]) -> list[i
 def label_sweep(task: Mapping[str, Any]) -> dict:
     """Label one record's chunks in time order and write each chunk's result file when it is done (a Dask task).
 
-    ``task`` holds plain data: the record folder, calibration, the
-    registration correction, the cloud files, lambda, the section parameters
-    ``params``, the seed, the record's image size, and ``chunks``: a list of
-    ``{"timestamps", "poses", "rows", "out", "key"}`` in time order (``key``:
-    the chunk's key without its warm start). With ``params["optimizer"] ==
-    "sweep"`` each frame starts (:func:`ultrabones.labels.frame.optimize_frame_warm`)
+    ``task`` holds the record folder, calibration, the registration
+    correction, the cloud files, lambda, the specimen's parameters ``params``
+    (:class:`LabelingParams`), the seed, the record's image size, and
+    ``chunks``: a list of ``{"timestamps", "poses", "rows", "out", "key"}`` in
+    time order (``key``: the chunk's key without its warm start). With
+    ``params.optimizer == "sweep"`` each frame starts (:func:`ultrabones.labels.frame.optimize_frame_warm`)
     from the correction of the last kept frame when that one lies at most
     ``warm_max_gap`` labelled frames before it, else it is solved cold by
     differential evolution (as :func:`ultrabones.labels.frame.optimize_sweep`);
@@ -218,9 +297,9 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     ``n_new`` (chunks labelled by this call) and ``complete``.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    P = task["params"]
-    sweep = P.get("optimizer", "de") == "sweep"
-    max_gap = int(P.get("warm_max_gap", 1))
+    P: LabelingParams = task["params"]
+    sweep = P.optimizer == "sweep"
+    max_gap = P.warm_max_gap
     limit = task.get("max_new_chunks")
     x0, age = None, 0
     files, n_new, ctx = [], 0, None
@@ -284,7 +363,7 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
 
 def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> tuple[list[dict], dict]:
     """Label one chunk's frames in order, warm-starting from ``x0`` (``age`` frames old); report rows and masks."""
-    P = task["params"]
+    P: LabelingParams = task["params"]
     calib, spacing, points, g, rec = ctx["calib"], ctx["spacing"], ctx["points"], ctx["g"], ctx["rec"]
     dense, dense_normals = ctx["dense"], ctx["dense_normals"]
     warm = None if x0 is None else np.asarray(x0, float)
@@ -305,18 +384,18 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             age += 1
             continue
         pose0 = geometry.pose_from_params(prm)
-        obj = frame.FrameObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
-                                   region=P["objective_region"])
-        common = dict(gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"], bound_mm=P["bound_mm"], popsize=P["popsize"],
-                      maxiter=P["maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, ts),
-                      max_correction_mm=P["max_correction_mm"], min_label_fraction=P["min_label_fraction"],
-                      objective=obj, halves_check=P["halves_check"])
-        every = int(P.get("warm_cold_every", 0))
+        obj = frame.FrameObjective(img, pose0, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
+                                   region=P.objective_region)
+        common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+                      maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
+                      max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
+                      objective=obj, halves_check=P.halves_check)
+        every = P.warm_cold_every
         if warm is not None and age <= max_gap and not (every and row_no % every == 0):
             res = frame.optimize_frame_warm(
-                img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P["warm_step_deg"],
-                step_mm=P["warm_step_mm"], min_step_deg=P["warm_min_step_deg"], min_step_mm=P["warm_min_step_mm"],
-                max_calls=P["warm_max_calls"], **common)
+                img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P.warm_step_deg,
+                step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg, min_step_mm=P.warm_min_step_mm,
+                max_calls=P.warm_max_calls, **common)
         else:
             res = frame.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
         if res.status == "kept" and sweep:
@@ -324,15 +403,15 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
         else:
             age += 1
         near = _points_near(dense, img.shape, pose0, [g @ pose0, pose0 @ geometry.perturbation(res.x[:3], res.x[3:])],
-                            calib, spacing, P["gamma_mm"])
+                            calib, spacing, P.gamma_mm)
         pts_d, nrm_d = dense[near], dense_normals[near]
-        full_init = frame.full_label(img.shape, pose0, calib, spacing, pts_d, P["gamma_mm"])
-        full_reg = frame.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P["gamma_mm"])
+        full_init = frame.full_label(img.shape, pose0, calib, spacing, pts_d, P.gamma_mm)
+        full_reg = frame.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P.gamma_mm)
         full_opt = vis = None
         if res.status == "kept":
-            full_opt = frame.full_label(img.shape, res.pose, calib, spacing, pts_d, P["gamma_mm"])
-            v = frame.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P["gamma_mm"],
-                                    P["incidence_max_deg"])
+            full_opt = frame.full_label(img.shape, res.pose, calib, spacing, pts_d, P.gamma_mm)
+            v = frame.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P.gamma_mm,
+                                    P.incidence_max_deg)
             vis = v.visible
             masks[int(ts)] = (full_opt, vis)
         row.update(
@@ -416,9 +495,12 @@ def read_chunk(path: Path | str, key: str | None = None, labels: bool = True) ->
 
 
 def registration_task(task: Mapping[str, Any]) -> dict:
-    """Register one sweep globally (a Dask task); returns the correction and its figures."""
+    """Register one sweep globally (a Dask task); returns the correction and its figures.
+
+    ``task``: as :func:`label_sweep`'s, with the sweep's sampled ``timestamps`` and ``poses`` instead of chunks.
+    """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    P = task["params"]
+    P: LabelingParams = task["params"]
     calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
     points, _ = load_cloud(task["cloud"])
     rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
@@ -434,10 +516,10 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     if not images:
         return empty_registration()
     reg = registration.register_sweep(
-        images, np.array(poses), calib, spacing, points, gamma_mm=P["gamma_mm"],
-        bound_deg=P["registration_bound_deg"], bound_mm=P["registration_bound_mm"], popsize=P["popsize"],
-        maxiter=P["registration_maxiter"], tol=P["tol"], seed=frame_seed(task["seed"], rec.key, 0),
-        region=P["objective_region"])
+        images, np.array(poses), calib, spacing, points, gamma_mm=P.gamma_mm,
+        bound_deg=P.registration_bound_deg, bound_mm=P.registration_bound_mm, popsize=P.popsize,
+        maxiter=P.registration_maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, 0),
+        region=P.objective_region)
     out = asdict(reg)
     out["transform"] = reg.transform.tolist()
     out["status"] = "registered"
@@ -528,7 +610,7 @@ def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
     return dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
 
 
-def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = None, seed: int = 0,
+def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = None, seed: int = 0,
         dask_scheduler: str | None = None, n_workers: int = 1, only_specimen: str | None = None,
         specimen_overrides: Mapping[str, Mapping] | None = None, lambda_override: float | None = None,
         fail_after_chunks: int | None = None) -> LabelingResult:
@@ -537,15 +619,16 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     Parameters
     ----------
     paths : the run's paths (dataset at ``paths.dataset``). Nothing here reads the twin's truth.
-    P : the validated ``labeling`` section.
+    params : the stage's parameters (:meth:`LabelingParams.from_section`).
     specimens : specimen folders (None: all in the dataset).
     seed : master seed.
-    dask_scheduler, n_workers : see :func:`ultrabones.core.executor.executor` (``P["executor"]`` picks Dask
+    dask_scheduler, n_workers : see :func:`ultrabones.core.executor.executor` (``params.executor`` picks Dask
         or synchronous).
     only_specimen : label only this specimen (``make specimen``).
-    specimen_overrides : per-specimen section overrides (``params/specimens/``),
-        applied to that specimen's registration and frames.
-    lambda_override : use this lambda instead of ``P``'s choice (tests).
+    specimen_overrides : per-specimen section overrides (``params/specimens/``), applied to that specimen's
+        clouds, frames and registration (:meth:`LabelingParams.for_specimen`); lambda and the objective region
+        are chosen once for the dataset.
+    lambda_override : use this lambda instead of ``params``' choice (tests).
     fail_after_chunks : stop with ``RuntimeError`` after this many chunks (tests of resuming).
 
     Returns
@@ -560,13 +643,10 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
         specs = [s for s in specs if s.name == only_specimen]
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     cache = paths.cache(STEM)
-    P = dict(P)
-    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": seed}
-    from ultrabones.core.params import for_specimen
-
-    spec_params = {s.name: for_specimen(P, specimen_overrides or {}, s.name) for s in specs}
-    clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name]["density_per_mm2"], seed)) for s in specs}
-    label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name]["label_density_per_mm2"], seed + 1))
+    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
+    spec_params = {s.name: params.for_specimen(specimen_overrides, s.name) for s in specs}
+    clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
+    label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
                     for s in specs}
 
     records = []  # (specimen, record, table, rows)
@@ -575,7 +655,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
         for rec in s.records:
             tab = _record_tracking(rec)
             Ps = spec_params[s.name]
-            rows = selected_rows(len(tab), Ps["frame_stride"], Ps["max_frames_per_record"])
+            rows = selected_rows(len(tab), Ps.frame_stride, Ps.max_frames_per_record)
             records.append((s, rec, tab, rows))
             # all the record's frames vote, not only the labelled ones (a record may label one frame)
             shapes[rec.key] = record_image_shape(rec, tab["timestamp"])
@@ -583,32 +663,28 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
     def frame_poses(tab, rows):
         return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
 
-    with executor(P["executor"], dask_scheduler, n_workers) as ex:
+    with executor(params.executor, dask_scheduler, n_workers) as ex:
         run_tasks = ex.map
         # 1. lambda, and the objective region when it is "auto": truth-free (ultrabones.labels.select)
         selection = None
-        if P["objective_region"] == "auto" and (lambda_override is not None or P["lambda_value"] is not None):
-            P["objective_region"] = P["fallback_region"]
-        if lambda_override is not None:
-            lam = float(lambda_override)
-        elif P["lambda_value"] is not None:
-            lam = float(P["lambda_value"])
+        fixed = lambda_override if lambda_override is not None else params.lambda_value
+        if fixed is not None:
+            lam = float(fixed)
+            region = params.fallback_region if params.objective_region == "auto" else params.objective_region
         else:
-            lam, region, selection = _select_lambda(paths, P, records, clouds, base, run_tasks, seed)
-            P["objective_region"] = region
-        base = dict(base, params=P)
-        spec_params = {k: dict(v, objective_region=P["objective_region"]) for k, v in spec_params.items()}
+            lam, region, selection = _select_lambda(paths, params, records, clouds, base, run_tasks, seed)
+        spec_params = {k: dataclasses.replace(v, objective_region=region) for k, v in spec_params.items()}
         # 2. global registration, one per record
         regs = {}
         reg_tasks, reg_keys = [], []
         for s, rec, tab, rows in records:
             ok = rows[np.isfinite(tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float)).all(axis=1)]
-            n_reg = min(spec_params[s.name]["registration_frames"], len(ok))
+            n_reg = min(spec_params[s.name].registration_frames, len(ok))
             pick = ok[np.unique(np.linspace(0, len(ok) - 1, n_reg).round().astype(int))] if len(ok) else ok
             task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
                         record_dir=str(rec.path), cloud=clouds[s.name], image_shape=shapes[rec.key],
                         timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
-            key = params_hash({"task": {k: v for k, v in task.items() if k != "record_dir"}, "src": source_hash(),
+            key = params_hash({"task": _task_key(task), "src": source_hash(),
                                "inputs": _images_digest(rec, task["timestamps"])})
             f = cache / rec.key / "registration.json"
             cached = read_registration(f, key)
@@ -628,8 +704,8 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
             common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path),
                           cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
                           registration=regs[rec.key]["transform"], **{"lambda": lam})
-            common_key = {k: v for k, v in common.items() if k != "record_dir"}
-            size = Ps["chunk_size"]
+            common_key = _task_key(common)
+            size = Ps.chunk_size
             chunks = []
             for c0 in range(0, len(rows), size):
                 part = rows[c0:c0 + size]
@@ -638,7 +714,7 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
                 ch["key"] = params_hash({"task": common_key, "frames": {k: ch[k] for k in ("timestamps", "poses", "rows")},
                                          "src": source_hash(), "inputs": _images_digest(rec, ch["timestamps"])})
                 chunks.append(ch)
-            groups = [chunks] if Ps["optimizer"] == "sweep" else [[c] for c in chunks]
+            groups = [chunks] if Ps.optimizer == "sweep" else [[c] for c in chunks]
             chunk_files[rec.key] = []
             for g in groups:
                 task = dict(common, chunks=g)
@@ -668,20 +744,26 @@ def run(paths: Paths, P: Mapping[str, Any], *, specimens: list[str] | None = Non
         write_report(rec, rep)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
-    return LabelingResult(report=report, lam=lam, objective_region=P["objective_region"], selection=selection,
+    return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,
                           registrations=regs, calibration=(calib, spacing),
-                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(P, seed))
+                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(params, seed))
 
 
-def _selection_tasks(P, records, clouds, base, seed) -> list[dict]:
+def _task_key(task: Mapping[str, Any]) -> dict:
+    """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
+    (the images' digest in the key names the input; a moved dataset keeps its cache)."""
+    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k != "record_dir"}
+
+
+def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dict]:
     """The truth-free selection's tasks: sampled frames (with held-out neighbours for the temporal rule)."""
-    rule = P["selection_rule"]
-    k = int(P["selection_offset_frames"]) if rule == "temporal" else 0
+    rule = P.selection_rule
+    k = P.selection_offset_frames if rule == "temporal" else 0
     cols = list(geometry.POSE_COLUMNS)
     finite = [np.isfinite(tab[cols].to_numpy(float)).all(axis=1) for _, _, tab, _ in records]
     pick = select.sample_frames([len(tab) for _, _, tab, _ in records], [rows for *_, rows in records],
-                                finite, P["lambda_frames"], k, seed)
-    regions = list(select.REGIONS) if P["objective_region"] == "auto" else [P["objective_region"]]
+                                finite, P.lambda_frames, k, seed)
+    regions = list(select.REGIONS) if P.objective_region == "auto" else [P.objective_region]
     tasks = []
     for i, r, nbs in pick:
         s, rec, tab, _ = records[i]
@@ -689,12 +771,12 @@ def _selection_tasks(P, records, clouds, base, seed) -> list[dict]:
                           timestamp=int(tab.loc[r, "timestamp"]), pose=tab.loc[r, cols].to_numpy(float).tolist(),
                           neighbours=[(int(tab.loc[q, "timestamp"]), tab.loc[q, cols].to_numpy(float).tolist())
                                       for q in nbs],
-                          lambdas=list(P["lambdas"]), regions=regions, split=rule == "split",
-                          eval_regions=[P["selection_eval_region"]]))
+                          lambdas=list(P.lambdas), regions=regions, split=rule == "split",
+                          eval_regions=[P.selection_eval_region]))
     return tasks
 
 
-def _select_lambda(paths, P, records, clouds, base, run_tasks, seed) -> tuple[float, str, dict]:
+def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, seed) -> tuple[float, str, dict]:
     """Choose lambda (and the region when ``objective_region`` is ``auto``) by held-out cross-validation, cached.
 
     Reads images, poses and the CT model only (:mod:`ultrabones.labels.select`). The trials are kept in
@@ -709,7 +791,7 @@ def _select_lambda(paths, P, records, clouds, base, run_tasks, seed) -> tuple[fl
     correction ``x`` each fit found).
     """
     tasks = _selection_tasks(P, records, clouds, base, seed)
-    key = params_hash({"tasks": [{k: v for k, v in t.items() if k != "record_dir"} for t in tasks],
+    key = params_hash({"tasks": [_task_key(t) for t in tasks],
                        "src": source_hash(),
                        "inputs": [_images_digest(dataset.Record(t["specimen"], t["record"], Path(t["record_dir"])),
                                                  [t["timestamp"]] + [n[0] for n in t["neighbours"]]) for t in tasks]})
@@ -725,17 +807,17 @@ def _select_lambda(paths, P, records, clouds, base, run_tasks, seed) -> tuple[fl
         rows = [r for out in run_tasks(select.selection_task, tasks, "lambda") for r in out]
         atomic.write_json(f, {"key": key, "rows": rows})
     trials = pd.DataFrame(rows)
-    region0 = P["objective_region"] if P["objective_region"] != "auto" else P["fallback_region"]
+    region0 = P.objective_region if P.objective_region != "auto" else P.fallback_region
     if trials.empty:  # nothing could be scored: no correction is the safe choice
-        lam = float(max(P["lambdas"]))
+        lam = float(max(P.lambdas))
         return lam, region0, {"by": "no frame could be scored: the largest lambda (no correction)", "rule": None,
                               "chosen": lam, "region": region0, "n_frames": 0, "table": None, "trials": None}
-    eval_region, rule = P["selection_eval_region"], P["selection_rule"]
+    eval_region, rule = P.selection_eval_region, P.selection_rule
     scores = select.score_table(trials, eval_region, rule=rule)
     lam, region, scores = select.choose(scores)
     by = ("truth-free: held-out gain of the {e} intensity on the other half of the bone's scan lines" if rule == "split"
           else "truth-free: held-out gain of the {e} intensity on frames +-{k}")
-    return lam, region, {"by": by.format(e=eval_region, k=int(P["selection_offset_frames"])), "rule": rule,
+    return lam, region, {"by": by.format(e=eval_region, k=P.selection_offset_frames), "rule": rule,
                          "chosen": lam, "region": region, "n_frames": int(trials["timestamp"].nunique()),
                          "seconds_per_fit": float(trials["seconds"].mean()), "table": scores, "trials": trials}
 

@@ -1,7 +1,7 @@
 """Figures 3 and 4 of the paper: labelled frames drawn from what notebook 02 wrote.
 
 Each figure recomputes its layers from the dataset, the report row and the
-labelling settings (:func:`frame_layers`); nothing here reads the twin's truth.
+stage's parameters (:func:`frame_layers`); nothing here reads the twin's truth.
 A report that the twin's measurement has joined (``contour_initial_mm``,
 ``contour_optimized_mm``) adds the measured errors to Fig. 4's titles.
 """
@@ -17,17 +17,18 @@ from ultrabones.core import dataset, geometry
 from ultrabones.core.overlay import overlay
 from ultrabones.core.paths import Paths
 from ultrabones.labels import frame
-from ultrabones.labels.batch import _record_tracking, load_cloud, surface_cloud
+from ultrabones.labels.batch import LabelingParams, _record_tracking, load_cloud, surface_cloud
 
 RED, GREEN, BLUE, YELLOW = (1, 0, 0), (0, 1, 0), (0, 0.4, 1), (1, 1, 0)
 
 
-def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], seed: int = 0) -> dict:
+def frame_layers(paths: Paths, row: Mapping[str, Any], P: LabelingParams, seed: int = 0) -> dict:
     """Everything Fig. 3 and Fig. 4 draw for one labelled frame of the report.
 
     Recomputes, from the dataset and the report row: the image, the initial
     and optimised full labels, and the shadow and steep-incidence pixels
-    removed from the optimised one.
+    removed from the optimised one, with the stage's ``P.label_density_per_mm2``,
+    ``P.gamma_mm`` and ``P.incidence_max_deg`` (``seed``: the run's master seed).
 
     Returns
     -------
@@ -37,7 +38,7 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], see
     spec = dataset.read_specimen(paths.dataset / row["specimen"], paths.derived / row["specimen"])
     rec = next(r for r in spec.records if r.name == row["record"])
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
-    points, normals = load_cloud(surface_cloud(paths, spec, P["label_density_per_mm2"], seed + 1))
+    points, normals = load_cloud(surface_cloud(paths, spec, P.label_density_per_mm2, seed + 1))
     tab = _record_tracking(rec)
     prm = tab.loc[tab["timestamp"] == int(row["timestamp"]), list(geometry.POSE_COLUMNS)].to_numpy(float)[0]
     img = dataset.read_image(rec.image_path(int(row["timestamp"])))
@@ -45,9 +46,9 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: Mapping[str, Any], see
     x = np.array([row["rot_x_deg"], row["rot_y_deg"], row["rot_z_deg"], row["trans_x_mm"], row["trans_y_mm"],
                   row["trans_z_mm"]], float)
     pose1 = pose0 @ geometry.perturbation(x[:3], x[3:])
-    init = frame.full_label(img.shape, pose0, calib, spacing, points, P["gamma_mm"])
-    opt = frame.full_label(img.shape, pose1, calib, spacing, points, P["gamma_mm"])
-    vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P["gamma_mm"], P["incidence_max_deg"])
+    init = frame.full_label(img.shape, pose0, calib, spacing, points, P.gamma_mm)
+    opt = frame.full_label(img.shape, pose1, calib, spacing, points, P.gamma_mm)
+    vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P.gamma_mm, P.incidence_max_deg)
     return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
             "visible": vis.visible, "spacing": spacing}
 
@@ -67,12 +68,12 @@ def kept_by_correction(report: pd.DataFrame, errors: pd.DataFrame | None = None)
     return kept.sort_values("correction_mm", kind="stable").reset_index(drop=True)
 
 
-def fig3_pipeline(paths: Paths, report: pd.DataFrame, P: Mapping[str, Any], seed: int = 0, quantile: float = 0.75):
+def fig3_pipeline(paths: Paths, report: pd.DataFrame, P: LabelingParams, seed: int = 0, quantile: float = 0.75):
     """Fig. 3: one frame through the pipeline.
 
     The kept frame at the ``quantile`` of the corrections (a clearly corrected one): the image; the
     initial (red) and optimised (green) labels; the final visible label (green) with the pixels removed
-    in the acoustic shadow (blue) and for an incidence above ``P["incidence_max_deg"]`` (yellow).
+    in the acoustic shadow (blue) and for an incidence above ``P.incidence_max_deg`` (yellow).
 
     Returns
     -------
@@ -89,7 +90,7 @@ def fig3_pipeline(paths: Paths, report: pd.DataFrame, P: Mapping[str, Any], seed
     axes[1].imshow(overlay(L["image"], [(L["initial"], RED), (L["optimized"], GREEN)]))
     axes[1].set_title("red: initial, green: optimised")
     axes[2].imshow(overlay(L["image"], [(L["visible"], GREEN), (L["shadow"], BLUE), (L["steep"], YELLOW)]))
-    axes[2].set_title(f"final label; shadow (blue), incidence > {P['incidence_max_deg']:g} deg (yellow)")
+    axes[2].set_title(f"final label; shadow (blue), incidence > {P.incidence_max_deg:g} deg (yellow)")
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"{row['specimen']}/{row['record']} t={int(row['timestamp'])} ms, correction "
@@ -98,7 +99,7 @@ def fig3_pipeline(paths: Paths, report: pd.DataFrame, P: Mapping[str, Any], seed
     return fig
 
 
-def fig4_before_after(paths: Paths, report: pd.DataFrame, P: Mapping[str, Any], seed: int = 0, n: int = 6,
+def fig4_before_after(paths: Paths, report: pd.DataFrame, P: LabelingParams, seed: int = 0, n: int = 6,
                       errors: pd.DataFrame | None = None):
     """Fig. 4: up to ``n`` kept frames, spread over the range of corrections, before and after the optimisation.
 

@@ -107,8 +107,8 @@ def sample_frames(n_rows_per_record: Sequence[int], candidate_rows: Sequence[Seq
 
 
 def _task_frame(task: Mapping[str, Any]):
-    """The plain data of a selection task unpacked: the section, calibration, spacing, ``C``, the record, the
-    timestamp, the image, the recorded pose and the regions; None when the image cannot be read."""
+    """A selection task unpacked: the parameters, calibration, spacing, ``C``, the record, the timestamp, the
+    image, the recorded pose and the regions; None when the image cannot be read."""
     from ultrabones.labels.batch import load_cloud  # plain helpers; no truth
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -124,18 +124,18 @@ def _task_frame(task: Mapping[str, Any]):
 
 
 def _objective(img, pose, calib, spacing, points, P, region):
-    return frame.FrameObjective(img, pose, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
-                                   region=region)
+    return frame.FrameObjective(img, pose, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
+                                region=region)
 
 
 def selection_task(task: Mapping[str, Any]) -> list[dict]:
     """Fit one frame at every (region, lambda) and score each fit on its neighbours (a Dask task).
 
-    ``task`` holds plain data: ``record_dir``, ``specimen``, ``record``, ``timestamp``
+    ``task`` holds ``record_dir``, ``specimen``, ``record``, ``timestamp``
     and ``pose`` (6 pose parameters) of the frame, ``neighbours`` (list of
     (timestamp, pose parameters)), ``cloud`` (the ``.npz`` of ``C``), ``calib``,
-    ``spacing``, ``params`` (the labeling section), ``seed``, ``lambdas``,
-    ``regions`` (fit regions) and ``eval_regions``.
+    ``spacing``, ``params`` (:class:`ultrabones.labels.batch.LabelingParams`),
+    ``seed``, ``lambdas``, ``regions`` (fit regions) and ``eval_regions``.
 
     Returns
     -------
@@ -161,10 +161,10 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
         zero = None  # the fit that found no correction worth its cost; every larger lambda finds none either
         for lam in sorted(task["lambdas"]):
             res = zero or frame.optimize_frame(
-                img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
-                bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
-                seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P["max_correction_mm"],
-                min_label_fraction=P["min_label_fraction"], objective=obj, halves_check=P.get("halves_check"))
+                img, pose0, calib, spacing, points, lam, gamma_mm=P.gamma_mm, bound_deg=P.bound_deg,
+                bound_mm=P.bound_mm, popsize=P.popsize, maxiter=P.maxiter, tol=P.tol,
+                seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P.max_correction_mm,
+                min_label_fraction=P.min_label_fraction, objective=obj, halves_check=P.halves_check)
             if res.status == "no_bone":
                 return []
             if zero is None and not np.any(res.x):
@@ -269,7 +269,7 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
     halves = split_columns(_objective(img, pose0, calib, spacing, points, P, "full").mask())
     if halves is None:
         return []
-    objs = {(h, r): ColumnObjective(img, pose0, calib, spacing, points, P["gamma_mm"], P["bound_deg"], P["bound_mm"],
+    objs = {(h, r): ColumnObjective(img, pose0, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
                                     region=r, columns=halves[h])
             for h in (0, 1) for r in set(regions) | set(eval_regions)}
     out = []
@@ -283,9 +283,9 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
                     xs.append(np.zeros(6))
                     continue
                 res = frame.optimize_frame(
-                    img, pose0, calib, spacing, points, lam, gamma_mm=P["gamma_mm"], bound_deg=P["bound_deg"],
-                    bound_mm=P["bound_mm"], popsize=P["popsize"], maxiter=P["maxiter"], tol=P["tol"],
-                    seed=frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P["max_correction_mm"],
+                    img, pose0, calib, spacing, points, lam, gamma_mm=P.gamma_mm, bound_deg=P.bound_deg,
+                    bound_mm=P.bound_mm, popsize=P.popsize, maxiter=P.maxiter, tol=P.tol,
+                    seed=frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P.max_correction_mm,
                     min_label_fraction=0.0, objective=objs[(h, region)])
                 xs.append(res.x if res.status == "kept" else np.zeros(6))
                 kept &= res.status == "kept"
