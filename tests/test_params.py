@@ -9,7 +9,7 @@ from ultrabones.core import params as P
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR
 
-PROFILES = ["default", "smoke", "paper"]
+PROFILES = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))  # every profile the project ships
 
 
 @pytest.fixture
