@@ -132,9 +132,16 @@ def test_summary_over_seeds_gives_mean_and_sd():
     table = summary.summary_table(runs).set_index("id")
     row = table.loc["discard_rate"]
     assert row["value"] == pytest.approx(0.2) and row["sd"] == pytest.approx(0.1414213562) and row["n_seeds"] == 2
-    assert table.loc["optimized_better_share", "criterion met"] == "yes"  # the mean, 0.6 > 0.5
+    # judged per seed, not on the mean (0.6 > 0.5): the first seed's 0.4 fails it
+    assert table.loc["optimized_better_share", "criterion met"] == "no"
+    assert table.loc["optimized_better_share", "seeds met"] == "1 of 2"
     shown = summary.format_table(table.reset_index()).set_index("quantity")
     assert shown.loc["frames discarded by validation (fraction)", "value"] == "0.2 ± 0.141 (2 seeds)"
+    assert shown.loc["kept frames whose optimised contour beats the initial (fraction)", "criterion met"] == \
+        "no (1 of 2 seeds)"
+    both = summary.summary_table([{"02_labeling": {"optimized_better_share": s}} for s in (0.7, 0.8)])
+    assert both.set_index("id").loc["optimized_better_share", ["criterion met", "seeds met"]].tolist() == \
+        ["yes", "2 of 2"]
     with pytest.raises(ValueError, match="no metrics"):
         summary.summary_table([])
 

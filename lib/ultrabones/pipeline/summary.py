@@ -203,8 +203,12 @@ def summary_table(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]],
     -------
     One line per row (optional rows without any value left out): ``id``, ``quantity``, ``published``,
     ``value`` (the mean over seeds), ``sd`` (over seeds; None for one), ``n_seeds``, ``how obtained``,
-    ``criterion``, ``basis``, ``criterion met`` (:data:`MET`) and ``source`` (``"<stem>.json: <key>"``).
-    A ``*_row`` criterion compares with the other row's mean over the same runs.
+    ``criterion``, ``basis``, ``criterion met`` (:data:`MET`), ``seeds met`` (seeds meeting the criterion,
+    of those judged) and ``source`` (``"<stem>.json: <key>"``).
+
+    The criterion is judged on every seed, not on the mean: a row is met ("yes") only when each seed that has
+    its number meets it. A ``*_row`` criterion compares each seed's number with the other row's number of the
+    same seed.
     """
     runs = _as_runs(metrics)
     by_id = {r.id: r for r in ROWS}
@@ -219,10 +223,16 @@ def summary_table(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]],
         other = aggregate(seed_values(runs, by_id[crit.row].source))[0] if crit.row else None
         how = how_obtained(row, runs)
         quantity = f"{row.quantity} [{RATER_MODEL}]" if row.how == RATINGS and how == AGAINST_TRUTH else row.quantity
+        verdicts = [crit.judge(v, row.paper_value, lookup(run, by_id[crit.row].source) if crit.row else None)
+                    for run in runs if _number(v := lookup(run, row.source))]
+        met = crit.judge(mean, row.paper_value, other)
+        if verdicts and met in ("yes", "no"):
+            met = "yes" if all(v == "yes" for v in verdicts) else "no"
         records.append({
             "id": row.id, "quantity": quantity, "published": row.paper_value, "value": mean, "sd": sd,
             "n_seeds": n, "how obtained": how, "criterion": crit.text(names),
-            "basis": crit.basis, "criterion met": crit.judge(mean, row.paper_value, other),
+            "basis": crit.basis, "criterion met": met,
+            "seeds met": f"{sum(v == 'yes' for v in verdicts)} of {len(verdicts)}" if met in ("yes", "no") else "",
             "source": row.source.replace(":", ".json: "),
         })
     return pd.DataFrame.from_records(records)
@@ -246,6 +256,9 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
                     for v, sd, n in zip(df["value"], df["sd"], df["n_seeds"])]
     out["published"] = [("-" if p is None or p != p else _fmt(p)) for p in df["published"]]
     out["basis"] = out["basis"].replace({"none": "-"})
+    if "seeds met" in df:  # over several seeds: how many met it
+        out["criterion met"] = [f"{m} ({k} seeds)" if n > 1 and k else m
+                                for m, k, n in zip(df["criterion met"], df["seeds met"], df["n_seeds"])]
     return out[["quantity", "published", "value", "how obtained", "criterion", "basis", "criterion met", "source"]]
 
 
