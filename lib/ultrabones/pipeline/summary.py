@@ -204,7 +204,7 @@ def summary_table(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]],
     One line per row (optional rows without any value left out): ``id``, ``quantity``, ``published``,
     ``value`` (the mean over seeds), ``sd`` (over seeds; None for one), ``n_seeds``, ``how obtained``,
     ``criterion``, ``basis``, ``criterion met`` (:data:`MET`), ``seeds met`` (seeds meeting the criterion,
-    of those judged) and ``source`` (``"<stem>.json: <key>"``).
+    of those judged), ``per seed`` (the numbers, in the runs' order) and ``source`` (``"<stem>.json: <key>"``).
 
     The criterion is judged on every seed, not on the mean: a row is met ("yes") only when each seed that has
     its number meets it. A ``*_row`` criterion compares each seed's number with the other row's number of the
@@ -233,6 +233,7 @@ def summary_table(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]],
             "n_seeds": n, "how obtained": how, "criterion": crit.text(names),
             "basis": crit.basis, "criterion met": met,
             "seeds met": f"{sum(v == 'yes' for v in verdicts)} of {len(verdicts)}" if met in ("yes", "no") else "",
+            "per seed": seed_values(runs, row.source),
             "source": row.source.replace(":", ".json: "),
         })
     return pd.DataFrame.from_records(records)
@@ -249,17 +250,22 @@ def _fmt(v) -> str:
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: values to 3 significant digits, ``mean ± sd (n seeds)`` over several seeds.
 
-    Columns: quantity, published, value, how obtained, criterion, basis, criterion met, source.
+    Columns: quantity, published, value, (over several seeds: per seed,) how obtained, criterion, basis,
+    criterion met, source.
     """
     out = df.copy()
     out["value"] = [_fmt(v) if n <= 1 or sd is None else f"{_fmt(v)} ± {_fmt(sd)} ({n} seeds)"
                     for v, sd, n in zip(df["value"], df["sd"], df["n_seeds"])]
     out["published"] = [("-" if p is None or p != p else _fmt(p)) for p in df["published"]]
     out["basis"] = out["basis"].replace({"none": "-"})
-    if "seeds met" in df:  # over several seeds: how many met it
+    cols = ["quantity", "published", "value", "how obtained", "criterion", "basis", "criterion met", "source"]
+    if "seeds met" in df and (df["n_seeds"] > 1).any():  # over several seeds: how many met it, and each number
         out["criterion met"] = [f"{m} ({k} seeds)" if n > 1 and k else m
                                 for m, k, n in zip(df["criterion met"], df["seeds met"], df["n_seeds"])]
-    return out[["quantity", "published", "value", "how obtained", "criterion", "basis", "criterion met", "source"]]
+        out["per seed"] = [", ".join(_fmt(v) for v in vals) if n > 1 else ""
+                           for vals, n in zip(df["per seed"], df["n_seeds"])]
+        cols.insert(3, "per seed")
+    return out[cols]
 
 
 def criteria_table(rows: Sequence[Row] = ROWS) -> pd.DataFrame:
