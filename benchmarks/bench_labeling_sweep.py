@@ -93,7 +93,7 @@ def _load_record(root: Path, specimen: str, record: str, n: int, need_bone=None)
 
 def _run_both(images, poses, calib, spacing, pts, region, seeds):
     """Full DE per frame and the warm-started sweep on the same frames; (de results, warm results, times)."""
-    kw = dict(region=region, max_correction_mm=1.0, min_label_fraction=0.5)
+    kw = dict(region=region, max_correction_mm=1.0, min_label_fraction=0.5, halves_check="first_hit")  # as default.yaml
     t0 = time.process_time()
     de = [labeling.optimize_frame(img, p, calib, spacing, pts, LAM, seed=s, **kw)
           for img, p, s in zip(images, poses, seeds)]
