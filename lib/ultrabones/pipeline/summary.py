@@ -9,18 +9,17 @@ nothing here sets or moves a criterion. :func:`summary_table` takes the metrics 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ultrabones.core import paper
-from ultrabones.core.params import validate_section
+from ultrabones.core.params import SectionParams
 from ultrabones.core.paths import Paths
 from ultrabones.rating.study import RATER_MODEL_LABEL
 
@@ -42,39 +41,21 @@ SECTION = "summary"
 
 
 @dataclass(frozen=True)
-class SummaryParams:
+class SummaryParams(SectionParams):
     """The ``summary`` section of a profile, typed and validated (``params.SCHEMA["summary"]``).
 
-    Build it with :meth:`from_section`; construction, and so ``dataclasses.replace``, validates every value;
-    lists become tuples. :meth:`as_dict` gives the section back as plain data (what the metrics' provenance
-    records).
+    Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`; construction, and so
+    ``dataclasses.replace``, validates every value; lists become tuples. ``as_dict`` gives the section back as
+    plain data (what the metrics' provenance records).
 
     require_all : fail when a required headline number is missing from the stages' metrics.
     gallery : figure names (without extension) shown in the gallery, in order.
     """
 
+    SECTION: ClassVar[str] = SECTION
+
     require_all: bool
     gallery: tuple[str, ...]
-
-    def __post_init__(self):
-        for name, value in validate_section(SECTION, self.as_dict(), "SummaryParams").items():
-            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any], where: str = f"{SECTION} section") -> "SummaryParams":
-        """From the profile's ``summary`` section, every key (``params.collect(globals(), "07_summary")``).
-
-        Raises
-        ------
-        ParamsError
-            Naming the key (``summary.<key>``) of an unknown, missing or invalid value.
-        """
-        return cls(**validate_section(SECTION, section, where))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The section as plain data (tuples as lists), in the schema's order."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)

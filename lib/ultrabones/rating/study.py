@@ -34,7 +34,6 @@ Ratings are integers 0-3; distances are in millimetres.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import io
 import json
@@ -42,7 +41,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,7 +50,7 @@ from ultrabones.core import atomic
 from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.overlay import overlay
-from ultrabones.core.params import validate_section
+from ultrabones.core.params import SectionParams
 
 #: The three alignments, in the order of the paper's Fig. 7.
 METHODS = ("initial", "registered", "optimized")
@@ -93,13 +92,15 @@ SECTION = "rating"
 
 
 @dataclass(frozen=True)
-class RatingParams:
+class RatingParams(SectionParams):
     """The ``rating`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["rating"]``).
 
-    Build it with :meth:`from_section`. Construction, and so ``dataclasses.replace``, validates every value;
-    :meth:`as_dict` gives the section back as plain data. The ``rubric_*`` and ``rater_*`` fields are read only
-    by the rater model (:mod:`ultrabones.twin.rater`).
+    Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`. Construction, and so
+    ``dataclasses.replace``, validates every value; ``as_dict`` gives the section back as plain data. The
+    ``rubric_*`` and ``rater_*`` fields are read only by the rater model (:mod:`ultrabones.twin.rater`).
     """
+
+    SECTION: ClassVar[str] = SECTION
 
     frames_per_sweep: int
     image_format: str
@@ -116,25 +117,6 @@ class RatingParams:
     alpha: float
     ratings_csv: str | None
     ratings_key: str | None
-
-    def __post_init__(self):
-        for name, value in validate_section(SECTION, self.as_dict(), "RatingParams").items():
-            object.__setattr__(self, name, value)
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any], where: str = f"{SECTION} section") -> "RatingParams":
-        """From the profile's ``rating`` section, every key (``params.collect(globals(), "03_rating_statistics")``).
-
-        Raises
-        ------
-        ParamsError
-            Naming the key (``rating.<key>``) of an unknown, missing or out-of-range value.
-        """
-        return cls(**validate_section(SECTION, section, where))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The section as plain data, in the schema's order."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
@@ -841,8 +823,9 @@ def analyse(ratings: pd.DataFrame, zero_method: str = "wilcox", method: str = "a
     if len(raters) != 1:
         raise DatasetError(f"ratings of {len(raters)} raters ({', '.join(raters)}): analyse one rater at a time")
     wide = paired(ratings)
-    return RatingResult(rater=raters[0], summary=method_summary(ratings), tests=wilcoxon_pairs(wide, zero_method, method),
-                        n_frames=int(len(wide)), n_complete=int(wide.notna().all(axis=1).sum()))
+    return RatingResult(rater=raters[0], summary=method_summary(ratings),
+                        tests=wilcoxon_pairs(wide, zero_method, method), n_frames=int(len(wide)),
+                        n_complete=int(wide.notna().all(axis=1).sum()))
 
 
 def metrics(result: RatingResult) -> dict:
