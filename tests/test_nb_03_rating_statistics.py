@@ -73,7 +73,7 @@ def test_ratings_exported_from_the_page(smoke_metrics, smoke, tmp_path):
     _check_statistics(m)
     # The same numbers computed here from the fixture.
     key = R.read_key(key_file)
-    expect = R.metrics_of(R.analyse(R.read_ratings(csv, key, R.set_id_of(key))))
+    expect = R.metrics(R.analyse(R.read_ratings(csv, key, R.set_id_of(key))))
     assert m["n_frames"] == expect["n_frames"] == 8
     assert m["mean_rating"] == pytest.approx(expect["mean_rating"])
     assert m["p_value_bonferroni"] == pytest.approx(expect["p_value_bonferroni"])

@@ -17,6 +17,11 @@ from ultrabones.core.paths import Paths
 from ultrabones.core.errors import DatasetError, ParamsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
+#: The ``rating`` section of ``params/default.yaml``.
+SECTION = {"frames_per_sweep": 1, "image_format": "jpeg", "jpeg_quality": 90, "overlay_alpha": 0.5,
+           "rubric_large_share": 0.25, "rubric_some_share": 0.10, "rubric_visible_mm": 0.3, "rubric_minor_share": 0.10,
+           "rater_gain_sd": 0.25, "rater_lapse": 0.05, "zero_method": "wilcox", "wilcoxon_method": "auto",
+           "alpha": 0.001, "ratings_csv": None, "ratings_key": None}
 
 
 def _wide(d):
@@ -400,8 +405,7 @@ def _tiny_dataset(root: Path, shifts_mm: dict, n_records: int = 2, n_frames: int
 def test_build_rating_set_on_a_tiny_dataset(tmp_path):
     shifts = {"initial": 1.6, "registered": 4.5, "optimized": 0.0}
     data, truth = _tiny_dataset(tmp_path, shifts)
-    params = {"frames_per_sweep": 1, "image_format": "png", "jpeg_quality": 90, "overlay_alpha": 0.5,
-              "rubric_visible_mm": 0.3}
+    params = R.RatingParams.from_section({**SECTION, "image_format": "png"})
     measure = rater.label_errors(Paths(tmp_path / "b", truth.parent, tmp_path / "f"), (0.1, 0.1))
     out = R.build_rating_set(data, None, tmp_path / "rating", params, seed=0,
                              label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), measure_item=measure,
@@ -421,3 +425,59 @@ def test_build_rating_set_on_a_tiny_dataset(tmp_path):
     again = R.build_rating_set(data, None, tmp_path / "rating2", params, seed=0,
                                label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), progress=False)
     assert again["set_id"] == out["set_id"] and "measured" not in again
+
+
+# ----------------------------------------------------------------------------- the stage interface
+
+
+def test_rating_params_typed_frozen_and_validated():
+    import dataclasses
+
+    from ultrabones.core.params import SCHEMA, load_profile
+
+    P = R.RatingParams.from_section(SECTION)
+    assert P.as_dict() == SECTION and list(P.as_dict()) == list(SCHEMA["rating"])  # one field per key, in order
+    assert P.alpha == 0.001 and P.ratings_csv is None and P.frames_per_sweep == 1
+    default = load_profile("default", Path(__file__).parents[1] / "params").values["rating"]
+    assert R.RatingParams.from_section(default) == P
+    assert rater.Rubric.of(P) == rater.Rubric()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        P.alpha = 0.05
+    with pytest.raises(ParamsError, match="rating.alpha"):
+        R.RatingParams.from_section({**SECTION, "alpha": 0.9})
+    with pytest.raises(ParamsError, match="rating.zero_method"):
+        dataclasses.replace(P, zero_method="nope")  # replace validates too
+    with pytest.raises(ParamsError, match="rating.nope"):
+        R.RatingParams.from_section({**SECTION, "nope": 1})
+
+
+def test_metrics_of_a_rating_result_known_answer():
+    # initial rated 1, 1, 2, 2; registration 0, 1, 1, 1; optimised 1, 2, 3 (one frame unrated).
+    summary = pd.DataFrame({"n": [4, 4, 3], "mean": [1.5, 0.75, 2.0], "median": [1.5, 1.0, 2.0],
+                            "n_0": [0, 1, 0], "n_1": [2, 3, 1], "n_2": [2, 0, 1], "n_3": [0, 0, 1]},
+                           index=pd.Index(list(R.METHODS), name="method"))
+    pairs = ["optimized_vs_initial", "optimized_vs_registration", "initial_vs_registration"]
+    tests = pd.DataFrame({"pair": pairs, "statistic": [0.0, 0.0, 1.0], "z": [1.5, 1.6, 1.0], "n": [3, 3, 4],
+                          "p_method": ["exact", "exact", "permutation"], "p_value_raw": [0.25, 0.25, 0.5],
+                          "p_value_bonferroni": [0.75, 0.75, 1.0], "effect_size_r": [0.8, 0.9, 0.5]})
+    result = R.RatingResult(rater="A", summary=summary, tests=tests, n_frames=4, n_complete=3)
+    names = ("initial", "registration", "optimized")
+    assert R.metrics(result) == {
+        "rater": "A", "n_frames": 4, "n_frames_all_methods": 3,
+        "n_ratings": dict(zip(names, [4, 4, 3])),
+        "mean_rating": dict(zip(names, [1.5, 0.75, 2.0])),
+        "median_rating": dict(zip(names, [1.5, 1.0, 2.0])),
+        "rating_counts": {"initial": {"0": 0, "1": 2, "2": 2, "3": 0}, "registration": {"0": 1, "1": 3, "2": 0, "3": 0},
+                          "optimized": {"0": 0, "1": 1, "2": 1, "3": 1}},
+        "wilcoxon_statistic": dict(zip(pairs, [0.0, 0.0, 1.0])), "z": dict(zip(pairs, [1.5, 1.6, 1.0])),
+        "n_pairs": dict(zip(pairs, [3, 3, 4])), "p_method": dict(zip(pairs, ["exact", "exact", "permutation"])),
+        "p_value_raw": dict(zip(pairs, [0.25, 0.25, 0.5])), "p_value_bonferroni": dict(zip(pairs, [0.75, 0.75, 1.0])),
+        "effect_size_r": dict(zip(pairs, [0.8, 0.9, 0.5])),
+        "paper": {"n_frames": 119, "mean_rating": {"initial": 1.45, "registration": 0.87, "optimized": 2.39},
+                  "p_value_bonferroni_bound": paper.rating_study()["p_value_bonferroni_bound"]},
+    }
+    assert R.check_analysis(result) is None
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.n_frames = 5

@@ -184,12 +184,12 @@ def test_rate_reload_and_export(rating_set, driver):
 
     # The route a person takes (README, "Rating the labels yourself"): page -> CSV -> read_ratings -> analyse.
     result = R.analyse(got)
-    assert result["rater"] == rater and result["n_frames"] == result["n_complete"] == n // len(R.METHODS)
+    assert result.rater == rater and result.n_frames == result.n_complete == n // len(R.METHODS)
     expected = pd.Series([int(r) for r in intended], index=key["method"]).groupby(level=0).mean()
     for m in R.METHODS:
-        assert result["summary"].loc[m, "mean"] == pytest.approx(expected[m])
-    assert len(result["tests"]) == 3 and result["tests"]["p_value_bonferroni"].between(0, 1).all()
-    stats = {**R.metrics_of(result), "ratings_source": str(target)}
+        assert result.summary.loc[m, "mean"] == pytest.approx(expected[m])
+    assert len(result.tests) == 3 and result.tests["p_value_bonferroni"].between(0, 1).all()
+    stats = {**R.metrics(result), "ratings_source": str(target)}
     table = summary.summary_table({"03_rating_statistics": stats}).set_index("id")
     row = table.loc["mean_rating_optimized"]
     assert row["value"] == pytest.approx(expected["optimized"])

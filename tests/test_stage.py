@@ -226,3 +226,21 @@ def test_seed_builds_found_beside_the_profile(tmp_path):
     assert per_seed.loc[3, "chosen lambda"] == "0.1 ± 0"  # equal values: sd exactly 0
     single = summary.labeling_seed_table(runs[:1], names[:1])
     assert len(single) == 1
+
+
+def test_summary_params_typed_frozen_and_validated():
+    import dataclasses
+
+    from ultrabones.core.errors import ParamsError
+    from ultrabones.core.params import SCHEMA
+
+    section = {"require_all": True, "gallery": ["fig7_rating_distribution", "summary_comparison"]}
+    P = summary.SummaryParams.from_section(section)
+    assert P.gallery == ("fig7_rating_distribution", "summary_comparison") and P.require_all is True
+    assert P.as_dict() == section and list(P.as_dict()) == list(SCHEMA["summary"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        P.require_all = False
+    with pytest.raises(ParamsError, match="summary.require_all"):
+        summary.SummaryParams.from_section({**section, "require_all": "yes"})
+    with pytest.raises(ParamsError, match="summary"):
+        summary.SummaryParams.from_section({"require_all": True})  # gallery missing

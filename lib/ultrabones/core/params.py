@@ -18,11 +18,12 @@ is the only guard.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import yaml
 
@@ -507,6 +508,37 @@ def validate_section(section: str, values: Mapping, where: str, partial: bool = 
         if missing:
             raise ParamsError(f"{where}: section '{section}' lacks key(s) {', '.join(missing)}")
     return out
+
+
+class SectionParams:
+    """Base of a stage's parameters: a frozen dataclass with one typed field per key of its section ``SECTION``.
+
+    Construction, and so ``dataclasses.replace``, validates every value (:func:`validate_section`); lists
+    become tuples. :meth:`from_section` builds it from the profile's section, :meth:`as_dict` gives the
+    section back as plain data (tuples as lists, in the fields' order): what cache keys and provenance hash.
+    """
+
+    SECTION: ClassVar[str]
+
+    def __post_init__(self):
+        for name, value in validate_section(self.SECTION, self.as_dict(), type(self).__name__).items():
+            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], where: str | None = None):
+        """From the profile's section, every key (e.g. ``params.collect(globals(), stem)``).
+
+        Raises
+        ------
+        ParamsError
+            Naming the key (``<section>.<key>``) of an unknown, missing or invalid value.
+        """
+        return cls(**validate_section(cls.SECTION, section, where or f"{cls.SECTION} section"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as plain data (tuples as lists), in the fields' order."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
 
 
 def validate_profile(data: Mapping, where: str) -> dict:

@@ -13,12 +13,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ultrabones.core import paper
+from ultrabones.core.params import SectionParams
 from ultrabones.core.paths import Paths
 from ultrabones.rating.study import RATER_MODEL_LABEL
 
@@ -35,6 +36,26 @@ RATER_MODEL = RATER_MODEL_LABEL
 RATER_MODEL_SOURCE = "simulated rater"
 #: Values of the "criterion met" column.
 MET = ("yes", "no", "n/a", "-")
+#: The profile section of this stage.
+SECTION = "summary"
+
+
+@dataclass(frozen=True)
+class SummaryParams(SectionParams):
+    """The ``summary`` section of a profile, typed and validated (``params.SCHEMA["summary"]``).
+
+    Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`; construction, and so
+    ``dataclasses.replace``, validates every value; lists become tuples. ``as_dict`` gives the section back as
+    plain data (what the metrics' provenance records).
+
+    require_all : fail when a required headline number is missing from the stages' metrics.
+    gallery : figure names (without extension) shown in the gallery, in order.
+    """
+
+    SECTION: ClassVar[str] = SECTION
+
+    require_all: bool
+    gallery: tuple[str, ...]
 
 
 @dataclass(frozen=True)

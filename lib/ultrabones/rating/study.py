@@ -24,6 +24,9 @@ This module builds that study and analyses it:
   n, mean, median and distribution, :func:`wilcoxon_pairs` the three paired
   tests with Bonferroni adjustment and effect size ``r = Z / sqrt(n)``, and
   :func:`plot_rating_distribution` draws Fig. 7.
+- **The stage** (notebook 03): :class:`RatingParams` (the ``rating`` section, typed and frozen),
+  :func:`build_rating_set` and :func:`analyse` run it, :class:`RatingResult` is what the analysis found,
+  :func:`metrics` its metrics JSON entries, :func:`plot_items` and :func:`plot_rating_distribution` its figures.
 
 Ratings are integers 0-3; distances are in millimetres.
 """
@@ -35,9 +38,10 @@ import hashlib
 import io
 import json
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,6 +50,7 @@ from ultrabones.core import atomic
 from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.overlay import overlay
+from ultrabones.core.params import SectionParams
 
 #: The three alignments, in the order of the paper's Fig. 7.
 METHODS = ("initial", "registered", "optimized")
@@ -82,6 +87,54 @@ PAGE_FILE = "rating_page.html"
 SET_FILE = "set.json"
 PROFILES_FILE = "error_profiles.csv"
 SIMULATED_FILE = "ratings_simulated.csv"
+#: The profile section of this stage.
+SECTION = "rating"
+
+
+@dataclass(frozen=True)
+class RatingParams(SectionParams):
+    """The ``rating`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["rating"]``).
+
+    Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`. Construction, and so
+    ``dataclasses.replace``, validates every value; ``as_dict`` gives the section back as plain data. The
+    ``rubric_*`` and ``rater_*`` fields are read only by the rater model (:mod:`ultrabones.twin.rater`).
+    """
+
+    SECTION: ClassVar[str] = SECTION
+
+    frames_per_sweep: int
+    image_format: str
+    jpeg_quality: int
+    overlay_alpha: float
+    rubric_large_share: float
+    rubric_some_share: float
+    rubric_visible_mm: float
+    rubric_minor_share: float
+    rater_gain_sd: float
+    rater_lapse: float
+    zero_method: str
+    wilcoxon_method: str
+    alpha: float
+    ratings_csv: str | None
+    ratings_key: str | None
+
+
+@dataclass(frozen=True)
+class RatingResult:
+    """What :func:`analyse` found in one rater's ratings.
+
+    rater : the rater's name (the ``rater`` column).
+    summary : :func:`method_summary`, indexed by method.
+    tests : :func:`wilcoxon_pairs`, one row per pair.
+    n_frames : frames with at least one rating.
+    n_complete : frames rated under all three methods.
+    """
+
+    rater: str
+    summary: pd.DataFrame
+    tests: pd.DataFrame
+    n_frames: int
+    n_complete: int
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -395,7 +448,7 @@ def build_rating_set(
     dataset_root: Path | str,
     specimens: Sequence[str] | None,
     out_dir: Path | str,
-    params: Mapping,
+    params: RatingParams,
     seed: int,
     label_fn_for: Callable,
     measure_item: Callable | None = None,
@@ -409,7 +462,7 @@ def build_rating_set(
     dataset_root : the dataset (layout A or B) after notebook 02.
     specimens : folder names, or None for all.
     out_dir : the set's folder (``paths.rating_dir``).
-    params : the ``rating`` section.
+    params : the ``rating`` section (:class:`RatingParams`).
     seed : master seed.
     label_fn_for : ``label_fn_for(specimen, calib, spacing) -> f(image_shape, pose)``
         returning the (H, W) bool label of one alignment (:func:`labeling_label_fn`
@@ -444,7 +497,7 @@ def build_rating_set(
             candidates[(spec.name, rec.key.split("/", 1)[1])] = ts
             records[(spec.name, rec.key.split("/", 1)[1])] = (rec, df)
     calib, spacing, _ = ds.read_calibration(dataset_root)
-    frames = sample_frames(candidates, int(params["frames_per_sweep"]), seed)
+    frames = sample_frames(candidates, params.frames_per_sweep, seed)
     if frames.empty:
         raise DatasetError(f"{dataset_root}: no frame has all three alignments (initial, registered, optimized)")
     key = make_key(frames, seed)
@@ -459,15 +512,15 @@ def build_rating_set(
         for method in METHODS:
             pose = ds.poses(df.iloc[[i]], method)[0]
             label = fns[row.specimen](image.shape, pose)
-            rgb = render_item(image, label, spacing, params["overlay_alpha"])
+            rgb = render_item(image, label, spacing, params.overlay_alpha)
             item = {"specimen": row.specimen, "record": row.record, "timestamp": row.timestamp, "method": method}
             # Encoded at once: a few hundred kB per item instead of the raw RGB's megabytes.
-            items.append(dict(item, uri=encode_item(rgb, params["image_format"], params["jpeg_quality"])))
+            items.append(dict(item, uri=encode_item(rgb, params.image_format, params.jpeg_quality)))
             if len(examples) < len(METHODS):
                 examples.append(dict(item, rgb=rgb, image=image, label=label))
             if measure_item is not None:
                 measured[(row.specimen, row.record, row.timestamp, method)] = measure_item(item, image, label)
-    sid = assemble_rating_set(items, key, out_dir, params["image_format"], params["jpeg_quality"])
+    sid = assemble_rating_set(items, key, out_dir, params.image_format, params.jpeg_quality)
     out = {"key": key, "set_id": sid, "examples": examples, "spacing": spacing}
     if measure_item is not None:
         out["measured"] = [measured[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]
@@ -746,7 +799,7 @@ def plot_rating_distribution(summary: pd.DataFrame, rater: str, paper: bool = Tr
     return fig
 
 
-def analyse(ratings: pd.DataFrame, zero_method: str = "wilcox", method: str = "auto") -> dict:
+def analyse(ratings: pd.DataFrame, zero_method: str = "wilcox", method: str = "auto") -> RatingResult:
     """The study's statistics from one rater's validated ratings.
 
     Parameters
@@ -756,7 +809,7 @@ def analyse(ratings: pd.DataFrame, zero_method: str = "wilcox", method: str = "a
 
     Returns
     -------
-    ``summary`` (:func:`method_summary`), ``tests`` (:func:`wilcoxon_pairs`),
+    :class:`RatingResult`: ``summary`` (:func:`method_summary`), ``tests`` (:func:`wilcoxon_pairs`),
     ``n_frames`` (frames with at least one rating), ``n_complete`` (frames rated
     under all three methods) and ``rater``.
 
@@ -770,27 +823,23 @@ def analyse(ratings: pd.DataFrame, zero_method: str = "wilcox", method: str = "a
     if len(raters) != 1:
         raise DatasetError(f"ratings of {len(raters)} raters ({', '.join(raters)}): analyse one rater at a time")
     wide = paired(ratings)
-    return {
-        "rater": raters[0],
-        "summary": method_summary(ratings),
-        "tests": wilcoxon_pairs(wide, zero_method, method),
-        "n_frames": int(len(wide)),
-        "n_complete": int(wide.notna().all(axis=1).sum()),
-    }
+    return RatingResult(rater=raters[0], summary=method_summary(ratings),
+                        tests=wilcoxon_pairs(wide, zero_method, method), n_frames=int(len(wide)),
+                        n_complete=int(wide.notna().all(axis=1).sum()))
 
 
-def metrics_of(result: Mapping) -> dict:
+def metrics(result: RatingResult) -> dict:
     """The metrics JSON entries of :func:`analyse`'s result (keys as in the issue).
 
     Methods are keyed by :data:`METRIC_NAMES` (``initial``, ``registration``,
     ``optimized``) and pairs as ``"<a>_vs_<b>"`` (e.g. ``optimized_vs_initial``).
     """
-    s, t = result["summary"], result["tests"].set_index("pair")
+    s, t = result.summary, result.tests.set_index("pair")
     name = METRIC_NAMES
     return {
-        "rater": result["rater"],
-        "n_frames": result["n_frames"],
-        "n_frames_all_methods": result["n_complete"],
+        "rater": result.rater,
+        "n_frames": result.n_frames,
+        "n_frames_all_methods": result.n_complete,
         "n_ratings": {name[m]: int(s.loc[m, "n"]) for m in METHODS},
         "mean_rating": {name[m]: float(s.loc[m, "mean"]) for m in METHODS},
         "median_rating": {name[m]: float(s.loc[m, "median"]) for m in METHODS},
@@ -865,15 +914,15 @@ def plot_items(examples: Sequence[Mapping], outline: Callable | None = None):
     return fig
 
 
-def check_analysis(result: Mapping) -> None:
+def check_analysis(result: RatingResult) -> None:
     """What must hold for any ratings: frames rated, Bonferroni factor three, p-values in [0, 1]."""
-    tests = result["tests"]
-    assert result["n_frames"] >= 1, result["n_frames"]
+    tests = result.tests
+    assert result.n_frames >= 1, result.n_frames
     assert np.allclose(tests["p_value_bonferroni"], np.minimum(1.0, 3 * tests["p_value_raw"]))
     assert ((tests["p_value_raw"] >= 0) & (tests["p_value_raw"] <= 1)).all()
 
 
-def stage_metrics(built: Mapping, result: Mapping | None, params: Mapping, source: str | None,
+def stage_metrics(built: Mapping, result: RatingResult | None, params: RatingParams, source: str | None,
                   page: Path | str, seconds: float | None = None) -> dict:
     """Notebook 03's metrics: the set, and the statistics of its ratings when there are any.
 
@@ -883,13 +932,13 @@ def stage_metrics(built: Mapping, result: Mapping | None, params: Mapping, sourc
     key = built["key"]
     n_set_frames = len(key) // len(METHODS)
     m = {"n_items": int(len(key)), "set_id": built["set_id"], "n_set_frames": int(n_set_frames),
-         "rating_page": str(page), "zero_method": params["zero_method"],
-         "wilcoxon_method": params["wilcoxon_method"], "alpha": params["alpha"], "seconds": seconds}
+         "rating_page": str(page), "zero_method": params.zero_method,
+         "wilcoxon_method": params.wilcoxon_method, "alpha": params.alpha, "seconds": seconds}
     if result is None:
         return {**m, "rater": None, "awaiting_ratings": True, "n_frames": int(n_set_frames)}
-    tests = result["tests"]
-    return {**m, **metrics_of(result), "ratings_source": source,
-            "significant_bonferroni": dict(zip(tests["pair"], (tests["p_value_bonferroni"] < params["alpha"]).tolist()))}
+    tests = result.tests
+    return {**m, **metrics(result), "ratings_source": source,
+            "significant_bonferroni": dict(zip(tests["pair"], (tests["p_value_bonferroni"] < params.alpha).tolist()))}
 
 
 def ratings_of_another_set(ratings_csv: Path | str | None, ratings_key: Path | str | None) -> pd.DataFrame | None:

@@ -20,7 +20,7 @@ from ultrabones.core import atomic, dataset
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import Paths
 from ultrabones.evaluation.metrics import directed_distances
-from ultrabones.rating.study import PROFILES_FILE, _stable_int
+from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, _stable_int
 from ultrabones.twin.layout import truth_dir
 
 
@@ -51,6 +51,12 @@ class Rubric:
     some_share: float = 0.10
     visible_mm: float = 0.3
     minor_share: float = 0.10
+
+    @classmethod
+    def of(cls, params: RatingParams) -> "Rubric":
+        """The rubric of the ``rating`` section's ``rubric_*`` fields."""
+        return cls(params.rubric_large_share, params.rubric_some_share, params.rubric_visible_mm,
+                   params.rubric_minor_share)
 
     def __post_init__(self):
         for name in ("large_share", "some_share", "minor_share"):
@@ -189,14 +195,12 @@ def error_profiles(key: pd.DataFrame, distances: Sequence[np.ndarray], visible_m
 # ----------------------------------------------------------------------------- notebook 03 on the twin
 
 
-def ratings(paths: Paths, built: Mapping, params: Mapping, seed: int, out_dir: Path | str) -> pd.DataFrame:
+def ratings(paths: Paths, built: Mapping, params: RatingParams, seed: int, out_dir: Path | str) -> pd.DataFrame:
     """The rater model's ratings of a rating set, written as a CSV in the page's export format and read back
     through the same validation as a person's (:func:`ultrabones.rating.study.read_ratings`)."""
     from ultrabones.rating import study
 
-    rubric = Rubric(params["rubric_large_share"], params["rubric_some_share"], params["rubric_visible_mm"],
-                    params["rubric_minor_share"])
-    simulated = simulate_ratings(built["measured"], rubric, params["rater_gain_sd"], params["rater_lapse"], seed)
+    simulated = simulate_ratings(built["measured"], Rubric.of(params), params.rater_gain_sd, params.rater_lapse, seed)
     table = study.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
     f = Path(out_dir) / study.SIMULATED_FILE
     atomic.write_text(f, table.to_csv(index=False))
@@ -218,7 +222,7 @@ def twin_label_error(profiles: pd.DataFrame | None, key: pd.DataFrame) -> dict:
 
 
 def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame | None, key: pd.DataFrame,
-                    result: Mapping | None, source: str | None, alpha: float, paper_frames: int) -> dict:
+                    result: RatingResult | None, source: str | None, alpha: float, paper_frames: int) -> dict:
     """The rater model is coherent: higher ratings for smaller measured errors (Spearman rho < 0); when the
     optimised labels are measured closer to the truth than the initial ones, they are rated higher, and
     significantly so once the set is as large as the paper's. Returns the figures it checked ({} unless the
@@ -232,18 +236,18 @@ def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame |
     median_err = prof.groupby("method")["median_error_mm"].median()
     both = ratings_table.merge(prof, on=["item_id", "method"])
     rho = float(spearmanr(both["rating"], both["median_error_mm"], nan_policy="omit").statistic)
-    assert result["n_complete"] == result["n_frames"] == len(key) // 3, result["n_complete"]
+    assert result.n_complete == result.n_frames == len(key) // 3, result.n_complete
     assert rho < 0, rho
-    summary, tests = result["summary"], result["tests"]
+    summary, tests = result.summary, result.tests
     if median_err["optimized"] < median_err["initial"]:
         assert summary.loc["optimized", "mean"] > summary.loc["initial", "mean"], summary
-        if result["n_frames"] >= paper_frames:
+        if result.n_frames >= paper_frames:
             p = tests.set_index("pair").loc["optimized_vs_initial", "p_value_bonferroni"]
             assert p < alpha, p
     return {"spearman_rho": rho, "median_error_mm": median_err.round(3).to_dict()}
 
 
-def ratings_or_model(paths: Paths, built: Mapping, params: Mapping, seed: int, given: pd.DataFrame | None,
+def ratings_or_model(paths: Paths, built: Mapping, params: RatingParams, seed: int, given: pd.DataFrame | None,
                      ratings_csv: Path | str | None) -> tuple[pd.DataFrame | None, str | None]:
     """The ratings notebook 03 analyses, and where they came from.
 
