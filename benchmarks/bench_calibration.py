@@ -15,6 +15,7 @@ from test_calibration import TRUE_CALIB, synthetic_session  # noqa: E402
 
 from ultrabones.twin.layout import truth_dir  # noqa: E402
 from ultrabones.calibration import system as cal  # noqa: E402
+from ultrabones.twin import measure  # noqa: E402
 
 
 def test_offset_sweep_3000_offsets_under_30_s():
@@ -52,9 +53,10 @@ def test_stage_on_the_default_twin_under_2_min(tmp_path):
     os.symlink(truth_dir(src), twin / "truth")
     paths = Paths(tmp_path / "build", twin, tmp_path / "figures")
     t0 = time.perf_counter()
-    res = cal.run_stage(paths, prof.values["calibration"], progress=False, n_workers=prof.values["n_workers"])
+    P = cal.CalibrationParams.from_section(prof.values["calibration"])
+    res = cal.run_stage(paths, P, progress=False, n_workers=prof.values["n_workers"])
     dt = time.perf_counter() - t0
-    m = res.metrics
+    m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, P.surface_samples))
     print(f"\nstage 01 on the default twin: {m['n_specimens']} specimens, {m['frames_written']} frames, "
           f"{dt:.1f} s (probe calibration {m['probe_calibration_seconds']:.1f} s); offset error "
           f"{m['temporal_offset_error_ms']:.2f} ms, surface distance {m['ct_model_mean_surface_distance_mm']:.3f} mm")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -199,9 +201,11 @@ def write_phantom_raw(raw, s, blank_every=0):
         dataset.write_image(raw / "phantom" / "images" / f"{int(t)}.png", render_phantom_image(pts, noise=4.0, seed=f))
 
 
-P_TEST = dict(wire_threshold=80.0, wire_sigma_px=1.0, wire_min_area_px=4, wire_max_extent_mm=5.0,
-              wire_min_separation_mm=0.8, wire_collinearity_mm=0.5, offset_min_ms=-300.0, offset_max_ms=0.0,
-              offset_step_ms=0.1)
+P_TEST = cal.CalibrationParams(
+    wire_threshold=80.0, wire_sigma_px=1.0, wire_min_area_px=4, wire_max_extent_mm=5.0, wire_min_separation_mm=0.8,
+    wire_collinearity_mm=0.5, offset_min_ms=-300.0, offset_max_ms=0.0, offset_step_ms=0.1, bone_threshold_hu=600.0,
+    fiducial_threshold_hu=1500.0, min_bone_volume_mm3=200.0, smooth_iterations=5, decimate_fraction=0.5,
+    icp_max_distance_mm=2.0, surface_samples=4000)
 
 
 @pytest.mark.parametrize("flip_x", [False, True])
@@ -270,11 +274,10 @@ def test_run_stage_end_to_end_on_a_small_synthetic_twin(tmp_path):
     s = synthetic_session(true_offset_ms=-42.0, duration_ms=2500.0, seed=7)
     ct_from_marker = _synthetic_twin(tmp_path / "twin", s)
     paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "figures")
-    P = dict(P_TEST, bone_threshold_hu=600.0, fiducial_threshold_hu=1500.0, min_bone_volume_mm3=200.0,
-             smooth_iterations=5, decimate_fraction=0.5, icp_max_distance_mm=2.0, surface_samples=4000)
+    P = P_TEST
     res = cal.run_stage(paths, P, progress=False)
-    assert "temporal_offset_error_ms" not in res.metrics  # the stage never reads truth/
-    m = measure.merge_metrics(res.metrics, measure.calibration(paths, res, P["surface_samples"]))
+    assert "temporal_offset_error_ms" not in cal.metrics(res)  # the stage never reads truth/
+    m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, P.surface_samples))
     assert m["temporal_offset_error_ms"] <= 1.0 and m["calibration_translation_error_mm"] < 0.5
     assert m["n_specimens"] == 1 and m["per_specimen"]["specimen01"]["n_spheres"] == 4
     assert m["marker_tre_mm"] < 0.2 and m["marker_fre_mm"] < 0.2
@@ -298,8 +301,8 @@ def test_run_stage_end_to_end_on_a_small_synthetic_twin(tmp_path):
     assert np.abs(pose[:3, 3] - expect[:3, 3]).max() < 0.2
     # A rerun of one specimen hits the cache and gives the same metrics.
     again = cal.run_stage(paths, P, only="specimen01", progress=False)
-    assert ({k: v for k, v in again.metrics.items() if k != "probe_calibration_seconds"}
-            == {k: v for k, v in res.metrics.items() if k != "probe_calibration_seconds"})
+    assert ({k: v for k, v in cal.metrics(again).items() if k != "probe_calibration_seconds"}
+            == {k: v for k, v in cal.metrics(res).items() if k != "probe_calibration_seconds"})
 
 
 def test_ct_without_bone_stops_with_a_clear_message(tmp_path):
@@ -310,8 +313,8 @@ def test_ct_without_bone_stops_with_a_clear_message(tmp_path):
         vol, sp, org = z["volume"], z["spacing_mm"], z["origin_mm"]
     vol = np.where(vol > 1300, vol, 40).astype(np.int16)  # keep the spheres (3000 HU), drop the bone (1200 HU)
     np.savez(f, volume=vol, spacing_mm=sp, origin_mm=org)
-    P = dict(P_TEST, bone_threshold_hu=1300.0, fiducial_threshold_hu=1500.0, min_bone_volume_mm3=200.0,
-             smooth_iterations=0, decimate_fraction=1.0, icp_max_distance_mm=2.0, surface_samples=1000)
+    P = dataclasses.replace(P_TEST, bone_threshold_hu=1300.0, smooth_iterations=0, decimate_fraction=1.0,
+                            surface_samples=1000)
     with pytest.raises(DatasetError, match=r"specimen01/ct.npz: no bone found"):
         cal.process_specimen(tmp_path / "twin" / "raw", tmp_path / "ds", "specimen01", -10.0, P)
 
@@ -323,3 +326,55 @@ def test_offset_grid_is_the_papers_and_rejects_an_empty_range():
     assert len(g) == 3000 and g[0] == -300.0 and abs(g[-1] + 0.1) < 1e-9
     with pytest.raises(ParamsError, match="is empty"):
         cal.offset_grid(0.0, -300.0, 0.1)
+
+
+def test_calibration_params_are_the_schema_section_typed_and_frozen():
+    from ultrabones.core.cache import params_hash
+    from ultrabones.core.errors import ParamsError
+    from ultrabones.core.params import SCHEMA, load_profile
+    from ultrabones.core.paths import PARAMS_DIR
+
+    assert [f.name for f in dataclasses.fields(P_TEST)] == list(SCHEMA["calibration"]) == list(P_TEST.as_dict())
+    assert cal.CalibrationParams.from_section(P_TEST.as_dict()) == P_TEST
+    section = load_profile("smoke", PARAMS_DIR).values["calibration"]  # what notebook 01 collects
+    P = cal.CalibrationParams.from_section(section)
+    assert params_hash(P.as_dict()) == params_hash(section)  # cache keys and provenance unchanged
+    assert cal.CalibrationParams.from_section({**section, "bone_threshold_hu": 700}).bone_threshold_hu == 700.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        P.wire_threshold = 90.0
+    with pytest.raises(ParamsError, match=r"calibration\.decimate_fraction"):
+        dataclasses.replace(P, decimate_fraction=0.0)
+    with pytest.raises(ParamsError, match="lacks key.*surface_samples"):
+        cal.CalibrationParams.from_section({k: v for k, v in section.items() if k != "surface_samples"})
+    over = {"specimen02": {"bone_threshold_hu": 650.0}}
+    assert P.for_specimen(over, "specimen02") == dataclasses.replace(P, bone_threshold_hu=650.0)
+    assert P.for_specimen(over, "specimen01") == P.for_specimen(None, "specimen01") == P
+    with pytest.raises(ParamsError, match="specimen02 overrides: unknown key 'calibration.bone_hu'"):
+        P.for_specimen({"specimen02": {"bone_hu": 650.0}}, "specimen02")
+
+
+def test_metrics_known_answer():
+    sweep = cal.SweepResult(np.array([-2.0, -1.0, 0.0]), np.array([0.5, 0.25, 0.75]), 1, np.eye(4), 12)
+    frames = pd.DataFrame({"timestamp": [0, 10, 20, 30, 40],
+                           "status": ["ok", "ok", "found 2 spots, expected 9", "out of tracked range", "ok"]})
+    probe = cal.ProbeCalibration(sweep, (0.1, 0.2), frames)
+    specimens = {
+        "s1": {"fre_mm": 0.1, "icp_rmse_mm": 0.2, "n_spheres": 4, "seconds": 3.0, "ct_spacing_mm": [0.5, 0.5, 1.0],
+               "records": {"r1": {"frames": 10, "dropped": 1}, "r2": {"frames": 5, "dropped": 0}}},
+        "s2": {"fre_mm": 0.3, "icp_rmse_mm": 0.4, "n_spheres": 5, "ct_spacing_mm": [0.6, 0.4, 0.8],
+               "records": {"r1": {"frames": 7, "dropped": 2}}},
+    }
+    result = cal.CalibrationResult(probe, specimens, 1.5)
+    m = cal.metrics(result)
+    assert m["temporal_offset_ms"] == -1.0 and m["localization_error_mm"] == 0.25 and m["n_offsets"] == 3
+    assert (m["phantom_frames_total"], m["phantom_frames_used"], m["phantom_frames_rejected"],
+            m["phantom_frames_out_of_range"]) == (5, 3, 1, 1)
+    assert m["probe_calibration_seconds"] == 1.5 and m["calibration"] == np.eye(4).tolist()
+    assert m["n_specimens"] == 2 and m["marker_fre_mm"] == pytest.approx(0.2)
+    assert m["frames_written"] == 22 and m["frames_dropped"] == 3 and m["ct_voxel_mm"] == [0.6, 0.5, 1.0]
+    assert m["per_specimen"]["s2"] == {"fre_mm": 0.3, "icp_rmse_mm": 0.4, "n_spheres": 5}
+    assert m["skipped"] is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.probe_seconds = 2.0
+    empty = cal.metrics(cal.CalibrationResult(probe, {}, 0.0))
+    assert empty["n_specimens"] == 0 and empty["marker_fre_mm"] is None and empty["ct_voxel_mm"] is None

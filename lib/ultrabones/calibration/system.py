@@ -23,12 +23,14 @@ clock) was formed when the tracker clock read ``t + dt``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ from scipy import ndimage
 from ultrabones.core import dataset
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.executor import executor
+from ultrabones.core.params import SectionParams, validate_section
 from ultrabones.core.geometry import (
     POSE_COLUMNS,
     interpolate_poses,
@@ -52,6 +55,42 @@ from ultrabones.calibration.phantom import NWirePhantom
 PHANTOM_COLUMNS = ("px", "py", "pz", "peuler_x", "peuler_y", "peuler_z")
 #: Columns of the specimen-marker pose in ``raw/<specimen>/<record>/tracker.csv``.
 SPECIMEN_COLUMNS = ("sx", "sy", "sz", "seuler_x", "seuler_y", "seuler_z")
+#: The profile section of this stage.
+SECTION = "calibration"
+
+
+@dataclass(frozen=True)
+class CalibrationParams(SectionParams):
+    """The ``calibration`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["calibration"]``).
+
+    Build it with :meth:`from_section`; a specimen's overrides give :meth:`for_specimen`. Construction, and so
+    ``dataclasses.replace``, validates every value. :meth:`as_dict` gives the section back as plain data: what
+    the cache keys hash and the metrics' provenance records.
+    """
+
+    SECTION: ClassVar[str] = SECTION
+
+    wire_threshold: float
+    wire_sigma_px: float
+    wire_min_area_px: int
+    wire_max_extent_mm: float
+    wire_min_separation_mm: float
+    wire_collinearity_mm: float
+    offset_min_ms: float
+    offset_max_ms: float
+    offset_step_ms: float
+    bone_threshold_hu: float
+    fiducial_threshold_hu: float
+    min_bone_volume_mm3: float
+    smooth_iterations: int
+    decimate_fraction: float
+    icp_max_distance_mm: float
+    surface_samples: int
+
+    def for_specimen(self, specimen_overrides: Mapping | None, specimen: str) -> "CalibrationParams":
+        """These parameters with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated."""
+        over = (specimen_overrides or {}).get(specimen, {})
+        return dataclasses.replace(self, **validate_section(SECTION, over, f"{specimen} overrides", partial=True))
 
 
 # ----------------------------------------------------------------------------- raw input
@@ -438,7 +477,7 @@ class ProbeCalibration:
         return int((~self.frames["status"].isin(["ok", "out of tracked range"])).sum())
 
 
-def calibrate_probe(raw: Path, P: dict, progress: bool = False) -> ProbeCalibration:
+def calibrate_probe(raw: Path, P: CalibrationParams, progress: bool = False) -> ProbeCalibration:
     """Spatio-temporal calibration from ``raw/phantom/`` (see the module docstring).
 
     Spots are detected once per frame. The phantom's lateral orientation in
@@ -449,7 +488,7 @@ def calibrate_probe(raw: Path, P: dict, progress: bool = False) -> ProbeCalibrat
     Parameters
     ----------
     raw : the raw acquisitions folder.
-    P : the ``calibration`` parameter section (``wire_*``, ``offset_*`` keys).
+    P : the stage's parameters (its ``wire_*`` and ``offset_*`` fields are used).
 
     Raises
     ------
@@ -463,22 +502,22 @@ def calibrate_probe(raw: Path, P: dict, progress: bool = False) -> ProbeCalibrat
     times, streams = read_tracker(raw / "phantom" / "tracker.csv", {"probe": POSE_COLUMNS, "phantom": PHANTOM_COLUMNS})
     img_dir = raw / "phantom" / "images"
     ts = dataset.image_timestamps(img_dir)
-    offsets = offset_grid(P["offset_min_ms"], P["offset_max_ms"], P["offset_step_ms"])
+    offsets = offset_grid(P.offset_min_ms, P.offset_max_ms, P.offset_step_ms)
     in_range = (ts + offsets[0] >= times[0]) & (ts + offsets[-1] <= times[-1])
     it = ts[in_range]
     if progress:
         from tqdm import tqdm
 
         it = tqdm(it, desc="phantom frames", unit="frame")
-    blobs = {int(t): detect_blobs(dataset.read_image(img_dir / f"{int(t)}.png"), spacing, P["wire_threshold"],
-                                  P["wire_min_area_px"], P["wire_sigma_px"], P["wire_max_extent_mm"],
-                                  P["wire_min_separation_mm"])[0]
+    blobs = {int(t): detect_blobs(dataset.read_image(img_dir / f"{int(t)}.png"), spacing, P.wire_threshold,
+                                  P.wire_min_area_px, P.wire_sigma_px, P.wire_max_extent_mm,
+                                  P.wire_min_separation_mm)[0]
              for t in it}
 
     def group(flip_x):
         status, pts, used = {}, [], []
         for t, b in blobs.items():
-            found, reason = group_wire_points(b, phantom, P["wire_collinearity_mm"], flip_x)
+            found, reason = group_wire_points(b, phantom, P.wire_collinearity_mm, flip_x)
             status[t] = "ok" if found is not None else reason
             if found is not None:
                 pts.append(found)
@@ -671,7 +710,7 @@ def raw_records(raw_specimen: Path) -> list[Path]:
     return sorted(d for d in Path(raw_specimen).iterdir() if d.is_dir() and (d / "tracker.csv").is_file())
 
 
-def build_bone_model(ct_volume, P: dict, exclude: np.ndarray | None, where: str) -> dict:
+def build_bone_model(ct_volume, P: CalibrationParams, exclude: np.ndarray | None, where: str) -> dict:
     """Per-bone meshes from the CT (see :mod:`ultrabones.calibration.ct`): ``{"tibia": mesh, ..., "merged": mesh}``.
 
     Components are named by :func:`ultrabones.calibration.ct.name_bones`; several ``foot``
@@ -681,10 +720,10 @@ def build_bone_model(ct_volume, P: dict, exclude: np.ndarray | None, where: str)
 
     from ultrabones.calibration import ct
 
-    labels, n = ct.segment_bones(ct_volume, P["bone_threshold_hu"], P["min_bone_volume_mm3"], exclude, where)
+    labels, n = ct.segment_bones(ct_volume, P.bone_threshold_hu, P.min_bone_volume_mm3, exclude, where)
     boxes = ndimage.find_objects(labels)
-    meshes = [ct.component_mesh(ct_volume, labels, i, P["bone_threshold_hu"], P["smooth_iterations"],
-                                P["decimate_fraction"], boxes[i - 1]) for i in range(1, n + 1)]
+    meshes = [ct.component_mesh(ct_volume, labels, i, P.bone_threshold_hu, P.smooth_iterations,
+                                P.decimate_fraction, boxes[i - 1]) for i in range(1, n + 1)]
     names = ct.name_bones(meshes)
     out = {}
     for name in dict.fromkeys(names):
@@ -694,7 +733,7 @@ def build_bone_model(ct_volume, P: dict, exclude: np.ndarray | None, where: str)
     return out
 
 
-def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: float, P: dict,
+def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: float, P: CalibrationParams,
                      progress: bool = False) -> dict:
     """CT bone model, CT-to-marker registration and ``tracking.csv`` of every record of one specimen.
 
@@ -707,7 +746,7 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
     dataset_root : the released-layout dataset folder.
     specimen : specimen folder name.
     offset_ms : the temporal offset found by :func:`calibrate_probe` (ms).
-    P : the ``calibration`` section for this specimen.
+    P : the stage's parameters for this specimen (:meth:`CalibrationParams.for_specimen`).
 
     Returns
     -------
@@ -720,13 +759,13 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
     out_s = Path(dataset_root) / specimen
     fid, radius = read_marker(raw_s)
     vol = ct.read_ct(raw_s / "ct.npz")
-    spheres = ct.find_fiducial_spheres(vol, radius, P["fiducial_threshold_hu"])
+    spheres = ct.find_fiducial_spheres(vol, radius, P.fiducial_threshold_hu)
     if len(spheres.centres) < len(fid):
         raise DatasetError(
             f"{raw_s / 'ct.npz'}: found {len(spheres.centres)} fiducial spheres of radius {radius} mm above "
-            f"{P['fiducial_threshold_hu']} HU; the marker has {len(fid)}"
+            f"{P.fiducial_threshold_hu} HU; the marker has {len(fid)}"
         )
-    reg = register_marker(fid, radius, spheres.centres, spheres.surface, P["icp_max_distance_mm"])
+    reg = register_marker(fid, radius, spheres.centres, spheres.surface, P.icp_max_distance_mm)
     models = build_bone_model(vol, P, spheres.mask, str(raw_s / "ct.npz"))
     written = {}
     for name, mesh in models.items():
@@ -790,13 +829,21 @@ def raw_specimens(raw: Path, specimens: list[str] | None = None) -> list[str]:
     return found
 
 
-@dataclass
-class StageResult:
-    """What notebook 01 computed: the probe calibration and every specimen's result (by name)."""
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :func:`run_stage` computed.
+
+    Attributes
+    ----------
+    probe : the spatio-temporal probe calibration (:func:`calibrate_probe`).
+    specimens : specimen name -> its result (:func:`process_specimen`'s dict, with ``seconds``), every
+        specimen of the run in the cache.
+    probe_seconds : wall time of the probe calibration (s).
+    """
 
     probe: ProbeCalibration
     specimens: dict
-    metrics: dict
+    probe_seconds: float
 
 
 def _specimen_job(args: tuple) -> tuple[str, dict]:
@@ -810,9 +857,9 @@ def _specimen_job(args: tuple) -> tuple[str, dict]:
     return sid, res
 
 
-def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | None = None,
+def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, only: str | None = None,
               specimen_overrides: dict | None = None, progress: bool = True, n_workers: int = 1,
-              dask_scheduler: str | None = None) -> StageResult:
+              dask_scheduler: str | None = None) -> CalibrationResult:
     """Notebook 01's work on the twin: probe calibration, then each specimen (resumable).
 
     Writes ``calibration.json`` at the dataset root and, per specimen, the bone
@@ -826,16 +873,15 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
     Parameters
     ----------
     paths : :class:`~ultrabones.core.paths.Paths` of the run.
-    P : the ``calibration`` section.
+    P : the stage's parameters (:meth:`CalibrationParams.from_section`).
     specimens : restrict to these (default: every raw specimen).
-    only : process only this specimen (``make specimen``); metrics still cover the cache.
-    specimen_overrides : per-specimen section overrides.
+    only : process only this specimen (``make specimen``); the result still covers the cache.
+    specimen_overrides : per-specimen section overrides (:meth:`CalibrationParams.for_specimen`).
     n_workers : specimens processed in parallel (local processes).
     dask_scheduler : address of a Dask scheduler to run the specimens on instead.
     """
     import time
 
-    from ultrabones.core.params import for_specimen
     from ultrabones.core.cache import DigestStore, SpecimenCache
 
     t0 = time.time()
@@ -854,8 +900,9 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
     digests = DigestStore(paths.cache("digests") / "01_calibration.json")
     keys, jobs, inputs = {}, [], {}
     for sid in todo:
-        Ps = for_specimen(P, specimen_overrides or {}, sid)
-        keys[sid] = {**Ps, "offset_ms": probe.offset_ms, "calibration": np.round(probe.calibration, 9).tolist()}
+        Ps = P.for_specimen(specimen_overrides, sid)
+        keys[sid] = {**Ps.as_dict(), "offset_ms": probe.offset_ms,
+                     "calibration": np.round(probe.calibration, 9).tolist()}
         inputs[sid] = [f for f in sorted((paths.raw / sid).rglob("*")) if f.is_file()]
         if (cache.get(sid, keys[sid], inputs[sid], paths.raw) is not None
                 and (paths.dataset / sid / "CT_bone_model.stl").is_file()):
@@ -866,13 +913,14 @@ def run_stage(paths, P: dict, specimens: list[str] | None = None, only: str | No
                on_result=lambda _, out: cache.put(out[0], keys[out[0]], out[1], inputs[out[0]], paths.raw))
     digests.save()
     results = {k: v for k, v in cache.all().items() if k in names}
-    return StageResult(probe, results, stage_metrics(probe, results, t_probe))
+    return CalibrationResult(probe, results, t_probe)
 
 
-def stage_metrics(probe: ProbeCalibration, results: dict, probe_seconds: float) -> dict:
-    """The ``01_calibration`` metrics (keys of issue 4), from the stage's results."""
+def metrics(result: CalibrationResult) -> dict:
+    """The ``01_calibration`` metrics (keys of issue 4), from the stage's result; nothing here reads truth."""
+    probe, results = result.probe, result.specimens
     frames = probe.frames["status"]
-    m = {
+    return {
         "skipped": False,
         "temporal_offset_ms": probe.offset_ms,
         "localization_error_mm": probe.sweep.error_mm,
@@ -881,7 +929,7 @@ def stage_metrics(probe: ProbeCalibration, results: dict, probe_seconds: float) 
         "phantom_frames_rejected": probe.rejected,
         "phantom_frames_out_of_range": int((frames == "out of tracked range").sum()),
         "n_offsets": int(len(probe.sweep.offsets_ms)),
-        "probe_calibration_seconds": probe_seconds,
+        "probe_calibration_seconds": result.probe_seconds,
         "calibration": probe.calibration.tolist(),
         "n_specimens": len(results),
         "marker_fre_mm": float(np.mean([r["fre_mm"] for r in results.values()])) if results else None,
@@ -892,7 +940,6 @@ def stage_metrics(probe: ProbeCalibration, results: dict, probe_seconds: float) 
         "per_specimen": {s: {k: r[k] for k in ("fre_mm", "icp_rmse_mm", "n_spheres", "seconds") if k in r}
                          for s, r in results.items()},
     }
-    return m
 
 
 # ----------------------------------------------------------------------------- figures

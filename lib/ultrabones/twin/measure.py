@@ -113,7 +113,7 @@ def calibration(paths: Paths, result, n_samples: int = 20000) -> dict:
     Parameters
     ----------
     paths : the run's paths.
-    result : the :class:`ultrabones.calibration.system.StageResult` of the run.
+    result : the :class:`ultrabones.calibration.system.CalibrationResult` of the run.
     n_samples : surface samples per mesh for the CT model's distances.
 
     Returns
