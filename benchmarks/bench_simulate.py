@@ -82,9 +82,10 @@ def test_default_twin_wall_time(tmp_path):
     """The whole default twin with 2 worker processes (what ``make paper`` runs)."""
     paths = Paths(tmp_path / "b", tmp_path / "t", tmp_path / "f")
     t0 = time.perf_counter()
-    res = simulate.simulate_twin(paths, default_section(), seed=0, n_workers=2, progress=False)
+    res = simulate.simulate_twin(paths, simulate.TwinConfig.from_section(default_section()), seed=0, n_workers=2,
+                                 progress=False)
     wall = time.perf_counter() - t0
-    m = simulate.summary_metrics(res, 2)
+    m = simulate.metrics(res)
     print(f"\n[bench] default twin: {m['n_specimens']} specimens, {m['n_frames']} frames, {m['n_phantom_frames']} "
           f"phantom frames in {wall:.1f} s on 2 workers (target < 120 s); {m['frames_per_second']:.1f} frames/s "
           f"per worker")

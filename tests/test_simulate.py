@@ -1,5 +1,6 @@
 """The twin's orchestration: tracking model, sweeps, the raw/ and truth/ trees, determinism, bad input."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ultrabones.core.cache import SpecimenCache
+from ultrabones.core.cache import SpecimenCache, params_hash
 from ultrabones.twin.layout import truth_dir
 from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
@@ -31,7 +32,7 @@ def section(**over) -> dict:
 
 def tiny_twin(tmp_path, name="a", **over):
     paths = Paths(tmp_path / name / "build", tmp_path / name / "twin", tmp_path / name / "fig")
-    res = simulate.simulate_twin(paths, section(**over), seed=7, progress=False)
+    res = simulate.simulate_twin(paths, simulate.TwinConfig.from_section(section(**over)), seed=7, progress=False)
     return paths, res
 
 
@@ -136,7 +137,7 @@ def test_recorded_tracking_reproduces_the_truth_chain(twin):
 def test_error_free_twin_is_aligned(tmp_path):
     paths, res = tiny_twin(tmp_path, fiducial_jitter_mm=0.0, tracking_drift_deg=0.0, tracking_drift_mm=0.0,
                            calibration_error_deg=0.0, calibration_error_mm=0.0)
-    m = simulate.summary_metrics(res, 1)
+    m = simulate.metrics(res)
     # what is left is the interpolation of the 60 Hz tracker stream between samples
     assert m["initial_misalignment_mm"]["mean"] < 0.05
     assert m["required_correction_mm"]["mean"] < 0.05
@@ -144,12 +145,31 @@ def test_error_free_twin_is_aligned(tmp_path):
 
 def test_metrics_and_misalignment_order(twin):
     _, res = twin
-    m = simulate.summary_metrics(res, 1)
+    m = simulate.metrics(res)
     assert m["n_specimens"] == 1 and m["n_records"] == 9
-    assert m["n_frames"] == sum(r["n_frames"] for r in res["specimens"]["specimen01"]["records"])
+    assert m["n_frames"] == sum(r["n_frames"] for r in res.specimens["specimen01"]["records"])
     assert 0 < m["visible_bone_fraction"] < 1
     assert 0.2 < m["initial_misalignment_mm"]["mean"] < 3.0
     assert m["frames_per_second"] > 0
+
+
+def test_metrics_known_answer():
+    from types import SimpleNamespace
+
+    rec = {"n_frames": 4, "bone_in_view": 3, "full_pixels": 100, "visible_pixels": 25,
+           "misalignment_mm": [1.0, 3.0], "required_correction_mm": [0.5, 1.5]}
+    specs = {"specimen01": {"n_frames": 8, "render_seconds": 2.0, "records": [rec, dict(rec, bone_in_view=1)]}}
+    system = SimpleNamespace(temporal_offset_ms=-42.0, calibration=geometry.released_calibration())
+    res = simulate.SimulationResult(specs, {"n_frames": 12}, 5.0, system, None, n_workers=3)
+    m = simulate.metrics(res)
+    assert (m["n_specimens"], m["n_records"], m["n_frames"], m["n_phantom_frames"], m["n_workers"]) == (1, 2, 8, 12, 3)
+    assert m["frames_with_bone_fraction"] == 0.5 and m["visible_bone_fraction"] == 0.25
+    assert m["frames_per_second"] == 4.0 and m["wall_seconds"] == 5.0 and m["temporal_offset_ms"] == -42.0
+    assert m["initial_misalignment_mm"] == {"mean": 2.0, "std": 1.0, "n_frames": 4}
+    assert m["required_correction_mm"] == {"mean": 1.0, "fraction_over_1mm": 0.5}
+    assert m["calibration_error_deg"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.n_workers = 1
 
 
 def test_same_seed_same_bytes(tmp_path, twin):
@@ -203,11 +223,19 @@ def test_sweeps_follow_their_bone():
 
 def test_specimen_overrides_apply_but_not_to_the_shared_probe():
     P = section()
-    assert simulate.specimen_section(P, {"specimen02": {"hand_tilt_deg": 9.0}}, "specimen02")["hand_tilt_deg"] == 9.0
-    assert simulate.specimen_section(P, {"specimen02": {"hand_tilt_deg": 9.0}}, "specimen01") == {
-        k: v for k, v in P.items() if k not in simulate.NOT_SIMULATION_KEYS}  # keys that change no simulated byte
+    cfg = simulate.TwinConfig.from_section(P)
+    assert cfg.as_dict() == P and list(P) == list(params.SCHEMA["simulate"])  # the section, in schema order
+    assert params_hash(cfg.simulation_key()) == params_hash(  # cache keys unchanged
+        {k: v for k, v in P.items() if k not in simulate.NOT_SIMULATION_KEYS})  # keys that change no simulated byte
+    over = {"specimen02": {"hand_tilt_deg": 9.0}}
+    assert cfg.for_specimen(over, "specimen02") == dataclasses.replace(cfg, hand_tilt_deg=9.0)
+    assert cfg.for_specimen(over, "specimen01") == cfg.for_specimen(None, "specimen01") == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.hand_tilt_deg = 9.0
     with pytest.raises(ParamsError, match="image_width"):
-        simulate.specimen_section(P, {"specimen01": {"image_width": 100}}, "specimen01")
+        cfg.for_specimen({"specimen01": {"image_width": 100}}, "specimen01")
+    with pytest.raises(ParamsError, match="specimen01 overrides: unknown key 'simulate.hand_tilt'"):
+        cfg.for_specimen({"specimen01": {"hand_tilt": 9.0}}, "specimen01")
 
 
 def test_cached_specimens_are_skipped(tmp_path):
@@ -215,12 +243,12 @@ def test_cached_specimens_are_skipped(tmp_path):
 
     paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig")
     cache = SpecimenCache(paths, "00_simulate")
-    P = section(sweep_length_mm=[20.0, 16.0, 12.0])
+    P = simulate.TwinConfig.from_section(section(sweep_length_mm=[20.0, 16.0, 12.0]))
     first = simulate.simulate_twin(paths, P, seed=1, progress=False, cache=cache)
     stamp = (paths.raw / "specimen01" / "ct.npz").stat().st_mtime_ns
     again = simulate.simulate_twin(paths, P, seed=1, progress=False, cache=cache)
     assert (paths.raw / "specimen01" / "ct.npz").stat().st_mtime_ns == stamp
-    assert again["specimens"]["specimen01"]["n_frames"] == first["specimens"]["specimen01"]["n_frames"]
+    assert again.specimens["specimen01"]["n_frames"] == first.specimens["specimen01"]["n_frames"]
 
 
 HARD = dict(speed_of_sound_m_s=1580.0, phantom_speed_of_sound_m_s=1485.0, ct_blur_mm=0.6, ct_cortical_hu=1700.0,

@@ -38,12 +38,14 @@ same bytes, whatever the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -59,6 +61,7 @@ from ultrabones.core.executor import executor
 from ultrabones.core.mesh import decimate
 from ultrabones.core.overlay import overlay
 from ultrabones.core.errors import ParamsError
+from ultrabones.core.params import SectionParams, validate_section
 from ultrabones.twin.layout import truth_dir
 from ultrabones.core.paths import Paths, twin_specimen_name
 
@@ -82,8 +85,15 @@ FIDUCIAL_RADIUS_MM = 5.75
 
 
 @dataclass(frozen=True)
-class TwinConfig:
-    """The ``simulate`` section's keys, typed (see ``params.SCHEMA["simulate"]`` for units)."""
+class TwinConfig(SectionParams):
+    """The ``simulate`` section, typed and frozen: the stage's parameters (units: ``params.SCHEMA["simulate"]``).
+
+    Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`; a specimen's overrides give
+    :meth:`for_specimen`. Construction, and so ``dataclasses.replace``, validates every value against the schema,
+    then the combinations a schema cannot check. ``as_dict`` gives the section back as plain data.
+    """
+
+    SECTION: ClassVar[str] = "simulate"
 
     n_specimens: int
     image_width: int
@@ -125,12 +135,39 @@ class TwinConfig:
     phantom_speed_of_sound_m_s: float = 1540.0
     ct_blur_mm: float = 0.0
     ct_cortical_hu: float = 1400.0
+    # notebook 00's realism table only: changes no simulated byte (NOT_SIMULATION_KEYS)
+    real_frames_dir: str | None = None
+
+    def for_specimen(self, specimen_overrides: dict | None, specimen: str) -> "TwinConfig":
+        """This configuration with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated.
+
+        Raises
+        ------
+        ParamsError
+            If an override sets a key of the probe or the phantom (:data:`SYSTEM_KEYS`), shared by every specimen.
+        """
+        over = validate_section("simulate", (specimen_overrides or {}).get(specimen, {}), f"{specimen} overrides",
+                                partial=True)
+        bad = sorted(set(over) & set(SYSTEM_KEYS))
+        if bad:
+            raise ParamsError(f"params/specimens/{specimen}.yaml: simulate.{bad[0]} describes the probe or the "
+                              f"phantom shared by every specimen; it cannot be set per specimen")
+        return dataclasses.replace(self, **over)
+
+    def simulation_key(self) -> dict:
+        """:meth:`as_dict` less the keys that change no simulated byte: what the cache keys hash."""
+        return {k: v for k, v in self.as_dict().items() if k not in NOT_SIMULATION_KEYS}
 
     @classmethod
     def from_params(cls, P: dict) -> "TwinConfig":
-        """From a validated ``simulate`` section; checks the combinations a schema cannot."""
+        """From a ``simulate`` section, its known keys (the realism and error keys may be missing: their defaults)."""
         known = cls.__dataclass_fields__
-        cfg = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in P.items() if k in known})
+        return cls(**{k: v for k, v in P.items() if k in known})
+
+    def __post_init__(self):
+        """Validate against the schema (:class:`~ultrabones.core.params.SectionParams`), then the combinations."""
+        super().__post_init__()
+        cfg = self
         for key in ("psf_axial_mm", "psf_lateral_mm", "septa_spacing_mm", "speed_of_sound_m_s",
                     "phantom_speed_of_sound_m_s", "ct_cortical_hu"):
             if not getattr(cfg, key) > 0:
@@ -161,7 +198,6 @@ class TwinConfig:
             if n < 1:
                 raise ParamsError(f"simulate.sweep_length_mm ({g}: {length} mm) at {cfg.probe_speed_mm_s} mm/s and "
                                   f"{cfg.image_rate_hz} Hz gives zero frames; lengthen the sweep or slow the probe")
-        return cfg
 
     @property
     def spacing(self) -> tuple[float, float]:
@@ -737,52 +773,62 @@ SYSTEM_KEYS = ("n_specimens", "image_width", "image_height", "pixel_spacing_mm",
                "gain_db", "speckle_cell_mm", "phantom_speed_of_sound_m_s")
 
 
-def specimen_section(P: dict, overrides: dict | None, name: str) -> dict:
-    """The ``simulate`` section for one specimen: the profile's, then its override file's (not system keys)."""
-    ov = dict((overrides or {}).get(name, {}))
-    bad = sorted(set(ov) & set(SYSTEM_KEYS))
-    if bad:
-        raise ParamsError(f"params/specimens/{name}.yaml: simulate.{bad[0]} describes the probe or the phantom "
-                          f"shared by every specimen; it cannot be set per specimen")
-    return {k: v for k, v in {**P, **ov}.items() if k not in NOT_SIMULATION_KEYS}
-
-
 #: ``simulate`` keys that change no simulated byte (left out of the cache keys).
 NOT_SIMULATION_KEYS = ("real_frames_dir",)
 
 
-def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None = None, n_workers: int = 1,
-                  progress: bool = True, cache=None, overrides: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class SimulationResult:
+    """What :func:`simulate_twin` simulated.
+
+    Attributes
+    ----------
+    specimens : specimen name -> its statistics, every specimen of the run in the cache, sorted.
+    phantom : the phantom session's statistics (``n_frames``, ...).
+    wall_seconds : wall time of the run (s).
+    system : the drawn :class:`System` (true calibration, temporal offset, ...).
+    config : the configuration simulated.
+    n_workers : processes the specimens ran on.
+    """
+
+    specimens: dict
+    phantom: dict | None
+    wall_seconds: float
+    system: "System"
+    config: TwinConfig
+    n_workers: int = 1
+
+
+def simulate_twin(paths: Paths, P: TwinConfig, seed: int, specimens: list[str] | None = None, n_workers: int = 1,
+                  progress: bool = True, cache=None, overrides: dict | None = None) -> SimulationResult:
     """Simulate the twin: system, phantom and every (or the named) specimen.
 
     Parameters
     ----------
     paths : where ``raw/`` and ``truth/`` go.
-    P : the validated ``simulate`` section.
+    P : the stage's parameters (:meth:`TwinConfig.from_section`).
     seed : master seed.
     specimens : only these specimen names (the others are kept); None: all.
     n_workers : processes (specimens run in parallel; the output does not depend on it).
     cache : a :class:`~ultrabones.pipeline.cache.SpecimenCache`; specimens whose result is cached with the same
         parameters are skipped, and cached specimens not asked for are reported too.
-    overrides : per-specimen section overrides (``specimen_overrides`` of the notebook).
-
-    Returns
-    -------
-    dict: ``specimens`` (name -> statistics), ``phantom``, ``wall_seconds``, ``system``, ``config``.
+    overrides : per-specimen section overrides (``specimen_overrides`` of the notebook;
+        :meth:`TwinConfig.for_specimen`).
     """
-    cfg = TwinConfig.from_params(P)
+    cfg = P
     names = [twin_specimen_name(i) for i in range(cfg.n_specimens)]
     if specimens is not None:
         unknown = [s for s in specimens if s not in names]
         if unknown:
             raise ParamsError(f"specimen(s) {', '.join(unknown)} not in the twin ({names[0]}..{names[-1]})")
-    cfgs = {n: TwinConfig.from_params(specimen_section(P, overrides, n)) for n in names}
-    keys = {n: {"simulate": specimen_section(P, overrides, n), "seed": seed} for n in names}
+    cfgs = {n: cfg.for_specimen(overrides, n) for n in names}
+    keys = {n: {"simulate": cfgs[n].simulation_key(), "seed": seed} for n in names}
     system = System.draw(seed, cfg)
     t0 = time.perf_counter()
     write_system(paths, system, cfg)
     results = {}
-    phantom_key = {"simulate": {k: P[k] for k in SYSTEM_KEYS + ("fiducial_jitter_mm",)}, "seed": seed}
+    section = cfg.as_dict()
+    phantom_key = {"simulate": {k: section[k] for k in SYSTEM_KEYS + ("fiducial_jitter_mm",)}, "seed": seed}
     phantom_stats = cache.get("phantom", phantom_key) if cache is not None else None
     if phantom_stats is None or not (paths.raw / "phantom" / "tracker.csv").is_file():
         phantom_stats = simulate_phantom(paths, cfg, system, seed, progress)
@@ -805,11 +851,11 @@ def simulate_twin(paths: Paths, P: dict, seed: int, specimens: list[str] | None 
 
         with executor("auto", None, n_workers, progress) as ex:
             ex.map(_specimen_job, args, desc="specimens", on_result=done)
-    return {"specimens": dict(sorted(results.items())), "phantom": phantom_stats,
-            "wall_seconds": time.perf_counter() - t0, "system": system, "config": cfg}
+    return SimulationResult(dict(sorted(results.items())), phantom_stats, time.perf_counter() - t0, system, cfg,
+                            n_workers)
 
 
-def summary_metrics(result: dict, n_workers: int) -> dict:
+def metrics(result: SimulationResult) -> dict:
     """The 00 metrics from :func:`simulate_twin`'s result (every specimen in it).
 
     ``frames_per_second`` is frames per CPU-second of one worker process (rendering, labels, PNG writes;
@@ -819,7 +865,7 @@ def summary_metrics(result: dict, n_workers: int) -> dict:
     1.13 +- 0.606 mm); ``required_correction_mm`` the fiducial displacement of the rigid correction each
     frame needs (the labeling stage discards frames above 1 mm; paper: 18.7 %).
     """
-    specs = result["specimens"]
+    specs = result.specimens
     recs = [r for s in specs.values() for r in s["records"]]
     mis = np.array([m for r in recs for m in r["misalignment_mm"]], dtype=float)
     req = np.array([m for r in recs for m in r["required_correction_mm"]], dtype=float)
@@ -831,27 +877,27 @@ def summary_metrics(result: dict, n_workers: int) -> dict:
         "n_specimens": len(specs),
         "n_records": len(recs),
         "n_frames": n_frames,
-        "n_phantom_frames": int(result["phantom"]["n_frames"]) if result["phantom"] else 0,
+        "n_phantom_frames": int(result.phantom["n_frames"]) if result.phantom else 0,
         "frames_with_bone_fraction": float(sum(r["bone_in_view"] for r in recs) / max(n_frames, 1)),
         "visible_bone_fraction": float(vis / full) if full else float("nan"),
         "frames_per_second": float(n_frames / render_s) if render_s > 0 else float("nan"),
-        "wall_seconds": float(result["wall_seconds"]),
-        "n_workers": int(n_workers),
+        "wall_seconds": float(result.wall_seconds),
+        "n_workers": int(result.n_workers),
         "initial_misalignment_mm": {"mean": float(np.mean(mis)) if len(mis) else float("nan"),
                                     "std": float(np.std(mis)) if len(mis) else float("nan"),
                                     "n_frames": int(len(mis))},
         "required_correction_mm": {"mean": float(np.mean(req)) if len(req) else float("nan"),
                                    "fraction_over_1mm": float(np.mean(req > 1.0)) if len(req) else float("nan")},
-        "temporal_offset_ms": float(result["system"].temporal_offset_ms),
+        "temporal_offset_ms": float(result.system.temporal_offset_ms),
         "calibration_error_deg": float(geometry.rotation_angle_deg(
-            geometry.invert_transform(geometry.released_calibration()) @ result["system"].calibration)),
+            geometry.invert_transform(geometry.released_calibration()) @ result.system.calibration)),
     }
 
 
-def specimen_table(result: dict) -> pd.DataFrame:
+def specimen_table(result: SimulationResult) -> pd.DataFrame:
     """Per-specimen statistics: frames, visible bone fraction, misalignment, per record group."""
     rows = []
-    for name, s in result["specimens"].items():
+    for name, s in result.specimens.items():
         for g in GROUPS:
             rs = [r for r in s["records"] if r["bone"] == g]
             mis = [m for r in rs for m in r["misalignment_mm"]]
@@ -863,9 +909,9 @@ def specimen_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def specimen_names(P: dict) -> list[str]:
-    """Specimen folder names of a twin with the ``simulate`` section ``P``."""
-    return [twin_specimen_name(i) for i in range(int(P["n_specimens"]))]
+def specimen_names(P: TwinConfig) -> list[str]:
+    """Specimen folder names of a twin simulated with ``P``."""
+    return [twin_specimen_name(i) for i in range(int(P.n_specimens))]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -939,11 +985,11 @@ def figure_anatomy_and_sweeps(paths: Paths, specimen: str, max_faces: int = 4000
     return fig
 
 
-def figure_statistics(result: dict):
+def figure_statistics(result: SimulationResult):
     """Per-frame initial misalignment and required correction; visible-bone fraction per specimen and bone."""
     import matplotlib.pyplot as plt
 
-    recs = [r for s in result["specimens"].values() for r in s["records"]]
+    recs = [r for s in result.specimens.values() for r in s["records"]]
     mis = np.array([m for r in recs for m in r["misalignment_mm"]])
     req = np.array([m for r in recs for m in r["required_correction_mm"]])
     table = specimen_table(result)
@@ -965,10 +1011,10 @@ def figure_statistics(result: dict):
     return fig
 
 
-def check_metrics(metrics: dict, P: dict) -> None:
+def check_metrics(metrics: dict, P: TwinConfig) -> None:
     """Sanity of a simulated twin: frames and specimens as configured, an initial misalignment of the paper's
     order (a simulator setting, paper 1.13 mm), and bone visible in some but not all of the image."""
     mis = metrics["initial_misalignment_mm"]["mean"]
-    assert metrics["n_frames"] > 0 and metrics["n_specimens"] == P["n_specimens"], metrics["n_specimens"]
+    assert metrics["n_frames"] > 0 and metrics["n_specimens"] == P.n_specimens, metrics["n_specimens"]
     assert 0.5 < mis < 2.0, f"initial misalignment {mis:.2f} mm is not of the paper's order (1.13 mm)"
     assert 0.05 < metrics["visible_bone_fraction"] < 0.95, metrics["visible_bone_fraction"]
