@@ -23,14 +23,13 @@ clock) was formed when the tracker clock read ``t + dt``.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -39,7 +38,7 @@ from scipy import ndimage
 from ultrabones.core import dataset
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.executor import executor
-from ultrabones.core.params import SectionParams, validate_section
+from ultrabones.core.params import SectionParams
 from ultrabones.core.geometry import (
     POSE_COLUMNS,
     interpolate_poses,
@@ -86,11 +85,6 @@ class CalibrationParams(SectionParams):
     decimate_fraction: float
     icp_max_distance_mm: float
     surface_samples: int
-
-    def for_specimen(self, specimen_overrides: Mapping | None, specimen: str) -> "CalibrationParams":
-        """These parameters with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated."""
-        over = (specimen_overrides or {}).get(specimen, {})
-        return dataclasses.replace(self, **validate_section(SECTION, over, f"{specimen} overrides", partial=True))
 
 
 # ----------------------------------------------------------------------------- raw input

@@ -514,8 +514,9 @@ class SectionParams:
     """Base of a stage's parameters: a frozen dataclass with one typed field per key of its section ``SECTION``.
 
     Construction, and so ``dataclasses.replace``, validates every value (:func:`validate_section`); lists
-    become tuples. :meth:`from_section` builds it from the profile's section, :meth:`as_dict` gives the
-    section back as plain data (tuples as lists, in the fields' order): what cache keys and provenance hash.
+    become tuples. :meth:`from_section` builds it from the profile's section, :meth:`for_specimen` applies a
+    specimen's overrides, :meth:`as_dict` gives the section back as plain data (tuples as lists, in the fields'
+    order): what cache keys and provenance hash.
     """
 
     SECTION: ClassVar[str]
@@ -534,6 +535,12 @@ class SectionParams:
             Naming the key (``<section>.<key>``) of an unknown, missing or invalid value.
         """
         return cls(**validate_section(cls.SECTION, section, where or f"{cls.SECTION} section"))
+
+    def for_specimen(self, specimen_overrides: Mapping | None, specimen: str):
+        """These parameters with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated."""
+        over = dict((specimen_overrides or {}).get(specimen, {}))
+        return dataclasses.replace(self, **validate_section(self.SECTION, over, f"{specimen} overrides",
+                                                            partial=True))
 
     def as_dict(self) -> dict[str, Any]:
         """The section as plain data (tuples as lists), in the fields' order."""

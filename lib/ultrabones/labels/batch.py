@@ -55,7 +55,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -70,7 +70,7 @@ from ultrabones.labels import select
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, file_digest, files_digest, params_hash, source_hash
-from ultrabones.core.params import validate_section
+from ultrabones.core.params import SectionParams
 
 STEM = "02_labeling"
 SECTION = "labeling"
@@ -79,13 +79,16 @@ REPORT = "labeling_report.csv"
 
 
 @dataclass(frozen=True)
-class LabelingParams:
+class LabelingParams(SectionParams):
     """The ``labeling`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["labeling"]``).
 
     Build it with :meth:`from_section`; a specimen's overrides give :meth:`for_specimen`. Construction, and so
     ``dataclasses.replace``, validates every value; lists become tuples. :meth:`as_dict` gives the section back
-    as plain data: what the cache keys hash and the metrics' provenance records.
+    as plain data: what the cache keys hash and the metrics' provenance records (all from
+    :class:`~ultrabones.core.params.SectionParams`).
     """
+
+    SECTION: ClassVar[str] = SECTION
 
     density_per_mm2: float
     label_density_per_mm2: float
@@ -124,32 +127,6 @@ class LabelingParams:
     registration_maxiter: int
     precision_tolerance_mm: float
     executor: str
-
-    def __post_init__(self):
-        checked = validate_section(SECTION, self.as_dict(), "LabelingParams")
-        for name, value in checked.items():
-            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any], where: str = f"{SECTION} section") -> "LabelingParams":
-        """From the profile's ``labeling`` section, every key (``params.collect(globals(), "02_labeling")``).
-
-        Raises
-        ------
-        ParamsError
-            Naming the key (``labeling.<key>``) of an unknown, missing or out-of-range value.
-        """
-        return cls(**validate_section(SECTION, section, where))
-
-    def for_specimen(self, specimen_overrides: Mapping | None, specimen: str) -> "LabelingParams":
-        """These parameters with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated."""
-        over = (specimen_overrides or {}).get(specimen, {})
-        return dataclasses.replace(self, **validate_section(SECTION, over, f"{specimen} overrides", partial=True))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The section as plain data (tuples as lists), in the schema's order."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)

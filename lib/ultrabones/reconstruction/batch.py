@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ import pandas as pd
 from ultrabones.core.dataset import LABELS, LABELS_PRED, Specimen, read_mesh
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.mesh import SurfaceDistance
-from ultrabones.core.params import validate_section
+from ultrabones.core.params import SectionParams
 from ultrabones.reconstruction.surface import (ALL, HIST_BIN_MM, SOURCES, SurfaceSamples, VoxelAccumulator,
                                                backward_distances, cell_name, distance_histogram,
                                                distance_summary, histogram_quantile, read_record_bones,
@@ -41,7 +41,7 @@ SECTION = "reconstruction"
 
 
 @dataclass(frozen=True)
-class ReconstructionParams:
+class ReconstructionParams(SectionParams):
     """The ``reconstruction`` section of a profile, validated (:data:`ultrabones.core.params.SCHEMA`).
 
     Attributes
@@ -56,7 +56,12 @@ class ReconstructionParams:
     coverage_mm : a visible sample within this of the reconstruction is covered (mm).
     save_ply : write the point clouds as PLY files.
     render : renderer of the 3D figure (``open3d``, falling back to ``matplotlib``).
+
+    Validation on construction, :meth:`from_section`, :meth:`for_specimen` and :meth:`as_dict` come from
+    :class:`~ultrabones.core.params.SectionParams`.
     """
+
+    SECTION: ClassVar[str] = SECTION
 
     sources: tuple[str, ...]
     pose_methods: tuple[str, ...]
@@ -68,27 +73,6 @@ class ReconstructionParams:
     coverage_mm: float
     save_ply: bool
     render: str
-
-    def __post_init__(self):
-        checked = validate_section(SECTION, dataclasses.asdict(self), "ReconstructionParams")
-        for name, value in checked.items():
-            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
-
-    @classmethod
-    def from_section(cls, section: Mapping) -> "ReconstructionParams":
-        """From the profile's ``reconstruction`` section, every key (e.g. :func:`ultrabones.core.params.collect`).
-
-        Raises
-        ------
-        ParamsError
-            Naming an unknown, missing or out-of-range key.
-        """
-        return cls(**validate_section(SECTION, dict(section), f"{SECTION} section"))
-
-    def for_specimen(self, specimen_overrides: Mapping | None, specimen: str) -> "ReconstructionParams":
-        """These parameters with a specimen's overrides (``params/specimens/<id>.yaml``) applied, validated."""
-        over = dict((specimen_overrides or {}).get(specimen, {}))
-        return dataclasses.replace(self, **validate_section(SECTION, over, f"{specimen} overrides", partial=True))
 
 
 # ----------------------------------------------------------------------------- one specimen
