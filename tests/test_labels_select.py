@@ -121,3 +121,37 @@ def test_selection_ignores_the_truth(tmp_path):
     for name in files:
         assert (rec_a.label_dir(dataset.LABELS_FULL) / name).read_bytes() == \
             (rec_b.label_dir(dataset.LABELS_FULL) / name).read_bytes()
+
+
+def test_oracle_of_known_answer():
+    """Two candidates on three frames: the oracle, the gap and the improved share by hand."""
+    rows = []
+    for ts, init, a, b, kept_a in [(1, 1.0, 0.5, 0.4, True), (2, 1.0, 1.5, 0.6, True), (3, 2.0, 2.0, 0.8, False)]:
+        rows += [{"specimen": "s", "record": "r", "timestamp": ts, "region": "first_hit", "lambda": 0.1,
+                  "kept": kept_a, "true_contour_mm": a, "true_contour_initial_mm": init},
+                 {"specimen": "s", "record": "r", "timestamp": ts, "region": "full", "lambda": 0.01,
+                  "kept": True, "true_contour_mm": b, "true_contour_initial_mm": init}]
+    out = measure.oracle_of(pd.DataFrame(rows), 0.1, "first_hit")
+    assert (out["oracle"], out["oracle_region"]) == (0.01, "full")
+    assert out["chosen_contour_mm"] == pytest.approx(4.0 / 3) and out["oracle_contour_mm"] == pytest.approx(0.6)
+    assert out["oracle_gap_mm"] == pytest.approx(4.0 / 3 - 0.6)
+    assert out["true_contour_initial_mm"] == pytest.approx(4.0 / 3)
+    assert out["chosen_improved_share"] == pytest.approx(0.5)  # kept frames 1 (better) and 2 (worse)
+    assert out["n_frames"] == 3 and np.isfinite(out["gap_se_mm"])
+    assert measure.oracle_of(pd.DataFrame(rows[:0]), 0.1, "first_hit") == {}
+
+
+def test_heldout_fits_avoid_the_selection_frames(tmp_path):
+    """The held-out oracle's frames are not the selection's, and each is fitted on the whole frame only."""
+    P = labeling_params(objective_region="auto", lambdas=[0.01, 1.0], lambda_frames=2, frame_stride=1)
+    twin = make_twin(tmp_path / "a", n_frames=8)
+    specs, _ = dataset.scan(twin.dataset)
+    tasks = batch.heldout_fit_tasks(twin, P, seed=0, n_frames=4)
+    calib, spacing, _ = dataset.read_calibration(twin.dataset)
+    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": 0}
+    records = [(s, rec, batch._record_tracking(rec), np.arange(len(batch._record_tracking(rec))))
+               for s in specs for rec in s.records]
+    seen = {t["timestamp"] for t in batch._selection_tasks(P, records, {s.name: "" for s in specs}, base, 0)}
+    assert 1 <= len(tasks) <= 4 and seen
+    assert not seen & {t["timestamp"] for t in tasks}
+    assert all(t["split"] is False and t["neighbours"] == [] for t in tasks)

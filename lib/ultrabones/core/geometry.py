@@ -205,6 +205,45 @@ def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     ]
 
 
+
+def points_in_slab(transform: np.ndarray, points: np.ndarray, margin_mm: float,
+                   extent_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The points within ``margin_mm`` of the plane ``z = 0`` of a frame, and their coordinates there.
+
+    The same as ``ip = transform_points(transform, points)`` followed by
+    ``|ip_z| <= margin_mm`` (and, with ``extent_mm = (w, h)``, ``-margin_mm <= ip_x
+    <= w + margin_mm`` and the same for ``ip_y`` and ``h``), but only the
+    out-of-plane coordinate is computed for every point (one matrix-vector
+    product); the full transform runs on the few points near the plane. The
+    coordinates returned are :func:`transform_points`' for those points, so the
+    selection and the values are the ones the full transform gives.
+
+    Parameters
+    ----------
+    transform : (4, 4) rigid transform from the points' frame to the plane's frame.
+    points : (N, 3) points (mm).
+    margin_mm : half-thickness of the slab (mm).
+    extent_mm : (width, height) of the rectangle ``[0, w] x [0, h]`` in the plane (mm), widened by
+        ``margin_mm``; None: no limit in the plane.
+
+    Returns
+    -------
+    index : (M,) int indices of the selected points, increasing.
+    ip : (M, 3) their coordinates in the plane's frame (mm).
+    """
+    transform = np.asarray(transform, dtype=float)
+    points = np.asarray(points, dtype=float)
+    m = float(margin_mm)
+    # a coarse test with a small slack, then the exact one on the transform's own values
+    z = points @ transform[2, :3] + transform[2, 3]
+    index = np.flatnonzero(np.abs(z) <= m + 1e-6 * (1.0 + abs(m)))
+    ip = transform_points(transform, points[index])
+    ok = np.abs(ip[:, 2]) <= m
+    if extent_mm is not None:
+        w, h = extent_mm
+        ok &= (ip[:, 0] >= -m) & (ip[:, 0] <= w + m) & (ip[:, 1] >= -m) & (ip[:, 1] <= h + m)
+    return index[ok], ip[ok]
+
 def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares rigid transform(s) mapping ``src`` onto ``dst`` (Kabsch), batched.
 

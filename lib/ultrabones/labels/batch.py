@@ -423,10 +423,11 @@ def _points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.nd
     ct_c = geometry.transform_points(chain, ip_c)
     reach = max([0.0] + [float(np.linalg.norm(geometry.transform_points(np.asarray(o) @ np.asarray(calib), ip_c) - ct_c,
                                               axis=1).max()) for o in others])
-    m = reach + gamma_mm + 1e-6
-    ip = geometry.transform_points(geometry.invert_transform(chain), points)
-    return ((np.abs(ip[:, 2]) <= m) & (ip[:, 0] >= -m) & (ip[:, 0] <= w * sx + m)
-            & (ip[:, 1] >= -m) & (ip[:, 1] <= h * sy + m))
+    index, _ = geometry.points_in_slab(geometry.invert_transform(chain), points, reach + gamma_mm + 1e-6,
+                                       (w * sx, h * sy))
+    near = np.zeros(len(points), bool)
+    near[index] = True
+    return near
 
 
 def _write_chunk(path: Path, key: str, rows: list[dict], masks: dict) -> None:
@@ -751,6 +752,49 @@ def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dic
                           lambdas=list(P.lambdas), regions=regions, split=rule == "split",
                           eval_regions=[P.selection_eval_region]))
     return tasks
+
+
+#: Added to the master seed to draw the frames of :func:`heldout_fit_tasks` (not the selection's draw).
+HELDOUT_SEED_OFFSET = 104729
+
+
+def heldout_fit_tasks(paths: Paths, params: LabelingParams, *, seed: int = 0, n_frames: int = 96,
+                      specimens: list[str] | None = None) -> list[dict]:
+    """Fit tasks for every candidate (lambda, region) on frames the lambda selection did not see.
+
+    For measuring a choice of lambda after the fact (on the twin: the oracle over more frames than the
+    selection's; ``ultrabones.twin.measure.heldout_lambda_oracle``). The frames are drawn like the
+    selection's (:func:`ultrabones.labels.select.sample_frames`) with the seed ``seed +``
+    :data:`HELDOUT_SEED_OFFSET`, and the selection's own frames are left out. Each task is a
+    :func:`ultrabones.labels.select.selection_task` with the full fits only (no split, no neighbours), so
+    each candidate's fit is Eq. 2 on the whole frame, validated as the labelling validates it.
+
+    Parameters
+    ----------
+    paths, params, seed, specimens : as for :func:`run` (the selection is drawn from ``params`` and ``seed``).
+    n_frames : frames to draw (fewer when fewer qualify).
+
+    Returns
+    -------
+    list of task dicts, sorted by record and row.
+    """
+    specs, _ = dataset.scan(paths.dataset, specimens, derived=paths.derived)
+    calib, spacing, _ = dataset.read_calibration(paths.dataset)
+    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
+    clouds = {s.name: str(surface_cloud(paths, s, params.density_per_mm2, seed)) for s in specs}
+    records = []
+    for s in specs:
+        for rec in s.records:
+            tab = _record_tracking(rec)
+            records.append((s, rec, tab, selected_rows(len(tab), params.frame_stride, params.max_frames_per_record)))
+    seen = {(t["record_dir"], t["timestamp"]) for t in _selection_tasks(params, records, clouds, base, seed)}
+    wide = dataclasses.replace(params, lambda_frames=n_frames + len(seen))
+    tasks = [t for t in _selection_tasks(wide, records, clouds, base, seed + HELDOUT_SEED_OFFSET)
+             if (t["record_dir"], t["timestamp"]) not in seen]
+    if len(tasks) > n_frames:  # the draw's surplus, dropped at random (not by record order)
+        keep = np.random.default_rng(seed + HELDOUT_SEED_OFFSET).choice(len(tasks), n_frames, replace=False)
+        tasks = [tasks[i] for i in sorted(keep)]
+    return [dict(t, split=False, neighbours=[], eval_regions=[]) for t in tasks]
 
 
 def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, seed) -> tuple[float, str, dict]:

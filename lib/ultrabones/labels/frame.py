@@ -201,18 +201,16 @@ class FrameObjective:
                        if margin_mm is None else float(margin_mm))
         h, w = self.shape
         sx, sy = self.spacing
-        ip = geometry.transform_points(geometry.invert_transform(self.pose @ self.calib), points)
-        m = self.margin
-        near = ((np.abs(ip[:, 2]) <= m) & (ip[:, 0] >= -m) & (ip[:, 0] <= w * sx + m)
-                & (ip[:, 1] >= -m) & (ip[:, 1] <= h * sy + m))
+        near, ip = geometry.points_in_slab(geometry.invert_transform(self.pose @ self.calib), points, self.margin,
+                                           (w * sx, h * sy))
         # Near points in the probe-marker frame, sorted by their distance to the
         # unperturbed plane: a member's image-plane coordinates are
         # inv(calib) @ inv(Delta) @ q, and its out-of-plane distance differs from
         # the unperturbed one by an affine function of q, bounded over the points,
         # so each member only scans a slice of the sorted points.
-        order = np.argsort(ip[near, 2], kind="stable")
-        self.index = np.flatnonzero(near)[order]
-        self.z0 = ip[self.index, 2]
+        order = np.argsort(ip[:, 2], kind="stable")
+        self.index = near[order]
+        self.z0 = ip[order, 2]
         self.q = geometry.transform_points(geometry.invert_transform(self.pose), np.asarray(points, float)[self.index])
         self.calib_inv = geometry.invert_transform(self.calib)
         self.q_centre = _corner_points(self.calib, self.spacing, h, w).mean(axis=0)
@@ -619,12 +617,11 @@ def visible_label(full, pose, calib, spacing, points, normals, gamma_mm: float =
     vv, uu = np.nonzero(full)
     if len(vv):
         ip_from_ct = geometry.invert_transform(np.asarray(pose, float) @ np.asarray(calib, float))
-        ip = geometry.transform_points(ip_from_ct, points)
-        near = np.abs(ip[:, 2]) <= gamma_mm + 1e-9
+        near, ip = geometry.points_in_slab(ip_from_ct, points, gamma_mm + 1e-9)
         sx, sy = spacing
         centres = np.c_[(uu + 0.5) * sx, (vv + 0.5) * sy, np.zeros(len(uu))]
-        if near.any():
-            _, j = cKDTree(ip[near]).query(centres)
+        if len(near):
+            _, j = cKDTree(ip).query(centres)
             n_ip = np.asarray(normals, float)[near][j] @ ip_from_ct[:3, :3].T
             inplane = np.hypot(n_ip[:, 0], n_ip[:, 1])
             with np.errstate(invalid="ignore", divide="ignore"):
