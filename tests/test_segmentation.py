@@ -365,6 +365,38 @@ def test_predict_record_writes_labels_pred(tmp_path):
     assert again == []
 
 
+def test_surface_mask_keeps_each_scan_lines_peaks_as_thick_as_the_labels():
+    """A thick blob and a second, weaker bone below: per column the peak rows, widened by half_rows."""
+    prob = np.zeros((20, 3))
+    prob[4:10, 0] = [0.6, 0.8, 0.9, 0.95, 0.7, 0.55]  # one thick echo: peak at row 7
+    prob[4:10, 1] = [0.6, 0.9, 0.9, 0.6, 0.5, 0.4]  # a plateau: its upper row (5) only
+    prob[[3, 15], 2] = [0.8, 0.6]  # two bones in one column; both kept
+    prob[17, 2] = 0.4  # a peak under the threshold
+    m = seg.surface_mask(prob, 0.5, 0)
+    assert np.flatnonzero(m[:, 0]).tolist() == [7] and np.flatnonzero(m[:, 1]).tolist() == [5]
+    assert np.flatnonzero(m[:, 2]).tolist() == [3, 15]
+    m1 = seg.surface_mask(prob, 0.5, 1)
+    assert np.flatnonzero(m1[:, 0]).tolist() == [6, 7, 8] and m1.sum() == 4 * 3
+    assert seg.band_half_rows(0.6, (0.2, 0.2)) == 1 and seg.band_half_rows(0.6, (0.05392, 0.05392)) == 5
+    with pytest.raises(ValueError, match="half_rows"):
+        seg.surface_mask(prob, 0.5, -1)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        seg.surface_mask(prob[None], 0.5, 0)
+
+
+def test_predict_record_writes_the_surface_band(tmp_path):
+    root = make_dataset(tmp_path, n_specimens=1, frames=3, unlabeled=0)
+    model, meta = _tiny_model()
+    rec = ds.read_specimen(root / "specimen01").records[0]
+    with pytest.raises(ValueError, match="spacing"):
+        seg.predict_record(rec, (model, meta), device="cpu", progress=False, surface_band_mm=0.6)
+    seg.predict_record(rec, (model, meta), device="cpu", progress=False, surface_band_mm=0.6, spacing=(0.2, 0.2))
+    img = ds.read_image(rec.image_path(1000))
+    prob = seg.predict((model, meta), img[None], device="cpu")[0]
+    want = seg.surface_mask(prob, float(meta.get("threshold", 0.5)), 1)
+    np.testing.assert_array_equal(ds.read_label(rec.label_path(1000, ds.LABELS_PRED), img.shape), want)
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -84,6 +84,9 @@ class EvaluationParams:
     detector_fit_frames : training-specimen frames the shadow-peak detector is fitted on.
     detector_enhancements : bright-echo terms its fit chooses among
         (:data:`ultrabones.evaluation.bone_detector.ENHANCEMENTS`).
+    surface_band_mm : the model's masks are its probability map's surface, a band this thick
+        (:func:`ultrabones.segmentation.model.surface_mask`; the labels' ``2 gamma``); None: the
+        thresholded map as it is (the paper's).
 
     The section's ``annotator_*`` keys are the twin's simulated annotator's
     (``ultrabones.twin.annotator.SimulatedAnnotator.from_section``), not the method's.
@@ -97,6 +100,7 @@ class EvaluationParams:
     n_examples: int = 3
     detector_fit_frames: int = 60
     detector_enhancements: tuple[str, ...] = bone_detector.ENHANCEMENTS
+    surface_band_mm: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "sigmas_mm", tuple(float(s) for s in check_sigmas(self.sigmas_mm)))
@@ -236,10 +240,12 @@ def label_sources(manual_source: str | None, detector: Mapping | None, spacing) 
     return methods
 
 
-def predict_frames(frames: Sequence[Frame], ckpt, threads: int | None = None, progress: bool = True) -> float:
+def predict_frames(frames: Sequence[Frame], ckpt, threads: int | None = None, progress: bool = True,
+                   surface_band_mm: float | None = None, spacing=None) -> float:
     """Segment ``frames`` into ``Labels_pred/``, record by record; returns the wall time (s).
 
     ``threads`` sets torch's CPU threads for the predictions (restored after); None: torch's default.
+    ``surface_band_mm``, ``spacing``: see :func:`ultrabones.segmentation.model.predict_record`.
     """
     import torch
 
@@ -254,7 +260,8 @@ def predict_frames(frames: Sequence[Frame], ckpt, threads: int | None = None, pr
     try:
         t0 = time.perf_counter()
         for rec, ts in by_record.items():
-            model.predict_record(rec, ckpt, timestamps=ts, progress=progress)
+            model.predict_record(rec, ckpt, timestamps=ts, progress=progress, surface_band_mm=surface_band_mm,
+                                 spacing=spacing)
         return time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
@@ -341,7 +348,7 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
         seconds["annotator_s"] = time.perf_counter() - t0
 
     to_predict = frames if params.predict_scope == "evaluated" else labelled_frames(test_specs, (ds.LABELS,))
-    seconds["predict_s"] = predict_frames(to_predict, ckpt, threads, progress)
+    seconds["predict_s"] = predict_frames(to_predict, ckpt, threads, progress, params.surface_band_mm, spacing)
 
     methods = label_sources(manual, detector, spacing)
     scored = score(frames, spacing, methods, params, manual, progress)

@@ -873,6 +873,48 @@ def predict(
     return out
 
 
+def surface_mask(prob: np.ndarray, threshold: float, half_rows: int) -> np.ndarray:
+    """The bone surface in a probability map: per scan line, the rows where the probability peaks.
+
+    A bone label is a band ``2 gamma`` thick along the surface (Section 3.1). A network trained on such
+    bands answers with a blob as thick as the echo it sees (a real echo is a bright cap about 1 mm
+    thick), whose pixels off the surface count against its accuracy. Along every column (scan line),
+    the rows where the probability is at least ``threshold`` and a local maximum along that column (the
+    upper of two equal rows) mark the surface; each is widened by ``half_rows`` rows above and below, the
+    labels' own thickness. Where two bones are in view, a column keeps both.
+
+    Parameters
+    ----------
+    prob : (H, W) probabilities.
+    threshold : least probability of a surface pixel.
+    half_rows : rows added above and below each peak (``round(gamma_mm / sy)`` for a ``2 gamma`` band).
+
+    Returns
+    -------
+    (H, W) bool.
+    """
+    p = np.asarray(prob, float)
+    if p.ndim != 2:
+        raise ValueError(f"prob must be (H, W), got shape {p.shape}")
+    if int(half_rows) < 0:
+        raise ValueError(f"half_rows must be >= 0, got {half_rows}")
+    above = np.vstack([np.full((1, p.shape[1]), -np.inf), p[:-1]])
+    below = np.vstack([p[1:], np.full((1, p.shape[1]), -np.inf)])
+    peak = (p >= threshold) & (p > above) & (p >= below)
+    if half_rows:
+        peak = ndimage.binary_dilation(peak, structure=np.ones((2 * int(half_rows) + 1, 1), bool))
+    return peak
+
+
+def band_half_rows(band_mm: float, spacing) -> int:
+    """Rows each side of a surface pixel for a band ``band_mm`` thick at ``spacing`` (sx, sy) mm.
+
+    The rows whose centre lies within ``band_mm / 2`` of the surface pixel's centre, as a label's pixels
+    are those whose centre lies within ``gamma`` of ``C``: ``floor(band_mm / (2 sy))``.
+    """
+    return int(np.floor(0.5 * float(band_mm) / float(spacing[1]) + 1e-9))
+
+
 def predict_record(
     record,
     ckpt,
@@ -882,10 +924,13 @@ def predict_record(
     device: str | None = None,
     skip_existing: bool = False,
     progress: bool = True,
+    surface_band_mm: float | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> list[Path]:
     """Segment a record's frames and write ``<out_kind>/<t>_label_pred.png`` (0/255).
 
-    Frames stream in batches: memory does not grow with the record's length.
+    Frames stream in batches: memory does not grow with the record's length. With ``surface_band_mm``,
+    each frame's mask is the surface of its probability map (:func:`surface_mask`), a band that thick.
 
     Parameters
     ----------
@@ -894,11 +939,16 @@ def predict_record(
     out_kind : label kind to write (``Labels_pred``).
     timestamps : only these frames (ms); None: every image.
     skip_existing : leave frames already predicted (resume).
+    surface_band_mm : None: the thresholded probability map; a thickness (mm): :func:`surface_mask` with
+        that band (the labels' ``2 gamma``), which needs ``spacing``.
+    spacing : (sx, sy) mm per pixel of the record's images.
 
     Returns
     -------
     The written files.
     """
+    if surface_band_mm is not None and spacing is None:
+        raise ValueError("predict_record: surface_band_mm needs the images' spacing")
     if not isinstance(record, ds.Record):
         p = Path(record)
         record = ds.Record(specimen=p.parent.name, name=p.name, path=p)
@@ -913,7 +963,12 @@ def predict_record(
     for i in tqdm(range(0, len(ts), batch_size), desc=f"predict {record.key}", disable=not progress):
         chunk = ts[i : i + batch_size]
         images = [ds.read_image(record.image_path(t)) for t in chunk]
-        masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
+        if surface_band_mm is None:
+            masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
+        else:
+            half = band_half_rows(surface_band_mm, spacing)
+            probs = predict((model, meta), images, batch_size=batch_size, device=device)
+            masks = [surface_mask(p, thr, half) for p in probs]
         for t, m in zip(chunk, masks):
             written.append(ds.write_label(record.label_path(t, out_kind), m))
     return written
@@ -1014,7 +1069,12 @@ def evaluate_frames(
         images = [ds.read_image(f.image) for f in chunk]
         labels = [ds.read_label(f.label, im.shape) for f, im in zip(chunk, images)]
         t0 = time.perf_counter()
-        masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
+        if surface_band_mm is None:
+            masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
+        else:
+            half = band_half_rows(surface_band_mm, spacing)
+            probs = predict((model, meta), images, batch_size=batch_size, device=device)
+            masks = [surface_mask(p, thr, half) for p in probs]
         t_pred += time.perf_counter() - t0
         for f, im, lab, m in zip(chunk, images, labels, masks):
             acc, com, f1 = _f1_at_distance(m, lab, spacing_mm, sigma_mm)
