@@ -1069,12 +1069,7 @@ def evaluate_frames(
         images = [ds.read_image(f.image) for f in chunk]
         labels = [ds.read_label(f.label, im.shape) for f, im in zip(chunk, images)]
         t0 = time.perf_counter()
-        if surface_band_mm is None:
-            masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
-        else:
-            half = band_half_rows(surface_band_mm, spacing)
-            probs = predict((model, meta), images, batch_size=batch_size, device=device)
-            masks = [surface_mask(p, thr, half) for p in probs]
+        masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
         t_pred += time.perf_counter() - t0
         for f, im, lab, m in zip(chunk, images, labels, masks):
             acc, com, f1 = _f1_at_distance(m, lab, spacing_mm, sigma_mm)
