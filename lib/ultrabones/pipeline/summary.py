@@ -91,6 +91,10 @@ class Row:
         return paper.PUBLISHED[self.published].value if self.published else None
 
 
+#: Metrics written outside the notebooks, on demand: the held-out oracle of ``benchmarks/bench_lambda_oracle.py``.
+HELDOUT_ORACLE = "02_lambda_oracle_heldout"
+MEASUREMENTS = (HELDOUT_ORACLE,)
+
 _CE = "02_labeling:contour_error_mm"
 _AT = "05_evaluation:at_0p5mm.released"
 _VT = "05_evaluation:vs_truth.at_0p5mm.released"
@@ -116,8 +120,10 @@ ROWS: tuple[Row, ...] = (
     Row("lambda_chosen", "lambda chosen by the truth-free rule", "02_labeling:lambda_selection.chosen", TRUTH_FREE),
     Row("lambda_oracle", "lambda the truth would choose (oracle)", "02_labeling:lambda_selection.oracle",
         AGAINST_TRUTH),
-    Row("lambda_oracle_gap", "contour error of the chosen lambda minus the oracle's (mm)",
+    Row("lambda_oracle_gap", "contour error of the chosen lambda minus the oracle's, selection frames (mm)",
         "02_labeling:lambda_selection.oracle_gap_mm", AGAINST_TRUTH),
+    Row("lambda_oracle_gap_heldout", "contour error of the chosen lambda minus the oracle's, held-out frames (mm)",
+        f"{HELDOUT_ORACLE}:oracle_gap_mm", AGAINST_TRUTH, optional=True),
     *(Row(f"contour_{m}_{s}", f"label contour error, {name}, {s} (mm)", f"{_CE}.{m}.{s}", AGAINST_TRUTH)
       for m, name in (("initial", "initial"), ("registration", "global registration"), ("optimized", "optimised"))
       for s in ("mean", "median", "p95")),
@@ -451,6 +457,9 @@ LABELING_SEED_COLUMNS = {
     "chosen lambda": "02_labeling:lambda_selection.chosen",
     "chosen region": "02_labeling:lambda_selection.region",
     "oracle gap (mm)": "02_labeling:lambda_selection.oracle_gap_mm",
+    "held-out oracle": f"{HELDOUT_ORACLE}:oracle",
+    "held-out oracle region": f"{HELDOUT_ORACLE}:oracle_region",
+    "held-out gap (mm)": f"{HELDOUT_ORACLE}:oracle_gap_mm",
     "contour initial (mm)": "02_labeling:contour_error_mm.initial.mean",
     "contour registration (mm)": "02_labeling:contour_error_mm.registration.mean",
     "contour optimised (mm)": "02_labeling:contour_error_mm.optimized.mean",
