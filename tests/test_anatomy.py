@@ -114,3 +114,12 @@ def test_tube_rejects_open_ends():
     z = np.array([0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="poles"):
         anatomy.Tube("x", z, np.zeros((3, 2)), np.ones((3, 8)))
+
+
+def test_a_skin_level_without_bone_takes_its_neighbours_hull():
+    """Generator seed 34 draws a leg with a skin level that meets no bone section (it used to stop the twin)."""
+    leg = anatomy.make_anatomy(np.random.default_rng(34))
+    for name, mesh in leg.meshes().items():
+        assert mesh.is_watertight, name
+        depth = -leg.skin.signed_distance(mesh.vertices)
+        assert depth.min() > 2.0, f"{name} comes within {depth.min():.2f} mm of the skin"

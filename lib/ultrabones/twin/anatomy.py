@@ -407,7 +407,14 @@ def make_anatomy(rng: np.random.Generator, dz: float = 1.0, n_theta: int = 72) -
             for (ox, oy, a_, b_) in ((8, -32, 30, 26), (20, -6, 12, 14)):
                 c = np.array([tcx + ox * s, tcy + oy * g])
                 pts.append(c + np.stack([(a_ * g + fat) * np.cos(ts), (b_ * g + fat) * np.sin(ts)], 1))
-        level_pts.append(np.concatenate([p for p in pts if len(p)]))
+        level_pts.append(np.concatenate([p for p in pts if len(p)]) if any(len(p) for p in pts) else None)
+    # a level that meets no bone and no muscle (between the hindfoot's bones and the shank, in about 1% of
+    # legs) takes the hull of its nearest level that does
+    have = np.flatnonzero([p is not None for p in level_pts])
+    if not len(have):
+        raise ValueError("make_anatomy: no bone section at any level of the skin")
+    level_pts = [p if p is not None else level_pts[int(have[np.argmin(np.abs(have - k))])]
+                 for k, p in enumerate(level_pts)]
     scen = np.array([p.mean(axis=0) for p in level_pts])
     scen = np.stack([gaussian_filter1d(scen[:, i], 3.0, mode="nearest") for i in range(2)], 1)
     srad = np.zeros((len(zs), n_theta))
