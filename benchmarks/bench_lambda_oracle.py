@@ -33,6 +33,7 @@ from ultrabones.core import atomic
 from ultrabones.core.paths import Paths
 from ultrabones.labels.batch import LabelingParams
 from ultrabones.pipeline.runner import seeded_profile
+from ultrabones.pipeline.summary import HELDOUT_ORACLE
 from ultrabones.twin import measure
 
 PROFILE = os.environ.get("BENCH_PROFILE", "default")
@@ -60,7 +61,7 @@ def heldout(seed: int) -> dict:
            "oracle_mm": out["oracle_contour_mm"], "gap_mm": out["oracle_gap_mm"], "gap_se_mm": out["gap_se_mm"],
            "improved_share": out["chosen_improved_share"],
            "selection_frames_gap_mm": sel.get("oracle_gap_mm", float("nan"))}
-    atomic.write_json(paths.metrics_dir / "02_lambda_oracle_heldout.json",
+    atomic.write_json(paths.metrics(HELDOUT_ORACLE),
                       {k: v for k, v in out.items() if k not in ("table", "errors")}
                       | {"table": out["table"].to_dict("list"), "errors": out["errors"].to_dict("list"),
                          "by": "truth (measurement only): held-out frames, every candidate fitted by DE"})
