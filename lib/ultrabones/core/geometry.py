@@ -205,7 +205,6 @@ def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     ]
 
 
-
 def points_in_slab(transform: np.ndarray, points: np.ndarray, margin_mm: float,
                    extent_mm: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The points within ``margin_mm`` of the plane ``z = 0`` of a frame, and their coordinates there.
@@ -243,6 +242,7 @@ def points_in_slab(transform: np.ndarray, points: np.ndarray, margin_mm: float,
         w, h = extent_mm
         ok &= (ip[:, 0] >= -m) & (ip[:, 0] <= w + m) & (ip[:, 1] >= -m) & (ip[:, 1] <= h + m)
     return index[ok], ip[ok]
+
 
 def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares rigid transform(s) mapping ``src`` onto ``dst`` (Kabsch), batched.

@@ -588,6 +588,18 @@ def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
     return dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
 
 
+def _records(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
+    """Every record of ``specs`` as ``(specimen, record, tracking table, rows to label)``, the rows by its
+    specimen's :class:`LabelingParams` (``frame_stride``, ``max_frames_per_record``)."""
+    out = []
+    for s in specs:
+        P = spec_params[s.name]
+        for rec in s.records:
+            tab = _record_tracking(rec)
+            out.append((s, rec, tab, selected_rows(len(tab), P.frame_stride, P.max_frames_per_record)))
+    return out
+
+
 def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = None, seed: int = 0,
         dask_scheduler: str | None = None, n_workers: int = 1, only_specimen: str | None = None,
         specimen_overrides: Mapping[str, Mapping] | None = None, lambda_override: float | None = None,
@@ -627,16 +639,9 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
                     for s in specs}
 
-    records = []  # (specimen, record, table, rows)
-    shapes = {}  # record key -> the (H, W) most of its frames have
-    for s in specs:
-        for rec in s.records:
-            tab = _record_tracking(rec)
-            Ps = spec_params[s.name]
-            rows = selected_rows(len(tab), Ps.frame_stride, Ps.max_frames_per_record)
-            records.append((s, rec, tab, rows))
-            # all the record's frames vote, not only the labelled ones (a record may label one frame)
-            shapes[rec.key] = record_image_shape(rec, tab["timestamp"])
+    records = _records(specs, spec_params)  # (specimen, record, table, rows)
+    # all the record's frames vote, not only the labelled ones (a record may label one frame)
+    shapes = {rec.key: record_image_shape(rec, tab["timestamp"]) for _, rec, tab, _ in records}
 
     def frame_poses(tab, rows):
         return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
@@ -782,11 +787,7 @@ def heldout_fit_tasks(paths: Paths, params: LabelingParams, *, seed: int = 0, n_
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
     clouds = {s.name: str(surface_cloud(paths, s, params.density_per_mm2, seed)) for s in specs}
-    records = []
-    for s in specs:
-        for rec in s.records:
-            tab = _record_tracking(rec)
-            records.append((s, rec, tab, selected_rows(len(tab), params.frame_stride, params.max_frames_per_record)))
+    records = _records(specs, {s.name: params for s in specs})
     seen = {(t["record_dir"], t["timestamp"]) for t in _selection_tasks(params, records, clouds, base, seed)}
     wide = dataclasses.replace(params, lambda_frames=n_frames + len(seen))
     tasks = [t for t in _selection_tasks(wide, records, clouds, base, seed + HELDOUT_SEED_OFFSET)

@@ -887,7 +887,7 @@ def surface_mask(prob: np.ndarray, threshold: float, half_rows: int) -> np.ndarr
     ----------
     prob : (H, W) probabilities.
     threshold : least probability of a surface pixel.
-    half_rows : rows added above and below each peak (``round(gamma_mm / sy)`` for a ``2 gamma`` band).
+    half_rows : rows added above and below each peak (:func:`band_half_rows` of the band's thickness).
 
     Returns
     -------
@@ -949,6 +949,7 @@ def predict_record(
     """
     if surface_band_mm is not None and spacing is None:
         raise ValueError("predict_record: surface_band_mm needs the images' spacing")
+    half = None if surface_band_mm is None else band_half_rows(surface_band_mm, spacing)
     if not isinstance(record, ds.Record):
         p = Path(record)
         record = ds.Record(specimen=p.parent.name, name=p.name, path=p)
@@ -963,10 +964,9 @@ def predict_record(
     for i in tqdm(range(0, len(ts), batch_size), desc=f"predict {record.key}", disable=not progress):
         chunk = ts[i : i + batch_size]
         images = [ds.read_image(record.image_path(t)) for t in chunk]
-        if surface_band_mm is None:
+        if half is None:
             masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
         else:
-            half = band_half_rows(surface_band_mm, spacing)
             probs = predict((model, meta), images, batch_size=batch_size, device=device)
             masks = [surface_mask(p, thr, half) for p in probs]
         for t, m in zip(chunk, masks):
