@@ -27,6 +27,12 @@ image replaced on disk is labelled anew. A killed run therefore restarts with
 exactly the chunks whose file is missing, from the warm start the last finished
 chunk left: no frame is lost, redone or written twice.
 
+With ``optimizer: de`` and ``device`` set (``"cuda"``, ``"cpu"``, or ``"auto"`` where torch sees CUDA;
+:func:`frame_device`), a chunk's frames are optimised together, differential evolution in lock step on that
+torch device (:func:`ultrabones.labels.torch_objective.optimize_frames_batched`, report ``path``
+``de-batched``), then labelled and written as usual. The device is part of the chunk keys; ``device: null``
+(default) is the numpy/scipy path, frame by frame, and needs no torch.
+
 Outputs
 -------
 The input dataset is never written. The outputs go to the derived dataset
@@ -67,7 +73,7 @@ from ultrabones.core import geometry
 from ultrabones.labels import frame
 from ultrabones.labels import registration
 from ultrabones.labels import select
-from ultrabones.core.errors import DatasetError
+from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, file_digest, files_digest, params_hash, source_hash
 from ultrabones.core.params import SectionParams
@@ -127,6 +133,12 @@ class LabelingParams(SectionParams):
     registration_maxiter: int
     precision_tolerance_mm: float
     executor: str
+    device: str | None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.device == "cuda":  # stop before any work where the asked-for GPU is missing
+            torch_device("cuda")
 
 
 @dataclass(frozen=True)
@@ -263,7 +275,8 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     a chunk's warm start is carried from the previous chunk's result file
     (:func:`carry_warm_start`) and is part of its key (:func:`chunk_key`), so
     a chunk whose file exists with that key is read, not redone. With
-    ``"de"`` every frame is solved from scratch (no carry).
+    ``"de"`` every frame is solved from scratch (no carry); with ``task["torch_device"]`` (:func:`frame_device`)
+    a chunk's frames are optimised together on that torch device (:func:`_optimize_batched`).
 
     ``task["max_new_chunks"]`` (optional) stops after labelling that many
     chunks (the kill-and-resume tests).
@@ -345,12 +358,16 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
     dense, dense_normals = ctx["dense"], ctx["dense_normals"]
     warm = None if x0 is None else np.asarray(x0, float)
     rows, masks = [], {}
+    batched = _optimize_batched(task, ctx, chunk) if task.get("torch_device") and not sweep else {}
     for ts, prm, row_no in zip(chunk["timestamps"], chunk["poses"], chunk["rows"]):
         t0 = time.process_time()
         row: dict[str, Any] = {"specimen": rec.specimen, "record": rec.name, "timestamp": int(ts), "message": ""}
         prm = np.asarray(prm, float)
         res = None
-        if not np.isfinite(prm).all():
+        if int(ts) in batched:  # optimised with the chunk's other frames; its time so far counts as the frame's
+            img, res, seconds = batched[int(ts)]
+            t0 -= seconds
+        elif not np.isfinite(prm).all():
             row.update(status="bad_pose", message=f"{rec.tracking_csv} row {row_no + 1}: pose is not finite")
         else:
             img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
@@ -361,20 +378,21 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             age += 1
             continue
         pose0 = geometry.pose_from_params(prm)
-        obj = frame.FrameObjective(img, pose0, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
-                                   region=P.objective_region)
-        common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                      maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
-                      max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
-                      objective=obj, halves_check=P.halves_check)
-        every = P.warm_cold_every
-        if warm is not None and age <= max_gap and not (every and row_no % every == 0):
-            res = frame.optimize_frame_warm(
-                img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P.warm_step_deg,
-                step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg, min_step_mm=P.warm_min_step_mm,
-                max_calls=P.warm_max_calls, **common)
-        else:
-            res = frame.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
+        if res is None:
+            obj = frame.FrameObjective(img, pose0, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
+                                       region=P.objective_region)
+            common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+                          maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
+                          max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
+                          objective=obj, halves_check=P.halves_check)
+            every = P.warm_cold_every
+            if warm is not None and age <= max_gap and not (every and row_no % every == 0):
+                res = frame.optimize_frame_warm(
+                    img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P.warm_step_deg,
+                    step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg, min_step_mm=P.warm_min_step_mm,
+                    max_calls=P.warm_max_calls, **common)
+            else:
+                res = frame.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
         if res.status == "kept" and sweep:
             warm, age = np.asarray(res.x, float).copy(), 1
         else:
@@ -406,6 +424,73 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
         row["seconds_total"] = time.process_time() - t0
         rows.append(row)
     return rows, masks
+
+
+def torch_device(device: str | None) -> str | None:
+    """``labeling.device`` resolved to a torch device, or None for the numpy/scipy path (torch imported only here).
+
+    Returns
+    -------
+    ``"cuda"`` or ``"cpu"``; None for ``None``, and for ``"auto"`` where torch or a CUDA device is missing.
+
+    Raises
+    ------
+    ParamsError
+        Naming ``labeling.device``, for ``"cuda"`` where torch sees no CUDA device, or ``"cuda"``/``"cpu"``
+        where torch does not import.
+    """
+    if device is None:
+        return None
+    try:
+        from ultrabones.labels import torch_objective
+    except ImportError as exc:
+        if device == "auto":
+            return None
+        raise ParamsError(f"labeling.device: {device!r} needs torch, which does not import ({exc})") from None
+    return torch_objective.resolve_device(device)
+
+
+def frame_device(P: LabelingParams) -> str | None:
+    """The torch device on which a chunk's frames are optimised together (:func:`torch_device` of
+    ``P.device``), or None for the numpy/scipy path; always None with ``optimizer: sweep`` (its local searches
+    stay on numpy)."""
+    return torch_device(P.device) if P.optimizer == "de" else None
+
+
+def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
+    """Optimise a chunk's frames together on ``task["torch_device"]`` (:func:`frame_device`), one batch.
+
+    Only frames with a finite pose and a readable image of the record's size take part; the others are
+    reported by :func:`_label_frames` as on the numpy path. Each frame keeps its own seed (:func:`frame_seed`).
+
+    Returns
+    -------
+    dict timestamp -> (image, :class:`~ultrabones.labels.frame.FrameResult` with path ``de-batched``, process
+    seconds spent on the frame so far: reading, its objective, its share of the optimisation).
+    """
+    from ultrabones.labels import torch_objective
+
+    P: LabelingParams = task["params"]
+    calib, spacing, points, rec = ctx["calib"], ctx["spacing"], ctx["points"], ctx["rec"]
+    frames, objectives, seeds = [], [], []
+    for ts, prm in zip(chunk["timestamps"], chunk["poses"]):
+        t0 = time.process_time()
+        prm = np.asarray(prm, float)
+        if not np.isfinite(prm).all():
+            continue
+        img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+        if img is None:
+            continue
+        objectives.append(frame.FrameObjective(img, geometry.pose_from_params(prm), calib, spacing, points,
+                                               P.gamma_mm, P.bound_deg, P.bound_mm, region=P.objective_region))
+        seeds.append(frame_seed(task["seed"], rec.key, ts))
+        frames.append((int(ts), img, time.process_time() - t0))
+    results = torch_objective.optimize_frames_batched(
+        objectives, task["lambda"], popsize=P.popsize, maxiter=P.maxiter, tol=P.tol, seeds=seeds,
+        device=task["torch_device"], bound_deg=P.bound_deg, bound_mm=P.bound_mm,
+        max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
+        halves_check=P.halves_check)
+    return {ts: (img, res, before + res.seconds) for (ts, img, before), res in zip(frames, results)}
 
 
 def _points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.ndarray:
@@ -686,7 +771,8 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             Ps = spec_params[s.name]
             common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path),
                           cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
-                          registration=regs[rec.key]["transform"], **{"lambda": lam})
+                          registration=regs[rec.key]["transform"], torch_device=frame_device(Ps),
+                          **{"lambda": lam})
             common_key = _task_key(common)
             size = Ps.chunk_size
             chunks = []

@@ -688,8 +688,10 @@ class FrameResult:
     seconds : process (CPU) time of the optimisation (core-seconds).
     path : how the result was found: ``"de"`` (differential evolution over the whole
         box, :func:`optimize_frame`), ``"warm"`` (local search from a warm start,
-        :func:`optimize_frame_warm`) or ``"warm+de"`` (the local result failed
-        validation and differential evolution replaced it).
+        :func:`optimize_frame_warm`), ``"warm+de"`` (the local result failed
+        validation and differential evolution replaced it) or ``"de-batched"``
+        (differential evolution run in lock step with other frames on a torch
+        device, :func:`ultrabones.labels.torch_objective.optimize_frames_batched`).
     n_members : objective evaluations (population members, all calls together).
     gain_left, gain_right : :meth:`FrameObjective.half_gains` of the correction, when the
         halves check ran (NaN otherwise).
