@@ -117,6 +117,22 @@ def _default_labeling() -> dict:
     return load_profile("default", REPO / "params").values["labeling"]
 
 
+def truth_full(rec: dataset.Record, t: int) -> np.ndarray:
+    """The twin's true full label of a frame."""
+    f = dataset.Record("", "", TWIN / "truth" / rec.specimen / rec.name).label_path(t, dataset.LABELS_FULL)
+    return dataset.read_label(f)
+
+
+def _twin_sweep(specimen: str, record: str, L: dict):
+    """(C, dense C, record, timestamps, poses, images): ``N_TWIN`` consecutive frames from the first showing bone."""
+    ds = TWIN / "dataset"
+    mesh = dataset.read_mesh(ds / specimen / "CT_bone_model.stl")
+    pts, _ = labeling.surface_points(mesh, L["density_per_mm2"], seed=0)
+    dense, _ = labeling.surface_points(mesh, L["label_density_per_mm2"], seed=1)
+    rec, ts, poses = _load_record(ds, specimen, record, N_TWIN, need_bone=lambda r, t: truth_full(r, t).sum() > 50)
+    return pts, dense, rec, ts, poses, [dataset.read_image(rec.image_path(t)) for t in ts]
+
+
 @pytest.mark.parametrize("region", ["first_hit", "full"])
 def test_twin_sweeps(region):
     """The default profile's optimiser against the paper's DE (and the warm-started sweep) on twin sweeps."""
@@ -130,17 +146,9 @@ def test_twin_sweeps(region):
     kw = dict(region=region, max_correction_mm=L["max_correction_mm"], min_label_fraction=L["min_label_fraction"],
               halves_check=L["halves_check"])
 
-    def truth_full(rec, t):
-        f = dataset.Record("", "", TWIN / "truth" / rec.specimen / rec.name).label_path(t, dataset.LABELS_FULL)
-        return dataset.read_label(f)
-
     rows, seconds, n_all = [], {"paper_de": 0.0, "default": 0.0, "warm": 0.0}, 0
     for specimen, record in TWIN_SWEEPS + CHOICE_SWEEPS:
-        mesh = dataset.read_mesh(ds / specimen / "CT_bone_model.stl")
-        pts, _ = labeling.surface_points(mesh, L["density_per_mm2"], seed=0)
-        dense, _ = labeling.surface_points(mesh, L["label_density_per_mm2"], seed=1)
-        rec, ts, poses = _load_record(ds, specimen, record, N_TWIN, need_bone=lambda r, t: truth_full(r, t).sum() > 50)
-        images = [dataset.read_image(rec.image_path(t)) for t in ts]
+        pts, dense, rec, ts, poses, images = _twin_sweep(specimen, record, L)
         seeds = list(range(len(ts)))
         out = {}
         t0 = time.process_time()
@@ -219,3 +227,55 @@ def test_real_sweep(region):
           f"warm {o_w.mean():.4f} (warm - DE: mean {np.mean(o_w - o_de):+.4f}, min {np.min(o_w - o_de):+.4f}); "
           f"correction mm: DE {corr_de.mean():.3f}, warm {corr_w.mean():.3f}")
     assert per_hot <= TARGET_REAL_S
+
+
+
+def test_twin_sweeps_batched_torch():
+    """The optional torch path (``labeling.device``): lock-step DE of a sweep's frames against scipy's, same settings.
+
+    On CPU torch (or a GPU where torch sees one), the default's settings, region ``first_hit``, the frames of
+    :func:`test_twin_sweeps`, each with the same seed on both paths. The batched optimiser draws scipy's random
+    numbers in scipy's order, so every frame must end at scipy's correction; the contour errors are printed.
+    """
+    import torch
+
+    from ultrabones.labels import torch_objective
+
+    if not (TWIN / "dataset" / "calibration.json").is_file():
+        pytest.skip("no default twin in data/twin/default (see the module docstring)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ds = TWIN / "dataset"
+    calib, spacing, _ = dataset.read_calibration(ds)
+    L = _default_labeling()
+    region = "first_hit"
+    kw = dict(max_correction_mm=L["max_correction_mm"], min_label_fraction=L["min_label_fraction"],
+              halves_check=L["halves_check"], popsize=L["popsize"], maxiter=L["maxiter"], tol=L["tol"])
+
+    seconds, errors, worst, n, kept = {"scipy": 0.0, "batched": 0.0}, [], 0.0, 0, 0
+    for specimen, record in TWIN_SWEEPS + CHOICE_SWEEPS:
+        pts, dense, rec, ts, poses, images = _twin_sweep(specimen, record, L)
+        objs = [labeling.FrameObjective(im, p, calib, spacing, pts, region=region) for im, p in zip(images, poses)]
+        t0 = time.process_time()
+        scipy_res = [labeling.optimize_frame(im, p, calib, spacing, pts, LAM, seed=k, objective=o, region=region, **kw)
+                     for k, (im, p, o) in enumerate(zip(images, poses, objs))]
+        seconds["scipy"] += time.process_time() - t0
+        t0 = time.process_time()
+        batched = torch_objective.optimize_frames_batched(objs, LAM, seeds=range(len(objs)), device=device, **kw)
+        seconds["batched"] += time.process_time() - t0
+        for t, img, a, b in zip(ts, images, scipy_res, batched):
+            n += 1
+            assert a.status == b.status and a.nfev == b.nfev, (specimen, record, t, a.status, b.status)
+            worst = max(worst, float(np.abs(a.x - b.x).max()))
+            if a.status == "kept":
+                kept += 1
+                truth = truth_full(rec, t)
+                errors.append([contour_error_mm(labeling.full_label(img.shape, r.pose, calib, spacing, dense), truth,
+                                                spacing) for r in (a, b)])
+    errors = np.array(errors)
+    print(f"\n[bench] twin {region}, lambda {LAM}, {n} frames: scipy DE vs batched torch DE on {device} "
+          f"(popsize {L['popsize']}, maxiter {L['maxiter']})\n"
+          f"  core-s per frame: scipy {seconds['scipy'] / n:.3f}, batched {seconds['batched'] / n:.3f}\n"
+          f"  same status and generations on every frame; largest difference of the corrections {worst:.1e}; "
+          f"{kept} kept, mean contour error scipy {errors[:, 0].mean():.4f} mm, batched {errors[:, 1].mean():.4f} mm")
+    assert worst <= 1e-9
+    assert errors[:, 1].mean() <= errors[:, 0].mean() + TARGET_CONTOUR_MM

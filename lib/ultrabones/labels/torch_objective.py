@@ -14,8 +14,9 @@ numpy/scipy path of :mod:`ultrabones.labels.frame` stays the default and needs n
   the numpy path's and the means agree to rounding (about 1e-15).
 - :func:`optimize_frames_batched` runs differential evolution (scipy's ``best1bin``, dithered mutation,
   deferred updating, latin-hypercube start with no correction as a member, scipy's convergence test) for all
-  frames together, each with its own population and seeded random stream (which does not depend on the frames
-  batched with it). Each result is validated as :func:`~ultrabones.labels.frame.optimize_frame` validates it.
+  frames together, each with its own population and scipy's random draws for its seed (:class:`_ScipyStream`),
+  so that each frame follows :func:`~ultrabones.labels.frame.optimize_frame` generation for generation and ends
+  at the same correction (to rounding; ties of Eq. 2 within 1e-15 could part them). Each result is validated as :func:`~ultrabones.labels.frame.optimize_frame` validates it.
   The populations are bookkept in numpy; only the objective runs on the device.
 
 Sums of 8-bit images are taken in integers (exact, so the same in any order: deterministic on a GPU too).
@@ -259,29 +260,48 @@ class BatchedObjective:
 # ----------------------------------------------------------------------------- differential evolution, in lock step
 
 
-def _latin_hypercube(rng: np.random.Generator, members: int, dims: int) -> np.ndarray:
-    """(members, dims) latin-hypercube sample of the unit cube (scipy's ``init_population_lhs``)."""
-    seg = 1.0 / members
-    samples = seg * rng.uniform(size=(members, dims)) + np.linspace(0.0, 1.0, members, endpoint=False)[:, None]
-    out = np.zeros_like(samples)
-    for j in range(dims):
-        out[:, j] = samples[rng.permutation(members), j]
-    return out
+class _ScipyStream:
+    """One frame's random draws, in the order and form of scipy's ``DifferentialEvolutionSolver``.
 
+    scipy (``seed=int``) draws from ``numpy.random.RandomState(seed)``: the latin-hypercube start, then per
+    generation the dithered mutation scale, each member's partners (a shuffle of a persistent index array,
+    the candidate itself left out), the crossover fill points and draws, and fresh values for parameters that
+    left the unit box. Drawing the same numbers in the same order makes :func:`optimize_frames_batched` follow
+    :func:`~ultrabones.labels.frame.optimize_frame` member for member (``tests/test_torch_objective.py``).
+    """
 
-def _best1bin(rng: np.random.Generator, pop: np.ndarray, recombination: float, mutation) -> np.ndarray:
-    """Trial vectors (unit cube) of one population, ``best1bin`` with dithered mutation (scipy's, deferred)."""
-    p, d = pop.shape
-    scale = rng.uniform(mutation[0], mutation[1])
-    order = np.argsort(rng.uniform(size=(p, p)) + np.eye(p) * 2.0, axis=1)  # two others per member, distinct
-    r0, r1 = order[:, 0], order[:, 1]
-    bprime = pop[0] + scale * (pop[r0] - pop[r1])
-    cross = rng.uniform(size=(p, d)) < recombination
-    cross[np.arange(p), rng.integers(d, size=p)] = True  # one parameter always from the mutant
-    trial = np.where(cross, bprime, pop)
-    out = (trial < 0) | (trial > 1)
-    trial[out] = rng.uniform(size=int(out.sum()))
-    return trial
+    def __init__(self, seed: int, members: int, dims: int):
+        self.rng = np.random.RandomState(seed)
+        self.members, self.dims = members, dims
+        self.index = np.arange(members)
+
+    def latin_hypercube(self) -> np.ndarray:
+        """(members, dims) latin-hypercube sample of the unit cube (scipy's ``init_population_lhs``)."""
+        s, d, rng = self.members, self.dims, self.rng
+        samples = rng.uniform(size=(s, d)) / s + np.linspace(0.0, 1.0, s, endpoint=False)[:, None]
+        out = np.zeros_like(samples)
+        for j in range(d):
+            out[:, j] = samples[rng.permutation(range(s)), j]
+        return out
+
+    def best1bin(self, pop: np.ndarray, recombination: float, mutation) -> np.ndarray:
+        """Trial vectors (unit cube) of one generation, ``best1bin`` with dithered mutation, deferred updating."""
+        rng, s, d = self.rng, self.members, self.dims
+        scale = rng.uniform(mutation[0], mutation[1])
+        partners = np.empty((s, 2), dtype=np.int64)
+        for c in range(s):
+            rng.shuffle(self.index)
+            idxs = self.index[:6]
+            partners[c] = idxs[idxs != c][:2]
+        bprime = pop[0] + scale * (pop[partners[:, 0]] - pop[partners[:, 1]])
+        fill = rng.randint(0, d, size=s, dtype=np.int64)
+        cross = rng.uniform(size=(s, d)) < recombination
+        cross[np.arange(s), fill] = True  # one parameter always from the mutant
+        trial = np.where(cross, bprime, pop)
+        out = (trial > 1) | (trial < 0)
+        if n_out := int(np.count_nonzero(out)):
+            trial[out] = rng.uniform(size=n_out)
+        return trial
 
 
 def _promote_best(pop: np.ndarray, energy: np.ndarray, frames) -> None:
@@ -301,12 +321,13 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
 
     Every frame has its own population of ``popsize * 6`` members in the box
     ``[-bound_deg, bound_deg]^3 x [-bound_mm, bound_mm]^3`` (latin-hypercube start, no correction as member 0,
-    as :func:`~ultrabones.labels.frame.optimize_frame`), its own random stream (``seeds``) and scipy's
+    as :func:`~ultrabones.labels.frame.optimize_frame`), scipy's random draws for its seed (``seeds``) and
     ``best1bin`` strategy (mutation drawn per generation in ``mutation``, binomial crossover ``recombination``,
     deferred updating, out-of-box parameters redrawn). One generation of all frames still running is one call
     of :meth:`BatchedObjective.value`. A frame stops when ``std(energies) <= tol * |mean(energies)|``
-    (scipy's test, no absolute tolerance) or after ``maxiter`` generations. The random streams are not scipy's,
-    so the results differ from :func:`~ultrabones.labels.frame.optimize_frame`'s seed by seed, not in quality.
+    (scipy's test, no absolute tolerance) or after ``maxiter`` generations. With the same seed, a frame's
+    correction and generations are :func:`~ultrabones.labels.frame.optimize_frame`'s (scipy's solver, same
+    draws in the same order; the values of Eq. 2 agree to about 1e-15).
 
     Parameters
     ----------
@@ -346,10 +367,10 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
     upper = -lower
     centre, span = 0.5 * (lower + upper), np.abs(upper - lower)
     members = max(5, popsize * 6)
-    rngs = [np.random.default_rng(s) for s in seeds]
+    streams = [_ScipyStream(s, members, 6) for s in seeds]
     pop = np.full((n, members, 6), 0.5)
     for f in np.flatnonzero(running):
-        pop[f] = _latin_hypercube(rngs[f], members, 6)
+        pop[f] = streams[f].latin_hypercube()
         pop[f, 0] = (np.zeros(6) - centre) / np.where(span > 0, span, 1.0) + 0.5  # x0: no correction
 
     def energies(unit, frames):
@@ -365,7 +386,7 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
             break
         trial = pop.copy()
         for f in np.flatnonzero(running):
-            trial[f] = _best1bin(rngs[f], pop[f], recombination, mutation)
+            trial[f] = streams[f].best1bin(pop[f], recombination, mutation)
         e_trial = energies(trial, running)
         nfev += running
         better = running[:, None] & (e_trial <= energy)
