@@ -379,8 +379,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             continue
         pose0 = geometry.pose_from_params(prm)
         if res is None:
-            obj = frame.FrameObjective(img, pose0, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
-                                       region=P.objective_region)
+            obj = _frame_objective(P, ctx, img, pose0)
             common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
                           maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
                           max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
@@ -457,6 +456,12 @@ def frame_device(P: LabelingParams) -> str | None:
     return torch_device(P.device) if P.optimizer == "de" else None
 
 
+def _frame_objective(P: LabelingParams, ctx: Mapping, img: np.ndarray, pose: np.ndarray) -> frame.FrameObjective:
+    """Eq. 2 of one frame of a sweep task (:func:`_sweep_context`) at the recorded ``pose``, with ``P``'s settings."""
+    return frame.FrameObjective(img, pose, ctx["calib"], ctx["spacing"], ctx["points"], P.gamma_mm, P.bound_deg,
+                                P.bound_mm, region=P.objective_region)
+
+
 def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
     """Optimise a chunk's frames together on ``task["torch_device"]`` (:func:`frame_device`), one batch.
 
@@ -471,7 +476,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
     from ultrabones.labels import torch_objective
 
     P: LabelingParams = task["params"]
-    calib, spacing, points, rec = ctx["calib"], ctx["spacing"], ctx["points"], ctx["rec"]
+    rec = ctx["rec"]
     frames, objectives, seeds = [], [], []
     for ts, prm in zip(chunk["timestamps"], chunk["poses"]):
         t0 = time.process_time()
@@ -481,8 +486,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
         if img is None:
             continue
-        objectives.append(frame.FrameObjective(img, geometry.pose_from_params(prm), calib, spacing, points,
-                                               P.gamma_mm, P.bound_deg, P.bound_mm, region=P.objective_region))
+        objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
         seeds.append(frame_seed(task["seed"], rec.key, ts))
         frames.append((int(ts), img, time.process_time() - t0))
     results = torch_objective.optimize_frames_batched(

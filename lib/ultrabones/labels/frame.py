@@ -769,19 +769,39 @@ def optimize_frame(image, pose, calib, spacing, points, lam: float, *, gamma_mm:
         lambda x: -obj.value(x, lam), bounds, seed=seed, popsize=popsize, maxiter=maxiter, tol=tol,
         vectorized=True, updating="deferred", polish=False, x0=np.zeros(6), init="latinhypercube",
     )
-    x = np.asarray(res.x, float)
-    corr, i1, n1, reason = _validate(obj, x, int(n0[0]), max_correction_mm, min_label_fraction)
+    out = validated_result(obj, pose, res.x, lam, float(i0[0]), int(n0[0]), max_correction_mm, min_label_fraction,
+                           halves_check, nfev=int(res.nfev), n_members=int(res.nfev) * popsize * 6)
+    out.seconds = time.process_time() - t0
+    return out
+
+
+def validated_result(obj: FrameObjective, pose, x, lam: float, i0: float, n0: int, max_correction_mm: float,
+                     min_label_fraction: float, halves_check: str | None, **fields) -> FrameResult:
+    """The :class:`FrameResult` of a differential-evolution correction ``x``, validated as :func:`optimize_frame` does.
+
+    The correction is discarded when it fails :func:`_validate` (``max_correction_mm``, ``min_label_fraction``)
+    or, that passed, the halves check (:func:`check_halves`, ``halves_check``).
+
+    Parameters
+    ----------
+    obj : the frame's objective; pose : (4, 4) the recorded pose (mm).
+    x : (6,) correction, rotation (deg) and translation (mm).
+    lam : the weight of the fiducial term (1/mm).
+    i0, n0 : mean intensity over ``I_t`` and its pixels at no correction.
+    fields : further :class:`FrameResult` fields (``nfev``, ``n_members``, ``path``, ``seconds``).
+    """
+    x = np.asarray(x, float)
+    corr, i1, n1, reason = _validate(obj, x, n0, max_correction_mm, min_label_fraction)
     gains = (float("nan"), float("nan"))
     if not reason:
         reason, gains = check_halves(obj, x, halves_check)
     kept = not reason
     return FrameResult(
         status="kept" if kept else "discarded", reason=reason, x=x,
-        pose=pose @ geometry.perturbation(x[:3], x[3:]) if kept else np.full((4, 4), np.nan),
-        correction_mm=corr, intensity_initial=float(i0[0]), intensity_optimized=i1,
-        objective_initial=float(i0[0]), objective_optimized=i1 - lam * corr,
-        n_initial=int(n0[0]), n_optimized=n1, nfev=int(res.nfev), seconds=time.process_time() - t0,
-        n_members=int(res.nfev) * popsize * 6, gain_left=gains[0], gain_right=gains[1],
+        pose=np.asarray(pose, float) @ geometry.perturbation(x[:3], x[3:]) if kept else np.full((4, 4), np.nan),
+        correction_mm=corr, intensity_initial=i0, intensity_optimized=i1, objective_initial=i0,
+        objective_optimized=i1 - lam * corr, n_initial=n0, n_optimized=n1, gain_left=gains[0], gain_right=gains[1],
+        **fields,
     )
 
 

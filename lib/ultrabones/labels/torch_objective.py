@@ -404,20 +404,11 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
             out.append(frame.FrameResult("no_bone", path="de-batched",
                                          seconds=shared * share[f] + time.process_time() - t1))
             continue
-        x = centre + (pop[f, 0] - 0.5) * span
-        corr, i1, n1, reason = frame._validate(obj, x, int(n0[f]), max_correction_mm, min_label_fraction)
-        gains = (float("nan"), float("nan"))
-        if not reason:
-            reason, gains = frame.check_halves(obj, x, halves_check)
-        kept = not reason
-        out.append(frame.FrameResult(
-            status="kept" if kept else "discarded", reason=reason, x=x,
-            pose=obj.pose @ geometry.perturbation(x[:3], x[3:]) if kept else np.full((4, 4), np.nan),
-            correction_mm=corr, intensity_initial=float(i0[f]), intensity_optimized=i1,
-            objective_initial=float(i0[f]), objective_optimized=i1 - lam * corr,
-            n_initial=int(n0[f]), n_optimized=n1, nfev=int(nfev[f]), path="de-batched",
-            seconds=shared * share[f] + time.process_time() - t1, n_members=int(nfev[f]) * members,
-            gain_left=gains[0], gain_right=gains[1]))
+        res = frame.validated_result(obj, obj.pose, centre + (pop[f, 0] - 0.5) * span, lam, float(i0[f]), int(n0[f]),
+                                     max_correction_mm, min_label_fraction, halves_check, nfev=int(nfev[f]),
+                                     n_members=int(nfev[f]) * members, path="de-batched")
+        res.seconds = shared * share[f] + time.process_time() - t1
+        out.append(res)
     return out
 
 
