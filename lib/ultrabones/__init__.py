@@ -21,4 +21,11 @@ The method packages never import :mod:`ultrabones.twin`: truth only measures.
 
 __version__ = "0.1.0"
 
-from ultrabones.core.errors import DatasetError, NotebookError, ParamsError, UltrabonesError  # noqa: F401
+import os as _os
+
+from ultrabones.core.errors import DatasetError, NotebookError, ParamsError, TruthWallError, UltrabonesError  # noqa: F401
+
+if _os.environ.get("ULTRABONES_TRUTH_WALL"):  # a method stage's kernel or one of its workers: wall off the truth
+    from ultrabones.twin import wall as _wall
+
+    _wall.install_from_env()

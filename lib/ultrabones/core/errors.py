@@ -19,3 +19,7 @@ class ParamsError(UltrabonesError):
 
 class NotebookError(UltrabonesError):
     """A notebook failed while being executed by the runner."""
+
+
+class TruthWallError(UltrabonesError):
+    """Code outside ``ultrabones.twin`` opened a file under the twin's truth folder (``ultrabones.twin.wall``)."""

@@ -15,3 +15,9 @@ TRUTH = "truth"
 def truth_dir(paths: Paths) -> Path:
     """The twin's ``truth/`` folder (it may not exist yet)."""
     return Path(paths.twin_dir) / TRUTH
+
+
+def measurements_file(paths: Paths, stem: str) -> Path:
+    """``truth/measurements/<stem>.json``: a stage's outputs measured against the truth (written by
+    :func:`ultrabones.twin.measure.write_measurements`), walled like the rest of the truth."""
+    return truth_dir(paths) / "measurements" / f"{stem}.json"

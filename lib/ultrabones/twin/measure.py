@@ -29,7 +29,7 @@ from ultrabones.core.geometry import (
 )
 from ultrabones.core.mesh import point_distances
 from ultrabones.core.paths import Paths
-from ultrabones.twin.layout import truth_dir
+from ultrabones.twin.layout import measurements_file, truth_dir
 
 
 def truth_root(paths: Paths) -> Path | None:
@@ -163,6 +163,23 @@ def ct_model_distances(paths: Paths, specimen: str, n: int = 8000, seed: int = 0
     pts_t = trimesh.sample.sample_surface(true_model, n, seed=seed)[0]
     pts_m = trimesh.sample.sample_surface(model, n, seed=seed + 1)[0]
     return pts_t, pts_m, point_distances(pts_m, true_model)
+
+
+def write_measurements(paths: Paths, stem: str, values: dict) -> Path:
+    """Write a stage's truth measurements to ``truth/measurements/<stem>.json`` (behind the truth wall).
+
+    Returns the file written. Method code cannot read it back (:mod:`ultrabones.twin.wall`); the summary
+    and the tests read it through :func:`read_measurements`.
+    """
+    from ultrabones.core import atomic
+
+    return atomic.write_json(measurements_file(paths, stem), values)
+
+
+def read_measurements(paths: Paths, stem: str) -> dict | None:
+    """A stage's truth measurements (:func:`write_measurements`), or None when it wrote none."""
+    f = measurements_file(paths, stem)
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def merge_metrics(method: dict, truth: dict) -> dict:

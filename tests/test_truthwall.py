@@ -1,0 +1,255 @@
+"""The truth wall at run time (``ultrabones.twin.wall``): evasions of the static rule, planted in a throwaway
+method module, are stopped when they open the twin's truth; the twin's own measurements are not.
+
+Audit hooks cannot be removed, so every case runs in a fresh interpreter (``run_planted``) that installs
+the wall, imports the planted module and calls ``run(dataset)`` with the input dataset's folder, which is
+all a method stage holds (on the twin, ``<twin>/dataset``). The static rule of ``tests/test_architecture.py``
+is run on each planted module as well, to show that it is the run-time hook, not the source check, that
+stops it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ultrabones.core.paths import Paths
+from ultrabones.twin import layout, measure, wall
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The six evasions of issue 24, each a method module's ``run(dataset)`` that reads something true.
+EVASIONS = {
+    "import_module": """
+        import importlib
+        import json
+
+        def run(dataset):
+            layout = importlib.import_module("ultrabones.twin.layout")
+            return json.loads((dataset.parent / layout.TRUTH / "system.json").read_text())
+        """,
+    "dunder_import": """
+        import json
+
+        def run(dataset):
+            layout = __import__("ultrabones.twin.layout", fromlist=["TRUTH"])
+            with open(dataset.parent / layout.TRUTH / "system.json") as f:
+                return json.load(f)
+        """,
+    "path_string": """
+        import json
+
+        def run(dataset):
+            return json.loads((dataset.parent / "truth/system.json").read_text())
+        """,
+    "concatenation": """
+        import numpy as np
+
+        def run(dataset):
+            folder = dataset.parent / ("tr" + "uth")
+            return np.genfromtxt(folder / "specimen01" / "rec01" / "poses.csv", delimiter=",")
+        """,
+    "glob": """
+        import json
+
+        def run(dataset):
+            return [json.loads(f.read_text()) for f in sorted(dataset.parent.glob("*/system.json"))]
+        """,
+    "measured_metrics": """
+        import json
+
+        def run(dataset):
+            found = sorted(dataset.parent.glob("*/measurements/02_labeling.json"))
+            return json.loads(found[0].read_text())["contour_error_mm"]
+        """,
+}
+
+#: The file each evasion opens first (relative to the twin folder).
+OPENS = {
+    "import_module": "truth/system.json",
+    "dunder_import": "truth/system.json",
+    "path_string": "truth/system.json",
+    "concatenation": "truth/specimen01/rec01/poses.csv",
+    "glob": "truth/system.json",
+    "measured_metrics": "truth/measurements/02_labeling.json",
+}
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from ultrabones.twin import wall
+from ultrabones.core.errors import TruthWallError
+twin, module, where = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+if sys.argv[4] == "wall":
+    wall.install([twin / "truth"])
+sys.path.insert(0, where)
+try:
+    value = __import__(module).run(twin / "dataset")
+    print(json.dumps({"ok": True, "value": repr(value)[:200]}))
+except TruthWallError as exc:
+    print(json.dumps({"ok": False, "error": str(exc)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory) -> Path:
+    """A small twin folder: ``raw/``, ``dataset/``, and a ``truth/`` with system.json, a poses CSV and the
+    measurements of stage 02 as :func:`ultrabones.twin.measure.write_measurements` writes them."""
+    base = tmp_path_factory.mktemp("twinwall") / "twin" / "smoke"
+    for sub in ("raw", "dataset"):
+        (base / sub).mkdir(parents=True)
+    truth = base / "truth"
+    (truth / "specimen01" / "rec01").mkdir(parents=True)
+    (truth / "system.json").write_text(json.dumps({"temporal_offset_ms": -123.4, "calibration": [[float(i == j) for j in range(4)]
+                                                                                         for i in range(4)]}))
+    (truth / "specimen01" / "rec01" / "poses.csv").write_text("1,2,3\n4,5,6\n")
+    paths = Paths(build_dir=base.parent / "build", twin_dir=base, figures_dir=base.parent / "fig")
+    measure.write_measurements(paths, "02_labeling", {"contour_error_mm": {"optimized": {"mean": 0.21}}})
+    return base
+
+
+def plant(folder: Path, name: str, source: str) -> str:
+    """Write a throwaway method module ``planted_<name>`` into ``folder``; return its module name."""
+    module = f"planted_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    return module
+
+
+def run_planted(twin: Path, folder: Path, module: str, walled: bool = True) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]))
+    env.pop(wall.ENV, None)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(twin), module, str(folder), "wall" if walled else "-"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def static_rule_finds(source: str) -> bool:
+    """Whether tests/test_architecture.py's source rules would flag this module (imports of the twin, the
+    constant ``"truth"``, the attributes ``truth``/``truth_root``/``truth_dir``)."""
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            if any("ultrabones.twin" in n for n in names):
+                return True
+        if isinstance(node, ast.Constant) and node.value == "truth":
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in ("truth", "truth_root", "truth_dir"):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(EVASIONS))
+def test_the_wall_stops_each_evasion_naming_the_file_and_the_calling_module(twin, tmp_path, name):
+    module = plant(tmp_path, name, EVASIONS[name])
+    assert not static_rule_finds(EVASIONS[name]), "the evasion is meant to pass the static rule"
+    assert run_planted(twin, tmp_path, module, walled=False)["ok"], "without the wall the evasion reads the truth"
+    out = run_planted(twin, tmp_path, module)
+    assert not out["ok"], out
+    message = out["error"]
+    opened = os.path.realpath(twin / OPENS[name])
+    assert message.startswith(f"truth wall: {opened} is the twin's truth and was read"), message
+    assert f"opened by {module} ({tmp_path / (module + '.py')}:" in message, message
+    assert "outside ultrabones.twin" in message, message
+
+
+def test_a_method_module_calling_a_twin_reader_is_stopped(twin, tmp_path):
+    """The twin's own reader, imported by name and called from method code: the caller is the method."""
+    module = plant(tmp_path, "twin_reader", """
+        import importlib
+        from ultrabones.core.paths import Paths
+
+        def run(dataset):
+            measure = importlib.import_module("ultrabones.twin.measure")
+            paths = Paths(build_dir=dataset.parent, twin_dir=dataset.parent, figures_dir=dataset.parent)
+            return measure.true_system(paths)
+        """)
+    out = run_planted(twin, tmp_path, module)
+    assert not out["ok"], out
+    assert f"truth wall: {os.path.realpath(twin / 'truth/system.json')} is" in out["error"], out
+    assert f"opened by {module} (" in out["error"] and "through ultrabones.twin.measure -> " in out["error"], out
+
+
+def test_a_recursive_glob_is_stopped_at_the_listing_of_the_truth_folder(twin, tmp_path):
+    module = plant(tmp_path, "rglob", """
+        def run(dataset):
+            return sorted(str(p) for p in dataset.parent.rglob("*.json"))
+        """)
+    out = run_planted(twin, tmp_path, module)
+    assert not out["ok"], out
+    assert f"truth wall: {os.path.realpath(twin / 'truth')}" in out["error"] and "was listed" in out["error"], out
+    assert f"opened by {module} (" in out["error"], out
+
+
+def test_a_cell_may_not_read_the_truth_itself(twin, tmp_path):
+    """A notebook cell (``__main__``) opening a truth file directly, not through the twin, is stopped too."""
+    code = (f"from ultrabones.twin import wall\nwall.install([{str(twin / 'truth')!r}])\n"
+            f"open({str(twin / 'truth' / 'system.json')!r}).read()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "lib")))
+    assert proc.returncode == 1
+    assert "TruthWallError: truth wall:" in proc.stderr and "opened by __main__ (<string>:3)" in proc.stderr, \
+        proc.stderr[-2000:]
+
+
+def test_the_twin_measures_through_the_wall(twin, tmp_path):
+    """A measurement cell calling the twin (here the driver, ``__main__``, calling a module that hands the
+    twin's paths to ``ultrabones.twin.measure``) reads the truth; so does method code the twin calls."""
+    module = plant(tmp_path, "cell", """
+        from ultrabones.core.paths import Paths
+        from ultrabones.twin import measure
+
+        def run(dataset):
+            paths = Paths(build_dir=dataset.parent, twin_dir=dataset.parent, figures_dir=dataset.parent)
+            return measure.true_system(paths)["temporal_offset_ms"], measure.read_measurements(paths, "02_labeling")
+        """)
+    # run() itself is not twin code: it is stopped; the same calls made from the cell are not.
+    assert not run_planted(twin, tmp_path, module)["ok"]
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from ultrabones.core.paths import Paths
+        from ultrabones.twin import measure, wall
+        wall.install([{str(twin / 'truth')!r}])
+        paths = Paths(build_dir=Path('.'), twin_dir=Path({str(twin)!r}), figures_dir=Path('.'))
+        print(measure.true_system(paths)["temporal_offset_ms"], measure.read_measurements(paths, "02_labeling"))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "lib")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[0] == "-123.4" and "0.21" in proc.stdout
+
+
+def test_files_outside_the_truth_folder_are_not_judged(twin, tmp_path):
+    module = plant(tmp_path, "inputs", """
+        def run(dataset):
+            (dataset / "note.txt").write_text("input")
+            return (dataset / "note.txt").read_text(), sorted(p.name for p in dataset.parent.glob("*"))
+        """)
+    out = run_planted(twin, tmp_path, module)
+    assert out["ok"] and "'input'" in out["value"] and "'truth'" in out["value"], out
+
+
+def test_install_from_env_walls_the_named_folders(tmp_path):
+    code = "import ultrabones.twin.wall as w; print(w.walled_folders())"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "lib"),
+               **{wall.ENV: os.pathsep.join([str(tmp_path / "a" / "truth"), str(tmp_path / "b" / "truth")])})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == repr((os.path.realpath(tmp_path / "a" / "truth"),
+                                        os.path.realpath(tmp_path / "b" / "truth")))
+
+
+def test_measurements_live_behind_the_wall(tmp_path):
+    paths = Paths(build_dir=tmp_path / "build", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "fig")
+    f = measure.write_measurements(paths, "05_evaluation", {"vs_truth": {"n_frames": 3}})
+    assert f == layout.truth_dir(paths) / "measurements" / "05_evaluation.json"
+    assert measure.read_measurements(paths, "05_evaluation") == {"vs_truth": {"n_frames": 3}}
+    assert measure.read_measurements(paths, "06_reconstruction") is None
