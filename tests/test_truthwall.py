@@ -253,3 +253,70 @@ def test_measurements_live_behind_the_wall(tmp_path):
     assert f == layout.truth_dir(paths) / "measurements" / "05_evaluation.json"
     assert measure.read_measurements(paths, "05_evaluation") == {"vs_truth": {"n_frames": 3}}
     assert measure.read_measurements(paths, "06_reconstruction") is None
+
+
+def _notebook(path: Path, cells: list[str]) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell('twin_dir = ""\nplanted_dir = ""\n')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_the_runner_walls_the_kernel_and_its_workers(twin, tmp_path):
+    """Through papermill as the runner runs stages 01-07: the twin's measurement cell reads the truth, a planted
+    method module is stopped in the kernel and in a spawned worker process, and the failure names the cell,
+    the file and the calling module."""
+    from ultrabones.core.errors import NotebookError
+    from ultrabones.pipeline import runner
+
+    plant(tmp_path, "path_string", EVASIONS["path_string"])
+    plant(tmp_path, "worker", """
+        import ultrabones.core.paths  # as every method module imports the core
+
+        def run(dataset):
+            return (dataset.parent / "truth/system.json").read_text()
+        """)
+    setup = ("import sys\nfrom pathlib import Path\nsys.path.insert(0, planted_dir)\n"
+             "from ultrabones.core.paths import Paths\nfrom ultrabones.twin import measure, wall\n"
+             "walled = wall.walled_folders()\n"
+             "TWIN = Paths(build_dir=Path(twin_dir), twin_dir=Path(twin_dir), figures_dir=Path(twin_dir))\n"
+             "offset = measure.true_system(TWIN)['temporal_offset_ms']\n")
+    worker = ("import concurrent.futures, multiprocessing, planted_worker\n"
+              "with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as ex:\n"
+              "    try:\n        ex.submit(planted_worker.run, Path(twin_dir) / 'dataset').result()\n"
+              "        in_worker = 'read'\n"
+              "    except Exception as exc:\n        in_worker = f'{type(exc).__name__}: {exc}'\n")
+    kernel = "import planted_path_string\nplanted_path_string.run(Path(twin_dir) / 'dataset')\n"
+    nb = _notebook(tmp_path / "walled.ipynb", [setup, worker, "print(offset, walled, in_worker)", kernel])
+    out = tmp_path / "executed.ipynb"
+    params = {"twin_dir": str(twin), "planted_dir": str(tmp_path)}
+    with pytest.raises(NotebookError) as err:
+        runner.execute(nb, out, params, cwd=tmp_path, progress=False, stream=False, truth_wall=[twin / "truth"])
+    message = str(err.value)
+    assert "walled.ipynb: cell " in message and "('import planted_path_string') raised TruthWallError" in message \
+        and "raised TruthWallError" in message, message
+    assert f"{os.path.realpath(twin / 'truth/system.json')} is the twin's truth" in message, message
+    assert "opened by planted_path_string (" in message, message
+    cell = [c for c in json.loads(out.read_text())["cells"] if "".join(c["source"]).startswith("print(offset")][0]
+    printed = "".join("".join(o.get("text", "")) for o in cell["outputs"])
+    assert printed.startswith(f"-123.4 ({os.path.realpath(twin / 'truth')!r},) TruthWallError: truth wall: "), printed
+    assert "opened by planted_worker (" in printed, printed
+    assert wall.ENV not in os.environ  # the runner's own process is left as it was
+
+
+def test_the_method_stages_run_behind_the_wall_and_the_simulation_does_not(tmp_path, monkeypatch):
+    from ultrabones.pipeline import runner
+
+    monkeypatch.setenv("ULTRABONES_TWIN_ROOT", str(tmp_path / "twin"))
+    (tmp_path / "twin" / "smoke-seed8").mkdir(parents=True)
+    paths = Paths.for_profile("smoke")
+    assert runner.truth_wall_of("00_simulate", paths) is None
+    for stem in ("01_calibration", "03_rating_statistics", "07_summary"):
+        assert runner.truth_wall_of(stem, paths) == [tmp_path / "twin" / "smoke" / "truth",
+                                                     tmp_path / "twin" / "smoke-seed8" / "truth"]

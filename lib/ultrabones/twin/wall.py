@@ -164,9 +164,9 @@ def install_from_env(environ=os.environ) -> tuple[str, ...]:
     return install(folders) if folders else walled_folders()
 
 
-def environment(truth: Path | str) -> dict[str, str]:
-    """The environment entry that walls ``truth`` in a child process (the kernel and its workers)."""
-    return {ENV: os.fspath(Path(truth).resolve())}
+def environment(folders: Iterable[Path | str]) -> dict[str, str]:
+    """The environment entry that walls ``folders`` in a child process (the kernel and its workers)."""
+    return {ENV: os.pathsep.join(os.fspath(Path(f).resolve()) for f in folders)}
 
 
 def kernel_arguments() -> list[str]:
