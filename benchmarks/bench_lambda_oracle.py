@@ -17,8 +17,8 @@ Build the seeds first (any profile; ``BENCH_PROFILE``, default ``default``), for
     BENCH_SEEDS=7,8,9 python -m pytest -q -s benchmarks/bench_lambda_oracle.py
 
 ``BENCH_SEEDS`` is a comma-separated list (``0`` is the unseeded build, ``build/<profile>/``). Each
-seed's result goes to ``build/<profile>-seed<N>/metrics/02_lambda_oracle_heldout.json`` (the table and
-the per-frame errors), and the benchmark prints one row per seed. Two workers: about 3 minutes a seed.
+seed's result goes behind the truth wall, to ``data/twin/<profile>-seed<N>/truth/measurements/
+02_lambda_oracle_heldout.json`` (the table and the per-frame errors; ``twin.measure.write_measurements``), and the benchmark prints one row per seed. Two workers: about 3 minutes a seed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import os
 import pandas as pd
 import pytest
 
-from ultrabones.core import atomic
 from ultrabones.core.paths import Paths
 from ultrabones.labels.batch import LabelingParams
 from ultrabones.pipeline.runner import seeded_profile
@@ -49,7 +48,7 @@ def heldout(seed: int) -> dict:
     metrics_file = paths.metrics("02_labeling")
     if not metrics_file.is_file():
         pytest.skip(f"{metrics_file} is missing: run 00, 01 and 02 for seed {seed} first (see the docstring)")
-    m = json.loads(metrics_file.read_text())
+    m = measure.merge_metrics(json.loads(metrics_file.read_text()), measure.read_measurements(paths, "02_labeling"))
     P = LabelingParams.from_section(prof.values["labeling"])
     out = measure.heldout_lambda_oracle(paths, P, m["lambda"], m["objective_region"], seed=prof.values["seed"],
                                         n_frames=N_FRAMES, n_workers=N_WORKERS)
@@ -61,7 +60,7 @@ def heldout(seed: int) -> dict:
            "oracle_mm": out["oracle_contour_mm"], "gap_mm": out["oracle_gap_mm"], "gap_se_mm": out["gap_se_mm"],
            "improved_share": out["chosen_improved_share"],
            "selection_frames_gap_mm": sel.get("oracle_gap_mm", float("nan"))}
-    atomic.write_json(paths.metrics(HELDOUT_ORACLE),
+    measure.write_measurements(paths, HELDOUT_ORACLE,
                       {k: v for k, v in out.items() if k not in ("table", "errors")}
                       | {"table": out["table"].to_dict("list"), "errors": out["errors"].to_dict("list"),
                          "by": "truth (measurement only): held-out frames, every candidate fitted by DE"})

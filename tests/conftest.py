@@ -49,6 +49,14 @@ class SmokeRun:
     def twin(self) -> Path:
         return self.base / "twin" / "smoke"
 
+    def merged(self, stem: str) -> dict:
+        """``stem``'s metrics JSON with the twin's measurements against the truth merged in
+        (``truth/measurements/<stem>.json``, which the stage's measurement cell wrote behind the truth wall)."""
+        from ultrabones.twin import measure
+
+        metrics = json.loads((self.build / "metrics" / f"{stem}.json").read_text())
+        return measure.merge_metrics(metrics, measure.measured_runs(self.twin, [stem]).get(stem))
+
     def run(self, stem: str, *extra: str) -> subprocess.CompletedProcess:
         """Run one notebook through the CLI (no caching)."""
         return subprocess.run(
@@ -77,7 +85,7 @@ class SmokeRun:
         if proc.returncode != 0:
             self.failed[stem] = f"{stem} failed on smoke:\n{proc.stderr[-4000:]}"
             pytest.fail(self.failed[stem])
-        self.done[stem] = json.loads((self.build / "metrics" / f"{stem}.json").read_text())
+        self.done[stem] = self.merged(stem)
         if stem == "01_calibration":
             self.input_digest = self.dataset_digest()
         return self.done[stem]

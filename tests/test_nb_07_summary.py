@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_summary_has_every_headline_number_traced_to_its_source(smoke_metrics, smoke):
     m = smoke_metrics("07_summary")
-    stage_metrics = {f.stem: json.loads(f.read_text()) for f in (smoke.build / "metrics").glob("*.json")
+    stage_metrics = {f.stem: smoke.merged(f.stem) for f in (smoke.build / "metrics").glob("*.json")
                      if f.stem != "07_summary"}
     present = [r for r in summary.ROWS if not r.optional or summary.lookup(stage_metrics, r.source) is not None]
     assert m["n_rows"] == len(present) == len(m["rows"])

@@ -406,25 +406,26 @@ def test_build_rating_set_on_a_tiny_dataset(tmp_path):
     shifts = {"initial": 1.6, "registered": 4.5, "optimized": 0.0}
     data, truth = _tiny_dataset(tmp_path, shifts)
     params = R.RatingParams.from_section({**SECTION, "image_format": "png"})
-    measure = rater.label_errors(Paths(tmp_path / "b", truth.parent, tmp_path / "f"), (0.1, 0.1))
     out = R.build_rating_set(data, None, tmp_path / "rating", params, seed=0,
-                             label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), measure_item=measure,
-                             progress=False)
+                             label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), progress=False)
+    measured = rater.label_errors(Paths(tmp_path / "b", truth.parent, tmp_path / "f"), out, (0.1, 0.1))
     key = out["key"]
     assert len(key) == 6 and set(key.record) == {"record01", "record02"}
     assert (key.timestamp != 1000).all()  # the discarded frame is never drawn
     assert (tmp_path / "rating" / R.PAGE_FILE).is_file()
     pd.testing.assert_frame_equal(R.read_key(tmp_path / "rating" / R.KEY_FILE), key)
     # A circle shifted sideways by s: its largest error is s (at the sides; the label band is 0.6 mm wide).
-    for d, method in zip(out["measured"], key.method):
+    assert len(out["labels"]) == len(measured) == len(key)
+    for d, method in zip(measured, key.method):
         assert d.max() == pytest.approx(shifts[method], abs=0.35)
-    clean = rater.simulate_ratings(out["measured"], rater.Rubric(), gain_sd=0.0, lapse=0.0, seed=0)
+    clean = rater.simulate_ratings(measured, rater.Rubric(), gain_sd=0.0, lapse=0.0, seed=0)
     by_method = {m: set(clean[key.method.to_numpy() == m]) for m in R.METHODS}
     assert by_method == {"optimized": {3}, "initial": {1}, "registered": {0}}
     # Same inputs, same set.
     again = R.build_rating_set(data, None, tmp_path / "rating2", params, seed=0,
                                label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), progress=False)
     assert again["set_id"] == out["set_id"] and "measured" not in again
+    assert all((a == b).all() for a, b in zip(again["labels"], out["labels"]))
 
 
 # ----------------------------------------------------------------------------- the stage interface

@@ -237,10 +237,10 @@ def test_files_outside_the_truth_folder_are_not_judged(twin, tmp_path):
     assert out["ok"] and "'input'" in out["value"] and "'truth'" in out["value"], out
 
 
-def test_install_from_env_walls_the_named_folders(tmp_path):
+def test_importing_ultrabones_under_the_environment_walls_the_named_twins(tmp_path):
     code = "import ultrabones.twin.wall as w; print(w.walled_folders())"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "lib"),
-               **{wall.ENV: os.pathsep.join([str(tmp_path / "a" / "truth"), str(tmp_path / "b" / "truth")])})
+               **{wall.ENV: os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])})
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == repr((os.path.realpath(tmp_path / "a" / "truth"),
@@ -297,7 +297,7 @@ def test_the_runner_walls_the_kernel_and_its_workers(twin, tmp_path):
     out = tmp_path / "executed.ipynb"
     params = {"twin_dir": str(twin), "planted_dir": str(tmp_path)}
     with pytest.raises(NotebookError) as err:
-        runner.execute(nb, out, params, cwd=tmp_path, progress=False, stream=False, truth_wall=[twin / "truth"])
+        runner.execute(nb, out, params, cwd=tmp_path, progress=False, stream=False, walled_twins=[twin])
     message = str(err.value)
     assert "walled.ipynb: cell " in message and "('import planted_path_string') raised TruthWallError" in message \
         and "raised TruthWallError" in message, message
@@ -316,7 +316,6 @@ def test_the_method_stages_run_behind_the_wall_and_the_simulation_does_not(tmp_p
     monkeypatch.setenv("ULTRABONES_TWIN_ROOT", str(tmp_path / "twin"))
     (tmp_path / "twin" / "smoke-seed8").mkdir(parents=True)
     paths = Paths.for_profile("smoke")
-    assert runner.truth_wall_of("00_simulate", paths) is None
+    assert runner.walled_twins("00_simulate", paths) is None
     for stem in ("01_calibration", "03_rating_statistics", "07_summary"):
-        assert runner.truth_wall_of(stem, paths) == [tmp_path / "twin" / "smoke" / "truth",
-                                                     tmp_path / "twin" / "smoke-seed8" / "truth"]
+        assert runner.walled_twins(stem, paths) == [tmp_path / "twin" / "smoke", tmp_path / "twin" / "smoke-seed8"]

@@ -23,9 +23,14 @@ __version__ = "0.1.0"
 
 import os as _os
 
+#: The environment variable naming the twin folders whose ``truth/`` is walled off (``os.pathsep``-separated):
+#: the runner sets it for the kernels of the method stages (01-07); a process that imports ``ultrabones`` with
+#: it set installs the truth wall (:mod:`ultrabones.twin.wall`).
+TRUTH_WALL_ENV = "ULTRABONES_TRUTH_WALL"
+
 from ultrabones.core.errors import DatasetError, NotebookError, ParamsError, TruthWallError, UltrabonesError  # noqa: F401
 
-if _os.environ.get("ULTRABONES_TRUTH_WALL"):  # a method stage's kernel or one of its workers: wall off the truth
+if _os.environ.get(TRUTH_WALL_ENV):  # a method stage's kernel or one of its workers: wall off the truth
     from ultrabones.twin import wall as _wall
 
     _wall.install_from_env()

@@ -21,8 +21,10 @@ read-only to the method stages: they write into :attr:`Paths.derived`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from ultrabones.core.errors import DatasetError
 
 #: The repository root (``lib/ultrabones/paths.py`` -> three levels up).
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -52,21 +54,29 @@ def figures_root(profile: str) -> Path:
 class Paths:
     """The folders of one run, as handed to a notebook.
 
+    The method stages (01-07) hold :meth:`for_method`'s copy, which has no twin folder: the twin's
+    recordings (``raw``) and its input dataset (``dataset``) are kept as folders of their own, and the
+    twin's code (``ultrabones.twin.layout.twin_paths``) gets the folder back in the measurement cells.
+
     Parameters
     ----------
     build_dir : ``build/<profile>``.
-    twin_dir : the digital twin's folder (``raw/``, ``truth/``, ``dataset/``).
+    twin_dir : the digital twin's folder (``raw/``, ``truth/``, ``dataset/``); None in a method stage's copy.
     figures_dir : where figures and tables go.
     data_root : a real dataset root, or None for the twin.
     derived_root : where the stages write their products (a dataset mirroring
         the input's layout); None: ``build/<profile>/dataset``.
+    raw_dir, twin_dataset : the twin's ``raw/`` and ``dataset/`` in a copy without ``twin_dir``
+        (:meth:`for_method`); None otherwise.
     """
 
     build_dir: Path
-    twin_dir: Path
+    twin_dir: Path | None
     figures_dir: Path
     data_root: Path | None = None
     derived_root: Path | None = None
+    raw_dir: Path | None = None
+    twin_dataset: Path | None = None
 
     @classmethod
     def for_profile(cls, profile: str, data_root: str | None = None, derived_root: str | None = None) -> "Paths":
@@ -83,6 +93,15 @@ class Paths:
         return cls(Path(build_dir), Path(twin_dir), Path(figures_dir), Path(data_root) if data_root else None,
                    Path(derived_root) if derived_root else None)
 
+    def for_method(self) -> "Paths":
+        """These paths without the twin's folder, as a method stage gets them: ``raw`` and ``dataset`` stay
+        (the recordings and the input dataset), ``twin_dir`` is None, so no method code is handed the folder
+        that holds the truth (the run-time wall, :mod:`ultrabones.twin.wall`, stops any read of it)."""
+        if self.twin_dir is None:
+            return self
+        return replace(self, twin_dir=None, raw_dir=self.raw if self.is_twin else None,
+                       twin_dataset=self.dataset if self.is_twin else None)
+
     @property
     def is_twin(self) -> bool:
         """True when running on the digital twin (no real ``data_root``)."""
@@ -91,12 +110,18 @@ class Paths:
     @property
     def raw(self) -> Path:
         """Raw twin acquisitions (tracker streams, images, CT, phantom)."""
+        if self.twin_dir is None:
+            if self.raw_dir is None:
+                raise DatasetError("no raw recordings: these paths are a real dataset's (data_root)")
+            return self.raw_dir
         return self.twin_dir / "raw"
 
     @property
     def dataset(self) -> Path:
         """The dataset in the released layout: the real one, or the twin's."""
-        return self.data_root if self.data_root is not None else self.twin_dir / "dataset"
+        if self.data_root is not None:
+            return self.data_root
+        return self.twin_dataset if self.twin_dir is None else self.twin_dir / "dataset"
 
     @property
     def derived(self) -> Path:

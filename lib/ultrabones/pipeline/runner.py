@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ultrabones import TRUTH_WALL_ENV
 from ultrabones.core.errors import NotebookError, ParamsError
 from ultrabones.core.params import NOTEBOOKS, load_profile
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
@@ -100,7 +101,7 @@ def execute(
     cwd: Path | None = None,
     progress: bool = True,
     stream: bool = True,
-    truth_wall: Sequence[Path] | None = None,
+    walled_twins: Sequence[Path] | None = None,
 ) -> Path:
     """Execute a notebook with papermill (kernel ``python3``, this Python).
 
@@ -113,8 +114,9 @@ def execute(
     progress : show papermill's cell progress bar.
     stream : relay the kernel's stderr (progress bars, warnings) to this stderr as lines, with a
         heartbeat after a minute of silence (:class:`ultrabones.pipeline.progress.ProgressRelay`).
-    truth_wall : folders (the twins' ``truth/``) that only ``ultrabones.twin`` code may open in the kernel
-        and its worker processes (:mod:`ultrabones.twin.wall`, installed before the first cell); None: none.
+    walled_twins : twin folders whose ``truth/`` only ``ultrabones.twin`` code may open in the kernel and its
+        worker processes (the truth wall, :mod:`ultrabones.twin.wall`: the kernel imports ``ultrabones``
+        before the first cell, with :data:`ultrabones.TRUTH_WALL_ENV` set); None: none.
 
     Raises
     ------
@@ -138,13 +140,10 @@ def execute(
     os.environ.setdefault("TQDM_MININTERVAL", "2")
     relay = ProgressRelay(sys.stderr, prefix=f"[{notebook.stem}] ", min_interval_s=10.0,
                           heartbeat_s=60.0 if stream else 0.0)
-    walled = {}
-    if truth_wall is not None:  # the kernel inherits this environment; its workers too
-        from ultrabones.twin import wall
-
-        walled = {"extra_arguments": wall.kernel_arguments()}
-        saved = os.environ.get(wall.ENV)
-        os.environ.update(wall.environment(truth_wall))
+    walled, saved = {}, os.environ.get(TRUTH_WALL_ENV)
+    if walled_twins is not None:  # the kernel inherits this environment; its workers too
+        walled = {"extra_arguments": ["--IPKernelApp.exec_lines=__import__('ultrabones')"]}
+        os.environ[TRUTH_WALL_ENV] = os.pathsep.join(str(Path(t).resolve()) for t in walled_twins)
     try:
         pm.execute_notebook(
             str(notebook),
@@ -161,10 +160,10 @@ def execute(
         raise NotebookError(_failure_message(notebook, output)) from None
     finally:
         relay.close()
-        if truth_wall is not None:
-            os.environ.pop(wall.ENV, None)
+        if walled_twins is not None:
+            os.environ.pop(TRUTH_WALL_ENV, None)
             if saved is not None:
-                os.environ[wall.ENV] = saved
+                os.environ[TRUTH_WALL_ENV] = saved
     return output
 
 
@@ -276,17 +275,16 @@ def stage_parameters(
 SIMULATION_STAGE = "00_simulate"
 
 
-def truth_wall_of(stem: str, paths: Paths) -> list[Path] | None:
-    """The folders a stage's kernel may open only from ``ultrabones.twin`` code: for the method stages
-    (01-07), the run's twin ``truth/`` and those of the twins beside it (other seeds, other profiles, which
-    07 may summarise); None for the simulation (00), which writes the truth."""
+def walled_twins(stem: str, paths: Paths) -> list[Path] | None:
+    """The twin folders whose truth a stage's kernel may open only from ``ultrabones.twin`` code: for the
+    method stages (01-07), the run's twin and the twins beside it (other seeds, other profiles, which 07 may
+    summarise); None for the simulation (00), which writes the truth."""
     from ultrabones.core.paths import twin_root
-    from ultrabones.twin.layout import TRUTH, truth_dir
 
     if stem == SIMULATION_STAGE:
         return None
-    beside = sorted(p / TRUTH for p in twin_root().glob("*") if p.is_dir()) if twin_root().is_dir() else []
-    return [truth_dir(paths), *[p for p in beside if p != truth_dir(paths)]]
+    beside = sorted(p for p in twin_root().glob("*") if p.is_dir()) if twin_root().is_dir() else []
+    return [paths.twin_dir, *[p for p in beside if p != paths.twin_dir]]
 
 
 def run_stage(
@@ -304,7 +302,7 @@ def run_stage(
     ``__<specimen>`` for a one-specimen run). ``stamp`` is written only after
     success, for ``make``. With ``seed``, the profile runs with that master
     seed into ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``.
-    Stages 01-07 run behind the truth wall (:func:`truth_wall_of`, :mod:`ultrabones.twin.wall`).
+    Stages 01-07 run behind the truth wall (:func:`walled_twins`, :mod:`ultrabones.twin.wall`).
     """
     notebook = resolve_notebook(name)
     stem = notebook.stem
@@ -316,7 +314,7 @@ def run_stage(
     t0 = time.time()
     print(f"[ultrabones] {stem} (profile {params['profile']}{', specimen ' + specimen if specimen else ''}) ...",
           file=sys.stderr, flush=True)
-    execute(notebook, output, params, cwd=NOTEBOOKS_DIR, progress=progress, truth_wall=truth_wall_of(stem, paths))
+    execute(notebook, output, params, cwd=NOTEBOOKS_DIR, progress=progress, walled_twins=walled_twins(stem, paths))
     if not metrics.exists() or (before is not None and metrics.stat().st_mtime <= before):
         raise NotebookError(f"{notebook.name} finished but did not write {metrics}")
     print(f"[ultrabones] {stem} done in {time.time() - t0:.1f} s -> {metrics}", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import paper
+from ultrabones.core.merge import merge_metrics
 from ultrabones.core.params import SectionParams
 from ultrabones.core.paths import Paths
 from ultrabones.rating.study import RATER_MODEL_LABEL
@@ -396,14 +397,24 @@ def gallery(figures_dir: Path, names: Sequence[str], cols: int = 2):
     return fig, missing
 
 
-def load_all(paths: Paths, stems: Sequence[str]) -> dict[str, dict]:
-    """Every available metrics JSON of ``stems`` of one run (missing ones are left out)."""
+def load_all(paths: Paths, stems: Sequence[str], measured: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """Every available metrics JSON of ``stems`` of one run (missing ones are left out), with ``measured``
+    (stem -> the twin's measurements against the truth, read by the twin's code in notebook 07's cell:
+    :func:`ultrabones.twin.measure.measured_runs`) merged in."""
     out = {}
     for stem in stems:
         f = paths.metrics(stem)
         if f.is_file():
             out[stem] = json.loads(f.read_text())
-    return out
+    return _with_measurements(out, measured, stems)
+
+
+def _with_measurements(run: dict[str, dict], measured: Mapping[str, dict] | None,
+                       stems: Sequence[str]) -> dict[str, dict]:
+    if not measured:
+        return run
+    return {stem: merge_metrics(run.get(stem, {}), measured.get(stem))
+            for stem in stems if stem in run or stem in measured}
 
 
 def orphan_figures(figures_dir: Path) -> list[str]:
@@ -435,13 +446,16 @@ def seed_builds(build_dir: Path | str) -> list[Path]:
     return ([own] if (own / "metrics").is_dir() else []) + [d for _, d in seeded]
 
 
-def load_seed_runs(build_dir: Path | str, stems: Sequence[str]) -> tuple[list[dict[str, dict]], list[str]]:
+def load_seed_runs(build_dir: Path | str, stems: Sequence[str],
+                   measured: Mapping[str, Mapping[str, dict]] | None = None) -> tuple[list[dict[str, dict]], list[str]]:
     """One metrics dict per seed build of :func:`seed_builds` (stems that a build lacks are left out), and
-    the builds' folder names, in the same order: the input of :func:`summary_table` over seeds."""
+    the builds' folder names, in the same order: the input of :func:`summary_table` over seeds. ``measured``
+    (build folder name -> stem -> the twin's measurements against the truth) is merged into each build's."""
     runs, names = [], []
     for d in seed_builds(build_dir):
         run = {stem: json.loads((d / "metrics" / f"{stem}.json").read_text())
                for stem in stems if (d / "metrics" / f"{stem}.json").is_file()}
+        run = _with_measurements(run, (measured or {}).get(d.name), stems)
         if run:
             runs.append(run)
             names.append(d.name)

@@ -451,7 +451,6 @@ def build_rating_set(
     params: RatingParams,
     seed: int,
     label_fn_for: Callable,
-    measure_item: Callable | None = None,
     progress: bool = True,
     derived: Path | str | None = None,
 ) -> dict:
@@ -468,19 +467,16 @@ def build_rating_set(
         returning the (H, W) bool label of one alignment (:func:`labeling_label_fn`
         by default in the notebook); ``specimen`` is a :class:`~ultrabones.core.dataset.Specimen`,
         ``calib`` (4, 4) the image plane in the probe-marker frame, ``spacing`` (sx, sy) mm/px.
-    measure_item : optional ``measure_item(item, image, label) -> object``, called on every item
-        (``item``: specimen, record, timestamp, method); the results come back in key order as
-        ``measured``. On the twin, :func:`ultrabones.twin.rater.label_errors` measures each drawn
-        label there; this module reads nothing but the dataset.
     progress : show a progress bar.
     derived : the derived dataset notebook 02 wrote (optimised and registered poses,
         labels; ``Paths.derived``); None: they are beside the inputs.
 
     Returns
     -------
-    ``key`` (DataFrame), ``set_id``, ``measured`` (per key row, what ``measure_item``
-    returned; only with it), ``examples`` (the first frame's three items with image
-    and label) and ``spacing`` (sx, sy) mm/px.
+    ``key`` (DataFrame), ``set_id``, ``labels`` (per key row, the (H, W) bool label drawn on the item: what
+    the twin measures against its truth, in a cell of its own, :func:`ultrabones.twin.rater.label_errors`),
+    ``examples`` (the first frame's three items with image and label) and ``spacing`` (sx, sy) mm/px. This
+    function reads nothing but the dataset.
     """
     from tqdm import tqdm
 
@@ -501,7 +497,7 @@ def build_rating_set(
     if frames.empty:
         raise DatasetError(f"{dataset_root}: no frame has all three alignments (initial, registered, optimized)")
     key = make_key(frames, seed)
-    items, measured, examples = [], {}, []
+    items, labels, examples = [], {}, []
     fns, by_name = {}, {s.name: s for s in found}
     for row in tqdm(frames.itertuples(index=False), total=len(frames), desc="rating items", disable=not progress):
         rec, df = records[(row.specimen, row.record)]
@@ -518,13 +514,10 @@ def build_rating_set(
             items.append(dict(item, uri=encode_item(rgb, params.image_format, params.jpeg_quality)))
             if len(examples) < len(METHODS):
                 examples.append(dict(item, rgb=rgb, image=image, label=label))
-            if measure_item is not None:
-                measured[(row.specimen, row.record, row.timestamp, method)] = measure_item(item, image, label)
+            labels[(row.specimen, row.record, row.timestamp, method)] = label
     sid = assemble_rating_set(items, key, out_dir, params.image_format, params.jpeg_quality)
-    out = {"key": key, "set_id": sid, "examples": examples, "spacing": spacing}
-    if measure_item is not None:
-        out["measured"] = [measured[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]
-    return out
+    return {"key": key, "set_id": sid, "examples": examples, "spacing": spacing,
+            "labels": [labels[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]}
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -894,19 +887,20 @@ def label_fn_of_labeling(paths, drawn: Mapping) -> Callable:
                              points_for=cloud)
 
 
-def plot_items(examples: Sequence[Mapping], outline: Callable | None = None):
+def plot_items(examples: Sequence[Mapping], outlines: Sequence[np.ndarray] | None = None):
     """The three items of one frame as the rater sees them (Fig. 5).
 
-    ``outline(item) -> (H, W) bool``, when given, is drawn as a magenta contour for the reader (on the twin,
-    the true label; never in the rating page).
+    ``outlines``, when given, one (H, W) bool mask per example, are drawn as magenta contours for the reader
+    (on the twin, the true label, which the twin's cell reads: ``ultrabones.twin.rater.true_outlines``;
+    never in the rating page).
     """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(examples), figsize=(4.2 * len(examples), 3.8), squeeze=False)
-    for ax, it in zip(axes[0], examples):
+    for i, (ax, it) in enumerate(zip(axes[0], examples)):
         ax.imshow(it["rgb"])
-        if outline is not None:
-            ax.contour(outline(it), levels=[0.5], colors="magenta", linewidths=0.6)
+        if outlines is not None:
+            ax.contour(outlines[i], levels=[0.5], colors="magenta", linewidths=0.6)
         ax.set_title(f"{METHOD_LABELS[it['method']]}\n{it['specimen']}/{it['record']} t={it['timestamp']} ms",
                      fontsize=8)
         ax.axis("off")

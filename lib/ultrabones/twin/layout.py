@@ -5,16 +5,32 @@ Only the twin's modules name this folder; the method's packages cannot reach it 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
 
 TRUTH = "truth"
 
 
 def truth_dir(paths: Paths) -> Path:
-    """The twin's ``truth/`` folder (it may not exist yet)."""
+    """The twin's ``truth/`` folder (it may not exist yet).
+
+    Raises
+    ------
+    DatasetError
+        If ``paths`` are a method stage's (no twin folder, :meth:`~ultrabones.core.paths.Paths.for_method`).
+    """
+    if paths.twin_dir is None:
+        raise DatasetError("these paths are a method stage's (no twin folder): measure in a cell of its own with "
+                           "ultrabones.twin.layout.twin_paths(paths, twin_dir)")
     return Path(paths.twin_dir) / TRUTH
+
+
+def twin_paths(paths: Paths, twin_dir: Path | str) -> Paths:
+    """A method stage's paths with the twin's folder given back, for the twin's measurement cells."""
+    return replace(paths, twin_dir=Path(twin_dir), raw_dir=None, twin_dataset=None)
 
 
 def measurements_file(paths: Paths, stem: str) -> Path:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ultrabones.calibration import ct
 from ultrabones.calibration.system import read_matrix_json, target_registration_error
-from ultrabones.core import dataset
+from ultrabones.core import dataset, merge
 from ultrabones.core.geometry import (
     POSE_COLUMNS,
     invert_transform,
@@ -29,7 +29,7 @@ from ultrabones.core.geometry import (
 )
 from ultrabones.core.mesh import point_distances
 from ultrabones.core.paths import Paths
-from ultrabones.twin.layout import measurements_file, truth_dir
+from ultrabones.twin.layout import TRUTH, measurements_file, truth_dir
 
 
 def truth_root(paths: Paths) -> Path | None:
@@ -165,14 +165,17 @@ def ct_model_distances(paths: Paths, specimen: str, n: int = 8000, seed: int = 0
     return pts_t, pts_m, point_distances(pts_m, true_model)
 
 
-def write_measurements(paths: Paths, stem: str, values: dict) -> Path:
+def write_measurements(paths: Paths, stem: str, values: dict) -> Path | None:
     """Write a stage's truth measurements to ``truth/measurements/<stem>.json`` (behind the truth wall).
 
-    Returns the file written. Method code cannot read it back (:mod:`ultrabones.twin.wall`); the summary
-    and the tests read it through :func:`read_measurements`.
+    Returns the file written; None on real data (``paths.data_root`` set: no truth, nothing written).
+    Method code cannot read it back (:mod:`ultrabones.twin.wall`); the summary and the tests merge it into the
+    stage's metrics (:func:`measured_runs`, :func:`merge_metrics`).
     """
     from ultrabones.core import atomic
 
+    if not paths.is_twin:
+        return None
     return atomic.write_json(measurements_file(paths, stem), values)
 
 
@@ -182,15 +185,22 @@ def read_measurements(paths: Paths, stem: str) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def merge_metrics(method: dict, truth: dict) -> dict:
-    """A stage's metrics with the truth's merged in; ``per_specimen`` entries are merged key by key."""
-    out = dict(method)
-    for k, v in truth.items():
-        if k == "per_specimen" and isinstance(out.get(k), dict):
-            out[k] = {s: {**out[k].get(s, {}), **v.get(s, {})} for s in sorted(set(out[k]) | set(v))}
-        else:
-            out[k] = v
-    return out
+def measured_runs(twin_dir: Path | str, stems) -> dict[str, dict]:
+    """The measurements of ``stems`` that a twin folder holds (``truth/measurements/<stem>.json``; stems
+    without any are left out): for the summary and the tests, which merge them into the stages' metrics."""
+    folder = Path(twin_dir) / TRUTH / "measurements"
+    return {stem: json.loads((folder / f"{stem}.json").read_text()) for stem in stems
+            if (folder / f"{stem}.json").is_file()}
+
+
+def measured_builds(twin_dir: Path | str, builds, stems) -> dict[str, dict[str, dict]]:
+    """:func:`measured_runs` of each build (``build/<name>``) from the twin of the same name beside
+    ``twin_dir`` (the twins of a profile's seed builds sit side by side): build name -> stem -> measurements."""
+    return {Path(b).name: measured_runs(Path(twin_dir).parent / Path(b).name, stems) for b in builds}
+
+
+merge_metrics = merge.merge_metrics  # a stage's metrics with its measurements merged in
+truth_part = merge.measured_part  # what a dict computed with the measurements adds
 
 
 # ----------------------------------------------------------------------------- evaluation (notebook 05)

@@ -153,25 +153,24 @@ def simulate_ratings(
     return np.clip(rating + np.where(slip, step, 0), 0, 3)
 
 
-def label_errors(paths: Paths, spacing: tuple[float, float]):
-    """A ``measure_item`` for :func:`ultrabones.rating.study.build_rating_set`: each drawn label's errors (mm).
+def label_errors(paths: Paths, built: Mapping, spacing: tuple[float, float]) -> list[np.ndarray]:
+    """Each drawn label of a rating set measured against the truth (mm), in key order.
 
-    Reads the true full label ``truth/<specimen>/<record>/Labels_full/<t>_label.png`` of the item's frame
-    (once per frame, shared by its three alignments) and returns the distance of every label pixel to the
-    nearest true-label pixel (:func:`~ultrabones.evaluation.metrics.directed_distances`; ``inf`` for every
-    pixel when the true label is empty).
+    Reads the true full label ``truth/<specimen>/<record>/Labels_full/<t>_label.png`` of each item's frame
+    (once per frame, shared by its three alignments) and returns the distance of every pixel of the item's
+    label (``built["labels"]``, :func:`ultrabones.rating.study.build_rating_set`) to the nearest true-label pixel
+    (:func:`~ultrabones.evaluation.metrics.directed_distances`; ``inf`` for every pixel when the true label is
+    empty). Called in notebook 03's measurement cell; the rating code never reads the truth.
     """
-    cache: dict = {}
-
-    def measure(item, image, label):
-        k = (item["specimen"], item["record"], int(item["timestamp"]))
-        if k not in cache:
-            cache.clear()
-            cache[k] = dataset.read_label(truth_dir(paths) / k[0] / k[1] / dataset.LABELS_FULL / f"{k[2]}_label.png",
-                                          image.shape)
-        return directed_distances(label, cache[k], spacing)
-
-    return measure
+    out, true = [], {}
+    for row, label in zip(built["key"].itertuples(), built["labels"]):
+        k = (row.specimen, row.record, int(row.timestamp))
+        if k not in true:
+            true.clear()
+            true[k] = dataset.read_label(truth_dir(paths) / k[0] / k[1] / dataset.LABELS_FULL / f"{k[2]}_label.png",
+                                         label.shape)
+        out.append(directed_distances(label, true[k], spacing))
+    return out
 
 
 def true_full_label(paths: Paths, item, shape) -> np.ndarray:
@@ -195,12 +194,14 @@ def error_profiles(key: pd.DataFrame, distances: Sequence[np.ndarray], visible_m
 # ----------------------------------------------------------------------------- notebook 03 on the twin
 
 
-def ratings(paths: Paths, built: Mapping, params: RatingParams, seed: int, out_dir: Path | str) -> pd.DataFrame:
-    """The rater model's ratings of a rating set, written as a CSV in the page's export format and read back
-    through the same validation as a person's (:func:`ultrabones.rating.study.read_ratings`)."""
+def ratings(built: Mapping, measured: Sequence[np.ndarray], params: RatingParams, seed: int,
+            out_dir: Path | str) -> pd.DataFrame:
+    """The rater model's ratings of a rating set (``measured``: :func:`label_errors`), written as a CSV in the
+    page's export format and read back through the same validation as a person's
+    (:func:`ultrabones.rating.study.read_ratings`): a table of ratings, like a person's."""
     from ultrabones.rating import study
 
-    simulated = simulate_ratings(built["measured"], Rubric.of(params), params.rater_gain_sd, params.rater_lapse, seed)
+    simulated = simulate_ratings(measured, Rubric.of(params), params.rater_gain_sd, params.rater_lapse, seed)
     table = study.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
     f = Path(out_dir) / study.SIMULATED_FILE
     atomic.write_text(f, table.to_csv(index=False))
@@ -247,13 +248,14 @@ def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame |
     return {"spearman_rho": rho, "median_error_mm": median_err.round(3).to_dict()}
 
 
-def ratings_or_model(paths: Paths, built: Mapping, params: RatingParams, seed: int, given: pd.DataFrame | None,
+def ratings_or_model(paths: Paths, built: Mapping, measured: Sequence[np.ndarray] | None, params: RatingParams,
+                     seed: int, given: pd.DataFrame | None,
                      ratings_csv: Path | str | None) -> tuple[pd.DataFrame | None, str | None]:
-    """The ratings notebook 03 analyses, and where they came from.
+    """The table of ratings notebook 03 analyses, and where it came from.
 
     A person's CSV (of another set, already read as ``given``, or of this run's set) always wins; on the
-    twin without one, the rater model rates the set; on real data without one there is nothing yet
-    (None, None): the page waits for a person.
+    twin without one, the rater model rates the set from ``measured`` (:func:`label_errors`); on real data
+    without one there is nothing yet (None, None): the page waits for a person.
     """
     from ultrabones.rating import study
 
@@ -261,11 +263,11 @@ def ratings_or_model(paths: Paths, built: Mapping, params: RatingParams, seed: i
         return given, str(ratings_csv)
     if ratings_csv is not None:
         return study.read_ratings(Path(ratings_csv), built["key"], built["set_id"]), str(ratings_csv)
-    if paths.is_twin and "measured" in built:
-        return ratings(paths, built, params, seed, paths.rating_dir), "simulated rater"
+    if paths.is_twin and measured is not None:
+        return ratings(built, measured, params, seed, paths.rating_dir), "simulated rater"
     return None, None
 
 
-def true_outline(paths: Paths):
-    """``outline(item)`` for :func:`ultrabones.rating.study.plot_items`: the item's true full label (twin only)."""
-    return lambda item: true_full_label(paths, item, item["image"].shape)
+def true_outlines(paths: Paths, examples: Sequence[Mapping]) -> list[np.ndarray]:
+    """The true full label of each example item's frame, for :func:`ultrabones.rating.study.plot_items`."""
+    return [true_full_label(paths, it, it["image"].shape) for it in examples]

@@ -21,11 +21,12 @@ The rule, walking the calling frames from the ``open`` outwards:
 
 A refused open raises :class:`~ultrabones.core.errors.TruthWallError` naming the file and the calling
 module (with its file and line). Audit hooks cannot be removed, so the hook is installed only in processes
-that run method stages: the kernel (through :func:`kernel_arguments`) and, through the environment
-variable :data:`ENV` that the kernel inherits, every Python process that imports ``ultrabones`` under it
-(Dask or multiprocessing workers). It is a guard against mistakes and lexical evasions, not a sandbox:
-code that spawns another interpreter without importing ``ultrabones``, or that edits this module's state,
-is not stopped.
+that run method stages: the runner names the twin folders in the environment variable :data:`ENV`
+(``ultrabones.TRUTH_WALL_ENV``) and starts the kernel with ``__import__('ultrabones')``, which installs the hook
+before the first cell (:func:`install_from_env`); worker processes (Dask, multiprocessing) inherit the variable
+and are walled as soon as they import ``ultrabones``, which every task of the method does. It is a guard
+against mistakes and lexical evasions, not a sandbox: code that starts another interpreter that never imports
+``ultrabones``, or that edits this module's state, is not stopped.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import sysconfig
 from pathlib import Path
 from typing import Iterable
 
+from ultrabones import TRUTH_WALL_ENV
 from ultrabones.core.errors import TruthWallError
+from ultrabones.twin.layout import TRUTH
 
-#: The environment variable that carries the walled folders (``os.pathsep``-separated) to child processes.
-ENV = "ULTRABONES_TRUTH_WALL"
+#: The environment variable that carries the twin folders whose ``truth/`` is walled to child processes.
+ENV = TRUTH_WALL_ENV
 
 #: Audit events judged, and the argument that holds the path.
 EVENTS = {"open": 0, "os.listdir": 0, "os.scandir": 0}
@@ -158,18 +161,7 @@ def walled_folders() -> tuple[str, ...]:
 
 
 def install_from_env(environ=os.environ) -> tuple[str, ...]:
-    """:func:`install` the folders named by :data:`ENV`, if set (``ultrabones/__init__.py`` calls this)."""
-    value = environ.get(ENV, "")
-    folders = [f for f in value.split(os.pathsep) if f]
-    return install(folders) if folders else walled_folders()
-
-
-def environment(folders: Iterable[Path | str]) -> dict[str, str]:
-    """The environment entry that walls ``folders`` in a child process (the kernel and its workers)."""
-    return {ENV: os.pathsep.join(os.fspath(Path(f).resolve()) for f in folders)}
-
-
-def kernel_arguments() -> list[str]:
-    """Kernel command-line arguments that install the wall before the notebook's first cell runs
-    (``IPKernelApp.exec_lines``; the folders come from :data:`ENV` in the kernel's environment)."""
-    return ["--IPKernelApp.exec_lines=__import__('ultrabones.twin.wall').twin.wall.install_from_env()"]
+    """:func:`install` the ``truth/`` of each twin folder named by :data:`ENV`, if set (``import ultrabones``
+    calls this; the runner sets it and starts the kernel with ``__import__('ultrabones')``)."""
+    twins = [f for f in environ.get(ENV, "").split(os.pathsep) if f]
+    return install(Path(t) / TRUTH for t in twins) if twins else walled_folders()
