@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Write the smoke run's headline metrics as the golden file the notebook tests compare with.
 
-    python tools/update_golden.py BUILD_DIR            # e.g. build/smoke (after `make paper PROFILE=smoke`)
+    python tools/update_golden.py BUILD_DIR [TWIN_DIR] # e.g. build/smoke (after `make paper PROFILE=smoke`)
+
+The measurements against the twin's truth are read from ``TWIN_DIR/truth/measurements/`` (default: the twin
+of the same name, ``data/twin/<name>`` or under ``$ULTRABONES_TWIN_ROOT``) and merged into each stage's metrics.
 
 A change that moves a headline number must update ``tests/golden/smoke_metrics.json`` on purpose, with
 this tool, and say why in its commit. Each entry keeps its tolerance: edit ``TOLERANCES`` here, not the JSON.
@@ -59,10 +62,15 @@ def lookup(metrics: dict, key: str):
     return v
 
 
-def main(build: Path) -> None:
+def main(build: Path, twin: Path | None = None) -> None:
+    from ultrabones.core.merge import merge_metrics
+    from ultrabones.core.paths import twin_root
+    from ultrabones.twin.measure import measured_runs
+
+    measured = measured_runs(twin or twin_root() / build.name, list(TOLERANCES))
     out = {}
     for stem, keys in TOLERANCES.items():
-        m = json.loads((build / "metrics" / f"{stem}.json").read_text())
+        m = merge_metrics(json.loads((build / "metrics" / f"{stem}.json").read_text()), measured.get(stem))
         out[stem] = {}
         for key, (tol, why) in keys.items():
             value = lookup(m, key)
@@ -76,6 +84,6 @@ def main(build: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) == 3 else None)

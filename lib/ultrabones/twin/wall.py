@@ -134,9 +134,9 @@ def _hook(event: str, args: tuple) -> None:
         return
     why = verdict(sys._getframe(1))
     if why is not None:
-        action = "read" if event == "open" else "listed"
+        why = why if event == "open" else why.replace("opened", "listed", 1)
         raise TruthWallError(
-            f"truth wall: {real} is the twin's truth and was {action} -- {why}. The method never reads the "
+            f"truth wall: {real} is the twin's truth, {why}. The method never reads the "
             "truth; measure against it in a notebook cell that calls ultrabones.twin.measure (docs/truthwall.md)")
 
 
