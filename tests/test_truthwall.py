@@ -320,3 +320,59 @@ def test_the_method_stages_run_behind_the_wall_and_the_simulation_does_not(tmp_p
     assert runner.walled_twins("00_simulate", paths) is None
     for stem in ("01_calibration", "03_rating_statistics", "07_summary"):
         assert runner.walled_twins(stem, paths) == [tmp_path / "twin" / "smoke", tmp_path / "twin" / "smoke-seed8"]
+
+
+def test_a_method_stage_holds_paths_without_the_twin_folder(tmp_path, monkeypatch):
+    from ultrabones.core.errors import DatasetError
+
+    monkeypatch.setenv("ULTRABONES_TWIN_ROOT", str(tmp_path / "twin"))
+    full = Paths.for_profile("smoke")
+    method = full.for_method()
+    assert method.twin_dir is None and method.is_twin
+    assert method.raw == tmp_path / "twin" / "smoke" / "raw" and method.dataset == tmp_path / "twin" / "smoke" / "dataset"
+    with pytest.raises(DatasetError, match="these paths are a method stage's \\(no twin folder\\)"):
+        layout.truth_dir(method)
+    assert layout.twin_paths(method, full.twin_dir) == full
+    real = Paths.for_profile("smoke", data_root=str(tmp_path / "real")).for_method()
+    assert real.dataset == tmp_path / "real" and real.twin_dir is None
+    with pytest.raises(DatasetError, match="no raw recordings"):
+        real.raw
+    assert measure.write_measurements(layout.twin_paths(real, full.twin_dir), "02_labeling", {"x": 1}) is None
+    assert not (tmp_path / "twin").exists()  # real data: nothing written into a twin folder
+
+
+def test_metrics_and_measurements_split_and_merge_back():
+    from ultrabones.core.merge import measured_part, merge_metrics
+
+    method = {"n": 3, "lambda_selection": {"chosen": 10.0, "table": [1, 2]}, "against": "CT bone model",
+              "per_specimen": {"s1": {"mean_mm": 0.5}}, "nan": float("nan")}
+    full = {"n": 3, "lambda_selection": {"chosen": 10.0, "table": [1, 2], "oracle": 1.0}, "against": "true surface",
+            "per_specimen": {"s1": {"mean_mm": 0.5, "mean_true_mm": 0.7}, "s2": {"mean_true_mm": 0.9}},
+            "nan": float("nan"), "contour_error_mm": {"optimized": {"mean": 0.2}}}
+    part = measured_part(full, method)
+    assert part == {"lambda_selection": {"oracle": 1.0}, "against": "true surface",
+                    "per_specimen": {"s1": {"mean_true_mm": 0.7}, "s2": {"mean_true_mm": 0.9}},
+                    "contour_error_mm": {"optimized": {"mean": 0.2}}}
+    merged = merge_metrics(method, part)
+    assert merged.keys() == full.keys() and merged["nan"] != merged["nan"]
+    assert {k: v for k, v in merged.items() if k != "nan"} == {k: v for k, v in full.items() if k != "nan"}
+    assert merge_metrics(method, None) == method
+
+
+def test_the_summary_merges_the_measurements_it_is_given(tmp_path):
+    from ultrabones.core import atomic
+    from ultrabones.pipeline import summary
+
+    paths = Paths(build_dir=tmp_path / "build" / "smoke", twin_dir=tmp_path / "twin" / "smoke",
+                  figures_dir=tmp_path / "fig")
+    atomic.write_json(paths.metrics("02_labeling"), {"lambda": 10.0, "lambda_selection": {"chosen": 10.0}})
+    measure.write_measurements(paths, "02_labeling", {"lambda_selection": {"oracle": 1.0}})
+    measure.write_measurements(paths, summary.HELDOUT_ORACLE, {"oracle_gap_mm": 0.01})
+    stems = ["02_labeling", summary.HELDOUT_ORACLE]
+    measured = measure.measured_builds(paths.twin_dir, [paths.build_dir], stems)
+    assert summary.load_all(paths, stems) == {"02_labeling": {"lambda": 10.0, "lambda_selection": {"chosen": 10.0}}}
+    assert summary.load_all(paths.for_method(), stems, measured["smoke"]) == {
+        "02_labeling": {"lambda": 10.0, "lambda_selection": {"chosen": 10.0, "oracle": 1.0}},
+        summary.HELDOUT_ORACLE: {"oracle_gap_mm": 0.01}}
+    runs, names = summary.load_seed_runs(paths.build_dir, stems, measured)
+    assert names == ["smoke"] and runs[0]["02_labeling"]["lambda_selection"]["oracle"] == 1.0
