@@ -705,3 +705,46 @@ def plot_ct_model_distances(pts_true: np.ndarray, pts_model: np.ndarray, distanc
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- collected metrics (make validate)
+
+
+def merge_collected(twin_root: Path | str, profile: str, seeds, out_dir: Path | str) -> list[Path]:
+    """Merge each seed's measurements against the truth into the metrics collected for it
+    (``<out_dir>/seed<N>/<stem>.json``, ``python -m ultrabones collect-validation``), from the twin
+    ``<twin_root>/<profile>-seed<N>``; returns the files rewritten. The collected metrics are results to report
+    (committed under ``figures/validation/``), so they carry the truth's measurements as the summary reads them."""
+    from ultrabones.core import atomic
+
+    written = []
+    for seed in seeds:
+        folder = Path(out_dir) / f"seed{int(seed)}"
+        files = sorted(folder.glob("*.json"))
+        measured = measured_runs(Path(twin_root) / f"{profile}-seed{int(seed)}", [f.stem for f in files])
+        for f in files:
+            if f.stem in measured:
+                written.append(atomic.write_json(f, merge_metrics(json.loads(f.read_text()), measured[f.stem])))
+    return written
+
+
+def main(argv=None) -> int:
+    """``python -m ultrabones.twin.measure merge-collected --profile P --seeds N ... --out DIR`` (make validate)."""
+    import argparse
+
+    from ultrabones.core.paths import twin_root
+
+    ap = argparse.ArgumentParser(prog="python -m ultrabones.twin.measure")
+    sub = ap.add_subparsers(dest="verb", required=True)
+    mc = sub.add_parser("merge-collected", help="merge the seeds' truth measurements into their collected metrics")
+    mc.add_argument("--profile", default="default")
+    mc.add_argument("--seeds", type=int, nargs="+", required=True)
+    mc.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    written = merge_collected(twin_root(), args.profile, args.seeds, args.out)
+    print(f"{args.out}: the twin's measurements merged into {len(written)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
