@@ -91,7 +91,8 @@ def _file_at(commit: str, path: str) -> str | None:
 
 
 def test_every_reference_and_quotation_holds_in_git():
-    """Each ``path@commit`` exists, and each quotation is verbatim in the file of the reference before it."""
+    """Each ``path@commit`` exists, and each quotation is verbatim in the file of the reference before it, after
+    the quotation before it."""
     if _git("cat-file", "-e", "9d56252^{commit}") is None:
         pytest.skip("no git history here (an archive or a shallow clone)")
     for c in HISTORY:
@@ -102,11 +103,14 @@ def test_every_reference_and_quotation_holds_in_git():
             text, ref, quotes = getattr(c, field), None, 0
             for m in TOKEN.finditer(text):
                 if m.group("ref"):
-                    ref = (m.group("commit"), m.group("ref"))
+                    ref, start = (m.group("commit"), m.group("ref")), 0
                     assert _file_at(*ref) is not None, f"{c.row}.{field}: no {ref[1]} at {ref[0]}"
                     continue
                 assert ref is not None, f"{c.row}.{field}: a quotation before any path@commit"
-                assert m.group("quote") in _file_at(*ref), f"{c.row}.{field}: not in {ref[1]}@{ref[0]}: {m.group()}"
+                # quotations of one reference follow each other in the file (a row's continuation line)
+                found = _file_at(*ref).find(m.group("quote"), start)
+                assert found >= 0, f"{c.row}.{field}: not in {ref[1]}@{ref[0]} after the last quotation: {m.group()}"
+                start = found + len(m.group("quote"))
                 quotes += 1
             assert quotes >= 1, f"{c.row}.{field} quotes nothing"
         assert f"@{c.first_commit}" in c.original_text and f"@{c.changed_commit}" in c.new_text, c.row
