@@ -3,7 +3,7 @@
 This module is data, not computation: :data:`HISTORY` holds one :class:`CriterionChange` per change, in the order
 of the summary rows. It answers issue 24: ``core/paper.py`` says its criteria were "written down before any run",
 but it was created on 2026-12-02, ten days after the first default run had been committed with the criteria that
-lived before it in ``lib/ultrabones/summary.py`` (and, for three rows, as assertions in notebooks 01 and 02).
+lived before it in ``lib/ultrabones/summary.py`` (and, for four rows, as assertions in notebooks 01 and 02).
 
 How it was established (every reference is ``path@commit``, checkable with ``git show <commit>:<path>``)::
 
@@ -18,8 +18,9 @@ How it was established (every reference is ``path@commit``, checkable with ``git
 What was found:
 
 - The first criteria were written in ``lib/ultrabones/summary.py@cec89d4`` (2026-11-22 19:04 UTC, before any stage
-  was committed) and ``@9b6d199`` (20:03, two rows added), and as default-profile assertions in
-  ``notebooks/01_calibration.ipynb@7dc077e`` and ``notebooks/02_labeling.ipynb@02d4d26`` (19:59).
+  was committed) and ``@9b6d199`` (20:03, two rows added), and as assertions that stop the run in
+  ``notebooks/01_calibration.ipynb@7dc077e`` (on the twin) and ``notebooks/02_labeling.ipynb@02d4d26`` (default
+  profile), both at 19:59.
 - The first default run was committed in ``figures/summary_table.md@79f27e0`` (2026-11-22 20:56; the README of
   that commit repeats the table). It is the only summary committed before the change: the file did not change
   again until f9c2170 (2026-12-02 07:11). Its 26 rows have 10 criteria that failed ("no"), not 12 as issue 24
