@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     prm.add_argument("--profile", default="default")
     prm.add_argument("--explain", action="store_true", help="name the file (in the extends chain) of each value")
     prm.add_argument("--files", action="store_true", help="list the profile's files, base first (for make)")
+    col = sub.add_parser("collect-validation",
+                         help="copy seed builds' metrics of stages 00-02 into a committed folder (make validate)")
+    col.add_argument("--profile", default="default")
+    col.add_argument("--seeds", type=int, nargs="+", required=True)
+    col.add_argument("--out", required=True, help="e.g. figures/validation")
     sub.add_parser("stages", help="list the numbered notebooks and their sections")
     dig = sub.add_parser("inputs-digest", help="write the input dataset's path and content digest (for make)")
     dig.add_argument("--profile", default="default")
@@ -76,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(explain_profile(args.profile, PARAMS_DIR))
             else:
                 print(yaml.safe_dump(resolved_profile(args.profile, PARAMS_DIR), sort_keys=False), end="")
+        elif args.verb == "collect-validation":
+            from ultrabones.core.paths import build_root
+            from ultrabones.pipeline.validation import collect_validation
+
+            rec = collect_validation(build_root(), args.profile, args.seeds, args.out)
+            print(f"{args.out}: seeds {', '.join(sorted(rec['seeds'], key=int))} collected")
         elif args.verb == "specimens":
             from ultrabones.core.params import load_profile
             from ultrabones.core.paths import PARAMS_DIR
