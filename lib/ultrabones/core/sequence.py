@@ -259,8 +259,8 @@ def _calibration(spec, units: str, folder: Path, where: str):
         m = _matrix_source(spec, folder, where)
     if units == "pixel":
         return calibration_from_plus(m, where)
-    calib, _ = calibration_from_plus(m, where)  # a rigid matrix: unit columns
-    if not np.allclose(calib, m, atol=1e-6):
+    rot = m[:3, :3]
+    if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-6) or np.linalg.det(rot) <= 0:
         raise DatasetError(f"{where}: image_to_probe_units is mm but the matrix is not rigid "
                            "(a PLUS ImageToProbe holds the pixel size: use units pixel)")
     return m, None
