@@ -292,3 +292,68 @@ def test_labelling_the_real_fixtures_from_sequence_files_gives_layout_a_labels(t
     # and back to layout A on request: the same frames and poses
     convert.to_layout_a(tmp_path / "c", tmp_path / "a2")
     same_records(a, tmp_path / "a2", layout="A")
+
+
+# ----------------------------------------------------------------------------- the export for 3D Slicer
+
+
+def test_slicer_export_opens_in_simpleitk_trimesh_and_open3d(tmp_path):
+    import open3d as o3d
+    import SimpleITK as sitk
+    import trimesh
+
+    from ultrabones.core.paths import Paths
+    from ultrabones.pipeline import slicer
+
+    a = real_copy(tmp_path)
+    convert.to_sequences(a, tmp_path / "c", tracker_to_ct=TRACKER_TO_CT)
+    paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig", data_root=tmp_path / "c")
+    (spec,), _ = ds.scan(paths.dataset, derived=paths.derived)
+    rec = spec.records[0]
+    ts = rec.timestamps()
+    calib, spacing, _ = ds.read_calibration(paths.dataset)
+    # a derived dataset as notebook 02 leaves it: labels of two frames, an optimised pose for one of them
+    rng = np.random.default_rng(3)
+    masks = {int(t): rng.random((811, 950)) < 0.01 for t in ts[[1, 4]]}
+    for t, m in masks.items():
+        ds.write_label(rec.label_path(t, ds.LABELS), m)
+    tab = rec.read_tracking()
+    opt = tab[list(geometry.POSE_COLUMNS)].to_numpy().copy()
+    opt[np.arange(len(ts)) != 1] = np.nan
+    opt[1, 0] += 0.5  # 0.5 mm along CT x
+    tab[list(ds.OPTIMIZED_COLUMNS)] = opt
+    ds.write_tracking(rec.poses_csv, tab)
+    cloud = paths.cache("06_reconstruction") / "point_clouds" / "specimen01" / "labels_optimized_all.ply"
+    cloud.parent.mkdir(parents=True)
+    o3d.io.write_point_cloud(str(cloud), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(rng.random((50, 3)))))
+
+    written = slicer.export_run(paths, tmp_path / "slicer")
+    out = tmp_path / "slicer" / "specimen01"
+    assert {p.name for p in written} == {"ImageToProbe.txt", "record01_image.igs.mha", "record01_labels.igs.mha",
+                                         "CT_bone_model.stl", "CT_bone_model.ply", "reconstruction_labels_optimized_all.ply"}
+    lab = sitk.ReadImage(str(out / "record01_labels.igs.mha"))
+    assert lab.GetSize() == (950, 811, len(ts))  # one label frame per input frame
+    assert np.allclose(lab.GetSpacing()[:2], spacing, rtol=1e-12)
+    arr = sitk.GetArrayFromImage(lab)
+    for i, t in enumerate(ts):
+        assert np.array_equal(arr[i], masks[int(t)].astype(np.uint8)) if int(t) in masks else not arr[i].any()
+        status = lab.GetMetaData(f"Seq_Frame{i:04d}_ImageStatus")
+        assert status == ("OK" if int(t) in masks else "INVALID")
+        assert round(float(lab.GetMetaData(f"Seq_Frame{i:04d}_Timestamp")) * 1000) == t
+    img = sitk.ReadImage(str(out / "record01_image.igs.mha"))
+    assert np.array_equal(sitk.GetArrayFromImage(img)[2], rec.read_image(ts[2]))
+    # ImageToCT puts a pixel where Eq. 1 does: the optimised pose on frame 1, the recorded one elsewhere
+    poses = ds.poses(rec.read_tracking())
+    poses[1] = ds.poses(ds.read_tracking(rec.poses_csv), "optimized")[1]  # as notebook 02 wrote it
+    assert abs(poses[1][0, 3] - ds.poses(rec.read_tracking())[1][0, 3] - 0.5) < 1e-6
+    uv = np.array([[0.0, 0.0], [949.0, 810.0], [300.0, 20.0]])
+    for i in (0, 1):
+        m = sequence.parse_matrix(img.GetMetaData(f"Seq_Frame{i:04d}_ImageToCTTransform"), "test")
+        phys = np.c_[uv * spacing, np.zeros(3), np.ones(3)]
+        assert np.abs((m @ phys.T).T[:, :3] - geometry.pixels_to_ct(uv, poses[i], calib, spacing)).max() < 1e-9
+    assert img.GetMetaData("Seq_Frame0001_ProbeToCTTransformStatus") == "OK"
+    assert img.GetMetaData("Seq_Frame0000_ProbeToCTTransformStatus") == "INVALID"
+    mesh = trimesh.load_mesh(out / "CT_bone_model.ply")
+    assert len(mesh.faces) == len(ds.read_mesh(spec.ct_model).faces)
+    assert len(o3d.io.read_point_cloud(str(out / "reconstruction_labels_optimized_all.ply")).points) == 50
+    assert len(o3d.io.read_triangle_mesh(str(out / "CT_bone_model.stl")).triangles) == len(mesh.faces)

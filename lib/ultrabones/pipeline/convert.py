@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ultrabones.core import dataset as ds
 from ultrabones.core import sequence
@@ -223,7 +222,3 @@ def label_frames(rec: ds.Record, kind: str, timestamps) -> tuple[np.ndarray, np.
             have[i] = True
     return out, have
 
-
-def tracking_table(rec: ds.Record) -> pd.DataFrame:
-    """The derived ``tracking.csv`` when notebook 02 wrote it, else the recorded poses."""
-    return ds.read_tracking(rec.poses_csv) if rec.poses_csv.is_file() else rec.read_tracking()

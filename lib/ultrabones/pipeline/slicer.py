@@ -3,18 +3,20 @@
 ``python -m ultrabones export-slicer --profile P [-p data_root=...] --out DIR``
 writes, per specimen (``DIR/<specimen>/``):
 
-- ``<record>_image.igs.mha``: the input frames (MF), and per frame
-  ``ImageToCTTransform`` (pixel indices -> CT, PLUS convention: the optimised
-  pose, else the recorded one), ``ProbeToCTTransform`` (optimised pose,
-  status ``INVALID`` where notebook 02 discarded the frame, the recorded pose
-  standing in) and ``RecordedProbeToCTTransform`` (the recorded pose).
+- ``<record>_image.igs.mha``: the input frames (MF) with ``ElementSpacing``
+  the pixel size (mm), and per frame ``ImageToCTTransform`` (the frame's
+  physical coordinates as ITK reads them, ``(u sx, v sy, 0)`` at pixel
+  ``(u, v)``'s centre, to CT mm, through the optimised pose, else the recorded
+  one), ``ProbeToCTTransform`` (the optimised pose, status ``INVALID`` where
+  notebook 02 discarded the frame, the recorded pose standing in) and
+  ``RecordedProbeToCTTransform`` (the recorded pose).
 - ``<record>_labels.igs.mha``: the optimised labels (``Labels/``, 0/1),
   one frame per input frame (zeros and ``ImageStatus INVALID`` where the frame
   has no label), the same timestamps and transforms, so that Slicer's
   Sequences module replays image and label together.
 - ``<record>_labels_full.igs.mha`` and ``<record>_predictions.igs.mha``:
   ``Labels_full/`` and the model's ``Labels_pred/``, where they exist.
-- ``ImageToProbe.txt``: the calibration (PLUS convention).
+- ``ImageToProbe.txt``: the calibration in PLUS's convention (pixel indices -> mm).
 - ``CT_bone_model.stl`` and ``.ply``: the CT model (CT frame, mm).
 - ``reconstruction_<source>_<poses>_<group>.ply``: notebook 06's point clouds
   (CT frame, mm), where it ran.
@@ -32,24 +34,32 @@ import numpy as np
 from ultrabones.core import dataset as ds
 from ultrabones.core import sequence
 from ultrabones.core.paths import Paths
-from ultrabones.pipeline.convert import label_frames, tracking_table, write_sequence
+from ultrabones.pipeline.convert import label_frames, write_sequence
 
 KINDS = {ds.LABELS: "labels", ds.LABELS_FULL: "labels_full", ds.LABELS_PRED: "predictions"}
+
+
+def _shift(x: float, y: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:2, 3] = x, y
+    return m
 
 
 def record_transforms(rec: ds.Record, calib: np.ndarray, spacing) -> tuple[np.ndarray, dict, dict]:
     """(timestamps, transforms, statuses) of a record's input frames for the exported sequences."""
     ts = rec.timestamps()
-    tab = tracking_table(rec).set_index("timestamp")
-    tab = tab.reindex(ts)
-    recorded = ds.poses(tab.reset_index(), "initial")
+    recorded = ds.poses(rec.read_tracking().set_index("timestamp").reindex(ts).reset_index(), "initial")
     if not np.isfinite(recorded).all():
         raise ds.DatasetError(f"{rec.key}: a frame has no recorded pose; cannot export its sequence")
-    opt = ds.poses(tab.reset_index(), "optimized") if all(c in tab.columns for c in ds.OPTIMIZED_COLUMNS) \
-        else np.full_like(recorded, np.nan)
+    opt = np.full_like(recorded, np.nan)
+    if rec.poses_csv.is_file() and rec.poses_csv != rec.tracking_source:
+        tab = ds.read_tracking(rec.poses_csv, allow_missing_pose=True).set_index("timestamp").reindex(ts)
+        if all(c in tab.columns for c in ds.OPTIMIZED_COLUMNS):
+            opt = ds.poses(tab.reset_index(), "optimized")
     ok = np.isfinite(opt).all(axis=(1, 2))
     best = np.where(ok[:, None, None], opt, recorded)
-    i2p = sequence.plus_image_to_probe(calib, spacing)
+    # Eq. 1: pose @ calib @ [(u + 0.5) sx, (v + 0.5) sy] = pose @ calib @ T(sx / 2, sy / 2) @ [u sx, v sy]
+    i2p = np.asarray(calib, dtype=float) @ _shift(0.5 * spacing[0], 0.5 * spacing[1])
     transforms = {"ImageToCT": best @ i2p, "ProbeToCT": best, "RecordedProbeToCT": recorded}
     statuses = {"ProbeToCT": np.where(ok, "OK", "INVALID")}
     return ts, transforms, statuses
