@@ -114,3 +114,60 @@ def export_run(paths: Paths, out: Path | str, specimens: list[str] | None = None
             shutil.copyfile(f, d / f"reconstruction_{f.name}")
             written.append(d / f"reconstruction_{f.name}")
     return written
+
+
+def preview_figure(export_dir: Path | str, record: str, frame: int | None = None, max_faces: int = 6000):
+    """A picture of exported data read back from the export (not a 3D Slicer screenshot).
+
+    Left: one frame of ``<record>_image.igs.mha`` with the label of
+    ``<record>_labels.igs.mha`` over it. Right: the CT model (``CT_bone_model.stl``)
+    and every exported label pixel placed in CT through its frame's
+    ``ImageToCTTransform`` (matplotlib, decimated to ``max_faces`` triangles).
+
+    Parameters
+    ----------
+    export_dir : a specimen folder of :func:`export_run`'s output.
+    record : the record name.
+    frame : the frame index shown (default: the labelled frame with most label pixels).
+    """
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+    import trimesh
+
+    from ultrabones.core.mesh import decimate
+    from ultrabones.core.overlay import overlay
+
+    d = Path(export_dir)
+    img = sitk.ReadImage(str(d / f"{record}_image.igs.mha"))
+    lab = sitk.ReadImage(str(d / f"{record}_labels.igs.mha"))
+    frames, labels = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab).astype(bool)
+    sx, sy = lab.GetSpacing()[:2]
+    counts = labels.reshape(len(labels), -1).sum(axis=1)
+    k = int(np.argmax(counts)) if frame is None else int(frame)
+    fig = plt.figure(figsize=(11, 4.6))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(overlay(frames[k], [(labels[k], (1.0, 0.2, 0.1), 0.8)]),
+              extent=(0, frames.shape[2] * sx, frames.shape[1] * sy, 0))
+    t = float(lab.GetMetaData(f"Seq_Frame{k:04d}_Timestamp"))
+    ax.set(title=f"{record} frame {k} (t = {t:.3f} s): label read back from the export", xlabel="mm",
+           ylabel="depth (mm)")
+    pts = []
+    for i in np.flatnonzero(counts):
+        v, u = np.nonzero(labels[i])
+        m = sequence.parse_matrix(lab.GetMetaData(f"Seq_Frame{i:04d}_ImageToCTTransform"), "export")
+        phys = np.c_[u * sx, v * sy, np.zeros(len(u)), np.ones(len(u))]
+        pts.append((m @ phys.T).T[:, :3])
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    mesh = trimesh.load_mesh(d / "CT_bone_model.stl")
+    verts, faces = decimate(np.asarray(mesh.vertices), np.asarray(mesh.faces), max_faces)
+    ax3.plot_trisurf(*verts.T, triangles=faces, color=(0.85, 0.82, 0.72), alpha=0.35, linewidth=0)
+    if pts:
+        p = np.concatenate(pts)
+        p = p[:: max(1, len(p) // 20000)]
+        ax3.scatter(*p.T, s=0.5, c="tab:red", depthshade=False)
+        centre, half = p.mean(axis=0), max(15.0, float(np.ptp(p, axis=0).max()))
+        for setlim, c in zip((ax3.set_xlim, ax3.set_ylim, ax3.set_zlim), centre):
+            setlim(c - half, c + half)
+    ax3.set(title="CT model and the labels through ImageToCT (CT mm)", xlabel="x", ylabel="y", zlabel="z")
+    fig.tight_layout()
+    return fig

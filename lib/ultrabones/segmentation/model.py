@@ -413,12 +413,13 @@ def data_fingerprint(root: Path | str, split: Split, P: Mapping, derived: Path |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # records without labels are reported when the datasets are made
         frames = _split_frames(root, split, P, derived)
-    from ultrabones.core.cache import files_digest
+    from ultrabones.core.cache import file_digest, files_digest
 
     for f in frames.train + frames.val:
         h.update(f"{f.specimen}/{f.record.key}/{f.timestamp}".encode())
         h.update(Path(f.label).read_bytes())
-        h.update(files_digest(f.record.input_files([f.timestamp])).encode())
+        # layout C: the frame lives in its record's sequence file
+        h.update((files_digest(f.record.input_files()) if f.record.is_sequence else file_digest(f.image)).encode())
     return h.hexdigest()[:16]
 
 
