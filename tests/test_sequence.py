@@ -357,3 +357,16 @@ def test_slicer_export_opens_in_simpleitk_trimesh_and_open3d(tmp_path):
     assert len(mesh.faces) == len(ds.read_mesh(spec.ct_model).faces)
     assert len(o3d.io.read_point_cloud(str(out / "reconstruction_labels_optimized_all.ply")).points) == 50
     assert len(o3d.io.read_triangle_mesh(str(out / "CT_bone_model.stl")).triangles) == len(mesh.faces)
+
+
+def test_convert_verb_both_ways_and_its_errors(tmp_path, capsys):
+    from ultrabones.pipeline.cli import main
+
+    a = real_copy(tmp_path)
+    assert main(["convert", str(a), str(tmp_path / "c"), "--format", ".seq.mha", "--compress"]) == 0
+    assert "1 record(s) written" in capsys.readouterr().out
+    assert (tmp_path / "c" / "specimen01" / "record01.seq.mha").is_file()
+    assert main(["convert", str(tmp_path / "c"), str(tmp_path / "a2")]) == 0
+    same_records(a, tmp_path / "a2", layout="A")
+    assert main(["convert", str(tmp_path / "c"), str(tmp_path / "a2")]) == 2
+    assert "a2: output folder is not empty" in capsys.readouterr().err
