@@ -138,6 +138,10 @@ def test_inverse_transforms_and_fixed_chains(tmp_path):
     folder, f, _ = _one_file(tmp_path, transforms={"TrackerToProbe": np.linalg.inv(poses)})
     rec = ds.scan(folder)[0][0].records[0]
     assert np.abs(ds.poses(rec.read_tracking()) - TRACKER_TO_CT @ poses).max() < 1e-9
+    # a new registration in TrackerToCT.txt is read (the cached header is keyed on the files recording.yaml names)
+    (folder / "TrackerToCT.txt").write_text(sequence.format_matrix(np.eye(4)) + "\n")
+    assert np.abs(ds.poses(rec.read_tracking()) - poses).max() < 1e-9
+    assert folder / "TrackerToCT.txt" in rec.input_files()
 
 
 def test_calibration_from_a_plus_configuration_file_and_mm_units(tmp_path):

@@ -188,10 +188,10 @@ class Record:
         """The input files the frames at ``timestamps`` (all when None) are read from, for cache keys.
 
         Layouts A/B: the image PNGs. Layout C: the sequence file (and its data
-        file) and the record's ``recording.yaml``.
+        file), the record's ``recording.yaml`` and the matrix files it names.
         """
         if self.is_sequence:
-            return sequence.data_files(self.path) + [Path(self.recording) / sequence.RECORDING]
+            return sequence.data_files(self.path) + list(sequence.read_recording(self.recording).sources)
         ts = self.timestamps() if timestamps is None else timestamps
         return [self.image_path(int(t)) for t in ts]
 

@@ -205,6 +205,7 @@ class Recording:
     spacing : (sx, sy) mm per pixel, or None: from the sequence files' headers.
     pose : transform names whose product (left to right) maps the probe marker to CT.
     fixed : name -> (4, 4) matrix of the fixed transforms of ``pose``.
+    sources : every file read: the ``recording.yaml`` and the files it names.
     """
 
     path: Path
@@ -212,6 +213,7 @@ class Recording:
     spacing: tuple[float, float] | None
     pose: tuple[str, ...]
     fixed: dict
+    sources: tuple[Path, ...] = ()
 
     def frame_names(self) -> tuple[str, ...]:
         """The names of ``pose`` read per frame from the sequence files."""
@@ -296,6 +298,8 @@ def read_recording(folder: Path | str) -> Recording:
     if units not in ("pixel", "mm"):
         raise DatasetError(f"{f}: image_to_probe_units is {units!r}, expected pixel or mm")
     calib, spacing = _calibration(data["image_to_probe"], units, f.parent, f"{f} image_to_probe")
+    sources = [f] + [f.parent / str(spec["file"]) for spec in [data["image_to_probe"], *(data.get("transforms") or {}).values()]
+                     if isinstance(spec, dict) and "file" in spec]
     pose = data["pose"]
     if isinstance(pose, str) or not pose or not all(isinstance(n, str) and "To" in n for n in pose):
         raise DatasetError(f"{f}: pose must be a list of transform names such as [TrackerToCT, ProbeToTracker]")
@@ -314,7 +318,7 @@ def read_recording(folder: Path | str) -> Recording:
             ok = False
         if not ok:
             raise DatasetError(f"{f}: spacing_mm must be two positive numbers (mm per pixel), got {sp!r}")
-    return Recording(f, calib, spacing, tuple(pose), fixed)
+    return Recording(f, calib, spacing, tuple(pose), fixed, tuple(sources))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -496,12 +500,12 @@ def _key(path: Path) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_header(key: tuple, rec_key: tuple) -> SequenceHeader:
-    return _read_header(Path(key[0]), read_recording(Path(rec_key[0]).parent))
+def _cached_header(key: tuple, rec_keys: tuple) -> SequenceHeader:
+    return _read_header(Path(key[0]), read_recording(Path(rec_keys[0][0]).parent))
 
 
 def read_header(path: Path | str, recording_folder: Path | str) -> SequenceHeader:
-    """The validated header of a sequence file (cached per process on path, size and mtime of both files).
+    """The validated header of a sequence file (cached per process on path, size and mtime of it and the recording's files).
 
     Parameters
     ----------
@@ -519,10 +523,7 @@ def read_header(path: Path | str, recording_folder: Path | str) -> SequenceHeade
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: sequence file not found")
-    rec = Path(recording_folder) / RECORDING
-    if not rec.is_file():
-        raise DatasetError(f"{rec}: not found (layout C needs it beside the sequence files)")
-    return _cached_header(_key(path), _key(rec))
+    return _cached_header(_key(path), tuple(_key(f) for f in read_recording(recording_folder).sources))
 
 
 @functools.lru_cache(maxsize=1)
