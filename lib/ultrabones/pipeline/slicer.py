@@ -122,7 +122,9 @@ def preview_figure(export_dir: Path | str, record: str, frame: int | None = None
     Left: one frame of ``<record>_image.igs.mha`` with the label of
     ``<record>_labels.igs.mha`` over it. Right: the CT model (``CT_bone_model.stl``)
     and every exported label pixel placed in CT through its frame's
-    ``ImageToCTTransform`` (matplotlib, decimated to ``max_faces`` triangles).
+    ``ImageToCTTransform``, with notebook 06's reconstruction from the labels and
+    optimised poses when exported (matplotlib; the model decimated to ``max_faces``
+    triangles).
 
     Parameters
     ----------
@@ -149,8 +151,8 @@ def preview_figure(export_dir: Path | str, record: str, frame: int | None = None
     ax.imshow(overlay(frames[k], [(labels[k], (1.0, 0.2, 0.1), 0.8)]),
               extent=(0, frames.shape[2] * sx, frames.shape[1] * sy, 0))
     t = float(lab.GetMetaData(f"Seq_Frame{k:04d}_Timestamp"))
-    ax.set(title=f"{record} frame {k} (t = {t:.3f} s): label read back from the export", xlabel="mm",
-           ylabel="depth (mm)")
+    ax.set_title(f"{record} frame {k} (t = {t:.3f} s) and its exported label", fontsize=9)
+    ax.set(xlabel="mm", ylabel="depth (mm)")
     pts = []
     for i in np.flatnonzero(counts):
         v, u = np.nonzero(labels[i])
@@ -164,10 +166,19 @@ def preview_figure(export_dir: Path | str, record: str, frame: int | None = None
     if pts:
         p = np.concatenate(pts)
         p = p[:: max(1, len(p) // 20000)]
-        ax3.scatter(*p.T, s=0.5, c="tab:red", depthshade=False)
+        ax3.scatter(*p.T, s=0.2, c="tab:red", alpha=0.25, depthshade=False, label="label pixels via ImageToCT")
+    cloud = d / "reconstruction_labels_optimized_all.ply"
+    if cloud.is_file():  # notebook 06's surface from the labels and the optimised poses
+        import open3d as o3d
+
+        rp = np.asarray(o3d.io.read_point_cloud(str(cloud)).points)
+        ax3.scatter(*rp.T, s=4.0, c="tab:blue", depthshade=False, label="reconstruction (06), 0.25 mm voxels")
+    ax3.legend(loc="upper left", fontsize=7)
+    if pts:
         centre, half = p.mean(axis=0), max(15.0, float(np.ptp(p, axis=0).max()))
         for setlim, c in zip((ax3.set_xlim, ax3.set_ylim, ax3.set_zlim), centre):
             setlim(c - half, c + half)
-    ax3.set(title="CT model and the labels through ImageToCT (CT mm)", xlabel="x", ylabel="y", zlabel="z")
+    ax3.set_title("CT model (CT frame, mm) with the exported labels", fontsize=9)
+    ax3.set(xlabel="x", ylabel="y", zlabel="z")
     fig.tight_layout()
     return fig
