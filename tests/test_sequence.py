@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ultrabones.core import dataset as ds
-from ultrabones.core import geometry, sequence
+from ultrabones.core import geometry, recording, sequence
 from ultrabones.core.errors import DatasetError
 from ultrabones.pipeline import convert
 
@@ -70,18 +70,18 @@ def test_real_fixtures_read_back_as_layout_a(tmp_path, suffix):
 
 def test_plus_calibration_convention_known_answer():
     calib, spacing = geometry.released_calibration(), (0.05392, 0.07)
-    m = sequence.plus_image_to_probe(calib, spacing)
+    m = recording.plus_image_to_probe(calib, spacing)
     # PLUS: pixel (u, v) is (u, v) in the Image frame; Eq. 1: its centre is at (u + 0.5, v + 0.5) * spacing
     uv = np.array([[0.0, 0.0], [949.0, 810.0], [17.0, 400.0]])
     eq1 = geometry.pixels_to_ct(uv, np.eye(4), calib, spacing)
     plus = (m @ np.c_[uv, np.zeros(3), np.ones(3)].T).T[:, :3]
     assert np.abs(eq1 - plus).max() < 1e-12
-    back, sp = sequence.calibration_from_plus(m)
+    back, sp = recording.calibration_from_plus(m)
     assert sp == spacing and np.abs(back - calib).max() < 1e-12
     sheared = m.copy()
     sheared[:3, 1] += 0.01 * m[:3, 0]
     with pytest.raises(DatasetError, match="ImageToProbe: image x and y axes are 89.* degrees apart"):
-        sequence.calibration_from_plus(sheared)
+        recording.calibration_from_plus(sheared)
 
 
 @pytest.mark.parametrize("orientation", ["UF", "MN", "UN"])
@@ -139,17 +139,17 @@ def test_inverse_transforms_and_fixed_chains(tmp_path):
     rec = ds.scan(folder)[0][0].records[0]
     assert np.abs(ds.poses(rec.read_tracking()) - TRACKER_TO_CT @ poses).max() < 1e-9
     # a new registration in TrackerToCT.txt is read (the cached header is keyed on the files recording.yaml names)
-    (folder / "TrackerToCT.txt").write_text(sequence.format_matrix(np.eye(4)) + "\n")
+    (folder / "TrackerToCT.txt").write_text(recording.format_matrix(np.eye(4)) + "\n")
     assert np.abs(ds.poses(rec.read_tracking()) - poses).max() < 1e-9
     assert folder / "TrackerToCT.txt" in rec.input_files()
 
 
 def test_calibration_from_a_plus_configuration_file_and_mm_units(tmp_path):
     folder, f, poses = _one_file(tmp_path)
-    m = sequence.plus_image_to_probe(geometry.released_calibration(), (0.2, 0.2))
+    m = recording.plus_image_to_probe(geometry.released_calibration(), (0.2, 0.2))
     (folder / "PlusDeviceSet.xml").write_text(
         '<PlusConfiguration><CoordinateDefinitions>\n'
-        f'<Transform From="Image" To="Probe" Matrix="{sequence.format_matrix(m)}" />\n'
+        f'<Transform From="Image" To="Probe" Matrix="{recording.format_matrix(m)}" />\n'
         '</CoordinateDefinitions></PlusConfiguration>\n')
     rec_yaml = folder / sequence.RECORDING
     rec_yaml.write_text(rec_yaml.read_text().replace("file: ImageToProbe.txt", "file: PlusDeviceSet.xml"))
@@ -177,8 +177,8 @@ def test_missing_transform_names_the_file_and_field(tmp_path):
 def test_wrong_matrix_size_names_the_file_and_field(tmp_path):
     folder, f, poses = _one_file(tmp_path)
     text = f.read_bytes()
-    good = f"Seq_Frame0002_ProbeToTrackerTransform = {sequence.format_matrix(poses[2])}".encode()
-    bad = f"Seq_Frame0002_ProbeToTrackerTransform = {sequence.format_matrix(poses[2][:3])}".encode()
+    good = f"Seq_Frame0002_ProbeToTrackerTransform = {recording.format_matrix(poses[2])}".encode()
+    bad = f"Seq_Frame0002_ProbeToTrackerTransform = {recording.format_matrix(poses[2][:3])}".encode()
     assert good in text
     f.write_bytes(text.replace(good, bad))
     sequence.clear_caches()
@@ -352,7 +352,7 @@ def test_slicer_export_opens_in_simpleitk_trimesh_and_open3d(tmp_path):
     assert abs(poses[1][0, 3] - ds.poses(rec.read_tracking())[1][0, 3] - 0.5) < 1e-6
     uv = np.array([[0.0, 0.0], [949.0, 810.0], [300.0, 20.0]])
     for i in (0, 1):
-        m = sequence.parse_matrix(img.GetMetaData(f"Seq_Frame{i:04d}_ImageToCTTransform"), "test")
+        m = recording.parse_matrix(img.GetMetaData(f"Seq_Frame{i:04d}_ImageToCTTransform"), "test")
         phys = np.c_[uv * spacing, np.zeros(3), np.ones(3)]
         assert np.abs((m @ phys.T).T[:, :3] - geometry.pixels_to_ct(uv, poses[i], calib, spacing)).max() < 1e-9
     assert img.GetMetaData("Seq_Frame0001_ProbeToCTTransformStatus") == "OK"

@@ -62,6 +62,7 @@ from PIL import Image, UnidentifiedImageError
 from ultrabones.core import atomic, sequence
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.geometry import POSE_COLUMNS, params_from_pose, pose_from_params
+from ultrabones.core.recording import read_recording
 
 IMAGES = "UltrasoundImages"
 LABELS = "Labels"
@@ -191,7 +192,7 @@ class Record:
         file), the record's ``recording.yaml`` and the matrix files it names.
         """
         if self.is_sequence:
-            return sequence.data_files(self.path) + list(sequence.read_recording(self.recording).sources)
+            return sequence.data_files(self.path) + list(read_recording(self.recording).sources)
         ts = self.timestamps() if timestamps is None else timestamps
         return [self.image_path(int(t)) for t in ts]
 
@@ -669,7 +670,7 @@ def _layout_c_calibration(folders: list[Path]) -> tuple[np.ndarray, tuple[float,
     """The one calibration and pixel size of a layout-C dataset (every specimen's must agree)."""
     first = None
     for d in folders:
-        rec = sequence.read_recording(d)
+        rec = read_recording(d)
         spacing = rec.spacing or sequence.read_header(sequence.sequence_files(d)[0], d).spacing
         if first is None:
             first = (d, rec.calib, spacing)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ultrabones.core import dataset as ds
-from ultrabones.core import sequence
+from ultrabones.core import recording, sequence
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.geometry import invert_transform
 
@@ -35,7 +35,7 @@ def _frame_fields(transforms: dict, timestamps_ms, statuses: dict | None, image_
         fields[pre + "UnfilteredTimestamp"] = fields[pre + "Timestamp"]
         fields[pre + "ImageStatus"] = "OK" if image_status is None else str(image_status[k])
         for name, mats in transforms.items():
-            fields[pre + f"{name}Transform"] = sequence.format_matrix(mats[k])
+            fields[pre + f"{name}Transform"] = recording.format_matrix(mats[k])
             st = "OK" if statuses is None or name not in statuses else str(statuses[name][k])
             fields[pre + f"{name}TransformStatus"] = st
     return fields
@@ -126,10 +126,10 @@ def write_recording(folder: Path | str, calib: np.ndarray, spacing, tracker_to_c
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ImageToProbe.txt").write_text(
-        sequence.format_matrix(sequence.plus_image_to_probe(calib, spacing)) + "\n")
+        recording.format_matrix(recording.plus_image_to_probe(calib, spacing)) + "\n")
     data = {"image_to_probe": {"file": "ImageToProbe.txt"}, "image_to_probe_units": "pixel", "pose": list(pose_names)}
     if tracker_to_ct is not None:
-        (folder / "TrackerToCT.txt").write_text(sequence.format_matrix(tracker_to_ct) + "\n")
+        (folder / "TrackerToCT.txt").write_text(recording.format_matrix(tracker_to_ct) + "\n")
         data["transforms"] = {"TrackerToCT": {"file": "TrackerToCT.txt"}}
     out = folder / sequence.RECORDING
     out.write_text("# written by python -m ultrabones convert (see docs/slicer.md)\n" + yaml.safe_dump(data, sort_keys=False))

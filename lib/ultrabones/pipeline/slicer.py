@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ultrabones.core import dataset as ds
-from ultrabones.core import sequence
+from ultrabones.core import recording
 from ultrabones.core.paths import Paths
 from ultrabones.pipeline.convert import label_frames, write_sequence
 
@@ -100,7 +100,7 @@ def export_run(paths: Paths, out: Path | str, specimens: list[str] | None = None
     for spec in ds.discover(paths.dataset, specimens, paths.derived):
         d = out / spec.name
         d.mkdir(parents=True, exist_ok=True)
-        (d / "ImageToProbe.txt").write_text(sequence.format_matrix(sequence.plus_image_to_probe(calib, spacing)) + "\n")
+        (d / "ImageToProbe.txt").write_text(recording.format_matrix(recording.plus_image_to_probe(calib, spacing)) + "\n")
         written.append(d / "ImageToProbe.txt")
         for rec in spec.records:
             written += export_record(rec, d, calib, spacing, compress)
@@ -156,7 +156,7 @@ def preview_figure(export_dir: Path | str, record: str, frame: int | None = None
     pts = []
     for i in np.flatnonzero(counts):
         v, u = np.nonzero(labels[i])
-        m = sequence.parse_matrix(lab.GetMetaData(f"Seq_Frame{i:04d}_ImageToCTTransform"), "export")
+        m = recording.parse_matrix(lab.GetMetaData(f"Seq_Frame{i:04d}_ImageToCTTransform"), "export")
         phys = np.c_[u * sx, v * sy, np.zeros(len(u)), np.ones(len(u))]
         pts.append((m @ phys.T).T[:, :3])
     ax3 = fig.add_subplot(1, 2, 2, projection="3d")
