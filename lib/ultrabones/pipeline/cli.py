@@ -5,7 +5,8 @@
 
 Other verbs: ``check`` validates a profile and the specimen files,
 ``specimens`` lists a profile's specimens, ``stages`` lists the notebooks,
-``inputs-digest`` writes the input dataset's path and content digest for ``make``.
+``inputs-digest`` writes the input dataset's path and content digest for ``make``,
+``timings`` prints the stage table of ``build/<profile>/timings.json``.
 Errors of the package's own types print as one line and exit with status 2.
 """
 
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     dig.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (data_root=..., derived_root=...)")
     dig.add_argument("--out", required=True, help="the digest file; rewritten only when its content changes")
+    tim = sub.add_parser("timings", help="print the stage table of build/<profile>/timings.json")
+    tim.add_argument("--profile", default="default")
+    tim.add_argument("--seed", type=int, default=None, help="as for run")
     return p
 
 
@@ -78,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
             text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
             atomic.write_text_if_changed(Path(args.out), text)
+        elif args.verb == "timings":
+            from ultrabones.core.params import NOTEBOOKS
+            from ultrabones.core.paths import build_root
+            from ultrabones.core import timings
+            from ultrabones.pipeline.runner import seeded_name
+
+            folder = build_root() / seeded_name(args.profile, args.seed)
+            data = timings.read(folder)
+            if not data:
+                print(f"no timings in {timings.timings_path(folder)} (run a stage first)", file=sys.stderr)
+                return 1
+            order = list(NOTEBOOKS) + sorted(k for k in data if k not in NOTEBOOKS)
+            print(f"{timings.timings_path(folder)}:")
+            print(timings.table(data, order))
         elif args.verb == "stages":
             from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
 
