@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,9 @@ class Spec:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamsError(f"{where}: expected a number, got {value!r}")
             value = float(value)
+            if not math.isfinite(value):  # NaN compares false against every bound; inf is no setting either
+                raise ParamsError(f"{where}: {value!r} is not a finite number ({self.doc or 'a number'}); "
+                                  "give a number" + (" or null" if self.nullable else ""))
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ParamsError(f"{where}: expected an integer, got {value!r}")
@@ -585,6 +589,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ParamsError(f"-p {text!r}: expected key=value")
     key, raw = text.split("=", 1)
+    if not raw.strip():  # YAML reads an empty value as null, which would silently mean "no limit" for some keys
+        raise ParamsError(f"-p {text!r}: empty value for '{key.strip()}'; give a value, or write "
+                          f"{key.strip()}=null where null is meant")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
