@@ -45,3 +45,29 @@ def test_case07_nan_in_a_profile_file_is_refused(tmp_path):
     (tmp_path / "nan.yaml").write_text(bad)
     with pytest.raises(ParamsError, match=r"nan\.yaml: labeling\.max_correction_mm: nan is not a finite number"):
         load_profile(str(tmp_path / "nan.yaml"), PARAMS_DIR)
+
+
+# ---------------------------------------------------------------- Makefile: DATA_ROOT with a space
+
+
+@pytest.mark.skipif(__import__("shutil").which("make") is None, reason="make not installed")
+def test_makefile_passes_a_data_root_with_a_space_and_a_quote_as_one_argument(tmp_path):
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "my data" / "it's here"
+    (data / "specimen01" / "record01").mkdir(parents=True)
+    (data / "specimen01" / "record01" / "tracking.csv").write_text("timestamp,x\n1,2\n")
+    env = dict(os.environ, ULTRABONES_BUILD_ROOT=str(tmp_path / "build_root"))
+    proc = subprocess.run(["make", "-n", "paper", "PROFILE=smoke", f"B={tmp_path}/build", f"STAMPS={tmp_path}/st",
+                           f"DATA_ROOT={data}", f"PY={sys.executable}"],
+                          cwd=root, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line for line in proc.stdout.splitlines() if "-m ultrabones run" in line]
+    assert runs and all(f"data_root={data}" in shlex.split(line) for line in runs)
+    # the digest recipe (run even under -n) received the whole path
+    assert f"data_root: {data}" in (tmp_path / "build" / "inputs.digest").read_text()
