@@ -71,3 +71,146 @@ def test_makefile_passes_a_data_root_with_a_space_and_a_quote_as_one_argument(tm
     assert runs and all(f"data_root={data}" in shlex.split(line) for line in runs)
     # the digest recipe (run even under -n) received the whole path
     assert f"data_root: {data}" in (tmp_path / "build" / "inputs.digest").read_text()
+
+
+# ---------------------------------------------------------------- 13: the kernel killed
+
+
+def test_case13_a_killed_kernel_gives_one_line_naming_notebook_and_cell(tmp_path):
+    from pathlib import Path
+
+    from ultrabones.core.errors import NotebookError
+    from ultrabones.pipeline import runner
+
+    fix = Path(__file__).parent / "fixtures" / "notebooks"
+    out = tmp_path / "die.ipynb"
+    with pytest.raises(NotebookError) as err:
+        runner.execute(fix / "die.ipynb", out, {"build_dir": str(tmp_path), "value": 1}, progress=False,
+                       stream=False)
+    msg = str(err.value)
+    assert msg.count("\n") == 0
+    assert msg.startswith("die.ipynb: the kernel died in cell 4 ('import os, signal')")
+    assert "rerun the stage to resume" in msg and str(out) in msg
+
+
+# ---------------------------------------------------------------- 14: two runs of a stage at once
+
+
+def test_case14_a_second_run_of_a_stage_into_the_same_build_folder_stops_and_names_the_first(tmp_path):
+    import subprocess
+    import sys
+
+    from ultrabones.core.paths import Paths
+    from ultrabones.pipeline import guards
+
+    paths = Paths(build_dir=tmp_path / "build" / "smoke", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f")
+    # the first run: another process holding the lock
+    code = ("import sys, time; from pathlib import Path; from ultrabones.core.paths import Paths; "
+            "from ultrabones.pipeline import guards; "
+            f"p = Paths(Path({str(paths.build_dir)!r}), Path('t'), Path('f')); "
+            "cm = guards.stage_lock(p, '02_labeling'); cm.__enter__(); print('held', flush=True); time.sleep(60)")
+    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        with pytest.raises(guards.BusyError) as err:
+            with guards.stage_lock(paths, "02_labeling"):
+                pass
+        msg = str(err.value)
+        assert f"02_labeling is already running into {paths.build_dir} (pid {first.pid}, started" in msg
+        assert "wait for it to finish" in msg and "ULTRABONES_BUILD_ROOT" in msg
+        with guards.stage_lock(paths, "04_training"):  # another stage may run beside it (make -j)
+            pass
+    finally:
+        first.kill()
+        first.wait()
+    with guards.stage_lock(paths, "02_labeling"):  # released by the kill (-9): no stale lock
+        pass
+
+
+# ---------------------------------------------------------------- 15: a relative ULTRABONES_BUILD_ROOT
+
+
+def test_case15_a_relative_build_root_is_read_from_the_command_directory(tmp_path, monkeypatch):
+    from ultrabones.pipeline import runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", "rel/build")
+    monkeypatch.setenv("ULTRABONES_TWIN_ROOT", "rel/twin")
+    params, paths = runner.stage_parameters("02_labeling", "smoke")
+    assert params["build_dir"] == str(tmp_path / "rel" / "build" / "smoke")
+    assert params["twin_dir"] == str(tmp_path / "rel" / "twin" / "smoke")
+    assert paths.metrics("02_labeling") == tmp_path / "rel" / "build" / "smoke" / "metrics" / "02_labeling.json"
+
+
+# ---------------------------------------------------------------- 17 and "data modified": where a stage writes
+
+
+def _real_paths(tmp_path, derived):
+    from ultrabones.core.paths import Paths
+
+    data = tmp_path / "data"
+    (data / "specimen01" / "record01").mkdir(parents=True)
+    return Paths(build_dir=tmp_path / "build" / "smoke", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f",
+                 data_root=data, derived_root=derived(data) if derived else None)
+
+
+@pytest.mark.parametrize("where", ["inside", "equal"])
+def test_data_modified_a_derived_root_inside_the_input_is_refused(tmp_path, where):
+    from ultrabones.pipeline import guards
+
+    paths = _real_paths(tmp_path, (lambda d: d / "derived") if where == "inside" else (lambda d: d / "."))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ParamsError) as err:
+        guards.check_outputs("02_labeling", paths)
+    msg = str(err.value)
+    verb = "lies inside" if where == "inside" else "is"
+    assert f"derived_root {paths.derived} {verb} the input dataset {paths.data_root}" in msg
+    assert "choose a derived_root outside it" in msg
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_data_modified_the_cli_refuses_a_derived_root_inside_the_input_before_running(tmp_path, monkeypatch, capsys):
+    from ultrabones.pipeline.cli import main
+
+    data = tmp_path / "data"
+    (data / "specimen01").mkdir(parents=True)
+    monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(tmp_path / "build"))
+    rc = main(["run", "02", "--profile", "smoke", "-p", f"data_root={data}", "-p", f"derived_root={data}/out"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: derived_root {data}/out lies inside the input dataset {data}")
+    assert not (data / "out").exists() and not (tmp_path / "build" / "smoke" / "notebooks").exists()
+
+
+def test_case17_a_read_only_derived_root_is_reported_before_any_work(tmp_path, monkeypatch):
+    """The real fault is EACCES/EROFS from the file system; as root (the test machine) permissions do not
+    stop writes, so the refusal is simulated where the probe file is created, and a derived root that is a
+    file (which no user can write into) is checked for real."""
+    import errno
+    import tempfile
+
+    from ultrabones.pipeline import guards
+
+    ro = tmp_path / "readonly"
+    paths = _real_paths(tmp_path, lambda d: ro)
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and Path(dir) == ro:
+            raise PermissionError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    from pathlib import Path
+
+    monkeypatch.setattr(guards.tempfile, "mkstemp", mkstemp)
+    with pytest.raises(ParamsError) as err:
+        guards.check_outputs("02_labeling", paths)
+    assert str(err.value) == (f"derived_root {ro} is not writable (Read-only file system); nothing was run. "
+                              "Make it writable, free space, or choose another folder")
+    guards.check_outputs("03_rating_statistics", paths)  # a stage that only reads it is not stopped
+    monkeypatch.undo()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    paths = _real_paths(tmp_path / "2", lambda d: blocker / "derived")
+    with pytest.raises(ParamsError, match=rf"derived_root {blocker}/derived is not writable \(Not a directory\)"):
+        guards.check_outputs("02_labeling", paths)
