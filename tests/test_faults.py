@@ -214,3 +214,53 @@ def test_case17_a_read_only_derived_root_is_reported_before_any_work(tmp_path, m
     paths = _real_paths(tmp_path / "2", lambda d: blocker / "derived")
     with pytest.raises(ParamsError, match=rf"derived_root {blocker}/derived is not writable \(Not a directory\)"):
         guards.check_outputs("02_labeling", paths)
+
+
+# ---------------------------------------------------------------- 11: a text file as best.ckpt
+
+
+@pytest.mark.parametrize("text", ["not a checkpoint\n",
+                                  "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n"])
+def test_case11_a_text_file_as_checkpoint_is_not_called_a_pickle(tmp_path, text):
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.segmentation import model
+
+    f = tmp_path / "best.ckpt"
+    f.write_text(text)
+    with pytest.raises(DatasetError) as err:
+        model.load_checkpoint(f)
+    msg = str(err.value)
+    assert msg.startswith(f"{f}: not a torch checkpoint (it starts with b{text[:24]!r}")
+    assert "pickle" not in msg.split(":")[1] and "arbitrary code" not in msg
+    assert "replace it with the checkpoint file" in msg
+
+
+def test_case11_a_real_pickle_is_still_refused_as_one(tmp_path):
+    import pickle
+    from fractions import Fraction  # not an allowed global of torch's weights-only loader
+
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.segmentation import model
+
+    f = tmp_path / "released.ckpt"
+    f.write_bytes(pickle.dumps({"model": Fraction(1, 3)}, protocol=2))
+    with pytest.raises(DatasetError, match="a pickled checkpoint \\(loading it can run arbitrary code\\); refused"):
+        model.load_checkpoint(f)
+
+
+# ---------------------------------------------------------------- 16: 04 before 02
+
+
+def test_case16_training_before_labelling_names_the_derived_folder_and_notebook_02(tmp_path):
+    from pathlib import Path
+
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.segmentation import segdata
+
+    data = Path(__file__).parent / "fixtures" / "real_sweep"
+    derived = tmp_path / "derived"
+    with pytest.warns(UserWarning, match="label folder not found"), pytest.raises(DatasetError) as err:
+        segdata.labelled_frames(data, ["specimen01"], None, derived)
+    assert str(err.value) == (
+        f"{derived / 'specimen01'}: no labelled frames (Labels/<t>_label.png) in any record of specimen specimen01; "
+        "the labels are written by notebook 02: run it first (python -m ultrabones run 02 --profile <profile>)")

@@ -143,7 +143,9 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, specim
     out, meta = export_for_data(params.init_checkpoint, Path(models_dir) / "best.ckpt", available, root)
     frames = segdata.labelled_frames(root, available, None, derived)
     if not frames:
-        raise DatasetError(f"{root}: no labelled frame to evaluate on (run notebook 02 first)")
+        raise DatasetError(f"{derived if derived is not None else root}: no labelled frame to evaluate on; the "
+                           f"labels are written by notebook 02: run it first (python -m ultrabones run 02 --profile "
+                           f"<profile>)")
     _, spacing, _ = ds.read_calibration(root)
     sigma = float(params.f1_sigma_mm)
     table, fps = seg.evaluate_frames(out, frames, spacing, sigma, None, progress=progress)
