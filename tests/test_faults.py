@@ -264,3 +264,64 @@ def test_case16_training_before_labelling_names_the_derived_folder_and_notebook_
     assert str(err.value) == (
         f"{derived / 'specimen01'}: no labelled frames (Labels/<t>_label.png) in any record of specimen specimen01; "
         "the labels are written by notebook 02: run it first (python -m ultrabones run 02 --profile <profile>)")
+
+
+# ---------------------------------------------------------------- 2 and 8: tracking.csv rows
+
+
+def _copy_fixture(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).parent / "fixtures" / "real_sweep"
+    dst = tmp_path / "data"
+    shutil.copytree(src, dst)
+    return dst, dst / "specimen01" / "record01" / "tracking.csv"
+
+
+@pytest.mark.parametrize("allow_missing_pose", [False, True])
+def test_case02_a_tracking_csv_cut_mid_row_is_refused_naming_file_and_row(tmp_path, allow_missing_pose):
+    from ultrabones.core import dataset
+    from ultrabones.core.errors import DatasetError
+
+    _, f = _copy_fixture(tmp_path)
+    text = f.read_text()
+    f.write_text(text[: text.rstrip("\n").rfind(",") - 3])  # the last row cut in its next-to-last number
+    n_rows = len(text.strip().splitlines()) - 1
+    with pytest.raises(DatasetError) as err:
+        dataset.read_tracking(f, allow_missing_pose=allow_missing_pose)  # 02 reads it with allow_missing_pose
+    assert str(err.value) == (f"{f} row {n_rows} (the last row, line {n_rows + 1}): 7 of 8 fields; the file looks "
+                              "truncated or damaged. Restore it from the recording, or delete that row")
+
+
+def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_reconstruction(tmp_path):
+    """02 reports a NaN pose as bad_pose and copies the row (NaN) into the derived tracking.csv; the stages
+    after it read that file and leave the frame out instead of stopping on it."""
+    import numpy as np
+    import pandas as pd
+
+    from ultrabones.core import dataset
+    from ultrabones.rating import study
+    from ultrabones.reconstruction import surface
+
+    data, f = _copy_fixture(tmp_path)
+    derived = tmp_path / "derived"
+    tab = dataset.read_tracking(f)
+    tab.loc[2, "x"] = np.nan  # the input's bad row (02: bad_pose)
+    for opt, c in zip(dataset.OPTIMIZED_COLUMNS, dataset.POSE_COLUMNS):
+        tab[opt] = tab[c] + 0.1
+    for reg, c in zip(dataset.REGISTERED_COLUMNS, dataset.POSE_COLUMNS):
+        tab[reg] = tab[c]
+    tab.loc[2, list(dataset.OPTIMIZED_COLUMNS) + list(dataset.REGISTERED_COLUMNS)] = np.nan
+    spec = dataset.read_specimen(data / "specimen01", derived / "specimen01")
+    rec = spec.records[0]
+    dataset.write_tracking(rec.poses_csv, tab)
+    kept = [int(t) for i, t in enumerate(tab["timestamp"]) if i != 2]
+    for t in kept:
+        dataset.write_label(rec.label_path(t), np.ones((4, 4), bool))
+    got = dataset.read_tracking(rec.poses_csv, allow_missing_pose=True)
+    assert np.isnan(got.loc[2, "x"]) and len(got) == len(tab)
+    frames = surface.record_frames(rec, dataset.LABELS, ["original", "optimized"])
+    assert frames.timestamps.tolist() == kept
+    assert study.eligible_timestamps(got).tolist() == kept
+    pd.testing.assert_series_equal(got["timestamp"], tab["timestamp"])

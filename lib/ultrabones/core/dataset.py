@@ -411,10 +411,33 @@ def read_csv(path: Path | str, required: tuple[str, ...] | list[str], what: str 
     return df
 
 
+def _check_field_counts(path: Path, n_columns: int) -> None:
+    """Refuse a CSV row with fewer fields than the header (pandas would fill them with NaN): a file cut
+    mid-row (an interrupted copy or export) must not pass as a frame without a pose.
+
+    Raises
+    ------
+    DatasetError
+        Naming the file, the row (1-based, header excluded, as the other messages) and its field count.
+    """
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for i, fields in enumerate(reader):
+            if fields and len(fields) < n_columns:
+                last = "the last row, " if next(reader, None) is None else ""
+                raise DatasetError(
+                    f"{path} row {i + 1} ({last}line {i + 2}): {len(fields)} of {n_columns} fields; the file looks "
+                    f"truncated or damaged. Restore it from the recording, or delete that row")
+
+
 def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.DataFrame:
     """Read and validate a ``tracking.csv``.
 
-    Checks: required columns present; ``timestamp`` integer and strictly
+    Checks: required columns present; every row as many fields as the header
+    (a file cut mid-row is refused, not read as NaN); ``timestamp`` integer and strictly
     increasing; no NaN or infinite pose value (in the original and, when
     present, the optimised columns).
 
@@ -429,6 +452,7 @@ def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.Data
     """
     path = Path(path)
     df = read_csv(path, ("timestamp",) + POSE_COLUMNS, "tracking file")
+    _check_field_counts(path, len(df.columns))
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
     bad = ts.isna() | (ts != np.round(ts))
     if bad.any():

@@ -490,7 +490,7 @@ def build_rating_set(
     candidates, records = {}, {}
     for spec in found:
         for rec in spec.records:
-            df = ds.read_tracking(rec.poses_csv)
+            df = ds.read_tracking(rec.poses_csv, allow_missing_pose=True)  # bad_pose frames are not eligible
             labelled = rec.labelled_timestamps(ds.LABELS_FULL)
             ts = eligible_timestamps(df, labelled if labelled.size else None)
             ts = ts[np.isin(ts, rec.timestamps())]
