@@ -325,3 +325,38 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
     assert frames.timestamps.tolist() == kept
     assert study.eligible_timestamps(got).tolist() == kept
     pd.testing.assert_series_equal(got["timestamp"], tab["timestamp"])
+
+
+# ---------------------------------------------------------------- 3: calibration.json misnamed
+
+
+@pytest.mark.parametrize("name", ["Calibration.json", "calibration.JSON", "calibration.json.txt"])
+def test_case03_a_misnamed_calibration_file_is_refused_not_replaced_by_the_released_one(tmp_path, name):
+    import numpy as np
+
+    from ultrabones.core import dataset
+    from ultrabones.core.errors import DatasetError
+
+    data, _ = _copy_fixture(tmp_path)
+    assert dataset.calibration_source(data) == f"released (no calibration.json in {data})"
+    dataset.read_calibration(data)  # no file at all: the released calibration, as documented
+    dataset.write_calibration(data, np.eye(4), (0.1, 0.1), 12.0)
+    assert dataset.calibration_source(data) == str(data / "calibration.json")
+    (data / "calibration.json").rename(data / name)
+    with pytest.raises(DatasetError) as err:
+        dataset.read_calibration(data)
+    assert str(err.value) == (f"{data}: no calibration.json, but {name} is there; rename it to calibration.json "
+                              "(the name is case-sensitive) to use it, or move it away to use the released "
+                              "calibration")
+
+
+def test_case03_the_labelling_metrics_name_the_calibration_used():
+    import pandas as pd
+
+    from ultrabones.labels import batch
+
+    rep = pd.DataFrame({"status": ["kept"], "correction_mm": [0.5], "message": [""], "seconds_optimize": [1.0]})
+    res = batch.LabelingResult(report=rep, lam=1.0, objective_region="full", selection=None, registrations={},
+                               calibration=(None, (0.1, 0.1)), skipped_inputs=[], settings={},
+                               calibration_source="released (no calibration.json in /d)")
+    assert batch.metrics(res)["calibration"] == "released (no calibration.json in /d)"

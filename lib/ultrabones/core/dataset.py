@@ -512,11 +512,36 @@ def write_tracking(path: Path | str, df: pd.DataFrame) -> Path:
 # ----------------------------------------------------------------------------- calibration
 
 
+def _refuse_misnamed_calibration(root: Path) -> None:
+    """Raise when ``root`` has no ``calibration.json`` but a file that looks meant as one
+    (``Calibration.json``, ``calibration.JSON``, ``calibration.json.txt``, ...): the released calibration
+    must not be used silently in place of the user's."""
+    if not root.is_dir():
+        return
+    near = sorted(p.name for p in root.iterdir()
+                  if p.is_file() and p.name != CALIBRATION and p.name.lower().startswith("calibration")
+                  and ".json" in p.name.lower())
+    if near:
+        raise DatasetError(
+            f"{root}: no {CALIBRATION}, but {', '.join(near)} is there; rename it to {CALIBRATION} (the name is "
+            f"case-sensitive) to use it, or move it away to use the released calibration")
+
+
+def calibration_source(root: Path | str) -> str:
+    """Which calibration :func:`read_calibration` uses for ``root``, in words for the metrics: the file's path,
+    or ``"released (no calibration.json in <root>)"``."""
+    f = Path(root) / CALIBRATION
+    return str(f) if f.is_file() else f"released (no {CALIBRATION} in {root})"
+
+
 def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float], float | None]:
     """The image-to-probe calibration of a dataset.
 
     ``<root>/calibration.json`` (written by notebook 01) when present, else the
-    released calibration of UltraBones100k (DESIGN.md).
+    released calibration of UltraBones100k (DESIGN.md). A file that looks meant as
+    ``calibration.json`` under another name (``Calibration.json``) is refused rather
+    than silently replaced by the released calibration; :func:`calibration_source`
+    says which one was used.
 
     Returns
     -------
@@ -528,6 +553,7 @@ def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float],
 
     f = Path(root) / CALIBRATION
     if not f.is_file():
+        _refuse_misnamed_calibration(Path(root))
         return released_calibration(), RELEASED_SPACING_MM, None
     import json
 

@@ -154,6 +154,7 @@ class LabelingResult:
     skipped_inputs : folders of the dataset that are not specimens or records (``[{"path", "reason"}]``).
     settings : what later stages need to draw labels exactly as this stage did (``gamma_mm``,
         ``label_density_per_mm2``, ``label_cloud_seed``, ...; :func:`label_settings`).
+    calibration_source : the calibration file used, or the released one (:func:`dataset.calibration_source`).
     """
 
     report: pd.DataFrame
@@ -164,6 +165,7 @@ class LabelingResult:
     calibration: tuple
     skipped_inputs: list
     settings: dict
+    calibration_source: str = ""
 
 
 def label_settings(P: LabelingParams, seed: int) -> dict:
@@ -819,7 +821,8 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,
                           registrations=regs, calibration=(calib, spacing),
-                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(params, seed))
+                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(params, seed),
+                          calibration_source=dataset.calibration_source(paths.dataset))
 
 
 def _task_key(task: Mapping[str, Any]) -> dict:
@@ -1069,7 +1072,8 @@ def selection_metrics(selection: dict | None, measured: Mapping | None = None) -
 def metrics(result: LabelingResult, measured_selection: Mapping | None = None) -> dict:
     """Notebook 02's metrics of a labelling, without any truth.
 
-    :func:`summarize` of the report, ``lambda``, ``objective_region``, ``lambda_selection``
+    :func:`summarize` of the report, ``lambda``, ``objective_region``, ``calibration`` (the file used, or
+    the released one), ``lambda_selection``
     (:func:`selection_metrics`, with ``measured_selection`` beside the rule's table: on the twin
     :func:`ultrabones.twin.measure.lambda_oracle`), ``registration`` (mean over sweeps of the
     registration's fiducial displacement (mm) and its similarity before and after; ``n_sweeps``) and
@@ -1084,6 +1088,7 @@ def metrics(result: LabelingResult, measured_selection: Mapping | None = None) -
 
     return summarize(result.report, result.skipped_inputs) | {
         "lambda": result.lam, "objective_region": result.objective_region,
+        "calibration": result.calibration_source,
         "lambda_selection": selection_metrics(result.selection, measured_selection),
         "registration": {"mean_displacement_mm": mean("mean_displacement_mm"),
                          "similarity_initial": mean("similarity_initial"),
