@@ -360,3 +360,25 @@ def test_case03_the_labelling_metrics_name_the_calibration_used():
                                calibration=(None, (0.1, 0.1)), skipped_inputs=[], settings={},
                                calibration_source="released (no calibration.json in /d)")
     assert batch.metrics(res)["calibration"] == "released (no calibration.json in /d)"
+
+
+# ---------------------------------------------------------------- 5: a rating set with an item left unrated
+
+
+def test_case05_an_item_left_unrated_is_refused_naming_the_rater_and_item(tmp_path):
+    import pandas as pd
+
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.rating import study
+
+    key = pd.DataFrame({"item_id": ["a1", "b2", "c3"], "specimen": "s1", "record": "r1",
+                        "timestamp": [10, 10, 10], "method": list(study.METHODS)[:3]})
+    table = study.ratings_table(key, [1, 2, 3], "ann", "set9")
+    f = tmp_path / "ratings.csv"
+    table.to_csv(f, index=False)
+    assert len(study.read_ratings(f, key, "set9")) == 3  # complete: accepted
+    table.drop(index=1).to_csv(f, index=False)
+    with pytest.raises(DatasetError) as err:
+        study.read_ratings(f, key, "set9")
+    assert str(err.value) == (f"{f}: rater 'ann' left 1 of 3 items unrated (b2); rate every item (the page's Next "
+                              "unrated button finds them) and export again")
