@@ -382,3 +382,50 @@ def test_case05_an_item_left_unrated_is_refused_naming_the_rater_and_item(tmp_pa
         study.read_ratings(f, key, "set9")
     assert str(err.value) == (f"{f}: rater 'ann' left 1 of 3 items unrated (b2); rate every item (the page's Next "
                               "unrated button finds them) and export again")
+
+
+# ---------------------------------------------------------------- 4: every lambda candidate scores 0
+
+
+def test_case04_a_selection_in_which_every_candidate_scores_zero_is_refused():
+    import pandas as pd
+
+    from ultrabones.labels import select
+
+    cols = ["region", "lambda", "timestamp", "status", "correction_mm", "n_initial", "n_optimized", "gain_first_hit"]
+    rows = []
+    for lam, corr in ((0.01, 1.2), (0.1, 0.8), (1000.0, 0.0)):
+        for ts in (1, 2, 3, 4):  # max_correction_mm=0.3: every moving fit discarded, lambda 1000 does not move
+            rows.append(("first_hit", lam, ts, "discarded" if corr > 0.3 else "kept", corr, 100, 95,
+                         0.05 if corr > 0.3 else 0.0))
+    table = select.score_table(pd.DataFrame(rows, columns=cols), rule="temporal")
+    assert (table["score"] == 0).all()
+    with pytest.raises(ParamsError) as err:
+        select.require_a_measured_gain(table, 0.3, 0.5)
+    assert str(err.value) == (
+        "labeling: no lambda/region candidate changed the held-out bone intensity of any of the 4 selection frames "
+        "(every score is 0; discard rate 0% to 100% with labeling.max_correction_mm=0.3 mm and "
+        "labeling.min_label_fraction=0.5); the largest lambda would label every frame with no correction. Loosen "
+        "those limits, or give labeling.lambda_value to label with a lambda of your choice")
+    # one candidate that measured a gain (even a loss) is a selection to trust
+    rows[0] = ("first_hit", 0.01, 1, "kept", 0.2, 100, 95, -0.01)
+    table = select.score_table(pd.DataFrame(rows, columns=cols), rule="temporal")
+    select.require_a_measured_gain(table, 0.3, 0.5)
+    assert select.choose(table)[0] == 1000.0
+
+
+def test_case04_the_labelling_stops_before_labelling_when_every_candidate_scores_zero(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_labeling import labeling_params, make_twin
+
+    from ultrabones.labels import batch
+
+    paths = make_twin(tmp_path, n_frames=5)
+    P = labeling_params(lambdas=[0.01, 1.0], max_correction_mm=0.001, lambda_frames=2, selection_rule="split")
+    with pytest.raises(ParamsError, match=r"no lambda/region candidate changed .*\(every score is 0; discard rate \d+% "
+                                          r"to 100% with labeling.max_correction_mm=0.001 mm"):
+        batch.run(paths, P, seed=0)
+    assert not paths.derived.exists()  # nothing labelled, nothing written

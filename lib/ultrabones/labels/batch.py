@@ -929,6 +929,7 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
                               "chosen": lam, "region": region0, "n_frames": 0, "table": None, "trials": None}
     eval_region, rule = P.selection_eval_region, P.selection_rule
     scores = select.score_table(trials, eval_region, rule=rule)
+    select.require_a_measured_gain(scores, P.max_correction_mm, P.min_label_fraction)
     lam, region, scores = select.choose(scores)
     by = ("truth-free: held-out gain of the {e} intensity on the other half of the bone's scan lines" if rule == "split"
           else "truth-free: held-out gain of the {e} intensity on frames +-{k}")

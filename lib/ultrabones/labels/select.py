@@ -353,6 +353,36 @@ def score_table(trials: pd.DataFrame, eval_region: str = "first_hit", min_label_
     return table.drop(columns="score_sd")
 
 
+def require_a_measured_gain(table: pd.DataFrame, max_correction_mm: float, min_label_fraction: float) -> None:
+    """Refuse a selection in which every candidate scored exactly 0: no (lambda, region) changed any held-out
+    intensity, because every fit was discarded or none moved (e.g. ``max_correction_mm`` below every
+    correction). :func:`choose` would then take the largest lambda without a word, and the labelling would
+    "keep" frames with no correction.
+
+    Parameters
+    ----------
+    table : :func:`score_table`.
+    max_correction_mm, min_label_fraction : the validation limits the fits ran with (for the message).
+
+    Raises
+    ------
+    ParamsError
+        Naming the limits, the discard rates and what to change.
+    """
+    from ultrabones.core.errors import ParamsError
+
+    if table.empty or (table["score"].abs() > 1e-12).any():
+        return
+    rates = table["discard_rate"]
+    n = int(table["n_frames"].max())
+    raise ParamsError(
+        f"labeling: no lambda/region candidate changed the held-out bone intensity of any of the {n} selection "
+        f"frames (every score is 0; discard rate {rates.min():.0%} to {rates.max():.0%} with "
+        f"labeling.max_correction_mm={max_correction_mm:g} mm and labeling.min_label_fraction={min_label_fraction:g}); "
+        "the largest lambda would label every frame with no correction. Loosen those limits, or give "
+        "labeling.lambda_value to label with a lambda of your choice")
+
+
 def choose(table: pd.DataFrame) -> tuple[float, str, pd.DataFrame]:
     """The truth-free choice: the (lambda, region) with the largest held-out score.
 
