@@ -429,3 +429,37 @@ def test_case04_the_labelling_stops_before_labelling_when_every_candidate_scores
                                           r"to 100% with labeling.max_correction_mm=0.001 mm"):
         batch.run(paths, P, seed=0)
     assert not paths.derived.exists()  # nothing labelled, nothing written
+
+
+# ---------------------------------------------------------------- 9: a CT model in metres, or far from every frame
+
+
+@pytest.mark.parametrize("fault", ["metres", "far"])
+def test_case09_a_ct_model_no_frame_comes_near_is_named_before_anything_is_written(tmp_path, fault):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_labeling import labeling_params, make_twin
+
+    from ultrabones.core import dataset
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.labels import batch
+
+    paths = make_twin(tmp_path, n_frames=4)
+    stl = paths.dataset / "specimen01" / "CT_bone_model.stl"
+    mesh = dataset.read_mesh(stl)
+    if fault == "metres":
+        mesh.apply_scale(0.001)
+    else:
+        mesh.apply_translation([0.0, 0.0, 1000.0])
+    dataset.write_mesh(stl, mesh)
+    with pytest.raises(DatasetError) as err:
+        batch.run(paths, labeling_params(lambda_value=1.0), seed=0)
+    msg = str(err.value)
+    assert msg.startswith(f"{stl}: none of the 4 labelled frames of specimen specimen01 comes near this CT bone model "
+                          "(every frame no_bone; the model is ")
+    assert ("a model in metres?" in msg) == (fault == "metres")
+    assert msg.endswith("Check that the model is in mm and in the CT frame of the tracking (the specimen's own "
+                        "model), and the calibration; nothing was written")
+    assert not paths.derived.exists()

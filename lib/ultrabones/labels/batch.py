@@ -812,6 +812,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             chunk_files[rec.key].sort(key=lambda f: str(f[0]))
     digests.save()
     # 4. merge, record by record, into the derived dataset; the reports once every merge succeeded
+    require_bone_in_view(specs, [(s.name, chunk_report(chunk_files[rec.key])) for s, rec, _, _ in records])
     reports = []
     for s, rec, tab, rows in records:
         reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
@@ -941,6 +942,47 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
     """Digest of the image files of these frames (names and contents): the input part of a cache key."""
     return files_digest([rec.image_path(int(t)) for t in timestamps], rec.path)
+
+
+def chunk_report(files: list[tuple[Path, str]]) -> pd.DataFrame:
+    """The per-frame report rows of a record's chunk files (those missing or stale are left to
+    :func:`merge_record`, which names them)."""
+    rows = []
+    for f, key in files:
+        chunk = read_chunk(f, key)
+        if chunk is not None:
+            rows += chunk["report"]
+    return pd.DataFrame(rows)
+
+
+def require_bone_in_view(specs, reports: list[tuple[str, pd.DataFrame]]) -> None:
+    """Refuse a specimen none of whose frames came near its CT bone model, before anything is written.
+
+    Every labelled frame ``no_bone`` (none kept or discarded) means the CT model and the tracked image planes
+    do not meet: a model in metres rather than mm, a model of another specimen, or the wrong calibration.
+    Frames skipped as ``bad_pose``/``bad_image`` do not count either way.
+
+    Raises
+    ------
+    DatasetError
+        Naming the CT model file, its size (mm) and the likely causes.
+    """
+    by_spec: dict[str, list[pd.DataFrame]] = {}
+    for name, rep in reports:
+        by_spec.setdefault(name, []).append(rep)
+    for s in specs:
+        reps = [r for r in by_spec.get(s.name, []) if not r.empty]
+        status = pd.concat(reps)["status"] if reps else pd.Series([], dtype=str)
+        if (status == "no_bone").any() and not status.isin(["kept", "discarded"]).any():
+            mesh = dataset.read_mesh(s.ct_model)
+            size = np.asarray(mesh.extents, float)
+            hint = (" (it is under 10 mm across: a model in metres? the dataset's unit is mm)"
+                    if size.max() < 10.0 else "")
+            raise DatasetError(
+                f"{s.ct_model}: none of the {int((status == 'no_bone').sum())} labelled frames of specimen {s.name} "
+                f"comes near this CT bone model (every frame no_bone; the model is "
+                f"{' x '.join(f'{v:.3g}' for v in size)} mm{hint}). Check that the model is in mm and in the CT frame "
+                f"of the tracking (the specimen's own model), and the calibration; nothing was written")
 
 
 def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
