@@ -24,7 +24,9 @@ RUN     := $(PY) -m ultrabones run
 STAGES       := 00_simulate 01_calibration 02_labeling 03_rating_statistics 04_training 05_evaluation 06_reconstruction 07_summary
 PER_SPECIMEN := 00_simulate 01_calibration 02_labeling 06_reconstruction
 LIB          := $(shell find lib/ultrabones -name '*.py' -o -name '*.html' 2>/dev/null)
-PARAMS       := params/$(PROFILE).yaml $(wildcard params/specimens/*.yaml)
+# The profile's file and the files it extends (params/default.yaml, ...), and the per-specimen files.
+PARAMS       := $(shell $(PY) -m ultrabones params --profile $(PROFILE) --files 2>/dev/null || echo params/$(PROFILE).yaml) \
+                $(wildcard params/specimens/*.yaml)
 # shq: one shell word in single quotes (a path with spaces or quotes stays one argument)
 shq = '$(subst ','\'',$(1))'
 DATA_ROOT    ?=
