@@ -37,7 +37,7 @@ def test_case07_case10_nan_and_infinite_values_are_refused(key, value):
 
 
 def test_case07_nan_in_a_profile_file_is_refused(tmp_path):
-    text = (PARAMS_DIR / "smoke.yaml").read_text()
+    text = (PARAMS_DIR / "default.yaml").read_text()
     assert "max_correction_mm:" in text
     import re
 
