@@ -248,6 +248,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "precision_tolerance_mm": _f(0.0, 10.0, doc="distance within which a visible-label pixel matches the truth (mm; issue: 0.5)"),
         "executor": _s(("dask", "synchronous"), doc="dask: a LocalCluster of n_workers (or dask_scheduler); synchronous: in process"),
         "device": _s(("auto", "cuda", "cpu"), nullable=True, doc="optimizer de: the torch device that optimises a chunk's frames together (labels.torch_objective; Eq. 2 and each frame's correction equal to numpy/scipy's); null: numpy/scipy, frame by frame; auto: cuda where torch sees a CUDA device, else null; cuda (stops if there is none); cpu (tests)"),
+        "min_echo_level": _f(0, 1, doc="a frame whose brightest 1% of pixels average below this grey level (0..1 of full scale) carries no echo (a blank frame) and is skipped as no_echo; 0: off"),
     },
     "rating": {
         "frames_per_sweep": _i(1, 1000, doc="frames drawn per sweep for the rating set (paper: 1, 119 frames)"),

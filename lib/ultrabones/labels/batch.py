@@ -46,9 +46,10 @@ every record's merge succeeded.
 
 Per-frame status in the report: ``kept``, ``discarded`` (mean fiducial
 correction above ``max_correction_mm``), ``no_bone`` (no CT surface near the
-image plane: marked, not an error), ``bad_pose`` (NaN pose) and ``bad_image``
-(missing or unreadable PNG): reported with the message and skipped, the rest
-of the record still labelled.
+image plane: marked, not an error), ``bad_pose`` (NaN pose), ``bad_image``
+(missing or unreadable PNG) and ``no_echo`` (a blank image: its brightest 1% of
+pixels under ``min_echo_level``, :func:`ultrabones.labels.frame.echo_level`):
+reported with the message and skipped, the rest of the record still labelled.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ from ultrabones.core.params import SectionParams
 
 STEM = "02_labeling"
 SECTION = "labeling"
-STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
+STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image", "no_echo")
 REPORT = "labeling_report.csv"
 
 
@@ -134,6 +135,7 @@ class LabelingParams(SectionParams):
     precision_tolerance_mm: float
     executor: str
     device: str | None
+    min_echo_level: float
 
     def __post_init__(self):
         super().__post_init__()
@@ -375,6 +377,8 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
             if img is None:
                 row.update(status="bad_image", message=err)
+            elif (blank := frame.no_echo_message(img, rec.image_path(ts), P.min_echo_level)) is not None:
+                row.update(status="no_echo", message=blank)
         if "status" in row:
             rows.append(row)
             age += 1
@@ -486,7 +490,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         if not np.isfinite(prm).all():
             continue
         img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
-        if img is None:
+        if img is None or frame.no_echo_message(img, "", P.min_echo_level) is not None:
             continue
         objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
         seeds.append(frame_seed(task["seed"], rec.key, ts))
@@ -579,7 +583,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
         if not np.isfinite(prm).all():
             continue
         img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
-        if img is not None:
+        if img is not None and frame.no_echo_message(img, "", P.min_echo_level) is None:
             images.append(img)
             poses.append(geometry.pose_from_params(prm))
     if not images:
@@ -1086,7 +1090,7 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
                        if len(valid) and "path" in valid else {}),
         "skipped_inputs": list(skipped_inputs),
     }
-    bad = rep[rep["status"].isin(["bad_image", "bad_pose"])]
+    bad = rep[rep["status"].isin(["bad_image", "bad_pose", "no_echo"])]
     out["skipped_frames"] = [
         {k: (int(r[k]) if k == "timestamp" else r[k]) for k in ("specimen", "record", "timestamp", "status", "message")
          if k in r.index} for _, r in bad.iterrows()]
