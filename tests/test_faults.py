@@ -511,3 +511,53 @@ def test_case01_an_all_black_frame_is_skipped_as_no_echo_not_relabelled(tmp_path
     m = batch.summarize(out.report)
     assert m["status_counts"]["no_echo"] == 1
     assert [f["timestamp"] for f in m["skipped_frames"]] == [int(ts[2])]
+
+
+# ---------------------------------------------------------------- 12: disk full while writing the derived dataset
+
+
+def test_case12_disk_full_names_the_file_and_leaves_no_record_new_beside_old_ones(tmp_path, monkeypatch):
+    import errno
+    import hashlib
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_labeling import labeling_params, make_twin
+
+    from ultrabones.core import dataset
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.labels import batch
+
+    paths = make_twin(tmp_path, n_frames=3)
+    spec_dir = paths.dataset / "specimen01"
+    shutil.copytree(spec_dir / "record01", spec_dir / "record02")
+    batch.run(paths, labeling_params(lambda_value=1.0), seed=0)
+
+    def snapshot():
+        return {str(f.relative_to(paths.derived)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(paths.derived.rglob("*")) if f.is_file()}
+
+    before = snapshot()
+    assert any(k.startswith("specimen01/record02/Labels/") for k in before)
+    real = dataset.write_tracking
+
+    def full_disk(path, df):
+        if "record02" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, df)
+
+    monkeypatch.setattr(dataset, "write_tracking", full_disk)
+    with pytest.raises(DatasetError) as err:
+        batch.run(paths, labeling_params(lambda_value=0.01), seed=0)  # another lambda: every record would change
+    assert str(err.value) == (
+        f"{paths.derived / 'specimen01' / 'record02' / 'tracking.csv'}: could not be written (no space left on the "
+        f"device); nothing of this run was written into the derived dataset {paths.derived} (it holds the previous "
+        "run's records unchanged). Free space or choose another derived_root, and rerun: the labelled frames are "
+        "cached")
+    assert snapshot() == before  # record01 kept its old labels, tracking.csv and report, as record02 did
+    assert not [p for p in paths.derived.rglob(".*") if ".new-" in p.name or ".old-" in p.name]
+    monkeypatch.undo()
+    out = batch.run(paths, labeling_params(lambda_value=0.01), seed=0)  # space freed: the rerun completes
+    assert snapshot() != before and len(out.report) == 6

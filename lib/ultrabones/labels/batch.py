@@ -39,10 +39,13 @@ The input dataset is never written. The outputs go to the derived dataset
 (``Paths.derived``, layout A mirrored): per record, ``tracking.csv`` (the
 input's columns plus ``*_optimized`` and ``*_registered``), ``Labels/``,
 ``Labels_full/`` and ``labeling_report.csv``. They are written from the chunk
-files by an idempotent merge: a record's label folders are filled beside the
-old ones and swapped in whole (:func:`ultrabones.core.atomic.swap_dir`), so
-they hold exactly the frames this run kept; the reports are written only after
-every record's merge succeeded.
+files by an idempotent merge in two steps: every record's products are first
+written into a new folder beside its derived folder (:func:`stage_record`);
+only when all records are staged is each swapped in, by renames
+(:func:`commit_record`; label folders whole, :func:`ultrabones.core.atomic.swap_dir`,
+so they hold exactly the frames this run kept). A full disk or any error while
+staging names the file and leaves the derived dataset as the previous run left
+it, never one record new beside others old.
 
 Per-frame status in the report: ``kept``, ``discarded`` (mean fiducial
 correction above ``max_correction_mm``), ``no_bone`` (no CT surface near the
@@ -817,11 +820,22 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     digests.save()
     # 4. merge, record by record, into the derived dataset; the reports once every merge succeeded
     require_bone_in_view(specs, [(s.name, chunk_report(chunk_files[rec.key])) for s, rec, _, _ in records])
+    # every record's products are staged first; only when all are, each record's are swapped in (renames only),
+    # so that a full disk or an error leaves the derived dataset as the last run left it, never a mix
+    staged: list[tuple[dataset.Record, Path]] = []
     reports = []
-    for s, rec, tab, rows in records:
-        reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
-    for (s, rec, tab, rows), rep in zip(records, reports):
-        write_report(rec, rep)
+    try:
+        for s, rec, tab, rows in records:
+            rep, folder = stage_record(rec, tab, chunk_files[rec.key], regs[rec.key], paths.derived)
+            staged.append((rec, folder))
+            reports.append(rep)
+        for rec, folder in staged:
+            commit_record(rec, folder)
+    finally:
+        import shutil
+
+        for _, folder in staged:
+            shutil.rmtree(folder, ignore_errors=True)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,
@@ -990,21 +1004,46 @@ def require_bone_in_view(specs, reports: list[tuple[str, pd.DataFrame]]) -> None
 
 
 def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
-    """Write a record's outputs from its chunk files into its derived folder (idempotent); return its report.
+    """Write one record's outputs from its chunk files into its derived folder (idempotent); return its report.
 
-    Writes, under ``rec.out`` (the derived dataset; the input folder
-    ``rec.path`` is only read): ``tracking.csv`` (the input's columns plus
-    ``*_optimized``, for kept frames and NaN otherwise, and ``*_registered``,
-    for every frame with a pose), and the ``Labels_full/`` (optimised full
-    label) and ``Labels/`` (visible label) PNGs of the kept frames. Each label
-    folder is written whole beside the old one and swapped in, so it holds
-    exactly this run's kept frames. The report is returned, not written: see
-    :func:`write_report`, called once every record merged.
+    :func:`stage_record`, then :func:`commit_record`: the record's ``Labels_full/``, ``Labels/``,
+    ``tracking.csv`` and ``labeling_report.csv`` are replaced together. :func:`run` stages every record
+    before it commits any.
+    """
+    report, folder = stage_record(rec, tab, files, reg)
+    try:
+        commit_record(rec, folder)
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return report
+
+
+#: What :func:`stage_record` writes for a record, and :func:`commit_record` swaps in.
+RECORD_PRODUCTS = (dataset.LABELS_FULL, dataset.LABELS, dataset.TRACKING, REPORT)
+
+
+def stage_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping,
+                 derived_root: Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """Write a record's outputs from its chunk files into a new folder beside its derived folder.
+
+    The folder (``<derived>/<specimen>/.<record>.new-*``) holds :data:`RECORD_PRODUCTS`:
+    ``tracking.csv`` (the input's columns plus ``*_optimized``, for kept frames and NaN otherwise, and
+    ``*_registered``, for every frame with a pose), ``Labels_full/`` (optimised full label) and ``Labels/``
+    (visible label) with exactly the kept frames, and ``labeling_report.csv``. Nothing in the derived
+    folder itself changes until :func:`commit_record`; the input folder ``rec.path`` is only read.
+
+    Returns
+    -------
+    The report, and the staged folder.
 
     Raises
     ------
     RuntimeError
         If a chunk file is missing or stale (the run did not finish).
+    DatasetError
+        If a file cannot be written (a full disk, a read-only folder), naming it; the staged folder is removed.
     """
     rows, labels = [], {}
     for f, key in files:
@@ -1036,21 +1075,49 @@ def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
         out[c] = regc[:, j]
     if rec.out.resolve() == rec.path.resolve() and rec.derived is not None:
         raise DatasetError(f"{rec.out}: the derived folder is the input folder; the input is read-only")
-    new = {kind: atomic.new_dir_beside(rec.label_dir(kind)) for kind in (dataset.LABELS_FULL, dataset.LABELS)}
+    folder = target = None
     try:
+        target = rec.out
+        folder = atomic.new_dir_beside(rec.out)
+        for kind in (dataset.LABELS_FULL, dataset.LABELS):
+            (folder / kind).mkdir()
         for ts, (full, vis) in labels.items():
             name = rec.label_path(ts).name
-            (new[dataset.LABELS_FULL] / name).write_bytes(dataset.encode_png(full))
-            (new[dataset.LABELS] / name).write_bytes(dataset.encode_png(vis))
-        dataset.write_tracking(rec.poses_csv, out)
-        for kind, folder in new.items():
-            atomic.swap_dir(folder, rec.label_dir(kind))
-    finally:
+            target = rec.label_path(ts, dataset.LABELS_FULL)
+            (folder / dataset.LABELS_FULL / name).write_bytes(dataset.encode_png(full))
+            target = rec.label_path(ts, dataset.LABELS)
+            (folder / dataset.LABELS / name).write_bytes(dataset.encode_png(vis))
+        target = rec.poses_csv
+        dataset.write_tracking(folder / dataset.TRACKING, out)
+        target = rec.out / REPORT
+        atomic.write_text(folder / REPORT, report.to_csv(index=False))
+    except OSError as exc:
+        import errno
         import shutil
 
-        for folder in new.values():
+        if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    return report
+        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        where = derived_root if derived_root is not None else rec.out.parent
+        raise DatasetError(
+            f"{target}: could not be written ({reason}); nothing of this run was written into the derived dataset "
+            f"{where} (it holds the previous run's records unchanged). Free space or choose another derived_root, "
+            "and rerun: the labelled frames are cached") from None
+    return report, folder
+
+
+def commit_record(rec: dataset.Record, folder: Path) -> None:
+    """Swap a record's staged products (:func:`stage_record`) into its derived folder: renames only.
+
+    Each label folder is replaced as a whole (:func:`ultrabones.core.atomic.swap_dir`), so it holds exactly
+    this run's kept frames; ``tracking.csv`` and ``labeling_report.csv`` are renamed over the old ones.
+    Other files of the derived folder (``Labels_pred/`` of notebook 05) are left alone.
+    """
+    rec.out.mkdir(parents=True, exist_ok=True)
+    for kind in (dataset.LABELS_FULL, dataset.LABELS):
+        atomic.swap_dir(folder / kind, rec.label_dir(kind))
+    os.replace(folder / dataset.TRACKING, rec.poses_csv)
+    os.replace(folder / REPORT, rec.out / REPORT)
 
 
 def write_report(rec: dataset.Record, report: pd.DataFrame) -> Path:
