@@ -561,3 +561,18 @@ def test_case12_disk_full_names_the_file_and_leaves_no_record_new_beside_old_one
     monkeypatch.undo()
     out = batch.run(paths, labeling_params(lambda_value=0.01), seed=0)  # space freed: the rerun completes
     assert snapshot() != before and len(out.report) == 6
+
+
+def test_case16_evaluation_before_training_says_to_run_notebook_04(tmp_path):
+    from ultrabones.core.errors import DatasetError
+    from ultrabones.core.params import load_profile
+    from ultrabones.core.paths import Paths
+    from ultrabones.evaluation import benchmark
+
+    P = benchmark.EvaluationParams.from_section(load_profile("smoke", PARAMS_DIR).values["evaluation"])
+    assert P.checkpoint is None
+    paths = Paths(build_dir=tmp_path / "build", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f")
+    with pytest.raises(DatasetError) as err:
+        benchmark.run(paths, P, progress=False)
+    assert str(err.value) == (f"{paths.models_dir / 'best.ckpt'}: checkpoint not found; notebook 04 trains it: run it "
+                              "first (python -m ultrabones run 04 --profile <profile>), or give evaluation.checkpoint")

@@ -323,6 +323,9 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
     from ultrabones.segmentation import model, segdata
 
     checkpoint = params.checkpoint or str(paths.models_dir / "best.ckpt")
+    if not params.checkpoint and not Path(checkpoint).is_file():  # the run's own model: notebook 04 writes it
+        raise DatasetError(f"{checkpoint}: checkpoint not found; notebook 04 trains it: run it first "
+                           "(python -m ultrabones run 04 --profile <profile>), or give evaluation.checkpoint")
     ckpt = model.load_checkpoint(checkpoint)
     meta = ckpt[1]
     root = paths.dataset
