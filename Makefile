@@ -46,12 +46,14 @@ endif
 # inputs do; every stamp depends on it.
 DIGEST       := $(B)/inputs.digest
 
-.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check FORCE
+.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check validate unseal labelling FORCE
 
 help:
 	@echo "make setup                 create $(VENV) (torch pair first, then the project)"
 	@echo "make paper [PROFILE=default] [DATA_ROOT=...] [DERIVED_ROOT=...] [INIT_CHECKPOINT=...]   run notebooks 00..07, skipping up-to-date stages"
 	@echo "make test                  unit tests + every notebook on params/smoke.yaml"
+	@echo "make validate              stages 00-02 on the validation seeds (core/paper.py) into figures/validation/"
+	@echo "make unseal                the sealed seeds' one run (00-02), reported as it comes out"
 	@echo "make nb NB=02              run one notebook now"
 	@echo "make specimen SPECIMEN=id  rerun the per-specimen stages for one specimen, then the stages after"
 	@echo "make lab                   JupyterLab with the project kernel"
@@ -81,6 +83,7 @@ check: setup
 # ------------------------------------------------------------------ paper
 paper: $(STAMPS)/07_summary.done
 	@echo "[ultrabones] paper done: summary in $(B)/notebooks/07_summary.ipynb and figures/summary_table.md"
+	@$(PY) -m ultrabones timings --profile $(PROFILE) $(SEEDARG) || true
 
 $(STAMPS)/%.done: notebooks/%.ipynb $(LIB) $(PARAMS) $(DIGEST) | setup
 	@$(RUN) $* --profile $(PROFILE) $(SEEDARG) $(EXTRA) --stamp $@ --no-progress
@@ -98,6 +101,22 @@ $(STAMPS)/04_training.done:          $(STAMPS)/02_labeling.done
 $(STAMPS)/05_evaluation.done:        $(STAMPS)/04_training.done
 $(STAMPS)/06_reconstruction.done:    $(STAMPS)/05_evaluation.done
 $(STAMPS)/07_summary.done:           $(STAMPS)/03_rating_statistics.done $(STAMPS)/06_reconstruction.done
+
+# ------------------------------------------------------------------ seeds (core/paper.py)
+# The labelling stages of one seed build (SEED=N): what the validation seeds are run for.
+labelling: $(STAMPS)/02_labeling.done
+
+SEEDS_OF = $(shell $(PY) -c "from ultrabones.core import paper; print(*paper.$(1))")
+VALIDATION_OUT := $(if $(filter default,$(PROFILE)),figures/validation,build/$(PROFILE)/validation)
+
+validate: setup
+	@for s in $(call SEEDS_OF,VALIDATION_SEEDS); do $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s || exit 1; done
+	$(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,VALIDATION_SEEDS) --out $(VALIDATION_OUT)
+
+# The sealed seeds run once: their results are reported as they come out, then they join VALIDATION_SEEDS.
+unseal: setup
+	@for s in $(call SEEDS_OF,SEALED_SEEDS); do ULTRABONES_UNSEAL=1 $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s || exit 1; done
+	ULTRABONES_UNSEAL=1 $(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,SEALED_SEEDS) --out $(VALIDATION_OUT)
 
 nb: setup
 	@test -n "$(NB)" || (echo "usage: make nb NB=02 [PROFILE=...]"; exit 2)

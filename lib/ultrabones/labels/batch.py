@@ -291,7 +291,7 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     Returns
     -------
     dict with ``files`` [(path, key)] of the chunks done so far, in order,
-    ``n_new`` (chunks labelled by this call) and ``complete``.
+    ``n_new`` (chunks labelled by this call), ``n_frames_new`` (their frames) and ``complete``.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     P: LabelingParams = task["params"]
@@ -299,24 +299,25 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     max_gap = P.warm_max_gap
     limit = task.get("max_new_chunks")
     x0, age = None, 0
-    files, n_new, ctx = [], 0, None
+    files, n_new, n_frames, ctx = [], 0, 0, None
     for ch in task["chunks"]:
         key = chunk_key(ch["key"], x0, age)
         done = read_chunk(ch["out"], key, labels=False)
         if done is None:
             if limit is not None and n_new >= limit:
-                return {"files": files, "n_new": n_new, "complete": False}
+                return {"files": files, "n_new": n_new, "n_frames_new": n_frames, "complete": False}
             if ctx is None:
                 ctx = _sweep_context(task)
             rows, masks = _label_frames(task, ctx, ch, x0 if sweep else None, age, max_gap, sweep)
             _write_chunk(Path(ch["out"]), key, rows, masks)
             n_new += 1
+            n_frames += len(rows)
         else:
             rows = done["report"]
         files.append((ch["out"], key))
         if sweep:
             x0, age = carry_warm_start(rows, x0, age, max_gap)
-    return {"files": files, "n_new": n_new, "complete": True}
+    return {"files": files, "n_new": n_new, "n_frames_new": n_frames, "complete": True}
 
 
 def chunk_key(base_key: str, x0, age: int) -> str:
@@ -701,7 +702,7 @@ def _records(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
 def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = None, seed: int = 0,
         dask_scheduler: str | None = None, n_workers: int = 1, only_specimen: str | None = None,
         specimen_overrides: Mapping[str, Mapping] | None = None, lambda_override: float | None = None,
-        fail_after_chunks: int | None = None) -> LabelingResult:
+        fail_after_chunks: int | None = None, timer=None) -> LabelingResult:
     """Label a dataset end to end; resumable.
 
     Parameters
@@ -718,34 +719,44 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         are chosen once for the dataset.
     lambda_override : use this lambda instead of ``params``' choice (tests).
     fail_after_chunks : stop with ``RuntimeError`` after this many chunks (tests of resuming).
+    timer : a :class:`ultrabones.core.timings.Phases` that gets the wall and CPU time (this process and
+        the Dask workers) of the phases ``inputs`` (scanning, the clouds ``C``), ``selection`` (lambda),
+        ``registration``, ``frames`` (the per-frame optimisation and labels; ``frames``: those labelled
+        by this call, cached chunks not counted) and ``writing`` (the derived dataset); None: not timed.
 
     Returns
     -------
     :class:`LabelingResult`. A record with no usable frame gets :func:`empty_registration`; the
     skipped inputs are also warned about and kept in ``report.attrs`` for :func:`summarize`.
     """
-    specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
-    dataset.warn_skipped(paths.dataset, skipped)
-    digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
-    if only_specimen is not None:
-        specs = [s for s in specs if s.name == only_specimen]
-    calib, spacing, _ = dataset.read_calibration(paths.dataset)
-    cache = paths.cache(STEM)
-    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
-    spec_params = {s.name: params.for_specimen(specimen_overrides, s.name) for s in specs}
-    clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
-    label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
-                    for s in specs}
+    if timer is None:
+        from ultrabones.core.timings import Phases
 
-    records = _records(specs, spec_params)  # (specimen, record, table, rows)
-    # all the record's frames vote, not only the labelled ones (a record may label one frame)
-    shapes = {rec.key: record_image_shape(rec, tab["timestamp"]) for _, rec, tab, _ in records}
+        timer = Phases()
+    with timer.phase("inputs"):
+        specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
+        dataset.warn_skipped(paths.dataset, skipped)
+        digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
+        if only_specimen is not None:
+            specs = [s for s in specs if s.name == only_specimen]
+        calib, spacing, _ = dataset.read_calibration(paths.dataset)
+        cache = paths.cache(STEM)
+        base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
+        spec_params = {s.name: params.for_specimen(specimen_overrides, s.name) for s in specs}
+        clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
+        label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
+                        for s in specs}
 
-    def frame_poses(tab, rows):
-        return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
+        records = _records(specs, spec_params)  # (specimen, record, table, rows)
+        # all the record's frames vote, not only the labelled ones (a record may label one frame)
+        shapes = {rec.key: record_image_shape(rec, tab["timestamp"]) for _, rec, tab, _ in records}
+
+        def frame_poses(tab, rows):
+            return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
 
     with executor(params.executor, dask_scheduler, n_workers) as ex:
         run_tasks = ex.map
+        clock = ex.cpu_seconds
         # 1. lambda, and the objective region when it is "auto": truth-free (ultrabones.labels.select)
         selection = None
         fixed = lambda_override if lambda_override is not None else params.lambda_value
@@ -753,7 +764,9 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             lam = float(fixed)
             region = params.fallback_region if params.objective_region == "auto" else params.objective_region
         else:
-            lam, region, selection = _select_lambda(paths, params, records, clouds, base, run_tasks, seed)
+            with timer.phase("selection", clock=clock) as ph:
+                lam, region, selection = _select_lambda(paths, params, records, clouds, base, run_tasks, seed)
+                ph["frames"] = selection["n_frames"]
         spec_params = {k: dataclasses.replace(v, objective_region=region) for k, v in spec_params.items()}
         # 2. global registration, one per record
         regs = {}
@@ -774,10 +787,11 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             else:
                 reg_tasks.append(task)
                 reg_keys.append((rec.key, f, key))
-        for (rkey, f, key), result in zip(reg_keys, run_tasks(registration_task, reg_tasks, "registration")):
-            result = normalize_registration(result) or empty_registration()
-            atomic.write_json(f, {"key": key, "result": result})
-            regs[rkey] = result
+        with timer.phase("registration", frames=sum(len(t["timestamps"]) for t in reg_tasks), clock=clock):
+            for (rkey, f, key), result in zip(reg_keys, run_tasks(registration_task, reg_tasks, "registration")):
+                result = normalize_registration(result) or empty_registration()
+                atomic.write_json(f, {"key": key, "result": result})
+                regs[rkey] = result
         # 3. frames: one task per sweep (optimizer sweep: its chunks in time order, warm-started) or per chunk (de)
         frame_tasks, chunk_files = [], {}
         for s, rec, tab, rows in records:
@@ -812,7 +826,9 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
                     break
                 left -= run_tasks(label_sweep, [dict(task, max_new_chunks=left)], "frames")[0]["n_new"]
             raise RuntimeError(f"stopped after {fail_after_chunks} chunks (fail_after_chunks)")
-        done = run_tasks(label_sweep, [t for _, t in frame_tasks], "frames")
+        with timer.phase("frames", clock=clock) as ph:
+            done = run_tasks(label_sweep, [t for _, t in frame_tasks], "frames")
+            ph["frames"] = sum(r.get("n_frames_new", 0) for r in done)
         for (rkey, task), result in zip(frame_tasks, done):
             chunk_files[rkey] += result["files"]
         for s, rec, tab, rows in records:  # chunk tasks of one record may finish in any order
@@ -824,18 +840,19 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     # so that a full disk or an error leaves the derived dataset as the last run left it, never a mix
     staged: list[tuple[dataset.Record, Path]] = []
     reports = []
-    try:
-        for s, rec, tab, rows in records:
-            rep, folder = stage_record(rec, tab, chunk_files[rec.key], regs[rec.key], paths.derived)
-            staged.append((rec, folder))
-            reports.append(rep)
-        for rec, folder in staged:
-            commit_record(rec, folder)
-    finally:
-        import shutil
+    with timer.phase("writing", frames=sum(len(rows) for *_, rows in records)):
+        try:
+            for s, rec, tab, rows in records:
+                rep, folder = stage_record(rec, tab, chunk_files[rec.key], regs[rec.key], paths.derived)
+                staged.append((rec, folder))
+                reports.append(rep)
+            for rec, folder in staged:
+                commit_record(rec, folder)
+        finally:
+            import shutil
 
-        for _, folder in staged:
-            shutil.rmtree(folder, ignore_errors=True)
+            for _, folder in staged:
+                shutil.rmtree(folder, ignore_errors=True)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,

@@ -6,7 +6,8 @@
 Other verbs: ``check`` validates a profile and the specimen files, ``params`` prints a profile
 (``--explain``: with the file each value came from; ``--files``: its ``extends`` chain),
 ``specimens`` lists a profile's specimens, ``stages`` lists the notebooks,
-``inputs-digest`` writes the input dataset's path and content digest for ``make``.
+``inputs-digest`` writes the input dataset's path and content digest for ``make``,
+``timings`` prints the stage table of ``build/<profile>/timings.json``.
 Errors of the package's own types print as one line and exit with status 2.
 """
 
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     prm.add_argument("--profile", default="default")
     prm.add_argument("--explain", action="store_true", help="name the file (in the extends chain) of each value")
     prm.add_argument("--files", action="store_true", help="list the profile's files, base first (for make)")
+    col = sub.add_parser("collect-validation",
+                         help="copy seed builds' metrics of stages 00-02 into a committed folder (make validate)")
+    col.add_argument("--profile", default="default")
+    col.add_argument("--seeds", type=int, nargs="+", required=True)
+    col.add_argument("--out", required=True, help="e.g. figures/validation")
     sub.add_parser("stages", help="list the numbered notebooks and their sections")
     dig = sub.add_parser("inputs-digest", help="write the input dataset's path and content digest (for make)")
     dig.add_argument("--profile", default="default")
@@ -46,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     dig.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (data_root=..., derived_root=...)")
     dig.add_argument("--out", required=True, help="the digest file; rewritten only when its content changes")
+    tim = sub.add_parser("timings", help="print the stage table of build/<profile>/timings.json")
+    tim.add_argument("--profile", default="default")
+    tim.add_argument("--seed", type=int, default=None, help="as for run")
     return p
 
 
@@ -76,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(explain_profile(args.profile, PARAMS_DIR))
             else:
                 print(yaml.safe_dump(resolved_profile(args.profile, PARAMS_DIR), sort_keys=False), end="")
+        elif args.verb == "collect-validation":
+            from ultrabones.core.paths import build_root
+            from ultrabones.pipeline.validation import collect_validation
+
+            rec = collect_validation(build_root(), args.profile, args.seeds, args.out)
+            print(f"{args.out}: seeds {', '.join(sorted(rec['seeds'], key=int))} collected")
         elif args.verb == "specimens":
             from ultrabones.core.params import load_profile
             from ultrabones.core.paths import PARAMS_DIR
@@ -96,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
             text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
             atomic.write_text_if_changed(Path(args.out), text)
+        elif args.verb == "timings":
+            from ultrabones.core.params import NOTEBOOKS
+            from ultrabones.core.paths import build_root
+            from ultrabones.core import timings
+            from ultrabones.pipeline.runner import seeded_name
+
+            folder = build_root() / seeded_name(args.profile, args.seed)
+            data = timings.read(folder)
+            if not data:
+                print(f"no timings in {timings.timings_path(folder)} (run a stage first)", file=sys.stderr)
+                return 1
+            order = list(NOTEBOOKS) + sorted(k for k in data if k not in NOTEBOOKS)
+            print(f"{timings.timings_path(folder)}:")
+            print(timings.table(data, order))
         elif args.verb == "stages":
             from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ultrabones.core import paper
 from ultrabones.core.errors import NotebookError, ParamsError
 from ultrabones.core.params import NOTEBOOKS, load_profile
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
+from ultrabones.core import timings
 from ultrabones.pipeline import guards
 
 
@@ -254,8 +257,30 @@ def seeded_profile(profile: str, assignments: list[str] | None = None, seed: int
             raise ParamsError("give the master seed once: --seed N, not also -p seed=...")
         assignments.append(f"seed={int(seed)}")
     prof = load_profile(profile, PARAMS_DIR, assignments, specimen=specimen, section_hint=section_hint)
+    check_not_sealed(prof.values["seed"])
     prof.name = seeded_name(prof.name, seed)
     return prof
+
+
+#: Set to 1 (by ``make unseal`` only) to run the sealed seeds their one time.
+UNSEAL_ENV = "ULTRABONES_UNSEAL"
+
+
+def check_not_sealed(seed: int) -> None:
+    """Refuse a master seed of :data:`ultrabones.core.paper.SEALED_SEEDS` unless ``ULTRABONES_UNSEAL=1``.
+
+    A sealed seed is evidence only while nothing has been tuned on it: it runs once, by ``make unseal``, and its
+    results are reported as they come out.
+
+    Raises
+    ------
+    ParamsError
+        Naming the seed and how it is unsealed.
+    """
+    if seed in paper.SEALED_SEEDS and os.environ.get(UNSEAL_ENV) != "1":
+        raise ParamsError(
+            f"seed {seed} is sealed (ultrabones.core.paper.SEALED_SEEDS = {list(paper.SEALED_SEEDS)}): nothing may "
+            f"run on it before the one run that reports it; that run is 'make unseal' (it sets {UNSEAL_ENV}=1)")
 
 
 def stage_parameters(
@@ -291,7 +316,9 @@ def run_stage(
     The executed copy goes to ``build/<profile>/notebooks/<stem>.ipynb`` (with
     ``__<specimen>`` for a one-specimen run). ``stamp`` is written only after
     success, for ``make``. With ``seed``, the profile runs with that master
-    seed into ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``.
+    seed into ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``. The stage's wall time,
+    core-seconds (the kernel and the processes it started) and peak memory go into
+    ``build/<profile>/timings.json`` (:mod:`ultrabones.core.timings`).
     """
     notebook = resolve_notebook(name)
     stem = notebook.stem
@@ -310,10 +337,15 @@ def _run_locked(notebook, stem, params, paths, output, metrics, stamp, progress,
     t0 = time.time()
     print(f"[ultrabones] {stem} (profile {params['profile']}{', specimen ' + specimen if specimen else ''}) ...",
           file=sys.stderr, flush=True)
+    cpu0, _ = timings.children_usage()
     execute(notebook, output, params, cwd=NOTEBOOKS_DIR, progress=progress)
     if not metrics.exists() or (before is not None and metrics.stat().st_mtime <= before):
         raise NotebookError(f"{notebook.name} finished but did not write {metrics}")
-    print(f"[ultrabones] {stem} done in {time.time() - t0:.1f} s -> {metrics}", file=sys.stderr, flush=True)
+    wall = time.time() - t0
+    cpu1, peak = timings.children_usage()  # the kernel and its Dask workers, reaped when they ended
+    timings.record_stage(paths.build_dir, timings.stage_key(stem, specimen), wall, cpu1 - cpu0, peak)
+    print(f"[ultrabones] {stem} done in {wall:.1f} s ({cpu1 - cpu0:.1f} CPU s) -> {metrics}", file=sys.stderr,
+          flush=True)
     report_skips(metrics, stem)
     if stamp is not None:
         stamp = Path(stamp)
