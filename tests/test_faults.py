@@ -188,6 +188,7 @@ def test_case17_a_read_only_derived_root_is_reported_before_any_work(tmp_path, m
     file (which no user can write into) is checked for real."""
     import errno
     import tempfile
+    from pathlib import Path
 
     from ultrabones.pipeline import guards
 
@@ -199,8 +200,6 @@ def test_case17_a_read_only_derived_root_is_reported_before_any_work(tmp_path, m
         if dir is not None and Path(dir) == ro:
             raise PermissionError(errno.EROFS, "Read-only file system")
         return real(*a, dir=dir, **k)
-
-    from pathlib import Path
 
     monkeypatch.setattr(guards.tempfile, "mkstemp", mkstemp)
     with pytest.raises(ParamsError) as err:
