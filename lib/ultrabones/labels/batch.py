@@ -212,17 +212,31 @@ def selected_rows(n_rows: int, stride: int, max_frames: int | None) -> np.ndarra
     return rows
 
 
-def _read_image_or_none(path: Path, shape: tuple[int, int] | None = None):
+def _recording(rec: dataset.Record) -> str | None:
+    """A task's ``recording``: the folder of a layout-C record's ``recording.yaml``, else None."""
+    return None if rec.recording is None else str(rec.recording)
+
+
+def task_record(task: dict) -> dataset.Record:
+    """The :class:`~ultrabones.core.dataset.Record` a task names (``specimen``, ``record``, ``record_dir``, ``recording``)."""
+    rec = task.get("recording")
+    return dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]),
+                          recording=None if rec is None else Path(rec))
+
+
+def _read_image_or_none(rec: dataset.Record, ts: int, shape: tuple[int, int] | None = None):
     """``(image, None)``, or ``(None, message)`` for a missing, unreadable or wrongly sized image.
 
     Parameters
     ----------
+    rec, ts : the record and the frame's timestamp (ms).
     shape : the record's (H, W) (:func:`record_image_shape`); an image of
         another size is refused with its file named, so that one odd frame
         is reported as ``bad_image`` instead of breaking its chunk.
     """
+    path = rec.path if rec.is_sequence else rec.image_path(ts)
     try:
-        img = dataset.read_image(path)
+        img = rec.read_image(ts)
     except DatasetError as exc:
         return None, str(exc)
     if shape is not None and img.shape != tuple(shape):
@@ -238,14 +252,11 @@ def record_image_shape(rec: dataset.Record, timestamps: Iterable[int]) -> list[i
     Ties go to the size met first along the sweep. Unreadable files are
     ignored here; they are reported per frame when labelled.
     """
-    from PIL import Image
-
     counts: dict[tuple[int, int], int] = {}
     for ts in timestamps:
         try:
-            with Image.open(rec.image_path(int(ts))) as im:
-                w, h = im.size
-        except (OSError, ValueError, SyntaxError):
+            h, w = rec.image_shape(int(ts))
+        except (OSError, ValueError, SyntaxError, DatasetError):
             continue
         counts[(h, w)] = counts.get((h, w), 0) + 1
     if not counts:
@@ -349,7 +360,7 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
     return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
             "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
             "g": np.asarray(task["registration"], float),
-            "rec": dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))}
+            "rec": task_record(task)}
 
 
 def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> tuple[list[dict], dict]:
@@ -369,9 +380,9 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             img, res, seconds = batched[int(ts)]
             t0 -= seconds
         elif not np.isfinite(prm).all():
-            row.update(status="bad_pose", message=f"{rec.tracking_csv} row {row_no + 1}: pose is not finite")
+            row.update(status="bad_pose", message=f"{rec.tracking_source} row {row_no + 1}: pose is not finite")
         else:
-            img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+            img, err = _read_image_or_none(rec, ts, task.get("image_shape"))
             if img is None:
                 row.update(status="bad_image", message=err)
         if "status" in row:
@@ -484,7 +495,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         prm = np.asarray(prm, float)
         if not np.isfinite(prm).all():
             continue
-        img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+        img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
         if img is None:
             continue
         objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
@@ -571,13 +582,13 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     P: LabelingParams = task["params"]
     calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
     points, _ = load_cloud(task["cloud"])
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    rec = task_record(task)
     images, poses = [], []
     for ts, prm in zip(task["timestamps"], task["poses"]):
         prm = np.asarray(prm, float)
         if not np.isfinite(prm).all():
             continue
-        img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+        img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
         if img is not None:
             images.append(img)
             poses.append(geometry.pose_from_params(prm))
@@ -675,7 +686,7 @@ def read_registration(path: Path | str, key: str) -> dict | None:
 
 
 def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
-    return dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
+    return rec.read_tracking(allow_missing_pose=True)
 
 
 def _records(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
@@ -767,7 +778,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             n_reg = min(spec_params[s.name].registration_frames, len(ok))
             pick = ok[np.unique(np.linspace(0, len(ok) - 1, n_reg).round().astype(int))] if len(ok) else ok
             task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
-                        record_dir=str(rec.path), cloud=clouds[s.name], image_shape=shapes[rec.key],
+                        record_dir=str(rec.path), recording=_recording(rec), cloud=clouds[s.name], image_shape=shapes[rec.key],
                         timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
             key = params_hash({"task": _task_key(task), "src": source_hash(),
                                "inputs": _images_digest(rec, task["timestamps"])})
@@ -787,7 +798,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         frame_tasks, chunk_files = [], {}
         for s, rec, tab, rows in records:
             Ps = spec_params[s.name]
-            common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path),
+            common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path), recording=_recording(rec),
                           cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
                           registration=regs[rec.key]["transform"], torch_device=frame_device(Ps),
                           **{"lambda": lam})
@@ -842,7 +853,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
 def _task_key(task: Mapping[str, Any]) -> dict:
     """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
     (the images' digest in the key names the input; a moved dataset keeps its cache)."""
-    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k != "record_dir"}
+    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
 
 
 def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dict]:
@@ -857,7 +868,7 @@ def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dic
     tasks = []
     for i, r, nbs in pick:
         s, rec, tab, _ = records[i]
-        tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), cloud=clouds[s.name],
+        tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), recording=_recording(rec), cloud=clouds[s.name],
                           timestamp=int(tab.loc[r, "timestamp"]), pose=tab.loc[r, cols].to_numpy(float).tolist(),
                           neighbours=[(int(tab.loc[q, "timestamp"]), tab.loc[q, cols].to_numpy(float).tolist())
                                       for q in nbs],
@@ -922,7 +933,7 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
     tasks = _selection_tasks(P, records, clouds, base, seed)
     key = params_hash({"tasks": [_task_key(t) for t in tasks],
                        "src": source_hash(),
-                       "inputs": [_images_digest(dataset.Record(t["specimen"], t["record"], Path(t["record_dir"])),
+                       "inputs": [_images_digest(task_record(t),
                                                  [t["timestamp"]] + [n[0] for n in t["neighbours"]]) for t in tasks]})
     f = paths.cache(STEM) / "lambda_selection.json"
     rows = None
@@ -953,7 +964,7 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
 
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
     """Digest of the image files of these frames (names and contents): the input part of a cache key."""
-    return files_digest([rec.image_path(int(t)) for t in timestamps], rec.path)
+    return files_digest(rec.input_files(timestamps), rec.path if not rec.is_sequence else rec.path.parent)
 
 
 def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
