@@ -201,6 +201,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "surface_samples": _i(100, 10000000, doc="points sampled per mesh to measure surface distances on the twin"),
     },
     "labeling": {
+        "objective": _s(("eq2", "released"), doc="the pose objective: eq2 (the paper's Eq. 2 as printed) or released (the objective of the authors' public code that made the released labels: sum of exp(5 I) over image points within 0.5 mm of C minus 3000 times the fiducial displacement, with its image preparation and skip rules; labels.released)"),
+        "released_ct_samples": _i(1000, 100000000, doc="objective released: points sampled uniformly on the CT bone model for C (upstream: 1000000)"),
         "density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 of CT bone surface, for the objective of Eq. 2"),
         "label_density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 for drawing the label PNGs and measuring them (denser: a continuous band)"),
         "objective_region": _s(("auto", "full", "first_hit"), doc="part of I_t that Eq. 2 averages: full (as written), first_hit (the surface facing the probe, per scan line), or auto (chosen with lambda by the truth-free rule)"),
