@@ -219,6 +219,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "selection_offset_frames": _i(1, 100, doc="neighbour distance in rows of tracking.csv (temporal rule only)"),
         "fallback_region": _s(("first_hit", "full"), doc="region used with objective_region auto when lambda is fixed or no frame could be scored"),
         "lambda_value": _f(0.0, 1e6, nullable=True, doc="fixed lambda (1/mm); null: choose among lambdas"),
+        "selection_inseparable": _s(("keep", "one_se"), doc="when the chosen candidate's score does not beat the runner-up's by more than the standard error of that margin (paired over the sampled frames; reported in lambda_selection.separation): keep (the rule's choice stands) or one_se (the largest lambda among the candidates within that standard error of the best, in fallback_region when possible: labels.select.one_se_choice)"),
         "max_correction_mm": _f(0.0, 100.0, doc="validation: discard a frame whose mean fiducial correction exceeds this (mm; paper 1)"),
         "min_label_fraction": _f(0.0, 1.0, doc="validation (not in the paper): discard a frame whose optimised label keeps fewer than this share of the initial label's pixels; 0: off"),
         "halves_check": _s(("first_hit", "full"), nullable=True, doc="validation (not in the paper): discard a frame whose correction does not raise the mean intensity, in this region, on both halves of the bone's scan lines; null: off"),

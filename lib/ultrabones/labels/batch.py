@@ -115,6 +115,7 @@ class LabelingParams(SectionParams):
     selection_offset_frames: int
     fallback_region: str
     lambda_value: float | None
+    selection_inseparable: str
     max_correction_mm: float
     min_label_fraction: float
     halves_check: str | None
@@ -985,11 +986,20 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
     eval_region, rule = P.selection_eval_region, P.selection_rule
     scores = select.score_table(trials, eval_region, rule=rule)
     lam, region, scores = select.choose(scores)
+    sep = select.separation(trials, scores, eval_region, rule)
     by = ("truth-free: held-out gain of the {e} intensity on the other half of the bone's scan lines" if rule == "split"
           else "truth-free: held-out gain of the {e} intensity on frames +-{k}")
-    return lam, region, {"by": by.format(e=eval_region, k=P.selection_offset_frames), "rule": rule,
-                         "chosen": lam, "region": region, "n_frames": int(trials["timestamp"].nunique()),
-                         "seconds_per_fit": float(trials["seconds"].mean()), "table": scores, "trials": trials}
+    by = by.format(e=eval_region, k=P.selection_offset_frames)
+    rule_choice = {"lambda": lam, "region": region}
+    if not sep["separable"] and P.selection_inseparable == "one_se":
+        # the best candidates cannot be told apart on these frames: the documented default (select.one_se_choice)
+        lam, region = select.one_se_choice(scores, sep["margin_se"], P.fallback_region)
+        by += "; not separable from the runner-up (margin <= its standard error): the one-standard-error default"
+        scores["chosen"] = (scores["region"] == region) & np.isclose(scores["lambda"], lam, rtol=1e-12, atol=0)
+    return lam, region, {"by": by, "rule": rule, "chosen": lam, "region": region,
+                         "n_frames": int(trials["timestamp"].nunique()),
+                         "seconds_per_fit": float(trials["seconds"].mean()), "rule_choice": rule_choice,
+                         "separation": sep, "table": scores, "trials": trials}
 
 
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
