@@ -241,6 +241,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "registration_maxiter": _i(1, 10000, doc="differential evolution generations of the global registration"),
         "precision_tolerance_mm": _f(0.0, 10.0, doc="distance within which a visible-label pixel matches the truth (mm; issue: 0.5)"),
         "executor": _s(("dask", "synchronous"), doc="dask: a LocalCluster of n_workers (or dask_scheduler); synchronous: in process"),
+        "compare_objectives_frames": _i(0, 1000000, doc="twin only: after labelling, fit Eq. 2 (first_hit and full) and the released objective on at most this many frames and measure each one's delivered labels against the truth (notebook 02's twin section; labels.compare, twin.objectives); 0: off"),
         "device": _s(("auto", "cuda", "cpu"), nullable=True, doc="optimizer de: the torch device that optimises a chunk's frames together (labels.torch_objective; Eq. 2 and each frame's correction equal to numpy/scipy's); null: numpy/scipy, frame by frame; auto: cuda where torch sees a CUDA device, else null; cuda (stops if there is none); cpu (tests)"),
     },
     "rating": {

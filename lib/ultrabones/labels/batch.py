@@ -137,6 +137,7 @@ class LabelingParams(SectionParams):
     registration_maxiter: int
     precision_tolerance_mm: float
     executor: str
+    compare_objectives_frames: int
     device: str | None
 
     def __post_init__(self):
@@ -884,7 +885,16 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
 def _task_key(task: Mapping[str, Any]) -> dict:
     """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
     (the images' digest in the key names the input; a moved dataset keeps its cache)."""
-    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k != "record_dir"}
+    return {k: _params_key(v) if k == "params" else v for k, v in task.items() if k != "record_dir"}
+
+
+#: Keys of the section that change no label (a report made after labelling): left out of the cache keys.
+_NOT_IN_KEYS = ("compare_objectives_frames",)
+
+
+def _params_key(P: LabelingParams) -> dict:
+    """The parameters as the cache keys see them: the section less :data:`_NOT_IN_KEYS`."""
+    return {k: v for k, v in P.as_dict().items() if k not in _NOT_IN_KEYS}
 
 
 def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dict]:

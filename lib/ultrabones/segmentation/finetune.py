@@ -255,32 +255,30 @@ def metrics(result: FinetuneResult) -> dict[str, Any]:
             "before_after": summary(result.scores, result.split, result.sigma_mm)}
 
 
-def before_after(models_dir: Path | str, root: Path | str, derived: Path | str | None = None,
+def before_after(checkpoint: Path | str, root: Path | str, derived: Path | str | None = None,
                  sigma_mm: float | None = None) -> dict[str, Any] | None:
-    """Notebook 05's before/after block: both models on the held-out later frames, or None (no fine-tuned model).
+    """Notebook 05's before/after block: both models on the held-out later frames, or None (not a fine-tuned model).
 
-    Reads ``models_dir/best.ckpt``; when its metadata says ``mode: finetune``, scores it and
-    ``models_dir/init.ckpt`` (the model it started from) on the test frames its time split names
-    (:func:`score_before_after`, :func:`summary`).
+    When ``checkpoint``'s metadata says ``mode: finetune``, scores it and ``init.ckpt`` beside it (the model it
+    started from) on the test frames its time split names (:func:`score_before_after`, :func:`summary`).
 
     Parameters
     ----------
-    models_dir : ``paths.models_dir``; root : the dataset (images); derived : the labels' dataset.
-    sigma_mm : the distance threshold (mm); None: the one the fine-tuning used (``f1_sigma_mm``).
+    checkpoint : the evaluated checkpoint (``models/best.ckpt``); root : the dataset (images);
+    derived : the labels' dataset; sigma_mm : the distance threshold (mm); None: the fine-tuning's ``f1_sigma_mm``.
 
     Raises
     ------
     DatasetError
-        If ``init.ckpt`` or a test frame named in the metadata is missing.
+        If ``init.ckpt`` or a record of the test frames named in the metadata is missing.
     """
-    models_dir = Path(models_dir)
-    best = models_dir / "best.ckpt"
+    best = Path(checkpoint)
     if not best.is_file():
         return None
     _, meta = seg.load_checkpoint(best)
     if meta.get("mode") != "finetune":
         return None
-    init = models_dir / "init.ckpt"
+    init = best.parent / "init.ckpt"
     if not init.is_file():
         raise DatasetError(f"{init}: the model the fine-tuning started from is missing (rerun notebook 04)")
     split = meta["time_split"]
@@ -294,3 +292,12 @@ def before_after(models_dir: Path | str, root: Path | str, derived: Path | str |
     sigma = float(sigma_mm if sigma_mm is not None else (meta.get("params") or {}).get("f1_sigma_mm", 0.5))
     scores = score_before_after(init, best, frames, spacing, sigma)
     return summary(scores, split, sigma)
+
+
+def describe(block: dict) -> str:
+    """The before/after block (:func:`summary`) as a Markdown table and one line on the change."""
+    rows = [f"| {k} | {block[k]['accuracy']:.3f} | {block[k]['completeness']:.3f} | {block[k]['f1']:.3f} "
+            f"+- {block[k]['f1_se']:.3f} |" for k in ("before", "after")]
+    return ("| model | accuracy | completeness | F1 (+- se) |\n|---|---|---|---|\n" + "\n".join(rows)
+            + f"\n\nF1 change {block['f1_change']:+.3f} +- {block['f1_change_se']:.3f} (se, paired) on "
+            f"{block['n_test']} later frames at {block['sigma_mm']} mm; {block['reference']}.")
