@@ -59,3 +59,39 @@ def test_fast_vs_reference_speed_on_real_frames():
           f"{ms_ref:.2f} ms per evaluation, ratio {ms_ref / ms_fast:.1f}x, largest score difference {worst:.2e}")
     assert worst <= 1e-9
     assert ms_fast < ms_ref
+
+
+def test_eq2_corrections_against_the_released_ones():
+    """How far Eq. 2's corrections go toward the released objective's, on the frames both kept (on demand).
+
+        EQ2_REPORT=build/real/dataset/specimen01/record01/labeling_report.csv \\
+        RELEASED_REPORT=build/released/dataset/specimen01/record01/labeling_report.csv \\
+            .venv/bin/python -m pytest -q -s benchmarks/bench_released.py -k against
+
+    Prints the mean fiducial distance (mm) from the recorded pose to the released objective's, from Eq. 2's to
+    the released one's, and from the recorded to Eq. 2's. Skipped without the two reports.
+    """
+    import os
+
+    import pytest
+
+    if not (os.environ.get("EQ2_REPORT") and os.environ.get("RELEASED_REPORT")):
+        pytest.skip("EQ2_REPORT and RELEASED_REPORT (labeling_report.csv of the two runs) not set")
+    e = pd.read_csv(os.environ["EQ2_REPORT"]).set_index("timestamp")
+    r = pd.read_csv(os.environ["RELEASED_REPORT"]).set_index("timestamp")
+    cols = ["rot_x_deg", "rot_y_deg", "rot_z_deg", "trans_x_mm", "trans_y_mm", "trans_z_mm"]
+    both = [t for t in e.index.intersection(r.index) if e.loc[t, "status"] == r.loc[t, "status"] == "kept"]
+    assert both, "no frame kept by both runs"
+    d = {"recorded_to_released": [], "eq2_to_released": [], "recorded_to_eq2": []}
+    for t in both:
+        xe, xr = e.loc[t, cols].to_numpy(float), r.loc[t, cols].to_numpy(float)
+        de, dr = geometry.perturbation(xe[:3], xe[3:]), geometry.perturbation(xr[:3], xr[3:])
+        d["recorded_to_released"].append(float(geometry.mean_fiducial_displacement(np.eye(4), dr)))
+        d["eq2_to_released"].append(float(geometry.mean_fiducial_displacement(de, dr)))
+        d["recorded_to_eq2"].append(float(geometry.mean_fiducial_displacement(np.eye(4), de)))
+    m = {k: float(np.mean(v)) for k, v in d.items()}
+    closer = float(np.mean(np.less(d["eq2_to_released"], d["recorded_to_released"])))
+    print(f"\n[bench] {len(both)} frames kept by both: mean fiducial distance recorded -> released "
+          f"{m['recorded_to_released']:.3f} mm, Eq. 2 -> released {m['eq2_to_released']:.3f} mm, recorded -> Eq. 2 "
+          f"{m['recorded_to_eq2']:.3f} mm; Eq. 2 closer to the released pose than the recorded one on "
+          f"{100 * closer:.0f}% of them")
