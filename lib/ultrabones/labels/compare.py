@@ -21,7 +21,7 @@ import pandas as pd
 
 from ultrabones.core import dataset, geometry
 from ultrabones.core.paths import Paths
-from ultrabones.labels import batch, frame
+from ultrabones.labels import batch, frame, released
 
 #: The candidates compared: (name, objective, Eq. 2 region).
 CANDIDATES = (("eq2_first_hit", "eq2", "first_hit"), ("eq2_full", "eq2", "full"), ("released", "released", "first_hit"))
@@ -50,16 +50,17 @@ def pick_frames(paths: Paths, P: batch.LabelingParams, n_frames: int,
 
 
 def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: int, seed: int = 0,
-                   specimens: list[str] | None = None, candidates=CANDIDATES) -> pd.DataFrame:
+                   specimens: list[str] | None = None, candidates=CANDIDATES, upstream_de: bool = True) -> pd.DataFrame:
     """Every candidate objective on the same frames, as the labelling stage runs it (truth-free).
 
     Parameters
     ----------
-    paths : the run's paths; P : the stage's parameters (optimiser, bounds, validation; the released objective
-        uses ``popsize``/``maxiter``/``tol`` of ``P`` too, so pass upstream's settings to compare upstream's).
+    paths : the run's paths; P : the stage's parameters (optimiser, bounds, validation).
     lam : Eq. 2's lambda (1/mm), e.g. the stage's choice.
     n_frames : frames at most (:func:`pick_frames`).
     seed : master seed (Eq. 2's per-frame optimiser seeds, as the stage draws them; the clouds).
+    upstream_de : the released objective with upstream's optimiser settings (``released.UPSTREAM_DE``: population
+        15 per parameter, 30 generations, tol 0.05), as the release ran it; False: ``P``'s.
 
     Returns
     -------
@@ -79,6 +80,8 @@ def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: 
         pose0 = geometry.pose_from_params(prm)
         for name, objective, region in candidates:
             Q = dataclasses.replace(P, objective=objective, objective_region=region)
+            if objective == "released" and upstream_de:  # the release's optimiser, not this profile's Eq. 2 settings
+                Q = dataclasses.replace(Q, **{k: released.UPSTREAM_DE[k] for k in ("popsize", "maxiter", "tol")})
             t0 = time.process_time()
             if objective == "released":
                 if rec.specimen not in dense:
