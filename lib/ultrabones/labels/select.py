@@ -335,13 +335,7 @@ def score_table(trials: pd.DataFrame, eval_region: str = "first_hit", min_label_
     if min_label_fraction is not None:
         kept &= t["n_optimized"] >= min_label_fraction * t["n_initial"]
     t["kept"] = kept
-    if rule == "split":  # both half-fits must pass validation too
-        kept_cv = kept & t["split_kept"].astype(bool)
-        t["delivered_gain"] = np.where(kept_cv, t[f"split_gain_{eval_region}"].astype(float).fillna(0.0), 0.0)
-    elif rule == "temporal":
-        t["delivered_gain"] = np.where(kept, t[f"gain_{eval_region}"].astype(float).fillna(0.0), 0.0)
-    else:
-        raise ValueError(f"rule must be 'split' or 'temporal', got {rule!r}")
+    t["delivered_gain"] = _delivered(t, kept, eval_region, rule)
     t["kept_correction"] = np.where(kept, t["correction_mm"], np.nan)
     g = t.groupby(["region", "lambda"])
     table = g.agg(score=("delivered_gain", "mean"),
@@ -378,17 +372,22 @@ def delivered_gains(trials: pd.DataFrame, eval_region: str = "first_hit", rule: 
     """Per frame and candidate, the held-out gain the rule credits (0 for a frame not delivered): the terms
     whose means are :func:`score_table`'s scores. Columns ``region``, ``lambda``, ``specimen``, ``record``, ``timestamp``,
     ``gain``."""
-    kept = trials["status"] == "kept"
-    if rule == "split":
+    out = trials[["region", "lambda", "specimen", "record", "timestamp"]].copy()
+    out["gain"] = _delivered(trials, trials["status"] == "kept", eval_region, rule)
+    return out
+
+
+def _delivered(trials: pd.DataFrame, kept: pd.Series, eval_region: str, rule: str) -> np.ndarray:
+    """Each trial's credited gain: its held-out gain where delivered (``kept``; with the split rule both half-fits
+    validated too), else 0."""
+    if rule == "split":  # both half-fits must pass validation too
         kept = kept & trials["split_kept"].astype(bool)
         gain = trials[f"split_gain_{eval_region}"]
     elif rule == "temporal":
         gain = trials[f"gain_{eval_region}"]
     else:
         raise ValueError(f"rule must be 'split' or 'temporal', got {rule!r}")
-    out = trials[["region", "lambda", "specimen", "record", "timestamp"]].copy()
-    out["gain"] = np.where(kept, gain.astype(float).fillna(0.0), 0.0)
-    return out
+    return np.where(kept, gain.astype(float).fillna(0.0), 0.0)
 
 
 def separation(trials: pd.DataFrame, table: pd.DataFrame, eval_region: str = "first_hit",
