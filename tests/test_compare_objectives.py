@@ -42,3 +42,15 @@ def test_pick_frames_spreads_a_bounded_number_and_refuses_zero(tmp_path):
     assert all(p.shape == (6,) for *_, p in picked)
     with pytest.raises(ValueError, match="n_frames"):
         compare.pick_frames(paths, P, 0)
+
+
+def test_compare_gives_the_metrics_table_and_saves_the_figure(tmp_path):
+    from types import SimpleNamespace
+
+    paths = make_twin(tmp_path, n_frames=3)
+    P = labeling_params(popsize=4, maxiter=4, released_ct_samples=100_000, frame_stride=1, halves_check=None)
+    result = SimpleNamespace(lam=0.1, settings=batch.label_settings(P, 0))
+    saved = []
+    out = objectives.compare(paths, P, result, 1, 0, lambda fig, p, name, stem: saved.append((name, stem)), "02")
+    assert out["objective"] == [c[0] for c in compare.CANDIDATES] and out["n_frames"] == [1, 1, 1]
+    assert saved == [("objective_comparison", "02")]

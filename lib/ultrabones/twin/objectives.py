@@ -97,16 +97,23 @@ def plot(errs: pd.DataFrame):
     return fig
 
 
-def compare(paths: Paths, P, lam: float, n_frames: int, seed: int, settings: dict,
-            specimens: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit every objective on at most ``n_frames`` frames (truth-free, :func:`ultrabones.labels.compare.fit_objectives`),
-    then measure what each delivered against the truth.
+def compare(paths: Paths, P, result, n_frames: int, seed: int, save_figure=None, stem: str | None = None) -> dict:
+    """Fit every objective on at most ``n_frames`` frames (truth-free, :func:`ultrabones.labels.compare.fit_objectives`,
+    at ``result``'s lambda), measure what each delivered against the truth, and give the table.
+
+    Parameters
+    ----------
+    P : the stage's parameters; result : the stage's :class:`ultrabones.labels.batch.LabelingResult` (``lam``,
+        ``settings``); save_figure : called as ``save_figure(fig, paths, "objective_comparison", stem)`` with
+        :func:`plot`'s figure (the notebook passes ``stage.save_figure``); None: no figure.
 
     Returns
     -------
-    (:func:`table`, :func:`errors`).
+    :func:`table` as a dict of lists (the ``objective_comparison`` block of notebook 02's metrics).
     """
     from ultrabones.labels import compare as fit
 
-    errs = errors(paths, fit.fit_objectives(paths, P, lam, n_frames, seed, specimens=specimens), settings)
-    return table(errs), errs
+    errs = errors(paths, fit.fit_objectives(paths, P, result.lam, n_frames, seed), result.settings)
+    if save_figure is not None:
+        save_figure(plot(errs), paths, "objective_comparison", stem)
+    return table(errs).to_dict(orient="list")
