@@ -135,7 +135,8 @@ def _provenance(run: Mapping[str, dict]) -> str:
 def _stage_timings(design: Mapping[str, dict]) -> dict[str, dict]:
     """The committed run's ``timings.json`` entries of the numbered stages (``{stem: {wall_s, cpu_s, ...}}``)."""
     t = design.get(Path(TIMINGS).stem) or {}
-    return {k: v for k, v in t.items() if isinstance(v, Mapping) and "wall_s" in v}
+    return {k: v for k, v in t.items() if isinstance(v, Mapping) and "wall_s" in v and "__" not in k}  # no
+    # one-specimen reruns (``02_labeling__specimen03``): the committed run's stages once each
 
 
 def _timings_line(design: Mapping[str, dict]) -> str | None:
