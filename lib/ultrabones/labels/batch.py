@@ -76,6 +76,7 @@ from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
 from ultrabones.labels import registration
+from ultrabones.labels import released
 from ultrabones.labels import select
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.paths import Paths
@@ -100,6 +101,8 @@ class LabelingParams(SectionParams):
 
     SECTION: ClassVar[str] = SECTION
 
+    objective: str
+    released_ct_samples: int
     density_per_mm2: float
     label_density_per_mm2: float
     objective_region: str
@@ -116,6 +119,7 @@ class LabelingParams(SectionParams):
     selection_offset_frames: int
     fallback_region: str
     lambda_value: float | None
+    selection_inseparable: str
     max_correction_mm: float
     min_label_fraction: float
     halves_check: str | None
@@ -137,6 +141,7 @@ class LabelingParams(SectionParams):
     registration_maxiter: int
     precision_tolerance_mm: float
     executor: str
+    compare_objectives_frames: int
     device: str | None
     min_echo_level: float
 
@@ -175,7 +180,7 @@ class LabelingResult:
 
 def label_settings(P: LabelingParams, seed: int) -> dict:
     """The settings with which labels were drawn, for the stages that redraw them (03, the twin's measurement)."""
-    return {"popsize": P.popsize, "maxiter": P.maxiter, "frame_stride": P.frame_stride,
+    return {"objective": P.objective, "popsize": P.popsize, "maxiter": P.maxiter, "frame_stride": P.frame_stride,
             "max_frames_per_record": P.max_frames_per_record, "gamma_mm": P.gamma_mm,
             "label_density_per_mm2": P.label_density_per_mm2, "label_cloud_seed": seed + 1}
 
@@ -199,6 +204,16 @@ def surface_cloud(paths: Paths, specimen: dataset.Specimen, density: float, seed
         np.savez(buf, points=pts, normals=nrm)
         atomic.write_bytes(out, buf.getvalue())
     return out
+
+
+def released_cloud(paths: Paths, specimen: dataset.Specimen, n_samples: int, seed: int) -> Path:
+    """The dense ``C`` of ``objective: released`` (``n_samples`` points on the CT bone model), cached as
+    :func:`surface_cloud` caches (:func:`ultrabones.labels.released.sample_ct`)."""
+    mesh = dataset.read_mesh(specimen.ct_model)
+    area = float(np.asarray(mesh.area_faces, float).sum())
+    if not area > 0:
+        raise DatasetError(f"{specimen.ct_model}: the CT bone model has no surface area (empty or degenerate mesh)")
+    return surface_cloud(paths, specimen, int(n_samples) / area, seed)
 
 
 def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
@@ -366,6 +381,7 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
     dense, dense_normals = load_cloud(task["label_cloud"])
     return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
             "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
+            "released_points": load_cloud(task["released_cloud"])[0] if task.get("released_cloud") else None,
             "g": np.asarray(task["registration"], float),
             "rec": task_record(task)}
 
@@ -400,7 +416,9 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             age += 1
             continue
         pose0 = geometry.pose_from_params(prm)
-        if res is None:
+        if res is None and P.objective == "released":
+            res = optimize_released(P, ctx, img, prm, pose0)
+        elif res is None:
             obj = _frame_objective(P, ctx, img, pose0)
             common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
                           maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
@@ -475,13 +493,50 @@ def frame_device(P: LabelingParams) -> str | None:
     """The torch device on which a chunk's frames are optimised together (:func:`torch_device` of
     ``P.device``), or None for the numpy/scipy path; always None with ``optimizer: sweep`` (its local searches
     stay on numpy)."""
-    return torch_device(P.device) if P.optimizer == "de" else None
+    return torch_device(P.device) if P.optimizer == "de" and P.objective == "eq2" else None
 
 
 def _frame_objective(P: LabelingParams, ctx: Mapping, img: np.ndarray, pose: np.ndarray) -> frame.FrameObjective:
     """Eq. 2 of one frame of a sweep task (:func:`_sweep_context`) at the recorded ``pose``, with ``P``'s settings."""
     return frame.FrameObjective(img, pose, ctx["calib"], ctx["spacing"], ctx["points"], P.gamma_mm, P.bound_deg,
                                 P.bound_mm, region=P.objective_region)
+
+
+def optimize_released(P: LabelingParams, ctx: Mapping, img: np.ndarray, prm: np.ndarray,
+                      pose0: np.ndarray) -> frame.FrameResult:
+    """One frame by the released objective (:mod:`ultrabones.labels.released`), validated as Eq. 2's frames are.
+
+    A frame whose recorded image plane meets no bone (Eq. 2's intersection is empty) is ``no_bone``; one that
+    upstream skips (no image point, a dim frame, no image point within 0.9 mm of ``C``) is ``discarded`` with
+    the rule in its reason (``released: ...``). The correction is then validated by
+    :func:`ultrabones.labels.frame.validated_result` (``max_correction_mm``, ``min_label_fraction``,
+    ``halves_check``); the report's intensities are Eq. 2's mean over ``I_t`` (in ``objective_region``), its
+    objective values the released objective's (to minimise). Differential evolution as upstream runs it:
+    ``popsize``, ``maxiter``, ``tol`` from ``P``, polishing on, seed 0.
+
+    Parameters
+    ----------
+    P : the labelling parameters; ctx : :func:`_sweep_context` (with ``released_points``).
+    img : (H, W) uint8 image; prm : (6,) the recorded tracking parameters (mm, degrees); pose0 : their pose.
+    """
+    t0 = time.process_time()
+    obj = _frame_objective(P, ctx, img, pose0)
+    i0, n0 = obj.intensity(np.zeros((6, 1)))
+    if obj.n_points == 0 or n0[0] == 0:
+        return frame.FrameResult("no_bone", seconds=time.process_time() - t0, path="released")
+    fr = released.prepare_frame(img, prm, ctx["calib"], ctx["spacing"], ctx["released_points"])
+    if fr.skip:
+        return frame.FrameResult("discarded", reason=fr.skip, intensity_initial=float(i0[0]), n_initial=int(n0[0]),
+                                 seconds=time.process_time() - t0, path="released")
+    fit = released.optimize_frame(fr, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+                                  maxiter=P.maxiter, tol=P.tol, polish=released.UPSTREAM_DE["polish"],
+                                  seed=released.UPSTREAM_DE["seed"])
+    out = frame.validated_result(obj, pose0, fit.x, 0.0, float(i0[0]), int(n0[0]), P.max_correction_mm,
+                                 P.min_label_fraction, P.halves_check, nfev=fit.nfev, n_members=fit.nfev,
+                                 path="released")
+    out.objective_initial, out.objective_optimized = fit.score0, fit.score
+    out.seconds = time.process_time() - t0
+    return out
 
 
 def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
@@ -758,6 +813,8 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
         label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
                         for s in specs}
+        released_clouds = {s.name: str(released_cloud(paths, s, spec_params[s.name].released_ct_samples, seed + 2))
+                           for s in specs if spec_params[s.name].objective == "released"}
 
         records = _records(specs, spec_params)  # (specimen, record, table, rows)
         # all the record's frames vote, not only the labelled ones (a record may label one frame)
@@ -772,7 +829,10 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         # 1. lambda, and the objective region when it is "auto": truth-free (ultrabones.labels.select)
         selection = None
         fixed = lambda_override if lambda_override is not None else params.lambda_value
-        if fixed is not None:
+        if params.objective == "released":  # its own weights (labels.released): no lambda to choose
+            lam = float("nan") if fixed is None else float(fixed)
+            region = params.fallback_region if params.objective_region == "auto" else params.objective_region
+        elif fixed is not None:
             lam = float(fixed)
             region = params.fallback_region if params.objective_region == "auto" else params.objective_region
         else:
@@ -811,7 +871,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path), recording=_recording(rec),
                           cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
                           registration=regs[rec.key]["transform"], torch_device=frame_device(Ps),
-                          **{"lambda": lam})
+                          released_cloud=released_clouds.get(s.name), **{"lambda": lam})
             common_key = _task_key(common)
             size = Ps.chunk_size
             chunks = []
@@ -876,7 +936,16 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
 def _task_key(task: Mapping[str, Any]) -> dict:
     """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
     (the images' digest in the key names the input; a moved dataset keeps its cache)."""
-    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
+    return {k: _params_key(v) if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
+
+
+#: Keys of the section that change no label (a report made after labelling): left out of the cache keys.
+_NOT_IN_KEYS = ("compare_objectives_frames",)
+
+
+def _params_key(P: LabelingParams) -> dict:
+    """The parameters as the cache keys see them: the section less :data:`_NOT_IN_KEYS`."""
+    return {k: v for k, v in P.as_dict().items() if k not in _NOT_IN_KEYS}
 
 
 def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dict]:
@@ -979,11 +1048,20 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
     scores = select.score_table(trials, eval_region, rule=rule)
     select.require_a_measured_gain(scores, P.max_correction_mm, P.min_label_fraction)
     lam, region, scores = select.choose(scores)
+    sep = select.separation(trials, scores, eval_region, rule)
     by = ("truth-free: held-out gain of the {e} intensity on the other half of the bone's scan lines" if rule == "split"
           else "truth-free: held-out gain of the {e} intensity on frames +-{k}")
-    return lam, region, {"by": by.format(e=eval_region, k=P.selection_offset_frames), "rule": rule,
-                         "chosen": lam, "region": region, "n_frames": int(trials["timestamp"].nunique()),
-                         "seconds_per_fit": float(trials["seconds"].mean()), "table": scores, "trials": trials}
+    by = by.format(e=eval_region, k=P.selection_offset_frames)
+    rule_choice = {"lambda": lam, "region": region}
+    if not sep["separable"] and P.selection_inseparable == "one_se":
+        # the best candidates cannot be told apart on these frames: the documented default (select.one_se_choice)
+        lam, region = select.one_se_choice(scores, sep["margin_se"], P.fallback_region)
+        by += "; not separable from the runner-up (margin <= its standard error): the one-standard-error default"
+        scores["chosen"] = (scores["region"] == region) & np.isclose(scores["lambda"], lam, rtol=1e-12, atol=0)
+    return lam, region, {"by": by, "rule": rule, "chosen": lam, "region": region,
+                         "n_frames": int(trials["timestamp"].nunique()),
+                         "seconds_per_fit": float(trials["seconds"].mean()), "rule_choice": rule_choice,
+                         "separation": sep, "table": scores, "trials": trials}
 
 
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
@@ -1178,6 +1256,8 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
         "discarded_for_correction": int(valid["message"].fillna("").str.startswith("mean fiducial").sum()),
         "discarded_for_shrinking": int(valid["message"].fillna("").str.startswith("label shrank").sum()),
         "discarded_for_halves": int(valid["message"].fillna("").str.startswith("the correction raises").sum()),
+        # objective released: frames its preparation skips (no image point, dim, no point within 0.9 mm)
+        "discarded_by_released_rules": int(valid["message"].fillna("").str.startswith("released:").sum()),
         "seconds_per_frame": float(valid["seconds_optimize"].mean()) if len(valid) else float("nan"),
         "seconds_per_frame_total": (float(valid["seconds_total"].mean()) if len(valid) and "seconds_total" in valid
                                     else float("nan")),

@@ -33,19 +33,19 @@ MIN_SPECIMENS_TO_SPLIT = 3
 
 
 def resolve_mode(mode: str, n_specimens: int) -> str:
-    """The mode stage 04 runs in: ``train`` or ``evaluate``.
+    """The mode stage 04 runs in: ``train``, ``evaluate`` or ``finetune``.
 
     Parameters
     ----------
-    mode : ``training.mode`` (``train``, ``evaluate`` or ``auto``).
+    mode : ``training.mode`` (``train``, ``evaluate``, ``auto`` or ``finetune``).
     n_specimens : specimens in the data.
 
     ``auto`` evaluates when the data has fewer than :data:`MIN_SPECIMENS_TO_SPLIT` specimens.
     """
     if mode == "auto":
         return "evaluate" if n_specimens < MIN_SPECIMENS_TO_SPLIT else "train"
-    if mode not in ("train", "evaluate"):
-        raise ParamsError(f"training.mode: {mode!r} is not one of train, evaluate, auto")
+    if mode not in ("train", "evaluate", "finetune"):
+        raise ParamsError(f"training.mode: {mode!r} is not one of train, evaluate, auto, finetune")
     return mode
 
 
