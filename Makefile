@@ -27,17 +27,19 @@ LIB          := $(shell find lib/ultrabones -name '*.py' -o -name '*.html' 2>/de
 # The profile's file and the files it extends (params/default.yaml, ...), and the per-specimen files.
 PARAMS       := $(shell $(PY) -m ultrabones params --profile $(PROFILE) --files 2>/dev/null || echo params/$(PROFILE).yaml) \
                 $(wildcard params/specimens/*.yaml)
+# shq: one shell word in single quotes (a path with spaces or quotes stays one argument)
+shq = '$(subst ','\'',$(1))'
 DATA_ROOT    ?=
 ifneq ($(strip $(DATA_ROOT)),)
-  EXTRA := -p data_root=$(DATA_ROOT)
+  EXTRA := -p $(call shq,data_root=$(DATA_ROOT))
 endif
 DERIVED_ROOT ?=
 ifneq ($(strip $(DERIVED_ROOT)),)
-  EXTRA += -p derived_root=$(DERIVED_ROOT)
+  EXTRA += -p $(call shq,derived_root=$(DERIVED_ROOT))
 endif
 INIT_CHECKPOINT ?=
 ifneq ($(strip $(INIT_CHECKPOINT)),)
-  EXTRA += -p training.init_checkpoint=$(INIT_CHECKPOINT)
+  EXTRA += -p $(call shq,training.init_checkpoint=$(INIT_CHECKPOINT))
 endif
 # The input dataset's path and content digest. Regenerated on every make (also under make -n: the
 # recipe starts with +), rewritten only when its text changes, so its mtime moves only when the

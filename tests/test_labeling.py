@@ -281,6 +281,8 @@ PARAMS = {
     "fallback_region": "first_hit",
     "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
     "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1, "warm_cold_every": 0, "device": None,
+    "min_echo_level": 0.1,
+    "objective": "eq2", "released_ct_samples": 1000000, "selection_inseparable": "keep", "compare_objectives_frames": 0,
 }
 
 
@@ -527,15 +529,24 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 1
     first_mtime = chunks[0].stat().st_mtime_ns
-    out = batch.run(paths, P, seed=0)
+    from ultrabones.core.timings import Phases
+
+    timer = Phases()
+    out = batch.run(paths, P, seed=0, timer=timer)
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 3
     assert chunks[0].stat().st_mtime_ns == first_mtime  # finished work is not redone
     ts = out.report["timestamp"]
     assert ts.is_unique and len(ts) == 6
+    # the phases were timed; the frames phase counts the 4 frames of the 2 chunks labelled now, not the cached ones
+    ph = timer.as_dict()
+    assert list(ph) == ["inputs", "registration", "frames", "writing"]  # lambda given: no selection
+    assert ph["frames"]["frames"] == 4 and ph["writing"]["frames"] == 6 and ph["frames"]["cpu_s"] > 0
     # a rerun changes nothing and redoes nothing
-    again = batch.run(paths, P, seed=0)
+    timer = Phases()
+    again = batch.run(paths, P, seed=0, timer=timer)
     pd.testing.assert_frame_equal(again.report, out.report)
+    assert timer.as_dict()["frames"]["frames"] == 0
     # the sweep is walked in order: after the first frame, a frame following a kept one is warm-started,
     # also across the chunk boundary where the run was killed (its warm start came from the first chunk's file)
     rep = out.report.reset_index(drop=True)
@@ -949,7 +960,8 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
     paths = make_twin(tmp_path, n_frames=4)
     # one registration frame (the first): a changed image elsewhere leaves the sweep's registration as it was
     # optimizer de: frames independent (warm-started, the next frame's start, hence its chunk, changes too)
-    P = labeling_params(lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de")
+    # min_echo_level 0: the black image is labelled (not skipped as no_echo), so that its measured intensity shows
+    P = labeling_params(lambda_value=0.1, chunk_size=1, registration_frames=1, optimizer="de", min_echo_level=0.0)
     first = batch.run(paths, P, seed=0).report.set_index("timestamp")
     kept = [t for t in first.index[first["status"] == "kept"] if t != first.index[0]]
     assert kept
@@ -974,7 +986,7 @@ def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):
 def test_a_replaced_image_in_a_sweep_redoes_its_chunk_and_those_after_only(tmp_path):
     """Warm-started: the changed frame's chunk and the later ones (their warm start may change) are redone."""
     paths = make_twin(tmp_path, n_frames=4)
-    P = labeling_params(lambda_value=0.1, chunk_size=1, registration_frames=1)
+    P = labeling_params(lambda_value=0.1, chunk_size=1, registration_frames=1, min_echo_level=0.0)  # as above
     first = batch.run(paths, P, seed=0).report.set_index("timestamp")
     t = first.index[2]
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))

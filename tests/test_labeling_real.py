@@ -30,7 +30,8 @@ PARAMS = batch.LabelingParams.from_section({
     "executor": "synchronous", "selection_rule": "split", "selection_eval_region": "first_hit",
     "selection_offset_frames": 4, "fallback_region": "first_hit",
     "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
-    "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1, "warm_cold_every": 0, "device": None,
+    "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1, "warm_cold_every": 0, "device": None, "min_echo_level": 0.1,
+    "objective": "eq2", "released_ct_samples": 1000000, "selection_inseparable": "keep", "compare_objectives_frames": 0,
 })
 
 

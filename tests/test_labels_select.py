@@ -154,3 +154,44 @@ def test_heldout_fits_avoid_the_selection_frames(tmp_path):
     assert 1 <= len(tasks) <= 4 and seen
     assert not seen & {t["timestamp"] for t in tasks}
     assert all(t["split"] is False and t["neighbours"] == [] for t in tasks)
+
+
+def _paired_trials(gains_a, gains_b, gains_c=None):
+    """Split-rule trials of candidates a (lambda 0.1, first_hit), b (lambda 1, full) and c (lambda 10, first_hit)
+    on the same frames, every fit kept."""
+    rows = []
+    for lam, reg, g in ((0.1, "first_hit", gains_a), (1.0, "full", gains_b), (10.0, "first_hit", gains_c)):
+        for k, v in enumerate(g or []):
+            rows.append({"region": reg, "lambda": lam, "specimen": "s", "record": "r", "timestamp": k,
+                         "status": "kept", "correction_mm": 0.3, "n_initial": 100, "n_optimized": 100,
+                         "split_kept": True, "split_gain_first_hit": v})
+    return pd.DataFrame(rows)
+
+
+def test_separation_is_the_paired_margin_against_its_standard_error():
+    a = [0.05, 0.06, 0.07, 0.08]
+    b = [0.01, 0.03, 0.02, 0.02]  # differences 0.04, 0.03, 0.05, 0.06: mean 0.045, sd 0.012910, se 0.006455
+    t = _paired_trials(a, b)
+    lam, region, table = select.choose(select.score_table(t))
+    assert (lam, region) == (0.1, "first_hit")
+    sep = select.separation(t, table)
+    d = np.subtract(a, b)
+    assert sep["margin"] == pytest.approx(0.045) and sep["margin_se"] == pytest.approx(d.std(ddof=1) / 2)
+    assert sep["runner_up_lambda"] == 1.0 and sep["runner_up_region"] == "full"
+    assert sep["n_frames"] == 4 and sep["separable"]
+
+
+def test_inseparable_candidates_fall_back_to_the_one_se_default():
+    a = [0.05, -0.02, 0.09, 0.00]  # best mean 0.03
+    b = [0.00, 0.04, 0.01, 0.03]   # 0.02: differences 0.05, -0.06, 0.08, -0.03 -> margin 0.01, se 0.0324
+    c = [0.02, 0.02, 0.02, 0.02]   # 0.02, lambda 10: the largest lambda within one se of the best
+    t = _paired_trials(a, b, c)
+    lam, region, table = select.choose(select.score_table(t))
+    assert lam == 0.1
+    sep = select.separation(t, table)
+    assert sep["margin"] == pytest.approx(0.01) and not sep["separable"]
+    assert select.one_se_choice(table, sep["margin_se"], "first_hit") == (10.0, "first_hit")
+    # a single frame cannot be separated (no standard error)
+    one = _paired_trials(a[:1], b[:1])
+    _, _, t1 = select.choose(select.score_table(one))
+    assert not select.separation(one, t1)["separable"]

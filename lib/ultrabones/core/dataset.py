@@ -554,10 +554,33 @@ def read_csv(path: Path | str, required: tuple[str, ...] | list[str], what: str 
     return df
 
 
+def _check_field_counts(path: Path, n_columns: int) -> None:
+    """Refuse a CSV row with fewer fields than the header (pandas would fill them with NaN): a file cut
+    mid-row (an interrupted copy or export) must not pass as a frame without a pose.
+
+    Raises
+    ------
+    DatasetError
+        Naming the file, the row (1-based, header excluded, as the other messages) and its field count.
+    """
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for i, fields in enumerate(reader):
+            if fields and len(fields) < n_columns:
+                last = "the last row, " if next(reader, None) is None else ""
+                raise DatasetError(
+                    f"{path} row {i + 1} ({last}line {i + 2}): {len(fields)} of {n_columns} fields; the file looks "
+                    f"truncated or damaged. Restore it from the recording, or delete that row")
+
+
 def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.DataFrame:
     """Read and validate a ``tracking.csv``.
 
-    Checks: required columns present; ``timestamp`` integer and strictly
+    Checks: required columns present; every row as many fields as the header
+    (a file cut mid-row is refused, not read as NaN); ``timestamp`` integer and strictly
     increasing; no NaN or infinite pose value (in the original and, when
     present, the optimised columns).
 
@@ -572,6 +595,7 @@ def read_tracking(path: Path | str, allow_missing_pose: bool = False) -> pd.Data
     """
     path = Path(path)
     df = read_csv(path, ("timestamp",) + POSE_COLUMNS, "tracking file")
+    _check_field_counts(path, len(df.columns))
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
     bad = ts.isna() | (ts != np.round(ts))
     if bad.any():
@@ -631,13 +655,41 @@ def write_tracking(path: Path | str, df: pd.DataFrame) -> Path:
 # ----------------------------------------------------------------------------- calibration
 
 
+def _refuse_misnamed_calibration(root: Path) -> None:
+    """Raise when ``root`` has no ``calibration.json`` but a file that looks meant as one
+    (``Calibration.json``, ``calibration.JSON``, ``calibration.json.txt``, ...): the released calibration
+    must not be used silently in place of the user's."""
+    if not root.is_dir():
+        return
+    near = sorted(p.name for p in root.iterdir()
+                  if p.is_file() and p.name != CALIBRATION and p.name.lower().startswith("calibration")
+                  and ".json" in p.name.lower())
+    if near:
+        raise DatasetError(
+            f"{root}: no {CALIBRATION}, but {', '.join(near)} is there; rename it to {CALIBRATION} (the name is "
+            f"case-sensitive) to use it, or move it away to use the released calibration")
+
+
+def calibration_source(root: Path | str) -> str:
+    """Which calibration :func:`read_calibration` uses for ``root``, in words for the metrics: the file's path,
+    or ``"released (no calibration.json in <root>)"``."""
+    c_folders = _recording_folders(Path(root))
+    if c_folders:
+        return f"image_to_probe of {c_folders[0] / sequence.RECORDING} (layout C)"
+    f = Path(root) / CALIBRATION
+    return str(f) if f.is_file() else f"released (no {CALIBRATION} in {root})"
+
+
 def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float], float | None]:
     """The image-to-probe calibration of a dataset.
 
     Layout C: ``image_to_probe`` of the ``recording.yaml`` files (one per
     specimen, all equal) and the pixel size they or the sequence files' headers
     give. Else ``<root>/calibration.json`` (written by notebook 01) when
-    present, else the released calibration of UltraBones100k (DESIGN.md).
+    present, else the released calibration of UltraBones100k (DESIGN.md). A file
+    that looks meant as ``calibration.json`` under another name
+    (``Calibration.json``) is refused rather than silently replaced by the
+    released calibration; :func:`calibration_source` says which one was used.
 
     Returns
     -------
@@ -653,6 +705,7 @@ def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float],
         return _layout_c_calibration(c_folders)
     f = root / CALIBRATION
     if not f.is_file():
+        _refuse_misnamed_calibration(Path(root))
         return released_calibration(), RELEASED_SPACING_MM, None
     return read_calibration_file(f)
 

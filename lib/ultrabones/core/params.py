@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ class Spec:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamsError(f"{where}: expected a number, got {value!r}")
             value = float(value)
+            if not math.isfinite(value):  # NaN compares false against every bound; inf is no setting either
+                raise ParamsError(f"{where}: {value!r} is not a finite number ({self.doc or 'a number'}); "
+                                  "give a number" + (" or null" if self.nullable else ""))
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ParamsError(f"{where}: expected an integer, got {value!r}")
@@ -206,6 +210,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "surface_samples": _i(100, 10000000, doc="points sampled per mesh to measure surface distances on the twin"),
     },
     "labeling": {
+        "objective": _s(("eq2", "released"), doc="the pose objective: eq2 (the paper's Eq. 2 as printed) or released (the objective of the authors' public code that made the released labels: sum of exp(5 I) over image points within 0.5 mm of C minus 3000 times the fiducial displacement, with its image preparation and skip rules; labels.released)"),
+        "released_ct_samples": _i(1000, 100000000, doc="objective released: points sampled uniformly on the CT bone model for C (upstream: 1000000)"),
         "density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 of CT bone surface, for the objective of Eq. 2"),
         "label_density_per_mm2": _f(0.01, 1000.0, doc="points of C per mm^2 for drawing the label PNGs and measuring them (denser: a continuous band)"),
         "objective_region": _s(("auto", "full", "first_hit"), doc="part of I_t that Eq. 2 averages: full (as written), first_hit (the surface facing the probe, per scan line), or auto (chosen with lambda by the truth-free rule)"),
@@ -222,6 +228,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "selection_offset_frames": _i(1, 100, doc="neighbour distance in rows of tracking.csv (temporal rule only)"),
         "fallback_region": _s(("first_hit", "full"), doc="region used with objective_region auto when lambda is fixed or no frame could be scored"),
         "lambda_value": _f(0.0, 1e6, nullable=True, doc="fixed lambda (1/mm); null: choose among lambdas"),
+        "selection_inseparable": _s(("keep", "one_se"), doc="when the chosen candidate's score does not beat the runner-up's by more than the standard error of that margin (paired over the sampled frames; reported in lambda_selection.separation): keep (the rule's choice stands) or one_se (the largest lambda among the candidates within that standard error of the best, in fallback_region when possible: labels.select.one_se_choice)"),
         "max_correction_mm": _f(0.0, 100.0, doc="validation: discard a frame whose mean fiducial correction exceeds this (mm; paper 1)"),
         "min_label_fraction": _f(0.0, 1.0, doc="validation (not in the paper): discard a frame whose optimised label keeps fewer than this share of the initial label's pixels; 0: off"),
         "halves_check": _s(("first_hit", "full"), nullable=True, doc="validation (not in the paper): discard a frame whose correction does not raise the mean intensity, in this region, on both halves of the bone's scan lines; null: off"),
@@ -243,7 +250,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "registration_maxiter": _i(1, 10000, doc="differential evolution generations of the global registration"),
         "precision_tolerance_mm": _f(0.0, 10.0, doc="distance within which a visible-label pixel matches the truth (mm; issue: 0.5)"),
         "executor": _s(("dask", "synchronous"), doc="dask: a LocalCluster of n_workers (or dask_scheduler); synchronous: in process"),
+        "compare_objectives_frames": _i(0, 1000000, doc="twin only: after labelling, fit Eq. 2 (first_hit and full) and the released objective on at most this many frames and measure each one's delivered labels against the truth (notebook 02's twin section; labels.compare, twin.objectives); 0: off"),
         "device": _s(("auto", "cuda", "cpu"), nullable=True, doc="optimizer de: the torch device that optimises a chunk's frames together (labels.torch_objective; Eq. 2 and each frame's correction equal to numpy/scipy's); null: numpy/scipy, frame by frame; auto: cuda where torch sees a CUDA device, else null; cuda (stops if there is none); cpu (tests)"),
+        "min_echo_level": _f(0, 1, doc="a frame whose brightest 1% of pixels average below this grey level (0..1 of full scale) carries no echo (a blank frame) and is skipped as no_echo; 0: off"),
     },
     "rating": {
         "frames_per_sweep": _i(1, 1000, doc="frames drawn per sweep for the rating set (paper: 1, 119 frames)"),
@@ -299,8 +308,12 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "threads": _i(1, 1024, nullable=True, doc="torch CPU threads; null: torch's default"),
         "resume": _b(doc="resume from the last checkpoint of a run with the same parameters"),
         "expect_learning": _b(doc="assert that validation F1 beats both baselines (off for smoke: too short to learn)"),
-        "mode": _s(("train", "evaluate", "auto"), doc="train: a model from scratch on the data's split; evaluate: the init_checkpoint model (e.g. twin-trained) on every labelled frame of the data, no training; auto: evaluate when the data has too few specimens to split, else train"),
-        "init_checkpoint": _s(nullable=True, doc="checkpoint evaluated by mode evaluate (e.g. the twin's build/default/models/best.ckpt); a path, relative to where the command ran"),
+        "mode": _s(("train", "evaluate", "auto", "finetune"), doc="train: a model from scratch on the data's split; evaluate: the init_checkpoint model (e.g. twin-trained) on every labelled frame of the data, no training; auto: evaluate when the data has too few specimens to split, else train; finetune: init_checkpoint trained further on the earlier frames of each sweep and scored before and after on the later ones (segmentation.finetune)"),
+        "init_checkpoint": _s(nullable=True, doc="checkpoint evaluated by mode evaluate, or fine-tuned by mode finetune (e.g. the twin's build/default/models/best.ckpt); a path, relative to where the command ran"),
+        "finetune_test_fraction": _f(0.01, 0.99, doc="mode finetune: share of each sweep's tracking rows, at its end, that test (0.25: the later 50 of 200)"),
+        "finetune_gap_frames": _i(0, 100000, doc="mode finetune: tracking rows left out between the training and the test frames"),
+        "finetune_epochs": _i(1, 10000, doc="mode finetune: epochs over the training frames"),
+        "finetune_lr": _f(1e-9, 1.0, doc="mode finetune: Adam learning rate"),
     },
     "evaluation": {
         "sigmas_mm": _l(_f(0.0, 100.0), doc="distance thresholds sigma of Eqs. 4-5, strictly increasing (mm)"),
@@ -723,6 +736,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ParamsError(f"-p {text!r}: expected key=value")
     key, raw = text.split("=", 1)
+    if not raw.strip():  # YAML reads an empty value as null, which would silently mean "no limit" for some keys
+        raise ParamsError(f"-p {text!r}: empty value for '{key.strip()}'; give a value, or write "
+                          f"{key.strip()}=null where null is meant")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

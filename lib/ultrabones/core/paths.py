@@ -34,13 +34,17 @@ FIGURES_DIR = PROJECT_ROOT / "figures"
 
 
 def build_root() -> Path:
-    """``build/`` or ``$ULTRABONES_BUILD_ROOT`` (tests point this at a temporary folder)."""
-    return Path(os.environ.get("ULTRABONES_BUILD_ROOT", PROJECT_ROOT / "build"))
+    """``build/`` or ``$ULTRABONES_BUILD_ROOT`` (tests point this at a temporary folder), absolute.
+
+    A relative ``$ULTRABONES_BUILD_ROOT`` is read from the directory the command ran in (not from
+    ``notebooks/``, where papermill runs the kernels).
+    """
+    return Path(os.environ.get("ULTRABONES_BUILD_ROOT", PROJECT_ROOT / "build")).expanduser().absolute()
 
 
 def twin_root() -> Path:
-    """``data/twin/`` or ``$ULTRABONES_TWIN_ROOT``."""
-    return Path(os.environ.get("ULTRABONES_TWIN_ROOT", PROJECT_ROOT / "data" / "twin"))
+    """``data/twin/`` or ``$ULTRABONES_TWIN_ROOT``, absolute (a relative one is read from the command's directory)."""
+    return Path(os.environ.get("ULTRABONES_TWIN_ROOT", PROJECT_ROOT / "data" / "twin")).expanduser().absolute()
 
 
 def figures_root(profile: str) -> Path:

@@ -211,6 +211,7 @@ class EvaluationResult:
     n_annotated: int | None = None
     sweep: Any = None
     data_root: Path | None = None
+    finetune: dict | None = None
     seconds: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -320,9 +321,12 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
     """
     import torch
 
-    from ultrabones.segmentation import model, segdata
+    from ultrabones.segmentation import finetune, model, segdata
 
     checkpoint = params.checkpoint or str(paths.models_dir / "best.ckpt")
+    if not params.checkpoint and not Path(checkpoint).is_file():  # the run's own model: notebook 04 writes it
+        raise DatasetError(f"{checkpoint}: checkpoint not found; notebook 04 trains it: run it first "
+                           "(python -m ultrabones run 04 --profile <profile>), or give evaluation.checkpoint")
     ckpt = model.load_checkpoint(checkpoint)
     meta = ckpt[1]
     root = paths.dataset
@@ -360,13 +364,17 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
         sweep = annotator.sweep(frames, spacing, params.sigmas, scored["otsu"], params.report_sigma_mm)
         seconds["annotator_sweep_s"] = time.perf_counter() - t0
 
+    # training.mode finetune: the model before and after, on the later frames it was not trained on
+    before_after = (finetune.before_after(checkpoint, root, paths.derived, params.report_sigma_mm)
+                    if meta.get("mode") == "finetune" else None)
+
     return EvaluationResult(
         params=params, checkpoint=checkpoint, model_meta=meta, test_specimens=tuple(test_names),
         frames=tuple(frames), spacing=spacing, manual_source=manual, methods=methods, **scored,
         detector=detector, missing_train_specimens=tuple(missing), n_predicted=len(to_predict),
         images_per_second=len(to_predict) / seconds["predict_s"], device="GPU" if torch.cuda.is_available() else "CPU",
         annotator_name=None if annotator is None else annotator.name, n_annotated=n_annotated, sweep=sweep,
-        data_root=paths.data_root, seconds=seconds)
+        data_root=paths.data_root, seconds=seconds, finetune=before_after)
 
 
 def evaluated_frames(specimens: Sequence, require: Sequence[str], n_max: int | None, seed: int) -> list[Frame]:
@@ -440,6 +448,8 @@ def metrics(result: EvaluationResult) -> dict[str, Any]:
         "vs_truth": None,
         "sim_to_real": transfer.sim_to_real(at, result.model_meta, len(result.frames), result.checkpoint),
         "seconds": dict(result.seconds),
+        # training.mode finetune: before/after on the held-out later frames (segmentation.finetune.summary)
+        "finetune_before_after": result.finetune,
     }
     key = transfer.data_key(result.data_root)
     if key:
@@ -507,6 +517,11 @@ def describe(result: EvaluationResult) -> str:
                  f"({r.device}, PNG read and write included)")
     lines.append(f"- Otsu threshold over {r.histograms[REFERENCE].sum()} CT-derived label pixels: {r.otsu:.1f} "
                  "(grey level)")
+    if r.finetune is not None:
+        from ultrabones.segmentation import finetune
+
+        lines.append("- fine-tuned model (training.mode finetune): the scores above include its training frames; "
+                     "before and after on the held-out later frames:\n\n" + finetune.describe(r.finetune))
     return "\n".join(lines)
 
 

@@ -39,16 +39,20 @@ The input dataset is never written. The outputs go to the derived dataset
 (``Paths.derived``, layout A mirrored): per record, ``tracking.csv`` (the
 input's columns plus ``*_optimized`` and ``*_registered``), ``Labels/``,
 ``Labels_full/`` and ``labeling_report.csv``. They are written from the chunk
-files by an idempotent merge: a record's label folders are filled beside the
-old ones and swapped in whole (:func:`ultrabones.core.atomic.swap_dir`), so
-they hold exactly the frames this run kept; the reports are written only after
-every record's merge succeeded.
+files by an idempotent merge in two steps: every record's products are first
+written into a new folder beside its derived folder (:func:`stage_record`);
+only when all records are staged is each swapped in, by renames
+(:func:`commit_record`; label folders whole, :func:`ultrabones.core.atomic.swap_dir`,
+so they hold exactly the frames this run kept). A full disk or any error while
+staging names the file and leaves the derived dataset as the previous run left
+it, never one record new beside others old.
 
 Per-frame status in the report: ``kept``, ``discarded`` (mean fiducial
 correction above ``max_correction_mm``), ``no_bone`` (no CT surface near the
-image plane: marked, not an error), ``bad_pose`` (NaN pose) and ``bad_image``
-(missing or unreadable PNG): reported with the message and skipped, the rest
-of the record still labelled.
+image plane: marked, not an error), ``bad_pose`` (NaN pose), ``bad_image``
+(missing or unreadable PNG) and ``no_echo`` (a blank image: its brightest 1% of
+pixels under ``min_echo_level``, :func:`ultrabones.labels.frame.echo_level`):
+reported with the message and skipped, the rest of the record still labelled.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.labels import frame
 from ultrabones.labels import registration
+from ultrabones.labels import released
 from ultrabones.labels import select
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.paths import Paths
@@ -80,7 +85,7 @@ from ultrabones.core.params import SectionParams
 
 STEM = "02_labeling"
 SECTION = "labeling"
-STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image")
+STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image", "no_echo")
 REPORT = "labeling_report.csv"
 
 
@@ -96,6 +101,8 @@ class LabelingParams(SectionParams):
 
     SECTION: ClassVar[str] = SECTION
 
+    objective: str
+    released_ct_samples: int
     density_per_mm2: float
     label_density_per_mm2: float
     objective_region: str
@@ -112,6 +119,7 @@ class LabelingParams(SectionParams):
     selection_offset_frames: int
     fallback_region: str
     lambda_value: float | None
+    selection_inseparable: str
     max_correction_mm: float
     min_label_fraction: float
     halves_check: str | None
@@ -133,7 +141,9 @@ class LabelingParams(SectionParams):
     registration_maxiter: int
     precision_tolerance_mm: float
     executor: str
+    compare_objectives_frames: int
     device: str | None
+    min_echo_level: float
 
     def __post_init__(self):
         super().__post_init__()
@@ -154,6 +164,7 @@ class LabelingResult:
     skipped_inputs : folders of the dataset that are not specimens or records (``[{"path", "reason"}]``).
     settings : what later stages need to draw labels exactly as this stage did (``gamma_mm``,
         ``label_density_per_mm2``, ``label_cloud_seed``, ...; :func:`label_settings`).
+    calibration_source : the calibration file used, or the released one (:func:`dataset.calibration_source`).
     """
 
     report: pd.DataFrame
@@ -164,11 +175,12 @@ class LabelingResult:
     calibration: tuple
     skipped_inputs: list
     settings: dict
+    calibration_source: str = ""
 
 
 def label_settings(P: LabelingParams, seed: int) -> dict:
     """The settings with which labels were drawn, for the stages that redraw them (03, the twin's measurement)."""
-    return {"popsize": P.popsize, "maxiter": P.maxiter, "frame_stride": P.frame_stride,
+    return {"objective": P.objective, "popsize": P.popsize, "maxiter": P.maxiter, "frame_stride": P.frame_stride,
             "max_frames_per_record": P.max_frames_per_record, "gamma_mm": P.gamma_mm,
             "label_density_per_mm2": P.label_density_per_mm2, "label_cloud_seed": seed + 1}
 
@@ -192,6 +204,16 @@ def surface_cloud(paths: Paths, specimen: dataset.Specimen, density: float, seed
         np.savez(buf, points=pts, normals=nrm)
         atomic.write_bytes(out, buf.getvalue())
     return out
+
+
+def released_cloud(paths: Paths, specimen: dataset.Specimen, n_samples: int, seed: int) -> Path:
+    """The dense ``C`` of ``objective: released`` (``n_samples`` points on the CT bone model), cached as
+    :func:`surface_cloud` caches (:func:`ultrabones.labels.released.sample_ct`)."""
+    mesh = dataset.read_mesh(specimen.ct_model)
+    area = float(np.asarray(mesh.area_faces, float).sum())
+    if not area > 0:
+        raise DatasetError(f"{specimen.ct_model}: the CT bone model has no surface area (empty or degenerate mesh)")
+    return surface_cloud(paths, specimen, int(n_samples) / area, seed)
 
 
 def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
@@ -359,6 +381,7 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
     dense, dense_normals = load_cloud(task["label_cloud"])
     return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
             "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
+            "released_points": load_cloud(task["released_cloud"])[0] if task.get("released_cloud") else None,
             "g": np.asarray(task["registration"], float),
             "rec": task_record(task)}
 
@@ -385,12 +408,17 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             img, err = _read_image_or_none(rec, ts, task.get("image_shape"))
             if img is None:
                 row.update(status="bad_image", message=err)
+            elif (blank := frame.no_echo_message(img, f"{rec.path} frame {int(ts)}" if rec.is_sequence
+                                                 else rec.image_path(ts), P.min_echo_level)) is not None:
+                row.update(status="no_echo", message=blank)
         if "status" in row:
             rows.append(row)
             age += 1
             continue
         pose0 = geometry.pose_from_params(prm)
-        if res is None:
+        if res is None and P.objective == "released":
+            res = optimize_released(P, ctx, img, prm, pose0)
+        elif res is None:
             obj = _frame_objective(P, ctx, img, pose0)
             common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
                           maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
@@ -465,13 +493,50 @@ def frame_device(P: LabelingParams) -> str | None:
     """The torch device on which a chunk's frames are optimised together (:func:`torch_device` of
     ``P.device``), or None for the numpy/scipy path; always None with ``optimizer: sweep`` (its local searches
     stay on numpy)."""
-    return torch_device(P.device) if P.optimizer == "de" else None
+    return torch_device(P.device) if P.optimizer == "de" and P.objective == "eq2" else None
 
 
 def _frame_objective(P: LabelingParams, ctx: Mapping, img: np.ndarray, pose: np.ndarray) -> frame.FrameObjective:
     """Eq. 2 of one frame of a sweep task (:func:`_sweep_context`) at the recorded ``pose``, with ``P``'s settings."""
     return frame.FrameObjective(img, pose, ctx["calib"], ctx["spacing"], ctx["points"], P.gamma_mm, P.bound_deg,
                                 P.bound_mm, region=P.objective_region)
+
+
+def optimize_released(P: LabelingParams, ctx: Mapping, img: np.ndarray, prm: np.ndarray,
+                      pose0: np.ndarray) -> frame.FrameResult:
+    """One frame by the released objective (:mod:`ultrabones.labels.released`), validated as Eq. 2's frames are.
+
+    A frame whose recorded image plane meets no bone (Eq. 2's intersection is empty) is ``no_bone``; one that
+    upstream skips (no image point, a dim frame, no image point within 0.9 mm of ``C``) is ``discarded`` with
+    the rule in its reason (``released: ...``). The correction is then validated by
+    :func:`ultrabones.labels.frame.validated_result` (``max_correction_mm``, ``min_label_fraction``,
+    ``halves_check``); the report's intensities are Eq. 2's mean over ``I_t`` (in ``objective_region``), its
+    objective values the released objective's (to minimise). Differential evolution as upstream runs it:
+    ``popsize``, ``maxiter``, ``tol`` from ``P``, polishing on, seed 0.
+
+    Parameters
+    ----------
+    P : the labelling parameters; ctx : :func:`_sweep_context` (with ``released_points``).
+    img : (H, W) uint8 image; prm : (6,) the recorded tracking parameters (mm, degrees); pose0 : their pose.
+    """
+    t0 = time.process_time()
+    obj = _frame_objective(P, ctx, img, pose0)
+    i0, n0 = obj.intensity(np.zeros((6, 1)))
+    if obj.n_points == 0 or n0[0] == 0:
+        return frame.FrameResult("no_bone", seconds=time.process_time() - t0, path="released")
+    fr = released.prepare_frame(img, prm, ctx["calib"], ctx["spacing"], ctx["released_points"])
+    if fr.skip:
+        return frame.FrameResult("discarded", reason=fr.skip, intensity_initial=float(i0[0]), n_initial=int(n0[0]),
+                                 seconds=time.process_time() - t0, path="released")
+    fit = released.optimize_frame(fr, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+                                  maxiter=P.maxiter, tol=P.tol, polish=released.UPSTREAM_DE["polish"],
+                                  seed=released.UPSTREAM_DE["seed"])
+    out = frame.validated_result(obj, pose0, fit.x, 0.0, float(i0[0]), int(n0[0]), P.max_correction_mm,
+                                 P.min_label_fraction, P.halves_check, nfev=fit.nfev, n_members=fit.nfev,
+                                 path="released")
+    out.objective_initial, out.objective_optimized = fit.score0, fit.score
+    out.seconds = time.process_time() - t0
+    return out
 
 
 def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
@@ -496,7 +561,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         if not np.isfinite(prm).all():
             continue
         img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
-        if img is None:
+        if img is None or frame.no_echo_message(img, "", P.min_echo_level) is not None:
             continue
         objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
         seeds.append(frame_seed(task["seed"], rec.key, ts))
@@ -589,7 +654,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
         if not np.isfinite(prm).all():
             continue
         img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
-        if img is not None:
+        if img is not None and frame.no_echo_message(img, "", P.min_echo_level) is None:
             images.append(img)
             poses.append(geometry.pose_from_params(prm))
     if not images:
@@ -748,6 +813,8 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
         label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
                         for s in specs}
+        released_clouds = {s.name: str(released_cloud(paths, s, spec_params[s.name].released_ct_samples, seed + 2))
+                           for s in specs if spec_params[s.name].objective == "released"}
 
         records = _records(specs, spec_params)  # (specimen, record, table, rows)
         # all the record's frames vote, not only the labelled ones (a record may label one frame)
@@ -762,7 +829,10 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         # 1. lambda, and the objective region when it is "auto": truth-free (ultrabones.labels.select)
         selection = None
         fixed = lambda_override if lambda_override is not None else params.lambda_value
-        if fixed is not None:
+        if params.objective == "released":  # its own weights (labels.released): no lambda to choose
+            lam = float("nan") if fixed is None else float(fixed)
+            region = params.fallback_region if params.objective_region == "auto" else params.objective_region
+        elif fixed is not None:
             lam = float(fixed)
             region = params.fallback_region if params.objective_region == "auto" else params.objective_region
         else:
@@ -801,7 +871,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path), recording=_recording(rec),
                           cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
                           registration=regs[rec.key]["transform"], torch_device=frame_device(Ps),
-                          **{"lambda": lam})
+                          released_cloud=released_clouds.get(s.name), **{"lambda": lam})
             common_key = _task_key(common)
             size = Ps.chunk_size
             chunks = []
@@ -837,23 +907,45 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             chunk_files[rec.key].sort(key=lambda f: str(f[0]))
     digests.save()
     # 4. merge, record by record, into the derived dataset; the reports once every merge succeeded
+    require_bone_in_view(specs, [(s.name, chunk_report(chunk_files[rec.key])) for s, rec, _, _ in records])
+    # every record's products are staged first; only when all are, each record's are swapped in (renames only),
+    # so that a full disk or an error leaves the derived dataset as the last run left it, never a mix
+    staged: list[tuple[dataset.Record, Path]] = []
     reports = []
     with timer.phase("writing", frames=sum(len(rows) for *_, rows in records)):
-        for s, rec, tab, rows in records:
-            reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
-        for (s, rec, tab, rows), rep in zip(records, reports):
-            write_report(rec, rep)
+        try:
+            for s, rec, tab, rows in records:
+                rep, folder = stage_record(rec, tab, chunk_files[rec.key], regs[rec.key], paths.derived)
+                staged.append((rec, folder))
+                reports.append(rep)
+            for rec, folder in staged:
+                commit_record(rec, folder)
+        finally:
+            import shutil
+
+            for _, folder in staged:
+                shutil.rmtree(folder, ignore_errors=True)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,
                           registrations=regs, calibration=(calib, spacing),
-                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(params, seed))
+                          skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(params, seed),
+                          calibration_source=dataset.calibration_source(paths.dataset))
 
 
 def _task_key(task: Mapping[str, Any]) -> dict:
     """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
     (the images' digest in the key names the input; a moved dataset keeps its cache)."""
-    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
+    return {k: _params_key(v) if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
+
+
+#: Keys of the section that change no label (a report made after labelling): left out of the cache keys.
+_NOT_IN_KEYS = ("compare_objectives_frames",)
+
+
+def _params_key(P: LabelingParams) -> dict:
+    """The parameters as the cache keys see them: the section less :data:`_NOT_IN_KEYS`."""
+    return {k: v for k, v in P.as_dict().items() if k not in _NOT_IN_KEYS}
 
 
 def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dict]:
@@ -954,12 +1046,22 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
                               "chosen": lam, "region": region0, "n_frames": 0, "table": None, "trials": None}
     eval_region, rule = P.selection_eval_region, P.selection_rule
     scores = select.score_table(trials, eval_region, rule=rule)
+    select.require_a_measured_gain(scores, P.max_correction_mm, P.min_label_fraction)
     lam, region, scores = select.choose(scores)
+    sep = select.separation(trials, scores, eval_region, rule)
     by = ("truth-free: held-out gain of the {e} intensity on the other half of the bone's scan lines" if rule == "split"
           else "truth-free: held-out gain of the {e} intensity on frames +-{k}")
-    return lam, region, {"by": by.format(e=eval_region, k=P.selection_offset_frames), "rule": rule,
-                         "chosen": lam, "region": region, "n_frames": int(trials["timestamp"].nunique()),
-                         "seconds_per_fit": float(trials["seconds"].mean()), "table": scores, "trials": trials}
+    by = by.format(e=eval_region, k=P.selection_offset_frames)
+    rule_choice = {"lambda": lam, "region": region}
+    if not sep["separable"] and P.selection_inseparable == "one_se":
+        # the best candidates cannot be told apart on these frames: the documented default (select.one_se_choice)
+        lam, region = select.one_se_choice(scores, sep["margin_se"], P.fallback_region)
+        by += "; not separable from the runner-up (margin <= its standard error): the one-standard-error default"
+        scores["chosen"] = (scores["region"] == region) & np.isclose(scores["lambda"], lam, rtol=1e-12, atol=0)
+    return lam, region, {"by": by, "rule": rule, "chosen": lam, "region": region,
+                         "n_frames": int(trials["timestamp"].nunique()),
+                         "seconds_per_fit": float(trials["seconds"].mean()), "rule_choice": rule_choice,
+                         "separation": sep, "table": scores, "trials": trials}
 
 
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
@@ -967,22 +1069,88 @@ def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
     return files_digest(rec.input_files(timestamps), rec.path if not rec.is_sequence else rec.path.parent)
 
 
-def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
-    """Write a record's outputs from its chunk files into its derived folder (idempotent); return its report.
+def chunk_report(files: list[tuple[Path, str]]) -> pd.DataFrame:
+    """The per-frame report rows of a record's chunk files (those missing or stale are left to
+    :func:`merge_record`, which names them)."""
+    rows = []
+    for f, key in files:
+        chunk = read_chunk(f, key)
+        if chunk is not None:
+            rows += chunk["report"]
+    return pd.DataFrame(rows)
 
-    Writes, under ``rec.out`` (the derived dataset; the input folder
-    ``rec.path`` is only read): ``tracking.csv`` (the input's columns plus
-    ``*_optimized``, for kept frames and NaN otherwise, and ``*_registered``,
-    for every frame with a pose), and the ``Labels_full/`` (optimised full
-    label) and ``Labels/`` (visible label) PNGs of the kept frames. Each label
-    folder is written whole beside the old one and swapped in, so it holds
-    exactly this run's kept frames. The report is returned, not written: see
-    :func:`write_report`, called once every record merged.
+
+def require_bone_in_view(specs, reports: list[tuple[str, pd.DataFrame]]) -> None:
+    """Refuse a specimen none of whose frames came near its CT bone model, before anything is written.
+
+    Every labelled frame ``no_bone`` (none kept or discarded) means the CT model and the tracked image planes
+    do not meet: a model in metres rather than mm, a model of another specimen, or the wrong calibration.
+    Frames skipped as ``bad_pose``/``bad_image`` do not count either way.
+
+    Raises
+    ------
+    DatasetError
+        Naming the CT model file, its size (mm) and the likely causes.
+    """
+    by_spec: dict[str, list[pd.DataFrame]] = {}
+    for name, rep in reports:
+        by_spec.setdefault(name, []).append(rep)
+    for s in specs:
+        reps = [r for r in by_spec.get(s.name, []) if not r.empty]
+        status = pd.concat(reps)["status"] if reps else pd.Series([], dtype=str)
+        if (status == "no_bone").any() and not status.isin(["kept", "discarded"]).any():
+            mesh = dataset.read_mesh(s.ct_model)
+            size = np.asarray(mesh.extents, float)
+            hint = (" (it is under 10 mm across: a model in metres? the dataset's unit is mm)"
+                    if size.max() < 10.0 else "")
+            raise DatasetError(
+                f"{s.ct_model}: none of the {int((status == 'no_bone').sum())} labelled frames of specimen {s.name} "
+                f"comes near this CT bone model (every frame no_bone; the model is "
+                f"{' x '.join(f'{v:.3g}' for v in size)} mm{hint}). Check that the model is in mm and in the CT frame "
+                f"of the tracking (the specimen's own model), and the calibration; nothing was written")
+
+
+def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:
+    """Write one record's outputs from its chunk files into its derived folder (idempotent); return its report.
+
+    :func:`stage_record`, then :func:`commit_record`: the record's ``Labels_full/``, ``Labels/``,
+    ``tracking.csv`` and ``labeling_report.csv`` are replaced together. :func:`run` stages every record
+    before it commits any.
+    """
+    report, folder = stage_record(rec, tab, files, reg)
+    try:
+        commit_record(rec, folder)
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return report
+
+
+#: What :func:`stage_record` writes for a record, and :func:`commit_record` swaps in.
+RECORD_PRODUCTS = (dataset.LABELS_FULL, dataset.LABELS, dataset.TRACKING, REPORT)
+
+
+def stage_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping,
+                 derived_root: Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """Write a record's outputs from its chunk files into a new folder beside its derived folder.
+
+    The folder (``<derived>/<specimen>/.<record>.new-*``) holds :data:`RECORD_PRODUCTS`:
+    ``tracking.csv`` (the input's columns plus ``*_optimized``, for kept frames and NaN otherwise, and
+    ``*_registered``, for every frame with a pose), ``Labels_full/`` (optimised full label) and ``Labels/``
+    (visible label) with exactly the kept frames, and ``labeling_report.csv``. Nothing in the derived
+    folder itself changes until :func:`commit_record`; the input folder ``rec.path`` is only read.
+
+    Returns
+    -------
+    The report, and the staged folder.
 
     Raises
     ------
     RuntimeError
         If a chunk file is missing or stale (the run did not finish).
+    DatasetError
+        If a file cannot be written (a full disk, a read-only folder), naming it; the staged folder is removed.
     """
     rows, labels = [], {}
     for f, key in files:
@@ -1014,21 +1182,49 @@ def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
         out[c] = regc[:, j]
     if rec.out.resolve() == rec.path.resolve() and rec.derived is not None:
         raise DatasetError(f"{rec.out}: the derived folder is the input folder; the input is read-only")
-    new = {kind: atomic.new_dir_beside(rec.label_dir(kind)) for kind in (dataset.LABELS_FULL, dataset.LABELS)}
+    folder = target = None
     try:
+        target = rec.out
+        folder = atomic.new_dir_beside(rec.out)
+        for kind in (dataset.LABELS_FULL, dataset.LABELS):
+            (folder / kind).mkdir()
         for ts, (full, vis) in labels.items():
             name = rec.label_path(ts).name
-            (new[dataset.LABELS_FULL] / name).write_bytes(dataset.encode_png(full))
-            (new[dataset.LABELS] / name).write_bytes(dataset.encode_png(vis))
-        dataset.write_tracking(rec.poses_csv, out)
-        for kind, folder in new.items():
-            atomic.swap_dir(folder, rec.label_dir(kind))
-    finally:
+            target = rec.label_path(ts, dataset.LABELS_FULL)
+            (folder / dataset.LABELS_FULL / name).write_bytes(dataset.encode_png(full))
+            target = rec.label_path(ts, dataset.LABELS)
+            (folder / dataset.LABELS / name).write_bytes(dataset.encode_png(vis))
+        target = rec.poses_csv
+        dataset.write_tracking(folder / dataset.TRACKING, out)
+        target = rec.out / REPORT
+        atomic.write_text(folder / REPORT, report.to_csv(index=False))
+    except OSError as exc:
+        import errno
         import shutil
 
-        for folder in new.values():
+        if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    return report
+        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        where = derived_root if derived_root is not None else rec.out.parent
+        raise DatasetError(
+            f"{target}: could not be written ({reason}); nothing of this run was written into the derived dataset "
+            f"{where} (it holds the previous run's records unchanged). Free space or choose another derived_root, "
+            "and rerun: the labelled frames are cached") from None
+    return report, folder
+
+
+def commit_record(rec: dataset.Record, folder: Path) -> None:
+    """Swap a record's staged products (:func:`stage_record`) into its derived folder: renames only.
+
+    Each label folder is replaced as a whole (:func:`ultrabones.core.atomic.swap_dir`), so it holds exactly
+    this run's kept frames; ``tracking.csv`` and ``labeling_report.csv`` are renamed over the old ones.
+    Other files of the derived folder (``Labels_pred/`` of notebook 05) are left alone.
+    """
+    rec.out.mkdir(parents=True, exist_ok=True)
+    for kind in (dataset.LABELS_FULL, dataset.LABELS):
+        atomic.swap_dir(folder / kind, rec.label_dir(kind))
+    os.replace(folder / dataset.TRACKING, rec.poses_csv)
+    os.replace(folder / REPORT, rec.out / REPORT)
 
 
 def write_report(rec: dataset.Record, report: pd.DataFrame) -> Path:
@@ -1060,6 +1256,8 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
         "discarded_for_correction": int(valid["message"].fillna("").str.startswith("mean fiducial").sum()),
         "discarded_for_shrinking": int(valid["message"].fillna("").str.startswith("label shrank").sum()),
         "discarded_for_halves": int(valid["message"].fillna("").str.startswith("the correction raises").sum()),
+        # objective released: frames its preparation skips (no image point, dim, no point within 0.9 mm)
+        "discarded_by_released_rules": int(valid["message"].fillna("").str.startswith("released:").sum()),
         "seconds_per_frame": float(valid["seconds_optimize"].mean()) if len(valid) else float("nan"),
         "seconds_per_frame_total": (float(valid["seconds_total"].mean()) if len(valid) and "seconds_total" in valid
                                     else float("nan")),
@@ -1068,7 +1266,7 @@ def summarize(report: pd.DataFrame, skipped_inputs: list[dict] | None = None) ->
                        if len(valid) and "path" in valid else {}),
         "skipped_inputs": list(skipped_inputs),
     }
-    bad = rep[rep["status"].isin(["bad_image", "bad_pose"])]
+    bad = rep[rep["status"].isin(["bad_image", "bad_pose", "no_echo"])]
     out["skipped_frames"] = [
         {k: (int(r[k]) if k == "timestamp" else r[k]) for k in ("specimen", "record", "timestamp", "status", "message")
          if k in r.index} for _, r in bad.iterrows()]
@@ -1097,7 +1295,8 @@ def selection_metrics(selection: dict | None, measured: Mapping | None = None) -
 def metrics(result: LabelingResult, measured_selection: Mapping | None = None) -> dict:
     """Notebook 02's metrics of a labelling, without any truth.
 
-    :func:`summarize` of the report, ``lambda``, ``objective_region``, ``lambda_selection``
+    :func:`summarize` of the report, ``lambda``, ``objective_region``, ``calibration`` (the file used, or
+    the released one), ``lambda_selection``
     (:func:`selection_metrics`, with ``measured_selection`` beside the rule's table: on the twin
     :func:`ultrabones.twin.measure.lambda_oracle`), ``registration`` (mean over sweeps of the
     registration's fiducial displacement (mm) and its similarity before and after; ``n_sweeps``) and
@@ -1112,6 +1311,7 @@ def metrics(result: LabelingResult, measured_selection: Mapping | None = None) -
 
     return summarize(result.report, result.skipped_inputs) | {
         "lambda": result.lam, "objective_region": result.objective_region,
+        "calibration": result.calibration_source,
         "lambda_selection": selection_metrics(result.selection, measured_selection),
         "registration": {"mean_displacement_mm": mean("mean_displacement_mm"),
                          "similarity_initial": mean("similarity_initial"),

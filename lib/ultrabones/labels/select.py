@@ -336,13 +336,7 @@ def score_table(trials: pd.DataFrame, eval_region: str = "first_hit", min_label_
     if min_label_fraction is not None:
         kept &= t["n_optimized"] >= min_label_fraction * t["n_initial"]
     t["kept"] = kept
-    if rule == "split":  # both half-fits must pass validation too
-        kept_cv = kept & t["split_kept"].astype(bool)
-        t["delivered_gain"] = np.where(kept_cv, t[f"split_gain_{eval_region}"].astype(float).fillna(0.0), 0.0)
-    elif rule == "temporal":
-        t["delivered_gain"] = np.where(kept, t[f"gain_{eval_region}"].astype(float).fillna(0.0), 0.0)
-    else:
-        raise ValueError(f"rule must be 'split' or 'temporal', got {rule!r}")
+    t["delivered_gain"] = _delivered(t, kept, eval_region, rule)
     t["kept_correction"] = np.where(kept, t["correction_mm"], np.nan)
     g = t.groupby(["region", "lambda"])
     table = g.agg(score=("delivered_gain", "mean"),
@@ -352,6 +346,36 @@ def score_table(trials: pd.DataFrame, eval_region: str = "first_hit", min_label_
                   n_frames=("timestamp", "size")).reset_index()
     table["score_se"] = table["score_sd"] / np.sqrt(table["n_frames"].clip(lower=1))
     return table.drop(columns="score_sd")
+
+
+def require_a_measured_gain(table: pd.DataFrame, max_correction_mm: float, min_label_fraction: float) -> None:
+    """Refuse a selection in which every candidate scored exactly 0: no (lambda, region) changed any held-out
+    intensity, because every fit was discarded or none moved (e.g. ``max_correction_mm`` below every
+    correction). :func:`choose` would then take the largest lambda without a word, and the labelling would
+    "keep" frames with no correction.
+
+    Parameters
+    ----------
+    table : :func:`score_table`.
+    max_correction_mm, min_label_fraction : the validation limits the fits ran with (for the message).
+
+    Raises
+    ------
+    ParamsError
+        Naming the limits, the discard rates and what to change.
+    """
+    from ultrabones.core.errors import ParamsError
+
+    if table.empty or (table["score"].abs() > 1e-12).any():
+        return
+    rates = table["discard_rate"]
+    n = int(table["n_frames"].max())
+    raise ParamsError(
+        f"labeling: no lambda/region candidate changed the held-out bone intensity of any of the {n} selection "
+        f"frames (every score is 0; discard rate {rates.min():.0%} to {rates.max():.0%} with "
+        f"labeling.max_correction_mm={max_correction_mm:g} mm and labeling.min_label_fraction={min_label_fraction:g}); "
+        "the largest lambda would label every frame with no correction. Loosen those limits, or give "
+        "labeling.lambda_value to label with a lambda of your choice")
 
 
 def choose(table: pd.DataFrame) -> tuple[float, str, pd.DataFrame]:
@@ -373,6 +397,86 @@ def choose(table: pd.DataFrame) -> tuple[float, str, pd.DataFrame]:
     i = cand.index[0]
     t["chosen"] = t.index == i
     return float(t.loc[i, "lambda"]), str(t.loc[i, "region"]), t.drop(columns="_r")
+
+
+def delivered_gains(trials: pd.DataFrame, eval_region: str = "first_hit", rule: str = "split") -> pd.DataFrame:
+    """Per frame and candidate, the held-out gain the rule credits (0 for a frame not delivered): the terms
+    whose means are :func:`score_table`'s scores. Columns ``region``, ``lambda``, ``specimen``, ``record``, ``timestamp``,
+    ``gain``."""
+    out = trials[["region", "lambda", "specimen", "record", "timestamp"]].copy()
+    out["gain"] = _delivered(trials, trials["status"] == "kept", eval_region, rule)
+    return out
+
+
+def _delivered(trials: pd.DataFrame, kept: pd.Series, eval_region: str, rule: str) -> np.ndarray:
+    """Each trial's credited gain: its held-out gain where delivered (``kept``; with the split rule both half-fits
+    validated too), else 0."""
+    if rule == "split":  # both half-fits must pass validation too
+        kept = kept & trials["split_kept"].astype(bool)
+        gain = trials[f"split_gain_{eval_region}"]
+    elif rule == "temporal":
+        gain = trials[f"gain_{eval_region}"]
+    else:
+        raise ValueError(f"rule must be 'split' or 'temporal', got {rule!r}")
+    return np.where(kept, gain.astype(float).fillna(0.0), 0.0)
+
+
+def separation(trials: pd.DataFrame, table: pd.DataFrame, eval_region: str = "first_hit",
+               rule: str = "split") -> dict:
+    """How far the chosen candidate's score lies above the runner-up's, against the standard error of that margin.
+
+    The margin is the mean over the sampled frames of the paired difference of the two candidates' delivered
+    gains (the same frames score both), its standard error the difference's standard deviation over the square
+    root of the number of frames. The runner-up is the candidate with the next largest score.
+
+    Parameters
+    ----------
+    trials : rows of :func:`selection_task`; table : :func:`choose`'s table (``chosen`` column).
+
+    Returns
+    -------
+    dict: ``runner_up_lambda``, ``runner_up_region``, ``margin`` and ``margin_se`` (intensity units in [0, 1]),
+    ``n_frames`` (paired frames) and ``separable`` (margin > its standard error; False when fewer than 2
+    frames or candidates).
+    """
+    chosen = table[table["chosen"]].iloc[0]
+    rest = table[~table["chosen"]].sort_values("score", ascending=False, kind="mergesort")
+    if rest.empty:
+        return {"runner_up_lambda": None, "runner_up_region": None, "margin": float("nan"),
+                "margin_se": float("nan"), "n_frames": 0, "separable": False}
+    second = rest.iloc[0]
+    g = delivered_gains(trials, eval_region, rule)
+
+    def gains(c):
+        sel = g[(g["region"] == c["region"]) & np.isclose(g["lambda"], c["lambda"], rtol=1e-12, atol=0)]
+        return sel.set_index(["specimen", "record", "timestamp"])["gain"]
+
+    pair = pd.concat([gains(chosen), gains(second)], axis=1, join="inner").dropna()
+    d = (pair.iloc[:, 0] - pair.iloc[:, 1]).to_numpy(float)
+    n = len(d)
+    margin = float(d.mean()) if n else float("nan")
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n >= 2 else float("nan")
+    return {"runner_up_lambda": float(second["lambda"]), "runner_up_region": str(second["region"]),
+            "margin": margin, "margin_se": se, "n_frames": n, "separable": bool(n >= 2 and margin > se)}
+
+
+def one_se_choice(table: pd.DataFrame, se: float, fallback_region: str) -> tuple[float, str]:
+    """The documented default when the best candidates cannot be told apart: the one-standard-error rule.
+
+    Among the candidates whose score lies within ``se`` (the standard error of the chosen candidate's margin)
+    of the best score, the largest lambda (the smallest correction: the most conservative of those the data
+    cannot tell from the best), in ``fallback_region`` when it holds one of them.
+
+    Returns
+    -------
+    lambda (1/mm), region.
+    """
+    best = table["score"].max()
+    near = table[table["score"] >= best - (se if np.isfinite(se) else 0.0) - 1e-12]
+    top = near[near["lambda"] == near["lambda"].max()]
+    pick = top[top["region"] == fallback_region]
+    row = (pick if len(pick) else top).iloc[0]
+    return float(row["lambda"]), str(row["region"])
 
 
 def plot_scores(table: pd.DataFrame, chosen: float, region: str, true_table: pd.DataFrame | None = None):

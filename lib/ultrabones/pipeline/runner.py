@@ -23,6 +23,7 @@ from ultrabones.core.errors import NotebookError, ParamsError
 from ultrabones.core.params import NOTEBOOKS, load_profile
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
 from ultrabones.core import timings
+from ultrabones.pipeline import guards
 
 
 def resolve_notebook(name: str) -> Path:
@@ -97,6 +98,22 @@ def _failure_message(notebook: Path, output: Path) -> str:
     return f"{notebook.name} failed -- executed copy kept at {output}"
 
 
+def _dead_kernel_message(notebook: Path, output: Path) -> str:
+    """One line for a kernel that died (killed, or out of memory): the notebook, the cell it was running
+    (the last cell papermill started, numbered as in the executed copy)."""
+    where = ""
+    try:
+        nb = json.loads(output.read_text())
+        for i, cell in enumerate(nb.get("cells", [])):
+            if (cell.get("metadata", {}).get("papermill") or {}).get("start_time"):  # the last cell started
+                first = "".join(cell.get("source", "")).strip().splitlines()
+                where = f" in cell {i} ({first[0][:70]!r})" if first else f" in cell {i}"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (f"{notebook.name}: the kernel died{where} (killed, or out of memory); finished work is cached, "
+            f"rerun the stage to resume -- executed copy kept at {output}")
+
+
 def execute(
     notebook: Path,
     output: Path,
@@ -131,6 +148,7 @@ def execute(
     import os
 
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     from ultrabones.pipeline.progress import ProgressRelay
 
@@ -161,6 +179,8 @@ def execute(
         )
     except pm.PapermillExecutionError:
         raise NotebookError(_failure_message(notebook, output)) from None
+    except DeadKernelError:
+        raise NotebookError(_dead_kernel_message(notebook, output)) from None
     finally:
         relay.close()
         if walled_twins is not None:
@@ -337,6 +357,13 @@ def run_stage(
     suffix = f"__{specimen}" if specimen else ""
     output = paths.notebooks_dir / f"{stem}{suffix}.ipynb"
     metrics = paths.metrics(stem)
+    guards.check_outputs(stem, paths)
+    with guards.stage_lock(paths, stem):
+        return _run_locked(notebook, stem, params, paths, output, metrics, stamp, progress, specimen)
+
+
+def _run_locked(notebook, stem, params, paths, output, metrics, stamp, progress, specimen) -> Path:
+    """:func:`run_stage` once its checks passed and it holds the stage's lock."""
     before = metrics.stat().st_mtime if metrics.exists() else None
     t0 = time.time()
     print(f"[ultrabones] {stem} (profile {params['profile']}{', specimen ' + specimen if specimen else ''}) ...",

@@ -486,7 +486,7 @@ def build_rating_set(
     candidates, records = {}, {}
     for spec in found:
         for rec in spec.records:
-            df = ds.read_tracking(rec.poses_csv)
+            df = ds.read_tracking(rec.poses_csv, allow_missing_pose=True)  # bad_pose frames are not eligible
             labelled = rec.labelled_timestamps(ds.LABELS_FULL)
             ts = eligible_timestamps(df, labelled if labelled.size else None)
             ts = ts[np.isin(ts, rec.timestamps())]
@@ -529,7 +529,8 @@ def read_ratings(path: Path | str, key: pd.DataFrame, set_id: str | None = None)
     Checks, each failure naming the file and row (the CSV's line number):
     the columns ``item_id, rating, rater`` are present; every ``item_id`` is in
     the key; every rating is an integer 0-3; every rater is named; no item is
-    rated twice by the same rater; and, when the table has ``set_id`` and
+    rated twice by the same rater; every rater rated every item of the key (an item
+    left out is named); and, when the table has ``set_id`` and
     ``set_id`` is given, the ratings belong to that set.
 
     Parameters
@@ -590,6 +591,13 @@ def read_ratings(path: Path | str, key: pd.DataFrame, set_id: str | None = None)
             f" (first at row {line(first)}); one rating per item and rater"
         )
     out = pd.DataFrame({"item_id": df["item_id"], "rating": txt.astype(np.int64), "rater": df["rater"].str.strip()})
+    for rater, got in out.groupby("rater", sort=True):  # an item left out would silently drop a frame's pair
+        unrated = [i for i in key["item_id"] if i not in set(got["item_id"])]
+        if unrated:
+            shown = ", ".join(unrated[:5]) + (f" and {len(unrated) - 5} more" if len(unrated) > 5 else "")
+            raise DatasetError(
+                f"{path}: rater {rater!r} left {len(unrated)} of {len(key)} items unrated ({shown}); rate every "
+                "item (the page's Next unrated button finds them) and export again")
     return out.merge(key, on="item_id", how="left", validate="many_to_one")
 
 

@@ -580,7 +580,7 @@ def record_frames(record: Record, kind: str, methods: Sequence[str], frame_step:
     empty = RecordFrames(record, np.zeros(0, dtype=np.int64), {m: np.zeros((0, 4, 4)) for m in methods})
     if not len(labelled):
         return empty
-    df = read_tracking(record.poses_csv)
+    df = read_tracking(record.poses_csv, allow_missing_pose=True)  # a bad_pose frame of 02: no pose, no label
     rows = pd.Index(df["timestamp"]).get_indexer(labelled)
     missing = labelled[rows < 0]
     if len(missing):

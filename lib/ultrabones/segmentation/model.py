@@ -741,6 +741,12 @@ def load_checkpoint(path: Path | str, trust_pickle: bool = False):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        head = path.read_bytes()[:64]
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a pickle
+            raise DatasetError(
+                f"{path}: not a torch checkpoint (it starts with {head[:24]!r}: neither torch's zip format nor a "
+                f"pickle; a text file, a Git LFS pointer or a truncated download?); replace it with the checkpoint "
+                f"file (notebook 04 writes best.ckpt)") from None
         if not trust_pickle:
             raise DatasetError(
                 f"{path}: a pickled checkpoint (loading it can run arbitrary code); refused. If you trust the file,"

@@ -206,8 +206,11 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
                     raise DatasetError(f"{rec.label_path(t)}: label without an image (no kept frame at {t} ms "
                                        f"in {rec.path})")
                 mine.append(Frame(rec, int(t)))
-        if not mine:
-            raise DatasetError(f"{spec.path}: no labelled frames ({ds.LABELS}/<t>_label.png) in any record")
+        if not mine:  # name the folder the labels were looked for in: the derived dataset, where 02 writes them
+            where = spec.derived if spec.derived is not None else spec.path
+            raise DatasetError(f"{where}: no labelled frames ({ds.LABELS}/<t>_label.png) in any record of specimen "
+                               f"{spec.name}; the labels are written by notebook 02: run it first "
+                               f"(python -m ultrabones run 02 --profile <profile>)")
         if max_per_specimen is not None:
             mine = [mine[i] for i in evenly_spaced(len(mine), max_per_specimen)]
         frames += mine

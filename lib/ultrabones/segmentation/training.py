@@ -85,6 +85,10 @@ class TrainingParams:
     expect_learning: bool
     mode: str
     init_checkpoint: str | None
+    finetune_test_fraction: float
+    finetune_gap_frames: int
+    finetune_epochs: int
+    finetune_lr: float
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any], where: str = "training") -> "TrainingParams":

@@ -33,19 +33,19 @@ MIN_SPECIMENS_TO_SPLIT = 3
 
 
 def resolve_mode(mode: str, n_specimens: int) -> str:
-    """The mode stage 04 runs in: ``train`` or ``evaluate``.
+    """The mode stage 04 runs in: ``train``, ``evaluate`` or ``finetune``.
 
     Parameters
     ----------
-    mode : ``training.mode`` (``train``, ``evaluate`` or ``auto``).
+    mode : ``training.mode`` (``train``, ``evaluate``, ``auto`` or ``finetune``).
     n_specimens : specimens in the data.
 
     ``auto`` evaluates when the data has fewer than :data:`MIN_SPECIMENS_TO_SPLIT` specimens.
     """
     if mode == "auto":
         return "evaluate" if n_specimens < MIN_SPECIMENS_TO_SPLIT else "train"
-    if mode not in ("train", "evaluate"):
-        raise ParamsError(f"training.mode: {mode!r} is not one of train, evaluate, auto")
+    if mode not in ("train", "evaluate", "finetune"):
+        raise ParamsError(f"training.mode: {mode!r} is not one of train, evaluate, auto, finetune")
     return mode
 
 
@@ -143,7 +143,9 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, specim
     out, meta = export_for_data(params.init_checkpoint, Path(models_dir) / "best.ckpt", available, root)
     frames = segdata.labelled_frames(root, available, None, derived)
     if not frames:
-        raise DatasetError(f"{root}: no labelled frame to evaluate on (run notebook 02 first)")
+        raise DatasetError(f"{derived if derived is not None else root}: no labelled frame to evaluate on; the "
+                           f"labels are written by notebook 02: run it first (python -m ultrabones run 02 --profile "
+                           f"<profile>)")
     _, spacing, _ = ds.read_calibration(root)
     sigma = float(params.f1_sigma_mm)
     table, fps = seg.evaluate_frames(out, frames, spacing, sigma, None, progress=progress)
