@@ -24,7 +24,9 @@ RUN     := $(PY) -m ultrabones run
 STAGES       := 00_simulate 01_calibration 02_labeling 03_rating_statistics 04_training 05_evaluation 06_reconstruction 07_summary
 PER_SPECIMEN := 00_simulate 01_calibration 02_labeling 06_reconstruction
 LIB          := $(shell find lib/ultrabones -name '*.py' -o -name '*.html' 2>/dev/null)
-PARAMS       := params/$(PROFILE).yaml $(wildcard params/specimens/*.yaml)
+# The profile's file and the files it extends (params/default.yaml, ...), and the per-specimen files.
+PARAMS       := $(shell $(PY) -m ultrabones params --profile $(PROFILE) --files 2>/dev/null || echo params/$(PROFILE).yaml) \
+                $(wildcard params/specimens/*.yaml)
 DATA_ROOT    ?=
 ifneq ($(strip $(DATA_ROOT)),)
   EXTRA := -p data_root=$(DATA_ROOT)
@@ -42,12 +44,14 @@ endif
 # inputs do; every stamp depends on it.
 DIGEST       := $(B)/inputs.digest
 
-.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check FORCE
+.PHONY: help setup test test-fast paper nb specimen lab clean benchmarks check validate unseal labelling FORCE
 
 help:
 	@echo "make setup                 create $(VENV) (torch pair first, then the project)"
 	@echo "make paper [PROFILE=default] [DATA_ROOT=...] [DERIVED_ROOT=...] [INIT_CHECKPOINT=...]   run notebooks 00..07, skipping up-to-date stages"
 	@echo "make test                  unit tests + every notebook on params/smoke.yaml"
+	@echo "make validate              stages 00-02 on the validation seeds (core/paper.py) into figures/validation/"
+	@echo "make unseal                the sealed seeds' one run (00-02), reported as it comes out"
 	@echo "make nb NB=02              run one notebook now"
 	@echo "make specimen SPECIMEN=id  rerun the per-specimen stages for one specimen, then the stages after"
 	@echo "make lab                   JupyterLab with the project kernel"
@@ -94,6 +98,22 @@ $(STAMPS)/04_training.done:          $(STAMPS)/02_labeling.done
 $(STAMPS)/05_evaluation.done:        $(STAMPS)/04_training.done
 $(STAMPS)/06_reconstruction.done:    $(STAMPS)/05_evaluation.done
 $(STAMPS)/07_summary.done:           $(STAMPS)/03_rating_statistics.done $(STAMPS)/06_reconstruction.done
+
+# ------------------------------------------------------------------ seeds (core/paper.py)
+# The labelling stages of one seed build (SEED=N): what the validation seeds are run for.
+labelling: $(STAMPS)/02_labeling.done
+
+SEEDS_OF = $(shell $(PY) -c "from ultrabones.core import paper; print(*paper.$(1))")
+VALIDATION_OUT := $(if $(filter default,$(PROFILE)),figures/validation,build/$(PROFILE)/validation)
+
+validate: setup
+	@for s in $(call SEEDS_OF,VALIDATION_SEEDS); do $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s || exit 1; done
+	$(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,VALIDATION_SEEDS) --out $(VALIDATION_OUT)
+
+# The sealed seeds run once: their results are reported as they come out, then they join VALIDATION_SEEDS.
+unseal: setup
+	@for s in $(call SEEDS_OF,SEALED_SEEDS); do ULTRABONES_UNSEAL=1 $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s || exit 1; done
+	ULTRABONES_UNSEAL=1 $(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,SEALED_SEEDS) --out $(VALIDATION_OUT)
 
 nb: setup
 	@test -n "$(NB)" || (echo "usage: make nb NB=02 [PROFILE=...]"; exit 2)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ultrabones.core.params import read_yaml
+from ultrabones.core.params import resolved_profile
 from ultrabones.core.paths import PARAMS_DIR
 
-SMOKE = read_yaml(PARAMS_DIR / "smoke.yaml")["training"]
+SMOKE = resolved_profile("smoke")["training"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The paper module: published numbers and pre-registered criteria, defined once, never from an observed value."""
+"""The paper module: published numbers and the versioned criteria, defined once; seeds and their roles."""
 
 from __future__ import annotations
 
@@ -155,3 +155,66 @@ def test_no_criterion_sits_just_past_an_observed_value(table_file):
         if row.source in observed and c.bound is not None:
             for value in observed[row.source]:
                 assert not hugs(c, value), (row.id, c.bound, value)
+
+
+# ----------------------------------------------------------------------------- criteria versions and seeds
+
+#: The digest of every criterion (rule, bound, compared row, basis) of each criteria version. A change of any
+#: criterion needs a new ``paper.CRITERIA_VERSION``, its digest here and a dated line in CHANGELOG.md saying
+#: what had been seen before the change.
+CRITERIA_DIGESTS = {
+    1: "9949ca64016e061d0521a0e9b3d103ba6357f755ea56cd0250dd7af428411ee4",
+}
+
+
+def criteria_digest(criteria=None) -> str:
+    """SHA-256 of the criteria's rules, bounds, rows and bases, sorted by row id (the reasons are not hashed)."""
+    import hashlib
+    import json
+
+    items = sorted((k, c.rule, c.bound, c.row, c.basis) for k, c in (criteria or paper.CRITERIA).items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def test_criteria_are_pinned_to_their_version():
+    assert paper.CRITERIA_VERSION in CRITERIA_DIGESTS, (
+        f"criteria version {paper.CRITERIA_VERSION} has no pinned digest: add it to CRITERIA_DIGESTS")
+    assert criteria_digest() == CRITERIA_DIGESTS[paper.CRITERIA_VERSION], (
+        "a criterion changed without a new paper.CRITERIA_VERSION: bump the version, pin its digest here and add a "
+        "dated line 'criteria version N (YYYY-MM-DD): ...' to CHANGELOG.md saying what had been seen before")
+
+
+def test_changing_one_criterion_changes_the_digest():
+    """The digest test can fail: moving one bound gives another digest."""
+    moved = dict(paper.CRITERIA)
+    moved["temporal_offset_error"] = paper.Criterion("below", 2.0, basis="physical", why="physical: moved")
+    assert criteria_digest(moved) != criteria_digest()
+
+
+def test_every_criteria_version_has_a_dated_changelog_line():
+    import re
+
+    text = (ROOT / "CHANGELOG.md").read_text()
+    for version in CRITERIA_DIGESTS:
+        assert re.search(rf"criteria version {version} \(\d{{4}}-\d{{2}}-\d{{2}}\)", text), (
+            f"CHANGELOG.md has no dated line 'criteria version {version} (YYYY-MM-DD): ...'")
+
+
+def test_seed_roles_are_disjoint():
+    design, val, sealed = map(set, (paper.DESIGN_SEEDS, paper.VALIDATION_SEEDS, paper.SEALED_SEEDS))
+    assert not design & val and not design & sealed and not val & sealed
+    assert 0 in design  # the profiles' own runs are design runs
+
+
+def test_a_sealed_seed_is_refused_until_unsealed(monkeypatch):
+    from ultrabones.core.errors import ParamsError
+    from ultrabones.pipeline import runner
+
+    sealed = paper.SEALED_SEEDS[0]
+    monkeypatch.delenv(runner.UNSEAL_ENV, raising=False)
+    with pytest.raises(ParamsError, match=rf"seed {sealed} is sealed .*make unseal"):
+        runner.seeded_profile("smoke", seed=sealed)
+    with pytest.raises(ParamsError, match="is sealed"):
+        runner.seeded_profile("smoke", [f"seed={sealed}"])
+    monkeypatch.setenv(runner.UNSEAL_ENV, "1")
+    assert runner.seeded_profile("smoke", seed=sealed).values["seed"] == sealed

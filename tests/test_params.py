@@ -52,8 +52,14 @@ def test_unknown_section_key(pdir):
 
 
 def test_wrong_type(pdir):
-    _edit(pdir / "smoke.yaml", "seed: 0", "seed: zero")
-    with pytest.raises(ParamsError, match=r"smoke.yaml: seed: expected an integer, got 'zero'"):
+    _edit(pdir / "smoke.yaml", "n_workers: 1", "n_workers: one")
+    with pytest.raises(ParamsError, match=r"smoke.yaml: n_workers: expected an integer, got 'one'"):
+        P.load_profile("smoke", pdir)
+
+
+def test_a_bad_value_in_the_base_is_named_with_the_base_file(pdir):
+    _edit(pdir / "default.yaml", "seed: 0", "seed: zero")
+    with pytest.raises(ParamsError, match=r"default.yaml: seed: expected an integer, got 'zero'"):
         P.load_profile("smoke", pdir)
 
 
@@ -67,8 +73,11 @@ def test_out_of_range(pdir):
 
 
 def test_missing_key(pdir):
-    _edit(pdir / "smoke.yaml", "n_workers: 1\n", "")
-    with pytest.raises(ParamsError, match=r"smoke.yaml: missing key\(s\) n_workers"):
+    _edit(pdir / "default.yaml", "n_workers: 2", "")
+    with pytest.raises(ParamsError, match=r"default.yaml: missing key\(s\) n_workers"):
+        P.load_profile("default", pdir)
+    with pytest.raises(ParamsError, match=r"smoke.yaml \(extends default.yaml\): section 'labeling' lacks"):
+        _edit(pdir / "default.yaml", "  gamma_mm: 0.3", "")
         P.load_profile("smoke", pdir)
 
 
@@ -89,22 +98,22 @@ def _line_of(path: Path, text: str) -> int:
 
 def test_duplicate_key_in_a_section_names_file_line_and_key(pdir):
     """PyYAML keeps the last of two equal keys silently; the project refuses them."""
-    f = pdir / "smoke.yaml"
-    _edit(f, "  gamma_mm: ", "  gamma_mm: 0.9\n  gamma_mm: ")
-    first = _line_of(f, "gamma_mm:")
-    with pytest.raises(ParamsError, match=rf"smoke.yaml line {first + 1}: duplicate key 'gamma_mm' "
+    f = pdir / "paper.yaml"
+    _edit(f, "  popsize: ", "  popsize: 9\n  popsize: ")
+    first = _line_of(f, "popsize:")
+    with pytest.raises(ParamsError, match=rf"paper.yaml line {first + 1}: duplicate key 'popsize' "
                                           rf"\(first given on line {first}\)"):
-        P.load_profile("smoke", pdir)
+        P.load_profile("real", pdir)
 
 
 def test_duplicate_top_level_key_and_section(pdir):
     f = pdir / "smoke.yaml"
-    f.write_text(f.read_text() + "\nseed: 7\n")
-    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'seed'"):
+    f.write_text(f.read_text() + "\nn_workers: 7\n")
+    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'n_workers'"):
         P.load_profile("smoke", pdir)
     shutil.copy(PARAMS_DIR / "smoke.yaml", f)
-    f.write_text(f.read_text() + "\nsummary:\n  require_all: false\n")
-    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'summary'"):
+    f.write_text(f.read_text() + "\nsimulate:\n  n_specimens: 2\n")
+    with pytest.raises(ParamsError, match=r"smoke.yaml line \d+: duplicate key 'simulate'"):
         P.load_profile("smoke", pdir)
 
 
@@ -154,7 +163,7 @@ def test_specimen_override_unknown_section_and_key(pdir):
 
 
 def test_specimen_must_be_listed(pdir):
-    _edit(pdir / "smoke.yaml", "specimens: null", "specimens: [specimen01]")
+    _edit(pdir / "default.yaml", "specimens: null", "specimens: [specimen01]")
     with pytest.raises(ParamsError, match="specimen 'specimen05' is not in specimens"):
         P.load_profile("smoke", pdir, specimen="specimen05")
 
@@ -176,8 +185,8 @@ def test_notebook_parameters_cell_matches_what_it_receives(stem):
 
 def test_relative_paths_resolve_from_the_command_directory_not_notebooks(pdir, tmp_path, monkeypatch):
     """papermill runs notebooks in notebooks/: a relative path must be made absolute before injection."""
-    _edit(pdir / "smoke.yaml", "data_root: null", "data_root: ../shared/real_sweep")
-    _edit(pdir / "smoke.yaml", "ratings_csv: null", "ratings_csv: ratings/my.csv")
+    _edit(pdir / "default.yaml", "data_root: null", "data_root: ../shared/real_sweep")
+    _edit(pdir / "default.yaml", "ratings_csv: null", "ratings_csv: ratings/my.csv")
     (pdir / "specimens" / "specimen02.yaml").write_text("evaluation:\n  checkpoint: models/x.ckpt\n")
     here = tmp_path / "work" / "repo"
     here.mkdir(parents=True)
@@ -196,7 +205,7 @@ def test_relative_paths_resolve_from_the_command_directory_not_notebooks(pdir, t
 
 def test_tilde_expands_and_absolute_and_null_paths_stay(pdir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    _edit(pdir / "smoke.yaml", "data_root: null", "data_root: ~/datasets/ub")
+    _edit(pdir / "default.yaml", "data_root: null", "data_root: ~/datasets/ub")
     prof = P.load_profile("smoke", pdir, ["training.encoder_weights=/abs/w.pth"])
     assert prof.values["data_root"] == str(tmp_path / "home" / "datasets" / "ub")
     assert prof.values["training"]["encoder_weights"] == "/abs/w.pth"
@@ -237,3 +246,84 @@ def test_profile_outside_params_gets_its_own_build_folder(pdir, tmp_path):
     # a foreign default.yaml never writes into figures/
     shutil.copy(pdir / "default.yaml", elsewhere / "default.yaml")
     assert P.load_profile(str(elsewhere / "default.yaml"), pdir).name != "default"
+
+
+# ------------------------------------------------------------------ profiles as differences
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_resolves_to_a_complete_valid_set(profile):
+    values = P.resolved_profile(profile)
+    assert set(values) == set(P.COMMON) | set(P.SCHEMA)
+    for section, schema in P.SCHEMA.items():
+        assert set(values[section]) == set(schema), section
+
+
+def test_only_default_gives_every_key_and_the_others_only_differences():
+    """A profile that extends another lists only keys whose values differ from its base's."""
+    import yaml
+
+    for f in sorted(PARAMS_DIR.glob("*.yaml")):
+        data = yaml.safe_load(f.read_text())
+        if f.stem == "default":
+            assert "extends" not in data
+            continue
+        assert "extends" in data, f"{f.name} restates every key: say 'extends: default' and list the differences"
+        base = P.resolved_profile(data.pop("extends"))
+        for key, value in data.items():
+            if key in P.SCHEMA:
+                same = [k for k, v in value.items() if P.SCHEMA[key][k].check(v, "") == base[key][k]]
+                assert not same, f"{f.name}: {key}.{same} repeat the base's values"
+            else:
+                assert P.COMMON[key].check(value, "") != base[key], f"{f.name}: {key} repeats the base's value"
+
+
+def test_extends_overlays_section_keys_and_explain_names_the_file(pdir):
+    (pdir / "mine.yaml").write_text("extends: smoke\nseed: 4\nlabeling:\n  gamma_mm: 0.4\n")
+    prof = P.load_profile("mine", pdir)
+    smoke = P.load_profile("smoke", pdir)
+    assert prof.values["seed"] == 4 and prof.values["labeling"]["gamma_mm"] == 0.4
+    assert prof.values["labeling"]["lambdas"] == smoke.values["labeling"]["lambdas"]
+    assert prof.values["simulate"] == smoke.values["simulate"]
+    text = P.explain_profile("mine", pdir)
+    assert "# mine.yaml: mine.yaml <- smoke.yaml <- default.yaml" in text.splitlines()[0]
+    line = {ln.split()[0]: ln for ln in text.splitlines()[1:]}
+    assert line["labeling.gamma_mm"].endswith("[mine.yaml]")
+    assert line["simulate.n_specimens"].endswith("[smoke.yaml]")
+    assert line["labeling.bound_mm"].endswith("[default.yaml]")
+
+
+def test_extends_errors_name_the_chain(pdir):
+    (pdir / "a.yaml").write_text("extends: b\n")
+    (pdir / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ParamsError, match=r"'extends' makes a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        P.load_profile("a", pdir)
+    (pdir / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(ParamsError, match=r"c.yaml: extends 'nowhere', but .*nowhere.yaml does not exist"):
+        P.load_profile("c", pdir)
+    (pdir / "d.yaml").write_text("extends: [default]\n")
+    with pytest.raises(ParamsError, match=r"d.yaml: 'extends' must name a profile"):
+        P.load_profile("d", pdir)
+
+
+def test_makefile_stage_lists_are_the_packages():
+    """The Makefile's stage lists are written out for make; they must equal the package's."""
+    import re
+
+    text = (PARAMS_DIR.parent / "Makefile").read_text()
+
+    def listed(name):
+        return re.search(rf"^{name}\s*:=\s*(.+)$", text, re.M).group(1).split()
+
+    assert listed("STAGES") == list(P.NOTEBOOKS)
+    assert listed("PER_SPECIMEN") == list(P.PER_SPECIMEN)
+
+
+def test_the_specimen_readme_example_is_a_valid_override(pdir):
+    import re
+
+    text = (PARAMS_DIR / "specimens" / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    (pdir / "specimens" / "specimen02.yaml").write_text(example)
+    prof = P.load_profile("smoke", pdir)
+    assert prof.overrides["specimen02"]["labeling"]["lambda_value"] == 10.0

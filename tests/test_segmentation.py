@@ -15,7 +15,7 @@ from ultrabones.core import dataset as ds
 from ultrabones.segmentation import segdata, training
 from ultrabones.segmentation import model as seg
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.core.params import read_yaml, validate_section
+from ultrabones.core.params import resolved_profile, validate_section
 from ultrabones.core.paths import PARAMS_DIR
 
 torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def make_dataset(root, n_specimens=3, frames=6, shape=(60, 72), seed=0, unlabele
 
 
 def tiny_params(**kw):
-    P = validate_section("training", read_yaml(PARAMS_DIR / "smoke.yaml")["training"], "smoke")
+    P = validate_section("training", resolved_profile("smoke")["training"], "smoke")
     P.update(input_size=[32, 32], encoder="resnet18", epochs=2, batch_size=4, memory_budget_mb=64,
              samples_per_epoch=None, max_val_frames_per_specimen=None, threads=1, augment=True, tv_weight=0.4,
              skeleton_weight=0.1)
@@ -75,7 +75,7 @@ def test_automatic_split_matches_the_paper_proportions():
 
 def test_released_split_resolves_numbers_to_folder_names():
     names = [f"cadaver{i:02d}_F23{i}" for i in range(1, 15)]
-    P = read_yaml(PARAMS_DIR / "paper.yaml")["training"]
+    P = resolved_profile("paper")["training"]
     s = segdata.split_specimens(names, P["train_specimens"], P["val_specimens"], P["test_specimens"])
     assert s.test == ("cadaver02_F232", "cadaver07_F237", "cadaver08_F238")
     assert len(s.train) == 10 and s.val == ("cadaver14_F2314",)

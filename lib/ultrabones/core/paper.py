@@ -1,4 +1,4 @@
-"""The paper's published numbers and the project's acceptance criteria, written down before any run.
+"""The paper's published numbers, the project's acceptance criteria (with their version), and its seeds.
 
 This module is data, not computation. :data:`PUBLISHED` holds every number of the paper (and of the one
 companion publication the project sets its reconstructions beside) that the project compares with, each
@@ -13,8 +13,18 @@ table (:mod:`ultrabones.pipeline.summary`), one per row id, each with the *basis
   *simulator setting* that the digital twin is configured to produce (``"setting"``), which is never judged
   and never called "reproduced".
 
-No criterion here is derived from an observed value: nothing in this module reads metrics, and a test
-(``tests/test_paper.py``) checks that no bound equals a value of the committed summary rounded up.
+**These criteria were not all written before the results.** The module was created after the first default
+runs, and several criteria were changed after a result had been seen; every such change, with its original
+form and what had been seen, is in :mod:`ultrabones.core.criteria_history`, and the summary shows the
+verdict the original form would give today. From :data:`CRITERIA_VERSION` 1 on, the criteria are pinned by a
+digest (``tests/test_paper.py``): changing any criterion needs a new version and a dated line in
+``CHANGELOG.md`` saying what had been seen before the change.
+
+**Seeds.** :data:`DESIGN_SEEDS` served to design or tune something (the halves check, the coarse
+optimiser's settings, diagnosis); their results are reported as *design seed* values. :data:`VALIDATION_SEEDS`
+were first run after the rules they test were fixed; the summary's labelling rows report them.
+:data:`SEALED_SEEDS` have never been run: the runner refuses them until ``make unseal`` runs them once,
+after which they are reported as they came out and join the validation seeds.
 
 Everything is frozen: :class:`Published` and :class:`Criterion` are frozen dataclasses and the tables are
 read-only mappings, so a notebook cannot move a criterion after seeing its result.
@@ -85,6 +95,19 @@ PUBLISHED: Mapping[str, Published] = MappingProxyType({
                                          "(mean of the two one-sided means)", ULTRABONEUDF),
 })
 
+#: Master seeds used to design or tune anything (0: the profiles' own runs, whose sweeps chose the halves check and
+#: the coarse optimiser's settings; 1-7: earlier rounds and diagnosis). Their numbers are "design seed" values.
+DESIGN_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
+#: Master seeds first run after the rules they validate were fixed (``make validate``; figures/validation/).
+VALIDATION_SEEDS: tuple[int, ...] = (8, 9, 10)
+#: Master seeds nothing has run on. The runner refuses them (``ULTRABONES_UNSEAL=1``, set by ``make unseal``, lifts
+#: that once); after their one run they are reported as they came out and move into :data:`VALIDATION_SEEDS`.
+SEALED_SEEDS: tuple[int, ...] = (61, 67, 71)
+
+#: The version of :data:`CRITERIA`. A test pins a digest of the criteria to it: a change of any criterion needs a
+#: new version here, its digest in the test, and a dated line in CHANGELOG.md saying what had been seen before.
+CRITERIA_VERSION = 1
+
 #: The distance threshold of the paper's headline evaluation numbers (mm).
 REPORT_SIGMA_MM = 0.5
 
@@ -120,7 +143,7 @@ BASES = ("paper", "physical", "statistical", "none")
 
 @dataclass(frozen=True)
 class Criterion:
-    """An acceptance criterion of one summary row, fixed before any run.
+    """An acceptance criterion of one summary row (its history: :mod:`ultrabones.core.criteria_history`).
 
     Attributes
     ----------

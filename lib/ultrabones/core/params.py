@@ -1,7 +1,11 @@
 """Parameter profiles: loading, merging and strict validation.
 
 A profile (``params/<name>.yaml``) holds *common* keys at the top level and one
-section per stage (``simulate``, ``calibration``, ...). A notebook receives the
+section per stage (``simulate``, ``calibration``, ...). ``params/default.yaml``
+gives every key; another profile says ``extends: default`` (or another profile)
+and lists only the keys whose values differ (:func:`resolve_profile_files`;
+``python -m ultrabones params --profile hard --explain`` shows where each value
+came from). A notebook receives the
 common keys plus its own section's keys, flat, as papermill parameters; its
 ``parameters`` cell names exactly those keys (``tests/test_params.py`` checks).
 
@@ -28,6 +32,7 @@ from typing import Any, ClassVar, Mapping
 import yaml
 
 from ultrabones.core.errors import ParamsError
+from ultrabones.core.paths import PARAMS_DIR
 
 
 @dataclass(frozen=True)
@@ -486,6 +491,139 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+EXTENDS_KEY = "extends"
+
+
+def _profile_path(name: str, params_dir: Path, relative_to: Path | None = None) -> Path:
+    """The file of a profile named ``name`` (``params/<name>.yaml``) or given as a path to a YAML file."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(os.path.expanduser(name))
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        return path
+    return Path(params_dir) / f"{name}.yaml"
+
+
+def _merge_into(target: dict, values: Mapping, origins: dict, source: str) -> None:
+    """Overlay one profile file's ``values`` on ``target``: sections key by key, common keys whole."""
+    for key, value in values.items():
+        if key in SCHEMA and value is None:
+            continue  # an empty section: the base's stands
+        if key in SCHEMA and isinstance(value, Mapping):
+            section = target.setdefault(key, {})
+            if not isinstance(section, dict):
+                section = target[key] = {}
+            for sub, v in value.items():
+                section[sub] = copy.deepcopy(v)
+                origins[f"{key}.{sub}"] = source
+        else:
+            target[key] = copy.deepcopy(value)
+            origins[key] = source
+
+
+def resolve_profile_files(path: Path | str, params_dir: Path | str) -> tuple[dict, dict[str, str], list[Path]]:
+    """Read a profile and the chain of profiles it ``extends``, merged, before validation.
+
+    A profile may start with ``extends: <name>`` (another profile of ``params_dir``, or a path to a YAML file,
+    relative to the file that names it) and then give only the keys whose values differ: a section's keys are
+    overlaid one by one on the base's section, a common key replaces the base's.
+
+    Parameters
+    ----------
+    path : the profile's file.
+    params_dir : the ``params/`` folder, where named bases are looked up.
+
+    Returns
+    -------
+    values : the merged profile (not yet validated).
+    origins : ``"<section>.<key>"`` or ``"<common key>"`` -> the file that gave its value.
+    files : the chain's files, the base first.
+
+    Raises
+    ------
+    ParamsError
+        For a missing base, a cycle (naming the chain) or an ``extends`` that is not a string.
+    """
+    chain: list[Path] = []
+    raw: list[dict] = []
+    current: Path | None = Path(path)
+    while current is not None:
+        current = Path(os.path.abspath(current))
+        if current in chain:
+            names = " -> ".join(str(p) for p in [*chain, current])
+            raise ParamsError(f"{chain[0]}: 'extends' makes a cycle: {names}")
+        data = dict(read_yaml(current))
+        base = data.pop(EXTENDS_KEY, None)
+        _validate_partial(data, str(current))  # a bad key or value is named with the file that gives it
+        chain.append(current)
+        raw.append(data)
+        if base is None:
+            current = None
+        elif not isinstance(base, str) or not base.strip():
+            raise ParamsError(f"{current}: 'extends' must name a profile (e.g. extends: default), got {base!r}")
+        else:
+            current = _profile_path(base.strip(), Path(params_dir), relative_to=current.parent)
+            if not current.is_file():
+                raise ParamsError(f"{chain[-1]}: extends {base!r}, but {current} does not exist")
+    merged: dict = {}
+    origins: dict[str, str] = {}
+    for file, data in zip(reversed(chain), reversed(raw)):
+        _merge_into(merged, data, origins, str(file))
+    return merged, origins, list(reversed(chain))
+
+
+def _validate_partial(data: Mapping, where: str) -> None:
+    """Check one file of a profile chain: known keys, valid values, any subset of them."""
+    for key, value in data.items():
+        if key in SCHEMA:
+            validate_section(key, value if value is not None else {}, where, partial=True)
+        elif key in COMMON:
+            COMMON[key].check(value, f"{where}: {key}")
+        else:
+            raise ParamsError(
+                f"{where}: unknown key '{key}' (known: {', '.join(sorted(COMMON) + sorted(SCHEMA))}, {EXTENDS_KEY})"
+            )
+
+
+def resolved_profile(name: str, params_dir: Path | str | None = None) -> dict:
+    """A profile's validated values, its ``extends`` chain merged, paths as written (for tests and tools).
+
+    Parameters
+    ----------
+    name : profile name (``params/<name>.yaml``) or a path to a YAML file.
+    params_dir : the ``params/`` folder (default: the project's).
+    """
+    params_dir = PARAMS_DIR if params_dir is None else params_dir
+    path = _profile_path(name, Path(params_dir))
+    merged, _, files = resolve_profile_files(path, params_dir)
+    return validate_profile(merged, _chain_name(files))
+
+
+def _chain_name(files: list[Path]) -> str:
+    """``smoke.yaml`` for one file, ``/.../smoke.yaml (extends default.yaml)`` for a chain: where messages point."""
+    top = str(files[-1])
+    if len(files) == 1:
+        return top
+    return f"{top} (extends {' <- '.join(f.name for f in files[:-1])})"
+
+
+def explain_profile(name: str, params_dir: Path | str) -> str:
+    """Every key of a profile with its value and the file that gave it (``ultrabones params --explain``)."""
+    path = _profile_path(name, Path(params_dir))
+    merged, origins, files = resolve_profile_files(path, params_dir)
+    values = validate_profile(merged, _chain_name(files))
+    lines = [f"# {path.name}: " + " <- ".join(f.name for f in reversed(files))]
+    width = max(len(k) for k in origins)
+    for key in list(COMMON) + [s for s in SCHEMA]:
+        if key in SCHEMA:
+            for sub in SCHEMA[key]:
+                full = f"{key}.{sub}"
+                lines.append(f"{full:<{width}}  {values[key][sub]!r}  [{Path(origins[full]).name}]")
+        else:
+            lines.append(f"{key:<{width}}  {values[key]!r}  [{Path(origins[key]).name}]")
+    return "\n".join(lines)
+
+
 def validate_section(section: str, values: Mapping, where: str, partial: bool = False) -> dict:
     """Validate one section's keys.
 
@@ -643,9 +781,9 @@ def load_profile(
     """
     params_dir = Path(params_dir)
     base = Path(cwd) if cwd is not None else Path.cwd()
-    path = (Path(os.path.expanduser(name)) if name.endswith((".yaml", ".yml"))
-            else params_dir / f"{name}.yaml")
-    values = validate_profile(read_yaml(path), str(path))
+    path = _profile_path(name, params_dir)
+    merged, _, files = resolve_profile_files(path, params_dir)
+    values = validate_profile(merged, _chain_name(files))
     for text in assignments or []:
         key, value = parse_assignment(text)
         if "." in key:

@@ -3,7 +3,8 @@
 ``--seed N`` runs the profile with master seed N into its own folders
 (``build/<profile>-seed<N>/``, ``data/twin/<profile>-seed<N>/``).
 
-Other verbs: ``check`` validates a profile and the specimen files,
+Other verbs: ``check`` validates a profile and the specimen files, ``params`` prints a profile
+(``--explain``: with the file each value came from; ``--files``: its ``extends`` chain),
 ``specimens`` lists a profile's specimens, ``stages`` lists the notebooks,
 ``inputs-digest`` writes the input dataset's path and content digest for ``make``.
 Errors of the package's own types print as one line and exit with status 2.
@@ -34,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--profile", default="default")
     spc = sub.add_parser("specimens", help="list the specimens a profile runs on")
     spc.add_argument("--profile", default="default")
+    prm = sub.add_parser("params", help="print a profile's parameters; --explain: with the file each came from")
+    prm.add_argument("--profile", default="default")
+    prm.add_argument("--explain", action="store_true", help="name the file (in the extends chain) of each value")
+    prm.add_argument("--files", action="store_true", help="list the profile's files, base first (for make)")
+    col = sub.add_parser("collect-validation",
+                         help="copy seed builds' metrics of stages 00-02 into a committed folder (make validate)")
+    col.add_argument("--profile", default="default")
+    col.add_argument("--seeds", type=int, nargs="+", required=True)
+    col.add_argument("--out", required=True, help="e.g. figures/validation")
     sub.add_parser("stages", help="list the numbered notebooks and their sections")
     dig = sub.add_parser("inputs-digest", help="write the input dataset's path and content digest (for make)")
     dig.add_argument("--profile", default="default")
@@ -58,6 +68,25 @@ def main(argv: list[str] | None = None) -> int:
 
             prof = load_profile(args.profile, PARAMS_DIR)
             print(f"{prof.source}: ok ({len(prof.overrides)} specimen override file(s))")
+        elif args.verb == "params":
+            import yaml
+
+            from ultrabones.core.params import _profile_path, explain_profile, resolve_profile_files, resolved_profile
+            from ultrabones.core.paths import PARAMS_DIR
+
+            if args.files:
+                _, _, files = resolve_profile_files(_profile_path(args.profile, PARAMS_DIR), PARAMS_DIR)
+                print(" ".join(str(f) for f in files))
+            elif args.explain:
+                print(explain_profile(args.profile, PARAMS_DIR))
+            else:
+                print(yaml.safe_dump(resolved_profile(args.profile, PARAMS_DIR), sort_keys=False), end="")
+        elif args.verb == "collect-validation":
+            from ultrabones.core.paths import build_root
+            from ultrabones.pipeline.validation import collect_validation
+
+            rec = collect_validation(build_root(), args.profile, args.seeds, args.out)
+            print(f"{args.out}: seeds {', '.join(sorted(rec['seeds'], key=int))} collected")
         elif args.verb == "specimens":
             from ultrabones.core.params import load_profile
             from ultrabones.core.paths import PARAMS_DIR

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ultrabones.core import paper
 from ultrabones.core.errors import NotebookError, ParamsError
 from ultrabones.core.params import NOTEBOOKS, load_profile
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
@@ -234,8 +236,30 @@ def seeded_profile(profile: str, assignments: list[str] | None = None, seed: int
             raise ParamsError("give the master seed once: --seed N, not also -p seed=...")
         assignments.append(f"seed={int(seed)}")
     prof = load_profile(profile, PARAMS_DIR, assignments, specimen=specimen, section_hint=section_hint)
+    check_not_sealed(prof.values["seed"])
     prof.name = seeded_name(prof.name, seed)
     return prof
+
+
+#: Set to 1 (by ``make unseal`` only) to run the sealed seeds their one time.
+UNSEAL_ENV = "ULTRABONES_UNSEAL"
+
+
+def check_not_sealed(seed: int) -> None:
+    """Refuse a master seed of :data:`ultrabones.core.paper.SEALED_SEEDS` unless ``ULTRABONES_UNSEAL=1``.
+
+    A sealed seed is evidence only while nothing has been tuned on it: it runs once, by ``make unseal``, and its
+    results are reported as they come out.
+
+    Raises
+    ------
+    ParamsError
+        Naming the seed and how it is unsealed.
+    """
+    if seed in paper.SEALED_SEEDS and os.environ.get(UNSEAL_ENV) != "1":
+        raise ParamsError(
+            f"seed {seed} is sealed (ultrabones.core.paper.SEALED_SEEDS = {list(paper.SEALED_SEEDS)}): nothing may "
+            f"run on it before the one run that reports it; that run is 'make unseal' (it sets {UNSEAL_ENV}=1)")
 
 
 def stage_parameters(

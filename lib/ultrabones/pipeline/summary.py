@@ -1,9 +1,9 @@
-"""The paper's headline numbers beside this run's, each traced to a metrics key and judged by a pre-registered criterion.
+"""The paper's headline numbers beside this run's, each traced to a metrics key and judged by its criterion.
 
 :data:`ROWS` lists the summary's rows: the metrics key that gives each number, *how* the number was obtained
 (:data:`HOW`), and the published number beside it (a name in :data:`ultrabones.core.paper.PUBLISHED`). The
-criterion of every row is :data:`ultrabones.core.paper.CRITERIA` ``[row.id]``, written down before any run;
-nothing here sets or moves a criterion. :func:`summary_table` takes the metrics of one run or of several seeds
+criterion of every row is :data:`ultrabones.core.paper.CRITERIA` ``[row.id]`` (versioned there; the changes made
+after results were seen are in :mod:`ultrabones.core.criteria_history`); nothing here sets or moves a criterion. :func:`summary_table` takes the metrics of one run or of several seeds
 (one dict per seed) and gives each row's mean (and sd over seeds), its criterion and whether it is met.
 """
 
@@ -82,7 +82,7 @@ class Row:
 
     @property
     def criterion(self) -> paper.Criterion:
-        """The row's pre-registered criterion (``paper.CRITERIA[self.id]``)."""
+        """The row's criterion (``paper.CRITERIA[self.id]``)."""
         return paper.CRITERIA[self.id]
 
     @property
@@ -141,13 +141,16 @@ ROWS: tuple[Row, ...] = (
         "03_rating_statistics:p_value_bonferroni.optimized_vs_initial", RATINGS, "p_value_bonferroni_bound"),
     Row("p_optimized_vs_registration", "Wilcoxon p, optimised vs registration (Bonferroni)",
         "03_rating_statistics:p_value_bonferroni.optimized_vs_registration", RATINGS, "p_value_bonferroni_bound"),
-    *(Row(f"model_{r}_{s}", f"model {_SCORE[s]} at 0.5 mm, {rn}", f"{_AT}.model.{r}.{s}", TRUTH_FREE, f"model_{r}_{s}")
+    *(Row(f"model_{r}_{s}", f"model {_SCORE[s]} at 0.5 mm, agreement with the CT-derived labels, {rn}",
+          f"{_AT}.model.{r}.{s}", TRUTH_FREE, f"model_{r}_{s}")
       for r, rn in (("all", "all"), ("low", "low intensity")) for s in ("accuracy", "completeness", "f1")),
-    *(Row(f"manual_low_{s}", f"manual {_SCORE[s]} at 0.5 mm, low intensity (twin: simulated annotator)",
-          f"{_AT}.manual.low.{s}", TRUTH_FREE, f"manual_low_{s}") for s in ("accuracy", "completeness", "f1")),
-    Row("detector_all_f1", "classical detector F1 at 0.5 mm, all", f"{_AT}.detector.all.f1", TRUTH_FREE, optional=True),
-    Row("detector_low_f1", "classical detector F1 at 0.5 mm, low intensity", f"{_AT}.detector.low.f1", TRUTH_FREE,
-        optional=True),
+    *(Row(f"manual_low_{s}", f"manual {_SCORE[s]} at 0.5 mm, agreement with the CT-derived labels, low intensity "
+          "(twin: simulated annotator)", f"{_AT}.manual.low.{s}", TRUTH_FREE, f"manual_low_{s}")
+      for s in ("accuracy", "completeness", "f1")),
+    Row("detector_all_f1", "classical detector F1 at 0.5 mm, agreement with the CT-derived labels, all",
+        f"{_AT}.detector.all.f1", TRUTH_FREE, optional=True),
+    Row("detector_low_f1", "classical detector F1 at 0.5 mm, agreement with the CT-derived labels, low intensity",
+        f"{_AT}.detector.low.f1", TRUTH_FREE, optional=True),
     Row("model_all_f1_vs_truth", "model F1 at 0.5 mm against the true label, all", f"{_VT}.model.all.f1",
         AGAINST_TRUTH),
     Row("model_low_f1_vs_truth", "model F1 at 0.5 mm against the true label, low intensity", f"{_VT}.model.low.f1",
@@ -266,7 +269,8 @@ def summary_table(metrics: Mapping[str, dict] | Sequence[Mapping[str, dict]],
     return pd.DataFrame.from_records(records)
 
 
-def _fmt(v) -> str:
+def fmt_number(v) -> str:
+    """A number for a table: 3 significant digits; ``"n/a"`` for None or NaN; anything else as ``str``."""
     if v is None or (isinstance(v, float) and v != v):
         return "n/a"
     if isinstance(v, float):
@@ -281,22 +285,22 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     criterion met, source.
     """
     out = df.copy()
-    out["value"] = [_fmt(v) if n <= 1 or sd is None else f"{_fmt(v)} ± {_fmt(sd)} ({n} seeds)"
+    out["value"] = [fmt_number(v) if n <= 1 or sd is None else f"{fmt_number(v)} ± {fmt_number(sd)} ({n} seeds)"
                     for v, sd, n in zip(df["value"], df["sd"], df["n_seeds"])]
-    out["published"] = [("-" if p is None or p != p else _fmt(p)) for p in df["published"]]
+    out["published"] = [("-" if p is None or p != p else fmt_number(p)) for p in df["published"]]
     out["basis"] = out["basis"].replace({"none": "-"})
     cols = ["quantity", "published", "value", "how obtained", "criterion", "basis", "criterion met", "source"]
     if "seeds met" in df and (df["n_seeds"] > 1).any():  # over several seeds: how many met it, and each number
         out["criterion met"] = [f"{m} ({k} seeds)" if n > 1 and k else m
                                 for m, k, n in zip(df["criterion met"], df["seeds met"], df["n_seeds"])]
-        out["per seed"] = [", ".join(_fmt(v) for v in vals) if n > 1 else ""
+        out["per seed"] = [", ".join(fmt_number(v) for v in vals) if n > 1 else ""
                            for vals, n in zip(df["per seed"], df["n_seeds"])]
         cols.insert(3, "per seed")
     return out[cols]
 
 
 def criteria_table(rows: Sequence[Row] = ROWS) -> pd.DataFrame:
-    """The pre-registered criteria as a table: row, criterion, basis and the reasoning (from ``paper.CRITERIA``)."""
+    """The criteria as a table: row, criterion, basis and the reasoning (from ``paper.CRITERIA``)."""
     names = {r.id: r.quantity for r in ROWS}
     return pd.DataFrame.from_records([
         {"quantity": r.quantity, "published": (f"{r.paper_value:g} ({paper.PUBLISHED[r.published].where})"
