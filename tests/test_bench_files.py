@@ -1,0 +1,29 @@
+"""The benchmarks are collected and each asserts something (issue 24: every benchmark asserts its target)."""
+
+import ast
+import fnmatch
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = sorted((ROOT / "benchmarks").glob("*.py"))
+
+
+def test_pytest_collects_every_benchmark_file():
+    """``make benchmarks`` runs ``pytest benchmarks``: before issue 24 the bench_*.py names matched no
+    ``python_files`` pattern, and it ran no benchmark at all."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["python_files"]
+    assert BENCH
+    missed = [f.name for f in BENCH if not any(fnmatch.fnmatch(f.name, p) for p in patterns)]
+    assert not missed, missed
+
+
+def test_every_benchmark_test_asserts():
+    """Each ``test_*`` function of benchmarks/ holds an ``assert`` (a printed target is not a check)."""
+    silent = []
+    for f in BENCH:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                if not any(isinstance(n, ast.Assert) for n in ast.walk(node)):
+                    silent.append(f"{f.name}::{node.name}")
+    assert not silent, silent
