@@ -146,7 +146,11 @@ def test_the_claim_is_stated_at_every_level_of_the_annotator_sweep(tmp_path):
     assert "higher at 1 of 2 levels**: level 1 (q 0.97 c 2.00 f 0.60: 0.500 vs 0.000, strict)" in said
     assert "Not higher at: level 0 (q 0.00 c 0.00 f 0.00: 1.000 vs 1.000, released)" in said
     assert "no single verdict" in said
-    assert benchmark.table(r)["method"].iloc[-1] == "simulated annotator (sensitivity study) q 0.97 c 2.00 f 0.60"
+    table = benchmark.table(r)
+    assert table["method"].iloc[-1] == "simulated annotator (sensitivity study) q 0.97 c 2.00 f 0.60"
+    # the table says it on each level's low-intensity row
+    assert table["model_low_completeness_higher"].tolist()[-6:] == ["", "", "no", "", "", "yes"]
+    assert set(table["model_low_completeness_higher"].iloc[:-6]) == {""}
 
 
 def test_figures_and_description(tmp_path):

@@ -542,14 +542,19 @@ def describe(result: EvaluationResult) -> str:
 def table(result: EvaluationResult):
     """The table beside the paper's at the report threshold: one row per method and region (both protocols
     and the paper's value), then one row per level and region of the annotator's sweep."""
-    return table_with_sweep(table_at(result.summary["at"]), result.sweep, result.annotator_name or "")
+    at = result.summary["at"]
+    if result.sweep is None:
+        return table_with_sweep(table_at(at), None)
+    beats = {lv["level"]: lv["beats"] for lv in model_vs_levels(at, result.sweep.to_dict("records"))}
+    return table_with_sweep(table_at(at), result.sweep, result.annotator_name or "", beats)
 
 
 def table_caption(result: EvaluationResult) -> str:
     """What :func:`table`'s columns and rows are."""
     return (f"At sigma = {result.params.report_sigma_mm} mm (released protocol; `_strict` the strict one; "
             f"`_paper` the paper's; `detector` = {bone_detector.LABEL}; `manual` = {result.manual_source}; "
-            f"the last rows: the annotator's sweep):")
+            f"the last rows: the annotator's sweep; `model_low_completeness_higher`: whether the model's "
+            f"low-intensity completeness is higher than that level's):")
 
 
 # ----------------------------------------------------------------------------- figures

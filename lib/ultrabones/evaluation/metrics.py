@@ -950,7 +950,7 @@ def model_vs_levels(at: Mapping, sweep_rows: Sequence[Mapping], model: str = "mo
     return out
 
 
-def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
+def table_with_sweep(table, sweep=None, name: str = "simulated annotator", beats: Mapping[int, bool] | None = None):
     """The evaluation table (:func:`table_at`) with one row per level and region of an annotator sweep.
 
     Parameters
@@ -959,6 +959,9 @@ def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
     sweep : the rows of :func:`ultrabones.twin.annotator.visibility_sweep` (a DataFrame) or None.
     name : the swept annotator's name; a level's row is named
         ``"<name> q <visible_quantile> c <visible_contrast> f <visible_fraction>"`` (``c`` when the sweep sets it).
+    beats : level -> whether the model's low-intensity completeness is higher than that level's
+        (:func:`model_vs_levels`); given, a column ``model_low_completeness_higher`` says it on each level's
+        ``low`` row (empty on every other row).
 
     Returns
     -------
@@ -977,4 +980,9 @@ def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
             row[f"{score}_paper"] = np.nan
         row["n_frames"] = r.n_frames
         rows.append(row)
-    return pd.concat([table, pd.DataFrame(rows).reindex(columns=table.columns)], ignore_index=True)
+    out = pd.concat([table, pd.DataFrame(rows).reindex(columns=table.columns)], ignore_index=True)
+    if beats is not None:
+        said = [""] * len(table) + [("yes" if beats[int(r.level)] else "no") if r.region == "low" else ""
+                                    for r in sweep.itertuples(index=False)]
+        out["model_low_completeness_higher"] = said
+    return out
