@@ -81,6 +81,7 @@ check: setup
 # ------------------------------------------------------------------ paper
 paper: $(STAMPS)/07_summary.done
 	@echo "[ultrabones] paper done: summary in $(B)/notebooks/07_summary.ipynb and figures/summary_table.md"
+	@$(PY) -m ultrabones timings --profile $(PROFILE) $(SEEDARG) || true
 
 $(STAMPS)/%.done: notebooks/%.ipynb $(LIB) $(PARAMS) $(DIGEST) | setup
 	@$(RUN) $* --profile $(PROFILE) $(SEEDARG) $(EXTRA) --stamp $@ --no-progress

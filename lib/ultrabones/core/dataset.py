@@ -31,6 +31,18 @@ take the derived root and give every :class:`Record` both folders:
 and :attr:`Record.poses_csv` resolve to the right one. Without a derived root,
 both are the input folder (a dataset that ships its labels, as the released one).
 
+Layout C (PLUS / 3D Slicer sequence files, :mod:`ultrabones.core.sequence`)::
+
+    <root>/<specimen>/<record>.igs.mha     (or .seq.mha, .mha, .mhd + .raw/.zraw, .seq.nrrd, .nrrd)
+    <root>/<specimen>/CT_bone_model.stl
+    <root>/<specimen>/recording.yaml       (the transform chain: image -> probe -> ... -> CT)
+
+or the specimen folder itself as the root. A record is one sequence file
+(``record.path``); its frames and poses are read from it through
+:meth:`Record.read_image` and :meth:`Record.read_tracking`, which every stage
+uses for all layouts: nothing is converted on disk (``python -m ultrabones
+convert`` does that on request). The derived dataset is layout A either way.
+
 Every reader raises :class:`~ultrabones.core.errors.DatasetError` with the file (and
 row, column or pixel value) named; every writer is atomic.
 """
@@ -47,9 +59,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from ultrabones.core import atomic
+from ultrabones.core import atomic, sequence
 from ultrabones.core.errors import DatasetError
-from ultrabones.core.geometry import POSE_COLUMNS, pose_from_params
+from ultrabones.core.geometry import POSE_COLUMNS, params_from_pose, pose_from_params
+from ultrabones.core.recording import read_recording
 
 IMAGES = "UltrasoundImages"
 LABELS = "Labels"
@@ -78,6 +91,8 @@ class Record:
     bone : ``tibia``, ``fibula`` or ``foot`` in layout B, else None.
     derived : the record's folder in the derived dataset (labels, optimised
         poses, reports), or None: the input folder itself.
+    recording : layout C only: the folder of the ``recording.yaml`` that says how
+        to read ``path``, the record's sequence file; None for layouts A and B.
     """
 
     specimen: str
@@ -85,6 +100,18 @@ class Record:
     path: Path
     bone: str | None = None
     derived: Path | None = None
+    recording: Path | None = None
+
+    @property
+    def is_sequence(self) -> bool:
+        """Whether the record is a sequence file (layout C)."""
+        return self.recording is not None
+
+    def header(self) -> "sequence.SequenceHeader":
+        """Layout C: the sequence file's validated header (frames kept, poses, pixel size)."""
+        if not self.is_sequence:
+            raise DatasetError(f"{self.path}: a layout {'B' if self.bone else 'A'} record has no sequence file")
+        return sequence.read_header(self.path, self.recording)
 
     @property
     def out(self) -> Path:
@@ -111,11 +138,63 @@ class Record:
 
     @property
     def images_dir(self) -> Path:
+        if self.is_sequence:
+            raise DatasetError(f"{self.path}: a sequence file has no {IMAGES}/ folder (use Record.read_image)")
         return self.path / IMAGES
 
     @property
     def tracking_csv(self) -> Path:
+        if self.is_sequence:
+            raise DatasetError(f"{self.path}: a sequence file has no {TRACKING} (use Record.read_tracking)")
         return self.path / TRACKING
+
+    @property
+    def tracking_source(self) -> Path:
+        """The file the recorded poses are read from: ``tracking.csv``, or the sequence file."""
+        return self.path if self.is_sequence else self.path / TRACKING
+
+    def read_tracking(self, allow_missing_pose: bool = False) -> pd.DataFrame:
+        """The recorded poses as a tracking table (``timestamp`` and the six pose columns).
+
+        Layouts A/B: :func:`read_tracking` of ``tracking.csv``. Layout C: the
+        kept frames of the sequence file, the pose chain of ``recording.yaml``
+        as ``x, y, z, euler_x, euler_y, euler_z``.
+        """
+        if not self.is_sequence:
+            return read_tracking(self.tracking_csv, allow_missing_pose=allow_missing_pose)
+        head = self.header()
+        df = pd.DataFrame(params_from_pose(head.poses).reshape(-1, 6), columns=list(POSE_COLUMNS))
+        df.insert(0, "timestamp", head.timestamps.astype(np.int64))
+        return df
+
+    def read_image(self, timestamp: int) -> np.ndarray:
+        """The B-mode frame at ``timestamp`` (ms) as a (H, W) uint8 array (all layouts)."""
+        if not self.is_sequence:
+            return read_image(self.image_path(timestamp))
+        head = self.header()
+        i = np.searchsorted(head.timestamps, int(timestamp))
+        if i >= len(head.timestamps) or head.timestamps[i] != int(timestamp):
+            raise DatasetError(f"{self.path}: no kept frame at timestamp {int(timestamp)} ms")
+        return sequence.read_frame(head, int(head.index[i]))
+
+    def image_shape(self, timestamp: int) -> tuple[int, int]:
+        """(H, W) of the frame at ``timestamp`` without decoding it where the layout allows."""
+        if self.is_sequence:
+            head = self.header()
+            return head.height, head.width
+        with Image.open(self.image_path(timestamp)) as im:
+            return im.size[1], im.size[0]
+
+    def input_files(self, timestamps=None) -> list[Path]:
+        """The input files the frames at ``timestamps`` (all when None) are read from, for cache keys.
+
+        Layouts A/B: the image PNGs. Layout C: the sequence file (and its data
+        file), the record's ``recording.yaml`` and the matrix files it names.
+        """
+        if self.is_sequence:
+            return sequence.data_files(self.path) + list(read_recording(self.recording).sources)
+        ts = self.timestamps() if timestamps is None else timestamps
+        return [self.image_path(int(t)) for t in ts]
 
     @property
     def key(self) -> str:
@@ -123,6 +202,7 @@ class Record:
         return "/".join(p for p in (self.specimen, self.bone, self.name) if p)
 
     def image_path(self, timestamp: int) -> Path:
+        """The image PNG at ``timestamp`` (layouts A and B; layout C raises: see :meth:`read_image`)."""
         return self.images_dir / f"{int(timestamp)}.png"
 
     def label_path(self, timestamp: int, kind: str = LABELS) -> Path:
@@ -130,7 +210,9 @@ class Record:
         return self.label_dir(kind) / f"{int(timestamp)}{_LABEL_SUFFIX[kind]}.png"
 
     def timestamps(self) -> np.ndarray:
-        """Image timestamps (ms) found in ``UltrasoundImages/``, sorted."""
+        """Image timestamps (ms) found in ``UltrasoundImages/`` (layout C: the kept frames), sorted."""
+        if self.is_sequence:
+            return self.header().timestamps.copy()
         return image_timestamps(self.images_dir)
 
     def labelled_timestamps(self, kind: str = LABELS) -> np.ndarray:
@@ -171,8 +253,12 @@ class Frame:
 
     @property
     def image(self) -> Path:
-        """The image PNG."""
+        """The image PNG (layouts A and B)."""
         return self.record.image_path(self.timestamp)
+
+    def read_image(self) -> np.ndarray:
+        """The frame as a (H, W) uint8 array (all layouts)."""
+        return self.record.read_image(self.timestamp)
 
     @property
     def label(self) -> Path:
@@ -188,7 +274,7 @@ class Specimen:
     ----------
     name : folder name, e.g. ``specimen01`` or ``cadaver01_F231091``.
     path : the specimen folder.
-    layout : ``"A"`` or ``"B"``.
+    layout : ``"A"``, ``"B"`` or ``"C"`` (sequence files).
     records : the specimen's records, sorted.
     ct_models : bone name -> STL path; ``"merged"`` is the whole bone model.
     skipped : folders inside the specimen that are not records (see :class:`Skipped`).
@@ -255,7 +341,7 @@ def _records_in(specimen_dir: Path, specimen: str, bone: str | None, base: Path,
 
 
 def read_specimen(path: Path | str, derived: Path | str | None = None) -> Specimen:
-    """Read one specimen folder of layout A or B.
+    """Read one specimen folder of layout A, B or C (sequence files with a ``recording.yaml``).
 
     Parameters
     ----------
@@ -289,18 +375,69 @@ def read_specimen(path: Path | str, derived: Path | str | None = None) -> Specim
             models["merged"] = seg / "CT_bone_model_merged.stl"
         return Specimen(name, path, "B", tuple(records), models, tuple(skipped),
                         Path(derived) if derived is not None else None)
+    if sequence.sequence_files(path) or (path / sequence.RECORDING).is_file():
+        return _layout_c(path, derived)
     records = _records_in(path, name, None, path, skipped, derived)
     if not records:
         raise DatasetError(f"{path}: no records (folders with {IMAGES}/ or {TRACKING}) in layout A or B"
                            + (f"; not records: {', '.join(sk.path.name for sk in skipped)}" if skipped else ""))
+    return Specimen(name, path, "A", tuple(records), _ct_models(path), tuple(skipped),
+                    Path(derived) if derived is not None else None)
+
+
+def _ct_models(path: Path) -> dict:
     models = {}
     if (path / "CT_bone_model.stl").is_file():
         models["merged"] = path / "CT_bone_model.stl"
     for bone in BONES:
         if (path / f"CT_bone_model_{bone}.stl").is_file():
             models[bone] = path / f"CT_bone_model_{bone}.stl"
-    return Specimen(name, path, "A", tuple(records), models, tuple(skipped),
+    return models
+
+
+def _layout_c(path: Path, derived: Path | str | None) -> Specimen:
+    """A specimen folder of sequence files with its ``recording.yaml`` (layout C).
+
+    Every header is read and validated here (a bad file fails the scan, naming
+    the file and the field); a file with frames skipped for a status that is
+    not OK is listed in ``skipped`` with the counts.
+    """
+    files = sequence.sequence_files(path)
+    if not files:
+        raise DatasetError(f"{path}: {sequence.RECORDING} but no sequence file ({', '.join(sequence.SUFFIXES)})")
+    if not (path / sequence.RECORDING).is_file():
+        raise DatasetError(f"{path}: sequence files ({files[0].name}, ...) but no {sequence.RECORDING} "
+                           "naming the transform chain (see docs/slicer.md)")
+    names = [sequence.record_name(f) for f in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DatasetError(f"{path}: two sequence files for record {dup[0]} (e.g. .mha and .nrrd)")
+    records, skipped, spacing = [], [], None
+    for f, rname in zip(files, names):
+        head = sequence.read_header(f, path)
+        if spacing is None:
+            spacing = (f, head.spacing)
+        elif not np.allclose(head.spacing, spacing[1], rtol=1e-9):
+            raise DatasetError(f"{f}: ElementSpacing {head.spacing} differs from {spacing[0].name}'s {spacing[1]}: "
+                               "one pixel size per dataset (non-uniform spacing)")
+        if head.n_skipped:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(head.skipped.items()))
+            skipped.append(Skipped(f, f"{head.n_skipped} of {head.n_frames} frames skipped ({why})"))
+        out = None if derived is None else Path(derived) / rname
+        records.append(Record(specimen=path.name, name=rname, path=f, derived=out, recording=path))
+    return Specimen(path.name, path, "C", tuple(records), _ct_models(path), tuple(skipped),
                     Path(derived) if derived is not None else None)
+
+
+def is_layout_c_specimen(path: Path | str) -> bool:
+    """Whether ``path`` is itself a layout-C specimen folder (a ``recording.yaml`` beside sequence files)."""
+    path = Path(path)
+    return (path / sequence.RECORDING).is_file() and bool(sequence.sequence_files(path))
+
+
+def specimen(root: Path | str, name: str, derived_root: Path | str | None = None) -> Specimen:
+    """The specimen ``name`` of a dataset root (``<root>/<name>``, or the root itself for a flat layout C)."""
+    return scan(root, [name], derived_root)[0][0]
 
 
 def scan(root: Path | str, specimens: list[str] | None = None,
@@ -326,6 +463,12 @@ def scan(root: Path | str, specimens: list[str] | None = None,
         raise DatasetError(f"{root}: data root not found (set data_root, or run notebook 00 for the twin)")
     found: dict[str, Specimen] = {}
     bad: dict[str, Skipped] = {}
+    if is_layout_c_specimen(root):  # the root is one specimen's folder of sequence files
+        spec = read_specimen(root, None if derived is None else Path(derived) / root.name)
+        if specimens is not None and list(specimens) != [spec.name]:
+            raise DatasetError(f"{root}: specimen(s) {', '.join(s for s in specimens if s != spec.name)} not found "
+                               f"(have: {spec.name}, the folder of sequence files itself)")
+        return [spec], list(spec.skipped)
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):
             continue
@@ -344,7 +487,7 @@ def scan(root: Path | str, specimens: list[str] | None = None,
         return chosen, skipped
     if not found:
         detail = "; ".join(f"{sk.path.name}: {sk.reason}" for sk in bad.values())
-        raise DatasetError(f"{root}: no specimen folders in layout A or B" + (f" ({detail})" if detail else ""))
+        raise DatasetError(f"{root}: no specimen folders in layout A, B or C" + (f" ({detail})" if detail else ""))
     chosen = list(found.values())
     skipped = list(bad.values()) + [sk for s in chosen for sk in s.skipped]
     return chosen, skipped
@@ -491,8 +634,10 @@ def write_tracking(path: Path | str, df: pd.DataFrame) -> Path:
 def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float], float | None]:
     """The image-to-probe calibration of a dataset.
 
-    ``<root>/calibration.json`` (written by notebook 01) when present, else the
-    released calibration of UltraBones100k (DESIGN.md).
+    Layout C: ``image_to_probe`` of the ``recording.yaml`` files (one per
+    specimen, all equal) and the pixel size they or the sequence files' headers
+    give. Else ``<root>/calibration.json`` (written by notebook 01) when
+    present, else the released calibration of UltraBones100k (DESIGN.md).
 
     Returns
     -------
@@ -502,11 +647,50 @@ def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float],
     """
     from ultrabones.core.geometry import RELEASED_SPACING_MM, released_calibration
 
-    f = Path(root) / CALIBRATION
+    root = Path(root)
+    c_folders = _recording_folders(root)
+    if c_folders:
+        return _layout_c_calibration(c_folders)
+    f = root / CALIBRATION
     if not f.is_file():
         return released_calibration(), RELEASED_SPACING_MM, None
+    return read_calibration_file(f)
+
+
+def _recording_folders(root: Path) -> list[Path]:
+    """Layout-C specimen folders of a dataset root (the root itself, or its subfolders)."""
+    if not root.is_dir():
+        return []
+    if is_layout_c_specimen(root):
+        return [root]
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and is_layout_c_specimen(d)]
+
+
+def _layout_c_calibration(folders: list[Path]) -> tuple[np.ndarray, tuple[float, float], None]:
+    """The one calibration and pixel size of a layout-C dataset (every specimen's must agree)."""
+    first = None
+    for d in folders:
+        rec = read_recording(d)
+        spacing = rec.spacing or sequence.read_header(sequence.sequence_files(d)[0], d).spacing
+        if first is None:
+            first = (d, rec.calib, spacing)
+            continue
+        if not np.allclose(rec.calib, first[1], atol=1e-9):
+            raise DatasetError(f"{rec.path}: image_to_probe differs from {first[0] / sequence.RECORDING}'s: "
+                               "one probe calibration per dataset")
+        if not np.allclose(spacing, first[2], rtol=1e-9):
+            raise DatasetError(f"{rec.path}: pixel size {spacing} differs from {first[0].name}'s {first[2]}: "
+                               "one pixel size per dataset (non-uniform spacing)")
+    return first[1], tuple(float(v) for v in first[2]), None
+
+
+def read_calibration_file(f: Path | str) -> tuple[np.ndarray, tuple[float, float], float | None]:
+    """Read a ``calibration.json`` (see :func:`read_calibration`)."""
+    f = Path(f)
     import json
 
+    if not f.is_file():
+        raise DatasetError(f"{f}: calibration file not found")
     try:
         data = json.loads(f.read_text())
         calib = np.asarray(data["calibration"], dtype=float)

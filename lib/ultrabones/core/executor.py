@@ -12,6 +12,14 @@ with one thread per worker, spawned, not forked: open3d's and BLAS's threads
 do not survive a fork), so it scales to a real cluster by passing the
 scheduler's address instead. Results come back in the order of the tasks,
 whatever order they finish in; the output never depends on the executor.
+
+Dask's statistical profiler is off in the local workers: it samples the task
+thread's stack every 10 ms from another thread of the worker, and its CPU time
+counted in every task's process time (issue 26: measured with
+``benchmarks/bench_labeling_pipeline.py``). ``ULTRABONES_DASK_PROFILE=1``
+keeps it on (for Dask's dashboard). Each worker runs one thread and, through
+Dask's nanny, starts with ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+``OPENBLAS_NUM_THREADS`` at 1: no BLAS or OpenMP oversubscription.
 """
 
 from __future__ import annotations
@@ -26,6 +34,24 @@ KINDS = ("auto", "dask", "synchronous")
 def show_progress(progress: bool | None = None) -> bool:
     """Whether to draw progress bars: ``progress`` if given, else unless ``ULTRABONES_NO_PROGRESS`` is set."""
     return os.environ.get("ULTRABONES_NO_PROGRESS") is None if progress is None else bool(progress)
+
+
+def _worker_cpu_seconds() -> float:
+    """A worker process's core-seconds (all its threads)."""
+    import time
+
+    return time.process_time()
+
+
+def local_worker_config() -> dict:
+    """Dask settings of the local cluster's workers: the profiler off (unless ``ULTRABONES_DASK_PROFILE=1``),
+    one BLAS/OpenMP thread per worker process."""
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
+    environ.update({k: 1 for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    return {"distributed.worker.profile.enabled": os.environ.get("ULTRABONES_DASK_PROFILE") == "1",
+            "distributed.nanny.pre-spawn-environ": environ}
 
 
 class Executor:
@@ -64,8 +90,11 @@ class Executor:
             if self.scheduler:
                 self._client = Client(self.scheduler)
             else:
-                self._cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
-                                             dashboard_address=None, silence_logs=40)
+                import dask
+
+                with dask.config.set(local_worker_config()):  # the spawned workers inherit this config
+                    self._cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None, silence_logs=40)
                 self._client = Client(self._cluster)
         return self._client
 
@@ -113,6 +142,24 @@ class Executor:
         finally:
             bar.close()
         return out
+
+    def cpu_seconds(self) -> float:
+        """Core-seconds so far of this process, its reaped children and the Dask workers it started or uses.
+
+        For timing a phase (:class:`ultrabones.core.timings.Phases`): the difference of two calls is
+        the CPU the phase cost wherever it ran. The workers' own clocks are read only when a cluster is up.
+        """
+        import resource
+        import time
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = time.process_time() + ru.ru_utime + ru.ru_stime
+        if self._client is not None:
+            try:
+                total += sum(self._client.run(_worker_cpu_seconds).values())
+            except Exception:  # a worker lost mid-call: its time is missing, the run goes on  # noqa: BLE001
+                pass
+        return total
 
     def close(self) -> None:
         """Close the Dask client and the local cluster, if started."""

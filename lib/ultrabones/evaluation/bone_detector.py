@@ -446,12 +446,10 @@ def label_source(params: DetectorParams, spacing):
     Use it as a method of :func:`ultrabones.evaluation.metrics.evaluate`, beside the model
     and the manual labels: ``methods["shadow-peak"] = label_source(p, spacing)``.
     """
-    from ultrabones.core.dataset import read_image
-
     def read(frame, shape: tuple) -> np.ndarray:
-        img = read_image(frame.record.image_path(frame.timestamp))
+        img = frame.read_image()
         if img.shape != tuple(shape):
-            raise DatasetError(f"{frame.record.image_path(frame.timestamp)}: image size {img.shape} differs from "
+            raise DatasetError(f"{frame.key}: image size {img.shape} differs from "
                                f"the evaluated size {tuple(shape)}")
         return detect(img, spacing, params)
 
@@ -461,11 +459,11 @@ def label_source(params: DetectorParams, spacing):
 
 def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images and ``kind`` labels of :class:`ultrabones.core.dataset.Frame` objects (for :func:`fit`)."""
-    from ultrabones.core.dataset import read_image, read_label
+    from ultrabones.core.dataset import read_label
 
     images, labels = [], []
     for fr in frames:
-        img = read_image(fr.record.image_path(fr.timestamp))
+        img = fr.read_image()
         images.append(img)
         labels.append(read_label(fr.record.label_path(fr.timestamp, kind), img.shape))
     return images, labels

@@ -665,11 +665,9 @@ def label_histograms(frames: Sequence[Frame], sources: Mapping[str, LabelSource]
     """
     from tqdm import tqdm
 
-    from ultrabones.core.dataset import read_image
-
     hist = {name: np.zeros(256, np.int64) for name in sources}
     for fr in tqdm(frames, desc="label histograms", disable=not progress):
-        img = read_image(fr.record.image_path(fr.timestamp))
+        img = fr.read_image()
         for name, src in sources.items():
             hist[name] += intensity_histogram(img, src(fr, img.shape))
     return hist
@@ -699,8 +697,6 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     """
     from tqdm import tqdm
 
-    from ultrabones.core.dataset import read_image
-
     sig = check_sigmas(sigmas)
     check_spacing(spacing)
     aggs = {m: Aggregate(sig) for m in methods}
@@ -712,7 +708,7 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     gt_counts = []
     t0 = time.perf_counter()
     for fr in tqdm(frames, desc="evaluating frames", disable=not progress):
-        img = read_image(fr.record.image_path(fr.timestamp))
+        img = fr.read_image()
         gt = reference(fr, img.shape)
         gt_counts.append((int((gt & (img > threshold)).sum()), int((gt & (img <= threshold)).sum())))
         preds = {name: src(fr, img.shape) for name, src in methods.items()}
@@ -774,12 +770,10 @@ def plot_examples(frames: Sequence[Frame], columns: Mapping[str, LabelSource], t
     """Fig. 6a: input and one overlay per label source (e.g. GT, manual, predicted), one row per frame."""
     import matplotlib.pyplot as plt
 
-    from ultrabones.core.dataset import read_image
-
     n, k = len(frames), len(columns) + 1
     fig, axes = plt.subplots(n, k, figsize=(2.6 * k, 2.3 * n), squeeze=False)
     for i, fr in enumerate(frames):
-        img = read_image(fr.record.image_path(fr.timestamp))
+        img = fr.read_image()
         axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=255)
         for j, (name, src) in enumerate(columns.items(), start=1):
             axes[i, j].imshow(intensity_overlay(img, src(fr, img.shape), threshold), interpolation="nearest")

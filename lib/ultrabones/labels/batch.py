@@ -212,17 +212,31 @@ def selected_rows(n_rows: int, stride: int, max_frames: int | None) -> np.ndarra
     return rows
 
 
-def _read_image_or_none(path: Path, shape: tuple[int, int] | None = None):
+def _recording(rec: dataset.Record) -> str | None:
+    """A task's ``recording``: the folder of a layout-C record's ``recording.yaml``, else None."""
+    return None if rec.recording is None else str(rec.recording)
+
+
+def task_record(task: dict) -> dataset.Record:
+    """The :class:`~ultrabones.core.dataset.Record` a task names (``specimen``, ``record``, ``record_dir``, ``recording``)."""
+    rec = task.get("recording")
+    return dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]),
+                          recording=None if rec is None else Path(rec))
+
+
+def _read_image_or_none(rec: dataset.Record, ts: int, shape: tuple[int, int] | None = None):
     """``(image, None)``, or ``(None, message)`` for a missing, unreadable or wrongly sized image.
 
     Parameters
     ----------
+    rec, ts : the record and the frame's timestamp (ms).
     shape : the record's (H, W) (:func:`record_image_shape`); an image of
         another size is refused with its file named, so that one odd frame
         is reported as ``bad_image`` instead of breaking its chunk.
     """
+    path = rec.path if rec.is_sequence else rec.image_path(ts)
     try:
-        img = dataset.read_image(path)
+        img = rec.read_image(ts)
     except DatasetError as exc:
         return None, str(exc)
     if shape is not None and img.shape != tuple(shape):
@@ -238,14 +252,11 @@ def record_image_shape(rec: dataset.Record, timestamps: Iterable[int]) -> list[i
     Ties go to the size met first along the sweep. Unreadable files are
     ignored here; they are reported per frame when labelled.
     """
-    from PIL import Image
-
     counts: dict[tuple[int, int], int] = {}
     for ts in timestamps:
         try:
-            with Image.open(rec.image_path(int(ts))) as im:
-                w, h = im.size
-        except (OSError, ValueError, SyntaxError):
+            h, w = rec.image_shape(int(ts))
+        except (OSError, ValueError, SyntaxError, DatasetError):
             continue
         counts[(h, w)] = counts.get((h, w), 0) + 1
     if not counts:
@@ -284,7 +295,7 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     Returns
     -------
     dict with ``files`` [(path, key)] of the chunks done so far, in order,
-    ``n_new`` (chunks labelled by this call) and ``complete``.
+    ``n_new`` (chunks labelled by this call), ``n_frames_new`` (their frames) and ``complete``.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     P: LabelingParams = task["params"]
@@ -292,24 +303,25 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     max_gap = P.warm_max_gap
     limit = task.get("max_new_chunks")
     x0, age = None, 0
-    files, n_new, ctx = [], 0, None
+    files, n_new, n_frames, ctx = [], 0, 0, None
     for ch in task["chunks"]:
         key = chunk_key(ch["key"], x0, age)
         done = read_chunk(ch["out"], key, labels=False)
         if done is None:
             if limit is not None and n_new >= limit:
-                return {"files": files, "n_new": n_new, "complete": False}
+                return {"files": files, "n_new": n_new, "n_frames_new": n_frames, "complete": False}
             if ctx is None:
                 ctx = _sweep_context(task)
             rows, masks = _label_frames(task, ctx, ch, x0 if sweep else None, age, max_gap, sweep)
             _write_chunk(Path(ch["out"]), key, rows, masks)
             n_new += 1
+            n_frames += len(rows)
         else:
             rows = done["report"]
         files.append((ch["out"], key))
         if sweep:
             x0, age = carry_warm_start(rows, x0, age, max_gap)
-    return {"files": files, "n_new": n_new, "complete": True}
+    return {"files": files, "n_new": n_new, "n_frames_new": n_frames, "complete": True}
 
 
 def chunk_key(base_key: str, x0, age: int) -> str:
@@ -348,7 +360,7 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
     return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
             "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
             "g": np.asarray(task["registration"], float),
-            "rec": dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))}
+            "rec": task_record(task)}
 
 
 def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> tuple[list[dict], dict]:
@@ -368,9 +380,9 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             img, res, seconds = batched[int(ts)]
             t0 -= seconds
         elif not np.isfinite(prm).all():
-            row.update(status="bad_pose", message=f"{rec.tracking_csv} row {row_no + 1}: pose is not finite")
+            row.update(status="bad_pose", message=f"{rec.tracking_source} row {row_no + 1}: pose is not finite")
         else:
-            img, err = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+            img, err = _read_image_or_none(rec, ts, task.get("image_shape"))
             if img is None:
                 row.update(status="bad_image", message=err)
         if "status" in row:
@@ -483,7 +495,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         prm = np.asarray(prm, float)
         if not np.isfinite(prm).all():
             continue
-        img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+        img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
         if img is None:
             continue
         objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
@@ -570,13 +582,13 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     P: LabelingParams = task["params"]
     calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
     points, _ = load_cloud(task["cloud"])
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    rec = task_record(task)
     images, poses = [], []
     for ts, prm in zip(task["timestamps"], task["poses"]):
         prm = np.asarray(prm, float)
         if not np.isfinite(prm).all():
             continue
-        img, _ = _read_image_or_none(rec.image_path(ts), task.get("image_shape"))
+        img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
         if img is not None:
             images.append(img)
             poses.append(geometry.pose_from_params(prm))
@@ -674,7 +686,7 @@ def read_registration(path: Path | str, key: str) -> dict | None:
 
 
 def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
-    return dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True)
+    return rec.read_tracking(allow_missing_pose=True)
 
 
 def _records(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
@@ -692,7 +704,7 @@ def _records(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
 def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = None, seed: int = 0,
         dask_scheduler: str | None = None, n_workers: int = 1, only_specimen: str | None = None,
         specimen_overrides: Mapping[str, Mapping] | None = None, lambda_override: float | None = None,
-        fail_after_chunks: int | None = None) -> LabelingResult:
+        fail_after_chunks: int | None = None, timer=None) -> LabelingResult:
     """Label a dataset end to end; resumable.
 
     Parameters
@@ -709,34 +721,44 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         are chosen once for the dataset.
     lambda_override : use this lambda instead of ``params``' choice (tests).
     fail_after_chunks : stop with ``RuntimeError`` after this many chunks (tests of resuming).
+    timer : a :class:`ultrabones.core.timings.Phases` that gets the wall and CPU time (this process and
+        the Dask workers) of the phases ``inputs`` (scanning, the clouds ``C``), ``selection`` (lambda),
+        ``registration``, ``frames`` (the per-frame optimisation and labels; ``frames``: those labelled
+        by this call, cached chunks not counted) and ``writing`` (the derived dataset); None: not timed.
 
     Returns
     -------
     :class:`LabelingResult`. A record with no usable frame gets :func:`empty_registration`; the
     skipped inputs are also warned about and kept in ``report.attrs`` for :func:`summarize`.
     """
-    specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
-    dataset.warn_skipped(paths.dataset, skipped)
-    digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
-    if only_specimen is not None:
-        specs = [s for s in specs if s.name == only_specimen]
-    calib, spacing, _ = dataset.read_calibration(paths.dataset)
-    cache = paths.cache(STEM)
-    base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
-    spec_params = {s.name: params.for_specimen(specimen_overrides, s.name) for s in specs}
-    clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
-    label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
-                    for s in specs}
+    if timer is None:
+        from ultrabones.core.timings import Phases
 
-    records = _records(specs, spec_params)  # (specimen, record, table, rows)
-    # all the record's frames vote, not only the labelled ones (a record may label one frame)
-    shapes = {rec.key: record_image_shape(rec, tab["timestamp"]) for _, rec, tab, _ in records}
+        timer = Phases()
+    with timer.phase("inputs"):
+        specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
+        dataset.warn_skipped(paths.dataset, skipped)
+        digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
+        if only_specimen is not None:
+            specs = [s for s in specs if s.name == only_specimen]
+        calib, spacing, _ = dataset.read_calibration(paths.dataset)
+        cache = paths.cache(STEM)
+        base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
+        spec_params = {s.name: params.for_specimen(specimen_overrides, s.name) for s in specs}
+        clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].density_per_mm2, seed)) for s in specs}
+        label_clouds = {s.name: str(surface_cloud(paths, s, spec_params[s.name].label_density_per_mm2, seed + 1))
+                        for s in specs}
 
-    def frame_poses(tab, rows):
-        return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
+        records = _records(specs, spec_params)  # (specimen, record, table, rows)
+        # all the record's frames vote, not only the labelled ones (a record may label one frame)
+        shapes = {rec.key: record_image_shape(rec, tab["timestamp"]) for _, rec, tab, _ in records}
+
+        def frame_poses(tab, rows):
+            return tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float).tolist()
 
     with executor(params.executor, dask_scheduler, n_workers) as ex:
         run_tasks = ex.map
+        clock = ex.cpu_seconds
         # 1. lambda, and the objective region when it is "auto": truth-free (ultrabones.labels.select)
         selection = None
         fixed = lambda_override if lambda_override is not None else params.lambda_value
@@ -744,7 +766,9 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             lam = float(fixed)
             region = params.fallback_region if params.objective_region == "auto" else params.objective_region
         else:
-            lam, region, selection = _select_lambda(paths, params, records, clouds, base, run_tasks, seed)
+            with timer.phase("selection", clock=clock) as ph:
+                lam, region, selection = _select_lambda(paths, params, records, clouds, base, run_tasks, seed)
+                ph["frames"] = selection["n_frames"]
         spec_params = {k: dataclasses.replace(v, objective_region=region) for k, v in spec_params.items()}
         # 2. global registration, one per record
         regs = {}
@@ -754,7 +778,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             n_reg = min(spec_params[s.name].registration_frames, len(ok))
             pick = ok[np.unique(np.linspace(0, len(ok) - 1, n_reg).round().astype(int))] if len(ok) else ok
             task = dict(base, params=spec_params[s.name], specimen=s.name, record=rec.name,
-                        record_dir=str(rec.path), cloud=clouds[s.name], image_shape=shapes[rec.key],
+                        record_dir=str(rec.path), recording=_recording(rec), cloud=clouds[s.name], image_shape=shapes[rec.key],
                         timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
             key = params_hash({"task": _task_key(task), "src": source_hash(),
                                "inputs": _images_digest(rec, task["timestamps"])})
@@ -765,15 +789,16 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             else:
                 reg_tasks.append(task)
                 reg_keys.append((rec.key, f, key))
-        for (rkey, f, key), result in zip(reg_keys, run_tasks(registration_task, reg_tasks, "registration")):
-            result = normalize_registration(result) or empty_registration()
-            atomic.write_json(f, {"key": key, "result": result})
-            regs[rkey] = result
+        with timer.phase("registration", frames=sum(len(t["timestamps"]) for t in reg_tasks), clock=clock):
+            for (rkey, f, key), result in zip(reg_keys, run_tasks(registration_task, reg_tasks, "registration")):
+                result = normalize_registration(result) or empty_registration()
+                atomic.write_json(f, {"key": key, "result": result})
+                regs[rkey] = result
         # 3. frames: one task per sweep (optimizer sweep: its chunks in time order, warm-started) or per chunk (de)
         frame_tasks, chunk_files = [], {}
         for s, rec, tab, rows in records:
             Ps = spec_params[s.name]
-            common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path),
+            common = dict(base, params=Ps, specimen=s.name, record=rec.name, record_dir=str(rec.path), recording=_recording(rec),
                           cloud=clouds[s.name], label_cloud=label_clouds[s.name], image_shape=shapes[rec.key],
                           registration=regs[rec.key]["transform"], torch_device=frame_device(Ps),
                           **{"lambda": lam})
@@ -803,7 +828,9 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
                     break
                 left -= run_tasks(label_sweep, [dict(task, max_new_chunks=left)], "frames")[0]["n_new"]
             raise RuntimeError(f"stopped after {fail_after_chunks} chunks (fail_after_chunks)")
-        done = run_tasks(label_sweep, [t for _, t in frame_tasks], "frames")
+        with timer.phase("frames", clock=clock) as ph:
+            done = run_tasks(label_sweep, [t for _, t in frame_tasks], "frames")
+            ph["frames"] = sum(r.get("n_frames_new", 0) for r in done)
         for (rkey, task), result in zip(frame_tasks, done):
             chunk_files[rkey] += result["files"]
         for s, rec, tab, rows in records:  # chunk tasks of one record may finish in any order
@@ -811,10 +838,11 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     digests.save()
     # 4. merge, record by record, into the derived dataset; the reports once every merge succeeded
     reports = []
-    for s, rec, tab, rows in records:
-        reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
-    for (s, rec, tab, rows), rep in zip(records, reports):
-        write_report(rec, rep)
+    with timer.phase("writing", frames=sum(len(rows) for *_, rows in records)):
+        for s, rec, tab, rows in records:
+            reports.append(merge_record(rec, tab, chunk_files[rec.key], regs[rec.key]))
+        for (s, rec, tab, rows), rep in zip(records, reports):
+            write_report(rec, rep)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])
     report.attrs["skipped_inputs"] = dataset.skipped_inputs(skipped)
     return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,
@@ -825,7 +853,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
 def _task_key(task: Mapping[str, Any]) -> dict:
     """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
     (the images' digest in the key names the input; a moved dataset keeps its cache)."""
-    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k != "record_dir"}
+    return {k: v.as_dict() if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
 
 
 def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dict]:
@@ -840,7 +868,7 @@ def _selection_tasks(P: LabelingParams, records, clouds, base, seed) -> list[dic
     tasks = []
     for i, r, nbs in pick:
         s, rec, tab, _ = records[i]
-        tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), cloud=clouds[s.name],
+        tasks.append(dict(base, specimen=s.name, record=rec.name, record_dir=str(rec.path), recording=_recording(rec), cloud=clouds[s.name],
                           timestamp=int(tab.loc[r, "timestamp"]), pose=tab.loc[r, cols].to_numpy(float).tolist(),
                           neighbours=[(int(tab.loc[q, "timestamp"]), tab.loc[q, cols].to_numpy(float).tolist())
                                       for q in nbs],
@@ -905,7 +933,7 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
     tasks = _selection_tasks(P, records, clouds, base, seed)
     key = params_hash({"tasks": [_task_key(t) for t in tasks],
                        "src": source_hash(),
-                       "inputs": [_images_digest(dataset.Record(t["specimen"], t["record"], Path(t["record_dir"])),
+                       "inputs": [_images_digest(task_record(t),
                                                  [t["timestamp"]] + [n[0] for n in t["neighbours"]]) for t in tasks]})
     f = paths.cache(STEM) / "lambda_selection.json"
     rows = None
@@ -936,7 +964,7 @@ def _select_lambda(paths, P: LabelingParams, records, clouds, base, run_tasks, s
 
 def _images_digest(rec: dataset.Record, timestamps: Iterable[int]) -> str:
     """Digest of the image files of these frames (names and contents): the input part of a cache key."""
-    return files_digest([rec.image_path(int(t)) for t in timestamps], rec.path)
+    return files_digest(rec.input_files(timestamps), rec.path if not rec.is_sequence else rec.path.parent)
 
 
 def merge_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path, str]], reg: Mapping) -> pd.DataFrame:

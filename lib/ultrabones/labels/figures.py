@@ -35,13 +35,13 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: LabelingParams, seed: 
     dict with ``image`` (H, W) uint8 and (H, W) bool ``initial``, ``optimized``,
     ``shadow``, ``steep``, ``visible``; ``spacing`` (mm per pixel).
     """
-    spec = dataset.read_specimen(paths.dataset / row["specimen"], paths.derived / row["specimen"])
+    spec = dataset.specimen(paths.dataset, row["specimen"], paths.derived)
     rec = next(r for r in spec.records if r.name == row["record"])
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     points, normals = load_cloud(surface_cloud(paths, spec, P.label_density_per_mm2, seed + 1))
     tab = _record_tracking(rec)
     prm = tab.loc[tab["timestamp"] == int(row["timestamp"]), list(geometry.POSE_COLUMNS)].to_numpy(float)[0]
-    img = dataset.read_image(rec.image_path(int(row["timestamp"])))
+    img = rec.read_image(int(row["timestamp"]))
     pose0 = geometry.pose_from_params(prm)
     x = np.array([row["rot_x_deg"], row["rot_y_deg"], row["rot_z_deg"], row["trans_x_mm"], row["trans_y_mm"],
                   row["trans_z_mm"]], float)

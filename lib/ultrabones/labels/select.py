@@ -112,10 +112,11 @@ def _task_frame(task: Mapping[str, Any]):
     from ultrabones.labels.batch import load_cloud  # plain helpers; no truth
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]))
+    rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]),
+                         recording=Path(task["recording"]) if task.get("recording") else None)
     ts = int(task["timestamp"])
     try:
-        img = dataset.read_image(rec.image_path(ts))
+        img = rec.read_image(ts)
     except DatasetError:
         return None
     return (task["params"], np.asarray(task["calib"], float), tuple(task["spacing"]), load_cloud(task["cloud"])[0],
@@ -193,7 +194,7 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
         nimg = None
         if np.isfinite(nprm).all():
             try:
-                nimg = dataset.read_image(rec.image_path(int(nts)))
+                nimg = rec.read_image(int(nts))
             except DatasetError:
                 nimg = None
         for e in eval_regions:

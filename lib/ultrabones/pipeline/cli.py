@@ -6,7 +6,10 @@
 Other verbs: ``check`` validates a profile and the specimen files, ``params`` prints a profile
 (``--explain``: with the file each value came from; ``--files``: its ``extends`` chain),
 ``specimens`` lists a profile's specimens, ``stages`` lists the notebooks,
-``inputs-digest`` writes the input dataset's path and content digest for ``make``.
+``inputs-digest`` writes the input dataset's path and content digest for ``make``,
+``convert SRC DST`` converts a dataset between layout A and PLUS sequence files
+(layout C), ``export-slicer`` writes a run's results for 3D Slicer (docs/slicer.md),
+``timings`` prints the stage table of ``build/<profile>/timings.json``.
 Errors of the package's own types print as one line and exit with status 2.
 """
 
@@ -51,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     dig.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                      help="override a parameter (data_root=..., derived_root=...)")
     dig.add_argument("--out", required=True, help="the digest file; rewritten only when its content changes")
+    cnv = sub.add_parser("convert", help="layout C (PLUS sequence files) -> layout A, or layout A/B -> layout C")
+    cnv.add_argument("src", help="the dataset to convert (never written)")
+    cnv.add_argument("dst", help="a new, empty folder")
+    cnv.add_argument("--format", default=".igs.mha", choices=[".igs.mha", ".seq.mha", ".mha", ".mhd", ".seq.nrrd"],
+                     help="sequence-file format when writing layout C (default .igs.mha)")
+    cnv.add_argument("--compress", action="store_true", help="zlib-compress the pixel data (MetaImage)")
+    exp = sub.add_parser("export-slicer", help="a run's labels, poses and surfaces as files 3D Slicer opens")
+    exp.add_argument("--profile", default="default")
+    exp.add_argument("--seed", type=int, default=None, help="as for run")
+    exp.add_argument("-p", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter (data_root=..., derived_root=...)")
+    exp.add_argument("--specimen", action="append", default=None, help="only this specimen (repeatable)")
+    exp.add_argument("--out", required=True, help="the export folder")
+    tim = sub.add_parser("timings", help="print the stage table of build/<profile>/timings.json")
+    tim.add_argument("--profile", default="default")
+    tim.add_argument("--seed", type=int, default=None, help="as for run")
     return p
 
 
@@ -107,6 +126,34 @@ def main(argv: list[str] | None = None) -> int:
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
             text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
             atomic.write_text_if_changed(Path(args.out), text)
+        elif args.verb == "convert":
+            from ultrabones.pipeline.convert import convert
+
+            out = convert(args.src, args.dst, args.format, args.compress)
+            print(f"{args.dst}: {len(out)} record(s) written")
+        elif args.verb == "export-slicer":
+            from ultrabones.core.paths import Paths
+            from ultrabones.pipeline.runner import seeded_profile
+            from ultrabones.pipeline.slicer import export_run
+
+            prof = seeded_profile(args.profile, args.assignments, args.seed)
+            paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
+            out = export_run(paths, args.out, args.specimen)
+            print(f"{args.out}: {len(out)} file(s) written")
+        elif args.verb == "timings":
+            from ultrabones.core.params import NOTEBOOKS
+            from ultrabones.core.paths import build_root
+            from ultrabones.core import timings
+            from ultrabones.pipeline.runner import seeded_name
+
+            folder = build_root() / seeded_name(args.profile, args.seed)
+            data = timings.read(folder)
+            if not data:
+                print(f"no timings in {timings.timings_path(folder)} (run a stage first)", file=sys.stderr)
+                return 1
+            order = list(NOTEBOOKS) + sorted(k for k in data if k not in NOTEBOOKS)
+            print(f"{timings.timings_path(folder)}:")
+            print(timings.table(data, order))
         elif args.verb == "stages":
             from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
 

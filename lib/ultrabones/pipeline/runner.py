@@ -21,6 +21,7 @@ from ultrabones.core import paper
 from ultrabones.core.errors import NotebookError, ParamsError
 from ultrabones.core.params import NOTEBOOKS, load_profile
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
+from ultrabones.core import timings
 
 
 def resolve_notebook(name: str) -> Path:
@@ -295,7 +296,9 @@ def run_stage(
     The executed copy goes to ``build/<profile>/notebooks/<stem>.ipynb`` (with
     ``__<specimen>`` for a one-specimen run). ``stamp`` is written only after
     success, for ``make``. With ``seed``, the profile runs with that master
-    seed into ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``.
+    seed into ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``. The stage's wall time,
+    core-seconds (the kernel and the processes it started) and peak memory go into
+    ``build/<profile>/timings.json`` (:mod:`ultrabones.core.timings`).
     """
     notebook = resolve_notebook(name)
     stem = notebook.stem
@@ -307,10 +310,15 @@ def run_stage(
     t0 = time.time()
     print(f"[ultrabones] {stem} (profile {params['profile']}{', specimen ' + specimen if specimen else ''}) ...",
           file=sys.stderr, flush=True)
+    cpu0, _ = timings.children_usage()
     execute(notebook, output, params, cwd=NOTEBOOKS_DIR, progress=progress)
     if not metrics.exists() or (before is not None and metrics.stat().st_mtime <= before):
         raise NotebookError(f"{notebook.name} finished but did not write {metrics}")
-    print(f"[ultrabones] {stem} done in {time.time() - t0:.1f} s -> {metrics}", file=sys.stderr, flush=True)
+    wall = time.time() - t0
+    cpu1, peak = timings.children_usage()  # the kernel and its Dask workers, reaped when they ended
+    timings.record_stage(paths.build_dir, timings.stage_key(stem, specimen), wall, cpu1 - cpu0, peak)
+    print(f"[ultrabones] {stem} done in {wall:.1f} s ({cpu1 - cpu0:.1f} CPU s) -> {metrics}", file=sys.stderr,
+          flush=True)
     report_skips(metrics, stem)
     if stamp is not None:
         stamp = Path(stamp)

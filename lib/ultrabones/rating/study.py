@@ -507,7 +507,7 @@ def build_rating_set(
         rec, df = records[(row.specimen, row.record)]
         if row.specimen not in fns:
             fns[row.specimen] = label_fn_for(by_name[row.specimen], calib, spacing)
-        image = ds.read_image(rec.image_path(row.timestamp))
+        image = rec.read_image(row.timestamp)
         i = int(np.flatnonzero(df["timestamp"].to_numpy() == row.timestamp)[0])
         for method in METHODS:
             pose = ds.poses(df.iloc[[i]], method)[0]

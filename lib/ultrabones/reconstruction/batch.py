@@ -303,7 +303,8 @@ def run(
     from tqdm import tqdm
 
     from ultrabones.core.cache import SpecimenCache
-    from ultrabones.core.dataset import CALIBRATION, discover, read_calibration, read_specimen
+    from ultrabones.core.dataset import CALIBRATION, discover, read_calibration
+    from ultrabones.core.dataset import specimen as dataset_specimen
 
     t0 = time.perf_counter()
     specimens = list(specimens) if specimens is not None else [s.name for s in discover(paths.dataset)]
@@ -314,7 +315,7 @@ def run(
     results, pending = [], []
     for sid in tqdm(specimens, desc="reconstruction", disable=not progress):
         try:
-            spec = read_specimen(paths.dataset / sid, paths.derived / sid)
+            spec = dataset_specimen(paths.dataset, sid, paths.derived)
         except DatasetError as exc:
             results.append(_skipped(sid, str(exc)))
             continue

@@ -16,7 +16,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ultrabones.core.dataset import read_mesh, read_specimen
+from ultrabones.core.dataset import read_mesh
+from ultrabones.core.dataset import specimen as dataset_specimen
 from ultrabones.core.mesh import decimate
 from ultrabones.reconstruction.surface import (ALL, HIST_BIN_MM, HIST_MAX_MM, POSE_METHODS, SOURCES,
                                                histogram_quantile, read_ply)
@@ -357,7 +358,7 @@ def render_example(result, dataset_root, backend: str = "matplotlib"):
     src = "predicted" if predicted else "labels"
     clouds = {f"{src} labels\n{m} poses": read_ply(shown["ply"][f"{src}/{m}/{ALL}"])
               for m in result.params.pose_methods if f"{src}/{m}/{ALL}" in shown["ply"]}
-    mesh = read_mesh(read_specimen(Path(dataset_root) / shown["specimen"]).ct_model)
+    mesh = read_mesh(dataset_specimen(Path(dataset_root), shown["specimen"]).ct_model)
     fig, used = render_figure(mesh, clouds, shown["groups"][ALL]["view_direction"], backend=backend)
     fig.suptitle(f"{shown['specimen']}: reconstruction over the CT bone model")
     return fig, used

@@ -413,12 +413,13 @@ def data_fingerprint(root: Path | str, split: Split, P: Mapping, derived: Path |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # records without labels are reported when the datasets are made
         frames = _split_frames(root, split, P, derived)
-    from ultrabones.core.cache import file_digest
+    from ultrabones.core.cache import file_digest, files_digest
 
     for f in frames.train + frames.val:
         h.update(f"{f.specimen}/{f.record.key}/{f.timestamp}".encode())
         h.update(Path(f.label).read_bytes())
-        h.update(file_digest(f.image).encode())
+        # layout C: the frame lives in its record's sequence file
+        h.update((files_digest(f.record.input_files()) if f.record.is_sequence else file_digest(f.image)).encode())
     return h.hexdigest()[:16]
 
 
@@ -963,7 +964,7 @@ def predict_record(
     written = []
     for i in tqdm(range(0, len(ts), batch_size), desc=f"predict {record.key}", disable=not progress):
         chunk = ts[i : i + batch_size]
-        images = [ds.read_image(record.image_path(t)) for t in chunk]
+        images = [record.read_image(t) for t in chunk]
         if half is None:
             masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
         else:
@@ -1066,7 +1067,7 @@ def evaluate_frames(
     rows, t_pred = [], 0.0
     for i in tqdm(range(0, len(frames), batch_size), desc="evaluate", disable=not progress):
         chunk = frames[i : i + batch_size]
-        images = [ds.read_image(f.image) for f in chunk]
+        images = [f.read_image() for f in chunk]
         labels = [ds.read_label(f.label, im.shape) for f, im in zip(chunk, images)]
         t0 = time.perf_counter()
         masks = predict((model, meta), images, batch_size=batch_size, device=device, threshold=thr)
@@ -1110,7 +1111,7 @@ def plot_predictions(ckpt, frames: Sequence[Frame], n: int = 6, device: str | No
     import matplotlib.pyplot as plt
 
     idx = segdata.evenly_spaced(len(frames), n)
-    images = [ds.read_image(frames[i].image) for i in idx]
+    images = [frames[i].read_image() for i in idx]
     labels = [ds.read_label(frames[i].label, im.shape) for i, im in zip(idx, images)]
     model, meta = _as_model(ckpt)
     masks = predict((model, meta), images, device=device, threshold=float(meta.get("threshold", 0.5)))

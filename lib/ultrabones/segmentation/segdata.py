@@ -200,9 +200,11 @@ def labelled_frames(root: Path | str, specimens: Sequence[str], max_per_specimen
                 warnings.warn(f"{label_dir}: label folder not found; record skipped", stacklevel=2)
                 continue
             for t in rec.labelled_timestamps(ds.LABELS):
-                img = rec.image_path(t)
-                if not img.is_file():
-                    raise DatasetError(f"{rec.label_path(t)}: label without an image ({img} not found)")
+                if not rec.is_sequence and not rec.image_path(t).is_file():
+                    raise DatasetError(f"{rec.label_path(t)}: label without an image ({rec.image_path(t)} not found)")
+                if rec.is_sequence and t not in rec.timestamps():
+                    raise DatasetError(f"{rec.label_path(t)}: label without an image (no kept frame at {t} ms "
+                                       f"in {rec.path})")
                 mine.append(Frame(rec, int(t)))
         if not mine:
             raise DatasetError(f"{spec.path}: no labelled frames ({ds.LABELS}/<t>_label.png) in any record")
@@ -474,7 +476,7 @@ class FrameDataset(Dataset):
 
     def _load(self, i: int):
         f = self.frames[i]
-        img = ds.read_image(f.image)
+        img = f.read_image()
         lab = ds.read_label(f.label, img.shape)
         line = resize_label(lab, self.size)
         spacing = (self.spacing_mm[0] * img.shape[1] / self.size[1], self.spacing_mm[1] * img.shape[0] / self.size[0])
@@ -504,7 +506,7 @@ class FrameDataset(Dataset):
 
 def intensity_stats(frames: Sequence[Frame], size: tuple[int, int], max_frames: int = 200) -> tuple[float, float]:
     """Mean and standard deviation of resized [0, 1] intensities over (up to ``max_frames``, evenly spaced) frames."""
-    vals = np.stack([resize_image(ds.read_image(frames[i].image), size) for i in evenly_spaced(len(frames), max_frames)])
+    vals = np.stack([resize_image(frames[i].read_image(), size) for i in evenly_spaced(len(frames), max_frames)])
     return float(vals.mean()), float(vals.std())
 
 

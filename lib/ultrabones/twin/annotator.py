@@ -303,12 +303,12 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
     """
     from tqdm import tqdm
 
-    from ultrabones.core.dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_image, read_label, write_label
+    from ultrabones.core.dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_label, write_label
 
     n = 0
     for fr in tqdm(frames, desc=f"{LABEL} labelling", disable=not progress):
         rec, t = fr.record, fr.timestamp
-        img = read_image(rec.image_path(t))
+        img = rec.read_image(t)
         src = rec.label_path(t, LABELS_FULL)
         if not src.is_file():
             src = rec.label_path(t, LABELS)
@@ -436,7 +436,7 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     from tqdm import tqdm
 
     from ultrabones.evaluation import metrics
-    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_image, read_label
+    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
 
     names = {f.name for f in dataclasses.fields(AnnotatorParams)}
     plist = []
@@ -453,7 +453,7 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     n_ref = 0
     for fr in tqdm(frames, desc=f"{LABEL} sweep", disable=not progress):
         rec, t = fr.record, fr.timestamp
-        img = read_image(rec.image_path(t))
+        img = rec.read_image(t)
         gt = ref(fr, img.shape)
         n_ref += int(gt.sum())
         src = rec.label_path(t, contour_kind or LABELS_FULL)

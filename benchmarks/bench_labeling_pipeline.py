@@ -1,0 +1,139 @@
+"""The labelling pipeline's per-frame cost against the benchmark's, on the same frames (issue 26): on demand.
+
+    # real frames (../shared/real_sweep), no twin needed
+    OMP_NUM_THREADS=1 python -m pytest -q -s benchmarks/bench_labeling_pipeline.py -k real
+    # twin frames: a default twin first (one specimen: about 3 min on one core)
+    python -m ultrabones run 00 --profile default -p simulate.n_specimens=1 -p n_workers=1
+    python -m ultrabones run 01 --profile default -p simulate.n_specimens=1 -p n_workers=1
+    OMP_NUM_THREADS=1 python -m pytest -q -s benchmarks/bench_labeling_pipeline.py -k twin
+
+The pipeline (:func:`ultrabones.labels.batch.run`, lambda fixed at 0.1 and the region at ``first_hit``, so
+that the frames, the objective and every optimiser setting are the benchmark's) labels ``BENCH_PIPE_FRAMES``
+frames per record (default 12, spread along each sweep) on a local Dask cluster of ``BENCH_PIPE_WORKERS``
+workers (default 2). Then the same frames are optimised here, in this process, as
+``benchmarks/bench_labeling_sweep.py`` does (:func:`ultrabones.labels.frame.optimize_frame`, same seeds):
+the corrections must be equal, and the pipeline's mean optimisation cost per frame (process CPU seconds,
+``seconds_optimize`` of the report) must be within 20% of the in-process cost. Both are printed, with the
+pipeline's whole wall and CPU time (this process and its Dask workers) per frame.
+
+``ULTRABONES_DASK_PROFILE=1`` switches Dask's statistical profiler back on in the workers
+(:func:`ultrabones.core.executor.local_worker_config`), to show what it cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TWIN_ROOT = Path(os.environ.get("ULTRABONES_TWIN_ROOT", REPO / "data" / "twin"))
+REAL = Path(os.environ.get("BENCH_REAL_ROOT", REPO.parent / "shared" / "real_sweep"))
+if not REAL.is_dir():
+    REAL = Path("/work/shared/real_sweep")
+N_FRAMES = int(os.environ.get("BENCH_PIPE_FRAMES", "12"))
+N_WORKERS = int(os.environ.get("BENCH_PIPE_WORKERS", "2"))
+LAM, REGION, MAX_RATIO = 0.1, "first_hit", 1.2
+
+
+def _cpu_children() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _setup(profile: str, build_root: Path, data_root: Path | None):
+    """(paths, LabelingParams) of ``profile`` with lambda and region fixed, ``N_FRAMES`` frames per record."""
+    from ultrabones.core import params as prm
+    from ultrabones.core.paths import Paths
+    from ultrabones.labels import batch
+    from ultrabones.pipeline.runner import stage_parameters
+
+    assignments = [f"data_root={data_root}"] if data_root is not None else []
+    values, _ = stage_parameters("02_labeling", profile, assignments=assignments)
+    P = batch.LabelingParams.from_section(prm.collect(values, "02_labeling"))
+    P = dataclasses.replace(P, objective_region=REGION, lambda_value=LAM, max_frames_per_record=N_FRAMES,
+                            frame_stride=1, executor="dask", device=None)
+    twin = TWIN_ROOT / profile
+    paths = Paths(build_root / profile, twin, build_root / "figures",
+                  data_root, build_root / "derived" if data_root is not None else None)
+    return paths, P
+
+
+def compare(profile: str, build_root: Path, data_root: Path | None = None) -> dict:
+    """Label with the pipeline on Dask, then the same frames in process; the per-frame costs (core-s)."""
+    from ultrabones.core import dataset, geometry
+    from ultrabones.labels import batch, frame
+
+    paths, P = _setup(profile, build_root, data_root)
+    t0, c0, k0 = time.perf_counter(), time.process_time(), _cpu_children()
+    result = batch.run(paths, P, n_workers=N_WORKERS)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0 + _cpu_children() - k0  # workers are children, reaped when the cluster closed
+    rep = result.report
+    opt = rep[rep["status"].isin(["kept", "discarded"])]
+    calib, spacing, _ = dataset.read_calibration(paths.dataset)
+    specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
+    bench, bench_obj, same = [], [], []
+    for s in specs:
+        pts, _ = batch.load_cloud(batch.surface_cloud(paths, s, P.density_per_mm2, 0))
+        for rec in s.records:
+            tab = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True).set_index("timestamp")
+            for _, r in opt[(opt["specimen"] == s.name) & (opt["record"] == rec.name)].iterrows():
+                ts = int(r["timestamp"])
+                img = dataset.read_image(rec.image_path(ts))
+                pose = geometry.pose_from_params(tab.loc[ts, list(geometry.POSE_COLUMNS)].to_numpy(float))
+                kw = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+                          maxiter=P.maxiter, tol=P.tol, seed=batch.frame_seed(0, rec.key, ts),
+                          max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
+                          region=REGION, halves_check=P.halves_check)
+                c1 = time.process_time()
+                res = frame.optimize_frame(img, pose, calib, spacing, pts, LAM, **kw)  # objective built inside
+                bench.append(time.process_time() - c1)
+                obj = frame.FrameObjective(img, pose, calib, spacing, pts, P.gamma_mm, P.bound_deg, P.bound_mm,
+                                           region=REGION)
+                bench_obj.append(frame.optimize_frame(img, pose, calib, spacing, pts, LAM, objective=obj,
+                                                      **kw).seconds)
+                same.append(np.allclose(res.x, [r[c] for c in batch._X_COLUMNS], atol=1e-12, rtol=0))
+    n = len(opt)
+    return {"profile": profile, "frames": n, "workers": N_WORKERS, "same_corrections": int(sum(same)),
+            "pipeline_optimize_s": float(opt["seconds_optimize"].mean()),
+            "pipeline_total_s": float(opt["seconds_total"].mean()),
+            "bench_optimize_s": float(np.mean(bench_obj)), "bench_with_objective_s": float(np.mean(bench)),
+            "pipeline_wall_s_per_frame": wall / max(len(rep), 1), "pipeline_cpu_s_per_frame": cpu / max(len(rep), 1)}
+
+
+def _print(out: dict) -> None:
+    print(f"\n[bench] labelling pipeline vs in-process, {out['profile']}: {out['frames']} frames, "
+          f"{out['workers']} Dask workers, {out['same_corrections']} equal corrections\n"
+          f"  optimisation per frame (core-s): pipeline {out['pipeline_optimize_s']:.3f}, "
+          f"in process {out['bench_optimize_s']:.3f} (ratio {out['pipeline_optimize_s'] / out['bench_optimize_s']:.2f}); "
+          f"with the objective's set-up: in process {out['bench_with_objective_s']:.3f}\n"
+          f"  pipeline per frame: all steps {out['pipeline_total_s']:.3f} core-s; whole run (lambda fixed, "
+          f"registration, writing) {out['pipeline_cpu_s_per_frame']:.3f} core-s, {out['pipeline_wall_s_per_frame']:.3f} s wall")
+
+
+def _check(out: dict) -> None:
+    assert out["frames"] > 0
+    assert out["same_corrections"] == out["frames"], "the pipeline found other corrections than in-process"
+    assert out["pipeline_optimize_s"] <= MAX_RATIO * out["bench_optimize_s"], out
+
+
+def test_real(tmp_path):
+    if not (REAL / "calibration.json").is_file():
+        pytest.skip(f"no real sweep at {REAL}")
+    out = compare("real", tmp_path, REAL)
+    _print(out)
+    _check(out)
+
+
+def test_twin(tmp_path):
+    if not (TWIN_ROOT / "default" / "dataset" / "calibration.json").is_file():
+        pytest.skip(f"no default twin in {TWIN_ROOT / 'default'} (see the module docstring)")
+    out = compare("default", tmp_path)
+    _print(out)
+    _check(out)
