@@ -16,8 +16,9 @@ the corrections must be equal, and the pipeline's mean optimisation cost per fra
 ``seconds_optimize`` of the report) must be within 20% of the in-process cost. Both are printed, with the
 pipeline's whole wall and CPU time (this process and its Dask workers) per frame.
 
-``ULTRABONES_DASK_PROFILE=1`` switches Dask's statistical profiler back on in the workers
-(:func:`ultrabones.core.executor.local_worker_config`), to show what it cost.
+``BENCH_PIPE_DASK_DEFAULTS=1`` starts the workers with Dask's own defaults instead of
+:func:`ultrabones.core.executor.local_worker_config` (``MALLOC_TRIM_THRESHOLD_=65536`` and the profiler on),
+to show what they cost (issue 26).
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
     from ultrabones.labels import batch, frame
 
     paths, P = _setup(profile, build_root, data_root)
+    if os.environ.get("BENCH_PIPE_DASK_DEFAULTS") == "1":  # Dask's defaults, as before issue 26
+        from ultrabones.core import executor as ex_mod
+
+        ex_mod.local_worker_config = lambda: {}
     t0, c0, k0 = time.perf_counter(), time.process_time(), _cpu_children()
     result = batch.run(paths, P, n_workers=N_WORKERS)
     wall = time.perf_counter() - t0
@@ -111,10 +116,12 @@ def _print(out: dict) -> None:
     print(f"\n[bench] labelling pipeline vs in-process, {out['profile']}: {out['frames']} frames, "
           f"{out['workers']} Dask workers, {out['same_corrections']} equal corrections\n"
           f"  optimisation per frame (core-s): pipeline {out['pipeline_optimize_s']:.3f}, "
-          f"in process {out['bench_optimize_s']:.3f} (ratio {out['pipeline_optimize_s'] / out['bench_optimize_s']:.2f}); "
+          f"in process {out['bench_optimize_s']:.3f} "
+          f"(ratio {out['pipeline_optimize_s'] / out['bench_optimize_s']:.2f}); "
           f"with the objective's set-up: in process {out['bench_with_objective_s']:.3f}\n"
           f"  pipeline per frame: all steps {out['pipeline_total_s']:.3f} core-s; whole run (lambda fixed, "
-          f"registration, writing) {out['pipeline_cpu_s_per_frame']:.3f} core-s, {out['pipeline_wall_s_per_frame']:.3f} s wall")
+          f"registration, writing) {out['pipeline_cpu_s_per_frame']:.3f} core-s, "
+          f"{out['pipeline_wall_s_per_frame']:.3f} s wall")
 
 
 def _check(out: dict) -> None:

@@ -527,15 +527,24 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 1
     first_mtime = chunks[0].stat().st_mtime_ns
-    out = batch.run(paths, P, seed=0)
+    from ultrabones.core.timings import Phases
+
+    timer = Phases()
+    out = batch.run(paths, P, seed=0, timer=timer)
     chunks = sorted(paths.cache("02_labeling").rglob("chunk_*.npz"))
     assert len(chunks) == 3
     assert chunks[0].stat().st_mtime_ns == first_mtime  # finished work is not redone
     ts = out.report["timestamp"]
     assert ts.is_unique and len(ts) == 6
+    # the phases were timed; the frames phase counts the 4 frames of the 2 chunks labelled now, not the cached ones
+    ph = timer.as_dict()
+    assert list(ph) == ["inputs", "registration", "frames", "writing"]  # lambda given: no selection
+    assert ph["frames"]["frames"] == 4 and ph["writing"]["frames"] == 6 and ph["frames"]["cpu_s"] > 0
     # a rerun changes nothing and redoes nothing
-    again = batch.run(paths, P, seed=0)
+    timer = Phases()
+    again = batch.run(paths, P, seed=0, timer=timer)
     pd.testing.assert_frame_equal(again.report, out.report)
+    assert timer.as_dict()["frames"]["frames"] == 0
     # the sweep is walked in order: after the first frame, a frame following a kept one is warm-started,
     # also across the chunk boundary where the run was killed (its warm start came from the first chunk's file)
     rep = out.report.reset_index(drop=True)

@@ -28,3 +28,19 @@ def test_labeling_metrics(smoke_metrics):
     assert sel["by"].startswith("truth-free") and sel["chosen"] == m["lambda"]
     assert sel["oracle"] in (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0) and sel["oracle_gap_mm"] >= 0
     assert m["registration"]["n_sweeps"] > 0
+
+
+@pytest.mark.notebook
+def test_labeling_timings(smoke, smoke_metrics):
+    """02's entry of timings.json: the runner's wall, CPU and memory, the notebook's phases and frames."""
+    from ultrabones.core import timings
+
+    m = smoke_metrics("02_labeling")
+    e = timings.read(smoke.build)["02_labeling"]
+    assert e["wall_s"] > 0 and e["cpu_s"] > 0 and e["peak_rss_mb"] > 50  # a kernel with numpy holds more
+    assert e["frames"] == m["n_frames"] and e["cpu_s_per_frame"] == pytest.approx(e["cpu_s"] / e["frames"])
+    ph = e["phases"]
+    assert {"inputs", "selection", "registration", "frames", "truth measurement", "writing"} <= set(ph)
+    assert sum(p["wall_s"] for p in ph.values()) <= e["wall_s"]  # the phases run inside the stage
+    assert ph["frames"]["frames"] == m["n_frames"]  # a first run labels every frame
+    assert "00_simulate" in timings.read(smoke.build) and "01_calibration" in timings.read(smoke.build)

@@ -94,10 +94,11 @@ def _worker_state(_):
     busy = time.thread_time()
     while time.thread_time() - busy < 0.3:
         pass
-    return dask.config.get("distributed.worker.profile.enabled"), os.environ.get("OMP_NUM_THREADS")
+    return (dask.config.get("distributed.worker.profile.enabled"), os.environ.get("OMP_NUM_THREADS"),
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"))
 
 
-def test_local_workers_run_without_the_profiler_and_one_blas_thread_and_their_cpu_counts(monkeypatch):
+def test_local_workers_run_without_malloc_trim_or_profiler_with_one_blas_thread_and_their_cpu_counts(monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.delenv("ULTRABONES_DASK_PROFILE", raising=False)
     assert local_worker_config()["distributed.worker.profile.enabled"] is False
@@ -105,10 +106,12 @@ def test_local_workers_run_without_the_profiler_and_one_blas_thread_and_their_cp
     assert local_worker_config()["distributed.worker.profile.enabled"] is True
     monkeypatch.delenv("ULTRABONES_DASK_PROFILE")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the workers get theirs from the executor
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with executor("dask", n_workers=1, progress=False) as ex:
         ex.map(_worker_state, [None])  # start the cluster
         c0 = ex.cpu_seconds()
-        (profiled, omp), = ex.map(_worker_state, [None])
+        (profiled, omp, trim), = ex.map(_worker_state, [None])
         spent = ex.cpu_seconds() - c0
     assert profiled is False and omp == "1"
+    assert trim is None  # glibc's adaptive mmap threshold kept (Dask's default sets 65536)
     assert spent >= 0.3  # the worker's busy loop is counted, wherever it ran

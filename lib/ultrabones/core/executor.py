@@ -13,13 +13,20 @@ do not survive a fork), so it scales to a real cluster by passing the
 scheduler's address instead. Results come back in the order of the tasks,
 whatever order they finish in; the output never depends on the executor.
 
-Dask's statistical profiler is off in the local workers: it samples the task
-thread's stack every 10 ms from another thread of the worker, and its CPU time
-counted in every task's process time (issue 26: measured with
-``benchmarks/bench_labeling_pipeline.py``). ``ULTRABONES_DASK_PROFILE=1``
-keeps it on (for Dask's dashboard). Each worker runs one thread and, through
-Dask's nanny, starts with ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
-``OPENBLAS_NUM_THREADS`` at 1: no BLAS or OpenMP oversubscription.
+The local workers start without ``MALLOC_TRIM_THRESHOLD_``, which Dask's nanny
+sets to 64 KiB by default (:func:`local_worker_config`). Setting it switches off
+glibc's adaptive mmap threshold, so every array above 128 KiB is mapped afresh
+from the kernel and unmapped when freed: the labelling's per-candidate arrays
+then cost a page fault per 4 KiB. Measured on the same twin frames in one
+process, 0.234 core-s a frame without it and 0.352-0.378 with it (1.15 million
+page faults, 2 s of system time for 15 frames), the main part of the pipeline's
+per-frame overhead against ``bench_labeling_sweep`` (issue 26;
+``benchmarks/bench_labeling_pipeline.py`` compares the two on the same frames).
+Dask's statistical profiler (a thread sampling the task's stack every 10 ms) is
+off too, a few per cent (``ULTRABONES_DASK_PROFILE=1`` keeps it, for Dask's
+dashboard). Each worker runs one thread with ``OMP_NUM_THREADS``,
+``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` at 1: no BLAS or OpenMP
+oversubscription.
 """
 
 from __future__ import annotations
@@ -44,12 +51,14 @@ def _worker_cpu_seconds() -> float:
 
 
 def local_worker_config() -> dict:
-    """Dask settings of the local cluster's workers: the profiler off (unless ``ULTRABONES_DASK_PROFILE=1``),
-    one BLAS/OpenMP thread per worker process."""
+    """Dask settings of the local cluster's workers: glibc's malloc left adaptive (Dask's
+    ``MALLOC_TRIM_THRESHOLD_`` unset: ``None`` tells the nanny not to set it), the profiler off (unless
+    ``ULTRABONES_DASK_PROFILE=1``), one BLAS/OpenMP thread per worker process."""
     import dask
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
     environ.update({k: 1 for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    environ["MALLOC_TRIM_THRESHOLD_"] = None
     return {"distributed.worker.profile.enabled": os.environ.get("ULTRABONES_DASK_PROFILE") == "1",
             "distributed.nanny.pre-spawn-environ": environ}
 
