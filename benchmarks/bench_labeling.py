@@ -7,6 +7,9 @@ maxiter 100 at the default twin size (256 px wide, 0.2 mm pixels; target
 <= 0.5 s) and the speed ratio of the fast objective to the reference one
 (target >= 50x). Frames are synthetic (``labeling.synthetic_image``) over two
 bone-like ellipsoids, with the recorded pose off by up to 1 degree and 1 mm.
+Both targets are asserted. The paper's optimiser settings measured above the per-frame target on the machine
+this was written on (see the xfail); the default profile's coarse settings are held to their targets on twin
+frames by ``bench_labeling_sweep.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
 from ultrabones.core import geometry
 from ultrabones.labels import frame
+
+#: Core-seconds of ``optimize_frame`` per frame (issue 5).
+TARGET_S_PER_FRAME = 0.5
+#: Speed ratio of the fast objective to the reference one (issue 5).
+TARGET_RATIO = 50.0
 
 SPACING = (0.2, 0.2)
 SHAPE = (220, 256)  # H, W (default twin: ~256 px wide)
@@ -43,6 +52,8 @@ def _scene():
     return pts, nrm, calib, pose
 
 
+@pytest.mark.xfail(raises=AssertionError, reason="measured 0.775 core-s per frame, median 0.742, 35 generations (2026-12-06, `OMP_NUM_THREADS=1 "
+                          "pytest -s benchmarks/bench_labeling.py`, 2 cores at load average about 17)")
 def test_seconds_per_frame():
     pts, nrm, calib, pose = _scene()
     rng = np.random.default_rng(0)
@@ -59,8 +70,8 @@ def test_seconds_per_frame():
     per_frame = float(np.mean(times))
     print(f"\n[bench] optimize_frame, {SHAPE[1]}x{SHAPE[0]} px, popsize 15, maxiter 100: "
           f"{per_frame:.3f} core-s per frame (median {np.median(times):.3f}, generations {np.mean(gens):.0f}); "
-          f"target <= 0.5")
-    assert per_frame > 0
+          f"target <= {TARGET_S_PER_FRAME}")
+    assert per_frame <= TARGET_S_PER_FRAME, f"{per_frame:.3f} core-s per frame, above the target {TARGET_S_PER_FRAME}"
 
 
 def test_fast_vs_reference_objective():
@@ -81,4 +92,5 @@ def test_fast_vs_reference_objective():
     t_ref = (time.process_time() - t0) / 15
     assert np.allclose(fast[:15], ref, atol=1e-12)
     print(f"\n[bench] objective per pose: fast {1e3 * t_fast:.3f} ms, reference {1e3 * t_ref:.2f} ms, "
-          f"ratio {t_ref / t_fast:.0f}x (target >= 50x); {obj.n_points} of {len(pts)} points near the plane")
+          f"ratio {t_ref / t_fast:.0f}x (target >= {TARGET_RATIO:.0f}x); {obj.n_points} of {len(pts)} points near the plane")
+    assert t_ref / t_fast >= TARGET_RATIO, f"fast objective only {t_ref / t_fast:.0f}x the reference's speed"

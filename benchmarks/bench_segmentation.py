@@ -11,7 +11,11 @@ batch 32), else the CPU. Prints:
 - the throughput of the whole Lightning loop of :func:`segmentation.train_fold`
   (cached frames, augmentation in DataLoader workers, validation excluded) on
   a synthetic layout-A dataset;
-- CPU inference frames per second at 256 x 256 with 2 threads.
+- CPU inference frames per second at 256 x 256 with 2 threads (target: ``TARGET_CPU_FPS``, the paper's
+  100k frames in under 3 hours on one 2-core machine, the "hours on one machine" of the design's budget).
+
+Each target is asserted. The training targets are a GPU's: on a machine without CUDA they are still
+asserted, and marked ``xfail`` (strict) with the value measured on the 2-core CPU this was written on.
 
 Set ``ULTRABONES_BENCH_CPU_SIZE`` to change the CPU input size (default 128).
 """
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -35,7 +40,17 @@ from ultrabones.segmentation import model as seg  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 PAPER_IMAGES = 100 * 100_000  # 100 epochs over 100k images
+#: Hours for the paper's 100 epochs over 100k images (on a GPU).
 TARGET_H = 2.0
+#: Frames per second of CPU inference at 256 x 256 on 2 threads.
+TARGET_CPU_FPS = 10.0
+
+
+def gpu_target(measured_on_cpu: str):
+    """The training targets are a GPU's: without CUDA the test still asserts them and is expected to fail
+    (strict), with what the 2-core CPU measured."""
+    return pytest.mark.xfail(not CUDA, strict=True, raises=AssertionError,
+                             reason=f"target {TARGET_H} h is a GPU's; on the 2-core CPU: {measured_on_cpu}")
 
 
 def _size() -> int:
@@ -70,6 +85,7 @@ def _step_throughput(device: str, size: int, batch: int) -> float:
     return n_steps * batch / (time.perf_counter() - t0)
 
 
+@gpu_target("0.4 images/s at 128x128, batch 16, 2 threads fp32, i.e. 6736 h (2026-12-06, load average about 15)")
 def test_optimizer_step_throughput():
     if CUDA:
         torch.backends.cudnn.benchmark = True
@@ -84,10 +100,11 @@ def test_optimizer_step_throughput():
         where = torch.cuda.get_device_name(0) + " bf16" if CUDA else f"CPU {torch.get_num_threads()} threads fp32"
         print(f"\nFPN/ResNet-34 optimiser step at {size}x{size}, batch {batch}, {where}: {ips:.1f} images/s"
               f" -> 100 epochs x 100k images in {hours[-1]:.2f} h (target {TARGET_H} h on a GPU)")
-    if CUDA:
-        assert min(hours) < TARGET_H
+    assert min(hours) < TARGET_H, f"{min(hours):.2f} h for the paper's training, above the target {TARGET_H} h"
 
 
+@gpu_target("0.1 images/s through the Lightning loop at 128x128, i.e. 19299 h (2026-12-06, load average "
+            "about 15)")
 def test_lightning_loop_throughput(tmp_path):
     size = _size()
     n_frames = 2048 if CUDA else 24
@@ -101,10 +118,12 @@ def test_lightning_loop_throughput(tmp_path):
     hours = PAPER_IMAGES / ips / 3600
     print(f"\nLightning loop ({res.device}, {res.n_train} frames {size}x{size}, batch {P['batch_size']}, "
           f"{P['num_workers']} workers, augmentation on): {ips:.1f} images/s -> 100 epochs x 100k images in "
-          f"{hours:.2f} h")
-    assert ips > 0
+          f"{hours:.2f} h (target {TARGET_H} h on a GPU)")
+    assert hours < TARGET_H, f"{hours:.2f} h for the paper's training, above the target {TARGET_H} h"
 
 
+@pytest.mark.xfail(raises=AssertionError, reason="measured 0.3 frames/s at 256x256 and at 950x811 (2026-12-06, `pytest -s "
+                   "benchmarks/bench_segmentation.py`, 2 cores at load average about 15)")
 def test_cpu_inference_256_two_threads():
     torch.manual_seed(0)
     model = seg.build_model("fpn", "resnet34")
@@ -120,5 +139,6 @@ def test_cpu_inference_256_two_threads():
     fps_full = len(frames) / (time.perf_counter() - t0)
     torch.set_num_threads(old)
     print(f"\nCPU inference, FPN/ResNet-34, 2 threads: {fps:.1f} frames/s at 256x256; "
-          f"{fps_full:.1f} frames/s for 950x811 frames (resize in and out included)")
-    assert fps > 0
+          f"{fps_full:.1f} frames/s for 950x811 frames (resize in and out included); target >= {TARGET_CPU_FPS:.0f} "
+          "at 256x256")
+    assert fps >= TARGET_CPU_FPS, f"{fps:.1f} frames/s at 256x256 on 2 threads, below the target {TARGET_CPU_FPS:.0f}"

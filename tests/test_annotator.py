@@ -161,18 +161,57 @@ def test_visibility_sweep_low_intensity_completeness_falls_with_the_level(tmp_pa
 
 
 def test_sweep_levels_from_the_profile_lists():
-    assert annotator.sweep_levels([0.5, 0.97], [0.0, 0.6]) == [
-        {"visible_quantile": 0.5, "visible_fraction": 0.0}, {"visible_quantile": 0.97, "visible_fraction": 0.6}]
+    assert annotator.sweep_levels([0.0, 0.97], [0.0, 0.6], [0.0, 2.0]) == [
+        {"visible_quantile": 0.0, "visible_contrast": 0.0, "visible_fraction": 0.0},
+        {"visible_quantile": 0.97, "visible_contrast": 2.0, "visible_fraction": 0.6}]
     with pytest.raises(ParamsError, match="equal length"):
-        annotator.sweep_levels([0.5, 0.9], [0.1])
+        annotator.sweep_levels([0.0, 0.9], [0.0], [0.0, 1.0])
     with pytest.raises(ParamsError, match="equal length"):
-        annotator.sweep_levels([], [])
+        annotator.sweep_levels([0.0, 0.9], [0.0, 0.1], [0.0])
+    with pytest.raises(ParamsError, match="equal length"):
+        annotator.sweep_levels([], [], [])
     with pytest.raises(ParamsError, match="outside"):
-        annotator.sweep_levels([1.5], [0.1])
+        annotator.sweep_levels([0.0, 1.5], [0.0, 0.1], [0.0, 1.0])
+    with pytest.raises(ParamsError, match="annotator_sweep_contrasts: -1.0"):
+        annotator.sweep_levels([0.0, 0.5], [0.0, 0.1], [0.0, -1.0])
+    # a sweep spans: the lenient level is in it, and no level repeats another
+    with pytest.raises(ParamsError, match="no lenient level"):
+        annotator.sweep_levels([0.5, 0.97], [0.0, 0.6], [2.0, 2.0])
+    with pytest.raises(ParamsError, match="level 2 .* repeats level 1"):
+        annotator.sweep_levels([0.0, 0.9, 0.9], [0.0, 0.4, 0.4], [0.0, 1.5, 1.5])
+    assert annotator.is_lenient(annotator.DEFAULT_LEVELS[0])
+    assert not annotator.is_lenient({"visible_quantile": 0.0, "visible_fraction": 0.0})  # contrast left at 2.0
+    # every profile's sweep spans (it passes sweep_levels) and sets every level's contrast
+    from ultrabones.core.params import load_profile
+    from ultrabones.core.paths import PARAMS_DIR
+
+    for name in ("default", "hard", "paper", "real", "smoke"):
+        ev = load_profile(name, PARAMS_DIR).values["evaluation"]
+        levels = annotator.sweep_levels(ev["annotator_sweep_quantiles"], ev["annotator_sweep_fractions"],
+                                        ev["annotator_sweep_contrasts"])
+        assert annotator.is_lenient(levels[0]), name
     # the sweep's lists are not annotator fields: from_section ignores them
     p = annotator.AnnotatorParams.from_section({"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5],
-                                                "annotator_sweep_fractions": [0.1], "max_frames": 3})
+                                                "annotator_sweep_fractions": [0.1], "annotator_sweep_contrasts": [1.0],
+                                                "max_frames": 3})
     assert p.visible_quantile == 0.9 and annotator.LABEL == "simulated annotator (sensitivity study)"
+
+
+def test_the_default_levels_differ_on_a_frame_and_the_lenient_one_marks_the_dim_bone():
+    """Every pair of neighbouring default levels marks a different set of contour pixels on a frame with a
+    graded echo (the first two were one rule while ``visible_contrast`` stayed at 2.0), and the lenient level
+    marks the dim half of the contour that the profile's level misses."""
+    img, contour = synthetic_frame()
+    graded = img.copy()
+    graded[119:122, 20:280] = np.linspace(20, 250, 260).astype(np.uint8)  # the echo brightens left to right
+    p = annotator.AnnotatorParams(gap_mm=0.0, min_length_mm=0.0)
+    import dataclasses
+
+    seen = [annotator.visible_contour(graded, contour, SPACING, dataclasses.replace(p, **lv))
+            for lv in annotator.DEFAULT_LEVELS]
+    counts = [int(s.sum()) for s in seen]
+    assert counts[0] == int(contour.sum())  # lenient: every contour pixel
+    assert all(a > b for a, b in zip(counts, counts[1:])), counts  # each level stricter than the one before
 
 
 def test_plot_sweep_draws_the_model_and_the_detector():
@@ -188,6 +227,13 @@ def test_plot_sweep_draws_the_model_and_the_detector():
     assert "model low" in labels and "detector low" in labels
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["q 0.50\nf 0.00", "q 0.97\nf 0.60"]
     matplotlib.pyplot.close(fig)
+    # with each level's contrast, and the levels where the model beats the annotator starred
+    rows = [{**r, "visible_contrast": 2.0 * r["level"]} for r in rows]
+    fig = annotator.plot_sweep(pd.DataFrame(rows), references=refs, beats=[1])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["q 0.50\nc 0.00\nf 0.00",
+                                                                      "q 0.97\nc 2.00\nf 0.60"]
+    assert "model's low completeness higher" in fig.axes[0].get_legend_handles_labels()[1]
+    matplotlib.pyplot.close(fig)
 
 
 def test_simulated_annotator_from_the_section_labels_and_sweeps_like_the_functions(tmp_path):
@@ -196,15 +242,17 @@ def test_simulated_annotator_from_the_section_labels_and_sweeps_like_the_functio
     write_image(rec / "UltrasoundImages" / "10.png", img)
     write_label(rec / "Labels" / "10_label.png", contour)
     frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen02")])
-    section = {"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5, 0.97],
-               "annotator_sweep_fractions": [0.0, 0.6]}
+    section = {"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.0, 0.97],
+               "annotator_sweep_fractions": [0.0, 0.6], "annotator_sweep_contrasts": [0.0, 2.0]}
     sim = annotator.SimulatedAnnotator.from_section(section, seed=3)
     assert sim.params.visible_quantile == 0.9 and sim.seed == 3 and sim.name == annotator.LABEL
-    assert sim.levels == tuple(annotator.sweep_levels([0.5, 0.97], [0.0, 0.6]))
+    assert sim.levels == tuple(annotator.sweep_levels([0.0, 0.97], [0.0, 0.6], [0.0, 2.0]))
     assert sim.annotate(frames, SPACING, progress=False) == 1
     expected = annotator.annotate(img, contour, SPACING, sim.params, annotator.frame_rng(3, "specimen02/record01", 10))
     assert np.array_equal(read_label(rec / "LabelsManual" / "10_label.png", img.shape), expected)
     table = sim.sweep(frames, SPACING, [0.5], threshold=150.0, sigma_mm=0.5)
-    assert list(table["visible_quantile"].unique()) == [0.5, 0.97]
+    assert list(table["visible_quantile"].unique()) == [0.0, 0.97]
+    assert list(table["visible_contrast"].unique()) == [0.0, 2.0]
     with pytest.raises(ParamsError, match="equal length"):
-        annotator.SimulatedAnnotator.from_section({"annotator_sweep_quantiles": [0.5], "annotator_sweep_fractions": []})
+        annotator.SimulatedAnnotator.from_section({"annotator_sweep_quantiles": [0.5], "annotator_sweep_fractions": [],
+                                                   "annotator_sweep_contrasts": [0.0]})

@@ -120,6 +120,39 @@ def test_the_claim_uses_the_strict_protocol_when_the_manual_labels_miss_every_di
     assert list(table["method"]) == ["model"] * 3 + ["manual"] * 3
 
 
+def test_the_claim_is_stated_at_every_level_of_the_annotator_sweep(tmp_path):
+    """With a sweep (the twin), the metrics list the comparison at every level and the verdict names the levels
+    where the model's low-intensity completeness is higher and those where it is not, not one verdict."""
+    import pandas as pd
+
+    frames = two_frame_dataset(tmp_path, manual=True)
+
+    def rows(level, c, c_strict, n_low):
+        return [{"level": level, "visible_quantile": 0.97 * level, "visible_contrast": 2.0 * level,
+                 "visible_fraction": 0.6 * level, "region": reg, "accuracy": 1.0, "completeness": c,
+                 "f1": 1.0, "accuracy_strict": 1.0, "completeness_strict": c_strict, "f1_strict": 1.0,
+                 "n_frames": n_low, "marked_share": 1.0} for reg in ("all", "high", "low")]
+
+    # the lenient level finds every dim pixel of both frames; the strict one none (no released low frame)
+    sweep = pd.DataFrame(rows(0, 1.0, 1.0, 2) + rows(1, float("nan"), 0.0, 0))
+    name = "simulated annotator (sensitivity study)"
+    r = result_of(frames, manual_source=name, annotator_name=name, sweep=sweep)
+    m = benchmark.metrics(r)
+    # the model: released low completeness 1.0 (frame 10 only), strict 0.5 (frame 20's empty prediction)
+    assert [lv["beats"] for lv in m["model_vs_annotator_levels"]] == [False, True]
+    assert [lv["protocol"] for lv in m["model_vs_annotator_levels"]] == ["released", "strict"]
+    assert m["model_beats_annotator_at_levels"] == [1]
+    said = benchmark.verdict(r)
+    assert "higher at 1 of 2 levels**: level 1 (q 0.97 c 2.00 f 0.60: 0.500 vs 0.000, strict)" in said
+    assert "Not higher at: level 0 (q 0.00 c 0.00 f 0.00: 1.000 vs 1.000, released)" in said
+    assert "no single verdict" in said
+    table = benchmark.table(r)
+    assert table["method"].iloc[-1] == "simulated annotator (sensitivity study) q 0.97 c 2.00 f 0.60"
+    # the table says it on each level's low-intensity row
+    assert table["model_low_completeness_higher"].tolist()[-6:] == ["", "", "no", "", "", "yes"]
+    assert set(table["model_low_completeness_higher"].iloc[:-6]) == {""}
+
+
 def test_figures_and_description(tmp_path):
     import matplotlib.pyplot as plt
 

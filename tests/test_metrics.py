@@ -144,6 +144,48 @@ def test_otsu_on_bimodal_sample_lands_between_the_modes():
     assert classes["high"].sum() == pytest.approx(3000, abs=30)
 
 
+def _gaussian_hist(modes, weight, sd=20.0):
+    """A 256-bin histogram of Gaussian modes (counts, rounded; wide enough that no bin between the modes is
+    empty, so the maximum of Otsu's criterion is one grey level, not a plateau): no random draws."""
+    g = np.arange(256)
+    return np.rint(sum(w * np.exp(-0.5 * ((g - m) / sd) ** 2) for m, w in zip(modes, weight))).astype(np.int64)
+
+
+def _otsu_by_definition(hist):
+    """Otsu (1979) written out: the t (grey level) maximising the between-class variance of {I <= t} and {I > t}."""
+    g, h = np.arange(256, dtype=float), hist.astype(float)
+    best, best_t = -1.0, None
+    for t in range(255):
+        w0, w1 = h[: t + 1].sum(), h[t + 1:].sum()
+        if w0 == 0 or w1 == 0:
+            continue
+        m0, m1 = (g[: t + 1] * h[: t + 1]).sum() / w0, (g[t + 1:] * h[t + 1:]).sum() / w1
+        v = w0 * w1 * (m0 - m1) ** 2
+        if v > best:
+            best, best_t = v, t
+    return best_t
+
+
+def test_otsu_threshold_known_answers():
+    """Otsu's threshold to the grey level: the midpoint of a symmetric two-mode histogram, and Otsu's definition
+    written out on an unbalanced one. A split moved by even a few grey levels fails (the mutation check of
+    issue 24: +10 grey levels)."""
+    sym = _gaussian_hist((70, 170), (1000, 1000))
+    assert metrics.otsu_threshold(sym) == 120.0  # symmetric about 120: the split is there
+    for modes, weight in (((50, 140), (3000, 800)), ((90, 200), (500, 2500)), ((30, 110, 220), (900, 600, 300))):
+        hist = _gaussian_hist(modes, weight)
+        assert metrics.otsu_threshold(hist) == _otsu_by_definition(hist), (modes, weight)
+
+
+def test_intensity_classes_split_at_the_threshold_exactly():
+    """Every grey value once: ``high`` is exactly the values above t (t itself is low)."""
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for t in (0, 99, 120, 254):
+        c = metrics.intensity_classes(img, t)
+        assert c["high"].sum() == 255 - t and c["low"].sum() == t + 1 and c["all"].all()
+        assert not c["high"][img == t].any() and c["high"][img == t + 1].all()
+
+
 def test_otsu_of_empty_histogram_is_a_clear_error():
     with pytest.raises(DatasetError, match="no label pixels"):
         metrics.otsu_threshold(np.zeros(256, np.int64))
@@ -305,3 +347,27 @@ def test_check_summary_and_table_with_sweep():
     assert last["method"] == "sim q 0.50 f 0.00" and last["region"] == "low" and last["f1"] == 0.35
     assert np.isnan(last["f1_paper"]) and last["n_frames"] == 4
     assert metrics.table_with_sweep(table, None) is table
+    sweep["visible_contrast"] = 1.5  # a sweep that sets each level's contrast names it too
+    assert metrics.table_with_sweep(table, sweep, "sim").iloc[-1]["method"] == "sim q 0.50 c 1.50 f 0.00"
+
+
+def test_model_vs_levels_states_the_claim_at_every_level():
+    """The model's low-intensity completeness (released 0.8, strict 0.7) against three annotator levels: it beats
+    the strict level (0.2) and not the lenient one (0.95); a level with no released low-intensity frame is
+    compared on the strict protocol (0.75 there: not beaten)."""
+    at = _at({"released": 0.8, "strict": 0.7}, {"released": 0.2, "strict": 0.1})
+
+    def rows(level, q, c, f, released, strict, n_low):
+        return [{"level": level, "visible_quantile": q, "visible_contrast": c, "visible_fraction": f, "region": r,
+                 "completeness": released if r == "low" else 0.9, "completeness_strict": strict if r == "low" else 0.9,
+                 "n_frames": n_low if r == "low" else 3} for r in metrics.REGIONS]
+
+    sweep = rows(2, 0.97, 2.0, 0.6, 0.2, 0.1, 3) + rows(0, 0.0, 0.0, 0.0, 0.95, 0.9, 3) + rows(1, 0.5, 1.0, 0.0,
+                                                                                                 0.0, 0.75, 0)
+    got = metrics.model_vs_levels(at, sweep)
+    assert [g["level"] for g in got] == [0, 1, 2]
+    assert [g["beats"] for g in got] == [False, False, True]
+    assert [g["protocol"] for g in got] == ["released", "strict", "released"]
+    assert [g["annotator"] for g in got] == [0.95, 0.75, 0.2] and [g["model"] for g in got] == [0.8, 0.7, 0.8]
+    assert got[2]["visible_contrast"] == 2.0 and metrics.level_name(got[2]) == "q 0.97 c 2.00 f 0.60"
+    assert metrics.model_vs_levels(at, []) == []

@@ -334,6 +334,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "annotator_brush_mm": _f(0.0, 10.0, doc="simulated annotator: width of the drawn stroke (mm)"),
         "annotator_sweep_quantiles": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_quantile of each level (twin only; as long as annotator_sweep_fractions)"),
         "annotator_sweep_fractions": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_fraction of each level (as long as annotator_sweep_quantiles)"),
+        "annotator_sweep_contrasts": _l(_f(0.0, 100.0), doc="simulated annotator sensitivity study: visible_contrast of each level (as long as annotator_sweep_quantiles; one level is the lenient 0, 0, 0)"),
         "detector_fit_frames": _i(5, 10**7, doc="shadow-peak detector: training-specimen frames its parameters are fitted on (drawn with seed)"),
         "detector_enhancements": _l(_s(("intensity", "phase_symmetry")), doc="shadow-peak detector: bright-echo terms the fit chooses among (intensity, phase_symmetry)"),
         "surface_band_mm": _f(0.01, 10.0, nullable=True, doc="the model's masks: per scan line, the peaks of its probability map widened to a band this thick (the labels' 2 gamma, mm); null: the thresholded map (the paper's)"),

@@ -906,7 +906,45 @@ def model_vs_manual(at: Mapping, manual: str = "manual", model: str = "model") -
     return {"beats": bool(mod > man), "protocol": proto, "model": mod, "manual": man}
 
 
-def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
+def level_name(level: Mapping, sep: str = " ") -> str:
+    """A sweep level's visibility thresholds: ``"q 0.97 c 2.00 f 0.60"`` (``c`` only when the level sets it)."""
+    parts = [f"q {level['visible_quantile']:.2f}"]
+    if "visible_contrast" in level:
+        parts.append(f"c {level['visible_contrast']:.2f}")
+    parts.append(f"f {level['visible_fraction']:.2f}")
+    return sep.join(parts)
+
+
+def model_vs_levels(at: Mapping, sweep_rows: Sequence[Mapping], model: str = "model") -> list[dict]:
+    """The paper's claim at every level of an annotator sweep: where does the model's low-intensity
+    completeness beat the annotator's?
+
+    Per level, the released protocol where both the model and that level have low-intensity frames, else the
+    strict one (as :func:`model_vs_manual`).
+
+    Parameters
+    ----------
+    at : ``summarise(...)["at"]`` (the model's scores at the report threshold).
+    sweep_rows : rows of :func:`ultrabones.twin.annotator.visibility_sweep` (dicts with ``level``, ``region``,
+        ``completeness``, ``completeness_strict``, ``n_frames`` and the level's fields).
+
+    Returns
+    -------
+    One dict per level, in level order: ``level``, the level's fields (``visible_*``), ``protocol``,
+    ``model``, ``annotator`` (low-intensity completeness, 0..1) and ``beats`` (model strictly higher).
+    """
+    out = []
+    for row in sorted((r for r in sweep_rows if r["region"] == "low"), key=lambda r: r["level"]):
+        proto = "released" if at["released"][model]["low"]["n_frames"] and row["n_frames"] else "strict"
+        mod = at[proto][model]["low"]["completeness"]
+        ann = row["completeness"] if proto == "released" else row["completeness_strict"]
+        fields = {k: row[k] for k in row if k.startswith("visible_")}
+        out.append({"level": int(row["level"]), **fields, "protocol": proto, "model": mod, "annotator": ann,
+                    "beats": bool(mod > ann)})
+    return out
+
+
+def table_with_sweep(table, sweep=None, name: str = "simulated annotator", beats: Mapping[int, bool] | None = None):
     """The evaluation table (:func:`table_at`) with one row per level and region of an annotator sweep.
 
     Parameters
@@ -914,7 +952,10 @@ def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
     table : :func:`table_at` rows (model, classical detector, manual, ...).
     sweep : the rows of :func:`ultrabones.twin.annotator.visibility_sweep` (a DataFrame) or None.
     name : the swept annotator's name; a level's row is named
-        ``"<name> q <visible_quantile> f <visible_fraction>"``.
+        ``"<name> q <visible_quantile> c <visible_contrast> f <visible_fraction>"`` (``c`` when the sweep sets it).
+    beats : level -> whether the model's low-intensity completeness is higher than that level's
+        (:func:`model_vs_levels`); given, a column ``model_low_completeness_higher`` says it on each level's
+        ``low`` row (empty on every other row).
 
     Returns
     -------
@@ -926,11 +967,16 @@ def table_with_sweep(table, sweep=None, name: str = "simulated annotator"):
         return table
     rows = []
     for r in sweep.itertuples(index=False):
-        row = {"method": f"{name} q {r.visible_quantile:.2f} f {r.visible_fraction:.2f}", "region": r.region}
+        row = {"method": f"{name} {level_name(r._asdict())}", "region": r.region}
         for score in SCORES:
             row[score] = getattr(r, score)
             row[f"{score}_strict"] = getattr(r, f"{score}_strict")
             row[f"{score}_paper"] = np.nan
         row["n_frames"] = r.n_frames
         rows.append(row)
-    return pd.concat([table, pd.DataFrame(rows).reindex(columns=table.columns)], ignore_index=True)
+    out = pd.concat([table, pd.DataFrame(rows).reindex(columns=table.columns)], ignore_index=True)
+    if beats is not None:
+        said = [""] * len(table) + [("yes" if beats[int(r.level)] else "no") if r.region == "low" else ""
+                                    for r in sweep.itertuples(index=False)]
+        out["model_low_completeness_higher"] = said
+    return out

@@ -39,9 +39,11 @@ of the frame and at least 60 % of its brightest bone echo.
 what is missed, the annotator's low-intensity completeness (and any "the model
 beats manual" verdict) follows from that rule's level more than from any
 measurement. :func:`visibility_sweep` therefore scores the annotator along
-its visibility level (``visible_quantile``, ``visible_fraction``; default
-:data:`DEFAULT_LEVELS`) per intensity region, so the manual comparison is a
-curve (:func:`plot_sweep`). Its geometry also starts from the pipeline's own
+its visibility level (``visible_quantile``, ``visible_contrast``,
+``visible_fraction``; default :data:`DEFAULT_LEVELS`) per intensity region,
+from the lenient level (every contour pixel marked) up, so the manual
+comparison is a curve (:func:`plot_sweep`) and the model is compared with
+each of its levels. Its geometry also starts from the pipeline's own
 ``Labels_full``, the contour the reference ``Labels`` are cut from: it is
 scored against labels it shares geometry with. Real manual labels
 (``LabelsManual/``) are scored by :func:`ultrabones.evaluation.metrics.evaluate` like any
@@ -319,45 +321,74 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
 
 # ----------------------------------------------------------------------------- sensitivity study
 
-#: The visibility levels swept by :func:`visibility_sweep` by default: from "marks nearly every contour
-#: pixel that is not darker than the frame's median" to "only the brightest 1 %"; the annotator's
-#: default (0.97, 0.6) is one of them.
+#: The visibility levels swept by :func:`visibility_sweep` by default: from the lenient level, which marks
+#: every contour pixel (no quantile, no contrast to the median, no share of the brightest echo), to "only the
+#: brightest 1 %, three times the speckle median"; the annotator's default (0.97, 2.0, 0.6) is one of them.
+#: Each level sets all three thresholds: a level that left ``visible_contrast`` at the annotator's 2.0 would
+#: let that term hide its quantile (the 0.5 quantile of a frame is its median, below twice the median).
 DEFAULT_LEVELS: tuple[dict, ...] = (
-    {"visible_quantile": 0.0, "visible_fraction": 0.0, "visible_contrast": 0.0},
-    {"visible_quantile": 0.5, "visible_fraction": 0.0},
-    {"visible_quantile": 0.8, "visible_fraction": 0.2},
-    {"visible_quantile": 0.9, "visible_fraction": 0.4},
-    {"visible_quantile": 0.95, "visible_fraction": 0.5},
-    {"visible_quantile": 0.97, "visible_fraction": 0.6},
-    {"visible_quantile": 0.99, "visible_fraction": 0.8},
+    {"visible_quantile": 0.0, "visible_contrast": 0.0, "visible_fraction": 0.0},
+    {"visible_quantile": 0.5, "visible_contrast": 1.0, "visible_fraction": 0.0},
+    {"visible_quantile": 0.8, "visible_contrast": 1.25, "visible_fraction": 0.2},
+    {"visible_quantile": 0.9, "visible_contrast": 1.5, "visible_fraction": 0.4},
+    {"visible_quantile": 0.95, "visible_contrast": 1.75, "visible_fraction": 0.5},
+    {"visible_quantile": 0.97, "visible_contrast": 2.0, "visible_fraction": 0.6},
+    {"visible_quantile": 0.99, "visible_contrast": 3.0, "visible_fraction": 0.8},
 )
 
+#: The fields one sweep level sets, in the order of the profile's lists (``annotator_sweep_*``).
+LEVEL_FIELDS = ("visible_quantile", "visible_contrast", "visible_fraction")
 
-def sweep_levels(quantiles: Sequence[float], fractions: Sequence[float]) -> list[dict]:
-    """The levels of :func:`visibility_sweep` from the profile's two lists (``annotator_sweep_*``).
+
+def is_lenient(level: dict) -> bool:
+    """Whether a level marks every contour pixel it may (all three visibility thresholds 0)."""
+    return all(float(level.get(k, 1.0)) == 0.0 for k in LEVEL_FIELDS)
+
+
+def sweep_levels(quantiles: Sequence[float], fractions: Sequence[float], contrasts: Sequence[float]) -> list[dict]:
+    """The levels of :func:`visibility_sweep` from the profile's three lists (``annotator_sweep_*``).
+
+    A sweep must span: it includes the lenient level (quantile, contrast and fraction 0: every contour pixel
+    is marked), and no two levels are the same rule.
 
     Parameters
     ----------
     quantiles : ``visible_quantile`` of each level (0..1).
     fractions : ``visible_fraction`` of each level (0..1), as many as ``quantiles``.
+    contrasts : ``visible_contrast`` of each level (ratio to the frame's median grey level, >= 0), as many.
 
     Returns
     -------
-    ``[{"visible_quantile": q, "visible_fraction": f}, ...]`` in the given order.
+    ``[{"visible_quantile": q, "visible_contrast": c, "visible_fraction": f}, ...]`` in the given order.
 
     Raises
     ------
     ParamsError
-        If the lists differ in length, are empty, or hold a value outside [0, 1].
+        If the lists differ in length or are empty, a value is out of range, two levels are equal, or no
+        level is the lenient one.
     """
-    q, f = [float(v) for v in quantiles], [float(v) for v in fractions]
-    if len(q) != len(f) or not q:
-        raise ParamsError(f"evaluation.annotator_sweep_quantiles ({len(q)} values) and annotator_sweep_fractions "
-                          f"({len(f)} values) must be non-empty lists of equal length: one pair per level")
+    q, f, c = ([float(v) for v in vals] for vals in (quantiles, fractions, contrasts))
+    if not q or not len(q) == len(f) == len(c):
+        raise ParamsError(f"evaluation.annotator_sweep_quantiles ({len(q)} values), annotator_sweep_contrasts "
+                          f"({len(c)} values) and annotator_sweep_fractions ({len(f)} values) must be non-empty "
+                          "lists of equal length: one triple per level")
     bad = [v for v in q + f if not 0.0 <= v <= 1.0]
     if bad:
-        raise ParamsError(f"evaluation.annotator_sweep_*: {bad[0]} is outside [0, 1]")
-    return [{"visible_quantile": a, "visible_fraction": b} for a, b in zip(q, f)]
+        raise ParamsError(f"evaluation.annotator_sweep_quantiles/fractions: {bad[0]} is outside [0, 1]")
+    bad = [v for v in c if not (np.isfinite(v) and v >= 0.0)]
+    if bad:
+        raise ParamsError(f"evaluation.annotator_sweep_contrasts: {bad[0]} is not a finite ratio >= 0")
+    levels = [dict(zip(LEVEL_FIELDS, t)) for t in zip(q, c, f)]
+    triples = list(zip(q, c, f))
+    dup = next((i for i, t in enumerate(triples) if t in triples[:i]), None)
+    if dup is not None:
+        raise ParamsError(f"evaluation.annotator_sweep_*: level {dup} (quantile {q[dup]}, contrast {c[dup]}, "
+                          f"fraction {f[dup]}) repeats level {triples.index(triples[dup])}: the levels must differ")
+    if not any(is_lenient(lv) for lv in levels):
+        raise ParamsError("evaluation.annotator_sweep_*: no lenient level (quantile 0, contrast 0, fraction 0): "
+                          "the sweep must start where the annotator marks every contour pixel, or its low-intensity "
+                          "completeness is low by construction")
+    return levels
 
 
 def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: AnnotatorParams = AnnotatorParams(),
@@ -475,7 +506,8 @@ class SimulatedAnnotator:
         ParamsError
             If a value is out of range or the sweep's two lists differ in length (:func:`sweep_levels`).
         """
-        levels = sweep_levels(section["annotator_sweep_quantiles"], section["annotator_sweep_fractions"])
+        levels = sweep_levels(section["annotator_sweep_quantiles"], section["annotator_sweep_fractions"],
+                              section["annotator_sweep_contrasts"])
         return cls(AnnotatorParams.from_section(section), tuple(levels), int(seed))
 
     def annotate(self, frames: Sequence, spacing, progress: bool = True) -> int:
@@ -490,22 +522,32 @@ class SimulatedAnnotator:
 
 def plot_evaluation_sweep(result):
     """The sweep of a stage-05 result (:class:`ultrabones.evaluation.benchmark.EvaluationResult`), with the
-    model's and the classical detector's released scores at the report threshold as horizontal lines."""
+    model's and the classical detector's released scores at the report threshold as horizontal lines, and
+    the levels at which the model's low-intensity completeness beats the annotator's marked (Fig. 8)."""
+    from ultrabones.evaluation.metrics import model_vs_levels
+
     released = result.summary["at"]["released"]
     refs = {m: released[m] for m in result.methods if m != "manual"}
-    return plot_sweep(result.sweep, "completeness", references=refs,
-                      title=f"{LABEL}: released protocol at {result.params.report_sigma_mm} mm")
+    levels = model_vs_levels(result.summary["at"], result.sweep.to_dict("records"))
+    won = [lv["level"] for lv in levels if lv["beats"]]
+    return plot_sweep(result.sweep, "completeness", references=refs, beats=won,
+                      title=f"{LABEL}: released protocol at {result.params.report_sigma_mm} mm; the model's "
+                            f"low-intensity completeness beats the annotator's at {len(won)} of {len(levels)} "
+                            f"levels (stars)")
 
 
 def plot_sweep(table, score: str = "completeness", model: dict | None = None, references: dict | None = None,
-               title: str = ""):
+               title: str = "", beats: Sequence[int] = ()):
     """Low-, high-intensity and overall ``score`` along the visibility level (the manual curve of Fig. 8).
 
     ``model`` (``{region: {score: value}}``) adds the model's values as horizontal lines;
     ``references`` (``{name: {region: {score: value}}}``, e.g. the model and the
-    classical detector) adds one line style per method; ``title`` goes above both panels.
+    classical detector) adds one line style per method; ``title`` goes above both panels; ``beats`` (level
+    indices) are starred on the low-intensity ``score`` curve: the levels at which the model beats the annotator.
     """
     import matplotlib.pyplot as plt
+
+    from ultrabones.evaluation.metrics import level_name
 
     colours = {"all": "black", "high": "tab:green", "low": "tab:blue"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
@@ -513,6 +555,10 @@ def plot_sweep(table, score: str = "completeness", model: dict | None = None, re
         for r, col in colours.items():
             t = table[table["region"] == r]
             ax.plot(t["level"], t[sc], "o-", color=col, label=f"{LABEL} {r}")
+            if r == "low" and sc == score and len(beats):
+                won = t[t["level"].isin(list(beats))]
+                ax.plot(won["level"], won[sc], "*", color="tab:red", ms=12, zorder=5,
+                        label=f"model's low {score} higher")
             refs = {**({"model": model} if model else {}), **(references or {})}
             for (name, vals), ls in zip(refs.items(), ("--", ":", "-.", (0, (5, 1)))):
                 if vals and r in vals and sc in vals[r] and vals[r][sc] is not None:
@@ -520,8 +566,7 @@ def plot_sweep(table, score: str = "completeness", model: dict | None = None, re
         ax.set_xlabel("visibility level (higher: only brighter echoes are marked)")
         lv = table[table["region"] == "all"]
         if {"visible_quantile", "visible_fraction"} <= set(lv.columns):
-            ax.set_xticks(lv["level"], [f"q {q:.2f}\nf {f:.2f}" for q, f in zip(lv["visible_quantile"],
-                                                                                lv["visible_fraction"])], fontsize=7)
+            ax.set_xticks(lv["level"], [level_name(r, "\n") for r in lv.to_dict("records")], fontsize=7)
         ax.set_ylabel(sc)
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
