@@ -182,7 +182,4 @@ def format_seeded(df: pd.DataFrame) -> pd.DataFrame:
     at = cols.index("value") + 1
     out.insert(at, "seeds", df["seeds"].to_numpy())
     out.insert(at + 1, DESIGN, [("" if v is None or v != v else summary.fmt_number(v)) for v in df["design seed"]])
-    if "per seed" in out:
-        out["per seed"] = [", ".join(summary.fmt_number(v) for v in vals) if len(vals) > 1 else ""
-                           for vals in df["per seed"]]
     return out
