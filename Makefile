@@ -41,6 +41,11 @@ INIT_CHECKPOINT ?=
 ifneq ($(strip $(INIT_CHECKPOINT)),)
   EXTRA += -p $(call shq,training.init_checkpoint=$(INIT_CHECKPOINT))
 endif
+# COMPARE_FRAMES=N: notebook 02 also fits every objective on N frames and measures each against the truth (twin)
+COMPARE_FRAMES ?=
+ifneq ($(strip $(COMPARE_FRAMES)),)
+  EXTRA += -p labeling.compare_objectives_frames=$(COMPARE_FRAMES)
+endif
 # The input dataset's path and content digest. Regenerated on every make (also under make -n: the
 # recipe starts with +), rewritten only when its text changes, so its mtime moves only when the
 # inputs do; every stamp depends on it.
@@ -110,7 +115,8 @@ SEEDS_OF = $(shell $(PY) -c "from ultrabones.core import paper; print(*paper.$(1
 VALIDATION_OUT := $(if $(filter default,$(PROFILE)),figures/validation,build/$(PROFILE)/validation)
 
 validate: setup
-	@for s in $(call SEEDS_OF,VALIDATION_SEEDS); do $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s || exit 1; done
+	@for s in $(call SEEDS_OF,VALIDATION_SEEDS); do $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s \
+	  COMPARE_FRAMES=$(shell $(PY) -c "from ultrabones.core import paper; print(paper.VALIDATION_COMPARE_FRAMES)") || exit 1; done
 	$(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,VALIDATION_SEEDS) --out $(VALIDATION_OUT)
 	$(PY) -m ultrabones.twin.measure merge-collected --profile $(PROFILE) --seeds $(call SEEDS_OF,VALIDATION_SEEDS) --out $(VALIDATION_OUT)
 

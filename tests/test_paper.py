@@ -164,6 +164,7 @@ def test_no_criterion_sits_just_past_an_observed_value(table_file):
 #: what had been seen before the change.
 CRITERIA_DIGESTS = {
     1: "9949ca64016e061d0521a0e9b3d103ba6357f755ea56cd0250dd7af428411ee4",
+    2: "5dbffef92ebe03dd0f240347362b2d8f9e8a45f9a5fe63cda1187530ab80d65d",
 }
 
 

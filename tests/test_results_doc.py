@@ -120,3 +120,22 @@ def test_committed_metrics_are_one_runs(tmp_path):
     (fig / "metrics" / "05_evaluation.json").write_text("{}")
     assert results_doc.publish_metrics(src, fig) == ["02_labeling.json"]
     assert sorted(p.name for p in (fig / "metrics").iterdir()) == ["02_labeling.json"]
+
+
+def _comparison(delivered: list[float], n: list[int], se: list[float]) -> dict:
+    return {"02_labeling": {"objective_comparison": {
+        "objective": ["eq2_first_hit", "released"], "n_frames": n, "discard_rate": [0.1, 0.3],
+        "kept_initial_mm": [1.0, 1.0], "kept_optimized_mm": [0.3, 0.5], "delivered_mm": delivered,
+        "delivered_se_mm": se, "better_share": [0.9, 0.7], "seconds_per_frame": [0.2, 5.0]}}}
+
+
+def test_objective_comparison_pools_the_seeds_weighted_by_frames():
+    runs = [_comparison([0.4, 0.6], [30, 30], [0.03, 0.04]), _comparison([0.2, 0.9], [10, 10], [0.02, 0.05]),
+            {"02_labeling": {}}]  # a seed without the comparison is left out
+    df = validation.objective_comparison(runs, ["seed8", "seed9", "seed10"])
+    assert list(df["seed"]) == ["8", "8", "9", "9", "all", "all"]
+    pooled = df[df["seed"] == "all"].set_index("objective")
+    assert pooled.loc["eq2_first_hit", "n_frames"] == 40
+    assert pooled.loc["eq2_first_hit", "delivered_mm"] == pytest.approx(0.75 * 0.4 + 0.25 * 0.2)
+    assert pooled.loc["released", "delivered_se_mm"] == pytest.approx(((0.75 * 0.04) ** 2 + (0.25 * 0.05) ** 2) ** 0.5)
+    assert validation.objective_comparison([{"02_labeling": {}}], ["seed8"]).empty

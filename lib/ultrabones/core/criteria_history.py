@@ -56,6 +56,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+#: Rows whose criterion changed again from criteria version 1 on: row -> the version that changed it. Those changes
+#: are dated in CHANGELOG.md ("criteria version N (YYYY-MM-DD): ..."), not listed in :data:`HISTORY`.
+CHANGED_SINCE_VERSION_1: dict[str, int] = {"model_low_accuracy": 2, "model_low_completeness": 2, "model_low_f1": 2}
+
+
 @dataclass(frozen=True)
 class CriterionChange:
     """One change of an acceptance criterion after a result had been seen.

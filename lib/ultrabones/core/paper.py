@@ -103,10 +103,13 @@ VALIDATION_SEEDS: tuple[int, ...] = (8, 9, 10)
 #: Master seeds nothing has run on. The runner refuses them (``ULTRABONES_UNSEAL=1``, set by ``make unseal``, lifts
 #: that once); after their one run they are reported as they came out and move into :data:`VALIDATION_SEEDS`.
 SEALED_SEEDS: tuple[int, ...] = (61, 67, 71)
+#: Frames on which ``make validate`` also fits every objective (Eq. 2 ``first_hit`` and ``full``, and the released
+#: one) and measures each against the truth (``labeling.compare_objectives_frames``; a report, no label changes).
+VALIDATION_COMPARE_FRAMES = 60
 
 #: The version of :data:`CRITERIA`. A test pins a digest of the criteria to it: a change of any criterion needs a
 #: new version here, its digest in the test, and a dated line in CHANGELOG.md saying what had been seen before.
-CRITERIA_VERSION = 1
+CRITERIA_VERSION = 2
 
 #: The distance threshold of the paper's headline evaluation numbers (mm).
 REPORT_SIGMA_MM = 0.5
@@ -226,6 +229,9 @@ _TWIN_LAB = ("reported beside the paper: on the twin it follows from the trackin
 _NOT_THE_PAPERS_MODEL = ("reported beside the paper: a model trained minutes on CPU on the twin; the paper gives no "
                          "spread to set a tolerance from")
 _MODEL_BEATS_MANUAL = "paper: the model beats manual labelling on low-intensity bone (accuracy +27%, completeness +320%, F1 +197%)"
+_MODEL_VS_ANNOTATOR = ("reported beside the simulated annotator: whether the model beats it depends on the "
+                       "annotator's strictness, so the claim is stated at each level of its sweep "
+                       "(05_evaluation: model_beats_annotator_at_levels; " + _MODEL_BEATS_MANUAL + ")")
 _HALF_STEP = "physical: half a step of the integer 0-3 rubric, the smallest difference of means the scale is built to show"
 
 #: Every acceptance criterion of the summary table, by row id (:data:`ultrabones.pipeline.summary.ROWS`).
@@ -287,10 +293,11 @@ CRITERIA: Mapping[str, Criterion] = MappingProxyType({
     "model_all_accuracy": Criterion("reported", why=_NOT_THE_PAPERS_MODEL),
     "model_all_completeness": Criterion("reported", why=_NOT_THE_PAPERS_MODEL),
     "model_all_f1": Criterion("reported", why=_NOT_THE_PAPERS_MODEL),
-    "model_low_accuracy": Criterion("above_row", row="manual_low_accuracy", basis="paper", why=_MODEL_BEATS_MANUAL),
-    "model_low_completeness": Criterion("above_row", row="manual_low_completeness", basis="paper",
-                                        why=_MODEL_BEATS_MANUAL),
-    "model_low_f1": Criterion("above_row", row="manual_low_f1", basis="paper", why=_MODEL_BEATS_MANUAL),
+    # criteria version 2: reported; the claim is stated at every level of the annotator sweep (05's
+    # model_beats_annotator_at_levels), not judged against the one configured level (CHANGELOG.md)
+    "model_low_accuracy": Criterion("reported", why=_MODEL_VS_ANNOTATOR),
+    "model_low_completeness": Criterion("reported", why=_MODEL_VS_ANNOTATOR),
+    "model_low_f1": Criterion("reported", why=_MODEL_VS_ANNOTATOR),
     "manual_low_accuracy": REPORTED,
     "manual_low_completeness": REPORTED,
     "manual_low_f1": REPORTED,

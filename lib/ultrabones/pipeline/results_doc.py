@@ -135,6 +135,15 @@ def history_table(design: Mapping[str, dict], runs: Sequence[Mapping[str, dict]]
                                                        "original's verdict today"])
 
 
+def _sealed_note(c: Committed, name: str) -> str:
+    """`` (sealed until this run, reported as it came out)`` for a seed collected while it was sealed
+    (``figures/validation/collected.json``), else empty."""
+    path = c.figures_dir / VALIDATION / validation.COLLECTED
+    roles = json.loads(path.read_text()).get("seeds", {}) if path.is_file() else {}
+    sealed = roles.get(name.replace("seed", ""), {}).get("role") == "sealed"
+    return " (sealed until this run, reported as it came out)" if sealed else ""
+
+
 def _provenance(run: Mapping[str, dict]) -> str:
     commits = sorted({m.get("_provenance", {}).get("git_commit") or "?" for m in run.values()})
     written = sorted(m.get("_provenance", {}).get("written", "")[:10] for m in run.values())
@@ -146,6 +155,21 @@ def _stage_timings(design: Mapping[str, dict]) -> dict[str, dict]:
     t = design.get(Path(TIMINGS).stem) or {}
     return {k: v for k, v in t.items() if isinstance(v, Mapping) and "wall_s" in v and "__" not in k}  # no
     # one-specimen reruns (``02_labeling__specimen03``): the committed run's stages once each
+
+
+def _annotator_levels_line(design: Mapping[str, dict]) -> str | None:
+    """At which levels of the simulated annotator's sweep the model's low-intensity completeness is higher (05's
+    ``model_vs_annotator_levels``), or None where the run has no sweep."""
+    levels = (design.get("05_evaluation") or {}).get("model_vs_annotator_levels") or []
+    if not levels:
+        return None
+    above = [str(v["level"]) for v in levels if v["beats"]]
+    below = [str(v["level"]) for v in levels if not v["beats"]]
+    return (f"model low-intensity completeness (agreement with the CT-derived labels) "
+            f"{summary.fmt_number(levels[0]['model'])}: above the simulated annotator's at levels "
+            f"{', '.join(above) or 'none'}, not at {', '.join(below) or 'none'} of its sweep "
+            f"({levels[0]['level']}: lenient, {levels[-1]['level']}: strict; seed 0, design seed) "
+            f"[figures/metrics/05_evaluation.json: model_vs_annotator_levels]")
 
 
 def _timings_line(design: Mapping[str, dict]) -> str | None:
@@ -170,7 +194,8 @@ def _row_line(table: pd.DataFrame, rid: str, label: str | None = None) -> str | 
         f"; design seed 0: {summary.fmt_number(r['design seed'])}"
     published = "" if r["published"] is None or r["published"] != r["published"] else \
         f"; paper {summary.fmt_number(r['published'])}"
-    return f"- {label or r['quantity']}: **{value}** (seeds {r['seeds']}{design}{published}) [{r['source']}]"
+    seeds = r["seeds"] if str(r["seeds"]).startswith("seed ") else f"seeds {r['seeds']}"
+    return f"- {label or r['quantity']}: **{value}** ({seeds}{design}{published}) [{r['source']}]"
 
 
 #: The rows the README's block quotes, in order.
@@ -195,7 +220,10 @@ def readme_block(figures_dir: Path | str) -> str:
     judged = table[table["criterion met"].isin(["yes", "no"])]
     lines.append(f"- criteria (version {paper.CRITERIA_VERSION}): {int((judged['criterion met'] == 'yes').sum())} met "
                  f"of {len(judged)} judged; {len(criteria_history.HISTORY)} were changed after a result had been "
-                 f"seen (docs/results.md, criteria history)")
+                 f"seen before version 1 (docs/results.md, criteria history), later versions' changes are dated "
+                 f"in CHANGELOG.md")
+    if (t := _annotator_levels_line(c.design)) is not None:
+        lines.append(f"- {t}")
     if (t := _timings_line(c.design)) is not None:
         lines.append(f"- {t}")
     if c.real:
@@ -233,8 +261,8 @@ def results_markdown(figures_dir: Path | str) -> str:
         "",
         f"- default run (seed 0, a design seed): `figures/metrics/` ({_provenance(c.design)})",
         f"- validation seeds: `figures/validation/` ("
-        + ("; ".join(f"{n}: {_provenance(r)}" for n, r in zip(c.validation_names, c.validation)) or "none committed")
-        + ")",
+        + ("; ".join(f"{n}{_sealed_note(c, n)}: {_provenance(r)}" for n, r in zip(c.validation_names, c.validation))
+           or "none committed") + ")",
         f"- criteria version {paper.CRITERIA_VERSION} (`lib/ultrabones/core/paper.py`); design seeds "
         f"{list(paper.DESIGN_SEEDS)}, validation seeds {list(paper.VALIDATION_SEEDS)}, sealed seeds "
         f"{list(paper.SEALED_SEEDS)}",
@@ -257,6 +285,7 @@ def results_markdown(figures_dir: Path | str) -> str:
         "",
         to_markdown(history_table(c.design, c.validation)),
     ]
+    parts += _objectives_section(c)
     t = _stage_timings(c.design)
     if t:
         parts += ["## Timings", "", f"From `figures/metrics/{TIMINGS}` (wall seconds, core-seconds, peak MiB).", "",
@@ -270,6 +299,25 @@ def results_markdown(figures_dir: Path | str) -> str:
                   "(made by the same label generator as its training labels, on the sweep used during "
                   "development), not an accuracy.", "", *_real_lines(c.real), ""]
     return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def _objectives_section(c: Committed) -> list[str]:
+    """Which objective is more accurate on the validation seeds (issue 29), where they hold the comparison."""
+    table = validation.objective_comparison(c.validation, c.validation_names)
+    if table.empty:
+        return []
+    seeds = ", ".join(dict.fromkeys(s for s in table["seed"] if s != "all"))
+    return ["## Which objective is more accurate",
+            "",
+            f"Eq. 2 as the paper prints it (region `first_hit`, and `full`) and the objective of the released labels "
+            f"(`released`, upstream's optimiser settings) fitted on the same frames of validation seeds {seeds}, "
+            "each label as the dataset would hold it (optimised when kept, the initial one when discarded) "
+            "measured against the twin's truth (contour error, mm). The methods never see the truth. "
+            "`python -m ultrabones run 02 --profile default --seed N -p labeling.compare_objectives_frames=60` "
+            "(`make validate` runs it); source: "
+            f"`figures/{VALIDATION}/seed*/02_labeling.json: objective_comparison`.",
+            "",
+            to_markdown(table)]
 
 
 def replace_block(readme_text: str, block: str) -> str:

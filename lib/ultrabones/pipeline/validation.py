@@ -183,3 +183,47 @@ def format_seeded(df: pd.DataFrame) -> pd.DataFrame:
     out.insert(at, "seeds", df["seeds"].to_numpy())
     out.insert(at + 1, DESIGN, [("" if v is None or v != v else summary.fmt_number(v)) for v in df["design seed"]])
     return out
+
+
+#: The columns of :func:`objective_comparison`, in order (twin.objectives.table's keys).
+OBJECTIVE_COLUMNS = ("n_frames", "discard_rate", "kept_initial_mm", "kept_optimized_mm", "delivered_mm",
+                     "delivered_se_mm", "better_share", "seconds_per_frame")
+
+
+def objective_comparison(runs: Sequence[Mapping[str, dict]], names: Sequence[str]) -> pd.DataFrame:
+    """Which objective is more accurate, seed by seed and over the seeds (issue 29).
+
+    Parameters
+    ----------
+    runs, names : the validation seeds' metrics and names (:func:`committed_runs`); a run whose
+        ``02_labeling.json`` lacks ``objective_comparison`` (notebook 02 with ``compare_objectives_frames`` > 0,
+        measured against the truth by :mod:`ultrabones.twin.objectives`) is left out.
+
+    Returns
+    -------
+    One row per (objective, seed) with :data:`OBJECTIVE_COLUMNS` (contour errors against the truth in mm,
+    seconds of process time per frame), then, with two or more seeds, one ``all`` row per objective: frames
+    summed, the other columns weighted by each seed's frames, and ``delivered_se_mm`` the standard error of that
+    weighted mean (the seeds' errors taken independent). Empty when no run holds a comparison.
+    """
+    rows = []
+    for run, name in zip(runs, names):
+        block = (run.get("02_labeling") or {}).get("objective_comparison")
+        if not block:
+            continue
+        for i, objective in enumerate(block["objective"]):
+            rows.append({"objective": objective, "seed": name.replace("seed", ""),
+                         **{c: block[c][i] for c in OBJECTIVE_COLUMNS}})
+    df = pd.DataFrame(rows, columns=["objective", "seed", *OBJECTIVE_COLUMNS])
+    if df["seed"].nunique() < 2:
+        return df
+    pooled = []
+    for objective, g in df.groupby("objective", sort=False):
+        n = g["n_frames"].astype(float).to_numpy()
+        w = n / n.sum()
+        rec = {"objective": objective, "seed": "all", "n_frames": int(n.sum())}
+        for c in OBJECTIVE_COLUMNS[1:]:
+            rec[c] = float((w * g[c].astype(float).to_numpy()).sum())
+        rec["delivered_se_mm"] = float(((w * g["delivered_se_mm"].astype(float).to_numpy()) ** 2).sum() ** 0.5)
+        pooled.append(rec)
+    return pd.concat([df, pd.DataFrame(pooled)], ignore_index=True)
