@@ -44,7 +44,7 @@ def test_real_selection_margin():
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": seed}
     clouds = {s.name: str(batch.surface_cloud(paths, s, P.density_per_mm2, seed)) for s in specs}
-    records = batch._records(specs, {s.name: P for s in specs})
+    records = batch.records_to_label(specs, {s.name: P for s in specs})
     with executor("synchronous", None, 1) as ex:
         lam, region, sel = batch._select_lambda(paths, P, records, clouds, base, ex.map, seed)
     sep = sel["separation"]

@@ -149,7 +149,7 @@ def test_heldout_fits_avoid_the_selection_frames(tmp_path):
     tasks = batch.heldout_fit_tasks(twin, P, seed=0, n_frames=4)
     calib, spacing, _ = dataset.read_calibration(twin.dataset)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": 0}
-    records = batch._records(specs, {s.name: P for s in specs})
+    records = batch.records_to_label(specs, {s.name: P for s in specs})
     seen = {t["timestamp"] for t in batch._selection_tasks(P, records, {s.name: "" for s in specs}, base, 0)}
     assert 1 <= len(tasks) <= 4 and seen
     assert not seen & {t["timestamp"] for t in tasks}

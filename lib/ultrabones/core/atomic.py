@@ -48,15 +48,17 @@ def write_text(path: Path | str, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data: dict keys as strings, tuples as lists, numpy scalars and arrays as Python
+    numbers and lists."""
     import numpy as np
 
     if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Path):
@@ -68,7 +70,7 @@ def _to_jsonable(obj: Any) -> Any:
 
 def write_json(path: Path | str, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically (numpy types converted, NaN -> null)."""
-    return write_text(path, json.dumps(_to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def new_dir_beside(path: Path | str) -> Path:

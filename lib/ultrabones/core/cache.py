@@ -46,7 +46,7 @@ def git_commit() -> str | None:
 
 def params_hash(params: Mapping[str, Any]) -> str:
     """A short stable hash of a parameter mapping (JSON with sorted keys)."""
-    blob = json.dumps(atomic._to_jsonable(params), sort_keys=True, default=str).encode()
+    blob = json.dumps(atomic.to_jsonable(params), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

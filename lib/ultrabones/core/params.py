@@ -507,7 +507,7 @@ def read_yaml(path: Path) -> dict:
 EXTENDS_KEY = "extends"
 
 
-def _profile_path(name: str, params_dir: Path, relative_to: Path | None = None) -> Path:
+def profile_path(name: str, params_dir: Path, relative_to: Path | None = None) -> Path:
     """The file of a profile named ``name`` (``params/<name>.yaml``) or given as a path to a YAML file."""
     if name.endswith((".yaml", ".yml")):
         path = Path(os.path.expanduser(name))
@@ -575,7 +575,7 @@ def resolve_profile_files(path: Path | str, params_dir: Path | str) -> tuple[dic
         elif not isinstance(base, str) or not base.strip():
             raise ParamsError(f"{current}: 'extends' must name a profile (e.g. extends: default), got {base!r}")
         else:
-            current = _profile_path(base.strip(), Path(params_dir), relative_to=current.parent)
+            current = profile_path(base.strip(), Path(params_dir), relative_to=current.parent)
             if not current.is_file():
                 raise ParamsError(f"{chain[-1]}: extends {base!r}, but {current} does not exist")
     merged: dict = {}
@@ -607,7 +607,7 @@ def resolved_profile(name: str, params_dir: Path | str | None = None) -> dict:
     params_dir : the ``params/`` folder (default: the project's).
     """
     params_dir = PARAMS_DIR if params_dir is None else params_dir
-    path = _profile_path(name, Path(params_dir))
+    path = profile_path(name, Path(params_dir))
     merged, _, files = resolve_profile_files(path, params_dir)
     return validate_profile(merged, _chain_name(files))
 
@@ -622,7 +622,7 @@ def _chain_name(files: list[Path]) -> str:
 
 def explain_profile(name: str, params_dir: Path | str) -> str:
     """Every key of a profile with its value and the file that gave it (``ultrabones params --explain``)."""
-    path = _profile_path(name, Path(params_dir))
+    path = profile_path(name, Path(params_dir))
     merged, origins, files = resolve_profile_files(path, params_dir)
     values = validate_profile(merged, _chain_name(files))
     lines = [f"# {path.name}: " + " <- ".join(f.name for f in reversed(files))]
@@ -797,7 +797,7 @@ def load_profile(
     """
     params_dir = Path(params_dir)
     base = Path(cwd) if cwd is not None else Path.cwd()
-    path = _profile_path(name, params_dir)
+    path = profile_path(name, params_dir)
     merged, _, files = resolve_profile_files(path, params_dir)
     values = validate_profile(merged, _chain_name(files))
     for text in assignments or []:

@@ -608,7 +608,7 @@ def _write_chunk(path: Path, key: str, rows: list[dict], masks: dict) -> None:
     for j, t in enumerate(ts):
         full[j], vis[j] = np.packbits(masks[t][0]), np.packbits(masks[t][1])
     buf = io.BytesIO()
-    np.savez_compressed(buf, key=np.array(key), report=np.array(json.dumps(atomic._to_jsonable(rows))),
+    np.savez_compressed(buf, key=np.array(key), report=np.array(json.dumps(atomic.to_jsonable(rows))),
                         timestamps=ts, shape=np.array(shape), full=full, visible=vis)
     atomic.write_bytes(path, buf.getvalue())
 
@@ -667,7 +667,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     out = asdict(reg)
     out["transform"] = reg.transform.tolist()
     out["status"] = "registered"
-    return atomic._to_jsonable(out)
+    return atomic.to_jsonable(out)
 
 
 #: Float fields of a registration result; JSON stores NaN as ``null``.
@@ -750,18 +750,19 @@ def read_registration(path: Path | str, key: str) -> dict | None:
 # ----------------------------------------------------------------------------- the whole dataset
 
 
-def _record_tracking(rec: dataset.Record) -> pd.DataFrame:
+def record_tracking(rec: dataset.Record) -> pd.DataFrame:
+    """A record's tracking table (rows without a pose kept, so that row numbers are the recording's)."""
     return rec.read_tracking(allow_missing_pose=True)
 
 
-def _records(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
+def records_to_label(specs, spec_params: Mapping[str, LabelingParams]) -> list[tuple]:
     """Every record of ``specs`` as ``(specimen, record, tracking table, rows to label)``, the rows by its
     specimen's :class:`LabelingParams` (``frame_stride``, ``max_frames_per_record``)."""
     out = []
     for s in specs:
         P = spec_params[s.name]
         for rec in s.records:
-            tab = _record_tracking(rec)
+            tab = record_tracking(rec)
             out.append((s, rec, tab, selected_rows(len(tab), P.frame_stride, P.max_frames_per_record)))
     return out
 
@@ -816,7 +817,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
         released_clouds = {s.name: str(released_cloud(paths, s, spec_params[s.name].released_ct_samples, seed + 2))
                            for s in specs if spec_params[s.name].objective == "released"}
 
-        records = _records(specs, spec_params)  # (specimen, record, table, rows)
+        records = records_to_label(specs, spec_params)  # (specimen, record, table, rows)
         # all the record's frames vote, not only the labelled ones (a record may label one frame)
         shapes = {rec.key: record_image_shape(rec, tab["timestamp"]) for _, rec, tab, _ in records}
 
@@ -997,7 +998,7 @@ def heldout_fit_tasks(paths: Paths, params: LabelingParams, *, seed: int = 0, n_
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": params, "seed": seed}
     clouds = {s.name: str(surface_cloud(paths, s, params.density_per_mm2, seed)) for s in specs}
-    records = _records(specs, {s.name: params for s in specs})
+    records = records_to_label(specs, {s.name: params for s in specs})
     seen = {(t["record_dir"], t["timestamp"]) for t in _selection_tasks(params, records, clouds, base, seed)}
     wide = dataclasses.replace(params, lambda_frames=n_frames + len(seen))
     tasks = [t for t in _selection_tasks(wide, records, clouds, base, seed + HELDOUT_SEED_OFFSET)

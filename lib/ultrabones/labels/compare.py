@@ -39,7 +39,7 @@ def pick_frames(paths: Paths, P: batch.LabelingParams, n_frames: int,
         raise ValueError(f"compare: n_frames must be >= 1, got {n_frames}")
     specs, _ = dataset.scan(paths.dataset, specimens, derived=paths.derived)
     pool = []
-    for s, rec, tab, rows in batch._records(specs, {s.name: P for s in specs}):
+    for s, rec, tab, rows in batch.records_to_label(specs, {s.name: P for s in specs}):
         prm = tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float)
         for r, p in zip(rows, prm):
             if np.isfinite(p).all():

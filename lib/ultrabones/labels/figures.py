@@ -17,7 +17,7 @@ from ultrabones.core import dataset, geometry
 from ultrabones.core.overlay import overlay
 from ultrabones.core.paths import Paths
 from ultrabones.labels import frame
-from ultrabones.labels.batch import LabelingParams, _record_tracking, load_cloud, surface_cloud
+from ultrabones.labels.batch import LabelingParams, record_tracking, load_cloud, surface_cloud
 
 RED, GREEN, BLUE, YELLOW = (1, 0, 0), (0, 1, 0), (0, 0.4, 1), (1, 1, 0)
 
@@ -39,7 +39,7 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: LabelingParams, seed: 
     rec = next(r for r in spec.records if r.name == row["record"])
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     points, normals = load_cloud(surface_cloud(paths, spec, P.label_density_per_mm2, seed + 1))
-    tab = _record_tracking(rec)
+    tab = record_tracking(rec)
     prm = tab.loc[tab["timestamp"] == int(row["timestamp"]), list(geometry.POSE_COLUMNS)].to_numpy(float)[0]
     img = rec.read_image(int(row["timestamp"]))
     pose0 = geometry.pose_from_params(prm)

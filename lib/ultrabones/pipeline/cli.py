@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "params":
             import yaml
 
-            from ultrabones.core.params import _profile_path, explain_profile, resolve_profile_files, resolved_profile
+            from ultrabones.core.params import profile_path, explain_profile, resolve_profile_files, resolved_profile
             from ultrabones.core.paths import PARAMS_DIR
 
             if args.files:
-                _, _, files = resolve_profile_files(_profile_path(args.profile, PARAMS_DIR), PARAMS_DIR)
+                _, _, files = resolve_profile_files(profile_path(args.profile, PARAMS_DIR), PARAMS_DIR)
                 print(" ".join(str(f) for f in files))
             elif args.explain:
                 print(explain_profile(args.profile, PARAMS_DIR))

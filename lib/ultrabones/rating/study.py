@@ -188,13 +188,13 @@ def sample_frames(candidates: Mapping[tuple[str, str], np.ndarray], per_sweep: i
         ts = np.asarray(ts, dtype=np.int64)
         if ts.size == 0:
             continue
-        rng = np.random.default_rng([seed, _stable_int(f"{specimen}/{record}")])
+        rng = np.random.default_rng([seed, stable_int(f"{specimen}/{record}")])
         pick = np.sort(rng.choice(ts, size=min(per_sweep, ts.size), replace=False))
         rows += [(specimen, record, int(t)) for t in pick]
     return pd.DataFrame(rows, columns=["specimen", "record", "timestamp"])
 
 
-def _stable_int(text: str) -> int:
+def stable_int(text: str) -> int:
     """A 32-bit integer from a string, the same on every run and platform."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
@@ -312,7 +312,7 @@ def make_key(frames: pd.DataFrame, seed: int, methods: Sequence[str] = METHODS) 
     about the frame or the method.
     """
     items = frames[["specimen", "record", "timestamp"]].merge(pd.DataFrame({"method": list(methods)}), how="cross")
-    order = np.random.default_rng([seed, _stable_int("rating-order")]).permutation(len(items))
+    order = np.random.default_rng([seed, stable_int("rating-order")]).permutation(len(items))
     key = items.iloc[order].reset_index(drop=True)
     width = max(3, len(str(len(key))))
     key.insert(0, "item_id", [f"item{i + 1:0{width}d}" for i in range(len(key))])

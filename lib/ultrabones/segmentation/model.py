@@ -692,7 +692,7 @@ def save_checkpoint(path: Path | str, state_dict: Mapping[str, torch.Tensor], me
     """
     from ultrabones.core.cache import git_commit
 
-    meta = atomic._to_jsonable(dict(metadata))
+    meta = atomic.to_jsonable(dict(metadata))
     meta.setdefault("git_commit", git_commit())
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     blob = {"format": FORMAT, "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},

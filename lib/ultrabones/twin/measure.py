@@ -273,7 +273,7 @@ def evaluation_table(vs_truth: dict, at_key: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- labels (notebook 02)
 
 
-class _LabelDrawer:
+class LabelDrawer:
     """Draws a frame's full label at any pose from the same dense cloud ``C`` as notebook 02's labels."""
 
     def __init__(self, paths: Paths, gamma_mm: float, density_per_mm2: float, cloud_seed: int):
@@ -301,12 +301,15 @@ class _LabelDrawer:
         return [frame.full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
 
 
-def _true_label(paths: Paths, specimen: str, record: str, ts: int, kind: str, shape) -> np.ndarray | None:
+def true_label(paths: Paths, specimen: str, record: str, ts: int, kind: str, shape) -> np.ndarray | None:
+    """A frame's true label of ``kind`` (``dataset.LABELS_FULL``, ...) from the twin's truth, as a (H, W) mask of
+    ``shape``; None where the truth has none."""
     f = truth_dir(paths) / specimen / record / kind / f"{int(ts)}_label.png"
     return dataset.read_label(f, shape) if f.is_file() else None
 
 
-def _tracking(paths: Paths, specimen: str, record: str) -> pd.DataFrame:
+def tracking_table(paths: Paths, specimen: str, record: str) -> pd.DataFrame:
+    """A record's tracking table as recorded (poses in mm and degrees; rows without a pose kept)."""
     return dataset.read_tracking(paths.dataset / specimen / record / dataset.TRACKING, allow_missing_pose=True)
 
 
@@ -334,13 +337,13 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
 
     if truth_root(paths) is None:
         return pd.DataFrame()
-    drawer = _LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
+    drawer = LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
     kept = report[report["status"] == "kept"]
     rows, tabs = [], {}
     for r in tqdm(kept.itertuples(index=False), total=len(kept), desc="errors vs truth", disable=not progress):
         key = (r.specimen, r.record)
         if key not in tabs:
-            tabs[key] = _tracking(paths, *key).set_index("timestamp")
+            tabs[key] = tracking_table(paths, *key).set_index("timestamp")
         prm = tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float)
         shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
                                    / f"{int(r.timestamp)}.png").shape
@@ -348,8 +351,8 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
         g = np.asarray(registrations[f"{r.specimen}/{r.record}"]["transform"], float)
         x = np.array([r.rot_x_deg, r.rot_y_deg, r.rot_z_deg, r.trans_x_mm, r.trans_y_mm, r.trans_z_mm], float)
         init, reg, opt = drawer.draw(r.specimen, shape, [pose0, g @ pose0, pose0 @ perturbation(x[:3], x[3:])])
-        tf = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
-        tv = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS, shape)
+        tf = true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
+        tv = true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS, shape)
         row = {"specimen": r.specimen, "record": r.record, "timestamp": int(r.timestamp)}
         for name, m in (("initial", init), ("registered", reg), ("optimized", opt)):
             row[f"contour_{name}_mm"] = contour_error_mm(m, tf, drawer.spacing) if tf is not None else np.nan
@@ -428,16 +431,16 @@ def delivered_label_errors(paths: Paths, trials: pd.DataFrame, settings: dict) -
             "true_contour_initial_mm"]
     if trials is None or len(trials) == 0 or truth_root(paths) is None:
         return pd.DataFrame(columns=cols)
-    drawer = _LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
+    drawer = LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
     rows, tabs, init = [], {}, {}
     for r in trials.itertuples(index=False):
         key = (r.specimen, r.record)
         if key not in tabs:
-            tabs[key] = _tracking(paths, *key).set_index("timestamp")
+            tabs[key] = tracking_table(paths, *key).set_index("timestamp")
         pose0 = pose_from_params(tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float))
         shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
                                    / f"{int(r.timestamp)}.png").shape
-        tf = _true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
+        tf = true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
         if tf is None:
             continue
         fk = (r.specimen, r.record, int(r.timestamp))
@@ -576,7 +579,7 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
             continue
         true = pd.read_csv(f).set_index("timestamp")
         for t in ts:
-            lab = _true_label(paths, specimen, rec.name, int(t), kind, None)
+            lab = true_label(paths, specimen, rec.name, int(t), kind, None)
             if lab is None or int(t) not in true.index or not lab.any():
                 continue
             pose = pose_from_params(true.loc[int(t), list(POSE_COLUMNS)].to_numpy(float)[None])[0]

@@ -35,17 +35,17 @@ def errors(paths: Paths, fits: pd.DataFrame, settings: dict) -> pd.DataFrame:
 
     if fits is None or fits.empty or measure.truth_root(paths) is None:
         return pd.DataFrame()
-    drawer = measure._LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"],
+    drawer = measure.LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"],
                                   settings["label_cloud_seed"])
     tabs, out = {}, []
     for r in fits.itertuples(index=False):
         key = (r.specimen, r.record)
         if key not in tabs:
-            tabs[key] = measure._tracking(paths, *key).set_index("timestamp")
+            tabs[key] = measure.tracking_table(paths, *key).set_index("timestamp")
         pose0 = pose_from_params(tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float))
         shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
                                    / f"{int(r.timestamp)}.png").shape
-        tf = measure._true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
+        tf = measure.true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
         x = np.asarray(r.x, float) if r.status == "kept" else np.zeros(6)
         init, deliv = drawer.draw(r.specimen, shape, [pose0, pose0 @ perturbation(x[:3], x[3:])])
         row = r._asdict()

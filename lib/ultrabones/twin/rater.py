@@ -20,7 +20,7 @@ from ultrabones.core import atomic, dataset
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import Paths
 from ultrabones.evaluation.metrics import directed_distances
-from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, _stable_int
+from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, stable_int
 from ultrabones.twin.layout import truth_dir
 
 
@@ -138,7 +138,7 @@ def simulate_ratings(
     """
     if gain_sd < 0 or not 0 <= lapse <= 1:
         raise ParamsError(f"rating: rater_gain_sd {gain_sd} must be >= 0 and rater_lapse {lapse} in [0, 1]")
-    rng = np.random.default_rng([seed, _stable_int("simulated-rater")])
+    rng = np.random.default_rng([seed, stable_int("simulated-rater")])
     n = len(distances)
     gain = np.exp(gain_sd * rng.standard_normal(n))
     slip = rng.random(n) < lapse
