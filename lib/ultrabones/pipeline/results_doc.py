@@ -145,9 +145,14 @@ def _sealed_note(c: Committed, name: str) -> str:
 
 
 def _provenance(run: Mapping[str, dict]) -> str:
-    commits = sorted({m.get("_provenance", {}).get("git_commit") or "?" for m in run.values()})
-    written = sorted(m.get("_provenance", {}).get("written", "")[:10] for m in run.values())
-    return f"commit {', '.join(c[:7] for c in commits)}, written {written[0]} to {written[-1]}" if run else "none"
+    """``commit <c>, ..., written <date> to <date>`` of a run's metrics (files without ``_provenance``, such as
+    ``timings.json``, left out)."""
+    prov = [m["_provenance"] for m in run.values() if isinstance(m.get("_provenance"), Mapping)]
+    if not prov:
+        return "none"
+    commits = sorted({p.get("git_commit") or "?" for p in prov})
+    written = sorted(p.get("written", "")[:10] for p in prov)
+    return f"commit {', '.join(c[:7] for c in commits)}, written {written[0]} to {written[-1]}"
 
 
 def _stage_timings(design: Mapping[str, dict]) -> dict[str, dict]:
