@@ -222,12 +222,12 @@ def test_case17_a_read_only_derived_root_is_reported_before_any_work(tmp_path, m
                                   "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n"])
 def test_case11_a_text_file_as_checkpoint_is_not_called_a_pickle(tmp_path, text):
     from ultrabones.core.errors import DatasetError
-    from ultrabones.segmentation import model
+    from ultrabones.segmentation.checkpoint import load_checkpoint
 
     f = tmp_path / "best.ckpt"
     f.write_text(text)
     with pytest.raises(DatasetError) as err:
-        model.load_checkpoint(f)
+        load_checkpoint(f)
     msg = str(err.value)
     assert msg.startswith(f"{f}: not a torch checkpoint (it starts with b{text[:24]!r}")
     assert "pickle" not in msg.split(":")[1] and "arbitrary code" not in msg
@@ -239,12 +239,12 @@ def test_case11_a_real_pickle_is_still_refused_as_one(tmp_path):
     from fractions import Fraction  # not an allowed global of torch's weights-only loader
 
     from ultrabones.core.errors import DatasetError
-    from ultrabones.segmentation import model
+    from ultrabones.segmentation.checkpoint import load_checkpoint
 
     f = tmp_path / "released.ckpt"
     f.write_bytes(pickle.dumps({"model": Fraction(1, 3)}, protocol=2))
     with pytest.raises(DatasetError, match="a pickled checkpoint \\(loading it can run arbitrary code\\); refused"):
-        model.load_checkpoint(f)
+        load_checkpoint(f)
 
 
 # ---------------------------------------------------------------- 16: 04 before 02

@@ -32,7 +32,6 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.labels.frame": 1205,
     "ultrabones.rating.study": 952,
     "ultrabones.reconstruction.surface": 670,
-    "ultrabones.segmentation.model": 1135,
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 577,
