@@ -21,7 +21,7 @@ import pandas as pd
 
 from ultrabones.core import dataset, geometry
 from ultrabones.core.paths import Paths
-from ultrabones.labels import batch, frame, released
+from ultrabones.labels import batch, optimize, released
 
 #: The candidates compared: (name, objective, Eq. 2 region).
 CANDIDATES = (("eq2_first_hit", "eq2", "first_hit"), ("eq2_full", "eq2", "full"), ("released", "released", "first_hit"))
@@ -91,7 +91,7 @@ def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: 
                        "released_points": dense[rec.specimen]}
                 res = batch.optimize_released(Q, ctx, img, prm, pose0)
             else:
-                res = frame.optimize_frame(img, pose0, calib, spacing, clouds[rec.specimen], lam,
+                res = optimize.optimize_frame(img, pose0, calib, spacing, clouds[rec.specimen], lam,
                                            gamma_mm=Q.gamma_mm, bound_deg=Q.bound_deg, bound_mm=Q.bound_mm,
                                            popsize=Q.popsize, maxiter=Q.maxiter, tol=Q.tol,
                                            seed=batch.frame_seed(seed, rec.key, ts),

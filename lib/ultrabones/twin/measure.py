@@ -294,11 +294,11 @@ class _LabelDrawer:
 
     def draw(self, specimen: str, shape, poses) -> list[np.ndarray]:
         """Full labels (H, W) bool of one frame at each pose (4, 4) in ``poses``."""
-        from ultrabones.labels import frame
+        from ultrabones.labels.label import full_label
 
         pts = self.cloud(specimen)
         near = self._batch._points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
-        return [frame.full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
+        return [full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
 
 
 def _true_label(paths: Paths, specimen: str, record: str, ts: int, kind: str, shape) -> np.ndarray | None:
@@ -330,7 +330,7 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
 
     from ultrabones.core.geometry import perturbation
     from ultrabones.evaluation.metrics import contour_error_mm
-    from ultrabones.labels import frame
+    from ultrabones.twin.contour import label_distance_mm, precision_recall
 
     if truth_root(paths) is None:
         return pd.DataFrame()
@@ -353,11 +353,11 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
         row = {"specimen": r.specimen, "record": r.record, "timestamp": int(r.timestamp)}
         for name, m in (("initial", init), ("registered", reg), ("optimized", opt)):
             row[f"contour_{name}_mm"] = contour_error_mm(m, tf, drawer.spacing) if tf is not None else np.nan
-            row[f"error_{name}_mm"] = frame.label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
+            row[f"error_{name}_mm"] = label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
         vf = paths.derived / r.specimen / r.record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
         prec = rec = np.nan
         if tv is not None and vf.is_file():
-            prec, rec = frame.precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
+            prec, rec = precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
         row["visible_precision"], row["visible_recall"] = prec, rec
         rows.append(row)
     return pd.DataFrame(rows)
