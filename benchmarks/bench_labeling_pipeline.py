@@ -68,7 +68,7 @@ def _setup(profile: str, build_root: Path, data_root: Path | None):
 def compare(profile: str, build_root: Path, data_root: Path | None = None) -> dict:
     """Label with the pipeline on Dask, then the same frames in process; the per-frame costs (core-s)."""
     from ultrabones.core import dataset, geometry
-    from ultrabones.labels import batch, objective, optimize
+    from ultrabones.labels import batch, cloud, objective, optimize
 
     paths, P = _setup(profile, build_root, data_root)
     if os.environ.get("BENCH_PIPE_DASK_DEFAULTS") == "1":  # Dask's defaults, as before issue 26
@@ -85,7 +85,7 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
     specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
     bench, bench_obj, same = [], [], []
     for s in specs:
-        pts, _ = batch.load_cloud(batch.surface_cloud(paths, s, P.density_per_mm2, 0))
+        pts, _ = cloud.load_cloud(batch.surface_cloud(paths, s, P.density_per_mm2, 0))
         for rec in s.records:
             tab = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True).set_index("timestamp")
             for _, r in opt[(opt["specimen"] == s.name) & (opt["record"] == rec.name)].iterrows():
@@ -93,7 +93,7 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
                 img = dataset.read_image(rec.image_path(ts))
                 pose = geometry.pose_from_params(tab.loc[ts, list(geometry.POSE_COLUMNS)].to_numpy(float))
                 kw = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                          maxiter=P.maxiter, tol=P.tol, seed=batch.frame_seed(0, rec.key, ts),
+                          maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(0, rec.key, ts),
                           max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
                           region=REGION, halves_check=P.halves_check)
                 c1 = time.process_time()

@@ -384,7 +384,7 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert np.isfinite(track.loc[0, list(dataset.REGISTERED_COLUMNS)].to_numpy(float)).all()
     # the written full label is the optimised pose's label over the whole (dense) C
     spec = dataset.read_specimen(paths.dataset / "specimen01")
-    dense, _ = batch.load_cloud(batch.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
+    dense, _ = cloud.load_cloud(batch.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
     t = kept[0]
     pose_opt = dataset.poses(track, "optimized")[int(np.flatnonzero(track["timestamp"] == t)[0])]
     expect = label.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)

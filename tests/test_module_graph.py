@@ -42,7 +42,6 @@ OVERSIZE: dict[str, int] = {
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
 KNOWN_CIRCLES: list[frozenset[str]] = [
     frozenset({"ultrabones.core.dataset", "ultrabones.core.recording", "ultrabones.core.sequence"}),
-    frozenset({"ultrabones.labels.batch", "ultrabones.labels.select"}),
 ]
 
 

@@ -215,16 +215,6 @@ def released_cloud(paths: Paths, specimen: dataset.Specimen, n_samples: int, see
     return surface_cloud(paths, specimen, int(n_samples) / area, seed)
 
 
-def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        return z["points"], z["normals"]
-
-
-def frame_seed(seed: int, key: str, timestamp: int) -> int:
-    """A per-frame optimiser seed, stable across runs and machines."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode()), int(timestamp)]).generate_state(1)[0])
-
-
 def selected_rows(n_rows: int, stride: int, max_frames: int | None) -> np.ndarray:
     """Rows labelled in a record: every ``stride``-th, at most ``max_frames`` (spread evenly)."""
     rows = np.arange(0, n_rows, stride)
@@ -377,10 +367,10 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
     """What every frame of a sweep task needs, loaded once: calibration, clouds, registration, record."""
     # Labels are drawn from a denser sampling of the same surface than the objective
     # uses, so that the drawn band is continuous (labeling.label_density_per_mm2).
-    dense, dense_normals = load_cloud(task["label_cloud"])
+    dense, dense_normals = cloud.load_cloud(task["label_cloud"])
     return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
-            "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
-            "released_points": load_cloud(task["released_cloud"])[0] if task.get("released_cloud") else None,
+            "points": cloud.load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
+            "released_points": cloud.load_cloud(task["released_cloud"])[0] if task.get("released_cloud") else None,
             "g": np.asarray(task["registration"], float),
             "rec": task_record(task)}
 
@@ -420,7 +410,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
         elif res is None:
             obj = _frame_objective(P, ctx, img, pose0)
             common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                          maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
+                          maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(task["seed"], rec.key, ts),
                           max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
                           objective=obj, halves_check=P.halves_check)
             every = P.warm_cold_every
@@ -542,7 +532,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
     """Optimise a chunk's frames together on ``task["torch_device"]`` (:func:`frame_device`), one batch.
 
     Only frames with a finite pose and a readable image of the record's size take part; the others are
-    reported by :func:`_label_frames` as on the numpy path. Each frame keeps its own seed (:func:`frame_seed`).
+    reported by :func:`_label_frames` as on the numpy path. Each frame keeps its own seed (:func:`~ultrabones.labels.optimize.frame_seed`).
 
     Returns
     -------
@@ -563,7 +553,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         if img is None or cloud.no_echo_message(img, "", P.min_echo_level) is not None:
             continue
         objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
-        seeds.append(frame_seed(task["seed"], rec.key, ts))
+        seeds.append(optimize.frame_seed(task["seed"], rec.key, ts))
         frames.append((int(ts), img, time.process_time() - t0))
     results = torch_objective.optimize_frames_batched(
         objectives, task["lambda"], popsize=P.popsize, maxiter=P.maxiter, tol=P.tol, seeds=seeds,
@@ -645,7 +635,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     P: LabelingParams = task["params"]
     calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
-    points, _ = load_cloud(task["cloud"])
+    points, _ = cloud.load_cloud(task["cloud"])
     rec = task_record(task)
     images, poses = [], []
     for ts, prm in zip(task["timestamps"], task["poses"]):
@@ -661,7 +651,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     reg = registration.register_sweep(
         images, np.array(poses), calib, spacing, points, gamma_mm=P.gamma_mm,
         bound_deg=P.registration_bound_deg, bound_mm=P.registration_bound_mm, popsize=P.popsize,
-        maxiter=P.registration_maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, 0),
+        maxiter=P.registration_maxiter, tol=P.tol, seed=optimize.frame_seed(task["seed"], rec.key, 0),
         region=P.objective_region)
     out = asdict(reg)
     out["transform"] = reg.transform.tolist()

@@ -1,12 +1,15 @@
 """C, the point cloud of Eq. 2 on the CT bone surface, and the echo level that tells a frame worth labelling
 (paper Section 3.1).
 
-- :func:`surface_points` samples the point cloud ``C`` uniformly on the CT bone surface (with the surface normals).
+- :func:`surface_points` samples the point cloud ``C`` uniformly on the CT bone surface (with the surface normals);
+  :func:`load_cloud` reads it back from the labelling's cache.
 - :func:`echo_level` and :func:`no_echo_message`: a frame without echoes (probe lifted, a black image written in
   its place) is skipped as ``no_echo`` rather than fitted.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -87,3 +90,9 @@ def surface_points(mesh, density_per_mm2: float, seed: int) -> tuple[np.ndarray,
     points = tri[:, 0] + r1[:, None] * (tri[:, 1] - tri[:, 0]) + r2[:, None] * (tri[:, 2] - tri[:, 0])
     normals = np.asarray(mesh.face_normals, dtype=float)[face]
     return points, normals
+
+
+def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """``C`` as cached by :func:`ultrabones.labels.batch.surface_cloud`: (points, normals), CT frame (mm)."""
+    with np.load(path) as z:
+        return z["points"], z["normals"]

@@ -12,6 +12,7 @@ chunks, outputs) lives in :mod:`ultrabones.labels.batch`; the global-registratio
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,11 @@ from scipy.optimize import differential_evolution
 from ultrabones.core import geometry
 from ultrabones.core.errors import DatasetError
 from ultrabones.labels.objective import FrameObjective
+
+
+def frame_seed(seed: int, key: str, timestamp: int) -> int:
+    """A per-frame optimiser seed, stable across runs and machines."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode()), int(timestamp)]).generate_state(1)[0])
 
 
 @dataclass

@@ -64,7 +64,7 @@ import pandas as pd
 
 from ultrabones.core import dataset, geometry
 from ultrabones.core.errors import DatasetError
-from ultrabones.labels import objective, optimize
+from ultrabones.labels import cloud, objective, optimize
 
 #: The objective regions a candidate can use (see :class:`objective.FrameObjective`).
 REGIONS = ("full", "first_hit")
@@ -109,8 +109,6 @@ def sample_frames(n_rows_per_record: Sequence[int], candidate_rows: Sequence[Seq
 def _task_frame(task: Mapping[str, Any]):
     """A selection task unpacked: the parameters, calibration, spacing, ``C``, the record, the timestamp, the
     image, the recorded pose and the regions; None when the image cannot be read."""
-    from ultrabones.labels.batch import load_cloud  # plain helpers; no truth
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]),
                          recording=Path(task["recording"]) if task.get("recording") else None)
@@ -119,7 +117,7 @@ def _task_frame(task: Mapping[str, Any]):
         img = rec.read_image(ts)
     except DatasetError:
         return None
-    return (task["params"], np.asarray(task["calib"], float), tuple(task["spacing"]), load_cloud(task["cloud"])[0],
+    return (task["params"], np.asarray(task["calib"], float), tuple(task["spacing"]), cloud.load_cloud(task["cloud"])[0],
             rec, ts, img, geometry.pose_from_params(np.asarray(task["pose"], float)),
             list(task.get("regions", REGIONS)), list(task.get("eval_regions", REGIONS)))
 
@@ -148,8 +146,6 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
     ``n_neighbours``, ``seconds`` (CPU s of the fit). Empty when the frame's
     image is unreadable or no bone is in view.
     """
-    from ultrabones.labels.batch import frame_seed
-
     frame_ = _task_frame(task)
     if frame_ is None:
         return []
@@ -164,7 +160,7 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
             res = zero or optimize.optimize_frame(
                 img, pose0, calib, spacing, points, lam, gamma_mm=P.gamma_mm, bound_deg=P.bound_deg,
                 bound_mm=P.bound_mm, popsize=P.popsize, maxiter=P.maxiter, tol=P.tol,
-                seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P.max_correction_mm,
+                seed=optimize.frame_seed(task["seed"], rec.key, ts), max_correction_mm=P.max_correction_mm,
                 min_label_fraction=P.min_label_fraction, objective=obj, halves_check=P.halves_check)
             if res.status == "no_bone":
                 return []
@@ -261,8 +257,6 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
     two held-out gains), ``split_kept`` (both half-fits within
     ``max_correction_mm``), ``split_x`` (the two corrections), ``seconds``.
     """
-    from ultrabones.labels.batch import frame_seed
-
     frame_ = _task_frame(task)
     if frame_ is None:
         return []
@@ -286,7 +280,7 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
                 res = optimize.optimize_frame(
                     img, pose0, calib, spacing, points, lam, gamma_mm=P.gamma_mm, bound_deg=P.bound_deg,
                     bound_mm=P.bound_mm, popsize=P.popsize, maxiter=P.maxiter, tol=P.tol,
-                    seed=frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P.max_correction_mm,
+                    seed=optimize.frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P.max_correction_mm,
                     min_label_fraction=0.0, objective=objs[(h, region)])
                 xs.append(res.x if res.status == "kept" else np.zeros(6))
                 kept &= res.status == "kept"

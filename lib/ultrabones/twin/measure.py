@@ -277,18 +277,18 @@ class _LabelDrawer:
     """Draws a frame's full label at any pose from the same dense cloud ``C`` as notebook 02's labels."""
 
     def __init__(self, paths: Paths, gamma_mm: float, density_per_mm2: float, cloud_seed: int):
-        from ultrabones.labels import batch
+        from ultrabones.labels import batch, cloud
 
         self.paths, self.gamma = paths, float(gamma_mm)
         self.density, self.cloud_seed = float(density_per_mm2), int(cloud_seed)
         self.calib, self.spacing, _ = dataset.read_calibration(paths.dataset)
         self._clouds: dict = {}
-        self._batch = batch
+        self._batch, self._load_cloud = batch, cloud.load_cloud
 
     def cloud(self, specimen: str):
         if specimen not in self._clouds:
             spec = dataset.read_specimen(self.paths.dataset / specimen)
-            self._clouds[specimen] = self._batch.load_cloud(
+            self._clouds[specimen] = self._load_cloud(
                 self._batch.surface_cloud(self.paths, spec, self.density, self.cloud_seed))[0]
         return self._clouds[specimen]
 
