@@ -11,7 +11,7 @@ The pipeline (:func:`ultrabones.labels.batch.run`, lambda fixed at 0.1 and the r
 that the frames, the objective and every optimiser setting are the benchmark's) labels ``BENCH_PIPE_FRAMES``
 frames per record (default 12, spread along each sweep) on a local Dask cluster of ``BENCH_PIPE_WORKERS``
 workers (default 2). Then the same frames are optimised here, in this process, as
-``benchmarks/bench_labeling_sweep.py`` does (:func:`ultrabones.labels.frame.optimize_frame`, same seeds):
+``benchmarks/bench_labeling_sweep.py`` does (:func:`ultrabones.labels.optimize.optimize_frame`, same seeds):
 the corrections must be equal, and the pipeline's mean optimisation cost per frame (process CPU seconds,
 ``seconds_optimize`` of the report) must be within 20% of the in-process cost. Both are printed, with the
 pipeline's whole wall and CPU time (this process and its Dask workers) per frame.
@@ -68,7 +68,7 @@ def _setup(profile: str, build_root: Path, data_root: Path | None):
 def compare(profile: str, build_root: Path, data_root: Path | None = None) -> dict:
     """Label with the pipeline on Dask, then the same frames in process; the per-frame costs (core-s)."""
     from ultrabones.core import dataset, geometry
-    from ultrabones.labels import batch, frame
+    from ultrabones.labels import batch, cloud, objective, optimize
 
     paths, P = _setup(profile, build_root, data_root)
     if os.environ.get("BENCH_PIPE_DASK_DEFAULTS") == "1":  # Dask's defaults, as before issue 26
@@ -85,7 +85,7 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
     specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
     bench, bench_obj, same = [], [], []
     for s in specs:
-        pts, _ = batch.load_cloud(batch.surface_cloud(paths, s, P.density_per_mm2, 0))
+        pts, _ = cloud.load_cloud(batch.surface_cloud(paths, s, P.density_per_mm2, 0))
         for rec in s.records:
             tab = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True).set_index("timestamp")
             for _, r in opt[(opt["specimen"] == s.name) & (opt["record"] == rec.name)].iterrows():
@@ -93,15 +93,15 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
                 img = dataset.read_image(rec.image_path(ts))
                 pose = geometry.pose_from_params(tab.loc[ts, list(geometry.POSE_COLUMNS)].to_numpy(float))
                 kw = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                          maxiter=P.maxiter, tol=P.tol, seed=batch.frame_seed(0, rec.key, ts),
+                          maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(0, rec.key, ts),
                           max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
                           region=REGION, halves_check=P.halves_check)
                 c1 = time.process_time()
-                res = frame.optimize_frame(img, pose, calib, spacing, pts, LAM, **kw)  # objective built inside
+                res = optimize.optimize_frame(img, pose, calib, spacing, pts, LAM, **kw)  # objective built inside
                 bench.append(time.process_time() - c1)
-                obj = frame.FrameObjective(img, pose, calib, spacing, pts, P.gamma_mm, P.bound_deg, P.bound_mm,
+                obj = objective.FrameObjective(img, pose, calib, spacing, pts, P.gamma_mm, P.bound_deg, P.bound_mm,
                                            region=REGION)
-                bench_obj.append(frame.optimize_frame(img, pose, calib, spacing, pts, LAM, objective=obj,
+                bench_obj.append(optimize.optimize_frame(img, pose, calib, spacing, pts, LAM, objective=obj,
                                                       **kw).seconds)
                 same.append(np.allclose(res.x, [r[c] for c in batch._X_COLUMNS], atol=1e-12, rtol=0))
     n = len(opt)

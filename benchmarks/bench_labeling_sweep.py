@@ -8,8 +8,8 @@
 (a) Twin frames (256x218 px, 0.2 mm): consecutive frames of 7 sweeps, labelled by the default
 profile's optimiser (``params/default.yaml``: a coarse differential evolution per frame, 24 members,
 at most 40 generations) and, beside it, by the paper's differential evolution (90 members, 100
-generations; :func:`~ultrabones.labeling.optimize_frame`) and by the warm-started sweep
-(:func:`ultrabones.labeling.optimize_sweep`: a local search from the predecessor's correction).
+generations; :func:`~ultrabones.labels.optimize.optimize_frame`) and by the warm-started sweep
+(:func:`ultrabones.labels.sweep.optimize_sweep`: a local search from the predecessor's correction).
 Targets, for the default: at most 0.1 core-s per frame, and a mean contour error (against the twin's
 true ``Labels_full``) within 0.02 mm of the paper's DE. The coarse settings were chosen among three
 (popsize 4/6/8) on ``CHOICE_SWEEPS`` and confirmed on ``TWIN_SWEEPS``; both sets are printed. (b) Real frames (``../shared/real_sweep``, 950x811 px,
@@ -33,7 +33,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 from ultrabones.core import dataset
-from ultrabones.labels import frame as labeling
+from ultrabones.labels import cloud, objective, optimize, sweep
+from ultrabones.labels.label import full_label
 
 REPO = Path(__file__).resolve().parents[1]
 TWIN = REPO / "data" / "twin" / "default"
@@ -101,11 +102,11 @@ def _run_both(images, poses, calib, spacing, pts, region, seeds):
     """Full DE per frame and the warm-started sweep on the same frames; (de results, warm results, times)."""
     kw = dict(region=region, max_correction_mm=1.0, min_label_fraction=0.5, halves_check="first_hit")  # as default.yaml
     t0 = time.process_time()
-    de = [labeling.optimize_frame(img, p, calib, spacing, pts, LAM, seed=s, **kw)
+    de = [optimize.optimize_frame(img, p, calib, spacing, pts, LAM, seed=s, **kw)
           for img, p, s in zip(images, poses, seeds)]
     t_de = time.process_time() - t0
     t0 = time.process_time()
-    warm = labeling.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds, **kw)
+    warm = sweep.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds, **kw)
     t_warm = time.process_time() - t0
     return de, warm, t_de, t_warm
 
@@ -127,8 +128,8 @@ def _twin_sweep(specimen: str, record: str, L: dict):
     """(C, dense C, record, timestamps, poses, images): ``N_TWIN`` consecutive frames from the first showing bone."""
     ds = TWIN / "dataset"
     mesh = dataset.read_mesh(ds / specimen / "CT_bone_model.stl")
-    pts, _ = labeling.surface_points(mesh, L["density_per_mm2"], seed=0)
-    dense, _ = labeling.surface_points(mesh, L["label_density_per_mm2"], seed=1)
+    pts, _ = cloud.surface_points(mesh, L["density_per_mm2"], seed=0)
+    dense, _ = cloud.surface_points(mesh, L["label_density_per_mm2"], seed=1)
     rec, ts, poses = _load_record(ds, specimen, record, N_TWIN, need_bone=lambda r, t: truth_full(r, t).sum() > 50)
     return pts, dense, rec, ts, poses, [dataset.read_image(rec.image_path(t)) for t in ts]
 
@@ -152,32 +153,32 @@ def test_twin_sweeps(region):
         seeds = list(range(len(ts)))
         out = {}
         t0 = time.process_time()
-        out["paper_de"] = [labeling.optimize_frame(im, p, calib, spacing, pts, LAM, seed=sd, **kw)  # popsize 15, 100 gen.
+        out["paper_de"] = [optimize.optimize_frame(im, p, calib, spacing, pts, LAM, seed=sd, **kw)  # popsize 15, 100 gen.
                            for im, p, sd in zip(images, poses, seeds)]
         seconds["paper_de"] += time.process_time() - t0
         t0 = time.process_time()
         if L["optimizer"] == "de":
-            out["default"] = [labeling.optimize_frame(im, p, calib, spacing, pts, LAM, seed=sd, popsize=L["popsize"],
+            out["default"] = [optimize.optimize_frame(im, p, calib, spacing, pts, LAM, seed=sd, popsize=L["popsize"],
                                                       maxiter=L["maxiter"], tol=L["tol"], **kw)
                               for im, p, sd in zip(images, poses, seeds)]
         else:
-            out["default"] = labeling.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds,
+            out["default"] = sweep.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds,
                                                      popsize=L["popsize"], maxiter=L["maxiter"], tol=L["tol"], **kw)
         seconds["default"] += time.process_time() - t0
         t0 = time.process_time()
-        out["warm"] = labeling.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds, **kw)
+        out["warm"] = sweep.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds, **kw)
         seconds["warm"] += time.process_time() - t0
         n_all += len(ts)
         for i, (t, img) in enumerate(zip(ts, images)):
             truth = truth_full(rec, t)
             row = {"sweep": f"{specimen}/{record}", "set": "bench" if (specimen, record) in TWIN_SWEEPS else "choice",
-                   "err_init": contour_error_mm(labeling.full_label(img.shape, poses[i], calib, spacing, dense),
+                   "err_init": contour_error_mm(full_label(img.shape, poses[i], calib, spacing, dense),
                                                 truth, spacing)}
             for name, res in out.items():
                 r = res[i]
                 row[f"kept_{name}"] = r.status == "kept"
                 row[f"obj_{name}"] = r.objective_optimized
-                row[f"err_{name}"] = (contour_error_mm(labeling.full_label(img.shape, r.pose, calib, spacing, dense),
+                row[f"err_{name}"] = (contour_error_mm(full_label(img.shape, r.pose, calib, spacing, dense),
                                                        truth, spacing) if r.status == "kept" else np.nan)
             rows.append(row)
     df = pd.DataFrame(rows)
@@ -205,7 +206,7 @@ def test_real_sweep(region):
         pytest.skip(f"no real sweep at {REAL}")
     sp = dataset.discover(REAL)[0]
     calib, spacing, _ = dataset.read_calibration(REAL)
-    pts, _ = labeling.surface_points(dataset.read_mesh(sp.ct_model), 20.0, seed=0)  # the paper's density
+    pts, _ = cloud.surface_points(dataset.read_mesh(sp.ct_model), 20.0, seed=0)  # the paper's density
     rec, ts, poses = _load_record(REAL, sp.name, sp.records[0].name, N_REAL)
     images = [dataset.read_image(rec.image_path(t)) for t in ts]
     de, warm, t_de, t_warm = _run_both(images, poses, calib, spacing, pts, region, list(range(len(ts))))
@@ -254,9 +255,9 @@ def test_twin_sweeps_batched_torch():
     seconds, errors, worst, n, kept = {"scipy": 0.0, "batched": 0.0}, [], 0.0, 0, 0
     for specimen, record in TWIN_SWEEPS + CHOICE_SWEEPS:
         pts, dense, rec, ts, poses, images = _twin_sweep(specimen, record, L)
-        objs = [labeling.FrameObjective(im, p, calib, spacing, pts, region=region) for im, p in zip(images, poses)]
+        objs = [objective.FrameObjective(im, p, calib, spacing, pts, region=region) for im, p in zip(images, poses)]
         t0 = time.process_time()
-        scipy_res = [labeling.optimize_frame(im, p, calib, spacing, pts, LAM, seed=k, objective=o, region=region, **kw)
+        scipy_res = [optimize.optimize_frame(im, p, calib, spacing, pts, LAM, seed=k, objective=o, region=region, **kw)
                      for k, (im, p, o) in enumerate(zip(images, poses, objs))]
         seconds["scipy"] += time.process_time() - t0
         t0 = time.process_time()
@@ -269,7 +270,7 @@ def test_twin_sweeps_batched_torch():
             if a.status == "kept":
                 kept += 1
                 truth = truth_full(rec, t)
-                errors.append([contour_error_mm(labeling.full_label(img.shape, r.pose, calib, spacing, dense), truth,
+                errors.append([contour_error_mm(full_label(img.shape, r.pose, calib, spacing, dense), truth,
                                                 spacing) for r in (a, b)])
     errors = np.array(errors)
     print(f"\n[bench] twin {region}, lambda {LAM}, {n} frames: scipy DE vs batched torch DE on {device} "

@@ -14,7 +14,8 @@ import numpy as np
 from ultrabones.core import geometry as G
 from ultrabones.rating import study as R
 from ultrabones.evaluation.metrics import directed_distances
-from ultrabones.labels.frame import full_label, surface_points
+from ultrabones.labels.cloud import surface_points
+from ultrabones.labels.label import full_label
 
 
 def test_one_frame_under_half_a_second():

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_segmentation import make_dataset, tiny_params  # noqa: E402
 
 from ultrabones.segmentation import segdata  # noqa: E402
-from ultrabones.segmentation import model as seg  # noqa: E402
+from ultrabones.segmentation import checkpoint, fit, inference, losses, net  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 PAPER_IMAGES = 100 * 100_000  # 100 epochs over 100k images
@@ -59,9 +59,9 @@ def _size() -> int:
 
 def _step_throughput(device: str, size: int, batch: int) -> float:
     torch.manual_seed(0)
-    model = seg.build_model("fpn", "resnet34").to(device).to(memory_format=torch.channels_last)
+    model = net.build_model("fpn", "resnet34").to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = seg.SegmentationLoss()
+    loss_fn = losses.SegmentationLoss()
     x = torch.randn(batch, 1, size, size, device=device).to(memory_format=torch.channels_last)
     y = (torch.rand(batch, 1, size, size, device=device) > 0.97).float()
     n_warm, n_steps = (15, 60) if device == "cuda" else (1, 4)
@@ -113,7 +113,7 @@ def test_lightning_loop_throughput(tmp_path):
     P = tiny_params(encoder="resnet34", input_size=[size, size], epochs=3, batch_size=64 if CUDA else 8,
                     num_workers=4 if CUDA else 0, threads=None if CUDA else 2, deterministic=not CUDA,
                     max_val_frames_per_specimen=8, memory_budget_mb=4096, tv_weight=0.0, skeleton_weight=0.0)
-    res = seg.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
+    res = fit.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
     ips = res.history["train_images_per_second"].dropna().iloc[1:].mean()
     hours = PAPER_IMAGES / ips / 3600
     print(f"\nLightning loop ({res.device}, {res.n_train} frames {size}x{size}, batch {P['batch_size']}, "
@@ -126,16 +126,16 @@ def test_lightning_loop_throughput(tmp_path):
                    "benchmarks/bench_segmentation.py`, 2 cores at load average about 15)")
 def test_cpu_inference_256_two_threads():
     torch.manual_seed(0)
-    model = seg.build_model("fpn", "resnet34")
+    model = net.build_model("fpn", "resnet34")
     meta = {"arch": "fpn", "encoder": "resnet34", "in_channels": 1, "input_size": [256, 256],
-            "norm_mean": seg.RELEASED_MEAN, "norm_std": seg.RELEASED_STD, "threshold": 0.5}
-    fps = seg.inference_speed((model, meta), size=(256, 256), n=16, batch_size=8, threads=2, device="cpu")
+            "norm_mean": checkpoint.RELEASED_MEAN, "norm_std": checkpoint.RELEASED_STD, "threshold": 0.5}
+    fps = inference.inference_speed((model, meta), size=(256, 256), n=16, batch_size=8, threads=2, device="cpu")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(8, 811, 950), dtype=np.uint8)  # released image size
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    seg.predict((model, meta), frames, batch_size=8, device="cpu")
+    inference.predict((model, meta), frames, batch_size=8, device="cpu")
     fps_full = len(frames) / (time.perf_counter() - t0)
     torch.set_num_threads(old)
     print(f"\nCPU inference, FPN/ResNet-34, 2 threads: {fps:.1f} frames/s at 256x256; "

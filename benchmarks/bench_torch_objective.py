@@ -6,7 +6,7 @@ Skipped where torch sees no CUDA device. On the six real frames of ``tests/fixtu
 0.054 mm; each recorded pose also perturbed by up to 1 degree and 1 mm, 24 frames in all, one batch): first the
 batched objective must equal the numpy objective (pixel counts exactly, means and Eq. 2 to 1e-12); then
 differential evolution with ``params/default.yaml``'s settings (popsize 4, maxiter 40, tol 0.01, first-hit
-region) runs frame by frame on the numpy/scipy path (:func:`frame.optimize_frame`) and for all frames at once on
+region) runs frame by frame on the numpy/scipy path (:func:`optimize.optimize_frame`) and for all frames at once on
 the GPU (:func:`torch_objective.optimize_frames_batched`). Prints frames per second of both (wall clock) and
 asserts the GPU path is faster per frame.
 """
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ultrabones.core import dataset, geometry
-from ultrabones.labels import frame
+from ultrabones.labels import cloud, objective, optimize
 from ultrabones.labels import torch_objective as tob
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the torch path's benchmark")
@@ -38,7 +38,7 @@ def _frames(copies: int = 4):
     rec = spec.records[0]
     tab = dataset.read_tracking(rec.tracking_csv)
     calib, spacing, _ = dataset.read_calibration(REAL)
-    pts, _ = frame.surface_points(dataset.read_mesh(spec.ct_model), 6.0, seed=0)  # default density
+    pts, _ = cloud.surface_points(dataset.read_mesh(spec.ct_model), 6.0, seed=0)  # default density
     rng = np.random.default_rng(0)
     images, poses = [], []
     for ts, pose in zip(tab["timestamp"], dataset.poses(tab)):
@@ -47,7 +47,7 @@ def _frames(copies: int = 4):
             e = np.zeros(6) if c == 0 else rng.uniform(-1, 1, 6)
             images.append(img)
             poses.append(pose @ geometry.perturbation(e[:3], e[3:]))
-    objs = [frame.FrameObjective(img, p, calib, spacing, pts, region="first_hit") for img, p in zip(images, poses)]
+    objs = [objective.FrameObjective(img, p, calib, spacing, pts, region="first_hit") for img, p in zip(images, poses)]
     return objs, images, poses, calib, spacing, pts
 
 
@@ -74,7 +74,7 @@ def test_batched_optimiser_is_faster_per_frame_than_numpy():
     torch.cuda.synchronize()
     t_gpu = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cpu = [frame.optimize_frame(images[k], poses[k], calib, spacing, pts, LAM, seed=seeds[k], objective=objs[k],
+    cpu = [optimize.optimize_frame(images[k], poses[k], calib, spacing, pts, LAM, seed=seeds[k], objective=objs[k],
                                 region="first_hit", **SETTINGS) for k in range(n)]
     t_cpu = time.perf_counter() - t0
     kept = (sum(r.status == "kept" for r in gpu), sum(r.status == "kept" for r in cpu))

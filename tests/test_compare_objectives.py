@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ultrabones.core import geometry
 from ultrabones.labels import batch, compare
 from ultrabones.twin import objectives
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ultrabones.evaluation import metrics
-from ultrabones.labels import frame as labeling
+from ultrabones.twin.contour import label_distance_mm
 
 SP = (0.2, 0.2)
 
@@ -33,7 +33,7 @@ def test_band_offset_half_mm_reads_half_mm():
     assert err == pytest.approx(0.5, abs=0.2)  # within one pixel
     assert err == pytest.approx(0.5, abs=1e-9)  # exact for a straight band
     # the old band metric compresses the same offset
-    assert labeling.label_distance_mm(a, b, SP) < 0.35
+    assert label_distance_mm(a, b, SP) < 0.35
 
 
 @pytest.mark.parametrize("slope", [0.5, 1.0, 2.5])

@@ -8,7 +8,6 @@ labels and report as the in-process run.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -222,12 +222,12 @@ def test_case17_a_read_only_derived_root_is_reported_before_any_work(tmp_path, m
                                   "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n"])
 def test_case11_a_text_file_as_checkpoint_is_not_called_a_pickle(tmp_path, text):
     from ultrabones.core.errors import DatasetError
-    from ultrabones.segmentation import model
+    from ultrabones.segmentation.checkpoint import load_checkpoint
 
     f = tmp_path / "best.ckpt"
     f.write_text(text)
     with pytest.raises(DatasetError) as err:
-        model.load_checkpoint(f)
+        load_checkpoint(f)
     msg = str(err.value)
     assert msg.startswith(f"{f}: not a torch checkpoint (it starts with b{text[:24]!r}")
     assert "pickle" not in msg.split(":")[1] and "arbitrary code" not in msg
@@ -239,12 +239,12 @@ def test_case11_a_real_pickle_is_still_refused_as_one(tmp_path):
     from fractions import Fraction  # not an allowed global of torch's weights-only loader
 
     from ultrabones.core.errors import DatasetError
-    from ultrabones.segmentation import model
+    from ultrabones.segmentation.checkpoint import load_checkpoint
 
     f = tmp_path / "released.ckpt"
     f.write_bytes(pickle.dumps({"model": Fraction(1, 3)}, protocol=2))
     with pytest.raises(DatasetError, match="a pickled checkpoint \\(loading it can run arbitrary code\\); refused"):
-        model.load_checkpoint(f)
+        load_checkpoint(f)
 
 
 # ---------------------------------------------------------------- 16: 04 before 02
@@ -470,16 +470,16 @@ def test_case09_a_ct_model_no_frame_comes_near_is_named_before_anything_is_writt
 def test_case01_echo_level_known_answers():
     import numpy as np
 
-    from ultrabones.labels import frame
+    from ultrabones.labels import cloud
 
     img = np.zeros((100, 100), np.uint8)
-    assert frame.echo_level(img) == 0.0
+    assert cloud.echo_level(img) == 0.0
     img[0, :100] = 255  # exactly the brightest 1 % at full scale
-    assert frame.echo_level(img) == 1.0
+    assert cloud.echo_level(img) == 1.0
     img[0, :50] = 51  # half of them at 0.2
-    assert frame.echo_level(img) == pytest.approx(0.6)
-    assert frame.echo_level(np.full((10, 10), 0.25)) == 0.25  # float images are on [0, 1]
-    assert frame.no_echo_message(np.zeros((4, 4), np.uint8), "f.png", 0.0) is None  # 0: off
+    assert cloud.echo_level(img) == pytest.approx(0.6)
+    assert cloud.echo_level(np.full((10, 10), 0.25)) == 0.25  # float images are on [0, 1]
+    assert cloud.no_echo_message(np.zeros((4, 4), np.uint8), "f.png", 0.0) is None  # 0: off
 
 
 def test_case01_an_all_black_frame_is_skipped_as_no_echo_not_relabelled(tmp_path):
@@ -492,12 +492,12 @@ def test_case01_an_all_black_frame_is_skipped_as_no_echo_not_relabelled(tmp_path
     from test_labeling import labeling_params, make_twin
 
     from ultrabones.core import dataset
-    from ultrabones.labels import batch, frame
+    from ultrabones.labels import batch, cloud
 
     paths = make_twin(tmp_path, n_frames=4)
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
     ts = rec.timestamps()
-    levels = [frame.echo_level(dataset.read_image(rec.image_path(t))) for t in ts]
+    levels = [cloud.echo_level(dataset.read_image(rec.image_path(t))) for t in ts]
     assert min(levels) > 0.1  # the synthetic frames carry echoes
     dataset.write_image(rec.image_path(ts[2]), np.zeros_like(dataset.read_image(rec.image_path(ts[2]))))
     out = batch.run(paths, labeling_params(lambda_value=1.0), seed=0)

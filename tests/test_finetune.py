@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ultrabones.core import dataset as ds
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.segmentation import finetune, segdata
-from ultrabones.segmentation import model as seg
+from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
+from ultrabones.segmentation.net import build_model
 from ultrabones.segmentation.training import TrainingParams
 
 from test_segmentation import make_dataset, tiny_params
@@ -53,16 +53,16 @@ def test_finetune_lowers_the_loss_and_scores_before_and_after(tmp_path):
     frames = segdata.labelled_frames(root, ["specimen01"])
     split = finetune.time_split(frames, 0.25, 1)
     torch.manual_seed(0)
-    net = seg.build_model("fpn", "resnet18")
+    net = build_model("fpn", "resnet18")
     meta = {"arch": "fpn", "encoder": "resnet18", "in_channels": 1, "input_size": [32, 32], "norm_mean": 0.2,
             "norm_std": 0.2, "threshold": 0.5}
-    init = seg.save_checkpoint(tmp_path / "init.ckpt", net.state_dict(), meta)
+    init = save_checkpoint(tmp_path / "init.ckpt", net.state_dict(), meta)
     P = TrainingParams.from_section(tiny_params(finetune_epochs=8, finetune_lr=3e-3, augment=False, batch_size=4))
     out, new = finetune.finetune(init, split.train, tmp_path / "best.ckpt", P, (0.1, 0.1), seed=0,
                                  extra_metadata={"time_split": split.as_dict()})
     losses = [h["train_loss"] for h in new["history"]]
     assert len(losses) == 8 and losses[-1] < losses[0]
-    _, m2 = seg.load_checkpoint(out)
+    _, m2 = load_checkpoint(out)
     assert m2["mode"] == "finetune" and m2["time_split"]["n_test"] == len(split.test)
     scores = finetune.score_before_after(init, out, split.test, (0.1, 0.1), 0.5)
     assert len(scores) == len(split.test) and {"before_f1", "after_f1"} <= set(scores)

@@ -1,7 +1,8 @@
-"""Known-answer and bad-input tests of ultrabones.labels.frame, .registration and .batch.
+"""Known-answer and bad-input tests of ultrabones.labels (cloud, objective, label, reference, optimize, sweep,
+registration, batch).
 
 Everything runs on small synthetic frames: two ellipsoid "bones" whose CT
-model, true pose and image are known exactly (``labeling.synthetic_image``).
+model, true pose and image are known exactly (``twin.synthetic.synthetic_image``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from ultrabones.twin.layout import truth_dir
-from ultrabones.twin import measure
+from ultrabones.twin import contour, measure, synthetic
 from ultrabones.core import dataset
 from ultrabones.core import geometry
-from ultrabones.labels import frame
+from ultrabones.labels import cloud, label, objective, optimize, reference, sweep
 from ultrabones.labels import batch, figures
 from ultrabones.labels import registration
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -59,7 +60,7 @@ def frame_pose(z_mm: float = 0.0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scene():
     mesh = bone_mesh()
-    pts, nrm = frame.surface_points(mesh, 8.0, seed=1)
+    pts, nrm = cloud.surface_points(mesh, 8.0, seed=1)
     return {"mesh": mesh, "points": pts, "normals": nrm, "calib": geometry.released_calibration(),
             "tree": cKDTree(pts)}
 
@@ -69,7 +70,7 @@ def scene():
 
 def test_surface_points_uniform_on_surface_with_outward_normals():
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=10.0)
-    pts, nrm = frame.surface_points(sphere, 2.0, seed=3)
+    pts, nrm = cloud.surface_points(sphere, 2.0, seed=3)
     assert abs(len(pts) - sphere.area * 2.0) <= 1
     r = np.linalg.norm(pts, axis=1)
     assert r.max() <= 10.0 + 1e-9 and r.min() > 9.9  # on the faceted sphere
@@ -79,13 +80,13 @@ def test_surface_points_uniform_on_surface_with_outward_normals():
     octant = (pts > 0) @ np.array([1, 2, 4])
     counts = np.bincount(octant, minlength=8)
     assert np.abs(counts - len(pts) / 8).max() < 5 * np.sqrt(len(pts) / 8)
-    again, _ = frame.surface_points(sphere, 2.0, seed=3)
+    again, _ = cloud.surface_points(sphere, 2.0, seed=3)
     assert np.array_equal(pts, again)
 
 
 def test_surface_points_rejects_bad_density():
     with pytest.raises(ParamsError, match="density_per_mm2"):
-        frame.surface_points(trimesh.creation.box(), 0.0, seed=0)
+        cloud.surface_points(trimesh.creation.box(), 0.0, seed=0)
 
 
 # ----------------------------------------------------------------------------- fast = reference
@@ -96,21 +97,21 @@ def test_full_label_equals_the_kdtree_definition(scene):
     for _ in range(5):
         x = rng.uniform(-1, 1, 6)
         pose = frame_pose(rng.uniform(-10, 10)) @ geometry.perturbation(x[:3], x[3:])
-        fast = frame.full_label(SHAPE, pose, scene["calib"], SPACING, scene["points"], 0.3)
-        ref = frame.reference_label(SHAPE, pose, scene["calib"], SPACING, scene["tree"], 0.3)
+        fast = label.full_label(SHAPE, pose, scene["calib"], SPACING, scene["points"], 0.3)
+        ref = reference.reference_label(SHAPE, pose, scene["calib"], SPACING, scene["tree"], 0.3)
         assert ref.sum() > 100
         assert np.array_equal(fast, ref)
 
 
 def test_fast_objective_equals_reference_on_random_poses(scene):
     pose = frame_pose(2.0)
-    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
-    obj = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    img = synthetic.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    obj = objective.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (6, 12))
     for lam in (0.1, 10.0):
         fast = obj.value(x, lam)
-        ref = [frame.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], lam)
+        ref = [reference.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], lam)
                for j in range(x.shape[1])]
         assert np.allclose(fast, ref, atol=1e-12, rtol=0)
     # the population is evaluated at once, and equals member-by-member evaluation
@@ -120,21 +121,21 @@ def test_fast_objective_equals_reference_on_random_poses(scene):
 def test_no_bone_in_view_gives_empty_label_and_status(scene):
     far = frame_pose(500.0)  # the plane misses the bones entirely
     img = np.full(SHAPE, 80, np.uint8)
-    assert not frame.full_label(SHAPE, far, scene["calib"], SPACING, scene["points"]).any()
-    res = frame.optimize_frame(img, far, scene["calib"], SPACING, scene["points"], 1.0, maxiter=5)
+    assert not label.full_label(SHAPE, far, scene["calib"], SPACING, scene["points"]).any()
+    res = optimize.optimize_frame(img, far, scene["calib"], SPACING, scene["points"], 1.0, maxiter=5)
     assert res.status == "no_bone"
 
 
 def test_frame_objective_rejects_non_2d_image(scene):
     with pytest.raises(ValueError, match=r"image must be \(H, W\)"):
-        frame.FrameObjective(np.zeros((4, 4, 3)), frame_pose(), scene["calib"], SPACING, scene["points"])
+        objective.FrameObjective(np.zeros((4, 4, 3)), frame_pose(), scene["calib"], SPACING, scene["points"])
 
 
 def test_optimize_frame_rejects_nan_pose(scene):
     pose = frame_pose()
     pose[0, 3] = np.nan
     with pytest.raises(DatasetError, match="not a finite"):
-        frame.optimize_frame(np.zeros(SHAPE, np.uint8), pose, scene["calib"], SPACING, scene["points"], 1.0)
+        optimize.optimize_frame(np.zeros(SHAPE, np.uint8), pose, scene["calib"], SPACING, scene["points"], 1.0)
 
 
 # ----------------------------------------------------------------------------- the optimiser
@@ -144,14 +145,14 @@ def test_optimizer_recovers_a_known_perturbation(scene):
     """Noise-free frame drawn at the true pose; the recorded pose is off by a known perturbation."""
     true = frame_pose(-3.0)
     calib, pts = scene["calib"], scene["points"]
-    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
     err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])  # deg, mm
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
-    truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
-    before = frame.label_distance_mm(frame.full_label(SHAPE, recorded, calib, SPACING, pts), truth, SPACING)
-    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
+    truth = label.full_label(SHAPE, true, calib, SPACING, pts)
+    before = contour.label_distance_mm(label.full_label(SHAPE, recorded, calib, SPACING, pts), truth, SPACING)
+    res = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
     assert res.status == "kept"
-    after = frame.label_distance_mm(frame.full_label(SHAPE, res.pose, calib, SPACING, pts), truth, SPACING)
+    after = contour.label_distance_mm(label.full_label(SHAPE, res.pose, calib, SPACING, pts), truth, SPACING)
     assert before > 0.25
     assert after < min(0.08, 0.3 * before), (before, after)
     assert res.intensity_optimized > res.intensity_initial
@@ -163,9 +164,9 @@ def test_optimizer_recovers_a_known_perturbation(scene):
 def test_validation_discards_large_corrections(scene):
     true = frame_pose(1.0)
     calib, pts = scene["calib"], scene["points"]
-    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
     recorded = true @ geometry.invert_transform(geometry.perturbation([0.9, -0.9, 0.9], [0.9, -0.9, 0.9]))
-    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, max_correction_mm=0.2)
+    res = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, max_correction_mm=0.2)
     assert res.status == "discarded" and res.correction_mm > 0.2
     assert np.isnan(res.pose).all()
 
@@ -175,27 +176,27 @@ def test_halves_check_keeps_a_true_correction_and_discards_a_one_sided_one(scene
     half of the image is featureless, no correction can raise it there, and the frame is discarded."""
     true = frame_pose(-3.0)
     calib, pts = scene["calib"], scene["points"]
-    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
+    img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0)
     err = np.array([0.0, 0.0, 0.0, 0.5, 0.0, 0.4])  # deg, mm
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
-    obj = frame.FrameObjective(img, recorded, calib, SPACING, pts, region="first_hit")
+    obj = objective.FrameObjective(img, recorded, calib, SPACING, pts, region="first_hit")
     left, right = obj.half_gains(err)
     assert left > 0.05 and right > 0.05, (left, right)
-    assert frame.check_halves(obj, err, "first_hit")[0] == ""
+    assert optimize.check_halves(obj, err, "first_hit")[0] == ""
     # the right half of the bone's columns made uniform
     cols = np.flatnonzero(obj.mask().any(axis=0))
     flat = img.copy()
     flat[:, cols[len(cols) // 2]:] = 128
-    obj2 = frame.FrameObjective(flat, recorded, calib, SPACING, pts, region="first_hit")
+    obj2 = objective.FrameObjective(flat, recorded, calib, SPACING, pts, region="first_hit")
     left2, right2 = obj2.half_gains(err)
     assert left2 > 0.05 and right2 == pytest.approx(0.0, abs=1e-12)
-    reason, gains = frame.check_halves(obj2, err, "first_hit")
+    reason, gains = optimize.check_halves(obj2, err, "first_hit")
     assert "one half of the bone's scan lines only" in reason and gains == (left2, right2)
-    assert frame.check_halves(obj2, np.zeros(6), "first_hit")[0] == ""  # no correction: nothing to support
-    assert frame.check_halves(obj2, err, None)[0] == ""  # off
-    res = frame.optimize_frame(flat, recorded, calib, SPACING, pts, 0.01, seed=0, halves_check="first_hit")
+    assert optimize.check_halves(obj2, np.zeros(6), "first_hit")[0] == ""  # no correction: nothing to support
+    assert optimize.check_halves(obj2, err, None)[0] == ""  # off
+    res = optimize.optimize_frame(flat, recorded, calib, SPACING, pts, 0.01, seed=0, halves_check="first_hit")
     assert res.status == "discarded" and "one half" in res.reason and res.gain_right == pytest.approx(0.0, abs=1e-12)
-    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, halves_check="first_hit")
+    res = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, halves_check="first_hit")
     assert res.status == "kept" and min(res.gain_left, res.gain_right) > 0
 
 
@@ -208,21 +209,21 @@ def test_shadow_mask_keeps_only_the_first_crossing():
     full[8:10, 0] = True  # a second bone below it: shadowed
     full[5, 1] = True     # a single crossing: visible
     full[3, 2] = full[5, 2] = True  # gap of 1 row bridged, then nothing: visible
-    sh = frame.shadow_mask(full, gap_px=1)
+    sh = label.shadow_mask(full, gap_px=1)
     assert sh[8:10, 0].all() and not sh[2:4, 0].any()
     assert not sh[:, 1].any()
     assert not sh[:, 2].any()
-    assert not frame.shadow_mask(full, gap_px=0)[3, 2] and frame.shadow_mask(full, gap_px=0)[5, 2]
+    assert not label.shadow_mask(full, gap_px=0)[3, 2] and label.shadow_mask(full, gap_px=0)[5, 2]
 
 
 def test_visible_label_removes_steep_incidence_and_shadow():
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=6.0)
-    pts, nrm = frame.surface_points(sphere, 20.0, seed=0)
+    pts, nrm = cloud.surface_points(sphere, 20.0, seed=0)
     calib = geometry.released_calibration()
     rot = np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]], float).T
     pose = geometry.make_transform(rot, np.array([-12.8, 10.0, 0.0])) @ geometry.invert_transform(calib)
-    full = frame.full_label(SHAPE, pose, calib, SPACING, pts)
-    vis = frame.visible_label(full, pose, calib, SPACING, pts, nrm, incidence_max_deg=85.0)
+    full = label.full_label(SHAPE, pose, calib, SPACING, pts)
+    vis = label.visible_label(full, pose, calib, SPACING, pts, nrm, incidence_max_deg=85.0)
     vv, uu = np.nonzero(full)
     # circle of radius 6 mm centred at depth 10 mm, column 64
     x = (uu + 0.5) * SPACING[0] - 12.8
@@ -252,7 +253,7 @@ def test_global_registration_corrects_a_common_offset(scene):
     images, recorded = [], []
     for z in (-6.0, -2.0, 2.0, 6.0):
         true = frame_pose(z)
-        images.append(frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0))
+        images.append(synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=0.0))
         recorded.append(offset @ true)
     reg = registration.register_sweep(images, np.array(recorded), calib, SPACING, pts, maxiter=40, seed=0)
     assert reg.similarity_registered > reg.similarity_initial
@@ -326,17 +327,17 @@ def make_twin(root: Path, n_frames: int = 5, seed: int = 0) -> Paths:
     dataset.write_mesh(ds / "specimen01" / "CT_bone_model.stl", mesh)
     calib = geometry.released_calibration()
     dataset.write_calibration(ds, calib, SPACING, -100.0)
-    pts, nrm = frame.surface_points(mesh, 10.0, seed=99)
+    pts, nrm = cloud.surface_points(mesh, 10.0, seed=99)
     rec = dataset.Record("specimen01", "record01", ds / "specimen01" / "record01")
     trec = dataset.Record("specimen01", "record01", truth / "specimen01" / "record01")
     rows = []
     for j in range(n_frames):
         ts = 1000 + 50 * j
         true = frame_pose(-4.0 + 2.0 * j)
-        img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
+        img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=j)
         dataset.write_image(rec.image_path(ts), img)
-        full = frame.full_label(SHAPE, true, calib, SPACING, pts)
-        vis = frame.visible_label(full, true, calib, SPACING, pts, nrm).visible
+        full = label.full_label(SHAPE, true, calib, SPACING, pts)
+        vis = label.visible_label(full, true, calib, SPACING, pts, nrm).visible
         dataset.write_label(trec.label_path(ts, dataset.LABELS_FULL), full)
         dataset.write_label(trec.label_path(ts, dataset.LABELS), vis)
         e = np.r_[rng.uniform(-0.4, 0.4, 3), rng.uniform(-0.5, 0.5, 3)]
@@ -383,10 +384,10 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert np.isfinite(track.loc[0, list(dataset.REGISTERED_COLUMNS)].to_numpy(float)).all()
     # the written full label is the optimised pose's label over the whole (dense) C
     spec = dataset.read_specimen(paths.dataset / "specimen01")
-    dense, _ = batch.load_cloud(batch.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
+    dense, _ = cloud.load_cloud(batch.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
     t = kept[0]
     pose_opt = dataset.poses(track, "optimized")[int(np.flatnonzero(track["timestamp"] == t)[0])]
-    expect = frame.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
+    expect = label.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
     written = dataset.read_label(rec.label_path(t, dataset.LABELS_FULL))
     assert (written != expect).sum() <= 2  # equal up to the pose's 10-digit round trip through the CSV
     assert (rec.out / batch.REPORT).is_file() and not (rec.path / batch.REPORT).exists()
@@ -682,9 +683,9 @@ def test_label_distance_and_precision_recall_in_mm():
     truth[5, :] = True
     label = np.zeros((10, 10), bool)
     label[7, :5] = True  # 2 rows below: 2 * 0.2 mm
-    assert frame.label_distance_mm(label, truth, (0.1, 0.2)) == pytest.approx(0.4)
-    assert np.isnan(frame.label_distance_mm(np.zeros_like(label), truth, (0.1, 0.2)))
-    p, r = frame.precision_recall(label, truth, (0.1, 0.2), tol_mm=0.51)
+    assert contour.label_distance_mm(label, truth, (0.1, 0.2)) == pytest.approx(0.4)
+    assert np.isnan(contour.label_distance_mm(np.zeros_like(label), truth, (0.1, 0.2)))
+    p, r = contour.precision_recall(label, truth, (0.1, 0.2), tol_mm=0.51)
     assert p == pytest.approx(1.0)
     # truth pixels within 0.5 mm of the label: the 5 above it and the next 3 columns (hypot(0.3, 0.4) = 0.5 <= 0.51)
     assert r == pytest.approx(0.8)
@@ -695,9 +696,9 @@ def test_label_distance_and_precision_recall_in_mm():
 
 def test_first_hit_region_keeps_the_top_of_each_scan_line(scene):
     pose = frame_pose(2.0)
-    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
-    full = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
-    top = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="first_hit")
+    img = synthetic.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    full = objective.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    top = objective.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="first_hit")
     member, pixel, _ = full.band(full.deltas(np.zeros((6, 1))))
     v, u = np.divmod(pixel, SHAPE[1])
     first = {c: v[u == c].min() for c in np.unique(u)}
@@ -708,7 +709,7 @@ def test_first_hit_region_keeps_the_top_of_each_scan_line(scene):
     assert count[0] == keep.sum() < len(pixel)
     assert mean[0] == pytest.approx(expected, abs=1e-12)
     with pytest.raises(ValueError, match="region must be"):
-        frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="visible")
+        objective.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region="visible")
 
 
 def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
@@ -724,14 +725,14 @@ def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
     true = frame_pose(-3.0)
     img, _, _ = bmode.render(bmode.Scene.from_meshes(bone), true @ calib, SHAPE[1], SHAPE[0], SPACING,
                              np.random.default_rng(0))
-    pts, _ = frame.surface_points(bone, 6.0, seed=0)
+    pts, _ = cloud.surface_points(bone, 6.0, seed=0)
     err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
-    truth = frame.full_label(img.shape, true, calib, SPACING, pts)
-    before = frame.label_distance_mm(frame.full_label(img.shape, recorded, calib, SPACING, pts), truth, SPACING)
-    res = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, maxiter=60,
+    truth = label.full_label(img.shape, true, calib, SPACING, pts)
+    before = contour.label_distance_mm(label.full_label(img.shape, recorded, calib, SPACING, pts), truth, SPACING)
+    res = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0, maxiter=60,
                                   region="first_hit")
-    after = frame.label_distance_mm(frame.full_label(img.shape, res.pose, calib, SPACING, pts), truth, SPACING)
+    after = contour.label_distance_mm(label.full_label(img.shape, res.pose, calib, SPACING, pts), truth, SPACING)
     assert res.status == "kept"
     assert before > 0.3 and after < 0.5 * before, (before, after)
 
@@ -742,9 +743,9 @@ def test_first_hit_objective_undoes_a_perturbation_on_a_shadowed_bmode_frame():
 def test_compact_kernel_gives_the_same_pixel_sets_as_band(scene):
     """``band_pixels`` (the large-frame kernel) and ``band`` give the same (member, pixel) pairs."""
     pose = frame_pose(2.0)
-    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    img = synthetic.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
     for region in ("full", "first_hit"):
-        obj = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region=region)
+        obj = objective.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"], region=region)
         x = np.random.default_rng(4).uniform(-1, 1, (6, 20))
         x[:, 0] = 0.0
         d = obj.deltas(x)
@@ -759,12 +760,12 @@ def test_compact_kernel_gives_the_same_pixel_sets_as_band(scene):
 
 def test_compact_kernel_is_used_for_large_populations_and_stays_exact(scene, monkeypatch):
     pose = frame_pose(-1.0)
-    img = frame.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
-    obj = frame.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
+    img = synthetic.synthetic_image(pose, scene["calib"], SPACING, SHAPE, scene["points"], scene["normals"])
+    obj = objective.FrameObjective(img, pose, scene["calib"], SPACING, scene["points"])
     x = np.random.default_rng(5).uniform(-1, 1, (6, 8))
     small = obj.value(x, 0.1)
-    monkeypatch.setattr(frame, "_SCRATCH_CELLS", 0)  # force the compact kernel
-    ref = [frame.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], 0.1)
+    monkeypatch.setattr(objective, "_SCRATCH_CELLS", 0)  # force the compact kernel
+    ref = [reference.reference_objective(x[:, j], img, pose, scene["calib"], SPACING, scene["tree"], 0.1)
            for j in range(8)]
     assert np.allclose(obj.value(x, 0.1), ref, atol=1e-12, rtol=0)
     assert np.allclose(small, ref, atol=1e-12, rtol=0)
@@ -778,11 +779,11 @@ def test_pattern_search_finds_the_maximum_of_a_smooth_function():
         d = (p - target[:, None]) * scale[:, None]
         return -(d**2).sum(axis=0) - 0.5 * d[0] * d[1]
 
-    x, fx, calls, members = frame.pattern_search(fun, np.zeros(6), -np.ones(6), np.ones(6), [0.25] * 6, 1e-4,
+    x, fx, calls, members = sweep.pattern_search(fun, np.zeros(6), -np.ones(6), np.ones(6), [0.25] * 6, 1e-4,
                                                     max_calls=400)
     assert np.abs(x - target).max() < 2e-3 and calls <= 400 and members > calls
     # bounded: the maximum outside the box lands on its face
-    x, _, _, _ = frame.pattern_search(fun, np.zeros(6), -0.2 * np.ones(6), 0.2 * np.ones(6), [0.1] * 6, 1e-4,
+    x, _, _, _ = sweep.pattern_search(fun, np.zeros(6), -0.2 * np.ones(6), 0.2 * np.ones(6), [0.1] * 6, 1e-4,
                                          max_calls=400)
     assert x[2] == pytest.approx(0.2) and x[3] == pytest.approx(-0.2)
 
@@ -790,7 +791,7 @@ def test_pattern_search_finds_the_maximum_of_a_smooth_function():
 def _perturbed_frame(scene, z_mm, err, noise=0.0, seed=0):
     true = frame_pose(z_mm)
     calib, pts = scene["calib"], scene["points"]
-    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=noise, seed=seed)
+    img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, scene["normals"], noise=noise, seed=seed)
     recorded = true @ geometry.invert_transform(geometry.perturbation(err[:3], err[3:]))
     return true, img, recorded
 
@@ -801,14 +802,14 @@ def test_warm_optimizer_recovers_a_known_perturbation_as_well_as_de(scene):
     calib, pts = scene["calib"], scene["points"]
     err = np.array([0.6, -0.5, 0.4, 0.5, -0.6, 0.4])
     true, img, recorded = _perturbed_frame(scene, -3.0, err)
-    truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
+    truth = label.full_label(SHAPE, true, calib, SPACING, pts)
 
     def error(pose):
-        return frame.label_distance_mm(frame.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+        return contour.label_distance_mm(label.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
 
-    de = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
+    de = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=0)
     # the previous frame's correction: the same error, off by the slow drift of one frame
-    warm = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=0.8 * err, fallback=False)
+    warm = sweep.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=0.8 * err, fallback=False)
     assert de.status == warm.status == "kept" and warm.path == "warm"
     before = error(recorded)
     assert before > 0.25
@@ -823,7 +824,7 @@ def test_warm_optimizer_never_scores_below_the_initial_pose(scene):
     calib, pts = scene["calib"], scene["points"]
     _, img, recorded = _perturbed_frame(scene, 1.0, np.array([0.3, 0.2, -0.2, 0.2, 0.3, -0.3]), noise=0.05)
     bad_start = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # a poor warm start, at the box corner
-    res = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.1, x0=bad_start, fallback=False)
+    res = sweep.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.1, x0=bad_start, fallback=False)
     assert res.objective_optimized >= res.objective_initial
 
 
@@ -832,11 +833,11 @@ def test_warm_optimizer_falls_back_to_de_when_validation_fails(scene):
     err = np.array([0.9, -0.9, 0.9, 0.9, -0.9, 0.9])
     _, img, recorded = _perturbed_frame(scene, 1.0, err)
     kw = dict(max_correction_mm=0.2, seed=0)
-    warm = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, **kw)
-    de = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, **kw)
+    warm = sweep.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, **kw)
+    de = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, **kw)
     assert warm.path == "warm+de" and warm.status == de.status == "discarded"
     assert np.array_equal(warm.x, de.x) and warm.nfev > de.nfev
-    no_fb = frame.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, fallback=False, **kw)
+    no_fb = sweep.optimize_frame_warm(img, recorded, calib, SPACING, pts, 0.01, x0=err, fallback=False, **kw)
     assert no_fb.path == "warm" and no_fb.status == "discarded" and np.isnan(no_fb.pose).all()
 
 
@@ -861,14 +862,14 @@ def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap
     poses = np.concatenate([poses[:3], frame_pose(500.0)[None], poses[3:]])
     kw = dict(max_correction_mm=1.0, min_label_fraction=0.5, max_gap=max_gap)
     seeds = [11, 12, 13, 14, 15, 16, 17]
-    whole = frame.optimize_sweep(frames, poses, calib, SPACING, pts, 0.01, seeds=seeds, **kw)
+    whole = sweep.optimize_sweep(frames, poses, calib, SPACING, pts, 0.01, seeds=seeds, **kw)
     paths = [r.path for r in whole]
     assert whole[3].status == "no_bone" and paths[0] == "de" and paths[1] == "warm"
     assert paths[4] == "de" if max_gap == 1 else paths[4].startswith("warm")
     for cut in (2, 4):  # cut after a kept frame, and right after the no-bone frame
-        first = frame.optimize_sweep(frames[:cut], poses[:cut], calib, SPACING, pts, 0.01, seeds=seeds[:cut], **kw)
-        x0 = frame.warm_start_after(first, max_gap=max_gap)
-        rest = frame.optimize_sweep(iter(frames[cut:]), poses[cut:], calib, SPACING, pts, 0.01, x0=x0,
+        first = sweep.optimize_sweep(frames[:cut], poses[:cut], calib, SPACING, pts, 0.01, seeds=seeds[:cut], **kw)
+        x0 = sweep.warm_start_after(first, max_gap=max_gap)
+        rest = sweep.optimize_sweep(iter(frames[cut:]), poses[cut:], calib, SPACING, pts, 0.01, x0=x0,
                                        seeds=seeds[cut:], **kw)
         for a, b in zip(whole, first + rest, strict=True):
             assert (a.status, a.path) == (b.status, b.path)
@@ -876,8 +877,8 @@ def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap
             assert np.array_equal(a.objective_optimized, b.objective_optimized, equal_nan=True)
     # and the sweep recovers the labels (frames with bone: all but the inserted one)
     def error(pose, true):
-        truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
-        return frame.label_distance_mm(frame.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+        truth = label.full_label(SHAPE, true, calib, SPACING, pts)
+        return contour.label_distance_mm(label.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
 
     with_bone = [0, 1, 2, 4, 5, 6]
     after = [error(whole[i].pose, t) for i, t in zip(with_bone, truths)]
@@ -886,25 +887,25 @@ def test_sweep_continued_from_a_warm_start_equals_the_uncut_sweep(scene, max_gap
 
 
 def test_warm_start_after_skips_discarded_frames():
-    kept = frame.FrameResult("kept", x=np.arange(6.0))
-    assert frame.warm_start_after([]) is None
-    assert np.array_equal(frame.warm_start_after([], np.ones(6)), np.ones(6))
-    assert np.array_equal(frame.warm_start_after([kept, frame.FrameResult("discarded", x=np.ones(6)),
-                                                     frame.FrameResult("no_bone")], max_gap=3), np.arange(6.0))
+    kept = optimize.FrameResult("kept", x=np.arange(6.0))
+    assert sweep.warm_start_after([]) is None
+    assert np.array_equal(sweep.warm_start_after([], np.ones(6)), np.ones(6))
+    assert np.array_equal(sweep.warm_start_after([kept, optimize.FrameResult("discarded", x=np.ones(6)),
+                                                     optimize.FrameResult("no_bone")], max_gap=3), np.arange(6.0))
 
 
 def test_optimize_sweep_rejects_mismatched_inputs(scene):
     with pytest.raises(ValueError, match="images for"):
-        frame.optimize_sweep([np.zeros(SHAPE, np.uint8)], np.stack([frame_pose()] * 2), scene["calib"], SPACING,
+        sweep.optimize_sweep([np.zeros(SHAPE, np.uint8)], np.stack([frame_pose()] * 2), scene["calib"], SPACING,
                                 scene["points"], 0.1, x0=np.zeros(6))
 
 
 def test_warm_start_after_respects_the_gap():
-    kept, gone = frame.FrameResult("kept", x=np.arange(6.0)), frame.FrameResult("discarded", x=np.ones(6))
-    assert frame.warm_start_after([kept, gone]) is None  # max_gap 1: only the frame just before
-    assert np.array_equal(frame.warm_start_after([kept, gone], max_gap=2), np.arange(6.0))
-    assert frame.warm_start_after([gone], np.ones(6)) is None
-    assert np.array_equal(frame.warm_start_after([gone], np.ones(6), max_gap=2), np.ones(6))
+    kept, gone = optimize.FrameResult("kept", x=np.arange(6.0)), optimize.FrameResult("discarded", x=np.ones(6))
+    assert sweep.warm_start_after([kept, gone]) is None  # max_gap 1: only the frame just before
+    assert np.array_equal(sweep.warm_start_after([kept, gone], max_gap=2), np.arange(6.0))
+    assert sweep.warm_start_after([gone], np.ones(6)) is None
+    assert np.array_equal(sweep.warm_start_after([gone], np.ones(6), max_gap=2), np.ones(6))
 
 
 # ----------------------------------------------------------------------------- outputs apart, content keys

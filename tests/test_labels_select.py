@@ -63,8 +63,8 @@ def test_column_objective_sees_only_its_columns():
     # a flat 'bone' plane through the image: the left half is bright, the right dark
     from test_labeling import SHAPE, SPACING, bone_mesh, frame_pose
     from ultrabones.core import geometry
-    from ultrabones.labels import frame
-    pts, _ = frame.surface_points(bone_mesh(), 4.0, seed=0)
+    from ultrabones.labels import cloud
+    pts, _ = cloud.surface_points(bone_mesh(), 4.0, seed=0)
     img = np.zeros(SHAPE, np.uint8)
     img[:, : SHAPE[1] // 2] = 200
     left = np.arange(SHAPE[1]) < SHAPE[1] // 2

@@ -1,8 +1,9 @@
 """The package's shape a maintainer can carry on: modules of one idea (a size limit), and an import graph
 without circles.
 
-Both rules hold for new code at once. Modules written before the rules are listed below with their size when
-the rule came in (2026-12-06): they may shrink, never grow, and leave the list once they are under the limit.
+Both rules hold for new code at once. Modules written before the rules are listed below with their size (when
+the rule came in on 2026-12-06, lowered as they shrank): they may shrink, never grow, and leave the list once they
+are under the limit.
 The same for the import circles that existed then.
 """
 
@@ -28,23 +29,20 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.evaluation.benchmark": 605,
     "ultrabones.evaluation.bone_detector": 597,
     "ultrabones.evaluation.metrics": 982,
-    "ultrabones.labels.batch": 1319,
-    "ultrabones.labels.frame": 1205,
+    "ultrabones.labels.batch": 1309,
     "ultrabones.rating.study": 952,
     "ultrabones.reconstruction.surface": 670,
-    "ultrabones.segmentation.model": 1135,
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 577,
     "ultrabones.twin.bmode": 825,
-    "ultrabones.twin.measure": 750,
+    "ultrabones.twin.measure": 747,
     "ultrabones.twin.realism": 587,
     "ultrabones.twin.simulate": 1020,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
 KNOWN_CIRCLES: list[frozenset[str]] = [
     frozenset({"ultrabones.core.dataset", "ultrabones.core.recording", "ultrabones.core.sequence"}),
-    frozenset({"ultrabones.labels.batch", "ultrabones.labels.select"}),
 ]
 
 

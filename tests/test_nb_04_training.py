@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ultrabones.core.params import resolved_profile
-from ultrabones.core.paths import PARAMS_DIR
 
 SMOKE = resolved_profile("smoke")["training"]
 

@@ -1,6 +1,5 @@
 """Notebook 07 on the smoke profile: every headline number present and traced to its metrics key."""
 
-import json
 import shutil
 import subprocess
 from pathlib import Path

@@ -369,7 +369,8 @@ def _tiny_dataset(root: Path, shifts_mm: dict, n_records: int = 2, n_frames: int
 
     from ultrabones.core import dataset as ds
     from ultrabones.core import geometry as G
-    from ultrabones.labels.frame import full_label, surface_points
+    from ultrabones.labels.cloud import surface_points
+    from ultrabones.labels.label import full_label
 
     spacing, shape = (0.1, 0.1), (160, 200)
     calib = G.released_calibration()

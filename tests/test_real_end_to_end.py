@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from ultrabones.core.errors import ParamsError
-from ultrabones.segmentation import model as seg
 from ultrabones.segmentation import transfer
+from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
+from ultrabones.segmentation.net import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "real_sweep"
@@ -34,7 +35,7 @@ LABELING = ["labeling.frame_stride=1", "labeling.max_frames_per_record=null", "l
 def tiny_trained_checkpoint(path: Path) -> Path:
     """A resnet18 FPN at 32 x 32 px, trained a few steps on synthetic bright-cap frames (a twin stand-in)."""
     torch.manual_seed(0)
-    net = seg.build_model("fpn", "resnet18")
+    net = build_model("fpn", "resnet18")
     rng = np.random.default_rng(0)
     x = rng.random((8, 1, 32, 32), dtype=np.float32) * 0.3
     y = np.zeros_like(x)
@@ -53,7 +54,7 @@ def tiny_trained_checkpoint(path: Path) -> Path:
     meta = {"arch": "fpn", "encoder": "resnet18", "in_channels": 1, "input_size": [32, 32], "norm_mean": 0.2,
             "norm_std": 0.2, "threshold": 0.5, "label_band_px": 3, "spacing_mm": [0.2, 0.2],
             "split": {"train": ["specimen01"], "val": ["specimen02"], "test": ["specimen03"]}, "epoch": 0}
-    return seg.save_checkpoint(path, net.state_dict(), meta)
+    return save_checkpoint(path, net.state_dict(), meta)
 
 
 def test_resolve_mode_and_a_clear_error_without_a_checkpoint(tmp_path):
@@ -69,7 +70,7 @@ def test_resolve_mode_and_a_clear_error_without_a_checkpoint(tmp_path):
 def test_export_gives_the_data_its_own_split(tmp_path):
     init = tiny_trained_checkpoint(tmp_path / "twin.ckpt")
     out, meta = transfer.export_for_data(init, tmp_path / "models" / "best.ckpt", ["specimen01"], tmp_path)
-    _, reread = seg.load_checkpoint(out)
+    _, reread = load_checkpoint(out)
     assert reread["mode"] == "evaluate" and reread["init_checkpoint"] == str(init)
     assert reread["split"] == {"train": [], "val": [], "test": ["specimen01"]}
     assert reread["trained_on"]["split"]["test"] == ["specimen03"]

@@ -17,7 +17,8 @@ from scipy.spatial import cKDTree
 
 from ultrabones.core import dataset, geometry
 from ultrabones.core.errors import ParamsError
-from ultrabones.labels import batch, frame, released
+from ultrabones.labels import batch, cloud, label, released
+from ultrabones.twin.synthetic import synthetic_image
 
 from test_labeling import SHAPE, SPACING, bone_mesh, frame_pose
 from test_labeling_real import PARAMS as REAL_PARAMS, real_copy
@@ -28,11 +29,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "real_sweep"
 @pytest.fixture(scope="module")
 def synthetic():
     mesh = bone_mesh()
-    pts, nrm = frame.surface_points(mesh, 8.0, seed=1)
+    pts, nrm = cloud.surface_points(mesh, 8.0, seed=1)
     dense = released.sample_ct(mesh, 200_000, seed=2)
     calib = geometry.released_calibration()
     true = frame_pose(2.0)
-    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=3)
+    img = synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, seed=3)
     return {"dense": dense, "calib": calib, "true": true, "image": img}
 
 
@@ -76,8 +77,8 @@ def _assert_fast_equals_reference(fr, n=12, seed=0):
 def test_fast_score_equals_kdtree_reference_on_synthetic_frames(synthetic):
     for k, z in enumerate([-6.0, 2.0, 9.0]):
         pose = frame_pose(z) @ geometry.perturbation([0.4, -0.3, 0.2], [0.3, 0.2, -0.4])
-        img = frame.synthetic_image(frame_pose(z), synthetic["calib"], SPACING, SHAPE,
-                                    *frame.surface_points(bone_mesh(), 8.0, seed=1), seed=k)
+        img = synthetic_image(frame_pose(z), synthetic["calib"], SPACING, SHAPE,
+                                    *cloud.surface_points(bone_mesh(), 8.0, seed=1), seed=k)
         fr = released.prepare_frame(img, geometry.params_from_pose(pose), synthetic["calib"], SPACING,
                                     synthetic["dense"])
         assert not fr.skip and len(fr.ct_points) > 100
@@ -144,7 +145,7 @@ def test_bad_inputs_are_refused_with_a_message(synthetic):
 def test_optimiser_brings_every_image_point_within_the_radius_and_beats_the_truth(synthetic):
     calib, dense, true = synthetic["calib"], synthetic["dense"], synthetic["true"]
     # the bone's intersection at the true pose drawn bright on black: the image points are the bone's only
-    img = (frame.full_label(SHAPE, true, calib, SPACING, dense, 0.3) * 230).astype(np.uint8)
+    img = (label.full_label(SHAPE, true, calib, SPACING, dense, 0.3) * 230).astype(np.uint8)
     recorded = true @ geometry.perturbation([0.0, 0.0, 0.0], [0.6, -0.5, 0.0])  # in-plane shift: 0.78 mm
     p0 = geometry.params_from_pose(recorded)
     fr = released.prepare_frame(img, p0, calib, SPACING, dense)

@@ -4,7 +4,6 @@ byte-identical from them; validation seeds are reported as such and the design s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

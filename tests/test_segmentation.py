@@ -12,11 +12,9 @@ import pytest
 import torch
 
 from ultrabones.core import dataset as ds
-from ultrabones.segmentation import segdata, training
-from ultrabones.segmentation import model as seg
+from ultrabones.segmentation import checkpoint, fit, inference, losses, net, segdata, training, validation
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.params import resolved_profile, validate_section
-from ultrabones.core.paths import PARAMS_DIR
 
 torch.set_num_threads(1)
 
@@ -272,15 +270,15 @@ def test_epoch_sampler_draws_a_fixed_number_of_samples_whatever_the_pool():
 def test_losses_known_values():
     p = torch.zeros(1, 1, 4, 4)
     p[..., :, 2:] = 1.0  # a vertical edge: 4 of 12 horizontal neighbour pairs differ, no vertical ones
-    assert seg.total_variation(p).item() == pytest.approx(4 / 12)
+    assert losses.total_variation(p).item() == pytest.approx(4 / 12)
     target = torch.zeros(1, 1, 16, 16)
     target[..., 7:10, 2:14] = 1
-    assert seg.skeleton_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
-    skel = seg.soft_skeleton(target)[0, 0]
+    assert losses.skeleton_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    skel = losses.soft_skeleton(target)[0, 0]
     assert skel.nonzero().tolist() == [[8, u] for u in range(3, 13)]  # the bar's centre line
     # empty prediction: precision term (0+1)/(0+1) = 1, sensitivity (0+1)/(10+1) -> 1 - clDice = 1 - 2/12
-    assert seg.skeleton_loss(torch.zeros_like(target), target).item() == pytest.approx(1 - 2 / 12)
-    loss = seg.SegmentationLoss(1, 1, 0.4, 0.1)
+    assert losses.skeleton_loss(torch.zeros_like(target), target).item() == pytest.approx(1 - 2 / 12)
+    loss = losses.SegmentationLoss(1, 1, 0.4, 0.1)
     terms = loss(torch.where(target > 0, 20.0, -20.0), target)
     assert set(terms) == {"dice", "bce", "tv", "skeleton", "loss"}
     # a perfect prediction leaves only the bar's own edges in TV: 24 vertical + 6 horizontal of 240 pairs each
@@ -294,16 +292,16 @@ def test_distance_f1_known_answer():
     spacing = (0.1, 0.1)  # mm per pixel
     near = np.roll(gt, 4, axis=0)  # 0.4 mm away
     far = np.roll(gt, 6, axis=0)  # 0.6 mm away
-    assert seg._f1_at_distance(near, gt, spacing, 0.5) == (1.0, 1.0, 1.0)
-    assert seg._f1_at_distance(far, gt, spacing, 0.5)[2] == 0.0
+    assert validation.f1_at_distance(near, gt, spacing, 0.5) == (1.0, 1.0, 1.0)
+    assert validation.f1_at_distance(far, gt, spacing, 0.5)[2] == 0.0
     # anisotropic spacing: a 4-row shift at 0.2 mm/row is 0.8 mm
-    assert seg._f1_at_distance(near, gt, (0.1, 0.2), 0.5)[2] == 0.0
+    assert validation.f1_at_distance(near, gt, (0.1, 0.2), 0.5)[2] == 0.0
     half = near.copy()
     half[24, 10:25] = False  # prediction on columns 25..39 only
-    acc, com, f1 = seg._f1_at_distance(half, gt, spacing, 0.5)
+    acc, com, f1 = validation.f1_at_distance(half, gt, spacing, 0.5)
     # label columns 23..39 lie within 0.5 mm (column 23: sqrt(4^2 + 2^2) * 0.1 = 0.447 mm; 22: exactly 0.5, not <)
     assert acc == 1.0 and com == pytest.approx(17 / 30) and f1 == pytest.approx(2 * com / (1 + com))
-    assert seg._f1_at_distance(np.zeros_like(gt), gt, spacing, 0.5)[2] == 0.0
+    assert validation.f1_at_distance(np.zeros_like(gt), gt, spacing, 0.5)[2] == 0.0
 
 
 # ----------------------------------------------------------------------------- checkpoints and inference
@@ -311,7 +309,7 @@ def test_distance_f1_known_answer():
 
 def _tiny_model():
     torch.manual_seed(0)
-    model = seg.build_model("fpn", "resnet18")
+    model = net.build_model("fpn", "resnet18")
     meta = {"arch": "fpn", "encoder": "resnet18", "in_channels": 1, "input_size": [32, 32], "norm_mean": 0.2,
             "norm_std": 0.2, "threshold": 0.5, "split": {"train": ["a"], "val": ["b"], "test": ["c"]}}
     model.eval()
@@ -320,17 +318,17 @@ def _tiny_model():
 
 def test_checkpoint_reloads_with_weights_only_and_predicts_identically(tmp_path):
     model, meta = _tiny_model()
-    path = seg.save_checkpoint(tmp_path / "m.ckpt", model.state_dict(), meta)
+    path = checkpoint.save_checkpoint(tmp_path / "m.ckpt", model.state_dict(), meta)
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == seg.FORMAT and raw["metadata"]["split"]["test"] == ["c"]
-    loaded, meta2 = seg.load_checkpoint(path)
+    assert raw["format"] == checkpoint.FORMAT and raw["metadata"]["split"]["test"] == ["c"]
+    loaded, meta2 = checkpoint.load_checkpoint(path)
     assert meta2["input_size"] == [32, 32] and "git_commit" in meta2
     imgs = np.random.default_rng(0).integers(0, 256, (3, 45, 50), dtype=np.uint8)
-    a = seg.predict((model, meta), imgs, device="cpu")
-    b = seg.predict(path, imgs, device="cpu")
+    a = inference.predict((model, meta), imgs, device="cpu")
+    b = inference.predict(path, imgs, device="cpu")
     assert a.shape == (3, 45, 50) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
-    mixed = seg.predict(loaded, [imgs[0], imgs[1, :40, :30]], device="cpu", threshold=0.5)
+    mixed = inference.predict(loaded, [imgs[0], imgs[1, :40, :30]], device="cpu", threshold=0.5)
     assert isinstance(mixed, list) and mixed[1].shape == (40, 30) and mixed[1].dtype == bool
 
 
@@ -339,29 +337,29 @@ def test_pickled_checkpoint_is_refused_without_trust_and_converts_with_it(tmp_pa
     pickled = tmp_path / "released.pth"
     torch.save(model, pickled)  # a whole pickled module, as the released epoch_100.pth
     with pytest.raises(DatasetError, match=r"released.pth: a pickled checkpoint.*trust_pickle=True"):
-        seg.load_checkpoint(pickled)
+        checkpoint.load_checkpoint(pickled)
     with pytest.raises(DatasetError, match="needs trust_pickle=True"):
-        seg.convert_released_checkpoint(pickled, tmp_path / "safe.ckpt")
-    out = seg.convert_released_checkpoint(pickled, tmp_path / "safe.ckpt", trust_pickle=True)
-    loaded, meta = seg.load_checkpoint(out)  # now safe: weights_only
+        checkpoint.convert_released_checkpoint(pickled, tmp_path / "safe.ckpt")
+    out = checkpoint.convert_released_checkpoint(pickled, tmp_path / "safe.ckpt", trust_pickle=True)
+    loaded, meta = checkpoint.load_checkpoint(out)  # now safe: weights_only
     assert meta["arch"] == "fpn" and meta["encoder"] == "resnet18" and meta["input_size"] == [256, 256]
-    assert meta["norm_mean"] == pytest.approx(seg.RELEASED_MEAN) and meta["split"]["test"] == ["2", "7", "8"]
+    assert meta["norm_mean"] == pytest.approx(checkpoint.RELEASED_MEAN) and meta["split"]["test"] == ["2", "7", "8"]
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=0, atol=1e-6)
     with pytest.raises(DatasetError, match="not found"):
-        seg.load_checkpoint(tmp_path / "nope.ckpt")
+        checkpoint.load_checkpoint(tmp_path / "nope.ckpt")
 
 
 def test_predict_record_writes_labels_pred(tmp_path):
     root = make_dataset(tmp_path, n_specimens=1, frames=3, unlabeled=2)
     model, meta = _tiny_model()
     rec = ds.read_specimen(root / "specimen01").records[0]
-    written = seg.predict_record(rec, (model, meta), batch_size=2, device="cpu", progress=False)
+    written = inference.predict_record(rec, (model, meta), batch_size=2, device="cpu", progress=False)
     assert len(written) == 5 and all(p.name.endswith("_label_pred.png") for p in written)
     pred = ds.read_label(rec.label_path(1000, ds.LABELS_PRED), (60, 72))
     assert pred.dtype == bool
-    again = seg.predict_record(rec.path, (model, meta), device="cpu", skip_existing=True, progress=False)
+    again = inference.predict_record(rec.path, (model, meta), device="cpu", skip_existing=True, progress=False)
     assert again == []
 
 
@@ -372,16 +370,16 @@ def test_surface_mask_keeps_each_scan_lines_peaks_as_thick_as_the_labels():
     prob[4:10, 1] = [0.6, 0.9, 0.9, 0.6, 0.5, 0.4]  # a plateau: its upper row (5) only
     prob[[3, 15], 2] = [0.8, 0.6]  # two bones in one column; both kept
     prob[17, 2] = 0.4  # a peak under the threshold
-    m = seg.surface_mask(prob, 0.5, 0)
+    m = inference.surface_mask(prob, 0.5, 0)
     assert np.flatnonzero(m[:, 0]).tolist() == [7] and np.flatnonzero(m[:, 1]).tolist() == [5]
     assert np.flatnonzero(m[:, 2]).tolist() == [3, 15]
-    m1 = seg.surface_mask(prob, 0.5, 1)
+    m1 = inference.surface_mask(prob, 0.5, 1)
     assert np.flatnonzero(m1[:, 0]).tolist() == [6, 7, 8] and m1.sum() == 4 * 3
-    assert seg.band_half_rows(0.6, (0.2, 0.2)) == 1 and seg.band_half_rows(0.6, (0.05392, 0.05392)) == 5
+    assert inference.band_half_rows(0.6, (0.2, 0.2)) == 1 and inference.band_half_rows(0.6, (0.05392, 0.05392)) == 5
     with pytest.raises(ValueError, match="half_rows"):
-        seg.surface_mask(prob, 0.5, -1)
+        inference.surface_mask(prob, 0.5, -1)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
-        seg.surface_mask(prob[None], 0.5, 0)
+        inference.surface_mask(prob[None], 0.5, 0)
 
 
 def test_predict_record_writes_the_surface_band(tmp_path):
@@ -389,11 +387,11 @@ def test_predict_record_writes_the_surface_band(tmp_path):
     model, meta = _tiny_model()
     rec = ds.read_specimen(root / "specimen01").records[0]
     with pytest.raises(ValueError, match="spacing"):
-        seg.predict_record(rec, (model, meta), device="cpu", progress=False, surface_band_mm=0.6)
-    seg.predict_record(rec, (model, meta), device="cpu", progress=False, surface_band_mm=0.6, spacing=(0.2, 0.2))
+        inference.predict_record(rec, (model, meta), device="cpu", progress=False, surface_band_mm=0.6)
+    inference.predict_record(rec, (model, meta), device="cpu", progress=False, surface_band_mm=0.6, spacing=(0.2, 0.2))
     img = ds.read_image(rec.image_path(1000))
-    prob = seg.predict((model, meta), img[None], device="cpu")[0]
-    want = seg.surface_mask(prob, float(meta.get("threshold", 0.5)), 1)
+    prob = inference.predict((model, meta), img[None], device="cpu")[0]
+    want = inference.surface_mask(prob, float(meta.get("threshold", 0.5)), 1)
     np.testing.assert_array_equal(ds.read_label(rec.label_path(1000, ds.LABELS_PRED), img.shape), want)
 
 
@@ -412,27 +410,27 @@ def test_tiny_model_overfits_a_handful_of_frames():
     y = torch.from_numpy(np.stack([segdata.widen_label(segdata.resize_label(l, (32, 32)), 3) for _, l in pairs]))
     y = y[:, None].float()
     torch.manual_seed(0)
-    model = seg.build_model("unet", "resnet18")
-    loss_fn = seg.SegmentationLoss()
+    model = net.build_model("unet", "resnet18")
+    loss_fn = losses.SegmentationLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
+    trace = []
     for _ in range(30):
         opt.zero_grad()
         loss = loss_fn(model(x), y)["loss"]
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+        trace.append(loss.item())
+    assert trace[-1] < trace[0] / 10, (trace[0], trace[-1])
 
 
 def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=6)
     split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
     P4 = tiny_params(epochs=3)
-    full = seg.train_fold(root, tmp_path / "full", split, P4, seed=7, progress=False)
-    part = seg.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1), seed=7, progress=False)
+    full = fit.train_fold(root, tmp_path / "full", split, P4, seed=7, progress=False)
+    part = fit.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1), seed=7, progress=False)
     assert list(part.history["epoch"]) == [0]
-    resumed = seg.train_fold(root, tmp_path / "part", split, P4, seed=7, progress=False)
+    resumed = fit.train_fold(root, tmp_path / "part", split, P4, seed=7, progress=False)
     assert list(resumed.history["epoch"]) == [0, 1, 2] and resumed.history["session"].tolist() == [0, 1, 1]
     a = _weights(tmp_path / "full" / "checkpoints" / "last.ckpt")
     b = _weights(tmp_path / "part" / "checkpoints" / "last.ckpt")
@@ -440,11 +438,11 @@ def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     # the exported best checkpoint carries the split and loads safely
-    model, meta = seg.load_checkpoint(full.checkpoint)
+    model, meta = checkpoint.load_checkpoint(full.checkpoint)
     assert meta["split"] == split.as_dict() and meta["n_train_frames"] == 6
     assert {"train_loss", "val_loss", "val_f1", "val_dice", "train_images_per_second"} <= set(full.history)
     # changed parameters do not resume a stale run
-    other = seg.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1, lr=5e-4), seed=7, progress=False)
+    other = fit.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1, lr=5e-4), seed=7, progress=False)
     assert list(other.history["epoch"]) == [0]
 
 
@@ -453,7 +451,7 @@ def test_an_epoch_draws_samples_per_epoch_from_the_frames_the_budget_holds(tmp_p
     split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
     budget = 3.5 * segdata.frame_bytes((32, 32)) / 2**20  # three frames of the training specimen's six
     P = tiny_params(epochs=1, memory_budget_mb=budget, samples_per_epoch=10, augment=False)
-    res = seg.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
+    res = fit.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
     assert (res.n_train, res.n_train_labelled) == (3, 6)
     assert (res.metadata["n_train_frames"], res.metadata["n_train_labelled"], res.metadata["samples_per_epoch"]) == (
         3, 6, 10)
@@ -464,20 +462,20 @@ def test_an_epoch_draws_samples_per_epoch_from_the_frames_the_budget_holds(tmp_p
 def test_corrupt_last_checkpoint_names_the_file_and_how_to_start_fresh(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=4)
     split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
-    seg.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False), seed=3, progress=False)
+    fit.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False), seed=3, progress=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 3])  # a write cut short
     with pytest.raises(DatasetError) as err:
-        seg.train_fold(root, tmp_path / "run", split, tiny_params(epochs=2, augment=False), seed=3, progress=False)
+        fit.train_fold(root, tmp_path / "run", split, tiny_params(epochs=2, augment=False), seed=3, progress=False)
     msg = str(err.value)
     assert str(last) in msg and "corrupt" in msg and "start fresh" in msg and "training.resume=false" in msg
     # resume=false starts fresh over the corrupt run
-    res = seg.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False, resume=False), seed=3,
+    res = fit.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False, resume=False), seed=3,
                          progress=False)
     assert list(res.history["epoch"]) == [0]
     with pytest.raises(DatasetError, match="checkpoint not found"):
-        seg.load_lightning_checkpoint(tmp_path / "nope.ckpt")
+        checkpoint.load_lightning_checkpoint(tmp_path / "nope.ckpt")
 
 
 def test_no_torch_load_without_weights_only_in_the_package():
@@ -485,7 +483,7 @@ def test_no_torch_load_without_weights_only_in_the_package():
     import ast
     from pathlib import Path
 
-    pkg = Path(seg.__file__).parents[1]  # the whole package
+    pkg = Path(net.__file__).parents[1]  # the whole package
     unsafe = []
     for f in sorted(pkg.rglob("*.py")):
         for node in ast.walk(ast.parse(f.read_text())):
@@ -496,25 +494,25 @@ def test_no_torch_load_without_weights_only_in_the_package():
                 if not ok:
                     unsafe.append(f"{f.relative_to(pkg)}:{node.lineno}")
     # load_checkpoint(trust_pickle=True) is the one documented exception: a released whole-module file
-    assert len(unsafe) <= 1 and all(u.startswith("segmentation/model.py") for u in unsafe), unsafe
+    assert len(unsafe) <= 1 and all(u.startswith("segmentation/checkpoint.py") for u in unsafe), unsafe
 
 
 def test_train_writes_best_checkpoint_and_kfold(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=4, frames=4)
-    res = seg.train(root, tmp_path / "models", tiny_params(epochs=1, n_folds=2, augment=False), seed=1,
+    res = fit.train(root, tmp_path / "models", tiny_params(epochs=1, n_folds=2, augment=False), seed=1,
                     progress=False)
     assert len(res.folds) == 2 and res.checkpoint == tmp_path / "models" / "best.ckpt"
     # automatic split of 4: train 01, 02 / val 03 / test 04; two folds deal 01, 02, 03 round robin
     assert [f.split.val for f in res.folds] == [("specimen01", "specimen03"), ("specimen02",)]
-    _, meta = seg.load_checkpoint(res.checkpoint)
+    _, meta = checkpoint.load_checkpoint(res.checkpoint)
     assert meta["split"]["test"] == ["specimen04"] and meta["fold"] == res.best.fold
 
 
 def test_bad_params_are_named():
     with pytest.raises(ParamsError, match="training.arch"):
-        seg.build_model("segformer")
+        net.build_model("segformer")
     with pytest.raises(ParamsError, match="training.encoder_weights.*not found"):
-        seg.build_model("fpn", "resnet18", "/nonexistent/resnet18.pth")
+        net.build_model("fpn", "resnet18", "/nonexistent/resnet18.pth")
     P = tiny_params()
     bad = copy.deepcopy(P)
     bad["input_size"] = [32]
@@ -527,13 +525,13 @@ def test_a_finished_run_is_stale_once_its_labels_change(tmp_path):
     root = make_dataset(tmp_path, n_specimens=2, frames=4)
     split = segdata.Split(("specimen01",), ("specimen02",), ())
     P = {"input_size": [32, 32], "memory_budget_mb": 64, "max_val_frames_per_specimen": None}
-    before = seg.data_fingerprint(root, split, P)
-    assert seg.data_fingerprint(root, split, P) == before
+    before = fit.data_fingerprint(root, split, P)
+    assert fit.data_fingerprint(root, split, P) == before
     frame = segdata.labelled_frames(root, ["specimen01"])[0]
     label = ds.read_label(frame.label)
     label[0, 0] = not label[0, 0]
     ds.write_label(frame.label, label)
-    assert seg.data_fingerprint(root, split, P) != before
+    assert fit.data_fingerprint(root, split, P) != before
 
 
 # ----------------------------------------------------------------------------- the stage (train mode)
@@ -558,10 +556,10 @@ def _stage_result(tmp_path, **params):
     tp = training.TrainingParams.from_section(tiny_params(epochs=2, **params))
     split = segdata.Split(("specimen01",), ("specimen02",), ("specimen03",))
     history = pd.DataFrame({"epoch": [0, 1], "train_images_per_second": [10.0, 30.0], "val_f1": [0.2, 0.4]})
-    fold = seg.FoldResult(0, split, tmp_path / "run" / "best.ckpt", history,
+    fold = fit.FoldResult(0, split, tmp_path / "run" / "best.ckpt", history,
                           {"epoch": 1, "val_f1": 0.4, "val_dice": 0.5}, 6, 4, "cpu (1 threads, 32-true)", 12.5,
                           tmp_path / "run", 9)
-    trained = seg.TrainResult(split, [fold], fold, tmp_path / "best.ckpt")
+    trained = fit.TrainResult(split, [fold], fold, tmp_path / "best.ckpt")
     frame = lambda spec, t: ds.Frame(ds.Record(spec, "record01", tmp_path / spec / "record01"), t)  # noqa: E731
     frames = segdata.TrainingFrames(tuple(frame("specimen01", t) for t in range(6)), 9,
                                     tuple(frame("specimen02", t) for t in range(4)))

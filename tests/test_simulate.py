@@ -239,7 +239,6 @@ def test_specimen_overrides_apply_but_not_to_the_shared_probe():
 
 
 def test_cached_specimens_are_skipped(tmp_path):
-    from ultrabones.pipeline import stage
 
     paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig")
     cache = SpecimenCache(paths, "00_simulate")

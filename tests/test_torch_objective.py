@@ -3,7 +3,7 @@
 Runs on CPU torch (a GPU is never needed): the batched objective must give the numpy objective's pixel counts
 exactly and its means and Eq. 2 values to rounding, on synthetic frames of two sizes and spacings, both regions,
 populations inside and beyond the bounds, a frame with no near points, and two real frames; the lock-step
-optimiser must recover a known perturbation as :func:`frame.optimize_frame` does: with scipy's random draws it
+optimiser must recover a known perturbation as :func:`optimize.optimize_frame` does: with scipy's random draws it
 ends at scipy's correction after scipy's number of generations, on synthetic and real frames.
 """
 
@@ -18,8 +18,9 @@ import torch
 from test_labeling import SHAPE, SPACING, bone_mesh, frame_pose, labeling_params, make_twin
 from ultrabones.core import dataset, geometry
 from ultrabones.core.errors import ParamsError
-from ultrabones.labels import batch, frame
+from ultrabones.labels import batch, cloud, label, objective, optimize
 from ultrabones.labels import torch_objective as tob
+from ultrabones.twin import contour, synthetic
 
 REAL = Path(__file__).parent / "fixtures" / "real_sweep"
 LAM = 0.3  # 1/mm: large enough that the fiducial term weighs in the comparison of values
@@ -36,7 +37,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def scene():
-    pts, nrm = frame.surface_points(bone_mesh(), 8.0, seed=1)
+    pts, nrm = cloud.surface_points(bone_mesh(), 8.0, seed=1)
     return {"points": pts, "normals": nrm, "calib": geometry.released_calibration()}
 
 
@@ -53,8 +54,8 @@ def _objectives(scene):
     out = []
     for k, (z, shape, spacing, gamma, region) in enumerate(frames):
         pose = frame_pose(z)
-        img = frame.synthetic_image(pose, calib, spacing, shape, pts, nrm, gamma_mm=gamma, seed=k)
-        out.append(frame.FrameObjective(img, pose, calib, spacing, pts, gamma, region=region))
+        img = synthetic.synthetic_image(pose, calib, spacing, shape, pts, nrm, gamma_mm=gamma, seed=k)
+        out.append(objective.FrameObjective(img, pose, calib, spacing, pts, gamma, region=region))
     return out
 
 
@@ -104,8 +105,8 @@ def test_batched_objective_equals_the_numpy_objective_on_real_frames():
     tab = dataset.read_tracking(rec.tracking_csv)
     poses, ts = dataset.poses(tab), tab["timestamp"].to_numpy()
     calib, spacing, _ = dataset.read_calibration(REAL)
-    pts, _ = frame.surface_points(dataset.read_mesh(spec.ct_model), 6.0, seed=0)
-    objs = [frame.FrameObjective(dataset.read_image(rec.image_path(int(ts[k]))), poses[k], calib, spacing, pts,
+    pts, _ = cloud.surface_points(dataset.read_mesh(spec.ct_model), 6.0, seed=0)
+    objs = [objective.FrameObjective(dataset.read_image(rec.image_path(int(ts[k]))), poses[k], calib, spacing, pts,
                                  region=region) for k, region in ((0, "full"), (3, "first_hit"))]
     assert min(o.n_points for o in objs) > 1000
     xs = np.random.default_rng(2).uniform(-1.2, 1.2, (2, 6, 12))
@@ -115,7 +116,7 @@ def test_batched_objective_equals_the_numpy_objective_on_real_frames():
     kw = dict(popsize=4, maxiter=15, tol=0.01, max_correction_mm=1.0, min_label_fraction=0.5, halves_check="first_hit")
     batched = tob.optimize_frames_batched(objs, 0.1, seeds=[3, 4], device="cpu", **kw)
     for o, b, seed in zip(objs, batched, (3, 4)):
-        de = frame.optimize_frame(None, o.pose, calib, spacing, pts, 0.1, seed=seed, objective=o, **kw)
+        de = optimize.optimize_frame(None, o.pose, calib, spacing, pts, 0.1, seed=seed, objective=o, **kw)
         assert b.status == de.status and b.nfev == de.nfev and np.allclose(b.x, de.x, rtol=0, atol=1e-9), (b, de)
 
 
@@ -134,20 +135,20 @@ def test_batched_optimiser_recovers_a_known_perturbation_as_well_as_scipy(scene)
     cases = []
     for z, e in ((-3.0, err), (4.0, 0.8 * np.roll(err, 2))):
         true = frame_pose(z)
-        img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, noise=0.0)
+        img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, noise=0.0)
         recorded = true @ geometry.invert_transform(geometry.perturbation(e[:3], e[3:]))
         cases.append((true, img, recorded))
-    objs = [frame.FrameObjective(img, rec, calib, SPACING, pts) for _, img, rec in cases]
-    far = frame.FrameObjective(cases[0][1], frame_pose(500.0), calib, SPACING, pts)  # no bone in view
+    objs = [objective.FrameObjective(img, rec, calib, SPACING, pts) for _, img, rec in cases]
+    far = objective.FrameObjective(cases[0][1], frame_pose(500.0), calib, SPACING, pts)  # no bone in view
     res = tob.optimize_frames_batched(objs + [far], 0.01, seeds=[0, 1, 2], device="cpu")
     assert res[2].status == "no_bone" and res[2].path == "de-batched"
     for k, (true, img, recorded) in enumerate(cases):
-        truth = frame.full_label(SHAPE, true, calib, SPACING, pts)
+        truth = label.full_label(SHAPE, true, calib, SPACING, pts)
 
         def error(pose):
-            return frame.label_distance_mm(frame.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
+            return contour.label_distance_mm(label.full_label(SHAPE, pose, calib, SPACING, pts), truth, SPACING)
 
-        de = frame.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=k)
+        de = optimize.optimize_frame(img, recorded, calib, SPACING, pts, 0.01, seed=k)
         r = res[k]
         assert r.status == de.status == "kept" and r.path == "de-batched"
         before = error(recorded)
@@ -172,9 +173,9 @@ def test_batched_optimiser_validates_as_optimize_frame(scene):
     calib, pts, nrm = scene["calib"], scene["points"], scene["normals"]
     true = frame_pose(1.0)
     e = np.array([0.9, -0.9, 0.9, 0.9, -0.9, 0.9])
-    img = frame.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, noise=0.0)
+    img = synthetic.synthetic_image(true, calib, SPACING, SHAPE, pts, nrm, noise=0.0)
     recorded = true @ geometry.invert_transform(geometry.perturbation(e[:3], e[3:]))
-    obj = frame.FrameObjective(img, recorded, calib, SPACING, pts)
+    obj = objective.FrameObjective(img, recorded, calib, SPACING, pts)
     r, = tob.optimize_frames_batched([obj], 0.01, seeds=[0], max_correction_mm=0.2, popsize=4, maxiter=20)
     assert r.status == "discarded" and r.reason.startswith("mean fiducial correction") and np.isnan(r.pose).all()
     assert tob.optimize_frames_batched([], 0.01) == []

@@ -87,7 +87,7 @@ class EvaluationParams:
     detector_enhancements : bright-echo terms its fit chooses among
         (:data:`ultrabones.evaluation.bone_detector.ENHANCEMENTS`).
     surface_band_mm : the model's masks are its probability map's surface, a band this thick
-        (:func:`ultrabones.segmentation.model.surface_mask`; the labels' ``2 gamma``); None: the
+        (:func:`ultrabones.segmentation.inference.surface_mask`; the labels' ``2 gamma``); None: the
         thresholded map as it is (the paper's).
 
     The section's ``annotator_*`` keys are the twin's simulated annotator's
@@ -248,11 +248,11 @@ def predict_frames(frames: Sequence[Frame], ckpt, threads: int | None = None, pr
     """Segment ``frames`` into ``Labels_pred/``, record by record; returns the wall time (s).
 
     ``threads`` sets torch's CPU threads for the predictions (restored after); None: torch's default.
-    ``surface_band_mm``, ``spacing``: see :func:`ultrabones.segmentation.model.predict_record`.
+    ``surface_band_mm``, ``spacing``: see :func:`ultrabones.segmentation.inference.predict_record`.
     """
     import torch
 
-    from ultrabones.segmentation import model
+    from ultrabones.segmentation import inference
 
     by_record: dict = {}
     for fr in frames:
@@ -263,8 +263,8 @@ def predict_frames(frames: Sequence[Frame], ckpt, threads: int | None = None, pr
     try:
         t0 = time.perf_counter()
         for rec, ts in by_record.items():
-            model.predict_record(rec, ckpt, timestamps=ts, progress=progress, surface_band_mm=surface_band_mm,
-                                 spacing=spacing)
+            inference.predict_record(rec, ckpt, timestamps=ts, progress=progress, surface_band_mm=surface_band_mm,
+                                     spacing=spacing)
         return time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
@@ -323,13 +323,13 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
     """
     import torch
 
-    from ultrabones.segmentation import finetune, model, segdata
+    from ultrabones.segmentation import checkpoint as seg_checkpoint, finetune, segdata
 
     checkpoint = params.checkpoint or str(paths.models_dir / "best.ckpt")
     if not params.checkpoint and not Path(checkpoint).is_file():  # the run's own model: notebook 04 writes it
         raise DatasetError(f"{checkpoint}: checkpoint not found; notebook 04 trains it: run it first "
                            "(python -m ultrabones run 04 --profile <profile>), or give evaluation.checkpoint")
-    ckpt = model.load_checkpoint(checkpoint)
+    ckpt = seg_checkpoint.load_checkpoint(checkpoint)
     meta = ckpt[1]
     root = paths.dataset
     available = [s.name for s in ds.discover(root)]

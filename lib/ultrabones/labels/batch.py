@@ -1,6 +1,6 @@
 """Labelling a whole dataset: lambda selection, global registration, per-frame optimisation, outputs.
 
-The maths lives in :mod:`ultrabones.labels.frame` and :mod:`ultrabones.labels.registration`;
+The maths lives in :mod:`ultrabones.labels.optimize`, :mod:`ultrabones.labels.sweep` and :mod:`ultrabones.labels.registration`;
 this module runs it over every record of a dataset (layout A or B), on Dask. The parameters
 arrive as one :class:`LabelingParams` (a specimen's overrides: :meth:`LabelingParams.for_specimen`);
 :func:`run` returns a :class:`LabelingResult`, and :func:`metrics` gives notebook 02's metrics.
@@ -51,7 +51,7 @@ Per-frame status in the report: ``kept``, ``discarded`` (mean fiducial
 correction above ``max_correction_mm``), ``no_bone`` (no CT surface near the
 image plane: marked, not an error), ``bad_pose`` (NaN pose), ``bad_image``
 (missing or unreadable PNG) and ``no_echo`` (a blank image: its brightest 1% of
-pixels under ``min_echo_level``, :func:`ultrabones.labels.frame.echo_level`):
+pixels under ``min_echo_level``, :func:`ultrabones.labels.cloud.echo_level`):
 reported with the message and skipped, the rest of the record still labelled.
 """
 
@@ -74,10 +74,9 @@ from ultrabones.core import atomic
 from ultrabones.core.executor import executor
 from ultrabones.core import dataset
 from ultrabones.core import geometry
-from ultrabones.labels import frame
-from ultrabones.labels import registration
-from ultrabones.labels import released
-from ultrabones.labels import select
+from ultrabones.labels import cloud, label, optimize, registration, released, select
+from ultrabones.labels.objective import FrameObjective
+from ultrabones.labels.sweep import optimize_frame_warm
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, file_digest, files_digest, params_hash, source_hash
@@ -199,7 +198,7 @@ def surface_cloud(paths: Paths, specimen: dataset.Specimen, density: float, seed
     out = paths.cache(STEM) / specimen.name / f"surface_{key}.npz"
     if not out.is_file():
         mesh = dataset.read_mesh(stl)
-        pts, nrm = frame.surface_points(mesh, density, seed)
+        pts, nrm = cloud.surface_points(mesh, density, seed)
         buf = io.BytesIO()
         np.savez(buf, points=pts, normals=nrm)
         atomic.write_bytes(out, buf.getvalue())
@@ -214,16 +213,6 @@ def released_cloud(paths: Paths, specimen: dataset.Specimen, n_samples: int, see
     if not area > 0:
         raise DatasetError(f"{specimen.ct_model}: the CT bone model has no surface area (empty or degenerate mesh)")
     return surface_cloud(paths, specimen, int(n_samples) / area, seed)
-
-
-def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        return z["points"], z["normals"]
-
-
-def frame_seed(seed: int, key: str, timestamp: int) -> int:
-    """A per-frame optimiser seed, stable across runs and machines."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode()), int(timestamp)]).generate_state(1)[0])
 
 
 def selected_rows(n_rows: int, stride: int, max_frames: int | None) -> np.ndarray:
@@ -301,10 +290,10 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     (:class:`LabelingParams`), the seed, the record's image size, and
     ``chunks``: a list of ``{"timestamps", "poses", "rows", "out", "key"}`` in
     time order (``key``: the chunk's key without its warm start). With
-    ``params.optimizer == "sweep"`` each frame starts (:func:`ultrabones.labels.frame.optimize_frame_warm`)
+    ``params.optimizer == "sweep"`` each frame starts (:func:`ultrabones.labels.sweep.optimize_frame_warm`)
     from the correction of the last kept frame when that one lies at most
     ``warm_max_gap`` labelled frames before it, else it is solved cold by
-    differential evolution (as :func:`ultrabones.labels.frame.optimize_sweep`);
+    differential evolution (as :func:`ultrabones.labels.sweep.optimize_sweep`);
     a chunk's warm start is carried from the previous chunk's result file
     (:func:`carry_warm_start`) and is part of its key (:func:`chunk_key`), so
     a chunk whose file exists with that key is read, not redone. With
@@ -378,10 +367,10 @@ def _sweep_context(task: Mapping[str, Any]) -> dict:
     """What every frame of a sweep task needs, loaded once: calibration, clouds, registration, record."""
     # Labels are drawn from a denser sampling of the same surface than the objective
     # uses, so that the drawn band is continuous (labeling.label_density_per_mm2).
-    dense, dense_normals = load_cloud(task["label_cloud"])
+    dense, dense_normals = cloud.load_cloud(task["label_cloud"])
     return {"calib": np.asarray(task["calib"]), "spacing": tuple(task["spacing"]),
-            "points": load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
-            "released_points": load_cloud(task["released_cloud"])[0] if task.get("released_cloud") else None,
+            "points": cloud.load_cloud(task["cloud"])[0], "dense": dense, "dense_normals": dense_normals,
+            "released_points": cloud.load_cloud(task["released_cloud"])[0] if task.get("released_cloud") else None,
             "g": np.asarray(task["registration"], float),
             "rec": task_record(task)}
 
@@ -408,7 +397,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             img, err = _read_image_or_none(rec, ts, task.get("image_shape"))
             if img is None:
                 row.update(status="bad_image", message=err)
-            elif (blank := frame.no_echo_message(img, f"{rec.path} frame {int(ts)}" if rec.is_sequence
+            elif (blank := cloud.no_echo_message(img, f"{rec.path} frame {int(ts)}" if rec.is_sequence
                                                  else rec.image_path(ts), P.min_echo_level)) is not None:
                 row.update(status="no_echo", message=blank)
         if "status" in row:
@@ -421,30 +410,30 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
         elif res is None:
             obj = _frame_objective(P, ctx, img, pose0)
             common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                          maxiter=P.maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, ts),
+                          maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(task["seed"], rec.key, ts),
                           max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
                           objective=obj, halves_check=P.halves_check)
             every = P.warm_cold_every
             if warm is not None and age <= max_gap and not (every and row_no % every == 0):
-                res = frame.optimize_frame_warm(
+                res = optimize_frame_warm(
                     img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P.warm_step_deg,
                     step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg, min_step_mm=P.warm_min_step_mm,
                     max_calls=P.warm_max_calls, **common)
             else:
-                res = frame.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
+                res = optimize.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
         if res.status == "kept" and sweep:
             warm, age = np.asarray(res.x, float).copy(), 1
         else:
             age += 1
-        near = _points_near(dense, img.shape, pose0, [g @ pose0, pose0 @ geometry.perturbation(res.x[:3], res.x[3:])],
+        near = points_near(dense, img.shape, pose0, [g @ pose0, pose0 @ geometry.perturbation(res.x[:3], res.x[3:])],
                             calib, spacing, P.gamma_mm)
         pts_d, nrm_d = dense[near], dense_normals[near]
-        full_init = frame.full_label(img.shape, pose0, calib, spacing, pts_d, P.gamma_mm)
-        full_reg = frame.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P.gamma_mm)
+        full_init = label.full_label(img.shape, pose0, calib, spacing, pts_d, P.gamma_mm)
+        full_reg = label.full_label(img.shape, g @ pose0, calib, spacing, pts_d, P.gamma_mm)
         full_opt = vis = None
         if res.status == "kept":
-            full_opt = frame.full_label(img.shape, res.pose, calib, spacing, pts_d, P.gamma_mm)
-            v = frame.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P.gamma_mm,
+            full_opt = label.full_label(img.shape, res.pose, calib, spacing, pts_d, P.gamma_mm)
+            v = label.visible_label(full_opt, res.pose, calib, spacing, pts_d, nrm_d, P.gamma_mm,
                                     P.incidence_max_deg)
             vis = v.visible
             masks[int(ts)] = (full_opt, vis)
@@ -496,20 +485,20 @@ def frame_device(P: LabelingParams) -> str | None:
     return torch_device(P.device) if P.optimizer == "de" and P.objective == "eq2" else None
 
 
-def _frame_objective(P: LabelingParams, ctx: Mapping, img: np.ndarray, pose: np.ndarray) -> frame.FrameObjective:
+def _frame_objective(P: LabelingParams, ctx: Mapping, img: np.ndarray, pose: np.ndarray) -> FrameObjective:
     """Eq. 2 of one frame of a sweep task (:func:`_sweep_context`) at the recorded ``pose``, with ``P``'s settings."""
-    return frame.FrameObjective(img, pose, ctx["calib"], ctx["spacing"], ctx["points"], P.gamma_mm, P.bound_deg,
+    return FrameObjective(img, pose, ctx["calib"], ctx["spacing"], ctx["points"], P.gamma_mm, P.bound_deg,
                                 P.bound_mm, region=P.objective_region)
 
 
 def optimize_released(P: LabelingParams, ctx: Mapping, img: np.ndarray, prm: np.ndarray,
-                      pose0: np.ndarray) -> frame.FrameResult:
+                      pose0: np.ndarray) -> optimize.FrameResult:
     """One frame by the released objective (:mod:`ultrabones.labels.released`), validated as Eq. 2's frames are.
 
     A frame whose recorded image plane meets no bone (Eq. 2's intersection is empty) is ``no_bone``; one that
     upstream skips (no image point, a dim frame, no image point within 0.9 mm of ``C``) is ``discarded`` with
     the rule in its reason (``released: ...``). The correction is then validated by
-    :func:`ultrabones.labels.frame.validated_result` (``max_correction_mm``, ``min_label_fraction``,
+    :func:`ultrabones.labels.optimize.validated_result` (``max_correction_mm``, ``min_label_fraction``,
     ``halves_check``); the report's intensities are Eq. 2's mean over ``I_t`` (in ``objective_region``), its
     objective values the released objective's (to minimise). Differential evolution as upstream runs it:
     ``popsize``, ``maxiter``, ``tol`` from ``P``, polishing on, seed 0.
@@ -523,15 +512,15 @@ def optimize_released(P: LabelingParams, ctx: Mapping, img: np.ndarray, prm: np.
     obj = _frame_objective(P, ctx, img, pose0)
     i0, n0 = obj.intensity(np.zeros((6, 1)))
     if obj.n_points == 0 or n0[0] == 0:
-        return frame.FrameResult("no_bone", seconds=time.process_time() - t0, path="released")
+        return optimize.FrameResult("no_bone", seconds=time.process_time() - t0, path="released")
     fr = released.prepare_frame(img, prm, ctx["calib"], ctx["spacing"], ctx["released_points"])
     if fr.skip:
-        return frame.FrameResult("discarded", reason=fr.skip, intensity_initial=float(i0[0]), n_initial=int(n0[0]),
+        return optimize.FrameResult("discarded", reason=fr.skip, intensity_initial=float(i0[0]), n_initial=int(n0[0]),
                                  seconds=time.process_time() - t0, path="released")
     fit = released.optimize_frame(fr, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
                                   maxiter=P.maxiter, tol=P.tol, polish=released.UPSTREAM_DE["polish"],
                                   seed=released.UPSTREAM_DE["seed"])
-    out = frame.validated_result(obj, pose0, fit.x, 0.0, float(i0[0]), int(n0[0]), P.max_correction_mm,
+    out = optimize.validated_result(obj, pose0, fit.x, 0.0, float(i0[0]), int(n0[0]), P.max_correction_mm,
                                  P.min_label_fraction, P.halves_check, nfev=fit.nfev, n_members=fit.nfev,
                                  path="released")
     out.objective_initial, out.objective_optimized = fit.score0, fit.score
@@ -543,11 +532,11 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
     """Optimise a chunk's frames together on ``task["torch_device"]`` (:func:`frame_device`), one batch.
 
     Only frames with a finite pose and a readable image of the record's size take part; the others are
-    reported by :func:`_label_frames` as on the numpy path. Each frame keeps its own seed (:func:`frame_seed`).
+    reported by :func:`_label_frames` as on the numpy path. Each frame keeps its own seed (:func:`~ultrabones.labels.optimize.frame_seed`).
 
     Returns
     -------
-    dict timestamp -> (image, :class:`~ultrabones.labels.frame.FrameResult` with path ``de-batched``, process
+    dict timestamp -> (image, :class:`~ultrabones.labels.optimize.FrameResult` with path ``de-batched``, process
     seconds spent on the frame so far: reading, its objective, its share of the optimisation).
     """
     from ultrabones.labels import torch_objective
@@ -561,10 +550,10 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
         if not np.isfinite(prm).all():
             continue
         img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
-        if img is None or frame.no_echo_message(img, "", P.min_echo_level) is not None:
+        if img is None or cloud.no_echo_message(img, "", P.min_echo_level) is not None:
             continue
         objectives.append(_frame_objective(P, ctx, img, geometry.pose_from_params(prm)))
-        seeds.append(frame_seed(task["seed"], rec.key, ts))
+        seeds.append(optimize.frame_seed(task["seed"], rec.key, ts))
         frames.append((int(ts), img, time.process_time() - t0))
     results = torch_objective.optimize_frames_batched(
         objectives, task["lambda"], popsize=P.popsize, maxiter=P.maxiter, tol=P.tol, seeds=seeds,
@@ -574,7 +563,7 @@ def _optimize_batched(task, ctx, chunk) -> dict[int, tuple]:
     return {ts: (img, res, before + res.seconds) for (ts, img, before), res in zip(frames, results)}
 
 
-def _points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.ndarray:
+def points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.ndarray:
     """Mask of the points that can lie within ``gamma`` of the image at ``pose`` or any of ``others``.
 
     A rigid motion moves the points of the image rectangle most at one of its
@@ -646,7 +635,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     P: LabelingParams = task["params"]
     calib, spacing = np.asarray(task["calib"]), tuple(task["spacing"])
-    points, _ = load_cloud(task["cloud"])
+    points, _ = cloud.load_cloud(task["cloud"])
     rec = task_record(task)
     images, poses = [], []
     for ts, prm in zip(task["timestamps"], task["poses"]):
@@ -654,7 +643,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
         if not np.isfinite(prm).all():
             continue
         img, _ = _read_image_or_none(rec, ts, task.get("image_shape"))
-        if img is not None and frame.no_echo_message(img, "", P.min_echo_level) is None:
+        if img is not None and cloud.no_echo_message(img, "", P.min_echo_level) is None:
             images.append(img)
             poses.append(geometry.pose_from_params(prm))
     if not images:
@@ -662,7 +651,7 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     reg = registration.register_sweep(
         images, np.array(poses), calib, spacing, points, gamma_mm=P.gamma_mm,
         bound_deg=P.registration_bound_deg, bound_mm=P.registration_bound_mm, popsize=P.popsize,
-        maxiter=P.registration_maxiter, tol=P.tol, seed=frame_seed(task["seed"], rec.key, 0),
+        maxiter=P.registration_maxiter, tol=P.tol, seed=optimize.frame_seed(task["seed"], rec.key, 0),
         region=P.objective_region)
     out = asdict(reg)
     out["transform"] = reg.transform.tolist()

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ultrabones.core import dataset, geometry
 from ultrabones.core.paths import Paths
-from ultrabones.labels import batch, frame, released
+from ultrabones.labels import batch, cloud, optimize, released
 
 #: The candidates compared: (name, objective, Eq. 2 region).
 CANDIDATES = (("eq2_first_hit", "eq2", "first_hit"), ("eq2_full", "eq2", "full"), ("released", "released", "first_hit"))
@@ -75,7 +75,7 @@ def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: 
     for rec, ts, prm in frames:
         spec = dataset.read_specimen(paths.dataset / rec.specimen)
         if rec.specimen not in clouds:
-            clouds[rec.specimen] = batch.load_cloud(batch.surface_cloud(paths, spec, P.density_per_mm2, seed))[0]
+            clouds[rec.specimen] = cloud.load_cloud(batch.surface_cloud(paths, spec, P.density_per_mm2, seed))[0]
         img = dataset.read_image(rec.image_path(ts))
         pose0 = geometry.pose_from_params(prm)
         for name, objective, region in candidates:
@@ -85,16 +85,16 @@ def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: 
             t0 = time.process_time()
             if objective == "released":
                 if rec.specimen not in dense:
-                    dense[rec.specimen] = batch.load_cloud(batch.released_cloud(paths, spec, P.released_ct_samples,
+                    dense[rec.specimen] = cloud.load_cloud(batch.released_cloud(paths, spec, P.released_ct_samples,
                                                                                 seed + 2))[0]
                 ctx = {"calib": calib, "spacing": spacing, "points": clouds[rec.specimen],
                        "released_points": dense[rec.specimen]}
                 res = batch.optimize_released(Q, ctx, img, prm, pose0)
             else:
-                res = frame.optimize_frame(img, pose0, calib, spacing, clouds[rec.specimen], lam,
+                res = optimize.optimize_frame(img, pose0, calib, spacing, clouds[rec.specimen], lam,
                                            gamma_mm=Q.gamma_mm, bound_deg=Q.bound_deg, bound_mm=Q.bound_mm,
                                            popsize=Q.popsize, maxiter=Q.maxiter, tol=Q.tol,
-                                           seed=batch.frame_seed(seed, rec.key, ts),
+                                           seed=optimize.frame_seed(seed, rec.key, ts),
                                            max_correction_mm=Q.max_correction_mm,
                                            min_label_fraction=Q.min_label_fraction, region=region,
                                            halves_check=Q.halves_check)

@@ -16,8 +16,9 @@ import pandas as pd
 from ultrabones.core import dataset, geometry
 from ultrabones.core.overlay import overlay
 from ultrabones.core.paths import Paths
-from ultrabones.labels import frame
-from ultrabones.labels.batch import LabelingParams, record_tracking, load_cloud, surface_cloud
+from ultrabones.labels import label
+from ultrabones.labels.batch import LabelingParams, record_tracking, surface_cloud
+from ultrabones.labels.cloud import load_cloud
 
 RED, GREEN, BLUE, YELLOW = (1, 0, 0), (0, 1, 0), (0, 0.4, 1), (1, 1, 0)
 
@@ -46,9 +47,9 @@ def frame_layers(paths: Paths, row: Mapping[str, Any], P: LabelingParams, seed: 
     x = np.array([row["rot_x_deg"], row["rot_y_deg"], row["rot_z_deg"], row["trans_x_mm"], row["trans_y_mm"],
                   row["trans_z_mm"]], float)
     pose1 = pose0 @ geometry.perturbation(x[:3], x[3:])
-    init = frame.full_label(img.shape, pose0, calib, spacing, points, P.gamma_mm)
-    opt = frame.full_label(img.shape, pose1, calib, spacing, points, P.gamma_mm)
-    vis = frame.visible_label(opt, pose1, calib, spacing, points, normals, P.gamma_mm, P.incidence_max_deg)
+    init = label.full_label(img.shape, pose0, calib, spacing, points, P.gamma_mm)
+    opt = label.full_label(img.shape, pose1, calib, spacing, points, P.gamma_mm)
+    vis = label.visible_label(opt, pose1, calib, spacing, points, normals, P.gamma_mm, P.incidence_max_deg)
     return {"image": img, "initial": init, "optimized": opt, "shadow": vis.shadow, "steep": vis.steep,
             "visible": vis.visible, "spacing": spacing}
 

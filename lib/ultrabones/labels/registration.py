@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import differential_evolution
 
 from ultrabones.core import geometry
-from ultrabones.labels.frame import FrameObjective
+from ultrabones.labels.objective import FrameObjective
 
 
 def correction(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -88,7 +88,7 @@ def register_sweep(images, poses, calib, spacing, points, *, gamma_mm: float = 0
         the sweep centre) and translation (mm).
     popsize, maxiter, tol, seed : differential evolution settings.
     region : the part of each frame's intersection the similarity averages,
-        as for :class:`~ultrabones.labels.frame.FrameObjective`.
+        as for :class:`~ultrabones.labels.objective.FrameObjective`.
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """The objective that made the released UltraBones100k labels (``labeling.objective: released``).
 
 The paper prints Eq. 2 (mean intensity over the intersection minus lambda times the fiducial
-displacement; :mod:`ultrabones.labels.frame`). The authors' public code optimises another
+displacement; :mod:`ultrabones.labels.objective`). The authors' public code optimises another
 objective; this module implements it from its facts, with this project's kernels (no port):
 
 - **Image preparation** (:func:`prepare_frame`): grey levels below 10 are set to 0; pixels whose
@@ -30,7 +30,7 @@ How the fast objective stays exact
 The weights ``exp(5 I)`` are written into the kept (odd) pixels of a half-resolution image
 (0 elsewhere), with the pixel spacing doubled and the calibration shifted by half an original pixel,
 so that its pixel centres are the image points. A candidate pose ``P`` is the recorded pose times
-``Delta = P0^-1 P``; :meth:`ultrabones.labels.frame.FrameObjective.band` gives the pixels whose centre
+``Delta = P0^-1 P``; :meth:`ultrabones.labels.objective.FrameObjective.band` gives the pixels whose centre
 lies within 0.5 mm of a CT point under ``Delta`` (the slab pre-selection and the per-point stencil
 of Eq. 2, with ``gamma`` = 0.5 mm), and the score sums their weights. :func:`reference_score`
 writes the same score from its definition (every image point to CT, KD-tree over the CT points),
@@ -50,7 +50,7 @@ from scipy.spatial import cKDTree
 
 from ultrabones.core import geometry
 from ultrabones.core.errors import ParamsError
-from ultrabones.labels import frame as eq2
+from ultrabones.labels import cloud, objective
 
 
 @dataclass(frozen=True)
@@ -119,12 +119,12 @@ class PreparedFrame:
 def sample_ct(mesh, n_samples: int, seed: int) -> np.ndarray:
     """``n_samples`` points (about) uniform on the CT bone surface (CT frame, mm): upstream's dense sample of ``C``.
 
-    :func:`ultrabones.labels.frame.surface_points` at the density ``n_samples / area``.
+    :func:`ultrabones.labels.cloud.surface_points` at the density ``n_samples / area``.
     """
     if int(n_samples) < 1:
         raise ParamsError(f"labeling.released_ct_samples: must be at least 1, got {n_samples!r}")
     area = float(np.asarray(mesh.area_faces, float).sum())
-    return eq2.surface_points(mesh, n_samples / area if area > 0 else 1.0, seed)[0]
+    return cloud.surface_points(mesh, n_samples / area if area > 0 else 1.0, seed)[0]
 
 
 def prepare_frame(image, pose_params, calib, spacing, points, up: Upstream = UPSTREAM) -> PreparedFrame:
@@ -219,7 +219,7 @@ class ReleasedObjective:
         self.weights = weights
         # the half-resolution grid's pixel centres (k + 0.5) 2s + s/2 = (2k + 1 + 0.5) s: the odd pixels' centres
         shift = geometry.make_transform(np.eye(3), np.array([0.5 * sx, 0.5 * sy, 0.0]))
-        self.kernel = eq2.FrameObjective(
+        self.kernel = objective.FrameObjective(
             weights, fr.pose, fr.calib @ shift, (2 * sx, 2 * sy), fr.ct_points, gamma_mm=up.radius_mm,
             margin_mm=bounds_margin_mm(fr, bound_deg, bound_mm, up.radius_mm))
         self.pose_inv = geometry.invert_transform(fr.pose)

@@ -13,7 +13,7 @@ frame and each candidate (``lambda``, region):
 
 1. Eq. 2 is fitted on the scan lines (image columns) of the left half of the
    bone's initial label only, and separately on the right half
-   (:class:`ColumnObjective`, :func:`frame.optimize_frame` as it is);
+   (:class:`ColumnObjective`, :func:`optimize.optimize_frame` as it is);
 2. each half's correction is applied to the *other* half, and the gain of the
    mean intensity there, ``I_other(Delta_half) - I_other(0)``, is its held-out
    gain; the frame's gain is the mean of the two. It is measured in one
@@ -35,7 +35,7 @@ Two consequences of Eq. 2 keep the rule cheap and consistent with the labelling:
   ``lambda`` finds none either (the fiducial term is >= 0 and 0 at ``Delta = 0``,
   so raising its weight cannot lift another pose above it), and is not refitted;
 - the full fit is validated as the labelling validates it, including the
-  halves check (``labeling.halves_check``, :func:`frame.check_halves`): a frame
+  halves check (``labeling.halves_check``, :func:`optimize.check_halves`): a frame
   whose correction does not raise the echo on both halves of the bone delivers
   its initial label, in the score as in the dataset.
 
@@ -64,9 +64,9 @@ import pandas as pd
 
 from ultrabones.core import dataset, geometry
 from ultrabones.core.errors import DatasetError
-from ultrabones.labels import frame
+from ultrabones.labels import cloud, objective, optimize
 
-#: The objective regions a candidate can use (see :class:`frame.FrameObjective`).
+#: The objective regions a candidate can use (see :class:`objective.FrameObjective`).
 REGIONS = ("full", "first_hit")
 
 
@@ -109,8 +109,6 @@ def sample_frames(n_rows_per_record: Sequence[int], candidate_rows: Sequence[Seq
 def _task_frame(task: Mapping[str, Any]):
     """A selection task unpacked: the parameters, calibration, spacing, ``C``, the record, the timestamp, the
     image, the recorded pose and the regions; None when the image cannot be read."""
-    from ultrabones.labels.batch import load_cloud  # plain helpers; no truth
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rec = dataset.Record(task["specimen"], task["record"], Path(task["record_dir"]),
                          recording=Path(task["recording"]) if task.get("recording") else None)
@@ -119,13 +117,13 @@ def _task_frame(task: Mapping[str, Any]):
         img = rec.read_image(ts)
     except DatasetError:
         return None
-    return (task["params"], np.asarray(task["calib"], float), tuple(task["spacing"]), load_cloud(task["cloud"])[0],
+    return (task["params"], np.asarray(task["calib"], float), tuple(task["spacing"]), cloud.load_cloud(task["cloud"])[0],
             rec, ts, img, geometry.pose_from_params(np.asarray(task["pose"], float)),
             list(task.get("regions", REGIONS)), list(task.get("eval_regions", REGIONS)))
 
 
 def _objective(img, pose, calib, spacing, points, P, region):
-    return frame.FrameObjective(img, pose, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
+    return objective.FrameObjective(img, pose, calib, spacing, points, P.gamma_mm, P.bound_deg, P.bound_mm,
                                 region=region)
 
 
@@ -148,8 +146,6 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
     ``n_neighbours``, ``seconds`` (CPU s of the fit). Empty when the frame's
     image is unreadable or no bone is in view.
     """
-    from ultrabones.labels.batch import frame_seed
-
     frame_ = _task_frame(task)
     if frame_ is None:
         return []
@@ -161,10 +157,10 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
             return []
         zero = None  # the fit that found no correction worth its cost; every larger lambda finds none either
         for lam in sorted(task["lambdas"]):
-            res = zero or frame.optimize_frame(
+            res = zero or optimize.optimize_frame(
                 img, pose0, calib, spacing, points, lam, gamma_mm=P.gamma_mm, bound_deg=P.bound_deg,
                 bound_mm=P.bound_mm, popsize=P.popsize, maxiter=P.maxiter, tol=P.tol,
-                seed=frame_seed(task["seed"], rec.key, ts), max_correction_mm=P.max_correction_mm,
+                seed=optimize.frame_seed(task["seed"], rec.key, ts), max_correction_mm=P.max_correction_mm,
                 min_label_fraction=P.min_label_fraction, objective=obj, halves_check=P.halves_check)
             if res.status == "no_bone":
                 return []
@@ -214,8 +210,8 @@ def selection_task(task: Mapping[str, Any]) -> list[dict]:
     return fits
 
 
-class ColumnObjective(frame.FrameObjective):
-    """:class:`frame.FrameObjective` restricted to a set of image columns (scan lines).
+class ColumnObjective(objective.FrameObjective):
+    """:class:`objective.FrameObjective` restricted to a set of image columns (scan lines).
 
     Eq. 2's mean runs only over the pixels of ``I_t`` in the columns where
     ``columns`` is True; everything else is the parent's.
@@ -261,8 +257,6 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
     two held-out gains), ``split_kept`` (both half-fits within
     ``max_correction_mm``), ``split_x`` (the two corrections), ``seconds``.
     """
-    from ultrabones.labels.batch import frame_seed
-
     frame_ = _task_frame(task)
     if frame_ is None:
         return []
@@ -283,10 +277,10 @@ def column_split_task(task: Mapping[str, Any]) -> list[dict]:
                 if zero[h]:
                     xs.append(np.zeros(6))
                     continue
-                res = frame.optimize_frame(
+                res = optimize.optimize_frame(
                     img, pose0, calib, spacing, points, lam, gamma_mm=P.gamma_mm, bound_deg=P.bound_deg,
                     bound_mm=P.bound_mm, popsize=P.popsize, maxiter=P.maxiter, tol=P.tol,
-                    seed=frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P.max_correction_mm,
+                    seed=optimize.frame_seed(task["seed"], rec.key, ts) + h, max_correction_mm=P.max_correction_mm,
                     min_label_fraction=0.0, objective=objs[(h, region)])
                 xs.append(res.x if res.status == "kept" else np.zeros(6))
                 kept &= res.status == "kept"

@@ -1,9 +1,9 @@
 """Eq. 2 for many frames at once on a torch device, and differential evolution run for them in lock step.
 
 An optional path of the per-frame labelling (``labeling.device``; :mod:`ultrabones.labels.batch`): the
-numpy/scipy path of :mod:`ultrabones.labels.frame` stays the default and needs no torch. Here:
+numpy/scipy path of :mod:`ultrabones.labels.optimize` stays the default and needs no torch. Here:
 
-- :class:`BatchedObjective` evaluates Eq. 2 (:class:`~ultrabones.labels.frame.FrameObjective`) for a
+- :class:`BatchedObjective` evaluates Eq. 2 (:class:`~ultrabones.labels.objective.FrameObjective`) for a
   population per frame, all frames in one batch of tensor ops: the frames' near points are padded into one
   (F, N, 3) tensor, every (member, point) pair is tested against the slab ``|z| <= gamma`` by one batched
   matrix product (brute force, members in blocks to bound memory), the hits' stencils are marked in the
@@ -15,8 +15,8 @@ numpy/scipy path of :mod:`ultrabones.labels.frame` stays the default and needs n
 - :func:`optimize_frames_batched` runs differential evolution (scipy's ``best1bin``, dithered mutation,
   deferred updating, latin-hypercube start with no correction as a member, scipy's convergence test) for all
   frames together, each with its own population and scipy's random draws for its seed (:class:`_ScipyStream`),
-  so that each frame follows :func:`~ultrabones.labels.frame.optimize_frame` generation for generation and ends
-  at the same correction (to rounding; ties of Eq. 2 within 1e-15 could part them). Each result is validated as :func:`~ultrabones.labels.frame.optimize_frame` validates it.
+  so that each frame follows :func:`~ultrabones.labels.optimize.optimize_frame` generation for generation and ends
+  at the same correction (to rounding; ties of Eq. 2 within 1e-15 could part them). Each result is validated as :func:`~ultrabones.labels.optimize.optimize_frame` validates it.
   The populations are bookkept in numpy; only the objective runs on the device.
 
 Sums of 8-bit images are taken in integers (exact, so the same in any order: deterministic on a GPU too).
@@ -32,7 +32,7 @@ import torch
 
 from ultrabones.core import geometry
 from ultrabones.core.errors import ParamsError
-from ultrabones.labels import frame
+from ultrabones.labels import optimize
 
 #: Values of ``labeling.device``: None (numpy/scipy), or one of these.
 DEVICES = ("auto", "cuda", "cpu")
@@ -79,7 +79,7 @@ class BatchedObjective:
 
     Parameters
     ----------
-    objectives : list of :class:`~ultrabones.labels.frame.FrameObjective`; frames may differ in size, spacing,
+    objectives : list of :class:`~ultrabones.labels.objective.FrameObjective`; frames may differ in size, spacing,
         gamma, region and number of near points (zero included).
     device : torch device (``"cpu"``, ``"cuda"``, ...).
     block_cells : largest number of (frame, point, member) cells of one slab-test block (bounds the memory).
@@ -267,7 +267,7 @@ class _ScipyStream:
     generation the dithered mutation scale, each member's partners (a shuffle of a persistent index array,
     the candidate itself left out), the crossover fill points and draws, and fresh values for parameters that
     left the unit box. Drawing the same numbers in the same order makes :func:`optimize_frames_batched` follow
-    :func:`~ultrabones.labels.frame.optimize_frame` member for member (``tests/test_torch_objective.py``).
+    :func:`~ultrabones.labels.optimize.optimize_frame` member for member (``tests/test_torch_objective.py``).
     """
 
     def __init__(self, seed: int, members: int, dims: int):
@@ -316,22 +316,22 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
                             seeds=None, device="cpu", bound_deg: float = 1.0, bound_mm: float = 1.0,
                             max_correction_mm: float = 1.0, min_label_fraction: float = 0.0,
                             halves_check: str | None = None, mutation=(0.5, 1.0), recombination: float = 0.7,
-                            block_cells: int = _BLOCK_CELLS) -> list[frame.FrameResult]:
+                            block_cells: int = _BLOCK_CELLS) -> list[optimize.FrameResult]:
     """Refine many frames' poses by maximising Eq. 2 with differential evolution run in lock step, then validate.
 
     Every frame has its own population of ``popsize * 6`` members in the box
     ``[-bound_deg, bound_deg]^3 x [-bound_mm, bound_mm]^3`` (latin-hypercube start, no correction as member 0,
-    as :func:`~ultrabones.labels.frame.optimize_frame`), scipy's random draws for its seed (``seeds``) and
+    as :func:`~ultrabones.labels.optimize.optimize_frame`), scipy's random draws for its seed (``seeds``) and
     ``best1bin`` strategy (mutation drawn per generation in ``mutation``, binomial crossover ``recombination``,
     deferred updating, out-of-box parameters redrawn). One generation of all frames still running is one call
     of :meth:`BatchedObjective.value`. A frame stops when ``std(energies) <= tol * |mean(energies)|``
     (scipy's test, no absolute tolerance) or after ``maxiter`` generations. With the same seed, a frame's
-    correction and generations are :func:`~ultrabones.labels.frame.optimize_frame`'s (scipy's solver, same
+    correction and generations are :func:`~ultrabones.labels.optimize.optimize_frame`'s (scipy's solver, same
     draws in the same order; the values of Eq. 2 agree to about 1e-15).
 
     Parameters
     ----------
-    objectives : list of prepared :class:`~ultrabones.labels.frame.FrameObjective`, made with the same
+    objectives : list of prepared :class:`~ultrabones.labels.objective.FrameObjective`, made with the same
         ``bound_deg`` and ``bound_mm`` (their region is each frame's objective region).
     lam : the weight ``lambda`` of the fiducial term (1/mm).
     popsize, maxiter, tol : differential evolution settings (population ``popsize * 6``).
@@ -339,13 +339,13 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
     device : torch device of the objective (``"cpu"``, ``"cuda"``).
     bound_deg, bound_mm : the search box (degrees, mm).
     max_correction_mm, min_label_fraction, halves_check : validation, as for
-        :func:`~ultrabones.labels.frame.optimize_frame`.
+        :func:`~ultrabones.labels.optimize.optimize_frame`.
     mutation, recombination : differential evolution's dither range and crossover probability (scipy's defaults).
     block_cells : see :class:`BatchedObjective`.
 
     Returns
     -------
-    list of :class:`~ultrabones.labels.frame.FrameResult`, one per objective, ``path = "de-batched"``;
+    list of :class:`~ultrabones.labels.optimize.FrameResult`, one per objective, ``path = "de-batched"``;
     ``"no_bone"`` where the recorded pose's intersection is empty. ``nfev`` counts the frame's generations
     plus its initial population, ``n_members`` the poses it evaluated, ``seconds`` its share of the process
     (CPU) time: the batched work split in proportion to ``nfev``, plus its own validation (time spent on
@@ -401,10 +401,10 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
     for f, obj in enumerate(objectives):
         t1 = time.process_time()
         if n0[f] == 0:
-            out.append(frame.FrameResult("no_bone", path="de-batched",
+            out.append(optimize.FrameResult("no_bone", path="de-batched",
                                          seconds=shared * share[f] + time.process_time() - t1))
             continue
-        res = frame.validated_result(obj, obj.pose, centre + (pop[f, 0] - 0.5) * span, lam, float(i0[f]), int(n0[f]),
+        res = optimize.validated_result(obj, obj.pose, centre + (pop[f, 0] - 0.5) * span, lam, float(i0[f]), int(n0[f]),
                                      max_correction_mm, min_label_fraction, halves_check, nfev=int(nfev[f]),
                                      n_members=int(nfev[f]) * members, path="de-batched")
         res.seconds = shared * share[f] + time.process_time() - t1
@@ -413,7 +413,7 @@ def optimize_frames_batched(objectives, lam: float, *, popsize: int = 15, maxite
 
 
 def difference_from_numpy(bo: BatchedObjective, xs: np.ndarray, lam: float) -> dict:
-    """How far the batched objective is from each frame's numpy :class:`~ultrabones.labels.frame.FrameObjective`.
+    """How far the batched objective is from each frame's numpy :class:`~ultrabones.labels.objective.FrameObjective`.
 
     Parameters
     ----------

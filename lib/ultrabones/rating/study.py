@@ -863,18 +863,18 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
 
     Per specimen: ``C`` sampled on ``CT_bone_model.stl`` (``density_per_mm2``
     points per mm^2, ``seed``; or ``points_for(specimen)``, e.g. notebook 02's
-    cached cloud), then ``labeling.full_label(shape, pose, calib, spacing, C,
+    cached cloud), then ``labels.label.full_label(shape, pose, calib, spacing, C,
     gamma_mm)`` for each alignment's pose.
     """
     def for_specimen(specimen, calib, spacing):
         from ultrabones.core import dataset as ds
-        from ultrabones.labels import frame
+        from ultrabones.labels import cloud, label
 
         if points_for is not None:
             points = points_for(specimen)
         else:
-            points, _ = frame.surface_points(ds.read_mesh(specimen.ct_model), density_per_mm2, seed)
-        return lambda shape, pose: frame.full_label(shape, pose, calib, spacing, points, gamma_mm)
+            points, _ = cloud.surface_points(ds.read_mesh(specimen.ct_model), density_per_mm2, seed)
+        return lambda shape, pose: label.full_label(shape, pose, calib, spacing, points, gamma_mm)
 
     return for_specimen
 
@@ -885,14 +885,14 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
 def label_fn_of_labeling(paths, drawn: Mapping) -> Callable:
     """``label_fn_for`` drawing labels exactly as notebook 02 drew its ``Labels_full`` (its recorded ``settings``:
     gamma, cloud density and seed), with ``C`` from 02's cache when there."""
-    from ultrabones.labels import batch
+    from ultrabones.labels import batch, cloud
 
-    def cloud(spec):
-        return batch.load_cloud(batch.surface_cloud(paths, spec, drawn["label_density_per_mm2"],
+    def points_of(spec):
+        return cloud.load_cloud(batch.surface_cloud(paths, spec, drawn["label_density_per_mm2"],
                                                     drawn["label_cloud_seed"]))[0]
 
     return labeling_label_fn(drawn["label_density_per_mm2"], drawn["gamma_mm"], drawn["label_cloud_seed"],
-                             points_for=cloud)
+                             points_for=points_of)
 
 
 def plot_items(examples: Sequence[Mapping], outlines: Sequence[np.ndarray] | None = None):

@@ -32,8 +32,10 @@ import torch
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.segmentation import model as seg
 from ultrabones.segmentation import segdata
+from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
+from ultrabones.segmentation.losses import SegmentationLoss
+from ultrabones.segmentation.validation import evaluate_frames
 from ultrabones.segmentation.training import TrainingParams
 
 #: What the before/after scores measure (named in the metrics).
@@ -111,7 +113,7 @@ def finetune(init_checkpoint: str | Path, frames: Sequence[Frame], out: Path | s
     """Train ``init_checkpoint``'s model further on ``frames`` (plain PyTorch, CPU or one GPU).
 
     The checkpoint's architecture, input size and normalisation are kept; the loss is
-    :class:`ultrabones.segmentation.model.SegmentationLoss` with the section's weights; Adam at
+    :class:`ultrabones.segmentation.losses.SegmentationLoss` with the section's weights; Adam at
     ``finetune_lr``; ``batch_size`` frames a step, the frames shuffled each epoch (seeded); with ``augment``
     the training-time augmentation of the train mode (:func:`ultrabones.segmentation.segdata.augment_batch`).
 
@@ -121,14 +123,14 @@ def finetune(init_checkpoint: str | Path, frames: Sequence[Frame], out: Path | s
     """
     if params.threads:
         torch.set_num_threads(params.threads)
-    net, meta = seg.load_checkpoint(init_checkpoint)
+    net, meta = load_checkpoint(init_checkpoint)
     size = tuple(meta["input_size"])
     mean, std = float(meta["norm_mean"]), float(meta["norm_std"])
     data = segdata.FrameDataset(frames, size, params.label_band_px, mean, std, spacing_mm, augment=params.augment,
                                 seed=seed, progress=progress)
     device = "cuda" if torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda") else "cpu"
     net = net.to(device).train()
-    loss_fn = seg.SegmentationLoss(params.dice_weight, params.bce_weight, params.tv_weight, params.skeleton_weight)
+    loss_fn = SegmentationLoss(params.dice_weight, params.bce_weight, params.tv_weight, params.skeleton_weight)
     opt = torch.optim.Adam(net.parameters(), lr=params.finetune_lr, weight_decay=params.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -158,7 +160,7 @@ def finetune(init_checkpoint: str | Path, frames: Sequence[Frame], out: Path | s
                 "history": history, **(extra_metadata or {})})
     new.pop("git_commit", None)
     new.pop("created", None)
-    return seg.save_checkpoint(out, net.state_dict(), new), new
+    return save_checkpoint(out, net.state_dict(), new), new
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: 
 
 
 def score_before_after(before, after, frames: Sequence[Frame], spacing_mm, sigma_mm: float) -> pd.DataFrame:
-    """Both models on the same frames at ``sigma_mm`` (:func:`ultrabones.segmentation.model.evaluate_frames`).
+    """Both models on the same frames at ``sigma_mm`` (:func:`ultrabones.segmentation.validation.evaluate_frames`).
 
     Returns
     -------
@@ -216,7 +218,7 @@ def score_before_after(before, after, frames: Sequence[Frame], spacing_mm, sigma
     """
     out = None
     for name, ckpt in (("before", before), ("after", after)):
-        t, _ = seg.evaluate_frames(ckpt, list(frames), spacing_mm, sigma_mm)
+        t, _ = evaluate_frames(ckpt, list(frames), spacing_mm, sigma_mm)
         t = t.rename(columns={"model_acc": f"{name}_acc", "model_com": f"{name}_com", "model_f1": f"{name}_f1"})
         t = t.drop(columns=["background_f1"])
         out = t if out is None else out.merge(t, on=["specimen", "record", "timestamp", "label_pixels"])
@@ -275,7 +277,7 @@ def before_after(checkpoint: Path | str, root: Path | str, derived: Path | str |
     best = Path(checkpoint)
     if not best.is_file():
         return None
-    _, meta = seg.load_checkpoint(best)
+    _, meta = load_checkpoint(best)
     if meta.get("mode") != "finetune":
         return None
     init = best.parent / "init.ckpt"

@@ -3,7 +3,7 @@
 The stage's one shape, as every stage's:
 
 - :class:`TrainingParams`: the ``training`` section of a profile, validated and typed (frozen);
-- :func:`run`: split the specimens, train every cross-validation fold (:func:`ultrabones.segmentation.model.train`:
+- :func:`run`: split the specimens, train every cross-validation fold (:func:`ultrabones.segmentation.fit.train`:
   Lightning, checkpoints, resume; every labelled frame of the training specimens that fits ``memory_budget_mb``,
   ``samples_per_epoch`` of them drawn an epoch, see :mod:`ultrabones.segmentation.segdata`), then judge the best fold's model on its validation specimens at the frames' own
   size beside two baselines, **all background** (predicts nothing) and an **intensity threshold** (bright pixels
@@ -30,8 +30,7 @@ import torch
 
 from ultrabones.core import dataset as ds
 from ultrabones.core.params import validate_section
-from ultrabones.segmentation import model as seg
-from ultrabones.segmentation import segdata
+from ultrabones.segmentation import figures, fit, inference, segdata, validation
 from ultrabones.segmentation.segdata import Split, TrainingFrames
 
 #: Inference speed is timed on frames of this size (h, w; pixels), with this many CPU threads.
@@ -44,7 +43,7 @@ class TrainingParams:
 
     Build it with :meth:`from_section`; lists become tuples. :meth:`as_dict` gives the section back as plain
     data, which is what the Lightning module's hyperparameters, the checkpoint's metadata and the resume key of
-    :mod:`ultrabones.segmentation.model` hold.
+    :mod:`ultrabones.segmentation.fit` hold.
     """
 
     arch: str
@@ -118,18 +117,18 @@ class TrainingResult:
     ----------
     params : the stage's parameters.
     trained : every fold's training and the exported ``models/best.ckpt``
-        (:class:`ultrabones.segmentation.model.TrainResult`).
+        (:class:`ultrabones.segmentation.fit.TrainResult`).
     frames : the best fold's training pool (held in memory; of how many labelled) and validation frames (scored).
     scores : one row per validation frame, scored at the frame's own size (``specimen, record, timestamp,
         label_pixels, model_acc, model_com, model_f1, background_f1, threshold_f1``; see
-        :func:`ultrabones.segmentation.model.evaluate_frames`).
+        :func:`ultrabones.segmentation.validation.evaluate_frames`).
     baseline_threshold : the intensity-threshold baseline's threshold (blurred, resized [0, 1] intensities).
     frames_per_second_end_to_end : inference on the validation frames, decoded frames in, masks out.
     frames_per_second_inference : inference on ``SPEED_SIZE`` input with ``SPEED_THREADS`` CPU threads.
     """
 
     params: TrainingParams
-    trained: seg.TrainResult
+    trained: fit.TrainResult
     frames: TrainingFrames
     scores: pd.DataFrame
     baseline_threshold: float
@@ -142,7 +141,7 @@ class TrainingResult:
         return self.trained.split
 
     @property
-    def best(self) -> seg.FoldResult:
+    def best(self) -> fit.FoldResult:
         """The fold with the best validation F1 (the exported model)."""
         return self.trained.best
 
@@ -161,7 +160,7 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: 
     ----------
     root : the dataset (images; layout A or B).
     models_dir : ``paths.models_dir``: one folder per fold and ``best.ckpt`` (see
-        :func:`ultrabones.segmentation.model.train`; a rerun with the same parameters resumes).
+        :func:`ultrabones.segmentation.fit.train`; a rerun with the same parameters resumes).
     params : the stage's parameters.
     seed : master seed (weights, shuffling, augmentation).
     specimens : restrict to these specimen folders (the common ``specimens``); None: all.
@@ -176,17 +175,17 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: 
     if params.threads:
         torch.set_num_threads(params.threads)
     P = params.as_dict()
-    trained = seg.train(root, models_dir, P, seed, specimens=specimens, progress=progress, derived=derived)
+    trained = fit.train(root, models_dir, P, seed, specimens=specimens, progress=progress, derived=derived)
     best = trained.best
     _, spacing, _ = ds.read_calibration(root)
     sigma = params.f1_sigma_mm
     frames = segdata.training_frames(root, best.split, params.input_size, params.memory_budget_mb,
                                      params.max_val_frames_per_specimen, derived)
-    threshold = seg.threshold_baseline(frames.train, params.input_size, spacing, sigma)
-    scores, fps_end_to_end = seg.evaluate_frames(trained.checkpoint, frames.val, spacing, sigma, threshold,
-                                                 progress=progress)
-    fps = seg.inference_speed(trained.checkpoint, size=SPEED_SIZE, n=16, batch_size=8, threads=SPEED_THREADS,
-                              device="cpu")
+    threshold = validation.threshold_baseline(frames.train, params.input_size, spacing, sigma)
+    scores, fps_end_to_end = validation.evaluate_frames(trained.checkpoint, frames.val, spacing, sigma, threshold,
+                                                        progress=progress)
+    fps = inference.inference_speed(trained.checkpoint, size=SPEED_SIZE, n=16, batch_size=8, threads=SPEED_THREADS,
+                                    device="cpu")
     return TrainingResult(params, trained, frames, scores, threshold, fps_end_to_end, fps)
 
 
@@ -268,9 +267,9 @@ def check(m: Mapping[str, Any], params: TrainingParams) -> None:
 
 def plot_curves(result: TrainingResult):
     """Training curves of the best fold: losses, validation Dice and F1 per epoch."""
-    return seg.plot_history(result.best.history)
+    return figures.plot_history(result.best.history)
 
 
 def plot_predictions(result: TrainingResult, n: int = 6):
     """``n`` validation frames (evenly spaced): image, CT-derived label (green), the model's prediction (magenta)."""
-    return seg.plot_predictions(result.checkpoint, result.frames.val, n=n)
+    return figures.plot_predictions(result.checkpoint, result.frames.val, n=n)

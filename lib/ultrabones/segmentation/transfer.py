@@ -24,8 +24,8 @@ import pandas as pd
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.segmentation import model as seg
-from ultrabones.segmentation import segdata
+from ultrabones.segmentation import figures, segdata, validation
+from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
 from ultrabones.segmentation.training import TrainingParams
 
 #: Fewest specimens the train/val/test split needs (one of each).
@@ -105,7 +105,7 @@ def export_for_data(init_checkpoint: str | Path | None, out: Path | str, specime
         raise ParamsError(f"training.init_checkpoint: {init}: no such file; train one on the twin first "
                           f"(`make paper` for build/default/models/best.ckpt, or `python -m ultrabones run 00/01/02/04 "
                           f"--profile smoke` for build/smoke/models/best.ckpt)")
-    net, meta = seg.load_checkpoint(init)
+    net, meta = load_checkpoint(init)
     trained_on = {k: meta.get(k) for k in ("split", "spacing_mm", "input_size", "epoch", "val_f1", "params")}
     trained_on["data"] = (meta.get("params") or {}).get("data_root") or "twin"
     new = dict(meta)
@@ -119,7 +119,7 @@ def export_for_data(init_checkpoint: str | Path | None, out: Path | str, specime
     })
     new.pop("git_commit", None)
     new.pop("created", None)
-    return seg.save_checkpoint(out, net.state_dict(), new), new
+    return save_checkpoint(out, net.state_dict(), new), new
 
 
 def run(root: Path | str, models_dir: Path | str, params: TrainingParams, specimens: Sequence[str] | None = None,
@@ -148,7 +148,7 @@ def run(root: Path | str, models_dir: Path | str, params: TrainingParams, specim
                            f"<profile>)")
     _, spacing, _ = ds.read_calibration(root)
     sigma = float(params.f1_sigma_mm)
-    table, fps = seg.evaluate_frames(out, frames, spacing, sigma, None, progress=progress)
+    table, fps = validation.evaluate_frames(out, frames, spacing, sigma, None, progress=progress)
     return EvaluateResult(checkpoint=out, init_checkpoint=Path(params.init_checkpoint), metadata=meta,
                           frames=tuple(frames), table=table, frames_per_second=fps, sigma_mm=sigma)
 
@@ -182,7 +182,7 @@ def metrics(result: EvaluateResult) -> dict[str, Any]:
 
 def plot_predictions(result: EvaluateResult, n: int = 6):
     """``n`` of the scored frames (evenly spaced): image, CT-derived label (green), the model's prediction (magenta)."""
-    return seg.plot_predictions(result.checkpoint, result.frames, n=n)
+    return figures.plot_predictions(result.checkpoint, result.frames, n=n)
 
 
 def sim_to_real(at: Mapping, model_meta: Mapping, n_frames: int, checkpoint: str) -> dict | None:

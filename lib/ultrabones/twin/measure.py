@@ -19,14 +19,8 @@ import pandas as pd
 from ultrabones.calibration import ct
 from ultrabones.calibration.system import read_matrix_json, target_registration_error
 from ultrabones.core import dataset, merge
-from ultrabones.core.geometry import (
-    POSE_COLUMNS,
-    invert_transform,
-    mean_fiducial_displacement,
-    pose_from_params,
-    rotation_angle_deg,
-    transform_points,
-)
+from ultrabones.core.geometry import (POSE_COLUMNS, invert_transform, mean_fiducial_displacement, pose_from_params,
+                                     rotation_angle_deg, transform_points)
 from ultrabones.core.mesh import point_distances
 from ultrabones.core.paths import Paths
 from ultrabones.twin.layout import TRUTH, measurements_file, truth_dir
@@ -277,28 +271,28 @@ class LabelDrawer:
     """Draws a frame's full label at any pose from the same dense cloud ``C`` as notebook 02's labels."""
 
     def __init__(self, paths: Paths, gamma_mm: float, density_per_mm2: float, cloud_seed: int):
-        from ultrabones.labels import batch
+        from ultrabones.labels import batch, cloud
 
         self.paths, self.gamma = paths, float(gamma_mm)
         self.density, self.cloud_seed = float(density_per_mm2), int(cloud_seed)
         self.calib, self.spacing, _ = dataset.read_calibration(paths.dataset)
         self._clouds: dict = {}
-        self._batch = batch
+        self._batch, self._load_cloud = batch, cloud.load_cloud
 
     def cloud(self, specimen: str):
         if specimen not in self._clouds:
             spec = dataset.read_specimen(self.paths.dataset / specimen)
-            self._clouds[specimen] = self._batch.load_cloud(
+            self._clouds[specimen] = self._load_cloud(
                 self._batch.surface_cloud(self.paths, spec, self.density, self.cloud_seed))[0]
         return self._clouds[specimen]
 
     def draw(self, specimen: str, shape, poses) -> list[np.ndarray]:
         """Full labels (H, W) bool of one frame at each pose (4, 4) in ``poses``."""
-        from ultrabones.labels import frame
+        from ultrabones.labels.label import full_label
 
         pts = self.cloud(specimen)
-        near = self._batch._points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
-        return [frame.full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
+        near = self._batch.points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
+        return [full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
 
 
 def true_label(paths: Paths, specimen: str, record: str, ts: int, kind: str, shape) -> np.ndarray | None:
@@ -333,7 +327,7 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
 
     from ultrabones.core.geometry import perturbation
     from ultrabones.evaluation.metrics import contour_error_mm
-    from ultrabones.labels import frame
+    from ultrabones.twin.contour import label_distance_mm, precision_recall
 
     if truth_root(paths) is None:
         return pd.DataFrame()
@@ -356,11 +350,11 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
         row = {"specimen": r.specimen, "record": r.record, "timestamp": int(r.timestamp)}
         for name, m in (("initial", init), ("registered", reg), ("optimized", opt)):
             row[f"contour_{name}_mm"] = contour_error_mm(m, tf, drawer.spacing) if tf is not None else np.nan
-            row[f"error_{name}_mm"] = frame.label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
+            row[f"error_{name}_mm"] = label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
         vf = paths.derived / r.specimen / r.record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
         prec = rec = np.nan
         if tv is not None and vf.is_file():
-            prec, rec = frame.precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
+            prec, rec = precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
         row["visible_precision"], row["visible_recall"] = prec, rec
         rows.append(row)
     return pd.DataFrame(rows)

@@ -1,0 +1,61 @@
+"""The network: a ``segmentation_models_pytorch`` FPN (the released code) or U-Net (the paper's text) with a ResNet
+encoder and one output channel, from random weights or a local file of encoder weights (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ultrabones.core.errors import ParamsError
+
+ARCHS = {"fpn": "FPN", "unet": "Unet"}
+
+
+def build_model(arch: str = "fpn", encoder: str = "resnet34", encoder_weights: str | None = None, in_channels: int = 1):
+    """A ``segmentation_models_pytorch`` FPN or U-Net with one output channel (logits).
+
+    Parameters
+    ----------
+    arch : ``"fpn"`` (released code) or ``"unet"`` (paper text).
+    encoder : smp encoder name, e.g. ``"resnet34"``.
+    encoder_weights : None (random initialisation; nothing is downloaded) or a
+        local file with the encoder's weights (torchvision/timm ResNet state
+        dict; a classifier head is dropped and 3-channel first-layer weights are
+        summed to one channel).
+    in_channels : input channels (1: grayscale).
+
+    Raises
+    ------
+    ParamsError
+        For an unknown architecture or encoder, or a missing weights file.
+    """
+    import segmentation_models_pytorch as smp
+
+    if arch not in ARCHS:
+        raise ParamsError(f"training.arch: {arch!r} is not one of {sorted(ARCHS)}")
+    try:
+        model = getattr(smp, ARCHS[arch])(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=1)
+    except KeyError as exc:
+        raise ParamsError(f"training.encoder: {encoder!r} is not an smp encoder ({exc})") from None
+    if encoder_weights:
+        _load_encoder_weights(model, Path(encoder_weights), in_channels)
+    return model
+
+
+def _load_encoder_weights(model, path: Path, in_channels: int) -> None:
+    if not path.is_file():
+        raise ParamsError(f"training.encoder_weights: {path} not found (weights are never downloaded)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    w = state.get("conv1.weight")
+    if w is not None and w.shape[1] != in_channels:
+        state["conv1.weight"] = w.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if unexpected or len(missing) > 0.1 * len(model.encoder.state_dict()):
+        raise ParamsError(
+            f"training.encoder_weights: {path} does not fit the encoder "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
