@@ -77,8 +77,39 @@ def test_export_gives_the_data_its_own_split(tmp_path):
     at = {"released": {"model": {"all": {"f1": 0.5, "accuracy": 0.4, "completeness": 0.6, "n_frames": 3}}}}
     s2r = transfer.sim_to_real(at, reread, 3, str(out))
     assert s2r["f1"] == 0.5 and s2r["n_frames"] == 3 and s2r["checkpoint"] == str(out)
+    assert s2r["masks"] == "thresholded" and s2r["thresholded"]["f1"] == 0.5 and s2r["surface"] is None
+    other = {"released": {"model": {"all": {"f1": 0.7, "accuracy": 0.8, "completeness": 0.6, "n_frames": 3}}}}
+    both = transfer.sim_to_real(at, reread, 3, str(out), surface_band_mm=0.6, other_at=other)
+    assert both["masks"] == "surface" and both["f1"] == both["surface"]["f1"] == 0.5
+    assert both["thresholded"] == {"f1": 0.7, "accuracy": 0.8, "completeness": 0.6, "n_frames": 3}
+    assert "not accuracy" in both["reference"]
     assert transfer.sim_to_real(at, {"split": {}}, 3, str(out)) is None
     assert transfer.data_key("/work/shared/real_sweep/") == "real_sweep"
+
+
+def test_mask_source_segments_in_memory_as_the_stage_would(tmp_path):
+    from ultrabones.segmentation import inference
+
+    ckpt = load_checkpoint(tiny_trained_checkpoint(tmp_path / "twin.ckpt"))
+    img = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
+
+    class Frame:
+        key = "specimen01/record/0"
+
+        def read_image(self):
+            return img
+
+    prob = inference.predict(ckpt, img[None])[0]
+    thresholded = transfer.mask_source(ckpt, (0.2, 0.2), None)
+    assert thresholded.kind == "thresholded"
+    np.testing.assert_array_equal(thresholded(Frame(), img.shape), prob >= 0.5)
+    surface = transfer.mask_source(ckpt, (0.2, 0.2), 0.6)
+    assert surface.kind == "surface"
+    np.testing.assert_array_equal(surface(Frame(), img.shape),
+                                  inference.surface_mask(prob, 0.5, inference.band_half_rows(0.6, (0.2, 0.2))))
+    assert transfer.other_band(None) == transfer.SURFACE_BAND_MM and transfer.other_band(0.6) is None
+    with pytest.raises(Exception, match="image size"):
+        thresholded(Frame(), (10, 10))
 
 
 @pytest.mark.notebook
@@ -113,6 +144,9 @@ def test_02_04_05_on_real_frames_with_a_model_trained_elsewhere(tmp_path):
     assert s2r["init_checkpoint"] == str(init)
     for k in ("f1", "accuracy", "completeness"):
         assert s2r[k] is None or 0 <= s2r[k] <= 1
+    # both mask kinds on the same frames, each named: the stage's surface masks and the thresholded map
+    assert s2r["masks"] == "surface" and s2r["f1"] == s2r["surface"]["f1"]
+    assert s2r["thresholded"]["n_frames"] == s2r["n_frames"]
     assert set(m05["real"]["at_0p5mm"]["released"]) == {"all", "high", "low"}
     assert m05["detector"] is None  # never fitted on the test frames
     assert (tmp_path / "build" / "smoke" / "figures" / "fig_sim_to_real_predictions.png").exists()

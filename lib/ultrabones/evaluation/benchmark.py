@@ -189,6 +189,9 @@ class EvaluationResult:
     n_annotated : frames it labelled.
     sweep : its visibility sweep (one row per level and region), or None.
     data_root : the dataset's root on real data; None on the twin.
+    finetune : ``training.mode finetune``'s before/after scores on the later frames, or None.
+    other_masks_at : a model trained elsewhere: the model's scores at the report threshold with the mask
+        kind the stage did not write (surface or thresholded; ``transfer.mask_source``), else None.
     seconds : wall time of each step (s).
     """
 
@@ -214,6 +217,7 @@ class EvaluationResult:
     sweep: Any = None
     data_root: Path | None = None
     finetune: dict | None = None
+    other_masks_at: Mapping | None = None
     seconds: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -360,6 +364,18 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
     scored = score(frames, spacing, methods, params, manual, progress)
     seconds["evaluate_s"] = scored["scores"]["seconds"]
 
+    # a model trained elsewhere (sim-to-real): the mask kind the stage did not write, scored in memory
+    other_at = None
+    if meta.get("mode") == "evaluate":
+        from ultrabones.segmentation import transfer
+
+        t0 = time.perf_counter()
+        other = transfer.mask_source(ckpt, spacing, transfer.other_band(params.surface_band_mm))
+        other_scores = evaluate(frames, dataset_label(ds.LABELS), {"model": other}, spacing, params.sigmas,
+                                scored["otsu"], progress=progress, keep_per_frame=None)
+        other_at = summarise(other_scores, params.report_sigma_mm)["at"]
+        seconds["other_masks_s"] = time.perf_counter() - t0
+
     sweep = None
     if annotator is not None:
         t0 = time.perf_counter()
@@ -376,7 +392,7 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
         detector=detector, missing_train_specimens=tuple(missing), n_predicted=len(to_predict),
         images_per_second=len(to_predict) / seconds["predict_s"], device="GPU" if torch.cuda.is_available() else "CPU",
         annotator_name=None if annotator is None else annotator.name, n_annotated=n_annotated, sweep=sweep,
-        data_root=paths.data_root, seconds=seconds, finetune=before_after)
+        data_root=paths.data_root, seconds=seconds, finetune=before_after, other_masks_at=other_at)
 
 
 def evaluated_frames(specimens: Sequence, require: Sequence[str], n_max: int | None, seed: int) -> list[Frame]:
@@ -455,7 +471,8 @@ def metrics(result: EvaluationResult) -> dict[str, Any]:
         "annotator_sweep": [] if result.sweep is None else result.sweep.to_dict("records"),
         "paper_at_0p5mm": PAPER_AT_0P5MM,
         "vs_truth": None,
-        "sim_to_real": transfer.sim_to_real(at, result.model_meta, len(result.frames), result.checkpoint),
+        "sim_to_real": transfer.sim_to_real(at, result.model_meta, len(result.frames), result.checkpoint,
+                                           p.surface_band_mm, result.other_masks_at),
         "seconds": dict(result.seconds),
         # training.mode finetune: before/after on the held-out later frames (segmentation.finetune.summary)
         "finetune_before_after": result.finetune,

@@ -185,29 +185,82 @@ def plot_predictions(result: EvaluateResult, n: int = 6):
     return figures.plot_predictions(result.checkpoint, result.frames, n=n)
 
 
-def sim_to_real(at: Mapping, model_meta: Mapping, n_frames: int, checkpoint: str) -> dict | None:
+#: The other mask kind's band when the stage's masks are the thresholded map: the labels' ``2 gamma`` (mm).
+SURFACE_BAND_MM = 0.6
+
+
+def mask_kind(surface_band_mm: float | None) -> str:
+    """``surface`` (the probability map's surface, a band) or ``thresholded`` (the map as it is, the paper's)."""
+    return "thresholded" if surface_band_mm is None else "surface"
+
+
+def other_band(surface_band_mm: float | None) -> float | None:
+    """The band of the mask kind the stage did not use: None (thresholded) for a surface, else
+    :data:`SURFACE_BAND_MM`."""
+    return SURFACE_BAND_MM if surface_band_mm is None else None
+
+
+def mask_source(ckpt, spacing, surface_band_mm: float | None):
+    """A :data:`ultrabones.evaluation.metrics.LabelSource` that segments the frame's image in memory.
+
+    The mask is the thresholded probability map (``surface_band_mm`` None) or its surface, a band that thick
+    (:func:`ultrabones.segmentation.inference.surface_mask`); nothing is written. For scoring the mask kind
+    a stage did not write to ``Labels_pred/``.
+    """
+    from ultrabones.segmentation import inference
+
+    thr = float(ckpt[1].get("threshold", 0.5))
+    half = None if surface_band_mm is None else inference.band_half_rows(surface_band_mm, spacing)
+
+    def read(frame: Frame, shape: tuple) -> np.ndarray:
+        img = frame.read_image()
+        if img.shape != tuple(shape):
+            raise DatasetError(f"{frame.key}: image size {img.shape} differs from the evaluated size {tuple(shape)}")
+        prob = inference.predict(ckpt, img[None])[0]
+        return prob >= thr if half is None else inference.surface_mask(prob, thr, half)
+
+    read.kind = mask_kind(surface_band_mm)
+    return read
+
+
+def sim_to_real(at: Mapping, model_meta: Mapping, n_frames: int, checkpoint: str,
+                surface_band_mm: float | None = None, other_at: Mapping | None = None) -> dict | None:
     """The ``sim_to_real`` block of notebook 05's metrics, or None when the model was trained on this data.
 
     Parameters
     ----------
-    at : notebook 05's scores at the report threshold (``summarise(...)["at"]``).
+    at : notebook 05's scores at the report threshold (``summarise(...)["at"]``), of the masks the stage
+        wrote (``Labels_pred/``).
     model_meta : the evaluated checkpoint's metadata (``mode: evaluate`` marks a model trained elsewhere).
     n_frames : evaluated frames.
     checkpoint : the evaluated checkpoint's path.
+    surface_band_mm : the stage's ``evaluation.surface_band_mm`` (None: its masks are the thresholded map).
+    other_at : the same scores for the other mask kind (:func:`mask_source` with :func:`other_band`), or None.
 
     Returns
     -------
-    ``{f1, accuracy, completeness, n_frames, checkpoint, init_checkpoint, trained_on}``: the model's
-    released-protocol scores over all label pixels, against the CT-derived visible labels (truth-free).
+    ``{f1, accuracy, completeness, n_frames, masks, surface, thresholded, checkpoint, init_checkpoint,
+    trained_on, reference}``: the model's released-protocol scores over all label pixels, against the
+    CT-derived visible labels (truth-free: an agreement with the pipeline's own labels, not an accuracy).
+    The flat scores are those of ``masks`` (the stage's kind); ``surface`` and ``thresholded`` hold each
+    kind's scores (None when not measured).
     """
     if model_meta.get("mode") != "evaluate":
         return None
-    m = at["released"]["model"]["all"]
+
+    def block(scores):
+        if scores is None:
+            return None
+        m = scores["released"]["model"]["all"]
+        return {"f1": m["f1"], "accuracy": m["accuracy"], "completeness": m["completeness"], "n_frames": int(n_frames)}
+
+    kind = mask_kind(surface_band_mm)
+    other = "thresholded" if kind == "surface" else "surface"
     return {
-        "f1": m["f1"], "accuracy": m["accuracy"], "completeness": m["completeness"], "n_frames": int(n_frames),
+        **block(at), "masks": kind, kind: block(at), other: block(other_at),
         "checkpoint": str(checkpoint), "init_checkpoint": model_meta.get("init_checkpoint"),
         "trained_on": (model_meta.get("trained_on") or {}).get("data"),
-        "reference": "CT-derived visible labels (Labels/, truth-free)",
+        "reference": "CT-derived visible labels (Labels/, truth-free): agreement, not accuracy",
     }
 
 
