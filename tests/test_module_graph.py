@@ -26,7 +26,7 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.calibration.system": 995,
     "ultrabones.core.dataset": 870,
     "ultrabones.core.params": 846,
-    "ultrabones.evaluation.benchmark": 605,
+    "ultrabones.evaluation.benchmark": 587,
     "ultrabones.evaluation.bone_detector": 597,
     "ultrabones.evaluation.metrics": 982,
     "ultrabones.labels.batch": 1309,

@@ -189,9 +189,8 @@ class EvaluationResult:
     n_annotated : frames it labelled.
     sweep : its visibility sweep (one row per level and region), or None.
     data_root : the dataset's root on real data; None on the twin.
-    finetune : ``training.mode finetune``'s before/after scores on the later frames, or None.
-    other_masks_at : a model trained elsewhere: the model's scores at the report threshold with the mask
-        kind the stage did not write (surface or thresholded; ``transfer.mask_source``), else None.
+    finetune, other_masks_at : ``training.mode finetune``'s before/after scores; a model trained elsewhere: its
+        scores with the mask kind the stage did not write (``transfer.other_masks_at``); else None.
     seconds : wall time of each step (s).
     """
 
@@ -247,33 +246,6 @@ def label_sources(manual_source: str | None, detector: Mapping | None, spacing) 
     return methods
 
 
-def predict_frames(frames: Sequence[Frame], ckpt, threads: int | None = None, progress: bool = True,
-                   surface_band_mm: float | None = None, spacing=None) -> float:
-    """Segment ``frames`` into ``Labels_pred/``, record by record; returns the wall time (s).
-
-    ``threads`` sets torch's CPU threads for the predictions (restored after); None: torch's default.
-    ``surface_band_mm``, ``spacing``: see :func:`ultrabones.segmentation.inference.predict_record`.
-    """
-    import torch
-
-    from ultrabones.segmentation import inference
-
-    by_record: dict = {}
-    for fr in frames:
-        by_record.setdefault(fr.record, []).append(fr.timestamp)
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
-        t0 = time.perf_counter()
-        for rec, ts in by_record.items():
-            inference.predict_record(rec, ckpt, timestamps=ts, progress=progress, surface_band_mm=surface_band_mm,
-                                     spacing=spacing)
-        return time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(old)
-
-
 def score(frames: Sequence[Frame], spacing, methods: Mapping[str, LabelSource], params: EvaluationParams,
           manual_source: str | None = None, progress: bool = True) -> dict:
     """Otsu's split of the CT-derived label pixels, then every method scored against ``Labels/`` (Eqs. 3-6).
@@ -327,7 +299,7 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
     """
     import torch
 
-    from ultrabones.segmentation import checkpoint as seg_checkpoint, finetune, segdata
+    from ultrabones.segmentation import checkpoint as seg_checkpoint, finetune, inference, segdata, transfer
 
     checkpoint = params.checkpoint or str(paths.models_dir / "best.ckpt")
     if not params.checkpoint and not Path(checkpoint).is_file():  # the run's own model: notebook 04 writes it
@@ -358,23 +330,16 @@ def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | N
         seconds["annotator_s"] = time.perf_counter() - t0
 
     to_predict = frames if params.predict_scope == "evaluated" else labelled_frames(test_specs, (ds.LABELS,))
-    seconds["predict_s"] = predict_frames(to_predict, ckpt, threads, progress, params.surface_band_mm, spacing)
+    seconds["predict_s"] = inference.predict_frames(to_predict, ckpt, threads, progress, params.surface_band_mm, spacing)
 
     methods = label_sources(manual, detector, spacing)
     scored = score(frames, spacing, methods, params, manual, progress)
     seconds["evaluate_s"] = scored["scores"]["seconds"]
 
-    # a model trained elsewhere (sim-to-real): the mask kind the stage did not write, scored in memory
-    other_at = None
+    other_at = None  # a model trained elsewhere: the mask kind the stage did not write, scored in memory
     if meta.get("mode") == "evaluate":
-        from ultrabones.segmentation import transfer
-
-        t0 = time.perf_counter()
-        other = transfer.mask_source(ckpt, spacing, transfer.other_band(params.surface_band_mm))
-        other_scores = evaluate(frames, dataset_label(ds.LABELS), {"model": other}, spacing, params.sigmas,
-                                scored["otsu"], progress=progress, keep_per_frame=None)
-        other_at = summarise(other_scores, params.report_sigma_mm)["at"]
-        seconds["other_masks_s"] = time.perf_counter() - t0
+        other_at, seconds["other_masks_s"] = transfer.other_masks_at(frames, ckpt, spacing, params, scored["otsu"],
+                                                                     progress)
 
     sweep = None
     if annotator is not None:

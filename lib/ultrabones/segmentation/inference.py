@@ -203,3 +203,26 @@ def inference_speed(model_or_ckpt, size=(256, 256), n: int = 32, batch_size: int
         return n / (time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old)
+
+
+def predict_frames(frames: Sequence, ckpt, threads: int | None = None, progress: bool = True,
+                   surface_band_mm: float | None = None, spacing=None) -> float:
+    """Segment ``frames`` into ``Labels_pred/``, record by record; returns the wall time (s).
+
+    ``threads`` sets torch's CPU threads for the predictions (restored after); None: torch's default.
+    ``surface_band_mm``, ``spacing``: see :func:`predict_record`. Notebook 05 writes its predictions with it.
+    """
+    by_record: dict = {}
+    for fr in frames:
+        by_record.setdefault(fr.record, []).append(fr.timestamp)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    try:
+        t0 = time.perf_counter()
+        for rec, ts in by_record.items():
+            predict_record(rec, ckpt, timestamps=ts, progress=progress, surface_band_mm=surface_band_mm,
+                           spacing=spacing)
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
