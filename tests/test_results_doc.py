@@ -138,3 +138,33 @@ def test_objective_comparison_pools_the_seeds_weighted_by_frames():
     assert pooled.loc["eq2_first_hit", "delivered_mm"] == pytest.approx(0.75 * 0.4 + 0.25 * 0.2)
     assert pooled.loc["released", "delivered_se_mm"] == pytest.approx(((0.75 * 0.04) ** 2 + (0.25 * 0.05) ** 2) ** 0.5)
     assert validation.objective_comparison([{"02_labeling": {}}], ["seed8"]).empty
+
+
+def test_real_sweep_lines_name_their_sources_and_what_they_measure(tmp_path):
+    figs = tmp_path / "figures"
+    (figs / "metrics").mkdir(parents=True)
+    (figs / "metrics" / "02_labeling.json").write_text(json.dumps(_labels(1.0, 0.4, 0.9)))
+    for sub, stem, data in (
+            ("real/metrics", "05_evaluation", {"sim_to_real": {
+                "surface": {"f1": 0.61, "n_frames": 100}, "thresholded": {"f1": 0.42, "n_frames": 100}}}),
+            ("real/metrics", "02_labeling", {"lambda_selection": {
+                "chosen": 0.1, "region": "first_hit", "by": "truth-free", "separation": {
+                    "runner_up_lambda": 1.0, "runner_up_region": "full", "margin": 0.02, "margin_se": 0.005,
+                    "n_frames": 12, "separable": True}}}),
+            ("real/released", "02_labeling", {"n_frames": 20, "kept_mean_fiducial_correction_mm": 0.7,
+                                              "discard_rate": 0.15, "seconds_per_frame": 1.5}),
+            ("real/finetune", "05_evaluation", {"finetune_before_after": {
+                "n_train": 140, "n_test": 50, "sigma_mm": 0.5, "before": {"f1": 0.5, "f1_se": 0.02},
+                "after": {"f1": 0.7, "f1_se": 0.01}, "f1_change": 0.2, "f1_change_se": 0.02}})):
+        (figs / sub).mkdir(parents=True, exist_ok=True)
+        (figs / sub / f"{stem}.json").write_text(json.dumps(data))
+    doc = results_doc.results_markdown(figs)
+    real = doc[doc.index("## The real sweep"):]
+    assert "surface masks: F1 at 0.5 mm **0.61**" in real and "thresholded map: F1 at 0.5 mm **0.42**" in real
+    assert real.count("not an accuracy") >= 3
+    assert "margin over the runner-up (lambda 1, full) 0.02 against its standard error 0.005: separable" in real
+    assert "[figures/real/released/02_labeling.json]" in real and "discard rate 0.15" in real
+    assert "before **0.5** ± 0.02, after **0.7** ± 0.01" in real
+    assert "[figures/real/finetune/05_evaluation.json: finetune_before_after]" in real
+    block = results_doc.readme_block(figs)
+    assert "after **0.7**" in block and "surface masks" in block

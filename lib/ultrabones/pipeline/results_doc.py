@@ -5,7 +5,9 @@ Every number in the README and in ``docs/results.md`` comes from a committed met
 - ``figures/metrics/<stem>.json``: the committed default run (seed 0, a design seed), copied there by notebook 07
   (:func:`publish_metrics`), with ``timings.json`` where the run wrote one;
 - ``figures/validation/seed<N>/<stem>.json``: the validation seeds' stages 00-02 (``make validate``);
-- ``figures/real/metrics/<stem>.json``: one run of the real profile on ``../shared/real_sweep``, where committed.
+- ``figures/real/metrics/<stem>.json``: one run of the real profile on ``../shared/real_sweep``, where committed;
+  ``figures/real/released/02_labeling.json`` (the released profile's labels) and
+  ``figures/real/finetune/<stem>.json`` (the twin model fine-tuned on the earlier frames) beside it.
 
 :func:`results_markdown` and :func:`readme_block` read only these files, so ``tests/test_results_doc.py`` can
 regenerate both from a clean checkout and fail when the README's block differs.
@@ -33,6 +35,8 @@ README_END = "<!-- results:end -->"
 METRICS = "metrics"
 VALIDATION = "validation"
 REAL = "real/metrics"
+REAL_RELEASED = "real/released"
+REAL_FINETUNE = "real/finetune"
 #: The stems a committed run holds (notebooks 00-07) and the optional on-demand ones.
 STEMS = ("00_simulate", "01_calibration", "02_labeling", "03_rating_statistics", "04_training", "05_evaluation",
          "06_reconstruction", "07_summary", *summary.MEASUREMENTS)
@@ -49,10 +53,12 @@ class Committed:
     validation: list
     validation_names: list
     real: dict
+    real_released: dict
+    real_finetune: dict
 
     @classmethod
     def read(cls, figures_dir: Path | str) -> "Committed":
-        """Read ``figures/metrics``, ``figures/validation`` and ``figures/real/metrics`` (missing parts empty)."""
+        """Read ``figures/metrics``, ``figures/validation`` and ``figures/real/*`` (missing parts empty)."""
         figures_dir = Path(figures_dir)
 
         def folder(d: Path) -> dict:
@@ -61,7 +67,8 @@ class Committed:
         runs, names = validation.committed_runs(figures_dir / VALIDATION)
         keep = [i for i, n in enumerate(names) if int(n[4:]) in paper.VALIDATION_SEEDS]
         return cls(figures_dir, folder(figures_dir / METRICS), [runs[i] for i in keep], [names[i] for i in keep],
-                   folder(figures_dir / REAL))
+                   folder(figures_dir / REAL), folder(figures_dir / REAL_RELEASED),
+                   folder(figures_dir / REAL_FINETUNE))
 
     def table(self) -> pd.DataFrame:
         """The seeded summary (:func:`ultrabones.pipeline.validation.seeded_summary`) with committed sources."""
@@ -232,7 +239,8 @@ def readme_block(figures_dir: Path | str) -> str:
     if (t := _timings_line(c.design)) is not None:
         lines.append(f"- {t}")
     if c.real:
-        lines += [x for x in _real_lines(c.real)]
+        lines += _real_lines(c.real)
+    lines += _real_finetune_lines(c.real_finetune)
     lines += ["", README_END]
     return "\n".join(lines) + "\n"
 
@@ -248,6 +256,49 @@ def _real_lines(real: Mapping[str, dict]) -> list[str]:
                        f"(not an accuracy), {name}: F1 at 0.5 mm **{summary.fmt_number(v['f1'])}** on "
                        f"{v.get('n_frames', '?')} frames [figures/{REAL}/05_evaluation.json: sim_to_real]")
     return out
+
+
+def _real_selection_line(real: Mapping[str, dict]) -> str | None:
+    """The real profile's truth-free choice of lambda and region: its margin over the runner-up against the
+    margin's standard error (``lambda_selection.separation``), or None where the run chose nothing."""
+    sel = (real.get("02_labeling") or {}).get("lambda_selection") or {}
+    sep = sel.get("separation")
+    if not isinstance(sep, Mapping):
+        return None
+    f = summary.fmt_number
+    return (f"- truth-free choice on the real sweep: lambda {f(sel.get('chosen'))}, region {sel.get('region')} on "
+            f"{sep.get('n_frames')} frames; margin over the runner-up (lambda {f(sep.get('runner_up_lambda'))}, "
+            f"{sep.get('runner_up_region')}) {f(sep.get('margin'))} against its standard error "
+            f"{f(sep.get('margin_se'))}: {'separable' if sep.get('separable') else 'not separable'}; {sel.get('by')} "
+            f"[figures/{REAL}/02_labeling.json: lambda_selection]")
+
+
+def _real_released_line(released: Mapping[str, dict]) -> str | None:
+    """The released profile's labels on the real sweep (upstream's objective and settings)."""
+    m = released.get("02_labeling")
+    if not m:
+        return None
+    f = summary.fmt_number
+    return (f"- the released labels' objective (`params/released.yaml`, every 10th frame) on the real sweep: "
+            f"{m.get('n_frames')} frames, mean correction of the kept labels {f(m.get('kept_mean_fiducial_correction_mm'))} "
+            f"mm, discard rate {f(m.get('discard_rate'))}, {f(m.get('seconds_per_frame'))} s a frame "
+            f"[figures/{REAL_RELEASED}/02_labeling.json]")
+
+
+def _real_finetune_lines(finetune: Mapping[str, dict]) -> list[str]:
+    """The twin model before and after fine-tuning on the earlier real frames, scored on the later ones."""
+    ba = (finetune.get("05_evaluation") or {}).get("finetune_before_after") \
+        or (finetune.get("04_training") or {}).get("before_after")
+    if not isinstance(ba, Mapping) or "before" not in ba:
+        return []
+    f = summary.fmt_number
+    stem = "05_evaluation.json: finetune_before_after" if (finetune.get("05_evaluation") or {}).get(
+        "finetune_before_after") else "04_training.json: before_after"
+    return [f"- fine-tuned on the sweep's earlier {ba.get('n_train')} frames, scored on its later {ba.get('n_test')} "
+            f"(agreement with the pipeline's CT-derived labels at {ba.get('sigma_mm')} mm, not an accuracy): F1 before "
+            f"**{f(ba['before']['f1'])}** ± {f(ba['before']['f1_se'])}, after **{f(ba['after']['f1'])}** ± "
+            f"{f(ba['after']['f1_se'])} (change {f(ba.get('f1_change'))} ± {f(ba.get('f1_change_se'))}, paired se) "
+            f"[figures/{REAL_FINETUNE}/{stem}]"]
 
 
 def results_markdown(figures_dir: Path | str) -> str:
@@ -302,7 +353,9 @@ def results_markdown(figures_dir: Path | str) -> str:
                   "`make paper PROFILE=real DATA_ROOT=../shared/real_sweep` with the twin-trained model. There is "
                   "no truth: the scores are the agreement of the model with the pipeline's own CT-derived labels "
                   "(made by the same label generator as its training labels, on the sweep used during "
-                  "development), not an accuracy.", "", *_real_lines(c.real), ""]
+                  "development), not an accuracy.", "", *_real_lines(c.real),
+                  *[x for x in (_real_selection_line(c.real), _real_released_line(c.real_released)) if x],
+                  *_real_finetune_lines(c.real_finetune), ""]
     return "\n".join(parts).rstrip("\n") + "\n"
 
 
