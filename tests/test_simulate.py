@@ -12,7 +12,7 @@ from ultrabones.core.cache import SpecimenCache, params_hash
 from ultrabones.twin.layout import truth_dir
 from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
-from ultrabones.calibration import system as calibration  # the stage module; "system" names a variable here
+from ultrabones.calibration import acquisitions
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.core import params
@@ -71,14 +71,15 @@ def test_tree_follows_the_format(twin):
     err = np.linalg.inv(geometry.released_calibration()) @ calib
     assert geometry.rotation_angle_deg(err) == pytest.approx(0.15, abs=1e-6)
     # the phantom as the calibration engineer reads it
-    phan = calibration.read_phantom(raw)
-    times, streams = calibration.read_tracker(raw / "phantom" / "tracker.csv",
-                                              {"probe": geometry.POSE_COLUMNS, "phantom": calibration.PHANTOM_COLUMNS})
+    phan = acquisitions.read_phantom(raw)
+    times, streams = acquisitions.read_tracker(raw / "phantom" / "tracker.csv",
+                                               {"probe": geometry.POSE_COLUMNS,
+                                                "phantom": acquisitions.PHANTOM_COLUMNS})
     assert phan.n_n > 0 and len(dataset.image_timestamps(raw / "phantom" / "images")) == 12
     spec = raw / "specimen01"
     assert json.loads((spec / "records.json").read_text())["record07"]["bone"] == "foot"
     assert json.loads((truth / "specimen01" / "records.json").read_text())["record04"]["bone"] == "fibula"
-    fid, radius = calibration.read_marker(spec)
+    fid, radius = acquisitions.read_marker(spec)
     assert fid.shape == (4, 3) and radius == simulate.FIDUCIAL_RADIUS_MM
     with np.load(spec / "ct.npz") as z:
         assert z["volume"].dtype == np.int16 and z["volume"].ndim == 3
@@ -107,7 +108,7 @@ def test_tree_follows_the_format(twin):
     for bone in ("tibia", "fibula", "talus", "calcaneus", "skin"):
         assert dataset.read_mesh(truth / "specimen01" / "meshes" / f"{bone}.stl").is_watertight
     dataset.read_mesh(truth / "specimen01" / "bone_model.stl")
-    ctm = calibration.read_matrix_json(truth / "specimen01" / "ct_from_marker.json", "ct_from_marker")
+    ctm = acquisitions.read_matrix_json(truth / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     assert np.allclose(ctm[:3, :3] @ ctm[:3, :3].T, np.eye(3), atol=1e-9)
 
 
@@ -115,11 +116,12 @@ def test_recorded_tracking_reproduces_the_truth_chain(twin):
     """Raw tracker + true offset + true CT-from-marker reproduce the true pose up to the error model."""
     paths, _ = twin
     tsys = json.loads((truth_dir(paths) / "system.json").read_text())
-    ctm = calibration.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
+    ctm = acquisitions.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     rec = "record02"
     ts = dataset.image_timestamps(paths.raw / "specimen01" / rec / "images")
-    times, streams = calibration.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
-                                              {"probe": geometry.POSE_COLUMNS, "marker": calibration.SPECIMEN_COLUMNS})
+    times, streams = acquisitions.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
+                                               {"probe": geometry.POSE_COLUMNS,
+                                                "marker": acquisitions.SPECIMEN_COLUMNS})
     t = ts + tsys["temporal_offset_ms"]
     rec_pose = (ctm @ np.linalg.inv(geometry.interpolate_poses(times, streams["marker"], t))
                 @ geometry.interpolate_poses(times, streams["probe"], t))
