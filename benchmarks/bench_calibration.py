@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_calibration import TRUE_CALIB, synthetic_session  # noqa: E402
 
 from ultrabones.twin.layout import truth_dir  # noqa: E402
+from ultrabones.calibration import offset_sweep, wires  # noqa: E402
 from ultrabones.calibration import system as cal  # noqa: E402
 from ultrabones.twin import measure  # noqa: E402
 
@@ -22,10 +23,10 @@ def test_offset_sweep_3000_offsets_under_30_s():
     # About the twin's phantom recording: 20 s at ~21 images/s (420 frames, 6 N's each).
     s = synthetic_session(true_offset_ms=-211.7, duration_ms=20400.0, image_period_ms=47.0, seed=3)
     mid = s["points"][:, :, 1]
-    mid_ph = cal.middle_points_in_phantom(s["phantom"], s["points"])
-    offsets = cal.offset_grid(-300.0, 0.0, 0.1)
+    mid_ph = wires.middle_points_in_phantom(s["phantom"], s["points"])
+    offsets = offset_sweep.offset_grid(-300.0, 0.0, 0.1)
     t0 = time.perf_counter()
-    res = cal.sweep_offsets(s["img_t"], mid, mid_ph, s["t_tr"], s["probe"], s["phantom_stream"], offsets)
+    res = offset_sweep.sweep_offsets(s["img_t"], mid, mid_ph, s["t_tr"], s["probe"], s["phantom_stream"], offsets)
     dt = time.perf_counter() - t0
     print(f"\noffset sweep: {len(offsets)} offsets x {len(s['img_t'])} frames x {mid.shape[1]} points "
           f"in {dt:.2f} s; found {res.offset_ms:.1f} ms (true {s['offset']} ms)")

@@ -23,7 +23,7 @@ import pytest
 from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
 from ultrabones.core import params
-from ultrabones.twin import simulate
+from ultrabones.twin import config, simulate, specimen, tracking
 from ultrabones.core.paths import PARAMS_DIR, Paths
 
 #: Frames per CPU-second on one core (issue 15).
@@ -47,16 +47,16 @@ def simulate_one_record(out: Path, repeat: int = 3) -> list[dict]:
     -------
     One dict per run: ``n_frames``, ``cpu_s`` (process CPU time, s) and ``wall_s`` (s).
     """
-    cfg = simulate.TwinConfig.from_params(default_section())
-    system = simulate.System.draw(0, cfg)
+    cfg = config.TwinConfig.from_params(default_section())
+    system = tracking.System.draw(0, cfg)
     leg = anatomy.make_anatomy(np.random.default_rng(0))
     scene = bmode.Scene.from_meshes(list(leg.meshes().values()), leg.skin_mesh(), leg.fat_mm)
-    ctm = simulate.place_marker(leg, np.random.default_rng(1))
+    ctm = tracking.place_marker(leg, np.random.default_rng(1))
     runs = []
     for i in range(repeat):
         paths = Paths(out / f"run{i}" / "b", out / f"run{i}" / "t", out / f"run{i}" / "f")
         t0, c0 = time.perf_counter(), time.process_time()
-        stats = simulate.simulate_record(paths, "specimen01", "record01", "tibia", "forward", 0, leg, scene, cfg,
+        stats = specimen.simulate_record(paths, "specimen01", "record01", "tibia", "forward", 0, leg, scene, cfg,
                                          system, ctm, np.eye(4), np.random.default_rng(2), progress=False)
         runs.append({"n_frames": stats["n_frames"], "cpu_s": time.process_time() - c0,
                      "wall_s": time.perf_counter() - t0})
@@ -71,7 +71,7 @@ def test_frames_per_second_per_core(tmp_path):
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     best = min(runs, key=lambda r: r["cpu_s"])
     fps = best["n_frames"] / best["cpu_s"]
-    cfg = simulate.TwinConfig.from_params(default_section())
+    cfg = config.TwinConfig.from_params(default_section())
     cpu = ", ".join(f"{r['cpu_s']:.2f}" for r in runs)
     print(f"\n[bench] {best['n_frames']} frames of {cfg.image_width}x{cfg.image_height} px, one thread, CPU s per "
           f"run {cpu} (wall {best['wall_s']:.2f} s for the best): {fps:.1f} frames per CPU-second "
@@ -84,7 +84,7 @@ def test_default_twin_wall_time(tmp_path):
     """The whole default twin with 2 worker processes (what ``make paper`` runs)."""
     paths = Paths(tmp_path / "b", tmp_path / "t", tmp_path / "f")
     t0 = time.perf_counter()
-    res = simulate.simulate_twin(paths, simulate.TwinConfig.from_section(default_section()), seed=0, n_workers=2,
+    res = simulate.simulate_twin(paths, config.TwinConfig.from_section(default_section()), seed=0, n_workers=2,
                                  progress=False)
     wall = time.perf_counter() - t0
     m = simulate.metrics(res)

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ultrabones.calibration import acquisitions, ct_marker, offset_sweep, wires
 from ultrabones.calibration import system as cal
+from ultrabones.calibration.poses import record_poses
 from ultrabones.twin import measure
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.geometry import (
@@ -60,10 +62,10 @@ def synthetic_session(true_offset_ms=-123.4, duration_ms=6000.0, image_period_ms
 
 
 def _sweep(s, offsets=None):
-    offsets = cal.offset_grid(-300.0, 0.0, 0.1) if offsets is None else offsets
+    offsets = offset_sweep.offset_grid(-300.0, 0.0, 0.1) if offsets is None else offsets
     mid = s["points"][:, :, 1]
-    mid_ph = cal.middle_points_in_phantom(s["phantom"], s["points"])
-    return cal.sweep_offsets(s["img_t"], mid, mid_ph, s["t_tr"], s["probe"], s["phantom_stream"], offsets)
+    mid_ph = wires.middle_points_in_phantom(s["phantom"], s["points"])
+    return offset_sweep.sweep_offsets(s["img_t"], mid, mid_ph, s["t_tr"], s["probe"], s["phantom_stream"], offsets)
 
 
 def test_noise_free_points_give_true_calibration_and_offset():
@@ -81,7 +83,7 @@ def test_noise_free_points_give_true_calibration_and_offset():
 def test_similar_triangles_place_the_diagonal_cut_exactly():
     s = synthetic_session(duration_ms=1500.0)
     ph = s["phantom"]
-    mid = cal.middle_points_in_phantom(ph, s["points"])
+    mid = wires.middle_points_in_phantom(ph, s["points"])
     # Each point lies on its diagonal's segment.
     p0, p1 = ph.wires[:, 1, 0], ph.wires[:, 1, 1]
     d = p1 - p0
@@ -121,7 +123,7 @@ def test_wire_detection_finds_rendered_spots_to_a_tenth_of_a_pixel():
     ph = s["phantom"]
     for f in (0, 7):
         img = render_phantom_image(s["points"][f], noise=6.0, seed=f)
-        found, reason = cal.detect_wire_points(img, SPACING, ph, threshold=80, min_area_px=4, sigma_px=1.0,
+        found, reason = wires.detect_wire_points(img, SPACING, ph, threshold=80, min_area_px=4, sigma_px=1.0,
                                                collinearity_mm=0.5)
         assert reason == ""
         np.testing.assert_allclose(found, s["points"][f], atol=0.1 * SPACING[0])
@@ -130,13 +132,13 @@ def test_wire_detection_finds_rendered_spots_to_a_tenth_of_a_pixel():
 def test_image_without_wires_is_rejected_with_a_reason():
     ph = default_phantom()
     blank = render_phantom_image(np.zeros((0, 2)), noise=6.0)
-    found, reason = cal.detect_wire_points(blank, SPACING, ph, 80, 4, 1.0, 0.5)
+    found, reason = wires.detect_wire_points(blank, SPACING, ph, 80, 4, 1.0, 0.5)
     assert found is None and "found 0 spots, expected 18" in reason
     # One wire missing: rejected too.
     s = synthetic_session(duration_ms=1500.0)
     pts = s["points"][0].copy()
     pts[2, 1] = np.nan
-    found, reason = cal.detect_wire_points(render_phantom_image(pts), SPACING, ph, 80, 4, 1.0, 0.5)
+    found, reason = wires.detect_wire_points(render_phantom_image(pts), SPACING, ph, 80, 4, 1.0, 0.5)
     assert found is None and "expected 18" in reason
 
 
@@ -147,13 +149,13 @@ def test_match_fiducials_and_icp_recover_a_known_rigid_transform():
     rng = np.random.default_rng(2)
     # Shuffle the detections and add a distractor sphere; CT surface points of the spheres.
     detected = np.concatenate([centres[[2, 0, 3, 1]], [[0.0, 0.0, 0.0]]])
-    surface = cal.sphere_points(centres, 5.0, 3000)
+    surface = ct_marker.sphere_points(centres, 5.0, 3000)
     # Start ICP from a perturbed match by offsetting the detected centres.
-    reg = cal.register_marker(fid, 5.0, detected + rng.normal(0, 0.3, detected.shape), surface, 2.0)
+    reg = ct_marker.register_marker(fid, 5.0, detected + rng.normal(0, 0.3, detected.shape), surface, 2.0)
     assert rotation_angle_deg(invert_transform(T) @ reg.ct_from_marker) < 0.05
     assert np.linalg.norm(reg.ct_from_marker[:3, 3] - T[:3, 3]) < 0.05
     np.testing.assert_allclose(reg.matched, detected[[1, 3, 0, 2]], atol=1.5)
-    assert cal.target_registration_error(reg.ct_from_marker, T, centres) < 0.05
+    assert ct_marker.target_registration_error(reg.ct_from_marker, T, centres) < 0.05
 
 
 def test_record_poses_compose_the_chain(tmp_path):
@@ -162,12 +164,12 @@ def test_record_poses_compose_the_chain(tmp_path):
     probe = pose_from_params(np.c_[rng.normal(0, 50, (len(t), 3)).cumsum(0) * 0.01, np.zeros((len(t), 3))])
     marker = np.repeat(pose_from_params(np.array([10.0, 20, 30, 5, 6, 7]))[None], len(t), 0)
     df = pd.DataFrame({"time_ms": t})
-    for cols, poses in ((POSE_COLUMNS, probe), (cal.SPECIMEN_COLUMNS, marker)):
+    for cols, poses in ((POSE_COLUMNS, probe), (acquisitions.SPECIMEN_COLUMNS, marker)):
         for c, v in zip(cols, params_from_pose(poses).T):
             df[c] = v
     df.to_csv(tmp_path / "tracker.csv", index=False)
     ct_from_marker = pose_from_params(np.array([1.0, 2, 3, 40, 50, 60]))
-    out = cal.record_poses(tmp_path / "tracker.csv", np.array([5, 100, 1990, 1999]), -10.0, ct_from_marker)
+    out = record_poses(tmp_path / "tracker.csv", np.array([5, 100, 1990, 1999]), -10.0, ct_from_marker)
     assert list(out["timestamp"]) == [100, 1990]  # 5 - 10 ms precedes the tracking: dropped
     expect = ct_from_marker @ invert_transform(marker[0]) @ interpolate_poses(t, probe, np.array([90.0, 1980.0]))
     np.testing.assert_allclose(pose_from_params(out[list(POSE_COLUMNS)].to_numpy()), expect, atol=1e-6)
@@ -177,10 +179,10 @@ def test_bad_tracker_file_names_the_row(tmp_path):
     f = tmp_path / "tracker.csv"
     f.write_text("time_ms,x,y,z,euler_x,euler_y,euler_z\n0,1,2,3,4,5,6\n10,1,2,nan,4,5,6\n")
     with pytest.raises(DatasetError, match="row 2: z is"):
-        cal.read_tracker(f, {"probe": POSE_COLUMNS})
+        acquisitions.read_tracker(f, {"probe": POSE_COLUMNS})
     f.write_text("time_ms,x,y,z,euler_x,euler_y,euler_z\n0,1,2,3,4,5,6\n")
     with pytest.raises(DatasetError, match="missing column"):
-        cal.read_tracker(f, {"probe": POSE_COLUMNS, "marker": cal.SPECIMEN_COLUMNS})
+        acquisitions.read_tracker(f, {"probe": POSE_COLUMNS, "marker": acquisitions.SPECIMEN_COLUMNS})
 
 
 def write_phantom_raw(raw, s, blank_every=0):
@@ -192,7 +194,7 @@ def write_phantom_raw(raw, s, blank_every=0):
                                      "spacing_mm": list(SPACING)})
     write_json(raw / "phantom" / "phantom.json", s["phantom"].to_dict())
     df = pd.DataFrame({"time_ms": s["t_tr"]})
-    for cols, poses in ((POSE_COLUMNS, s["probe"]), (cal.PHANTOM_COLUMNS, s["phantom_stream"])):
+    for cols, poses in ((POSE_COLUMNS, s["probe"]), (acquisitions.PHANTOM_COLUMNS, s["phantom_stream"])):
         for c, v in zip(cols, params_from_pose(poses).T):
             df[c] = v
     df.to_csv(raw / "phantom" / "tracker.csv", index=False, float_format="%.12g")
@@ -257,7 +259,7 @@ def _synthetic_twin(root, session):
     probe = pose_from_params(np.c_[np.linspace(0, 20, len(t)), np.zeros((len(t), 2)), np.zeros((len(t), 3))])
     marker = np.repeat(pose_from_params(np.array([100.0, 0, 500, 0, 0, 30]))[None], len(t), 0)
     df = pd.DataFrame({"time_ms": t})
-    for cols, poses in ((POSE_COLUMNS, probe), (cal.SPECIMEN_COLUMNS, marker)):
+    for cols, poses in ((POSE_COLUMNS, probe), (acquisitions.SPECIMEN_COLUMNS, marker)):
         for c, v in zip(cols, params_from_pose(poses).T):
             df[c] = v
     (raw / "specimen01" / "record01").mkdir(parents=True)
@@ -322,10 +324,10 @@ def test_ct_without_bone_stops_with_a_clear_message(tmp_path):
 def test_offset_grid_is_the_papers_and_rejects_an_empty_range():
     from ultrabones.core.errors import ParamsError
 
-    g = cal.offset_grid(-300.0, 0.0, 0.1)
+    g = offset_sweep.offset_grid(-300.0, 0.0, 0.1)
     assert len(g) == 3000 and g[0] == -300.0 and abs(g[-1] + 0.1) < 1e-9
     with pytest.raises(ParamsError, match="is empty"):
-        cal.offset_grid(0.0, -300.0, 0.1)
+        offset_sweep.offset_grid(0.0, -300.0, 0.1)
 
 
 def test_calibration_params_are_the_schema_section_typed_and_frozen():
@@ -354,7 +356,7 @@ def test_calibration_params_are_the_schema_section_typed_and_frozen():
 
 
 def test_metrics_known_answer():
-    sweep = cal.SweepResult(np.array([-2.0, -1.0, 0.0]), np.array([0.5, 0.25, 0.75]), 1, np.eye(4), 12)
+    sweep = offset_sweep.SweepResult(np.array([-2.0, -1.0, 0.0]), np.array([0.5, 0.25, 0.75]), 1, np.eye(4), 12)
     frames = pd.DataFrame({"timestamp": [0, 10, 20, 30, 40],
                            "status": ["ok", "ok", "found 2 spots, expected 9", "out of tracked range", "ok"]})
     probe = cal.ProbeCalibration(sweep, (0.1, 0.2), frames)

@@ -23,7 +23,6 @@ from test_architecture import PKG, imported_modules  # noqa: E402
 MAX_LINES = 550
 #: Modules over the limit when the rule came in, with their line counts then: they may not grow.
 OVERSIZE: dict[str, int] = {
-    "ultrabones.calibration.system": 995,
     "ultrabones.core.dataset": 870,
     "ultrabones.core.params": 846,
     "ultrabones.evaluation.benchmark": 587,
@@ -36,9 +35,8 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 577,
     "ultrabones.twin.bmode": 825,
-    "ultrabones.twin.measure": 747,
+    "ultrabones.twin.measure": 746,
     "ultrabones.twin.realism": 587,
-    "ultrabones.twin.simulate": 1020,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
 KNOWN_CIRCLES: list[frozenset[str]] = [

@@ -12,11 +12,11 @@ from ultrabones.core.cache import SpecimenCache, params_hash
 from ultrabones.twin.layout import truth_dir
 from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
-from ultrabones.calibration import system as calibration  # the stage module; "system" names a variable here
+from ultrabones.calibration import acquisitions
 from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.core import params
-from ultrabones.twin import simulate
+from ultrabones.twin import config, simulate, specimen, sweeps, tracking
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import PARAMS_DIR, Paths
 
@@ -32,7 +32,7 @@ def section(**over) -> dict:
 
 def tiny_twin(tmp_path, name="a", **over):
     paths = Paths(tmp_path / name / "build", tmp_path / name / "twin", tmp_path / name / "fig")
-    res = simulate.simulate_twin(paths, simulate.TwinConfig.from_section(section(**over)), seed=7, progress=False)
+    res = simulate.simulate_twin(paths, config.TwinConfig.from_section(section(**over)), seed=7, progress=False)
     return paths, res
 
 
@@ -47,13 +47,13 @@ def test_rigid_fit_recovers_a_pose_and_jitter_is_small():
     f = geometry.PROBE_FIDUCIALS_MM
     fit = geometry.rigid_fit(f, geometry.transform_points(pose, f))
     assert np.allclose(fit, pose, atol=1e-9)
-    noisy = simulate.measure_marker(np.repeat(pose[None], 2000, 0), f, 0.1, rng)
+    noisy = tracking.measure_marker(np.repeat(pose[None], 2000, 0), f, 0.1, rng)
     err = geometry.mean_fiducial_displacement(noisy, pose)
     assert 0.03 < err.mean() < 0.1  # a fit to 4 fiducials averages the 0.1 mm jitter down
 
 
 def test_smooth_process_has_the_asked_std():
-    p = simulate.SmoothProcess(np.random.default_rng(1), 2.0, 1.0, dims=3)
+    p = sweeps.SmoothProcess(np.random.default_rng(1), 2.0, 1.0, dims=3)
     v = p(np.arange(0, 600_000, 10.0))
     assert v.shape == (60_000, 3)
     assert np.allclose(v.std(axis=0), 2.0, rtol=0.1)
@@ -71,19 +71,20 @@ def test_tree_follows_the_format(twin):
     err = np.linalg.inv(geometry.released_calibration()) @ calib
     assert geometry.rotation_angle_deg(err) == pytest.approx(0.15, abs=1e-6)
     # the phantom as the calibration engineer reads it
-    phan = calibration.read_phantom(raw)
-    times, streams = calibration.read_tracker(raw / "phantom" / "tracker.csv",
-                                              {"probe": geometry.POSE_COLUMNS, "phantom": calibration.PHANTOM_COLUMNS})
+    phan = acquisitions.read_phantom(raw)
+    times, streams = acquisitions.read_tracker(raw / "phantom" / "tracker.csv",
+                                               {"probe": geometry.POSE_COLUMNS,
+                                                "phantom": acquisitions.PHANTOM_COLUMNS})
     assert phan.n_n > 0 and len(dataset.image_timestamps(raw / "phantom" / "images")) == 12
     spec = raw / "specimen01"
     assert json.loads((spec / "records.json").read_text())["record07"]["bone"] == "foot"
     assert json.loads((truth / "specimen01" / "records.json").read_text())["record04"]["bone"] == "fibula"
-    fid, radius = calibration.read_marker(spec)
-    assert fid.shape == (4, 3) and radius == simulate.FIDUCIAL_RADIUS_MM
+    fid, radius = acquisitions.read_marker(spec)
+    assert fid.shape == (4, 3) and radius == tracking.FIDUCIAL_RADIUS_MM
     with np.load(spec / "ct.npz") as z:
         assert z["volume"].dtype == np.int16 and z["volume"].ndim == 3
         assert np.allclose(z["spacing_mm"], 2.0)
-    for rec, group, direction, _ in simulate.RECORDS:
+    for rec, group, direction, _ in config.RECORDS:
         r_raw, r_truth = spec / rec, truth / "specimen01" / rec
         ts = dataset.image_timestamps(r_raw / "images")
         assert len(ts) > 3, rec
@@ -107,7 +108,7 @@ def test_tree_follows_the_format(twin):
     for bone in ("tibia", "fibula", "talus", "calcaneus", "skin"):
         assert dataset.read_mesh(truth / "specimen01" / "meshes" / f"{bone}.stl").is_watertight
     dataset.read_mesh(truth / "specimen01" / "bone_model.stl")
-    ctm = calibration.read_matrix_json(truth / "specimen01" / "ct_from_marker.json", "ct_from_marker")
+    ctm = acquisitions.read_matrix_json(truth / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     assert np.allclose(ctm[:3, :3] @ ctm[:3, :3].T, np.eye(3), atol=1e-9)
 
 
@@ -115,11 +116,12 @@ def test_recorded_tracking_reproduces_the_truth_chain(twin):
     """Raw tracker + true offset + true CT-from-marker reproduce the true pose up to the error model."""
     paths, _ = twin
     tsys = json.loads((truth_dir(paths) / "system.json").read_text())
-    ctm = calibration.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
+    ctm = acquisitions.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     rec = "record02"
     ts = dataset.image_timestamps(paths.raw / "specimen01" / rec / "images")
-    times, streams = calibration.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
-                                              {"probe": geometry.POSE_COLUMNS, "marker": calibration.SPECIMEN_COLUMNS})
+    times, streams = acquisitions.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
+                                               {"probe": geometry.POSE_COLUMNS,
+                                                "marker": acquisitions.SPECIMEN_COLUMNS})
     t = ts + tsys["temporal_offset_ms"]
     rec_pose = (ctm @ np.linalg.inv(geometry.interpolate_poses(times, streams["marker"], t))
                 @ geometry.interpolate_poses(times, streams["probe"], t))
@@ -189,28 +191,28 @@ def test_same_seed_same_bytes(tmp_path, twin):
 
 def test_bad_parameters_stop_with_a_message():
     with pytest.raises(ParamsError, match="pixel_spacing_mm"):
-        simulate.TwinConfig.from_params(section(pixel_spacing_mm=-0.2))
+        config.TwinConfig.from_params(section(pixel_spacing_mm=-0.2))
     with pytest.raises(ParamsError, match="zero frames"):
-        simulate.TwinConfig.from_params(section(sweep_length_mm=[20.0, 3.0, 12.0]))
+        config.TwinConfig.from_params(section(sweep_length_mm=[20.0, 3.0, 12.0]))
     with pytest.raises(ParamsError, match="ct_spacing_mm"):
-        simulate.TwinConfig.from_params(section(ct_spacing_mm=[0.8, 0.0, 0.6]))
+        config.TwinConfig.from_params(section(ct_spacing_mm=[0.8, 0.0, 0.6]))
     with pytest.raises(ParamsError, match="tracker_rate_hz"):
-        simulate.TwinConfig.from_params(section(tracker_rate_hz=10.0))
+        config.TwinConfig.from_params(section(tracker_rate_hz=10.0))
     with pytest.raises(ParamsError, match="below the minimum"):
         section(n_specimens=0)
     leg = anatomy.make_anatomy(np.random.default_rng(0))
     with pytest.raises(ParamsError, match="longer than the fibula"):
-        simulate.plan_sweep(leg, "fibula", 0, 5000.0, np.random.default_rng(0))
+        sweeps.plan_sweep(leg, "fibula", 0, 5000.0, np.random.default_rng(0))
 
 
 def test_sweeps_follow_their_bone():
     leg = anatomy.make_anatomy(np.random.default_rng(0))
     scene = bmode.Scene.from_meshes(list(leg.meshes().values()), leg.skin_mesh(), leg.fat_mm)
-    cfg = simulate.TwinConfig.from_params(section())
-    system = simulate.System.draw(0, cfg)
-    ctm = simulate.place_marker(leg, np.random.default_rng(1))
-    for rec, group, direction, variant in simulate.RECORDS[::2]:
-        st = simulate.record_streams(group, direction, variant, leg, scene, cfg, system, ctm, np.eye(4),
+    cfg = config.TwinConfig.from_params(section())
+    system = tracking.System.draw(0, cfg)
+    ctm = tracking.place_marker(leg, np.random.default_rng(1))
+    for rec, group, direction, variant in config.RECORDS[::2]:
+        st = specimen.record_streams(group, direction, variant, leg, scene, cfg, system, ctm, np.eye(4),
                                      np.random.default_rng(2))
         hits = [np.isfinite(bmode.first_hits(scene, p, cfg.image_width, cfg.spacing)[0]).mean() for p in st.planes]
         assert np.mean(hits) > 0.2, rec  # bone under the probe
@@ -218,15 +220,15 @@ def test_sweeps_follow_their_bone():
         assert depth[cfg.image_width // 2] < 0.5, rec  # the probe presses on the skin
         centre = st.planes[:, :3, 3] + st.planes[:, :3, 0] * cfg.image_width * cfg.pixel_spacing_mm / 2
         travel = np.linalg.norm(centre[-1] - centre[0])
-        assert travel > 0.5 * cfg.sweep_length_mm[simulate.GROUPS.index(group)], rec
+        assert travel > 0.5 * cfg.sweep_length_mm[config.GROUPS.index(group)], rec
 
 
 def test_specimen_overrides_apply_but_not_to_the_shared_probe():
     P = section()
-    cfg = simulate.TwinConfig.from_section(P)
+    cfg = config.TwinConfig.from_section(P)
     assert cfg.as_dict() == P and list(P) == list(params.SCHEMA["simulate"])  # the section, in schema order
     assert params_hash(cfg.simulation_key()) == params_hash(  # cache keys unchanged
-        {k: v for k, v in P.items() if k not in simulate.NOT_SIMULATION_KEYS})  # keys that change no simulated byte
+        {k: v for k, v in P.items() if k not in config.NOT_SIMULATION_KEYS})  # keys that change no simulated byte
     over = {"specimen02": {"hand_tilt_deg": 9.0}}
     assert cfg.for_specimen(over, "specimen02") == dataclasses.replace(cfg, hand_tilt_deg=9.0)
     assert cfg.for_specimen(over, "specimen01") == cfg.for_specimen(None, "specimen01") == cfg
@@ -242,7 +244,7 @@ def test_cached_specimens_are_skipped(tmp_path):
 
     paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig")
     cache = SpecimenCache(paths, "00_simulate")
-    P = simulate.TwinConfig.from_section(section(sweep_length_mm=[20.0, 16.0, 12.0]))
+    P = config.TwinConfig.from_section(section(sweep_length_mm=[20.0, 16.0, 12.0]))
     first = simulate.simulate_twin(paths, P, seed=1, progress=False, cache=cache)
     stamp = (paths.raw / "specimen01" / "ct.npz").stat().st_mtime_ns
     again = simulate.simulate_twin(paths, P, seed=1, progress=False, cache=cache)
@@ -276,7 +278,7 @@ def test_bad_realism_and_error_parameters_name_the_key(key, value):
     P = dict(section())
     P[key] = value  # past the schema (a direct caller): the config names the key too
     with pytest.raises(ParamsError, match=f"simulate.{key}"):
-        simulate.TwinConfig.from_params(P)
+        config.TwinConfig.from_params(P)
 
 
 def test_hard_profile_loads_with_the_error_sources():

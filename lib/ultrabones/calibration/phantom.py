@@ -16,7 +16,7 @@ point of the third wire's line. The image plane cuts them at three collinear
 points ``a, b, c``; because the triangles the diagonal makes with the parallel
 wires are similar, ``|ab| / |ac|`` is the fraction of the diagonal at which the
 plane cuts it, which places ``b`` in phantom coordinates from the image alone
-(:func:`ultrabones.calibration.system.middle_points_in_phantom`).
+(:func:`ultrabones.calibration.wires.middle_points_in_phantom`).
 
 Recordings hold the probe about :func:`nominal_phantom_from_image`: the
 image's depth along the phantom's ``+Y`` and its lateral axis along ``+X`` or

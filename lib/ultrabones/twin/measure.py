@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ultrabones.calibration import ct
-from ultrabones.calibration.system import read_matrix_json, target_registration_error
+from ultrabones.calibration import acquisitions, ct, ct_marker
 from ultrabones.core import dataset, merge
 from ultrabones.core.geometry import (POSE_COLUMNS, invert_transform, mean_fiducial_displacement, pose_from_params,
                                      rotation_angle_deg, transform_points)
@@ -72,9 +71,9 @@ def specimen_errors(truth: Path, dataset_root: Path, specimen: str, result: dict
     true_model = dataset.read_mesh(truth_s / "bone_model.stl")
     model = dataset.read_mesh(Path(dataset_root) / specimen / "CT_bone_model.stl")
     dist = ct.symmetric_surface_distance(model, true_model, n_samples)
-    true_ct_from_marker = read_matrix_json(truth_s / "ct_from_marker.json", "ct_from_marker")
+    true_ct_from_marker = acquisitions.read_matrix_json(truth_s / "ct_from_marker.json", "ct_from_marker")
     targets, _ = trimesh.sample.sample_surface(true_model, 5000, seed=0)
-    tre = target_registration_error(np.asarray(result["ct_from_marker"]), true_ct_from_marker, targets)
+    tre = ct_marker.target_registration_error(np.asarray(result["ct_from_marker"]), true_ct_from_marker, targets)
     errs = []
     for rec in sorted(result["records"]):
         f = truth_s / rec / "poses.csv"
@@ -97,7 +96,7 @@ def true_system(paths: Paths) -> dict | None:
     if root is None:
         return None
     sysf = root / "system.json"
-    return {"calibration": read_matrix_json(sysf, "calibration"),
+    return {"calibration": acquisitions.read_matrix_json(sysf, "calibration"),
             "temporal_offset_ms": float(json.loads(sysf.read_text())["temporal_offset_ms"])}
 
 
