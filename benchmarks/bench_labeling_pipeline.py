@@ -68,7 +68,7 @@ def _setup(profile: str, build_root: Path, data_root: Path | None):
 def compare(profile: str, build_root: Path, data_root: Path | None = None) -> dict:
     """Label with the pipeline on Dask, then the same frames in process; the per-frame costs (core-s)."""
     from ultrabones.core import dataset, geometry
-    from ultrabones.labels import batch, cloud, objective, optimize
+    from ultrabones.labels import batch, cloud, inputs, objective, optimize, tasks
 
     paths, P = _setup(profile, build_root, data_root)
     if os.environ.get("BENCH_PIPE_DASK_DEFAULTS") == "1":  # Dask's defaults, as before issue 26
@@ -85,7 +85,7 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
     specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
     bench, bench_obj, same = [], [], []
     for s in specs:
-        pts, _ = cloud.load_cloud(batch.surface_cloud(paths, s, P.density_per_mm2, 0))
+        pts, _ = cloud.load_cloud(inputs.surface_cloud(paths, s, P.density_per_mm2, 0))
         for rec in s.records:
             tab = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True).set_index("timestamp")
             for _, r in opt[(opt["specimen"] == s.name) & (opt["record"] == rec.name)].iterrows():
@@ -103,7 +103,7 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
                                            region=REGION)
                 bench_obj.append(optimize.optimize_frame(img, pose, calib, spacing, pts, LAM, objective=obj,
                                                       **kw).seconds)
-                same.append(np.allclose(res.x, [r[c] for c in batch._X_COLUMNS], atol=1e-12, rtol=0))
+                same.append(np.allclose(res.x, [r[c] for c in tasks._X_COLUMNS], atol=1e-12, rtol=0))
     n = len(opt)
     return {"profile": profile, "frames": n, "workers": N_WORKERS, "same_corrections": int(sum(same)),
             "pipeline_optimize_s": float(opt["seconds_optimize"].mean()),

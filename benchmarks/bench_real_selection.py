@@ -25,7 +25,7 @@ from ultrabones.core import dataset
 from ultrabones.core.executor import executor
 from ultrabones.core.params import load_profile
 from ultrabones.core.paths import PARAMS_DIR, Paths
-from ultrabones.labels import batch, select
+from ultrabones.labels import batch, inputs, lambda_selection, select
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,10 @@ def test_real_selection_margin():
     specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": seed}
-    clouds = {s.name: str(batch.surface_cloud(paths, s, P.density_per_mm2, seed)) for s in specs}
-    records = batch.records_to_label(specs, {s.name: P for s in specs})
+    clouds = {s.name: str(inputs.surface_cloud(paths, s, P.density_per_mm2, seed)) for s in specs}
+    records = inputs.records_to_label(specs, {s.name: P for s in specs})
     with executor("synchronous", None, 1) as ex:
-        lam, region, sel = batch._select_lambda(paths, P, records, clouds, base, ex.map, seed)
+        lam, region, sel = lambda_selection.select_lambda(paths, P, records, clouds, base, ex.map, seed)
     sep = sel["separation"]
     print(f"\n[bench] real selection on {sel['n_frames']} frames: rule's choice lambda "
           f"{sel['rule_choice']['lambda']:g} {sel['rule_choice']['region']}, runner-up lambda "

@@ -28,6 +28,10 @@ from ultrabones.core import geometry
 from ultrabones.labels import cloud, label, objective, optimize, reference, sweep
 from ultrabones.labels import batch, figures
 from ultrabones.labels import registration
+from ultrabones.labels.chunks import empty_registration, normalize_registration, read_chunk
+from ultrabones.labels.inputs import record_image_shape, selected_rows, surface_cloud
+from ultrabones.labels.records import REPORT
+from ultrabones.labels.tasks import carry_warm_start, chunk_key
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.paths import Paths
 
@@ -384,13 +388,13 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert np.isfinite(track.loc[0, list(dataset.REGISTERED_COLUMNS)].to_numpy(float)).all()
     # the written full label is the optimised pose's label over the whole (dense) C
     spec = dataset.read_specimen(paths.dataset / "specimen01")
-    dense, _ = cloud.load_cloud(batch.surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
+    dense, _ = cloud.load_cloud(surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
     t = kept[0]
     pose_opt = dataset.poses(track, "optimized")[int(np.flatnonzero(track["timestamp"] == t)[0])]
     expect = label.full_label(SHAPE, pose_opt, geometry.released_calibration(), SPACING, dense)
     written = dataset.read_label(rec.label_path(t, dataset.LABELS_FULL))
     assert (written != expect).sum() <= 2  # equal up to the pose's 10-digit round trip through the CSV
-    assert (rec.out / batch.REPORT).is_file() and not (rec.path / batch.REPORT).exists()
+    assert (rec.out / REPORT).is_file() and not (rec.path / REPORT).exists()
     assert out.lam in PARAMS["lambdas"]
     m = batch.summarize(out.report)
     assert "label_error_mm" not in m and "contour_error_mm" not in m  # the stage measures nothing against truth
@@ -450,9 +454,9 @@ def test_record_image_shape_is_the_most_common_size(tmp_path):
     for t, shape in [(1, (10, 12)), (2, (8, 9)), (3, (10, 12)), (4, (8, 9)), (5, (10, 12))]:
         dataset.write_image(rec.image_path(t), np.zeros(shape, np.uint8))
     rec.image_path(6).write_bytes(b"not a png")
-    assert batch.record_image_shape(rec, [1, 2, 3, 4, 5, 6]) == [10, 12]
-    assert batch.record_image_shape(rec, [2, 1]) == [8, 9]  # a tie goes to the first met
-    assert batch.record_image_shape(rec, [6, 7]) is None
+    assert record_image_shape(rec, [1, 2, 3, 4, 5, 6]) == [10, 12]
+    assert record_image_shape(rec, [2, 1]) == [8, 9]  # a tie goes to the first met
+    assert record_image_shape(rec, [6, 7]) is None
 
 
 def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
@@ -502,14 +506,14 @@ def test_a_record_without_usable_frames_never_crashes_a_rerun(tmp_path):
 
 
 def test_normalize_registration_known_answers():
-    assert batch.normalize_registration(None) is None
-    assert batch.normalize_registration({"transform": [[1, 2]]}) is None
-    assert batch.normalize_registration({"transform": np.full((4, 4), np.nan).tolist()}) is None
-    r = batch.normalize_registration({"transform": np.eye(4).tolist(), "similarity_initial": None,
+    assert normalize_registration(None) is None
+    assert normalize_registration({"transform": [[1, 2]]}) is None
+    assert normalize_registration({"transform": np.full((4, 4), np.nan).tolist()}) is None
+    r = normalize_registration({"transform": np.eye(4).tolist(), "similarity_initial": None,
                                              "n_frames": 2, "centre": [1, None, 3]})
     assert r["status"] == "registered" and np.isnan(r["similarity_initial"]) and r["n_frames"] == 2
     assert r["centre"][0] == 1.0 and np.isnan(r["centre"][1]) and len(r["x"]) == 6
-    assert batch.normalize_registration(batch.empty_registration())["status"] == "no_frames"
+    assert normalize_registration(empty_registration())["status"] == "no_frames"
 
 
 def test_unrecognised_folders_are_warned_about_and_in_the_metrics(tmp_path):
@@ -561,13 +565,13 @@ def test_run_resumes_after_a_kill_every_frame_once(tmp_path):
     cols = [c for c in rep.columns if not c.startswith("seconds")]
     pd.testing.assert_frame_equal(fresh[cols], rep[cols])
     # a chunk's key holds the warm start it began from: another start makes it stale, and only it is redone
-    first = batch.read_chunk(chunks[0], labels=False)["report"]
-    x0, age = batch.carry_warm_start(first, None, 0, 1)
+    first = read_chunk(chunks[0], labels=False)["report"]
+    x0, age = carry_warm_start(first, None, 0, 1)
     assert x0 is not None and age == 1
-    assert batch.chunk_key("k", x0, age) != batch.chunk_key("k", None, 0)
-    assert batch.chunk_key("k", x0, age) != batch.chunk_key("k", x0 + 1e-3, age)
-    assert batch.carry_warm_start([{"status": "discarded"}], x0, 1, 1) == (None, 0)
-    assert batch.carry_warm_start([{"status": "no_bone"}], x0, 1, 2)[1] == 2
+    assert chunk_key("k", x0, age) != chunk_key("k", None, 0)
+    assert chunk_key("k", x0, age) != chunk_key("k", x0 + 1e-3, age)
+    assert carry_warm_start([{"status": "discarded"}], x0, 1, 1) == (None, 0)
+    assert carry_warm_start([{"status": "no_bone"}], x0, 1, 2)[1] == 2
 
 
 def test_de_optimizer_solves_every_frame_cold(tmp_path):
@@ -634,8 +638,8 @@ def test_run_on_dask_matches_synchronous(tmp_path):
 
 
 def test_selected_rows_stride_and_cap():
-    assert batch.selected_rows(10, 3, None).tolist() == [0, 3, 6, 9]
-    assert batch.selected_rows(100, 1, 5).tolist() == [0, 25, 50, 74, 99]
+    assert selected_rows(10, 3, None).tolist() == [0, 3, 6, 9]
+    assert selected_rows(100, 1, 5).tolist() == [0, 25, 50, 74, 99]
 
 
 def test_read_tracking_nan_pose_rejected_unless_allowed(tmp_path):
@@ -929,7 +933,7 @@ def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
     kept = sorted(out.report.query("status == 'kept'")["timestamp"])
     assert kept and list(rec.labelled_timestamps(dataset.LABELS)) == kept
     assert set(dataset.OPTIMIZED_COLUMNS) <= set(pd.read_csv(rec.poses_csv).columns)
-    assert (rec.out / batch.REPORT).is_file()
+    assert (rec.out / REPORT).is_file()
 
 
 def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
@@ -953,7 +957,7 @@ def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
     track = dataset.read_tracking(rec.poses_csv, allow_missing_pose=True)
     has_opt = np.isfinite(track[list(dataset.OPTIMIZED_COLUMNS)].to_numpy(float)).all(axis=1)
     assert sorted(track.loc[has_opt, "timestamp"]) == kept2
-    assert sorted(pd.read_csv(rec.out / batch.REPORT).query("status == 'kept'")["timestamp"]) == kept2
+    assert sorted(pd.read_csv(rec.out / REPORT).query("status == 'kept'")["timestamp"]) == kept2
 
 
 def test_a_replaced_image_is_relabelled_and_the_others_are_not(tmp_path):

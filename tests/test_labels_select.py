@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ultrabones.core import dataset
-from ultrabones.labels import batch, select
+from ultrabones.labels import batch, inputs, lambda_selection, select
 from ultrabones.twin import measure
 from ultrabones.twin.layout import truth_dir
 
@@ -146,11 +146,11 @@ def test_heldout_fits_avoid_the_selection_frames(tmp_path):
     P = labeling_params(objective_region="auto", lambdas=[0.01, 1.0], lambda_frames=2, frame_stride=1)
     twin = make_twin(tmp_path / "a", n_frames=8)
     specs, _ = dataset.scan(twin.dataset)
-    tasks = batch.heldout_fit_tasks(twin, P, seed=0, n_frames=4)
+    tasks = lambda_selection.heldout_fit_tasks(twin, P, seed=0, n_frames=4)
     calib, spacing, _ = dataset.read_calibration(twin.dataset)
     base = {"calib": calib.tolist(), "spacing": list(spacing), "params": P, "seed": 0}
-    records = batch.records_to_label(specs, {s.name: P for s in specs})
-    seen = {t["timestamp"] for t in batch._selection_tasks(P, records, {s.name: "" for s in specs}, base, 0)}
+    records = inputs.records_to_label(specs, {s.name: P for s in specs})
+    seen = {t["timestamp"] for t in lambda_selection._selection_tasks(P, records, {s.name: "" for s in specs}, base, 0)}
     assert 1 <= len(tasks) <= 4 and seen
     assert not seen & {t["timestamp"] for t in tasks}
     assert all(t["split"] is False and t["neighbours"] == [] for t in tasks)

@@ -28,7 +28,6 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.evaluation.benchmark": 587,
     "ultrabones.evaluation.bone_detector": 597,
     "ultrabones.evaluation.metrics": 982,
-    "ultrabones.labels.batch": 1309,
     "ultrabones.rating.study": 952,
     "ultrabones.reconstruction.surface": 670,
     "ultrabones.segmentation.segdata": 556,

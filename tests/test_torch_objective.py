@@ -20,6 +20,7 @@ from ultrabones.core import dataset, geometry
 from ultrabones.core.errors import ParamsError
 from ultrabones.labels import batch, cloud, label, objective, optimize
 from ultrabones.labels import torch_objective as tob
+from ultrabones.labels.tasks import frame_device
 from ultrabones.twin import contour, synthetic
 
 REAL = Path(__file__).parent / "fixtures" / "real_sweep"
@@ -184,12 +185,12 @@ def test_batched_optimiser_validates_as_optimize_frame(scene):
 
 
 def test_device_parameter_is_validated_and_resolved(monkeypatch):
-    assert labeling_params().device is None and batch.frame_device(labeling_params()) is None
+    assert labeling_params().device is None and frame_device(labeling_params()) is None
     with pytest.raises(ParamsError, match=r"labeling\.device"):
         labeling_params(device="gpu")
     assert tob.resolve_device(None) is None and tob.resolve_device("cpu") == "cpu"
-    assert batch.frame_device(labeling_params(device="cpu", optimizer="de")) == "cpu"
-    assert batch.frame_device(labeling_params(device="cpu", optimizer="sweep")) is None  # the sweep stays numpy
+    assert frame_device(labeling_params(device="cpu", optimizer="de")) == "cpu"
+    assert frame_device(labeling_params(device="cpu", optimizer="sweep")) is None  # the sweep stays numpy
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert tob.resolve_device("auto") is None  # no CUDA: the numpy path
     with pytest.raises(ParamsError, match=r"labeling\.device: 'cuda'.*no CUDA device"):

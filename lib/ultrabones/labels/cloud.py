@@ -93,6 +93,6 @@ def surface_points(mesh, density_per_mm2: float, seed: int) -> tuple[np.ndarray,
 
 
 def load_cloud(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """``C`` as cached by :func:`ultrabones.labels.batch.surface_cloud`: (points, normals), CT frame (mm)."""
+    """``C`` as cached by :func:`ultrabones.labels.inputs.surface_cloud`: (points, normals), CT frame (mm)."""
     with np.load(path) as z:
         return z["points"], z["normals"]

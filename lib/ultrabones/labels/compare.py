@@ -22,6 +22,8 @@ import pandas as pd
 from ultrabones.core import dataset, geometry
 from ultrabones.core.paths import Paths
 from ultrabones.labels import batch, cloud, optimize, released
+from ultrabones.labels.inputs import records_to_label, released_cloud, surface_cloud
+from ultrabones.labels.tasks import optimize_released
 
 #: The candidates compared: (name, objective, Eq. 2 region).
 CANDIDATES = (("eq2_first_hit", "eq2", "first_hit"), ("eq2_full", "eq2", "full"), ("released", "released", "first_hit"))
@@ -39,7 +41,7 @@ def pick_frames(paths: Paths, P: batch.LabelingParams, n_frames: int,
         raise ValueError(f"compare: n_frames must be >= 1, got {n_frames}")
     specs, _ = dataset.scan(paths.dataset, specimens, derived=paths.derived)
     pool = []
-    for s, rec, tab, rows in batch.records_to_label(specs, {s.name: P for s in specs}):
+    for s, rec, tab, rows in records_to_label(specs, {s.name: P for s in specs}):
         prm = tab.loc[rows, list(geometry.POSE_COLUMNS)].to_numpy(float)
         for r, p in zip(rows, prm):
             if np.isfinite(p).all():
@@ -75,7 +77,7 @@ def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: 
     for rec, ts, prm in frames:
         spec = dataset.read_specimen(paths.dataset / rec.specimen)
         if rec.specimen not in clouds:
-            clouds[rec.specimen] = cloud.load_cloud(batch.surface_cloud(paths, spec, P.density_per_mm2, seed))[0]
+            clouds[rec.specimen] = cloud.load_cloud(surface_cloud(paths, spec, P.density_per_mm2, seed))[0]
         img = dataset.read_image(rec.image_path(ts))
         pose0 = geometry.pose_from_params(prm)
         for name, objective, region in candidates:
@@ -85,11 +87,11 @@ def fit_objectives(paths: Paths, P: batch.LabelingParams, lam: float, n_frames: 
             t0 = time.process_time()
             if objective == "released":
                 if rec.specimen not in dense:
-                    dense[rec.specimen] = cloud.load_cloud(batch.released_cloud(paths, spec, P.released_ct_samples,
-                                                                                seed + 2))[0]
+                    dense[rec.specimen] = cloud.load_cloud(released_cloud(paths, spec, P.released_ct_samples,
+                                                                          seed + 2))[0]
                 ctx = {"calib": calib, "spacing": spacing, "points": clouds[rec.specimen],
                        "released_points": dense[rec.specimen]}
-                res = batch.optimize_released(Q, ctx, img, prm, pose0)
+                res = optimize_released(Q, ctx, img, prm, pose0)
             else:
                 res = optimize.optimize_frame(img, pose0, calib, spacing, clouds[rec.specimen], lam,
                                            gamma_mm=Q.gamma_mm, bound_deg=Q.bound_deg, bound_mm=Q.bound_mm,

@@ -17,7 +17,8 @@ from ultrabones.core import dataset, geometry
 from ultrabones.core.overlay import overlay
 from ultrabones.core.paths import Paths
 from ultrabones.labels import label
-from ultrabones.labels.batch import LabelingParams, record_tracking, surface_cloud
+from ultrabones.labels.batch import LabelingParams
+from ultrabones.labels.inputs import record_tracking, surface_cloud
 from ultrabones.labels.cloud import load_cloud
 
 RED, GREEN, BLUE, YELLOW = (1, 0, 0), (0, 1, 0), (0, 0.4, 1), (1, 1, 0)

@@ -4,6 +4,8 @@
   image: every pixel whose centre (mapped to CT by Eq. 1) lies within ``gamma`` (mm) of a point of ``C``.
 - :func:`visible_label` removes from a full label the pixels in the acoustic shadow of the bone
   (:func:`shadow_mask`) and those whose incidence angle exceeds 85 degrees.
+- :func:`points_near` keeps the points of ``C`` that can be labelled at a pose or at any of its corrections, so
+  that labels are drawn from a slab of a dense ``C`` instead of all of it.
 """
 
 from __future__ import annotations
@@ -124,3 +126,36 @@ def visible_label(full, pose, calib, spacing, points, normals, gamma_mm: float =
             inc[vv, uu] = np.degrees(np.arccos(np.clip(np.nan_to_num(cosang, nan=0.0), 0.0, 1.0)))
     steep = full & ~shadow & (np.nan_to_num(inc, nan=90.0) > incidence_max_deg)
     return VisibleLabel(visible=full & ~shadow & ~steep, shadow=shadow, steep=steep, incidence_deg=inc)
+
+
+def points_near(points, shape, pose, others, calib, spacing, gamma_mm) -> np.ndarray:
+    """Mask of the points that can lie within ``gamma`` of the image at ``pose`` or any of ``others``.
+
+    A rigid motion moves the points of the image rectangle most at one of its
+    corners (the displacement is convex), so the largest corner displacement
+    from ``pose`` to each other pose, plus ``gamma``, bounds how far from the
+    ``pose`` image a point can be and still be labelled at another pose.
+
+    Parameters
+    ----------
+    points : (N, 3) ``C`` in CT (mm); shape : the image's (H, W) (pixels).
+    pose : (4, 4) probe marker in CT (mm); others : further such poses (e.g. registered, optimised).
+    calib : (4, 4) image plane -> probe marker (mm); spacing : (sx, sy) mm per pixel; gamma_mm : as for
+        :func:`full_label` (mm).
+
+    Returns
+    -------
+    (N,) bool mask of the points to keep.
+    """
+    h, w = shape
+    sx, sy = spacing
+    chain = np.asarray(pose) @ np.asarray(calib)
+    ip_c = np.array([[0, 0, 0], [w * sx, 0, 0], [0, h * sy, 0], [w * sx, h * sy, 0]], float)
+    ct_c = geometry.transform_points(chain, ip_c)
+    reach = max([0.0] + [float(np.linalg.norm(geometry.transform_points(np.asarray(o) @ np.asarray(calib), ip_c) - ct_c,
+                                              axis=1).max()) for o in others])
+    index, _ = geometry.points_in_slab(geometry.invert_transform(chain), points, reach + gamma_mm + 1e-6,
+                                       (w * sx, h * sy))
+    near = np.zeros(len(points), bool)
+    near[index] = True
+    return near

@@ -20,7 +20,7 @@ numpy/scipy path of :mod:`ultrabones.labels.optimize` stays the default and need
   The populations are bookkept in numpy; only the objective runs on the device.
 
 Sums of 8-bit images are taken in integers (exact, so the same in any order: deterministic on a GPU too).
-This module imports torch; :mod:`ultrabones.labels.batch` imports it only when ``labeling.device`` asks for it.
+This module imports torch; :mod:`ultrabones.labels.tasks` imports it only when ``labeling.device`` asks for it.
 """
 
 from __future__ import annotations

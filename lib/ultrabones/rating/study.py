@@ -885,11 +885,11 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
 def label_fn_of_labeling(paths, drawn: Mapping) -> Callable:
     """``label_fn_for`` drawing labels exactly as notebook 02 drew its ``Labels_full`` (its recorded ``settings``:
     gamma, cloud density and seed), with ``C`` from 02's cache when there."""
-    from ultrabones.labels import batch, cloud
+    from ultrabones.labels import cloud, inputs
 
     def points_of(spec):
-        return cloud.load_cloud(batch.surface_cloud(paths, spec, drawn["label_density_per_mm2"],
-                                                    drawn["label_cloud_seed"]))[0]
+        return cloud.load_cloud(inputs.surface_cloud(paths, spec, drawn["label_density_per_mm2"],
+                                                     drawn["label_cloud_seed"]))[0]
 
     return labeling_label_fn(drawn["label_density_per_mm2"], drawn["gamma_mm"], drawn["label_cloud_seed"],
                              points_for=points_of)

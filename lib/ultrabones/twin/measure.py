@@ -270,27 +270,27 @@ class LabelDrawer:
     """Draws a frame's full label at any pose from the same dense cloud ``C`` as notebook 02's labels."""
 
     def __init__(self, paths: Paths, gamma_mm: float, density_per_mm2: float, cloud_seed: int):
-        from ultrabones.labels import batch, cloud
+        from ultrabones.labels import cloud, inputs
 
         self.paths, self.gamma = paths, float(gamma_mm)
         self.density, self.cloud_seed = float(density_per_mm2), int(cloud_seed)
         self.calib, self.spacing, _ = dataset.read_calibration(paths.dataset)
         self._clouds: dict = {}
-        self._batch, self._load_cloud = batch, cloud.load_cloud
+        self._surface_cloud, self._load_cloud = inputs.surface_cloud, cloud.load_cloud
 
     def cloud(self, specimen: str):
         if specimen not in self._clouds:
             spec = dataset.read_specimen(self.paths.dataset / specimen)
             self._clouds[specimen] = self._load_cloud(
-                self._batch.surface_cloud(self.paths, spec, self.density, self.cloud_seed))[0]
+                self._surface_cloud(self.paths, spec, self.density, self.cloud_seed))[0]
         return self._clouds[specimen]
 
     def draw(self, specimen: str, shape, poses) -> list[np.ndarray]:
         """Full labels (H, W) bool of one frame at each pose (4, 4) in ``poses``."""
-        from ultrabones.labels.label import full_label
+        from ultrabones.labels.label import full_label, points_near
 
         pts = self.cloud(specimen)
-        near = self._batch.points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
+        near = points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
         return [full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
 
 
@@ -512,7 +512,7 @@ def heldout_lambda_oracle(paths: Paths, params, chosen: float, region: str, *, s
                           dask_scheduler: str | None = None) -> dict:
     """The oracle and the truth-free choice's gap on frames the choice never saw, for reporting only.
 
-    ``n_frames`` frames outside the selection's (:func:`ultrabones.labels.batch.heldout_fit_tasks`) are
+    ``n_frames`` frames outside the selection's (:func:`ultrabones.labels.lambda_selection.heldout_fit_tasks`) are
     fitted at every candidate (lambda, region) by Eq. 2 on the whole frame (differential evolution,
     validated as the labelling validates), each candidate's delivered labels are measured against the
     truth (:func:`delivered_label_errors`), and the oracle is the candidate with the least mean error
@@ -533,11 +533,11 @@ def heldout_lambda_oracle(paths: Paths, params, chosen: float, region: str, *, s
     :func:`oracle_of`'s dict plus ``chosen``, ``region`` and ``errors`` (the per-trial DataFrame).
     """
     from ultrabones.core.executor import executor
-    from ultrabones.labels import batch, select
+    from ultrabones.labels import batch, lambda_selection, select
 
     if truth_root(paths) is None:
         return {}
-    tasks = batch.heldout_fit_tasks(paths, params, seed=seed, n_frames=n_frames, specimens=specimens)
+    tasks = lambda_selection.heldout_fit_tasks(paths, params, seed=seed, n_frames=n_frames, specimens=specimens)
     with executor(params.executor, dask_scheduler, n_workers) as ex:
         rows = [r for out in ex.map(select.selection_task, tasks, "held-out fits", unit="frame") for r in out]
     settings = batch.label_settings(params, seed)
