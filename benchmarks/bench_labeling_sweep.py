@@ -67,7 +67,7 @@ def centreline_points(mask: np.ndarray, spacing) -> np.ndarray:
 def contour_error_mm(label: np.ndarray, truth: np.ndarray, spacing) -> float:
     """Symmetric mean distance (mm) between the per-column centre lines of two bands (NaN if one is empty)."""
     try:
-        from ultrabones.evaluation.metrics import contour_error_mm as shared  # added by another change; use it when present
+        from ultrabones.core.label_distances import contour_error_mm as shared  # added by another change; use it when present
     except ImportError:
         shared = None
     if shared is not None:

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from ultrabones.core import distance_scores
 from ultrabones.evaluation import metrics
 
 #: Speed-up of the distance-transform metrics over pairwise distances (issue 8).
@@ -26,7 +27,7 @@ TARGET_SPEEDUP = 50.0
 #: Released-size frames evaluated per second (100k frames in under 3 h).
 TARGET_FRAMES_PER_S = 10.0
 
-SIGMAS = metrics.PAPER_SIGMAS_MM
+SIGMAS = distance_scores.PAPER_SIGMAS_MM
 SPACING = (0.1857, 0.1857)  # the released evaluation's mm per pixel at 256x256
 
 
@@ -48,11 +49,11 @@ def bone_band(rng, shape=(256, 256), width=3, offset=0.0):
 
 
 def _compare(name, p, g, repeat_fast=20, repeat_slow=3):
-    fast = best_of(lambda: metrics.distance_metrics(p, g, SPACING, SIGMAS), repeat_fast)
-    slow = best_of(lambda: metrics.brute_force_metrics(p, g, SPACING, SIGMAS), repeat_slow)
-    a = metrics.distance_metrics(p, g, SPACING, SIGMAS)
-    b = metrics.brute_force_metrics(p, g, SPACING, SIGMAS)
-    for k in metrics.SCORES:
+    fast = best_of(lambda: distance_scores.distance_metrics(p, g, SPACING, SIGMAS), repeat_fast)
+    slow = best_of(lambda: distance_scores.brute_force_metrics(p, g, SPACING, SIGMAS), repeat_slow)
+    a = distance_scores.distance_metrics(p, g, SPACING, SIGMAS)
+    b = distance_scores.brute_force_metrics(p, g, SPACING, SIGMAS)
+    for k in distance_scores.SCORES:
         np.testing.assert_allclose(a[k], b[k], atol=1e-12)
     print(f"\n{name}: |P|={p.sum()} |G|={g.sum()}  distance transform {fast * 1e3:.2f} ms, "
           f"pairwise {slow * 1e3:.1f} ms, speed-up {slow / fast:.0f}x")

@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from ultrabones.core import geometry as G
-from ultrabones.rating import study as R
-from ultrabones.evaluation.metrics import directed_distances
+from ultrabones.rating import rating_set
+from ultrabones.core.label_distances import directed_distances
 from ultrabones.labels.cloud import surface_points
 from ultrabones.labels.label import full_label
 
@@ -39,7 +39,7 @@ def test_one_frame_under_half_a_second():
     for _ in range(n):
         for pose in poses:
             label = full_label(shape, pose, calib, spacing, points, 0.3)
-            sizes.append(len(R.encode_item(R.render_item(image, label, spacing), "jpeg", 90)))
+            sizes.append(len(rating_set.encode_item(rating_set.render_item(image, label, spacing), "jpeg", 90)))
             directed_distances(label, truth, spacing)
     per_frame = (time.perf_counter() - t0) / n
     print(f"\nsurface points: {len(points)} in {t_points:.2f} s per specimen; one frame (3 items): "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ultrabones.twin import annotator
+from ultrabones.core import distance_scores, label_distances
 from ultrabones.evaluation import metrics
 from ultrabones.core.dataset import read_label, read_specimen, write_image, write_label
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -35,7 +36,7 @@ def test_marks_bright_bone_and_misses_low_intensity_bone():
     # the stroke stays near the surface: hand jitter of ~0.15 mm, brush 0.25 mm
     rows = np.nonzero(manual)[0]
     assert np.abs(rows - 120).max() * SPACING[1] < 1.0
-    m = metrics.distance_metrics(manual, contour, SPACING, [0.5])
+    m = distance_scores.distance_metrics(manual, contour, SPACING, [0.5])
     assert m["accuracy"][0] > 0.9 and 0.4 < m["completeness"][0] < 0.6
 
 
@@ -46,7 +47,7 @@ def test_hand_tracing_jitter_moves_the_stroke_off_the_surface():
     a = annotator.annotate(img, contour, SPACING, still, annotator.frame_rng(0, "s/r", 1))
     b = annotator.annotate(img, contour, SPACING, shaky, annotator.frame_rng(0, "s/r", 1))
     assert np.array_equal(a, contour & a)  # no jitter, no brush: exactly on the surface
-    off = metrics.directed_distances(b, contour, SPACING)
+    off = label_distances.directed_distances(b, contour, SPACING)
     assert off.mean() > 0.05 and off.max() < 1.5
 
 

@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from ultrabones.evaluation import bone_detector as bd
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.evaluation.metrics import directed_distances, distance_metrics
+from ultrabones.core.distance_scores import distance_metrics
+from ultrabones.core.label_distances import directed_distances
 
 SPACING = (0.2, 0.2)  # mm per pixel, as the twin
 SHAPE = (218, 256)  # rows (depth) x columns

@@ -300,7 +300,7 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
     import pandas as pd
 
     from ultrabones.core import dataset
-    from ultrabones.rating import study
+    from ultrabones.rating import rating_set
     from ultrabones.reconstruction import surface
 
     data, f = _copy_fixture(tmp_path)
@@ -322,7 +322,7 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
     assert np.isnan(got.loc[2, "x"]) and len(got) == len(tab)
     frames = surface.record_frames(rec, dataset.LABELS, ["original", "optimized"])
     assert frames.timestamps.tolist() == kept
-    assert study.eligible_timestamps(got).tolist() == kept
+    assert rating_set.eligible_timestamps(got).tolist() == kept
     pd.testing.assert_series_equal(got["timestamp"], tab["timestamp"])
 
 
@@ -368,17 +368,17 @@ def test_case05_an_item_left_unrated_is_refused_naming_the_rater_and_item(tmp_pa
     import pandas as pd
 
     from ultrabones.core.errors import DatasetError
-    from ultrabones.rating import study
+    from ultrabones.rating import rating_set, rating_stats
 
     key = pd.DataFrame({"item_id": ["a1", "b2", "c3"], "specimen": "s1", "record": "r1",
-                        "timestamp": [10, 10, 10], "method": list(study.METHODS)[:3]})
-    table = study.ratings_table(key, [1, 2, 3], "ann", "set9")
+                        "timestamp": [10, 10, 10], "method": list(rating_set.METHODS)[:3]})
+    table = rating_set.ratings_table(key, [1, 2, 3], "ann", "set9")
     f = tmp_path / "ratings.csv"
     table.to_csv(f, index=False)
-    assert len(study.read_ratings(f, key, "set9")) == 3  # complete: accepted
+    assert len(rating_stats.read_ratings(f, key, "set9")) == 3  # complete: accepted
     table.drop(index=1).to_csv(f, index=False)
     with pytest.raises(DatasetError) as err:
-        study.read_ratings(f, key, "set9")
+        rating_stats.read_ratings(f, key, "set9")
     assert str(err.value) == (f"{f}: rater 'ann' left 1 of 3 items unrated (b2); rate every item (the page's Next "
                               "unrated button finds them) and export again")
 

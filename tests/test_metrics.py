@@ -1,12 +1,14 @@
-"""Known-answer and bad-input tests of ultrabones.evaluation.metrics (Eqs. 3-6, Otsu split, border metrics)."""
+"""Known-answer and bad-input tests of the label scores: Eqs. 3-6 and the border metrics of one image
+(ultrabones.core.label_distances, ultrabones.core.distance_scores), the Otsu split and the means over frames
+(ultrabones.evaluation.metrics), the figures and the comparison with the paper."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ultrabones.core import paper
-from ultrabones.evaluation import metrics
+from ultrabones.core import distance_scores, label_distances, paper
+from ultrabones.evaluation import comparison, figures, metrics
 from ultrabones.core.dataset import write_image, write_label
 from ultrabones.core.errors import DatasetError, ParamsError
 
@@ -27,7 +29,7 @@ def test_one_pixel_shift_is_wrong_below_spacing_and_right_above(s):
     gt = line(row=20)
     pred = line(row=21)  # one row deeper: every pixel exactly s mm from the label
     sig = np.array([0.0, 0.5 * s, 0.999 * s, s, 1.001 * s, 2 * s])
-    m = metrics.distance_metrics(pred, gt, (s, s), sig)
+    m = distance_scores.distance_metrics(pred, gt, (s, s), sig)
     # strict "<": at sigma = s the shifted pixels are not yet correct
     np.testing.assert_array_equal(m["accuracy"], [0, 0, 0, 0, 1, 1])
     np.testing.assert_array_equal(m["completeness"], [0, 0, 0, 0, 1, 1])
@@ -37,15 +39,15 @@ def test_one_pixel_shift_is_wrong_below_spacing_and_right_above(s):
 def test_exact_ties_on_the_lattice_are_not_below_the_threshold():
     gt = line(row=20)
     for k in range(1, 8):  # k rows of 0.1 mm at exactly k * 0.1 mm, however the product rounds
-        m = metrics.distance_metrics(line(row=20 + k), gt, (0.1, 0.1), SIGMAS)
+        m = distance_scores.distance_metrics(line(row=20 + k), gt, (0.1, 0.1), SIGMAS)
         np.testing.assert_array_equal(m["accuracy"], (SIGMAS > k * 0.1 + 1e-6).astype(float), err_msg=str(k))
 
 
 def test_identical_masks_score_one_for_every_positive_sigma():
     rng = np.random.default_rng(1)
     gt = rng.random((50, 70)) < 0.05
-    m = metrics.distance_metrics(gt, gt.copy(), (0.07, 0.05), SIGMAS)
-    for k in metrics.SCORES:
+    m = distance_scores.distance_metrics(gt, gt.copy(), (0.07, 0.05), SIGMAS)
+    for k in distance_scores.SCORES:
         np.testing.assert_array_equal(m[k][1:], 1.0)
         assert m[k][0] == 0.0  # d = 0 is not < 0: the strict definition, as in the released code
 
@@ -54,8 +56,8 @@ def test_swapping_prediction_and_label_swaps_accuracy_and_completeness():
     rng = np.random.default_rng(2)
     a = rng.random((64, 64)) < 0.03
     b = np.roll(a, 2, axis=0) | (rng.random((64, 64)) < 0.01)
-    ab = metrics.distance_metrics(a, b, (0.06, 0.08), SIGMAS)
-    ba = metrics.distance_metrics(b, a, (0.06, 0.08), SIGMAS)
+    ab = distance_scores.distance_metrics(a, b, (0.06, 0.08), SIGMAS)
+    ba = distance_scores.distance_metrics(b, a, (0.06, 0.08), SIGMAS)
     np.testing.assert_array_equal(ab["accuracy"], ba["completeness"])
     np.testing.assert_array_equal(ab["completeness"], ba["accuracy"])
     np.testing.assert_array_equal(ab["f1"], ba["f1"])
@@ -65,20 +67,20 @@ def test_swapping_prediction_and_label_swaps_accuracy_and_completeness():
 def test_anisotropic_spacing_uses_row_and_column_steps():
     sx, sy = 0.1, 0.3  # mm per column, mm per row
     gt = line(row=20)
-    down = metrics.distance_metrics(line(row=21), gt, (sx, sy), [0.25, 0.35])
+    down = distance_scores.distance_metrics(line(row=21), gt, (sx, sy), [0.25, 0.35])
     assert list(down["accuracy"]) == [0.0, 1.0]  # a row step is 0.3 mm
     col = np.zeros((40, 60), bool)
     col[5:35, 30] = True
-    right = metrics.distance_metrics(np.roll(col, 1, axis=1), col, (sx, sy), [0.05, 0.15])
+    right = distance_scores.distance_metrics(np.roll(col, 1, axis=1), col, (sx, sy), [0.05, 0.15])
     assert list(right["accuracy"]) == [0.0, 1.0]  # a column step is 0.1 mm
-    d = metrics.directed_distances(line(row=22)[:, :], gt, (sx, sy))
+    d = label_distances.directed_distances(line(row=22)[:, :], gt, (sx, sy))
     np.testing.assert_allclose(d, 0.6)
 
 
 def test_partial_prediction_known_counts():
     gt = line(cols=slice(0, 40))  # 40 pixels
     pred = line(cols=slice(0, 10)) | line(row=5, cols=slice(0, 10))  # 10 on the label, 10 far away
-    m = metrics.distance_metrics(pred, gt, (0.1, 0.1), [0.05])
+    m = distance_scores.distance_metrics(pred, gt, (0.1, 0.1), [0.05])
     assert m["accuracy"][0] == pytest.approx(0.5)
     assert m["completeness"][0] == pytest.approx(0.25)
     assert m["f1"][0] == pytest.approx(2 * 0.5 * 0.25 / 0.75)
@@ -91,12 +93,12 @@ def test_agrees_with_brute_force_on_random_masks():
         p = rng.random(shape) < rng.uniform(0.005, 0.1)
         g = rng.random(shape) < rng.uniform(0.005, 0.1)
         spacing = tuple(rng.uniform(0.03, 0.2, 2))
-        fast = metrics.distance_metrics(p, g, spacing, SIGMAS)
-        slow = metrics.brute_force_metrics(p, g, spacing, SIGMAS)
-        for k in metrics.SCORES:
+        fast = distance_scores.distance_metrics(p, g, spacing, SIGMAS)
+        slow = distance_scores.brute_force_metrics(p, g, spacing, SIGMAS)
+        for k in distance_scores.SCORES:
             np.testing.assert_allclose(fast[k], slow[k], atol=1e-12, err_msg=f"trial {trial} {k}")
         np.testing.assert_allclose(
-            np.sort(metrics.directed_distances(p, g, spacing)),
+            np.sort(label_distances.directed_distances(p, g, spacing)),
             np.sort(slow_directed(p, g, spacing)), rtol=1e-12)
 
 
@@ -108,25 +110,25 @@ def slow_directed(a, b, spacing):
 
 def test_empty_masks_follow_the_two_protocols():
     gt, empty = line(), np.zeros((40, 60), bool)
-    strict = metrics.distance_metrics(empty, gt, (0.1, 0.1), [0.5])
+    strict = distance_scores.distance_metrics(empty, gt, (0.1, 0.1), [0.5])
     assert (strict["accuracy"][0], strict["completeness"][0], strict["f1"][0]) == (1.0, 0.0, 0.0)
-    both = metrics.distance_metrics(empty, empty, (0.1, 0.1), [0.5])
+    both = distance_scores.distance_metrics(empty, empty, (0.1, 0.1), [0.5])
     assert (both["accuracy"][0], both["completeness"][0], both["f1"][0]) == (1.0, 1.0, 1.0)
-    fp = metrics.distance_metrics(gt, empty, (0.1, 0.1), [0.5])
+    fp = distance_scores.distance_metrics(gt, empty, (0.1, 0.1), [0.5])
     assert (fp["accuracy"][0], fp["completeness"][0], fp["f1"][0]) == (0.0, 1.0, 0.0)
-    rel = metrics.distance_metrics(empty, gt, (0.1, 0.1), [0.5], protocol="released")
+    rel = distance_scores.distance_metrics(empty, gt, (0.1, 0.1), [0.5], protocol="released")
     assert np.isnan(rel["f1"][0])
 
 
 def test_border_metrics_known_answers():
     gt = line(row=20)
-    same = metrics.border_metrics(gt, gt, (0.1, 0.2))
+    same = distance_scores.border_metrics(gt, gt, (0.1, 0.2))
     assert same == {"dice": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0}
-    shifted = metrics.border_metrics(line(row=23), gt, (0.1, 0.2))
+    shifted = distance_scores.border_metrics(line(row=23), gt, (0.1, 0.2))
     assert shifted["dice"] == 0.0
     assert shifted["hd95_mm"] == pytest.approx(0.6)
     assert shifted["assd_mm"] == pytest.approx(0.6)
-    assert np.isnan(metrics.border_metrics(np.zeros_like(gt), gt, (0.1, 0.1))["hd95_mm"])
+    assert np.isnan(distance_scores.border_metrics(np.zeros_like(gt), gt, (0.1, 0.1))["hd95_mm"])
 
 
 # ----------------------------------------------------------------------------- Otsu split
@@ -215,8 +217,8 @@ def test_shared_label_distance_transform_gives_the_same_scores():
     many = metrics.frame_scores_many(preds, gt, img, (0.07, 0.05), SIGMAS, 120)
     for name, p in preds.items():
         for region, c in metrics.intensity_classes(img, 120).items():
-            ref = metrics.brute_force_metrics(p & c, gt & c, (0.07, 0.05), SIGMAS)
-            for k in metrics.SCORES:
+            ref = distance_scores.brute_force_metrics(p & c, gt & c, (0.07, 0.05), SIGMAS)
+            for k in distance_scores.SCORES:
                 np.testing.assert_allclose(getattr(many[name][region], k), ref[k], atol=1e-12,
                                            err_msg=f"{name} {region} {k}")
 
@@ -272,7 +274,7 @@ def test_evaluate_on_a_tiny_dataset(tmp_path):
 
 def test_masks_of_different_sizes_stop_with_a_clear_message():
     with pytest.raises(DatasetError, match=r"prediction size 60x40 \(W x H\) differs from the label's 61x40"):
-        metrics.distance_metrics(np.zeros((40, 60), bool), np.zeros((40, 61), bool), (0.1, 0.1), [0.5])
+        distance_scores.distance_metrics(np.zeros((40, 60), bool), np.zeros((40, 61), bool), (0.1, 0.1), [0.5])
 
 
 @pytest.mark.parametrize("bad,msg", [
@@ -284,24 +286,24 @@ def test_masks_of_different_sizes_stop_with_a_clear_message():
 ])
 def test_thresholds_that_do_not_increase_stop_with_a_clear_message(bad, msg):
     with pytest.raises(ParamsError, match=msg):
-        metrics.distance_metrics(line(), line(), (0.1, 0.1), bad)
+        distance_scores.distance_metrics(line(), line(), (0.1, 0.1), bad)
 
 
 def test_bad_spacing_and_protocol():
     with pytest.raises(ParamsError, match="spacing"):
-        metrics.distance_metrics(line(), line(), (0.1, -1.0), [0.5])
+        distance_scores.distance_metrics(line(), line(), (0.1, -1.0), [0.5])
     with pytest.raises(ParamsError, match="protocol"):
-        metrics.distance_metrics(line(), line(), (0.1, 0.1), [0.5], protocol="lenient")
+        distance_scores.distance_metrics(line(), line(), (0.1, 0.1), [0.5], protocol="lenient")
 
 
 def test_examples_favour_frames_with_low_intensity_bone_and_table_rows():
     counts = np.array([[10, 0], [5, 40], [0, 0], [8, 25], [3, 90], [9, 1]])
-    picks = metrics.pick_examples(counts, 2)
+    picks = figures.pick_examples(counts, 2)
     assert len(picks) == 2 and 2 not in picks and 4 in picks
-    assert metrics.pick_examples(np.zeros((3, 2)), 2) == []
+    assert figures.pick_examples(np.zeros((3, 2)), 2) == []
     cell = {"accuracy": 0.5, "completeness": 0.25, "f1": 1 / 3, "n_frames": 4}
-    at = {p: {m: {r: cell for r in metrics.REGIONS} for m in ("model", "manual")} for p in metrics.PROTOCOLS}
-    table = metrics.table_at(at)
+    at = {p: {m: {r: cell for r in metrics.REGIONS} for m in ("model", "manual")} for p in distance_scores.PROTOCOLS}
+    table = comparison.table_at(at)
     assert len(table) == 6 and table.loc[0, "accuracy_paper"] == paper.PUBLISHED["model_all_accuracy"].value == 0.900
     assert table.loc[5, "completeness_paper"] == paper.PUBLISHED["manual_low_completeness"].value
     assert np.isnan(table.loc[3, "f1_paper"])
@@ -313,13 +315,13 @@ def _at(model_low, manual_low, manual_low_frames=3):
 
     return {p: {"model": {r: cell(model_low[p] if r == "low" else 0.9, 3) for r in metrics.REGIONS},
                 "manual": {r: cell(manual_low[p] if r == "low" else 0.9, manual_low_frames if r == "low" else 3)
-                           for r in metrics.REGIONS}} for p in metrics.PROTOCOLS}
+                           for r in metrics.REGIONS}} for p in distance_scores.PROTOCOLS}
 
 
 def test_model_vs_manual_uses_the_strict_protocol_when_a_method_has_no_low_frame():
-    v = metrics.model_vs_manual(_at({"released": 0.8, "strict": 0.7}, {"released": 0.2, "strict": 0.1}))
+    v = comparison.model_vs_manual(_at({"released": 0.8, "strict": 0.7}, {"released": 0.2, "strict": 0.1}))
     assert v == {"beats": True, "protocol": "released", "model": 0.8, "manual": 0.2}
-    v = metrics.model_vs_manual(_at({"released": 0.3, "strict": 0.3}, {"released": 0.9, "strict": 0.0}, 0))
+    v = comparison.model_vs_manual(_at({"released": 0.3, "strict": 0.3}, {"released": 0.9, "strict": 0.0}, 0))
     assert v["protocol"] == "strict" and v["beats"] is True and v["manual"] == 0.0
 
 
@@ -336,19 +338,19 @@ def test_check_summary_and_table_with_sweep():
     with pytest.raises(AssertionError, match="outside"):
         metrics.check_summary({"curves": curves})
     at = _at({"released": 0.8, "strict": 0.7}, {"released": 0.2, "strict": 0.1})
-    table = metrics.table_at(at)
+    table = comparison.table_at(at)
     sweep = pd.DataFrame([{"level": 0, "visible_quantile": 0.5, "visible_fraction": 0.0, "region": r,
                            "accuracy": 0.4, "completeness": 0.3, "f1": 0.35, "accuracy_strict": 0.4,
                            "completeness_strict": 0.3, "f1_strict": 0.35, "n_frames": 4, "marked_share": 1.0}
                           for r in metrics.REGIONS])
-    t = metrics.table_with_sweep(table, sweep, "sim")
+    t = comparison.table_with_sweep(table, sweep, "sim")
     assert len(t) == len(table) + 3 and list(t.columns) == list(table.columns)
     last = t.iloc[-1]
     assert last["method"] == "sim q 0.50 f 0.00" and last["region"] == "low" and last["f1"] == 0.35
     assert np.isnan(last["f1_paper"]) and last["n_frames"] == 4
-    assert metrics.table_with_sweep(table, None) is table
+    assert comparison.table_with_sweep(table, None) is table
     sweep["visible_contrast"] = 1.5  # a sweep that sets each level's contrast names it too
-    assert metrics.table_with_sweep(table, sweep, "sim").iloc[-1]["method"] == "sim q 0.50 c 1.50 f 0.00"
+    assert comparison.table_with_sweep(table, sweep, "sim").iloc[-1]["method"] == "sim q 0.50 c 1.50 f 0.00"
 
 
 def test_model_vs_levels_states_the_claim_at_every_level():
@@ -364,10 +366,10 @@ def test_model_vs_levels_states_the_claim_at_every_level():
 
     sweep = rows(2, 0.97, 2.0, 0.6, 0.2, 0.1, 3) + rows(0, 0.0, 0.0, 0.0, 0.95, 0.9, 3) + rows(1, 0.5, 1.0, 0.0,
                                                                                                  0.0, 0.75, 0)
-    got = metrics.model_vs_levels(at, sweep)
+    got = comparison.model_vs_levels(at, sweep)
     assert [g["level"] for g in got] == [0, 1, 2]
     assert [g["beats"] for g in got] == [False, False, True]
     assert [g["protocol"] for g in got] == ["released", "strict", "released"]
     assert [g["annotator"] for g in got] == [0.95, 0.75, 0.2] and [g["model"] for g in got] == [0.8, 0.7, 0.8]
-    assert got[2]["visible_contrast"] == 2.0 and metrics.level_name(got[2]) == "q 0.97 c 2.00 f 0.60"
-    assert metrics.model_vs_levels(at, []) == []
+    assert got[2]["visible_contrast"] == 2.0 and comparison.level_name(got[2]) == "q 0.97 c 2.00 f 0.60"
+    assert comparison.model_vs_levels(at, []) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ultrabones.rating import rating_set, rating_stats
 from ultrabones.rating import study as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +48,10 @@ def test_simulated_rater(smoke_metrics, smoke):
     if err["optimized"]["median_error_mm"] < err["initial"]["median_error_mm"]:
         assert m["mean_rating"]["optimized"] > m["mean_rating"]["initial"]
     rating_dir = smoke.build / "rating"
-    assert (rating_dir / R.PAGE_FILE).is_file() and (rating_dir / R.KEY_FILE).is_file()
-    key = R.read_key(rating_dir / R.KEY_FILE)
-    assert len(key) == m["n_items"] and R.set_id_of(key) == m["set_id"]
-    page = (rating_dir / R.PAGE_FILE).read_text()
+    assert (rating_dir / rating_set.PAGE_FILE).is_file() and (rating_dir / rating_set.KEY_FILE).is_file()
+    key = rating_set.read_key(rating_dir / rating_set.KEY_FILE)
+    assert len(key) == m["n_items"] and rating_set.set_id_of(key) == m["set_id"]
+    page = (rating_dir / rating_set.PAGE_FILE).read_text()
     assert page.count("data:image/") == m["n_items"] and "specimen" not in page.split('id="rating-data"')[1]
 
 
@@ -72,8 +73,8 @@ def test_ratings_exported_from_the_page(smoke_metrics, smoke, tmp_path):
     assert m["ratings_source"] == str(csv)
     _check_statistics(m)
     # The same numbers computed here from the fixture.
-    key = R.read_key(key_file)
-    expect = R.metrics(R.analyse(R.read_ratings(csv, key, R.set_id_of(key))))
+    key = rating_set.read_key(key_file)
+    expect = R.metrics(R.analyse(rating_stats.read_ratings(csv, key, rating_set.set_id_of(key))))
     assert m["n_frames"] == expect["n_frames"] == 8
     assert m["mean_rating"] == pytest.approx(expect["mean_rating"])
     assert m["p_value_bonferroni"] == pytest.approx(expect["p_value_bonferroni"])

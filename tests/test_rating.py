@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from ultrabones.core import paper
+from ultrabones.rating import rating_set, rating_stats
 from ultrabones.rating import study as R
-from ultrabones.evaluation.metrics import directed_distances
+from ultrabones.core.label_distances import directed_distances
 from ultrabones.twin import rater
 from ultrabones.core.paths import Paths
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -39,7 +40,7 @@ def test_wilcoxon_exact_matches_hand_computation():
     # Exact null: T- is the sum of a random subset of {1..7} (2^7 = 128 equally likely sign patterns).
     # Subsets with sum <= 5: {}, {1}, {2}, {3}, {1,2}, {4}, {1,3}, {5}, {1,4}, {2,3} -> 10.
     # Two-sided p = 2 * 10 / 128 = 0.15625.
-    res = R.wilcoxon_pairs(_wide([-1, 2, 3, -4, 5, 6, 7]), pairs=[("optimized", "initial")])
+    res = rating_stats.wilcoxon_pairs(_wide([-1, 2, 3, -4, 5, 6, 7]), pairs=[("optimized", "initial")])
     row = res.iloc[0]
     assert row["p_method"] == "exact"
     assert row["statistic"] == 5
@@ -56,7 +57,7 @@ def test_wilcoxon_asymptotic_with_ties_and_zero_matches_hand_computation():
     # Mid-ranks: the three 1s share rank 2; then 4 and 5. T+ = 2 + 2 + 4 + 5 = 13, T- = 2; n = 5.
     # Mean 5*6/4 = 7.5; variance 5*6*11/24 - (3^3 - 3)/48 = 13.75 - 0.5 = 13.25 (tie correction).
     d = [1, 1, 2, -1, 3, 0]
-    res = R.wilcoxon_pairs(_wide(d), zero_method="wilcox", method="asymptotic", pairs=[("optimized", "initial")])
+    res = rating_stats.wilcoxon_pairs(_wide(d), zero_method="wilcox", method="asymptotic", pairs=[("optimized", "initial")])
     row = res.iloc[0]
     z = (13 - 7.5) / math.sqrt(13.25)
     assert row["statistic"] == 2
@@ -71,8 +72,8 @@ def test_wilcoxon_auto_uses_permutation_with_ties():
     # T- <= 2 for: no negative sign (T- = 0) or one of the three rank-2 values negative -> 4 of 32.
     # Symmetric, so the two-sided p = 2 * 4 / 32 = 0.25.
     d = np.array([1, 1, 2, -1, 3, 0], dtype=float)
-    assert R.resolve_wilcoxon_method(d, "wilcox", "auto") == "permutation"
-    row = R.wilcoxon_pairs(_wide(d), pairs=[("optimized", "initial")]).iloc[0]
+    assert rating_stats.resolve_wilcoxon_method(d, "wilcox", "auto") == "permutation"
+    row = rating_stats.wilcoxon_pairs(_wide(d), pairs=[("optimized", "initial")]).iloc[0]
     assert row["p_method"] == "permutation"
     assert row["p_value_raw"] == pytest.approx(0.25, abs=1e-12)
 
@@ -80,9 +81,9 @@ def test_wilcoxon_auto_uses_permutation_with_ties():
 def test_permutation_counts_only_non_zero_differences():
     # 40 frames, 8 non-zero differences: 2^8 sign flips (2^40 would never finish).
     d = np.r_[np.zeros(32), [1, 1, 2, 1, -1, 2, 1, 1]]
-    assert R.resolve_wilcoxon_method(d, "wilcox", "auto") == "permutation"
-    assert R.resolve_wilcoxon_method(d, "pratt", "auto") == "asymptotic"
-    row = R.wilcoxon_pairs(_wide(d), pairs=[("optimized", "initial")]).iloc[0]
+    assert rating_stats.resolve_wilcoxon_method(d, "wilcox", "auto") == "permutation"
+    assert rating_stats.resolve_wilcoxon_method(d, "pratt", "auto") == "asymptotic"
+    row = rating_stats.wilcoxon_pairs(_wide(d), pairs=[("optimized", "initial")]).iloc[0]
     # Mid-ranks of |d|: six 1s -> 3.5, two 2s -> 7.5; T- = 3.5 (the single -1). Sign patterns with
     # T- <= 3.5: none negative, or one rank-3.5 value negative -> 1 + 6 = 7 of 256; two-sided 14 / 256.
     assert row["p_method"] == "permutation"
@@ -91,31 +92,31 @@ def test_permutation_counts_only_non_zero_differences():
 
 
 def test_wilcoxon_method_resolution():
-    assert R.resolve_wilcoxon_method(np.arange(1, 51), "wilcox", "auto") == "exact"
-    assert R.resolve_wilcoxon_method(np.arange(1, 52), "wilcox", "auto") == "asymptotic"
-    assert R.resolve_wilcoxon_method(np.array([1.0] * 14), "wilcox", "auto") == "asymptotic"
-    assert R.resolve_wilcoxon_method(np.array([1.0, 2.0]), "wilcox", "exact") == "exact"
+    assert rating_stats.resolve_wilcoxon_method(np.arange(1, 51), "wilcox", "auto") == "exact"
+    assert rating_stats.resolve_wilcoxon_method(np.arange(1, 52), "wilcox", "auto") == "asymptotic"
+    assert rating_stats.resolve_wilcoxon_method(np.array([1.0] * 14), "wilcox", "auto") == "asymptotic"
+    assert rating_stats.resolve_wilcoxon_method(np.array([1.0, 2.0]), "wilcox", "exact") == "exact"
 
 
 def test_wilcoxon_all_equal_gives_p_one_and_bad_options():
     wide = pd.DataFrame({"initial": [2.0, 1.0], "registered": [2.0, 1.0], "optimized": [2.0, 1.0]})
-    res = R.wilcoxon_pairs(wide)
+    res = rating_stats.wilcoxon_pairs(wide)
     assert (res["p_value_raw"] == 1.0).all() and (res["effect_size_r"] == 0).all()
     with pytest.raises(ParamsError, match="zero_method: 'nope'"):
-        R.wilcoxon_pairs(wide, zero_method="nope")
+        rating_stats.wilcoxon_pairs(wide, zero_method="nope")
     with pytest.raises(ParamsError, match="wilcoxon_method: 'approx'"):
-        R.wilcoxon_pairs(wide, method="approx")
+        rating_stats.wilcoxon_pairs(wide, method="approx")
 
 
 def test_bonferroni_on_known_list():
-    assert R.bonferroni([0.01, 0.02, 0.5]) == pytest.approx([0.03, 0.06, 1.0])
-    assert R.bonferroni([0.0001, 0.4]) == pytest.approx([0.0002, 0.8])
+    assert rating_stats.bonferroni([0.01, 0.02, 0.5]) == pytest.approx([0.03, 0.06, 1.0])
+    assert rating_stats.bonferroni([0.0001, 0.4]) == pytest.approx([0.0002, 0.8])
 
 
 def test_three_pairs_are_adjusted_together():
     rng = np.random.default_rng(1)
-    wide = pd.DataFrame({m: rng.integers(0, 4, 30).astype(float) for m in R.METHODS})
-    res = R.wilcoxon_pairs(wide)
+    wide = pd.DataFrame({m: rng.integers(0, 4, 30).astype(float) for m in rating_set.METHODS})
+    res = rating_stats.wilcoxon_pairs(wide)
     assert list(res["pair"]) == ["optimized_vs_initial", "optimized_vs_registration", "initial_vs_registration"]
     assert res["p_value_bonferroni"].to_numpy() == pytest.approx(np.minimum(1, 3 * res["p_value_raw"].to_numpy()))
 
@@ -208,7 +209,7 @@ def test_render_item_overlay_and_scale_bar():
     img = np.full((300, 400), 40, np.uint8)
     lab = np.zeros_like(img, dtype=bool)
     lab[200:205, 100:300] = True
-    rgb = R.render_item(img, lab, spacing=(0.05, 0.05), alpha=0.5, color=(0, 255, 80))
+    rgb = rating_set.render_item(img, lab, spacing=(0.05, 0.05), alpha=0.5, color=(0, 255, 80))
     assert rgb.shape == (300, 400, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[202, 150]) == (20, 148, 60)          # 0.5 * 40 + 0.5 * colour
     assert tuple(rgb[100, 150]) == (40, 40, 40)           # untouched
@@ -219,22 +220,22 @@ def test_render_item_overlay_and_scale_bar():
     lengths = sorted({int(yellow[r, :68].sum()) for r in rows})
     assert lengths[-1] == 61 and 21 in lengths and 41 in lengths  # 1, 2 and 3 mm
     with pytest.raises(ValueError, match="label shape"):
-        R.render_item(img, lab[:-1], (0.05, 0.05))
+        rating_set.render_item(img, lab[:-1], (0.05, 0.05))
 
 
 def test_sampling_is_seeded_one_per_sweep():
     cands = {("s1", "r1"): np.arange(100, 200), ("s1", "r2"): np.arange(5), ("s2", "r1"): np.zeros(0, int)}
-    a = R.sample_frames(cands, per_sweep=1, seed=3)
-    b = R.sample_frames(cands, per_sweep=1, seed=3)
+    a = rating_set.sample_frames(cands, per_sweep=1, seed=3)
+    b = rating_set.sample_frames(cands, per_sweep=1, seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert list(zip(a.specimen, a.record)) == [("s1", "r1"), ("s1", "r2")]  # the empty sweep is skipped
     assert a.timestamp[0] in cands[("s1", "r1")]
     more = {**cands, ("s0", "r9"): np.arange(10)}
-    c = R.sample_frames(more, per_sweep=1, seed=3)
+    c = rating_set.sample_frames(more, per_sweep=1, seed=3)
     assert c.set_index(["specimen", "record"]).loc[("s1", "r1"), "timestamp"] == a.timestamp[0]
-    assert len(R.sample_frames(cands, per_sweep=10, seed=3)) == 15
+    assert len(rating_set.sample_frames(cands, per_sweep=10, seed=3)) == 15
     with pytest.raises(ParamsError, match="frames_per_sweep"):
-        R.sample_frames(cands, per_sweep=0, seed=3)
+        rating_set.sample_frames(cands, per_sweep=0, seed=3)
 
 
 def test_eligible_frames_need_all_three_alignments():
@@ -245,30 +246,30 @@ def test_eligible_frames_need_all_three_alignments():
         df[f"{c}_registered"] = 1.0
         df[f"{c}_optimized"] = [1.0, np.nan, 1.0, 1.0]
     df.loc[3, "x_registered"] = np.nan
-    assert R.eligible_timestamps(df).tolist() == [10, 30]
-    assert R.eligible_timestamps(df, labelled=np.array([30, 40])).tolist() == [30]
+    assert rating_set.eligible_timestamps(df).tolist() == [10, 30]
+    assert rating_set.eligible_timestamps(df, labelled=np.array([30, 40])).tolist() == [30]
     with pytest.raises(DatasetError, match="run notebook 02 first"):
-        R.eligible_timestamps(df.drop(columns=["x_optimized"]))
+        rating_set.eligible_timestamps(df.drop(columns=["x_optimized"]))
 
 
 def test_key_is_shuffled_anonymous_and_complete(tmp_path):
     frames = pd.DataFrame({"specimen": ["a", "a", "b"], "record": ["r1", "r2", "r1"], "timestamp": [5, 6, 7]})
-    key = R.make_key(frames, seed=0)
+    key = rating_set.make_key(frames, seed=0)
     assert len(key) == 9 and key.item_id.is_unique
     assert list(key.item_id) == [f"item{i:03d}" for i in range(1, 10)]
     assert sorted(key.groupby(["specimen", "record", "timestamp"]).size()) == [3, 3, 3]
-    assert list(key.method) != list(R.METHODS) * 3  # presentation order is shuffled
-    assert R.make_key(frames, seed=0).equals(key) and not R.make_key(frames, seed=1).equals(key)
+    assert list(key.method) != list(rating_set.METHODS) * 3  # presentation order is shuffled
+    assert rating_set.make_key(frames, seed=0).equals(key) and not rating_set.make_key(frames, seed=1).equals(key)
     items = [dict(specimen=r.specimen, record=r.record, timestamp=r.timestamp, method=r.method,
                   rgb=np.zeros((20, 30, 3), np.uint8)) for r in key.itertuples()]
-    sid = R.assemble_rating_set(items, key, tmp_path, title="t </script><b>")
-    html = (tmp_path / R.PAGE_FILE).read_text()
+    sid = rating_set.assemble_rating_set(items, key, tmp_path, title="t </script><b>")
+    html = (tmp_path / rating_set.PAGE_FILE).read_text()
     assert html.count("data:image/jpeg;base64,") == 9
     assert "</script><b>" not in html  # title escaped, JSON cannot close the script
-    for m in R.METHODS:  # the page does not reveal the methods or frames
+    for m in rating_set.METHODS:  # the page does not reveal the methods or frames
         assert m not in html.split('id="rating-data"')[1].split("</script>")[0]
-    pd.testing.assert_frame_equal(R.read_key(tmp_path / R.KEY_FILE), key)
-    assert sid == R.set_id_of(key)
+    pd.testing.assert_frame_equal(rating_set.read_key(tmp_path / rating_set.KEY_FILE), key)
+    assert sid == rating_set.set_id_of(key)
 
 
 # ----------------------------------------------------------------------------- ratings files
@@ -277,7 +278,7 @@ def test_key_is_shuffled_anonymous_and_complete(tmp_path):
 @pytest.fixture
 def key():
     frames = pd.DataFrame({"specimen": ["a", "b"], "record": ["r1", "r1"], "timestamp": [5, 7]})
-    return R.make_key(frames, seed=0)
+    return rating_set.make_key(frames, seed=0)
 
 
 def _write(tmp_path, rows, header="set_id,item_id,rating,rater,rated_at"):
@@ -287,13 +288,13 @@ def _write(tmp_path, rows, header="set_id,item_id,rating,rater,rated_at"):
 
 
 def test_ratings_table_round_trip(tmp_path, key):
-    table = R.ratings_table(key, [0, 1, 2, 3, 2, 1], "Dr. A", "abc")
+    table = rating_set.ratings_table(key, [0, 1, 2, 3, 2, 1], "Dr. A", "abc")
     f = tmp_path / "r.csv"
     table.to_csv(f, index=False)
-    got = R.read_ratings(f, key, "abc")
+    got = rating_stats.read_ratings(f, key, "abc")
     assert got.rating.tolist() == [0, 1, 2, 3, 2, 1] and set(got.columns) >= {"method", "specimen", "timestamp"}
-    summary = R.method_summary(got)
-    for m in R.METHODS:
+    summary = rating_stats.method_summary(got)
+    for m in rating_set.METHODS:
         r = got.loc[got.method == m, "rating"]
         assert summary.loc[m, "mean"] == pytest.approx(r.mean())
         assert summary.loc[m, "n"] == 2
@@ -303,48 +304,48 @@ def test_ratings_table_round_trip(tmp_path, key):
 def test_unknown_id_names_the_row(tmp_path, key):
     f = _write(tmp_path, ["s,item001,2,A,", "s,item099,1,A,"])
     with pytest.raises(DatasetError, match=r"ratings.csv row 3: unknown item_id 'item099'"):
-        R.read_ratings(f, key)
+        rating_stats.read_ratings(f, key)
 
 
 def test_rating_of_four_names_the_row(tmp_path, key):
     f = _write(tmp_path, ["s,item001,2,A,", "s,item002,3,A,", "s,item003,4,A,"])
     with pytest.raises(DatasetError, match=r"ratings.csv row 4: rating '4' for item003 is not an integer 0-3"):
-        R.read_ratings(f, key)
+        rating_stats.read_ratings(f, key)
     f = _write(tmp_path, ["s,item001,2.5,A,"])
     with pytest.raises(DatasetError, match=r"row 2: rating '2.5'"):
-        R.read_ratings(f, key)
+        rating_stats.read_ratings(f, key)
 
 
 def test_duplicate_names_the_row(tmp_path, key):
     f = _write(tmp_path, ["s,item001,2,A,", "s,item002,1,A,", "s,item001,3,A,", "s,item001,3,B,"])
     with pytest.raises(DatasetError, match=r"row 4: item item001 rated again by 'A' \(first at row 2\)"):
-        R.read_ratings(f, key)
+        rating_stats.read_ratings(f, key)
 
 
 def test_other_bad_ratings_files(tmp_path, key):
     with pytest.raises(DatasetError, match="missing column"):
-        R.read_ratings(_write(tmp_path, ["item001,2"], header="item_id,rating"), key)
+        rating_stats.read_ratings(_write(tmp_path, ["item001,2"], header="item_id,rating"), key)
     with pytest.raises(DatasetError, match="row 2: rater is empty"):
-        R.read_ratings(_write(tmp_path, ["s,item001,2,,"]), key)
+        rating_stats.read_ratings(_write(tmp_path, ["s,item001,2,,"]), key)
     with pytest.raises(DatasetError, match=r"row 2: set_id 'other' is not this rating set's"):
-        R.read_ratings(_write(tmp_path, ["other,item001,2,A,"]), key, set_id="mine")
+        rating_stats.read_ratings(_write(tmp_path, ["other,item001,2,A,"]), key, set_id="mine")
     with pytest.raises(DatasetError, match="ratings file not found"):
-        R.read_ratings(tmp_path / "nope.csv", key)
+        rating_stats.read_ratings(tmp_path / "nope.csv", key)
 
 
 def test_fixture_from_the_page_is_valid():
     """The committed fixture (exported by the page in test_rating_page.py) against its key."""
-    key = R.read_key(FIXTURES / "ratings_from_page_key.csv")
-    got = R.read_ratings(FIXTURES / "ratings_from_page.csv", key, R.set_id_of(key))
+    key = rating_set.read_key(FIXTURES / "ratings_from_page_key.csv")
+    got = rating_stats.read_ratings(FIXTURES / "ratings_from_page.csv", key, rating_set.set_id_of(key))
     assert len(got) == len(key) == 24
-    wide = R.paired(got)
+    wide = rating_stats.paired(got)
     assert wide.notna().all().all() and len(wide) == 8
 
 
 def test_paper_comparison_and_figure(key):
-    ratings = R.ratings_table(key, [0, 1, 2, 3, 2, 1], "simulated", "s").merge(key, on="item_id")
-    summary = R.method_summary(ratings)
-    tests = R.wilcoxon_pairs(R.paired(ratings))
+    ratings = rating_set.ratings_table(key, [0, 1, 2, 3, 2, 1], "simulated", "s").merge(key, on="item_id")
+    summary = rating_stats.method_summary(ratings)
+    tests = rating_stats.wilcoxon_pairs(rating_stats.paired(ratings))
     table = R.paper_comparison(summary, tests, "simulated")
     assert table.loc[0, "paper"] == paper.PUBLISHED["mean_rating_initial"].value
     assert table.loc[0, "rater"] == "rater model: rubric on the true label error" == R.RATER_MODEL_LABEL
@@ -413,14 +414,14 @@ def test_build_rating_set_on_a_tiny_dataset(tmp_path):
     key = out["key"]
     assert len(key) == 6 and set(key.record) == {"record01", "record02"}
     assert (key.timestamp != 1000).all()  # the discarded frame is never drawn
-    assert (tmp_path / "rating" / R.PAGE_FILE).is_file()
-    pd.testing.assert_frame_equal(R.read_key(tmp_path / "rating" / R.KEY_FILE), key)
+    assert (tmp_path / "rating" / rating_set.PAGE_FILE).is_file()
+    pd.testing.assert_frame_equal(rating_set.read_key(tmp_path / "rating" / rating_set.KEY_FILE), key)
     # A circle shifted sideways by s: its largest error is s (at the sides; the label band is 0.6 mm wide).
     assert len(out["labels"]) == len(measured) == len(key)
     for d, method in zip(measured, key.method):
         assert d.max() == pytest.approx(shifts[method], abs=0.35)
     clean = rater.simulate_ratings(measured, rater.Rubric(), gain_sd=0.0, lapse=0.0, seed=0)
-    by_method = {m: set(clean[key.method.to_numpy() == m]) for m in R.METHODS}
+    by_method = {m: set(clean[key.method.to_numpy() == m]) for m in rating_set.METHODS}
     assert by_method == {"optimized": {3}, "initial": {1}, "registered": {0}}
     # Same inputs, same set.
     again = R.build_rating_set(data, None, tmp_path / "rating2", params, seed=0,
@@ -457,7 +458,7 @@ def test_metrics_of_a_rating_result_known_answer():
     # initial rated 1, 1, 2, 2; registration 0, 1, 1, 1; optimised 1, 2, 3 (one frame unrated).
     summary = pd.DataFrame({"n": [4, 4, 3], "mean": [1.5, 0.75, 2.0], "median": [1.5, 1.0, 2.0],
                             "n_0": [0, 1, 0], "n_1": [2, 3, 1], "n_2": [2, 0, 1], "n_3": [0, 0, 1]},
-                           index=pd.Index(list(R.METHODS), name="method"))
+                           index=pd.Index(list(rating_set.METHODS), name="method"))
     pairs = ["optimized_vs_initial", "optimized_vs_registration", "initial_vs_registration"]
     tests = pd.DataFrame({"pair": pairs, "statistic": [0.0, 0.0, 1.0], "z": [1.5, 1.6, 1.0], "n": [3, 3, 4],
                           "p_method": ["exact", "exact", "permutation"], "p_value_raw": [0.25, 0.25, 0.5],

@@ -27,8 +27,10 @@ import pandas as pd
 import pytest
 
 from ultrabones.pipeline import summary
+from ultrabones.rating import rating_set as RS  # the name rating_set is this file's fixture
+from ultrabones.rating import rating_stats
 from ultrabones.rating import study as R
-from ultrabones.evaluation.metrics import directed_distances
+from ultrabones.core.label_distances import directed_distances
 from ultrabones.twin import rater
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -67,7 +69,7 @@ def synthetic_frames(n_frames: int = 8, seed: int = 5, shape=(160, 200)):
             dv = rng.uniform(lo, hi) * rng.choice([-1, 1]) / SPACING[1]
             label = np.abs(vv - curve(uu, dv)) <= 0.3 / SPACING[1]
             items.append({"specimen": spec, "record": rec, "timestamp": ts, "method": method,
-                          "rgb": R.render_item(image, label, SPACING, alpha=0.5)})
+                          "rgb": RS.render_item(image, label, SPACING, alpha=0.5)})
             dists[(spec, rec, ts, method)] = directed_distances(label, truth, SPACING)
     return pd.DataFrame(frames, columns=["specimen", "record", "timestamp"]), items, dists
 
@@ -76,8 +78,8 @@ def synthetic_frames(n_frames: int = 8, seed: int = 5, shape=(160, 200)):
 def rating_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("rating_set")
     frames, items, dists = synthetic_frames()
-    key = R.make_key(frames, seed=11)
-    set_id = R.assemble_rating_set(items, key, out, fmt="png", title="synthetic rating set")
+    key = RS.make_key(frames, seed=11)
+    set_id = RS.assemble_rating_set(items, key, out, fmt="png", title="synthetic rating set")
     distances = [dists[(r.specimen, r.record, int(r.timestamp), r.method)] for r in key.itertuples()]
     intended = rater.simulate_ratings(distances, rater.Rubric(), gain_sd=0.25, lapse=0.05, seed=3)
     return out, key, set_id, intended
@@ -121,7 +123,7 @@ def test_rate_reload_and_export(rating_set, driver):
 
     out, key, set_id, intended = rating_set
     n = len(key)
-    driver.get((out / R.PAGE_FILE).resolve().as_uri())
+    driver.get((out / RS.PAGE_FILE).resolve().as_uri())
     assert _text(driver, "position") == f"Item 1 of {n} ({key.item_id[0]})"
     assert _text(driver, "progress-text") == f"0 / {n} rated"
     # Exporting without a name is refused with a message.
@@ -176,7 +178,7 @@ def test_rate_reload_and_export(rating_set, driver):
     assert target.read_text() == driver.execute_script("return UltrabonesRating.exportCSV()")
     assert "Exported" in _text(driver, "status")
 
-    got = R.read_ratings(target, key, set_id)
+    got = rating_stats.read_ratings(target, key, set_id)
     assert list(got["item_id"]) == list(key["item_id"])
     assert got["rating"].tolist() == [int(r) for r in intended]
     assert set(got["rater"]) == {rater}
@@ -184,9 +186,9 @@ def test_rate_reload_and_export(rating_set, driver):
 
     # The route a person takes (README, "Rating the labels yourself"): page -> CSV -> read_ratings -> analyse.
     result = R.analyse(got)
-    assert result.rater == rater and result.n_frames == result.n_complete == n // len(R.METHODS)
+    assert result.rater == rater and result.n_frames == result.n_complete == n // len(RS.METHODS)
     expected = pd.Series([int(r) for r in intended], index=key["method"]).groupby(level=0).mean()
-    for m in R.METHODS:
+    for m in RS.METHODS:
         assert result.summary.loc[m, "mean"] == pytest.approx(expected[m])
     assert len(result.tests) == 3 and result.tests["p_value_bonferroni"].between(0, 1).all()
     stats = {**R.metrics(result), "ratings_source": str(target)}
@@ -197,12 +199,12 @@ def test_rate_reload_and_export(rating_set, driver):
 
     if os.environ.get("ULTRABONES_WRITE_RATING_FIXTURE"):
         shutil.copyfile(target, FIXTURES / "ratings_from_page.csv")
-        shutil.copyfile(out / R.KEY_FILE, FIXTURES / "ratings_from_page_key.csv")
+        shutil.copyfile(out / RS.KEY_FILE, FIXTURES / "ratings_from_page_key.csv")
 
 
 def test_page_is_self_contained(rating_set):
     out, key, set_id, _ = rating_set
-    html = (out / R.PAGE_FILE).read_text()
+    html = (out / RS.PAGE_FILE).read_text()
     assert html.count("data:image/png;base64,") == len(key)
     for ref in ("http://", "https://", "src=\"/", "<link"):
         assert ref not in html, f"the page must not load anything ({ref!r} found)"

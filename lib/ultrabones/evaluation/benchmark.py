@@ -38,29 +38,28 @@ import numpy as np
 
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
+from ultrabones.core.distance_scores import SCORES
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.label_distances import check_sigmas
 from ultrabones.evaluation import bone_detector
-from ultrabones.evaluation.metrics import (
+from ultrabones.evaluation.comparison import (
     PAPER_AT_0P5MM,
-    SCORES,
+    level_name,
+    model_vs_levels,
+    model_vs_manual,
+    table_at,
+    table_with_sweep,
+)
+from ultrabones.evaluation.figures import pick_examples, plot_curves, plot_examples, plot_histograms
+from ultrabones.evaluation.metrics import (
     LabelSource,
-    check_sigmas,
     check_summary,
     dataset_label,
     evaluate,
     label_histograms,
     labelled_frames,
-    level_name,
-    model_vs_levels,
-    model_vs_manual,
     otsu_threshold,
-    pick_examples,
-    plot_curves,
-    plot_examples,
-    plot_histograms,
     summarise,
-    table_at,
-    table_with_sweep,
 )
 
 #: ``predict_scope`` values: segment the evaluated frames only, or every labelled frame of the test specimens.
@@ -392,7 +391,7 @@ def metrics(result: EvaluationResult) -> dict[str, Any]:
     ``images_per_second``, ``n_predicted_frames``, ``model_beats_manual_low_completeness`` and
     ``model_vs_manual_protocol`` (at the manual labels' one level; None without manual labels),
     ``model_vs_annotator_levels`` (the same comparison at every level of the annotator's sweep:
-    :func:`ultrabones.evaluation.metrics.model_vs_levels`; empty without a sweep) and
+    :func:`ultrabones.evaluation.comparison.model_vs_levels`; empty without a sweep) and
     ``model_beats_annotator_at_levels`` (the levels where the model's low-intensity completeness is higher),
     ``detector`` (its fit, or None),
     ``missing_train_specimens``, ``annotator_name``, ``annotator_sweep`` (rows), ``paper_at_0p5mm``,

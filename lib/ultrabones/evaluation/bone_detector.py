@@ -382,7 +382,7 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
 
     Every combination of ``grid`` (the other parameters from ``base``) is run on
     every frame and scored against its label with
-    :func:`ultrabones.evaluation.metrics.distance_metrics` (strict protocol: an empty
+    :func:`ultrabones.core.distance_scores.distance_metrics` (strict protocol: an empty
     detection on a labelled frame scores F1 0). Pass *training* frames only:
     the chosen parameters are then applied, unchanged, to the test frames.
 
@@ -409,7 +409,7 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
     """
     import pandas as pd
 
-    from ultrabones.evaluation.metrics import distance_metrics
+    from ultrabones.core.distance_scores import distance_metrics
 
     if len(images) == 0 or len(images) != len(labels):
         raise DatasetError(f"bone detector fit: need as many labels as images, got {len(images)} images and "
@@ -486,7 +486,7 @@ def fit_frames(frames: Sequence, spacing, grid: Mapping[str, Sequence] | None = 
 
 def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, threshold: float,
                    reference=None, sigma_mm: float = 0.5, name: str = LABEL, progress: bool = False):
-    """Score the detector on (test) frames like the model: the rows of :func:`ultrabones.evaluation.metrics.table_at`.
+    """Score the detector on (test) frames like the model: the rows of :func:`~ultrabones.evaluation.comparison.table_at`.
 
     Parameters
     ----------
@@ -504,17 +504,17 @@ def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, th
     ``(table, summary)``: a DataFrame with one row per region (``all``,
     ``high``, ``low``): ``method``, ``region``, ``accuracy``,
     ``accuracy_strict``, ``accuracy_paper`` (NaN), ... ``n_frames``, as
-    :func:`ultrabones.evaluation.metrics.table_at` gives for the model; and the
+    :func:`ultrabones.evaluation.comparison.table_at` gives for the model; and the
     :func:`ultrabones.evaluation.metrics.summarise` dict (``at``, ``curves``, ``border``)
     to merge into the notebook's Fig. 8 curves.
     """
-    from ultrabones.evaluation import metrics
+    from ultrabones.evaluation import comparison, metrics
 
     ref = reference if reference is not None else metrics.dataset_label("Labels")
     res = metrics.evaluate(frames, ref, {name: label_source(params, spacing)}, spacing, sigmas, threshold,
                            progress=progress, keep_per_frame=None)
     summ = metrics.summarise(res, sigma_mm)
-    return metrics.table_at(summ["at"], {}), summ
+    return comparison.table_at(summ["at"], {}), summ
 
 
 def training_specimens(root, split: Mapping[str, Sequence[str]], derived=None) -> tuple[list, list[str]]:

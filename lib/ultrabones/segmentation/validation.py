@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
+from ultrabones.core.distance_scores import distance_metrics
 from ultrabones.segmentation import segdata
 from ultrabones.segmentation.inference import as_model, predict
 
@@ -21,12 +22,10 @@ from ultrabones.segmentation.inference import as_model, predict
 def f1_at_distance(pred: np.ndarray, gt: np.ndarray, spacing_mm, sigma_mm: float) -> tuple[float, float, float]:
     """Distance-thresholded accuracy, completeness and F1 of one frame at one sigma (Eqs. 3-6).
 
-    :func:`ultrabones.evaluation.metrics.distance_metrics` with the strict protocol
+    :func:`ultrabones.core.distance_scores.distance_metrics` with the strict protocol
     (an empty mask scores 0/0 = 1, so an empty prediction of a non-empty label
     has F1 0); ``spacing_mm = (sx, sy)`` mm per pixel (columns, rows).
     """
-    from ultrabones.evaluation.metrics import distance_metrics
-
     m = distance_metrics(pred, gt, spacing_mm, [float(sigma_mm)], protocol="strict")
     return float(m["accuracy"][0]), float(m["completeness"][0]), float(m["f1"][0])
 

@@ -396,13 +396,11 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
                      contour_kind: str | None = None, sigma_mm: float = 0.5, progress: bool = False):
     """The simulated annotator as a sensitivity study: scores along its visibility level.
 
-    At each level (``base`` with the level's fields replaced, typically
-    ``visible_quantile`` and ``visible_fraction``), the annotator labels every
-    frame in memory (nothing is written) and its labels are scored against the
-    reference labels with the paper's metrics, per intensity region (the Otsu
-    split of :mod:`ultrabones.evaluation.metrics`). Every level of a frame uses the same
-    seeded generator (:func:`frame_rng`), so the hand-tracing jitter is the
-    same and only the visibility rule changes along the curve.
+    At each level (``base`` with the level's fields replaced, typically ``visible_quantile`` and
+    ``visible_fraction``), the annotator labels every frame in memory (nothing is written) and its labels are
+    scored against the reference labels with the paper's metrics, per intensity region (the Otsu split of
+    :mod:`ultrabones.evaluation.metrics`). Every level of a frame uses the same seeded generator
+    (:func:`frame_rng`), so the hand-tracing jitter is the same and only the visibility rule changes along the curve.
 
     Parameters
     ----------
@@ -435,8 +433,9 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     import pandas as pd
     from tqdm import tqdm
 
-    from ultrabones.evaluation import metrics
+    from ultrabones.core import distance_scores, label_distances
     from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
+    from ultrabones.evaluation import metrics
 
     names = {f.name for f in dataclasses.fields(AnnotatorParams)}
     plist = []
@@ -445,8 +444,8 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
         if bad:
             raise ParamsError(f"annotator sweep level {i}: unknown field(s) {', '.join(bad)}")
         plist.append(dataclasses.replace(base, **lv))
-    sig = metrics.check_sigmas(sigmas)
-    sx, sy = metrics.check_spacing(spacing)
+    sig = label_distances.check_sigmas(sigmas)
+    sx, sy = label_distances.check_spacing(spacing)
     ref = reference if reference is not None else metrics.dataset_label(LABELS)
     aggs = [metrics.Aggregate(sig) for _ in plist]
     marked = np.zeros(len(plist), np.int64)
@@ -470,7 +469,7 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
         at = agg.at(sigma_mm)
         for r in metrics.REGIONS:
             row = {"level": i, **{k: getattr(p, k) for k in keys}, "region": r}
-            for k in metrics.SCORES:
+            for k in distance_scores.SCORES:
                 row[k] = at["released"][r][k]
                 row[f"{k}_strict"] = at["strict"][r][k]
             row["n_frames"] = at["released"][r]["n_frames"]
@@ -524,7 +523,7 @@ def plot_evaluation_sweep(result):
     """The sweep of a stage-05 result (:class:`ultrabones.evaluation.benchmark.EvaluationResult`), with the
     model's and the classical detector's released scores at the report threshold as horizontal lines, and
     the levels at which the model's low-intensity completeness beats the annotator's marked (Fig. 8)."""
-    from ultrabones.evaluation.metrics import model_vs_levels
+    from ultrabones.evaluation.comparison import model_vs_levels
 
     released = result.summary["at"]["released"]
     refs = {m: released[m] for m in result.methods if m != "manual"}
@@ -547,7 +546,7 @@ def plot_sweep(table, score: str = "completeness", model: dict | None = None, re
     """
     import matplotlib.pyplot as plt
 
-    from ultrabones.evaluation.metrics import level_name
+    from ultrabones.evaluation.comparison import level_name
 
     colours = {"all": "black", "high": "tab:green", "low": "tab:blue"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))

@@ -257,7 +257,7 @@ def evaluation(paths: Paths, result) -> dict:
 def evaluation_table(vs_truth: dict, at_key: str) -> pd.DataFrame:
     """:func:`evaluation`'s ``vs_truth`` at the report threshold ``at_key`` (e.g. ``at_0p5mm``): one row per
     method and region, both protocols, no paper column."""
-    from ultrabones.evaluation.metrics import table_at
+    from ultrabones.evaluation.comparison import table_at
 
     table = table_at(vs_truth[at_key], {})
     return table.drop(columns=[c for c in table.columns if c.endswith("_paper")])
@@ -318,14 +318,14 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
     Returns
     -------
     DataFrame per kept frame: ``specimen, record, timestamp``, ``contour_{initial,registered,optimized}_mm``
-    (:func:`ultrabones.evaluation.metrics.contour_error_mm`, the headline), ``error_*_mm`` (the band metric:
+    (:func:`ultrabones.core.label_distances.contour_error_mm`, the headline), ``error_*_mm`` (the band metric:
     mean distance of the label band's pixels to the true band), ``visible_precision``, ``visible_recall``
     (share within ``tol_mm``).
     """
     from tqdm import tqdm
 
     from ultrabones.core.geometry import perturbation
-    from ultrabones.evaluation.metrics import contour_error_mm
+    from ultrabones.core.label_distances import contour_error_mm
     from ultrabones.twin.contour import label_distance_mm, precision_recall
 
     if truth_root(paths) is None:
@@ -418,7 +418,7 @@ def delivered_label_errors(paths: Paths, trials: pd.DataFrame, settings: dict) -
     ``lambda``, ``kept``, ``true_contour_mm`` (delivered) and ``true_contour_initial_mm`` (no correction), mm.
     """
     from ultrabones.core.geometry import perturbation
-    from ultrabones.evaluation.metrics import contour_error_mm
+    from ultrabones.core.label_distances import contour_error_mm
 
     cols = ["specimen", "record", "timestamp", "region", "lambda", "kept", "true_contour_mm",
             "true_contour_initial_mm"]

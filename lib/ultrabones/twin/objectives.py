@@ -3,7 +3,7 @@
 :func:`ultrabones.labels.compare.fit_objectives` runs each objective on the same frames without any truth;
 here, on the twin only, the label each one delivers (the optimised label when the frame is kept, the initial
 one otherwise, as the dataset would hold it) is drawn with notebook 02's cloud and band and compared with the
-true full label (contour error, :func:`ultrabones.evaluation.metrics.contour_error_mm`). :func:`table` gives,
+true full label (contour error, :func:`ultrabones.core.label_distances.contour_error_mm`). :func:`table` gives,
 per objective, the discard rate, the contour error of the kept frames before and after, and that of every
 frame's delivered label; :func:`plot` the figure of notebook 02's twin section.
 """
@@ -31,7 +31,7 @@ def errors(paths: Paths, fits: pd.DataFrame, settings: dict) -> pd.DataFrame:
     -------
     ``fits`` with ``contour_initial_mm`` and ``contour_delivered_mm`` (mm; NaN where the frame has no true label).
     """
-    from ultrabones.evaluation.metrics import contour_error_mm
+    from ultrabones.core.label_distances import contour_error_mm
 
     if fits is None or fits.empty or measure.truth_root(paths) is None:
         return pd.DataFrame()

@@ -19,8 +19,10 @@ import pandas as pd
 from ultrabones.core import atomic, dataset
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import Paths
-from ultrabones.evaluation.metrics import directed_distances
-from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, stable_int
+from ultrabones.core.label_distances import directed_distances
+from ultrabones.rating import rating_set, rating_stats
+from ultrabones.rating.rating_set import stable_int
+from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult
 from ultrabones.twin.layout import truth_dir
 
 
@@ -126,7 +128,7 @@ def simulate_ratings(
 
     Parameters
     ----------
-    distances : per item, the label pixels' errors (mm), :func:`~ultrabones.evaluation.metrics.directed_distances`.
+    distances : per item, the label pixels' errors (mm), :func:`~ultrabones.core.label_distances.directed_distances`.
     rubric : the thresholds.
     gain_sd : standard deviation of ``log g`` (dimensionless, >= 0).
     lapse : probability (0-1) of a one-step slip.
@@ -159,7 +161,7 @@ def label_errors(paths: Paths, built: Mapping, spacing: tuple[float, float]) -> 
     Reads the true full label ``truth/<specimen>/<record>/Labels_full/<t>_label.png`` of each item's frame
     (once per frame, shared by its three alignments) and returns the distance of every pixel of the item's
     label (``built["labels"]``, :func:`ultrabones.rating.study.build_rating_set`) to the nearest true-label pixel
-    (:func:`~ultrabones.evaluation.metrics.directed_distances`; ``inf`` for every pixel when the true label is
+    (:func:`~ultrabones.core.label_distances.directed_distances`; ``inf`` for every pixel when the true label is
     empty). Called in notebook 03's measurement cell; the rating code never reads the truth.
     """
     out, true = [], {}
@@ -198,20 +200,20 @@ def ratings(built: Mapping, measured: Sequence[np.ndarray], params: RatingParams
             out_dir: Path | str) -> pd.DataFrame:
     """The rater model's ratings of a rating set (``measured``: :func:`label_errors`), written as a CSV in the
     page's export format and read back through the same validation as a person's
-    (:func:`ultrabones.rating.study.read_ratings`): a table of ratings, like a person's."""
+    (:func:`ultrabones.rating.rating_stats.read_ratings`): a table of ratings, like a person's."""
     from ultrabones.rating import study
 
     simulated = simulate_ratings(measured, Rubric.of(params), params.rater_gain_sd, params.rater_lapse, seed)
-    table = study.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
+    table = rating_set.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
     f = Path(out_dir) / study.SIMULATED_FILE
     atomic.write_text(f, table.to_csv(index=False))
-    return study.read_ratings(f, built["key"], built["set_id"])
+    return rating_stats.read_ratings(f, built["key"], built["set_id"])
 
 
 def twin_label_error(profiles: pd.DataFrame | None, key: pd.DataFrame) -> dict:
     """``{"twin_label_error": per method: the items' median label error (mm) and the shares of their contour over
     3 mm, 1-3 mm, under 1 mm}``; {} without profiles (real data)."""
-    from ultrabones.rating.study import METRIC_NAMES
+    from ultrabones.rating.rating_stats import METRIC_NAMES
 
     if profiles is None:
         return {}
@@ -257,12 +259,10 @@ def ratings_or_model(paths: Paths, built: Mapping, measured: Sequence[np.ndarray
     twin without one, the rater model rates the set from ``measured`` (:func:`label_errors`); on real data
     without one there is nothing yet (None, None): the page waits for a person.
     """
-    from ultrabones.rating import study
-
     if given is not None:
         return given, str(ratings_csv)
     if ratings_csv is not None:
-        return study.read_ratings(Path(ratings_csv), built["key"], built["set_id"]), str(ratings_csv)
+        return rating_stats.read_ratings(Path(ratings_csv), built["key"], built["set_id"]), str(ratings_csv)
     if paths.is_twin and measured is not None:
         return ratings(built, measured, params, seed, paths.rating_dir), "simulated rater"
     return None, None
