@@ -23,7 +23,6 @@ from test_architecture import PKG, imported_modules  # noqa: E402
 MAX_LINES = 550
 #: Modules over the limit when the rule came in, with their line counts then: they may not grow.
 OVERSIZE: dict[str, int] = {
-    "ultrabones.core.dataset": 870,
     "ultrabones.core.params": 846,
     "ultrabones.evaluation.benchmark": 587,
     "ultrabones.evaluation.bone_detector": 597,
@@ -38,9 +37,7 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.twin.realism": 587,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
-KNOWN_CIRCLES: list[frozenset[str]] = [
-    frozenset({"ultrabones.core.dataset", "ultrabones.core.recording", "ultrabones.core.sequence"}),
-]
+KNOWN_CIRCLES: list[frozenset[str]] = []
 
 
 def module_files(pkg: Path = PKG) -> dict[str, Path]:

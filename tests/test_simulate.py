@@ -14,6 +14,7 @@ from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
 from ultrabones.calibration import acquisitions
 from ultrabones.core import dataset
+from ultrabones.core.images import image_timestamps
 from ultrabones.core import geometry
 from ultrabones.core import params
 from ultrabones.twin import config, simulate, specimen, sweeps, tracking
@@ -75,7 +76,7 @@ def test_tree_follows_the_format(twin):
     times, streams = acquisitions.read_tracker(raw / "phantom" / "tracker.csv",
                                                {"probe": geometry.POSE_COLUMNS,
                                                 "phantom": acquisitions.PHANTOM_COLUMNS})
-    assert phan.n_n > 0 and len(dataset.image_timestamps(raw / "phantom" / "images")) == 12
+    assert phan.n_n > 0 and len(image_timestamps(raw / "phantom" / "images")) == 12
     spec = raw / "specimen01"
     assert json.loads((spec / "records.json").read_text())["record07"]["bone"] == "foot"
     assert json.loads((truth / "specimen01" / "records.json").read_text())["record04"]["bone"] == "fibula"
@@ -86,7 +87,7 @@ def test_tree_follows_the_format(twin):
         assert np.allclose(z["spacing_mm"], 2.0)
     for rec, group, direction, _ in config.RECORDS:
         r_raw, r_truth = spec / rec, truth / "specimen01" / rec
-        ts = dataset.image_timestamps(r_raw / "images")
+        ts = image_timestamps(r_raw / "images")
         assert len(ts) > 3, rec
         img = dataset.read_image(r_raw / "images" / f"{ts[0]}.png")
         assert img.shape == (54, 64)
@@ -118,7 +119,7 @@ def test_recorded_tracking_reproduces_the_truth_chain(twin):
     tsys = json.loads((truth_dir(paths) / "system.json").read_text())
     ctm = acquisitions.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     rec = "record02"
-    ts = dataset.image_timestamps(paths.raw / "specimen01" / rec / "images")
+    ts = image_timestamps(paths.raw / "specimen01" / rec / "images")
     times, streams = acquisitions.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
                                                {"probe": geometry.POSE_COLUMNS,
                                                 "marker": acquisitions.SPECIMEN_COLUMNS})

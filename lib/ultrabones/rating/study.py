@@ -51,6 +51,7 @@ from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.overlay import overlay
 from ultrabones.core.params import SectionParams
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
 
 #: The three alignments, in the order of the paper's Fig. 7.
 METHODS = ("initial", "registered", "optimized")
@@ -152,7 +153,6 @@ def eligible_timestamps(tracking: pd.DataFrame, labelled: np.ndarray | None = No
     -------
     (K,) int64 array of timestamps (ms), sorted.
     """
-    from ultrabones.core.dataset import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
     from ultrabones.core.geometry import POSE_COLUMNS
 
     cols = list(POSE_COLUMNS) + list(REGISTERED_COLUMNS) + list(OPTIMIZED_COLUMNS)
