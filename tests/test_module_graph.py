@@ -32,7 +32,6 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 577,
-    "ultrabones.twin.bmode": 825,
     "ultrabones.twin.measure": 746,
     "ultrabones.twin.realism": 587,
 }

@@ -12,6 +12,7 @@ from ultrabones.core.cache import SpecimenCache, params_hash
 from ultrabones.twin.layout import truth_dir
 from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
+from ultrabones.twin.scene import first_hits, skin_depths
 from ultrabones.calibration import acquisitions
 from ultrabones.core import dataset
 from ultrabones.core.images import image_timestamps
@@ -215,9 +216,9 @@ def test_sweeps_follow_their_bone():
     for rec, group, direction, variant in config.RECORDS[::2]:
         st = specimen.record_streams(group, direction, variant, leg, scene, cfg, system, ctm, np.eye(4),
                                      np.random.default_rng(2))
-        hits = [np.isfinite(bmode.first_hits(scene, p, cfg.image_width, cfg.spacing)[0]).mean() for p in st.planes]
+        hits = [np.isfinite(first_hits(scene, p, cfg.image_width, cfg.spacing)[0]).mean() for p in st.planes]
         assert np.mean(hits) > 0.2, rec  # bone under the probe
-        depth = bmode.skin_depths(scene, st.planes[len(st.planes) // 2], cfg.image_width, cfg.spacing)
+        depth = skin_depths(scene, st.planes[len(st.planes) // 2], cfg.image_width, cfg.spacing)
         assert depth[cfg.image_width // 2] < 0.5, rec  # the probe presses on the skin
         centre = st.planes[:, :3, 3] + st.planes[:, :3, 0] * cfg.image_width * cfg.pixel_spacing_mm / 2
         travel = np.linalg.norm(centre[-1] - centre[0])
