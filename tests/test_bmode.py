@@ -5,6 +5,9 @@ import pytest
 import trimesh
 
 from ultrabones.twin import bmode
+from ultrabones.twin.contour import chamfer_mm
+from ultrabones.twin.scene import FACE_CHUNK
+from ultrabones.twin.true_labels import rasterise_contour
 from ultrabones.core.errors import ParamsError
 
 W, H, SP = 128, 120, (0.2, 0.2)  # 25.6 x 24 mm
@@ -148,9 +151,9 @@ def test_bad_geometry_is_refused(slab):
 def test_chamfer_distance_known_answer():
     a = np.stack([np.linspace(2, 20, 200), np.full(200, 10.0)], 1)
     b = a + [0, 0.7]
-    assert bmode.chamfer_mm(a, b) == pytest.approx(0.7, abs=1e-9)
-    assert bmode.chamfer_mm(a, b, (25.0, 25.0)) == pytest.approx(0.7, abs=1e-9)
-    assert np.isnan(bmode.chamfer_mm(a, np.zeros((0, 2))))
+    assert chamfer_mm(a, b) == pytest.approx(0.7, abs=1e-9)
+    assert chamfer_mm(a, b, (25.0, 25.0)) == pytest.approx(0.7, abs=1e-9)
+    assert np.isnan(chamfer_mm(a, np.zeros((0, 2))))
 
 
 def _flat_scene(seed=0):
@@ -235,7 +238,7 @@ def _random_planes(n, seed=0):
 
 def test_faces_near_plane_hold_every_crossing_face_in_order():
     scene = _bumpy_scene()
-    assert scene._chunks.shape[1] == bmode.FACE_CHUNK
+    assert scene._chunks.shape[1] == FACE_CHUNK
     assert np.array_equal(np.sort(scene._chunks[scene._chunks >= 0]), np.arange(len(scene._faces)))
     n_near = []
     for t in _random_planes(40):
@@ -256,7 +259,7 @@ def test_rasterise_contour_matches_every_offset():
         pts = rng.uniform(-1, 27, (500, 2))
         pts[:50] = (np.round(pts[:50] / spacing) + 0.5) * spacing + [gamma, 0]  # exactly gamma from a centre
         inc = rng.uniform(0, 120, len(pts))
-        mask, pix = bmode.rasterise_contour(pts, inc, W, H, spacing, gamma)
+        mask, pix = rasterise_contour(pts, inc, W, H, spacing, gamma)
         sx, sy = spacing
         r = int(np.ceil(gamma / min(sx, sy))) + 2
         du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))

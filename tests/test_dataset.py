@@ -7,6 +7,8 @@ import trimesh
 from PIL import Image
 
 from ultrabones.core import dataset as ds
+from ultrabones.core.calibration_file import write_calibration
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.core.errors import DatasetError
 
 
@@ -164,9 +166,9 @@ def test_tracking_nan_or_inf_pose(tmp_path, bad):
 def test_tracking_optimized_nan_allowed_for_discarded(tmp_path):
     f = tmp_path / "tracking.csv"
     df = _tracking()
-    for c in ds.OPTIMIZED_COLUMNS:
+    for c in OPTIMIZED_COLUMNS:
         df[c] = 0.0
-    df.loc[1, list(ds.OPTIMIZED_COLUMNS)] = np.nan
+    df.loc[1, list(OPTIMIZED_COLUMNS)] = np.nan
     ds.write_tracking(f, df)
     out = ds.read_tracking(f)
     p = ds.poses(out, "optimized")
@@ -245,7 +247,7 @@ def test_calibration_round_trip_and_fallback(tmp_path):
     calib, spacing, offset = ds.read_calibration(tmp_path)
     np.testing.assert_allclose(calib, released_calibration())
     assert spacing == RELEASED_SPACING_MM and offset is None
-    ds.write_calibration(tmp_path, np.eye(4), (0.2, 0.2), -123.4, localization_error_mm=1.0)
+    write_calibration(tmp_path, np.eye(4), (0.2, 0.2), -123.4, localization_error_mm=1.0)
     calib, spacing, offset = ds.read_calibration(tmp_path)
     np.testing.assert_allclose(calib, np.eye(4))
     assert spacing == (0.2, 0.2) and offset == -123.4

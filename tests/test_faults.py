@@ -300,6 +300,8 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
     import pandas as pd
 
     from ultrabones.core import dataset
+    from ultrabones.core.geometry import POSE_COLUMNS
+    from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
     from ultrabones.rating import rating_set
     from ultrabones.reconstruction import surface
 
@@ -307,11 +309,11 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
     derived = tmp_path / "derived"
     tab = dataset.read_tracking(f)
     tab.loc[2, "x"] = np.nan  # the input's bad row (02: bad_pose)
-    for opt, c in zip(dataset.OPTIMIZED_COLUMNS, dataset.POSE_COLUMNS):
+    for opt, c in zip(OPTIMIZED_COLUMNS, POSE_COLUMNS):
         tab[opt] = tab[c] + 0.1
-    for reg, c in zip(dataset.REGISTERED_COLUMNS, dataset.POSE_COLUMNS):
+    for reg, c in zip(REGISTERED_COLUMNS, POSE_COLUMNS):
         tab[reg] = tab[c]
-    tab.loc[2, list(dataset.OPTIMIZED_COLUMNS) + list(dataset.REGISTERED_COLUMNS)] = np.nan
+    tab.loc[2, list(OPTIMIZED_COLUMNS) + list(REGISTERED_COLUMNS)] = np.nan
     spec = dataset.read_specimen(data / "specimen01", derived / "specimen01")
     rec = spec.records[0]
     dataset.write_tracking(rec.poses_csv, tab)
@@ -334,12 +336,13 @@ def test_case03_a_misnamed_calibration_file_is_refused_not_replaced_by_the_relea
     import numpy as np
 
     from ultrabones.core import dataset
+    from ultrabones.core.calibration_file import write_calibration
     from ultrabones.core.errors import DatasetError
 
     data, _ = _copy_fixture(tmp_path)
     assert dataset.calibration_source(data) == f"released (no calibration.json in {data})"
     dataset.read_calibration(data)  # no file at all: the released calibration, as documented
-    dataset.write_calibration(data, np.eye(4), (0.1, 0.1), 12.0)
+    write_calibration(data, np.eye(4), (0.1, 0.1), 12.0)
     assert dataset.calibration_source(data) == str(data / "calibration.json")
     (data / "calibration.json").rename(data / name)
     with pytest.raises(DatasetError) as err:

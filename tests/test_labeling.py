@@ -24,6 +24,8 @@ from scipy.spatial import cKDTree
 from ultrabones.twin.layout import truth_dir
 from ultrabones.twin import contour, measure, synthetic
 from ultrabones.core import dataset
+from ultrabones.core.calibration_file import write_calibration
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
 from ultrabones.core import geometry
 from ultrabones.labels import cloud, label, objective, optimize, reference, sweep
 from ultrabones.labels import batch, figures
@@ -330,7 +332,7 @@ def make_twin(root: Path, n_frames: int = 5, seed: int = 0) -> Paths:
     mesh = bone_mesh()
     dataset.write_mesh(ds / "specimen01" / "CT_bone_model.stl", mesh)
     calib = geometry.released_calibration()
-    dataset.write_calibration(ds, calib, SPACING, -100.0)
+    write_calibration(ds, calib, SPACING, -100.0)
     pts, nrm = cloud.surface_points(mesh, 10.0, seed=99)
     rec = dataset.Record("specimen01", "record01", ds / "specimen01" / "record01")
     trec = dataset.Record("specimen01", "record01", truth / "specimen01" / "record01")
@@ -382,10 +384,10 @@ def test_run_labels_record_and_reports_bad_frames(tmp_path):
     assert len(kept) >= 1
     for t in ts:
         row = track[track["timestamp"] == t].iloc[0]
-        assert np.isfinite(row[list(dataset.OPTIMIZED_COLUMNS)].to_numpy(float)).all() == (t in kept)
+        assert np.isfinite(row[list(OPTIMIZED_COLUMNS)].to_numpy(float)).all() == (t in kept)
         assert rec.label_path(t, dataset.LABELS).is_file() == (t in kept)
         assert rec.label_path(t, dataset.LABELS_FULL).is_file() == (t in kept)
-    assert np.isfinite(track.loc[0, list(dataset.REGISTERED_COLUMNS)].to_numpy(float)).all()
+    assert np.isfinite(track.loc[0, list(REGISTERED_COLUMNS)].to_numpy(float)).all()
     # the written full label is the optimised pose's label over the whole (dense) C
     spec = dataset.read_specimen(paths.dataset / "specimen01")
     dense, _ = cloud.load_cloud(surface_cloud(paths, spec, PARAMS["label_density_per_mm2"], 1))
@@ -932,7 +934,7 @@ def test_run_leaves_the_input_dataset_byte_identical(tmp_path):
     rec = dataset.read_specimen(paths.dataset / "specimen01", paths.derived / "specimen01").records[0]
     kept = sorted(out.report.query("status == 'kept'")["timestamp"])
     assert kept and list(rec.labelled_timestamps(dataset.LABELS)) == kept
-    assert set(dataset.OPTIMIZED_COLUMNS) <= set(pd.read_csv(rec.poses_csv).columns)
+    assert set(OPTIMIZED_COLUMNS) <= set(pd.read_csv(rec.poses_csv).columns)
     assert (rec.out / REPORT).is_file()
 
 
@@ -955,7 +957,7 @@ def test_a_stricter_rerun_leaves_exactly_its_kept_frames(tmp_path):
         assert sorted(p.name for p in rec.label_dir(kind).iterdir()) == [f"{t}_label.png" for t in kept2]
     assert not [p for p in rec.out.iterdir() if p.name.startswith(".")]  # no temporary folder left
     track = dataset.read_tracking(rec.poses_csv, allow_missing_pose=True)
-    has_opt = np.isfinite(track[list(dataset.OPTIMIZED_COLUMNS)].to_numpy(float)).all(axis=1)
+    has_opt = np.isfinite(track[list(OPTIMIZED_COLUMNS)].to_numpy(float)).all(axis=1)
     assert sorted(track.loc[has_opt, "timestamp"]) == kept2
     assert sorted(pd.read_csv(rec.out / REPORT).query("status == 'kept'")["timestamp"]) == kept2
 

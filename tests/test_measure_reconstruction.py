@@ -19,6 +19,8 @@ import trimesh
 
 from test_reconstruction import PARAMS, make_specimen
 from ultrabones.core import dataset, geometry
+from ultrabones.core.calibration_file import write_calibration
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.core.paths import Paths
 from ultrabones.reconstruction import batch
 from ultrabones.twin import measure
@@ -34,7 +36,7 @@ def _truth(root, spec="specimen01", radius=10.5):
     for rec in ("record01", "record02"):
         df = dataset.read_tracking(data / rec / dataset.TRACKING)
         true = df[["timestamp"]].copy()
-        opt = df[list(dataset.OPTIMIZED_COLUMNS)].to_numpy(float)
+        opt = df[list(OPTIMIZED_COLUMNS)].to_numpy(float)
         ok = np.isfinite(opt).all(axis=1)
         true[list(geometry.POSE_COLUMNS)] = opt
         true = true[ok]
@@ -52,7 +54,7 @@ def _truth(root, spec="specimen01", radius=10.5):
 def twin(tmp_path_factory):
     root = tmp_path_factory.mktemp("twin_recon")
     make_specimen(root / "dataset", "specimen01", predicted=True)
-    dataset.write_calibration(root / "dataset", np.eye(4), (0.5, 0.5), None)
+    write_calibration(root / "dataset", np.eye(4), (0.5, 0.5), None)
     _truth(root)
     return root
 

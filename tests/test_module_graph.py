@@ -23,7 +23,6 @@ from test_architecture import PKG, imported_modules  # noqa: E402
 MAX_LINES = 550
 #: Modules over the limit when the rule came in, with their line counts then: they may not grow.
 OVERSIZE: dict[str, int] = {
-    "ultrabones.core.dataset": 870,
     "ultrabones.core.params": 846,
     "ultrabones.evaluation.benchmark": 586,
     "ultrabones.evaluation.bone_detector": 597,
@@ -31,14 +30,11 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 576,
-    "ultrabones.twin.bmode": 825,
     "ultrabones.twin.measure": 746,
     "ultrabones.twin.realism": 587,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
-KNOWN_CIRCLES: list[frozenset[str]] = [
-    frozenset({"ultrabones.core.dataset", "ultrabones.core.recording", "ultrabones.core.sequence"}),
-]
+KNOWN_CIRCLES: list[frozenset[str]] = []
 
 
 def module_files(pkg: Path = PKG) -> dict[str, Path]:

@@ -369,6 +369,7 @@ def _tiny_dataset(root: Path, shifts_mm: dict, n_records: int = 2, n_frames: int
     import trimesh
 
     from ultrabones.core import dataset as ds
+    from ultrabones.core.calibration_file import write_calibration
     from ultrabones.core import geometry as G
     from ultrabones.labels.cloud import surface_points
     from ultrabones.labels.label import full_label
@@ -380,7 +381,7 @@ def _tiny_dataset(root: Path, shifts_mm: dict, n_records: int = 2, n_frames: int
     spec = root / "dataset" / "specimen01"
     spec.mkdir(parents=True)
     ds.write_mesh(spec / "CT_bone_model.stl", mesh)
-    ds.write_calibration(root / "dataset", calib, spacing, None)
+    write_calibration(root / "dataset", calib, spacing, None)
     points, _ = surface_points(mesh, 20.0, seed=0)
     true_pose = G.invert_transform(calib)
     rng = np.random.default_rng(0)

@@ -19,6 +19,8 @@ import pytest
 import trimesh
 
 from ultrabones.core import dataset
+from ultrabones.core.calibration_file import write_calibration
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.core import geometry
 from ultrabones.core.mesh import morton_order
 from ultrabones.reconstruction import batch, figures
@@ -80,7 +82,7 @@ def make_specimen(root, name="specimen01", n_frames=41, labelled=True, predicted
             df[c] = v
         opt = geometry.params_from_pose(true)
         opt[list(discard)] = np.nan  # discarded by the pose optimisation
-        for c, v in zip(dataset.OPTIMIZED_COLUMNS, opt.T):
+        for c, v in zip(OPTIMIZED_COLUMNS, opt.T):
             df[c] = v
         dataset.write_tracking(rec / dataset.TRACKING, df)
         for i, t in enumerate(ts):
@@ -100,7 +102,7 @@ def synthetic(tmp_path_factory):
     make_specimen(data, "specimen01", predicted=True)
     make_specimen(data, "specimen02", predicted=False, seed=1)
     make_specimen(data, "specimen03", labelled=False, predicted=False, seed=2)
-    dataset.write_calibration(data, np.eye(4), (SP, SP), None)
+    write_calibration(data, np.eye(4), (SP, SP), None)
     raw = root / "raw" / "specimen01"
     raw.mkdir(parents=True)
     (raw / "records.json").write_text(json.dumps({"record01": "tibia", "record02": "fibula"}))
@@ -365,7 +367,7 @@ def test_specimen_with_broken_input_is_reported_and_skipped(tmp_path, monkeypatc
     make_specimen(data, "specimen01", n_frames=5, predicted=False, discard=())
     (data / "specimen01" / "CT_bone_model.stl").unlink()
     (data / "specimen02").mkdir(parents=True)  # no record at all
-    dataset.write_calibration(data, np.eye(4), (SP, SP), None)
+    write_calibration(data, np.eye(4), (SP, SP), None)
     paths = Paths(build_dir=tmp_path / "build" / "t", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f",
                   derived_root=data)
     with pytest.warns(UserWarning, match="specimen01 skipped"):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ultrabones.core import dataset as ds
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.core import geometry, recording, sequence
 from ultrabones.core.errors import DatasetError
 from ultrabones.pipeline import convert
@@ -325,7 +326,7 @@ def test_slicer_export_opens_in_simpleitk_trimesh_and_open3d(tmp_path):
     opt = tab[list(geometry.POSE_COLUMNS)].to_numpy().copy()
     opt[np.arange(len(ts)) != 1] = np.nan
     opt[1, 0] += 0.5  # 0.5 mm along CT x
-    tab[list(ds.OPTIMIZED_COLUMNS)] = opt
+    tab[list(OPTIMIZED_COLUMNS)] = opt
     ds.write_tracking(rec.poses_csv, tab)
     cloud = paths.cache("06_reconstruction") / "point_clouds" / "specimen01" / "labels_optimized_all.ply"
     cloud.parent.mkdir(parents=True)

@@ -12,8 +12,10 @@ from ultrabones.core.cache import SpecimenCache, params_hash
 from ultrabones.twin.layout import truth_dir
 from ultrabones.twin import anatomy
 from ultrabones.twin import bmode
+from ultrabones.twin.scene import first_hits, skin_depths
 from ultrabones.calibration import acquisitions
 from ultrabones.core import dataset
+from ultrabones.core.images import image_timestamps
 from ultrabones.core import geometry
 from ultrabones.core import params
 from ultrabones.twin import config, simulate, specimen, sweeps, tracking
@@ -75,7 +77,7 @@ def test_tree_follows_the_format(twin):
     times, streams = acquisitions.read_tracker(raw / "phantom" / "tracker.csv",
                                                {"probe": geometry.POSE_COLUMNS,
                                                 "phantom": acquisitions.PHANTOM_COLUMNS})
-    assert phan.n_n > 0 and len(dataset.image_timestamps(raw / "phantom" / "images")) == 12
+    assert phan.n_n > 0 and len(image_timestamps(raw / "phantom" / "images")) == 12
     spec = raw / "specimen01"
     assert json.loads((spec / "records.json").read_text())["record07"]["bone"] == "foot"
     assert json.loads((truth / "specimen01" / "records.json").read_text())["record04"]["bone"] == "fibula"
@@ -86,7 +88,7 @@ def test_tree_follows_the_format(twin):
         assert np.allclose(z["spacing_mm"], 2.0)
     for rec, group, direction, _ in config.RECORDS:
         r_raw, r_truth = spec / rec, truth / "specimen01" / rec
-        ts = dataset.image_timestamps(r_raw / "images")
+        ts = image_timestamps(r_raw / "images")
         assert len(ts) > 3, rec
         img = dataset.read_image(r_raw / "images" / f"{ts[0]}.png")
         assert img.shape == (54, 64)
@@ -118,7 +120,7 @@ def test_recorded_tracking_reproduces_the_truth_chain(twin):
     tsys = json.loads((truth_dir(paths) / "system.json").read_text())
     ctm = acquisitions.read_matrix_json(truth_dir(paths) / "specimen01" / "ct_from_marker.json", "ct_from_marker")
     rec = "record02"
-    ts = dataset.image_timestamps(paths.raw / "specimen01" / rec / "images")
+    ts = image_timestamps(paths.raw / "specimen01" / rec / "images")
     times, streams = acquisitions.read_tracker(paths.raw / "specimen01" / rec / "tracker.csv",
                                                {"probe": geometry.POSE_COLUMNS,
                                                 "marker": acquisitions.SPECIMEN_COLUMNS})
@@ -214,9 +216,9 @@ def test_sweeps_follow_their_bone():
     for rec, group, direction, variant in config.RECORDS[::2]:
         st = specimen.record_streams(group, direction, variant, leg, scene, cfg, system, ctm, np.eye(4),
                                      np.random.default_rng(2))
-        hits = [np.isfinite(bmode.first_hits(scene, p, cfg.image_width, cfg.spacing)[0]).mean() for p in st.planes]
+        hits = [np.isfinite(first_hits(scene, p, cfg.image_width, cfg.spacing)[0]).mean() for p in st.planes]
         assert np.mean(hits) > 0.2, rec  # bone under the probe
-        depth = bmode.skin_depths(scene, st.planes[len(st.planes) // 2], cfg.image_width, cfg.spacing)
+        depth = skin_depths(scene, st.planes[len(st.planes) // 2], cfg.image_width, cfg.spacing)
         assert depth[cfg.image_width // 2] < 0.5, rec  # the probe presses on the skin
         centre = st.planes[:, :3, 3] + st.planes[:, :3, 0] * cfg.image_width * cfg.pixel_spacing_mm / 2
         travel = np.linalg.norm(centre[-1] - centre[0])

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.calibration.phantom import NWirePhantom
-from ultrabones.core import dataset
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.geometry import pose_from_params
+from ultrabones.core.tracking_table import read_csv
 
 #: Columns of the phantom-marker pose in ``raw/phantom/tracker.csv``.
 PHANTOM_COLUMNS = ("px", "py", "pz", "peuler_x", "peuler_y", "peuler_z")
@@ -75,7 +75,7 @@ def read_tracker(path: Path, streams: dict[str, tuple[str, ...]]) -> tuple[np.nd
     """
     path = Path(path)
     need = ["time_ms"] + [c for cols in streams.values() for c in cols]
-    df = dataset.read_csv(path, need, "tracker stream")
+    df = read_csv(path, need, "tracker stream")
     vals = df[need].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(vals)
     if bad.any():

@@ -50,9 +50,11 @@ from ultrabones.calibration.acquisitions import (
 )
 from ultrabones.calibration.wires import detect_blobs, group_wire_points, middle_points_in_phantom
 from ultrabones.core import dataset
+from ultrabones.core.calibration_file import write_calibration
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.executor import executor
 from ultrabones.core.geometry import POSE_COLUMNS
+from ultrabones.core.images import image_timestamps
 from ultrabones.core.params import SectionParams
 
 #: The profile section of this stage.
@@ -151,7 +153,7 @@ def calibrate_probe(raw: Path, P: CalibrationParams, progress: bool = False) -> 
     phantom = read_phantom(raw)
     times, streams = read_tracker(raw / "phantom" / "tracker.csv", {"probe": POSE_COLUMNS, "phantom": PHANTOM_COLUMNS})
     img_dir = raw / "phantom" / "images"
-    ts = dataset.image_timestamps(img_dir)
+    ts = image_timestamps(img_dir)
     offsets = offset_grid(P.offset_min_ms, P.offset_max_ms, P.offset_step_ms)
     in_range = (ts + offsets[0] >= times[0]) & (ts + offsets[-1] <= times[-1])
     it = ts[in_range]
@@ -276,7 +278,7 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
 
         recs = tqdm(recs, desc=f"{specimen} records", unit="record", leave=False)
     for rec in recs:
-        ts = dataset.image_timestamps(rec / "images")
+        ts = image_timestamps(rec / "images")
         df = record_poses(rec / "tracker.csv", ts, offset_ms, reg.ct_from_marker)
         dst = out_s / rec.name
         dataset.write_tracking(dst / dataset.TRACKING, df)
@@ -355,7 +357,7 @@ def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, o
     t0 = time.time()
     probe = calibrate_probe(paths.raw, P, progress)
     t_probe = time.time() - t0
-    dataset.write_calibration(
+    write_calibration(
         paths.dataset, probe.calibration, probe.spacing, probe.offset_ms,
         localization_error_mm=probe.sweep.error_mm, phantom_frames_used=int((probe.frames["status"] == "ok").sum()),
         phantom_frames_rejected=probe.rejected, source="notebook 01_calibration (Z-phantom, spatio-temporal sweep)",

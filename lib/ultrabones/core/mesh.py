@@ -1,4 +1,4 @@
-"""Triangle meshes: exact point-to-surface distances and quadric decimation.
+"""Triangle meshes: CT bone models (STL) read and written, exact point-to-surface distances and quadric decimation.
 
 One implementation of each for the whole package: the calibration's CT-model
 checks, the reconstruction's distances and renders, and the twin's figures
@@ -8,8 +8,13 @@ and measurements all use these.
 from __future__ import annotations
 
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
+
+from ultrabones.core import atomic
+from ultrabones.core.errors import DatasetError
 
 
 def morton_order(points: np.ndarray, cell_mm: float = 1.0) -> np.ndarray:
@@ -165,3 +170,37 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[n
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(faces))
     m = m.simplify_quadric_decimation(target_number_of_triangles=int(max_faces))
     return np.asarray(m.vertices, dtype=float), np.asarray(m.triangles, dtype=np.int32)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_mesh(path: Path | str):
+    """Read a CT bone model (STL) as a ``trimesh.Trimesh``; warn if not watertight.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing or holds no triangles.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: mesh not found")
+    try:
+        mesh = trimesh.load_mesh(path, file_type=path.suffix.lstrip(".").lower() or "stl", process=True)
+    except Exception as exc:  # trimesh raises many types on corrupt files
+        raise DatasetError(f"{path}: not a readable mesh ({exc})") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise DatasetError(f"{path}: mesh holds no triangles")
+    if not mesh.is_watertight:
+        warnings.warn(f"{path}: mesh is not watertight", stacklevel=2)
+    return mesh
+
+
+def write_mesh(path: Path | str, mesh) -> Path:
+    """Write a trimesh mesh (binary STL by suffix) atomically."""
+    with atomic.atomic_path(path) as tmp:
+        mesh.export(tmp)
+    return Path(path)

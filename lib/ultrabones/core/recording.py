@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ultrabones.core.calibration_file import read_calibration_file
 from ultrabones.core.errors import DatasetError
 
 RECORDING = "recording.yaml"
@@ -155,8 +156,6 @@ def _plus_config_matrix(f: Path, name: str) -> np.ndarray:
 def _calibration(spec, units: str, folder: Path, where: str):
     """(calib, spacing or None) from ``image_to_probe`` and its units."""
     if isinstance(spec, dict) and "file" in spec and str(spec["file"]).lower().endswith(".json"):
-        from ultrabones.core.dataset import read_calibration_file
-
         calib, spacing, _ = read_calibration_file(folder / str(spec["file"]))
         return calib, spacing
     if isinstance(spec, dict) and "file" in spec and str(spec["file"]).lower().endswith(".xml"):

@@ -20,6 +20,8 @@ import pandas as pd
 
 from ultrabones.core import atomic, dataset, geometry
 from ultrabones.core.errors import DatasetError
+from ultrabones.core.images import encode_png
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
 from ultrabones.labels.chunks import read_chunk
 
 #: A record's per-frame report, in its derived folder.
@@ -131,9 +133,9 @@ def stage_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
             x = np.array([r["rot_x_deg"], r["rot_y_deg"], r["rot_z_deg"], r["trans_x_mm"], r["trans_y_mm"],
                           r["trans_z_mm"]])
             opt[i] = geometry.params_from_pose(geometry.pose_from_params(init[i]) @ geometry.perturbation(x[:3], x[3:]))
-    for j, c in enumerate(dataset.OPTIMIZED_COLUMNS):
+    for j, c in enumerate(OPTIMIZED_COLUMNS):
         out[c] = opt[:, j]
-    for j, c in enumerate(dataset.REGISTERED_COLUMNS):
+    for j, c in enumerate(REGISTERED_COLUMNS):
         out[c] = regc[:, j]
     if rec.out.resolve() == rec.path.resolve() and rec.derived is not None:
         raise DatasetError(f"{rec.out}: the derived folder is the input folder; the input is read-only")
@@ -146,9 +148,9 @@ def stage_record(rec: dataset.Record, tab: pd.DataFrame, files: list[tuple[Path,
         for ts, (full, vis) in labels.items():
             name = rec.label_path(ts).name
             target = rec.label_path(ts, dataset.LABELS_FULL)
-            (folder / dataset.LABELS_FULL / name).write_bytes(dataset.encode_png(full))
+            (folder / dataset.LABELS_FULL / name).write_bytes(encode_png(full))
             target = rec.label_path(ts, dataset.LABELS)
-            (folder / dataset.LABELS / name).write_bytes(dataset.encode_png(vis))
+            (folder / dataset.LABELS / name).write_bytes(encode_png(vis))
         target = rec.poses_csv
         dataset.write_tracking(folder / dataset.TRACKING, out)
         target = rec.out / REPORT

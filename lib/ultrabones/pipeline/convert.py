@@ -21,6 +21,7 @@ import numpy as np
 
 from ultrabones.core import dataset as ds
 from ultrabones.core import recording, sequence
+from ultrabones.core.calibration_file import write_calibration
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.geometry import invert_transform
 
@@ -198,7 +199,7 @@ def to_layout_a(src: Path | str, dst: Path | str) -> list[Path]:
             tab.insert(1, "space_factor", float(spacing[0]))
             tab.to_csv(out / rec.name / ds.TRACKING, index=False)
             written.append(out / rec.name)
-    ds.write_calibration(dst, calib, spacing, None, source=f"converted from {src} (layout C)")
+    write_calibration(dst, calib, spacing, None, source=f"converted from {src} (layout C)")
     return written
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from ultrabones.core import dataset as ds
 from ultrabones.core import recording
 from ultrabones.core.paths import Paths
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.pipeline.convert import label_frames, write_sequence
 
 KINDS = {ds.LABELS: "labels", ds.LABELS_FULL: "labels_full", ds.LABELS_PRED: "predictions"}
@@ -54,7 +55,7 @@ def record_transforms(rec: ds.Record, calib: np.ndarray, spacing) -> tuple[np.nd
     opt = np.full_like(recorded, np.nan)
     if rec.poses_csv.is_file() and rec.poses_csv != rec.tracking_source:
         tab = ds.read_tracking(rec.poses_csv, allow_missing_pose=True).set_index("timestamp").reindex(ts)
-        if all(c in tab.columns for c in ds.OPTIMIZED_COLUMNS):
+        if all(c in tab.columns for c in OPTIMIZED_COLUMNS):
             opt = ds.poses(tab.reset_index(), "optimized")
     ok = np.isfinite(opt).all(axis=(1, 2))
     best = np.where(ok[:, None, None], opt, recorded)

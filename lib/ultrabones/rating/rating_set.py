@@ -19,7 +19,9 @@ import pandas as pd
 
 from ultrabones.core import atomic
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.geometry import POSE_COLUMNS
 from ultrabones.core.overlay import overlay
+from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
 
 #: The three alignments, in the order of the paper's Fig. 7.
 METHODS = ("initial", "registered", "optimized")
@@ -58,9 +60,6 @@ def eligible_timestamps(tracking: pd.DataFrame, labelled: np.ndarray | None = No
     -------
     (K,) int64 array of timestamps (ms), sorted.
     """
-    from ultrabones.core.dataset import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
-    from ultrabones.core.geometry import POSE_COLUMNS
-
     cols = list(POSE_COLUMNS) + list(REGISTERED_COLUMNS) + list(OPTIMIZED_COLUMNS)
     missing = [c for c in cols if c not in tracking.columns]
     if missing:

@@ -25,6 +25,7 @@ from typing import ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ultrabones.core.calibration_file import CALIBRATION
 from ultrabones.core.dataset import LABELS, LABELS_PRED, Specimen, read_mesh
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.mesh import SurfaceDistance
@@ -303,7 +304,7 @@ def run(
     from tqdm import tqdm
 
     from ultrabones.core.cache import SpecimenCache
-    from ultrabones.core.dataset import CALIBRATION, discover, read_calibration
+    from ultrabones.core.dataset import discover, read_calibration
     from ultrabones.core.dataset import specimen as dataset_specimen
 
     t0 = time.perf_counter()

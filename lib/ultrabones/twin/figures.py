@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset, geometry
+from ultrabones.core.images import image_timestamps
 from ultrabones.core.mesh import decimate
 from ultrabones.core.overlay import overlay
 from ultrabones.core.paper import PUBLISHED
@@ -20,7 +21,7 @@ from ultrabones.twin.simulate import SimulationResult, specimen_table
 
 
 def _middle_frame(paths: Paths, specimen: str, record: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ts = dataset.image_timestamps(paths.raw / specimen / record / "images")
+    ts = image_timestamps(paths.raw / specimen / record / "images")
     t = int(ts[len(ts) // 2])
     img = dataset.read_image(paths.raw / specimen / record / "images" / f"{t}.png")
     full = dataset.read_label(truth_dir(paths) / specimen / record / dataset.LABELS_FULL / f"{t}_label.png", img.shape)

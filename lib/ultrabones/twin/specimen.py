@@ -19,7 +19,9 @@ from ultrabones.core import atomic, dataset, geometry
 from ultrabones.core.paths import Paths, twin_specimen_name
 from ultrabones.twin import anatomy, bmode
 from ultrabones.twin.config import GROUPS, LEAD_S, RECORDS, TwinConfig, frames_in_sweep
+from ultrabones.twin.contour import chamfer_mm
 from ultrabones.twin.layout import truth_dir
+from ultrabones.twin.scene import plane_contour
 from ultrabones.twin.sweeps import HandMotion, SmoothProcess, SweepPlan, image_planes, plan_sweep
 from ultrabones.twin.tracking import (
     FIDUCIAL_RADIUS_MM,
@@ -203,9 +205,9 @@ def simulate_record(paths: Paths, specimen: str, rec: str, group: str, direction
         dataset.write_label(truth_r / dataset.LABELS / f"{t}_label.png", f.visible)
         mis = float("nan")
         if i % MISALIGNMENT_EVERY == 0:
-            rec_pts, _ = bmode.plane_contour(scene, ct_us_rec[i] @ released, cfg.image_width, cfg.image_height,
+            rec_pts, _ = plane_contour(scene, ct_us_rec[i] @ released, cfg.image_width, cfg.image_height,
                                              cfg.spacing, margin_mm=0.0)
-            mis = bmode.chamfer_mm(rec_pts, f.contour, extent)
+            mis = chamfer_mm(rec_pts, f.contour, extent)
         n_full, n_vis = int(f.full.sum()), int(f.visible.sum())
         frame_rows.append({
             "timestamp": t, "bone_in_view": n_full > 0, "full_pixels": n_full, "visible_pixels": n_vis,
