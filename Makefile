@@ -120,11 +120,9 @@ validate: setup
 	$(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,VALIDATION_SEEDS) --out $(VALIDATION_OUT)
 	$(PY) -m ultrabones.twin.measure merge-collected --profile $(PROFILE) --seeds $(call SEEDS_OF,VALIDATION_SEEDS) --out $(VALIDATION_OUT)
 
-# The sealed seeds run once, as the validation seeds do (the objectives compared too): their results are reported
-# as they come out, then they join VALIDATION_SEEDS.
+# The sealed seeds run once: their results are reported as they come out, then they join VALIDATION_SEEDS.
 unseal: setup
-	@for s in $(call SEEDS_OF,SEALED_SEEDS); do ULTRABONES_UNSEAL=1 $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s \
-	  COMPARE_FRAMES=$(shell $(PY) -c "from ultrabones.core import paper; print(paper.VALIDATION_COMPARE_FRAMES)") || exit 1; done
+	@for s in $(call SEEDS_OF,SEALED_SEEDS); do ULTRABONES_UNSEAL=1 $(MAKE) --no-print-directory labelling PROFILE=$(PROFILE) SEED=$$s || exit 1; done
 	ULTRABONES_UNSEAL=1 $(PY) -m ultrabones collect-validation --profile $(PROFILE) --seeds $(call SEEDS_OF,SEALED_SEEDS) --out $(VALIDATION_OUT)
 	$(PY) -m ultrabones.twin.measure merge-collected --profile $(PROFILE) --seeds $(call SEEDS_OF,SEALED_SEEDS) --out $(VALIDATION_OUT)
 
