@@ -348,12 +348,16 @@ def results_markdown(figures_dir: Path | str) -> str:
                   to_markdown(pd.DataFrame.from_records(
                       [{"stage": k, **{kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}}
                        for k, v in sorted(t.items())]))]
-    if c.real:
+    if c.real or c.real_released or c.real_finetune:
         parts += ["## The real sweep", "",
                   "`make paper PROFILE=real DATA_ROOT=../shared/real_sweep` with the twin-trained model. There is "
                   "no truth: the scores are the agreement of the model with the pipeline's own CT-derived labels "
                   "(made by the same label generator as its training labels, on the sweep used during "
-                  "development), not an accuracy.", "", *_real_lines(c.real),
+                  "development), not an accuracy. The released profile's labels: `make labelling PROFILE=released "
+                  "DATA_ROOT=../shared/real_sweep`; the fine-tuning, in the real build: `python -m ultrabones run 04 "
+                  "--profile real -p data_root=../shared/real_sweep -p training.mode=finetune "
+                  "-p training.init_checkpoint=<a twin-trained best.ckpt>`, then `run 05` with the same options "
+                  "(docs/released.md).", "", *_real_lines(c.real),
                   *[x for x in (_real_selection_line(c.real), _real_released_line(c.real_released)) if x],
                   *_real_finetune_lines(c.real_finetune), ""]
     return "\n".join(parts).rstrip("\n") + "\n"
