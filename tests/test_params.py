@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ultrabones.core import params as P
+from ultrabones.core import schema
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR
 
@@ -316,7 +317,7 @@ def test_makefile_stage_lists_are_the_packages():
         return re.search(rf"^{name}\s*:=\s*(.+)$", text, re.M).group(1).split()
 
     assert listed("STAGES") == list(P.NOTEBOOKS)
-    assert listed("PER_SPECIMEN") == list(P.PER_SPECIMEN)
+    assert listed("PER_SPECIMEN") == list(schema.PER_SPECIMEN)
 
 
 def test_the_specimen_readme_example_is_a_valid_override(pdir):

@@ -63,7 +63,7 @@ SECTION = "calibration"
 
 @dataclass(frozen=True)
 class CalibrationParams(SectionParams):
-    """The ``calibration`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["calibration"]``).
+    """The ``calibration`` section of a profile, typed and validated (units and ranges: ``schema.SCHEMA["calibration"]``).
 
     Build it with :meth:`from_section`; a specimen's overrides give :meth:`for_specimen`. Construction, and so
     ``dataclasses.replace``, validates every value. :meth:`as_dict` gives the section back as plain data: what

@@ -91,7 +91,7 @@ STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image", "no_echo")
 
 @dataclass(frozen=True)
 class LabelingParams(SectionParams):
-    """The ``labeling`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["labeling"]``).
+    """The ``labeling`` section of a profile, typed and validated (units and ranges: ``schema.SCHEMA["labeling"]``).
 
     Build it with :meth:`from_section`; a specimen's overrides give :meth:`for_specimen`. Construction, and so
     ``dataclasses.replace``, validates every value; lists become tuples. :meth:`as_dict` gives the section back

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{timings.timings_path(folder)}:")
             print(timings.table(data, order))
         elif args.verb == "stages":
-            from ultrabones.core.params import NOTEBOOKS, PER_SPECIMEN
+            from ultrabones.core.schema import NOTEBOOKS, PER_SPECIMEN
 
             for stem, section in NOTEBOOKS.items():
                 print(f"{stem:24s} {section:15s} {'per specimen' if stem in PER_SPECIMEN else ''}")

@@ -43,7 +43,7 @@ SECTION = "summary"
 
 @dataclass(frozen=True)
 class SummaryParams(SectionParams):
-    """The ``summary`` section of a profile, typed and validated (``params.SCHEMA["summary"]``).
+    """The ``summary`` section of a profile, typed and validated (``schema.SCHEMA["summary"]``).
 
     Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`; construction, and so
     ``dataclasses.replace``, validates every value; lists become tuples. ``as_dict`` gives the section back as

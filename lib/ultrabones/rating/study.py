@@ -68,7 +68,7 @@ SECTION = "rating"
 
 @dataclass(frozen=True)
 class RatingParams(SectionParams):
-    """The ``rating`` section of a profile, typed and validated (units and ranges: ``params.SCHEMA["rating"]``).
+    """The ``rating`` section of a profile, typed and validated (units and ranges: ``schema.SCHEMA["rating"]``).
 
     Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`. Construction, and so
     ``dataclasses.replace``, validates every value; ``as_dict`` gives the section back as plain data. The

@@ -43,7 +43,7 @@ SECTION = "reconstruction"
 
 @dataclass(frozen=True)
 class ReconstructionParams(SectionParams):
-    """The ``reconstruction`` section of a profile, validated (:data:`ultrabones.core.params.SCHEMA`).
+    """The ``reconstruction`` section of a profile, validated (:data:`ultrabones.core.schema.SCHEMA`).
 
     Attributes
     ----------

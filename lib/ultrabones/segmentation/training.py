@@ -39,7 +39,7 @@ SPEED_SIZE, SPEED_THREADS = (256, 256), 2
 
 @dataclass(frozen=True)
 class TrainingParams:
-    """The ``training`` section's keys, typed (units and ranges: ``params.SCHEMA["training"]``).
+    """The ``training`` section's keys, typed (units and ranges: ``schema.SCHEMA["training"]``).
 
     Build it with :meth:`from_section`; lists become tuples. :meth:`as_dict` gives the section back as plain
     data, which is what the Lightning module's hyperparameters, the checkpoint's metadata and the resume key of

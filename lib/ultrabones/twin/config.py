@@ -39,7 +39,7 @@ NOT_SIMULATION_KEYS = ("real_frames_dir",)
 
 @dataclass(frozen=True)
 class TwinConfig(SectionParams):
-    """The ``simulate`` section, typed and frozen: the stage's parameters (units: ``params.SCHEMA["simulate"]``).
+    """The ``simulate`` section, typed and frozen: the stage's parameters (units: ``schema.SCHEMA["simulate"]``).
 
     Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`; a specimen's overrides give
     :meth:`for_specimen`. Construction, and so ``dataclasses.replace``, validates every value against the schema,
