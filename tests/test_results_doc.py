@@ -151,6 +151,8 @@ def test_real_sweep_lines_name_their_sources_and_what_they_measure(tmp_path):
                 "chosen": 0.1, "region": "first_hit", "by": "truth-free", "separation": {
                     "runner_up_lambda": 1.0, "runner_up_region": "full", "margin": 0.02, "margin_se": 0.005,
                     "n_frames": 12, "separable": True}}}),
+            ("real/twin_model", "04_training", {"arch": "fpn", "encoder": "resnet34", "val_f1_at_0p5mm": 0.83,
+                                                "_provenance": {"build_dir": "/x/build/default-seed9"}}),
             ("real/released", "02_labeling", {"n_frames": 20, "kept_mean_fiducial_correction_mm": 0.7,
                                               "discard_rate": 0.15, "seconds_per_frame": 1.5}),
             ("real/finetune", "05_evaluation", {"finetune_before_after": {
@@ -164,6 +166,7 @@ def test_real_sweep_lines_name_their_sources_and_what_they_measure(tmp_path):
     assert real.count("not an accuracy") >= 3
     assert "margin over the runner-up (lambda 1, full) 0.02 against its standard error 0.005: separable" in real
     assert "[figures/real/released/02_labeling.json]" in real and "discard rate 0.15" in real
+    assert "trained on the twin of seed 9" in real and "[figures/real/twin_model/04_training.json]" in real
     assert "before **0.5** ± 0.02, after **0.7** ± 0.01" in real
     assert "[figures/real/finetune/05_evaluation.json: finetune_before_after]" in real
     block = results_doc.readme_block(figs)

@@ -16,6 +16,7 @@ regenerate both from a clean checkout and fail when the README's block differs.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ VALIDATION = "validation"
 REAL = "real/metrics"
 REAL_RELEASED = "real/released"
 REAL_FINETUNE = "real/finetune"
+REAL_MODEL = "real/twin_model"
 #: The stems a committed run holds (notebooks 00-07) and the optional on-demand ones.
 STEMS = ("00_simulate", "01_calibration", "02_labeling", "03_rating_statistics", "04_training", "05_evaluation",
          "06_reconstruction", "07_summary", *summary.MEASUREMENTS)
@@ -55,6 +57,7 @@ class Committed:
     real: dict
     real_released: dict
     real_finetune: dict
+    real_model: dict
 
     @classmethod
     def read(cls, figures_dir: Path | str) -> "Committed":
@@ -68,7 +71,7 @@ class Committed:
         keep = [i for i, n in enumerate(names) if int(n[4:]) in paper.VALIDATION_SEEDS]
         return cls(figures_dir, folder(figures_dir / METRICS), [runs[i] for i in keep], [names[i] for i in keep],
                    folder(figures_dir / REAL), folder(figures_dir / REAL_RELEASED),
-                   folder(figures_dir / REAL_FINETUNE))
+                   folder(figures_dir / REAL_FINETUNE), folder(figures_dir / REAL_MODEL))
 
     def table(self) -> pd.DataFrame:
         """The seeded summary (:func:`ultrabones.pipeline.validation.seeded_summary`) with committed sources."""
@@ -258,6 +261,18 @@ def _real_lines(real: Mapping[str, dict]) -> list[str]:
     return out
 
 
+def _real_model_line(model: Mapping[str, dict]) -> str | None:
+    """The twin-trained model the real runs start from: its training run's seed and validation F1 on the twin."""
+    m = model.get("04_training")
+    if not m:
+        return None
+    seed = re.search(r"-seed(\d+)$", str((m.get("_provenance") or {}).get("build_dir", "")))
+    return (f"- the twin-trained model: {m.get('arch')}-{m.get('encoder')}, trained on the twin of seed "
+            f"{seed.group(1) if seed else 0} (`make build/default-seed<N>/stamps/04_training.done SEED=<N>`), validation F1 "
+            f"at 0.5 mm on that twin's labels {summary.fmt_number(m.get('val_f1_at_0p5mm'))} "
+            f"[figures/{REAL_MODEL}/04_training.json]")
+
+
 def _real_selection_line(real: Mapping[str, dict]) -> str | None:
     """The real profile's truth-free choice of lambda and region: its margin over the runner-up against the
     margin's standard error (``lambda_selection.separation``), or None where the run chose nothing."""
@@ -348,7 +363,7 @@ def results_markdown(figures_dir: Path | str) -> str:
                   to_markdown(pd.DataFrame.from_records(
                       [{"stage": k, **{kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}}
                        for k, v in sorted(t.items())]))]
-    if c.real or c.real_released or c.real_finetune:
+    if c.real or c.real_released or c.real_finetune or c.real_model:
         parts += ["## The real sweep", "",
                   "`make paper PROFILE=real DATA_ROOT=../shared/real_sweep` with the twin-trained model. There is "
                   "no truth: the scores are the agreement of the model with the pipeline's own CT-derived labels "
@@ -358,7 +373,8 @@ def results_markdown(figures_dir: Path | str) -> str:
                   "--profile real -p data_root=../shared/real_sweep -p training.mode=finetune "
                   "-p training.init_checkpoint=<a twin-trained best.ckpt>`, then `run 05` with the same options "
                   "(docs/released.md).", "", *_real_lines(c.real),
-                  *[x for x in (_real_selection_line(c.real), _real_released_line(c.real_released)) if x],
+                  *[x for x in (_real_model_line(c.real_model), _real_selection_line(c.real),
+                                _real_released_line(c.real_released)) if x],
                   *_real_finetune_lines(c.real_finetune), ""]
     return "\n".join(parts).rstrip("\n") + "\n"
 
