@@ -268,9 +268,25 @@ def _real_model_line(model: Mapping[str, dict]) -> str | None:
         return None
     seed = re.search(r"-seed(\d+)$", str((m.get("_provenance") or {}).get("build_dir", "")))
     return (f"- the twin-trained model: {m.get('arch')}-{m.get('encoder')}, trained on the twin of seed "
-            f"{seed.group(1) if seed else 0} (`make build/default-seed<N>/stamps/04_training.done SEED=<N>`), validation F1 "
+            f"{seed.group(1) if seed else 0} (`make build/default-seed<N>/stamps/04_training.done SEED=<N>`), "
+            f"validation F1 "
             f"at 0.5 mm on that twin's labels {summary.fmt_number(m.get('val_f1_at_0p5mm'))} "
             f"[figures/{REAL_MODEL}/04_training.json]")
+
+
+def _real_labels_line(real: Mapping[str, dict]) -> str | None:
+    """The real profile's labels (Eq. 2) on the sweep and the run's time (its ``timings.json``, where committed)."""
+    m = real.get("02_labeling")
+    if not m:
+        return None
+    f = summary.fmt_number
+    t = _stage_timings(real)
+    took = (f"; the run's stages {sum(v['wall_s'] for v in t.values()) / 60:.1f} min wall "
+            f"[figures/{REAL}/{TIMINGS}]") if t else ""
+    return (f"- the real profile's labels (Eq. 2): {m.get('n_frames')} frames, discard rate "
+            f"{f(m.get('discard_rate'))}, "
+            f"mean correction of the kept labels {f(m.get('kept_mean_fiducial_correction_mm'))} mm, "
+            f"{f(m.get('seconds_per_frame'))} s a frame [figures/{REAL}/02_labeling.json]{took}")
 
 
 def _real_selection_line(real: Mapping[str, dict]) -> str | None:
@@ -295,7 +311,8 @@ def _real_released_line(released: Mapping[str, dict]) -> str | None:
         return None
     f = summary.fmt_number
     return (f"- the released labels' objective (`params/released.yaml`, every 10th frame) on the real sweep: "
-            f"{m.get('n_frames')} frames, mean correction of the kept labels {f(m.get('kept_mean_fiducial_correction_mm'))} "
+            f"{m.get('n_frames')} frames, mean correction of the kept labels "
+            f"{f(m.get('kept_mean_fiducial_correction_mm'))} "
             f"mm, discard rate {f(m.get('discard_rate'))}, {f(m.get('seconds_per_frame'))} s a frame "
             f"[figures/{REAL_RELEASED}/02_labeling.json]")
 
@@ -331,7 +348,7 @@ def results_markdown(figures_dir: Path | str) -> str:
         "Regenerate with `make paper` (default profile) after `make validate`.",
         "",
         f"- default run (seed 0, a design seed): `figures/metrics/` ({_provenance(c.design)})",
-        f"- validation seeds: `figures/validation/` ("
+        "- validation seeds: `figures/validation/` ("
         + ("; ".join(f"{n}{_sealed_note(c, n)}: {_provenance(r)}" for n, r in zip(c.validation_names, c.validation))
            or "none committed") + ")",
         f"- criteria version {paper.CRITERIA_VERSION} (`lib/ultrabones/core/paper.py`); design seeds "
@@ -365,7 +382,8 @@ def results_markdown(figures_dir: Path | str) -> str:
                        for k, v in sorted(t.items())]))]
     if c.real or c.real_released or c.real_finetune or c.real_model:
         parts += ["## The real sweep", "",
-                  "`make paper PROFILE=real DATA_ROOT=../shared/real_sweep` with the twin-trained model. There is "
+                  "`make paper PROFILE=real DATA_ROOT=../shared/real_sweep INIT_CHECKPOINT=<a twin-trained "
+                  "best.ckpt>`. There is "
                   "no truth: the scores are the agreement of the model with the pipeline's own CT-derived labels "
                   "(made by the same label generator as its training labels, on the sweep used during "
                   "development), not an accuracy. The released profile's labels: `make labelling PROFILE=released "
@@ -373,7 +391,7 @@ def results_markdown(figures_dir: Path | str) -> str:
                   "--profile real -p data_root=../shared/real_sweep -p training.mode=finetune "
                   "-p training.init_checkpoint=<a twin-trained best.ckpt>`, then `run 05` with the same options "
                   "(docs/released.md).", "", *_real_lines(c.real),
-                  *[x for x in (_real_model_line(c.real_model), _real_selection_line(c.real),
+                  *[x for x in (_real_model_line(c.real_model), _real_labels_line(c.real), _real_selection_line(c.real),
                                 _real_released_line(c.real_released)) if x],
                   *_real_finetune_lines(c.real_finetune), ""]
     return "\n".join(parts).rstrip("\n") + "\n"
