@@ -269,9 +269,15 @@ def _real_model_line(model: Mapping[str, dict]) -> str | None:
     seed = re.search(r"-seed(\d+)$", str((m.get("_provenance") or {}).get("build_dir", "")))
     return (f"- the twin-trained model: {m.get('arch')}-{m.get('encoder')}, trained on the twin of seed "
             f"{seed.group(1) if seed else 0} (`make build/default-seed<N>/stamps/04_training.done SEED=<N>`), "
-            f"validation F1 "
-            f"at 0.5 mm on that twin's labels {summary.fmt_number(m.get('val_f1_at_0p5mm'))} "
+            f"validation F1 at 0.5 mm on that twin's labels {summary.fmt_number(m.get('val_f1_at_0p5mm'))} "
             f"[figures/{REAL_MODEL}/04_training.json]")
+
+
+def _labels_summary(m: Mapping) -> str:
+    """``N frames, discard rate D, mean correction of the kept labels C mm, S s a frame`` of a 02 metrics dict."""
+    f = summary.fmt_number
+    return (f"{m.get('n_frames')} frames, discard rate {f(m.get('discard_rate'))}, mean correction of the kept "
+            f"labels {f(m.get('kept_mean_fiducial_correction_mm'))} mm, {f(m.get('seconds_per_frame'))} s a frame")
 
 
 def _real_labels_line(real: Mapping[str, dict]) -> str | None:
@@ -279,14 +285,10 @@ def _real_labels_line(real: Mapping[str, dict]) -> str | None:
     m = real.get("02_labeling")
     if not m:
         return None
-    f = summary.fmt_number
     t = _stage_timings(real)
     took = (f"; the run's stages {sum(v['wall_s'] for v in t.values()) / 60:.1f} min wall "
             f"[figures/{REAL}/{TIMINGS}]") if t else ""
-    return (f"- the real profile's labels (Eq. 2): {m.get('n_frames')} frames, discard rate "
-            f"{f(m.get('discard_rate'))}, "
-            f"mean correction of the kept labels {f(m.get('kept_mean_fiducial_correction_mm'))} mm, "
-            f"{f(m.get('seconds_per_frame'))} s a frame [figures/{REAL}/02_labeling.json]{took}")
+    return f"- the real profile's labels (Eq. 2): {_labels_summary(m)} [figures/{REAL}/02_labeling.json]{took}"
 
 
 def _real_selection_line(real: Mapping[str, dict]) -> str | None:
@@ -309,12 +311,8 @@ def _real_released_line(released: Mapping[str, dict]) -> str | None:
     m = released.get("02_labeling")
     if not m:
         return None
-    f = summary.fmt_number
     return (f"- the released labels' objective (`params/released.yaml`, every 10th frame) on the real sweep: "
-            f"{m.get('n_frames')} frames, mean correction of the kept labels "
-            f"{f(m.get('kept_mean_fiducial_correction_mm'))} "
-            f"mm, discard rate {f(m.get('discard_rate'))}, {f(m.get('seconds_per_frame'))} s a frame "
-            f"[figures/{REAL_RELEASED}/02_labeling.json]")
+            f"{_labels_summary(m)} [figures/{REAL_RELEASED}/02_labeling.json]")
 
 
 def _real_finetune_lines(finetune: Mapping[str, dict]) -> list[str]:
