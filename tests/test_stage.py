@@ -232,6 +232,10 @@ def test_seed_builds_found_beside_the_profile(tmp_path):
     assert per_seed.loc[3, "chosen lambda"] == "0.1 ± 0"  # equal values: sd exactly 0
     single = summary.labeling_seed_table(runs[:1], names[:1])
     assert len(single) == 1
+    # the validation seeds pooled, the design run beside them left out of the last row
+    val = summary.labeling_seed_table(runs, names, pooled=names[1:])
+    assert val.loc[3, "run"] == "mean ± sd of default-seed2, default-seed10"
+    assert val.loc[3, "discard rate"] == "0.25 ± 0.071"  # 0.3 and 0.2; with the design run 0.2 ± 0.1
 
 
 def test_summary_params_typed_frozen_and_validated():

@@ -363,7 +363,8 @@ def results_markdown(figures_dir: Path | str) -> str:
         to_markdown(shown),
         "## Labels per seed",
         "",
-        to_markdown(summary.labeling_seed_table([c.design, *c.validation], ["seed0 (design)", *c.validation_names])),
+        to_markdown(summary.labeling_seed_table([c.design, *c.validation], ["seed0 (design)", *c.validation_names],
+                                                pooled=c.validation_names)),
         "## Criteria changed after a result was seen",
         "",
         "From `lib/ultrabones/core/criteria_history.py` (established from `git log -p`); the last column judges "

@@ -486,27 +486,31 @@ LABELING_SEED_COLUMNS = {
 }
 
 
-def labeling_seed_table(runs: Sequence[Mapping[str, dict]], names: Sequence[str]) -> pd.DataFrame:
+def labeling_seed_table(runs: Sequence[Mapping[str, dict]], names: Sequence[str],
+                        pooled: Sequence[str] | None = None) -> pd.DataFrame:
     """Notebook 02's truth-free choice against the oracle, seed by seed.
 
     Parameters
     ----------
     runs, names : from :func:`load_seed_runs`.
+    pooled : the names whose rows the last row pools (the validation seeds, not the design seed beside them);
+        None: every row.
 
     Returns
     -------
     One row per seed build (``run``: its folder name) with :data:`LABELING_SEED_COLUMNS` (contour errors
     are means over kept frames, mm; ``share improved``: kept frames whose optimised contour beats the
-    initial; missing values None), and, with two or more seeds, a last row ``mean ± sd`` of the numeric
-    columns (sd with ddof=1).
+    initial; missing values None), and, with two or more pooled seeds, a last row ``mean ± sd`` of their
+    numeric columns (sd with ddof=1), named ``mean ± sd of <names>`` when it pools a subset.
     """
     rows = [{"run": n, **{c: lookup(m, ref) for c, ref in LABELING_SEED_COLUMNS.items()}}
             for m, n in zip(runs, names)]
     df = pd.DataFrame(rows, columns=["run", *LABELING_SEED_COLUMNS])
-    if len(rows) >= 2:
-        agg = {"run": "mean ± sd"}
+    keep = [n in pooled for n in names] if pooled is not None else [True] * len(rows)
+    if sum(keep) >= 2:
+        agg = {"run": "mean ± sd" if all(keep) else f"mean ± sd of {', '.join(n for n, k in zip(names, keep) if k)}"}
         for c in LABELING_SEED_COLUMNS:
-            mean, sd, n = aggregate([float(v) for v in df[c] if _number(v)])
+            mean, sd, n = aggregate([float(v) for v, k in zip(df[c], keep) if k and _number(v)])
             if sd is not None and sd <= 1e-9 * max(1.0, abs(mean)):
                 sd = 0.0  # equal values: no floating-point noise in the table
             agg[c] = None if mean is None else (f"{mean:.3g} ± {sd:.2g}" if sd is not None else f"{mean:.3g}")
