@@ -349,6 +349,19 @@ NOTEBOOKS: dict[str, str] = {
     "07_summary": "summary",
 }
 
+#: Notebook stem -> the module holding its stage's contract (``Params``, ``Result``, ``run``, ``metrics``,
+#: ``check``, ``figures``: docs/architecture.md, "The stage contract"; tests/test_stage_contract.py).
+STAGE_MODULES: dict[str, str] = {
+    "00_simulate": "ultrabones.twin.simulate",
+    "01_calibration": "ultrabones.calibration.system",
+    "02_labeling": "ultrabones.labels.batch",
+    "03_rating_statistics": "ultrabones.rating.study",
+    "04_training": "ultrabones.segmentation.training",
+    "05_evaluation": "ultrabones.evaluation.benchmark",
+    "06_reconstruction": "ultrabones.reconstruction.batch",
+    "07_summary": "ultrabones.pipeline.summary",
+}
+
 #: Stages that work specimen by specimen (``make specimen`` reruns these).
 PER_SPECIMEN = ("00_simulate", "01_calibration", "02_labeling", "06_reconstruction")
 
