@@ -332,6 +332,30 @@ def test_checkpoint_reloads_with_weights_only_and_predicts_identically(tmp_path)
     assert isinstance(mixed, list) and mixed[1].shape == (40, 30) and mixed[1].dtype == bool
 
 
+def test_precision_auto_is_bf16_channels_last_only_on_a_cpu_with_amx(monkeypatch):
+    P = {"accelerator": "cpu", "devices": None, "precision": "auto", "deterministic": True}
+    for amx, want in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(fit, "cpu_has_bf16_matrix_units", lambda amx=amx: amx)
+        hw = fit._resolve_hardware(P)
+        assert hw["precision"] == want and hw["channels_last"] is amx
+    assert fit._resolve_hardware({**P, "precision": "32-true"})["channels_last"] is False  # fp32: default layout
+
+
+def test_a_bf16_model_predicts_in_bf16_where_the_hardware_has_it_and_close_to_fp32(monkeypatch):
+    model, meta = _tiny_model()
+    imgs = np.random.default_rng(1).integers(0, 256, (4, 45, 50), dtype=np.uint8)
+    fp32 = inference.predict((model, meta), imgs, device="cpu")
+    monkeypatch.setattr(net, "cpu_has_bf16_matrix_units", lambda: True)
+    assert net.uses_bf16({**meta, "precision": "bf16-mixed"}, "cpu")
+    assert not net.uses_bf16({**meta, "precision": "32-true"}, "cpu") and not net.uses_bf16(meta, "cpu")
+    bf16 = inference.predict((model, {**meta, "precision": "bf16-mixed"}), imgs, device="cpu")
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)  # it did run in bf16
+    assert np.abs(bf16 - fp32).max() < 0.05  # probabilities: bf16 keeps 8 bits of mantissa
+    monkeypatch.setattr(net, "cpu_has_bf16_matrix_units", lambda: False)
+    np.testing.assert_array_equal(inference.predict((model, {**meta, "precision": "bf16-mixed"}), imgs,
+                                                    device="cpu"), fp32)  # no AMX: fp32, identical
+
+
 def test_pickled_checkpoint_is_refused_without_trust_and_converts_with_it(tmp_path):
     model, _ = _tiny_model()
     pickled = tmp_path / "released.pth"

@@ -282,7 +282,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "f1_sigma_mm": _f(0.01, 10, doc="distance threshold of the validation F1, mm (paper: 0.5)"),
         "accelerator": _s(("auto", "cpu", "gpu"), doc="auto: GPU when present"),
         "devices": _i(1, 1024, nullable=True, doc="devices (GPUs: DDP when > 1); null: all GPUs, or 1 CPU"),
-        "precision": _s(("auto", "32-true", "bf16-mixed", "16-mixed"), doc="auto: bf16-mixed on GPU, 32-true on CPU"),
+        "precision": _s(("auto", "32-true", "bf16-mixed", "16-mixed"), doc="auto: bf16-mixed on a GPU or an AMX CPU (channels-last there), else 32-true"),
         "deterministic": _b(doc="deterministic algorithms (warn only on GPU, where upsampling has none)"),
         "num_workers": _i(0, 64, doc="DataLoader worker processes (0: in the main process)"),
         "threads": _i(1, 1024, nullable=True, doc="torch CPU threads; null: torch's default"),

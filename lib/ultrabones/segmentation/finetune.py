@@ -157,7 +157,8 @@ def finetune(init_checkpoint: str | Path, frames: Sequence[Frame], out: Path | s
     new = dict(meta)
     new.update({"mode": "finetune", "init_checkpoint": str(init_checkpoint), "finetune_epochs": params.finetune_epochs,
                 "finetune_lr": params.finetune_lr, "finetune_seconds": time.perf_counter() - t0,
-                "history": history, **(extra_metadata or {})})
+                "history": history, "precision": "32-true",  # fine-tuned in fp32: it predicts in fp32
+                **(extra_metadata or {})})
     new.pop("git_commit", None)
     new.pop("created", None)
     return save_checkpoint(out, net.state_dict(), new), new

@@ -20,6 +20,7 @@ from scipy import ndimage
 from ultrabones.core import dataset as ds
 from ultrabones.segmentation import segdata
 from ultrabones.segmentation.checkpoint import load_checkpoint
+from ultrabones.segmentation.net import uses_bf16
 
 
 def as_model(model_or_ckpt, trust_pickle: bool = False):
@@ -62,18 +63,20 @@ def predict(
     size = tuple(input_size or meta["input_size"])
     mean, std = float(meta["norm_mean"]), float(meta["norm_std"])
     in_ch = int(meta.get("in_channels", 1))
-    model = model.to(device).eval()
+    bf16 = uses_bf16(meta, device)  # as trained: bf16 (channels-last on the CPU) or fp32
+    layout = torch.channels_last if bf16 and not str(device).startswith("cuda") else torch.contiguous_format
+    model = model.to(device, memory_format=layout).eval()
     single = isinstance(images, np.ndarray) and images.ndim == 3
     seq = list(images)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
         for i in range(0, len(seq), batch_size):
             chunk = seq[i : i + batch_size]
             x = np.stack([segdata.resize_image(im, size) for im in chunk])
             x = torch.from_numpy((x - mean) / std)[:, None].to(device)
             if in_ch != 1:
                 x = x.repeat(1, in_ch, 1, 1)
-            logits = model(x).float()
+            logits = model(x.contiguous(memory_format=layout)).float()
             for im, lg in zip(chunk, logits):
                 prob = torch.sigmoid(F.interpolate(lg[None], size=im.shape, mode="bilinear", align_corners=False))
                 p = prob[0, 0].cpu().numpy()

@@ -39,6 +39,9 @@ def module_class():
             self.loss_fn = SegmentationLoss(
                 config["dice_weight"], config["bce_weight"], config["tv_weight"], config["skeleton_weight"]
             )
+            self._layout = torch.channels_last if config.get("channels_last") else torch.contiguous_format
+            if config.get("channels_last"):
+                self.model = self.model.to(memory_format=torch.channels_last)
 
         def forward(self, x):
             return self.model(x)
@@ -55,7 +58,8 @@ def module_class():
             if "aug" in batch and self.trainer is not None and self.trainer.training:
                 batch["image"], batch["label"], batch["line"] = segdata.augment_batch(
                     batch["image"], batch["label"], batch["line"], batch["aug"], batch.get("aug_seed"))
-            batch["image"] = (batch["image"] - self.config["norm_mean"]) / self.config["norm_std"]
+            batch["image"] = ((batch["image"] - self.config["norm_mean"]) / self.config["norm_std"]).contiguous(
+                memory_format=self._layout)
             return batch
 
         def on_train_epoch_start(self):
