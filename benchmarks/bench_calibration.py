@@ -55,7 +55,7 @@ def test_stage_on_the_default_twin_under_2_min(tmp_path):
     paths = Paths(tmp_path / "build", twin, tmp_path / "figures")
     t0 = time.perf_counter()
     P = cal.CalibrationParams.from_section(prof.values["calibration"])
-    res = cal.run_stage(paths, P, progress=False, n_workers=prof.values["n_workers"])
+    res = cal.run(paths, P, progress=False, n_workers=prof.values["n_workers"])
     dt = time.perf_counter() - t0
     m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, P.surface_samples))
     print(f"\nstage 01 on the default twin: {m['n_specimens']} specimens, {m['frames_written']} frames, "

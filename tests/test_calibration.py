@@ -269,7 +269,7 @@ def _synthetic_twin(root, session):
     return ct_from_marker
 
 
-def test_run_stage_end_to_end_on_a_small_synthetic_twin(tmp_path):
+def test_run_end_to_end_on_a_small_synthetic_twin(tmp_path):
     from ultrabones.core import dataset
     from ultrabones.core.paths import Paths
 
@@ -277,7 +277,7 @@ def test_run_stage_end_to_end_on_a_small_synthetic_twin(tmp_path):
     ct_from_marker = _synthetic_twin(tmp_path / "twin", s)
     paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "figures")
     P = P_TEST
-    res = cal.run_stage(paths, P, progress=False)
+    res = cal.run(paths, P, progress=False)
     assert "temporal_offset_error_ms" not in cal.metrics(res)  # the stage never reads truth/
     m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, P.surface_samples))
     assert m["temporal_offset_error_ms"] <= 1.0 and m["calibration_translation_error_mm"] < 0.5
@@ -301,8 +301,14 @@ def test_run_stage_end_to_end_on_a_small_synthetic_twin(tmp_path):
     expect = ct_from_marker @ invert_transform(marker) @ probe_t
     # Off by the registration error only (< 0.2 mm at this distance).
     assert np.abs(pose[:3, 3] - expect[:3, 3]).max() < 0.2
+    assert cal.check(res) is None
+    figs = cal.figures(res, true_offset_ms=-42.0)
+    assert list(figs) == ["calibration_offset_sweep", "calibration_phantom_wires"]
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
     # A rerun of one specimen hits the cache and gives the same metrics.
-    again = cal.run_stage(paths, P, only="specimen01", progress=False)
+    again = cal.run(paths, P, only="specimen01", progress=False)
     assert ({k: v for k, v in cal.metrics(again).items() if k != "probe_calibration_seconds"}
             == {k: v for k, v in cal.metrics(res).items() if k != "probe_calibration_seconds"})
 
@@ -380,3 +386,34 @@ def test_metrics_known_answer():
         result.probe_seconds = 2.0
     empty = cal.metrics(cal.CalibrationResult(probe, {}, 0.0))
     assert empty["n_specimens"] == 0 and empty["marker_fre_mm"] is None and empty["ct_voxel_mm"] is None
+
+
+def test_run_skips_real_data_and_writes_nothing(tmp_path):
+    from ultrabones.core.paths import Paths
+
+    real = tmp_path / "real"
+    real.mkdir()
+    paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "figures", data_root=real).for_method()
+    res = cal.run(paths, P_TEST, progress=False)
+    assert res.skipped and res.probe is None
+    assert cal.metrics(res) == {"skipped": True, "reason": cal.SKIP_REASON}
+    assert cal.check(res) is None and cal.figures(res) == {}
+    assert not any(real.iterdir()) and not (tmp_path / "build").exists()
+
+
+def test_check_and_figures_of_a_result():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = offset_sweep.SweepResult(np.array([-2.0, -1.0, 0.0]), np.array([0.5, 0.25, 0.75]), 1, np.eye(4), 12)
+    frames = pd.DataFrame({"timestamp": [0, 10, 20, 30], "status": ["ok", "ok", "found 2 spots, expected 9", "ok"]})
+    assert cal.check(cal.CalibrationResult(cal.ProbeCalibration(sweep, (0.1, 0.2), frames), {}, 0.0)) is None
+    few = frames.assign(status=["ok", "ok", "found 2 spots, expected 9", "out of tracked range"])
+    with pytest.raises(AssertionError, match=r"only 2 of 4 phantom frames were usable"):
+        cal.check(cal.CalibrationResult(cal.ProbeCalibration(sweep, (0.1, 0.2), few), {}, 0.0))
+    figs = cal.figures(cal.CalibrationResult(cal.ProbeCalibration(sweep, (0.1, 0.2), frames), {}, 0.0),
+                       true_offset_ms=-1.2)
+    assert list(figs) == ["calibration_offset_sweep"]  # no example frame, no phantom figure
+    plt.close("all")

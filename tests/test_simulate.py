@@ -289,3 +289,45 @@ def test_hard_profile_loads_with_the_error_sources():
     assert hard["speed_of_sound_m_s"] != 1540.0 and hard["phantom_speed_of_sound_m_s"] < 1500.0
     assert hard["ct_blur_mm"] > 0 and hard["ct_cortical_hu"] != 1400.0
     assert hard["tracking_drift_deg"] > default["tracking_drift_deg"]
+
+
+def test_run_on_real_data_simulates_nothing(tmp_path):
+    paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig", data_root=tmp_path / "real")
+    res = simulate.run(paths, simulate.Params.from_section(section()), progress=False)
+    assert not res.simulated
+    assert simulate.metrics(res) == {"n_specimens": 0, "n_frames": 0, "simulated": False}
+    assert simulate.check(res) is None and simulate.figures(res) == {} and simulate.tables(res) == {}
+    assert not (tmp_path / "twin").exists()
+
+
+def test_check_says_what_is_off():
+    from types import SimpleNamespace
+
+    rec = {"n_frames": 4, "bone_in_view": 3, "full_pixels": 100, "visible_pixels": 25,
+           "misalignment_mm": [1.0, 1.2], "required_correction_mm": [0.5, 1.5]}
+    specs = {"specimen01": {"n_frames": 4, "render_seconds": 2.0, "records": [rec]}}
+    system = SimpleNamespace(temporal_offset_ms=-42.0, calibration=geometry.released_calibration())
+    P = simulate.Params.from_section(section())
+    assert simulate.check(simulate.SimulationResult(specs, None, 1.0, system, P)) is None
+    with pytest.raises(AssertionError, match="asks for n_specimens = 2"):
+        simulate.check(simulate.SimulationResult(specs, None, 1.0, system, dataclasses.replace(P, n_specimens=2)))
+    far = {"specimen01": dict(specs["specimen01"], records=[dict(rec, misalignment_mm=[4.0])])}
+    with pytest.raises(AssertionError, match="initial misalignment 4.00 mm"):
+        simulate.check(simulate.SimulationResult(far, None, 1.0, system, P))
+
+
+def test_run_figures_and_tables(tmp_path):
+    import matplotlib.pyplot as plt
+
+    paths = Paths(tmp_path / "build", tmp_path / "twin", tmp_path / "fig")
+    P = simulate.Params.from_section(section(real_frames_dir=None))
+    res = simulate.run(paths, P, seed=7, progress=False)
+    assert res.simulated and res.realism_checked and res.realism is None
+    m = simulate.metrics(res)
+    assert m["n_specimens"] == 1 and m["realism"] == {"skipped": "no real frames under 'None'"}
+    assert (paths.cache(simulate.STEM)).is_dir()  # the specimens are cached
+    assert simulate.check(res) is None
+    assert list(simulate.figures(res)) == ["twin_example_frames", "twin_anatomy_sweeps", "twin_statistics"]
+    plt.close("all")
+    table = simulate.tables(res)["twin_specimens"]
+    assert list(table["specimen"].unique()) == ["specimen01"] and len(table) == 3

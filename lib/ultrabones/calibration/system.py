@@ -17,10 +17,11 @@ Three calibrations turn raw acquisitions into the released ``tracking.csv``:
    are interpolated at ``t + dt`` and composed into the probe marker in CT space,
    ``ct_from_marker @ inv(marker_in_tracker) @ probe_in_tracker``.
 
-This module is the stage (notebook 01): its parameters (:class:`CalibrationParams`), the probe calibration,
-each specimen's products (:func:`process_specimen`), the run (:func:`run_stage`) and its :func:`metrics`. The
-raw input is read by :mod:`ultrabones.calibration.acquisitions`; the figures are in
-:mod:`ultrabones.calibration.figures`.
+This module is the stage (notebook 01), under the stage contract (docs/architecture.md): its parameters
+(:class:`CalibrationParams`, :data:`Params`), the probe calibration, each specimen's products
+(:func:`process_specimen`), the run (:func:`run`: skipped on real data), its :data:`Result`, :func:`metrics`,
+:func:`check` and :func:`figures` (drawn by :mod:`ultrabones.calibration.figures`). The raw input is read by
+:mod:`ultrabones.calibration.acquisitions`.
 
 Clocks follow docs/twin_format.md: the image with timestamp ``t`` (ms, image
 clock) was formed when the tracker clock read ``t + dt``.
@@ -37,6 +38,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ultrabones.calibration.ct_marker import register_marker
+from ultrabones.calibration.figures import plot_offset_sweep, plot_phantom_wires
 from ultrabones.calibration.offset_sweep import SweepResult, offset_grid, sweep_offsets
 from ultrabones.calibration.poses import link_images, record_poses
 from ultrabones.calibration.acquisitions import (
@@ -59,6 +61,10 @@ from ultrabones.core.params import SectionParams
 
 #: The profile section of this stage.
 SECTION = "calibration"
+#: The stage's name (notebook stem): its cache.
+STEM = "01_calibration"
+#: Why the stage does nothing on real data (its metrics' ``reason``).
+SKIP_REASON = "real dataset: no raw recordings, tracking.csv already calibrated"
 
 
 @dataclass(frozen=True)
@@ -301,19 +307,36 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    """What :func:`run_stage` computed.
+    """What :func:`run` computed.
 
     Attributes
     ----------
-    probe : the spatio-temporal probe calibration (:func:`calibrate_probe`).
+    probe : the spatio-temporal probe calibration (:func:`calibrate_probe`); None when skipped.
     specimens : specimen name -> its result (:func:`process_specimen`'s dict, with ``seconds``), every
         specimen of the run in the cache.
     probe_seconds : wall time of the probe calibration (s).
+    raw : the raw acquisitions folder calibrated (the figures read a phantom frame from it), or None.
+    skipped : why nothing was calibrated (:data:`SKIP_REASON`), or None.
     """
 
-    probe: ProbeCalibration
+    probe: ProbeCalibration | None
     specimens: dict
     probe_seconds: float
+    raw: Path | None = None
+    skipped: str | None = None
+
+    @property
+    def ct_voxel_mm(self) -> list[float] | None:
+        """The largest CT voxel over the specimens, per axis (mm); None without specimens."""
+        if not self.specimens:
+            return None
+        return [float(v) for v in np.max([r["ct_spacing_mm"] for r in self.specimens.values()], axis=0)]
+
+
+#: The stage's parameters (the ``calibration`` section).
+Params = CalibrationParams
+#: What :func:`run` returns.
+Result = CalibrationResult
 
 
 def _specimen_job(args: tuple) -> tuple[str, dict]:
@@ -327,12 +350,14 @@ def _specimen_job(args: tuple) -> tuple[str, dict]:
     return sid, res
 
 
-def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, only: str | None = None,
-              specimen_overrides: dict | None = None, progress: bool = True, n_workers: int = 1,
-              dask_scheduler: str | None = None) -> CalibrationResult:
-    """Notebook 01's work on the twin: probe calibration, then each specimen (resumable).
+def run(paths, params: CalibrationParams, *, specimens: list[str] | None = None, only: str | None = None,
+        specimen_overrides: dict | None = None, progress: bool = True, n_workers: int = 1,
+        dask_scheduler: str | None = None) -> CalibrationResult:
+    """Notebook 01's work: probe calibration, then each specimen (resumable); nothing on real data.
 
-    Writes ``calibration.json`` at the dataset root and, per specimen, the bone
+    Real data (``paths.is_twin`` false) has no raw recordings: its ``tracking.csv`` files already hold
+    calibrated, synchronised poses, so nothing is read or written and the result says why (``skipped``).
+    Otherwise writes ``calibration.json`` at the dataset root and, per specimen, the bone
     models and ``tracking.csv`` files (:func:`process_specimen`). A specimen is
     skipped when the :class:`~ultrabones.core.cache.SpecimenCache` holds its result
     for the same parameters, calibration, sources and raw input files (their
@@ -343,7 +368,7 @@ def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, o
     Parameters
     ----------
     paths : :class:`~ultrabones.core.paths.Paths` of the run.
-    P : the stage's parameters (:meth:`CalibrationParams.from_section`).
+    params : the stage's parameters (:meth:`CalibrationParams.from_section`).
     specimens : restrict to these (default: every raw specimen).
     only : process only this specimen (``make specimen``); the result still covers the cache.
     specimen_overrides : per-specimen section overrides (:meth:`CalibrationParams.for_specimen`).
@@ -354,6 +379,9 @@ def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, o
 
     from ultrabones.core.cache import DigestStore, SpecimenCache
 
+    if not paths.is_twin:
+        return CalibrationResult(None, {}, 0.0, skipped=SKIP_REASON)
+    P = params
     t0 = time.time()
     probe = calibrate_probe(paths.raw, P, progress)
     t_probe = time.time() - t0
@@ -366,8 +394,8 @@ def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, o
     todo = [only] if only else names
     if only and only not in names:
         raise DatasetError(f"{paths.raw}: specimen {only!r} is not among the raw specimens {names}")
-    cache = SpecimenCache(paths, "01_calibration")
-    digests = DigestStore(paths.cache("digests") / "01_calibration.json")
+    cache = SpecimenCache(paths, STEM)
+    digests = DigestStore(paths.cache("digests") / f"{STEM}.json")
     keys, jobs, inputs = {}, [], {}
     for sid in todo:
         Ps = P.for_specimen(specimen_overrides, sid)
@@ -383,11 +411,16 @@ def run_stage(paths, P: CalibrationParams, specimens: list[str] | None = None, o
                on_result=lambda _, out: cache.put(out[0], keys[out[0]], out[1], inputs[out[0]], paths.raw))
     digests.save()
     results = {k: v for k, v in cache.all().items() if k in names}
-    return CalibrationResult(probe, results, t_probe)
+    return CalibrationResult(probe, results, t_probe, paths.raw)
 
 
 def metrics(result: CalibrationResult) -> dict:
-    """The ``01_calibration`` metrics (keys of issue 4), from the stage's result; nothing here reads truth."""
+    """The ``01_calibration`` metrics (keys of issue 4), from the stage's result; nothing here reads truth.
+
+    When skipped, only ``skipped`` (True) and ``reason``.
+    """
+    if result.skipped:
+        return {"skipped": True, "reason": result.skipped}
     probe, results = result.probe, result.specimens
     frames = probe.frames["status"]
     return {
@@ -405,8 +438,33 @@ def metrics(result: CalibrationResult) -> dict:
         "marker_fre_mm": float(np.mean([r["fre_mm"] for r in results.values()])) if results else None,
         "frames_written": int(sum(v["frames"] for r in results.values() for v in r["records"].values())),
         "frames_dropped": int(sum(v["dropped"] for r in results.values() for v in r["records"].values())),
-        "ct_voxel_mm": [float(v) for v in np.max([r["ct_spacing_mm"] for r in results.values()], axis=0)]
-        if results else None,
+        "ct_voxel_mm": result.ct_voxel_mm,
         "per_specimen": {s: {k: r[k] for k in ("fre_mm", "icp_rmse_mm", "n_spheres", "seconds") if k in r}
                          for s, r in results.items()},
     }
+
+
+def check(result: CalibrationResult) -> None:
+    """What holds on any data (nothing when skipped): at least three phantom frames were usable. The errors
+    against the twin's truth are the twin's measurements, bounded by the tests over seeds, not here."""
+    if result.skipped:
+        return
+    frames = result.probe.frames["status"]
+    used = int((frames == "ok").sum())
+    assert used >= 3, (f"only {used} of {len(frames)} phantom frames were usable for the probe calibration "
+                       f"(statuses: {frames.value_counts().to_dict()}); see the wire_* parameters")
+
+
+def figures(result: CalibrationResult, *, true_offset_ms: float | None = None) -> dict:
+    """The stage's figures (none when skipped): ``calibration_offset_sweep`` (the localisation error against
+    the temporal offset; ``true_offset_ms``, when known, marked) and ``calibration_phantom_wires`` (the wire
+    echoes detected on one phantom frame, when the result names one)."""
+    if result.skipped:
+        return {}
+    probe = result.probe
+    out = {"calibration_offset_sweep": plot_offset_sweep(probe.sweep, true_offset_ms)}
+    if probe.example is not None and result.raw is not None:
+        t_ex, pts = probe.example
+        img = dataset.read_image(Path(result.raw) / "phantom" / "images" / f"{t_ex}.png")
+        out["calibration_phantom_wires"] = plot_phantom_wires(img, pts, probe.spacing, t_ex)
+    return out

@@ -1,7 +1,8 @@
-"""Figures of the simulation stage (notebook 00), drawn from what the twin wrote and from its result.
+"""Figures and tables of the simulation stage (notebook 00), drawn from what the twin wrote and from its result.
 
 Example frames with their true full and visible labels, the bones, the skin and every record's sweep in 3D,
-and the statistics of a simulated twin (initial misalignment, required correction, visible bone).
+and the statistics of a simulated twin (initial misalignment, required correction, visible bone), per frame and
+per specimen and bone (:func:`specimen_table`). :func:`ultrabones.twin.simulate.figures` draws them for a run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,24 @@ from ultrabones.core.paper import PUBLISHED
 from ultrabones.core.paths import Paths
 from ultrabones.twin.config import GROUPS, RECORDS
 from ultrabones.twin.layout import truth_dir
-from ultrabones.twin.simulate import SimulationResult, specimen_table
+
+
+def specimen_table(specimens: dict) -> pd.DataFrame:
+    """Per-specimen statistics: frames, visible bone fraction, misalignment, per record group.
+
+    ``specimens``: specimen name -> its statistics (:attr:`ultrabones.twin.simulate.SimulationResult.specimens`).
+    """
+    rows = []
+    for name, s in specimens.items():
+        for g in GROUPS:
+            rs = [r for r in s["records"] if r["bone"] == g]
+            mis = [m for r in rs for m in r["misalignment_mm"]]
+            full = sum(r["full_pixels"] for r in rs)
+            rows.append({"specimen": name, "bone": g, "frames": sum(r["n_frames"] for r in rs),
+                         "bone_in_view": sum(r["bone_in_view"] for r in rs) / max(1, sum(r["n_frames"] for r in rs)),
+                         "visible_fraction": sum(r["visible_pixels"] for r in rs) / full if full else float("nan"),
+                         "misalignment_mm": float(np.mean(mis)) if mis else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def _middle_frame(paths: Paths, specimen: str, record: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,14 +106,17 @@ def figure_anatomy_and_sweeps(paths: Paths, specimen: str, max_faces: int = 4000
     return fig
 
 
-def figure_statistics(result: SimulationResult):
-    """Per-frame initial misalignment and required correction; visible-bone fraction per specimen and bone."""
+def figure_statistics(specimens: dict):
+    """Per-frame initial misalignment and required correction; visible-bone fraction per specimen and bone.
+
+    ``specimens``: specimen name -> its statistics (:attr:`ultrabones.twin.simulate.SimulationResult.specimens`).
+    """
     import matplotlib.pyplot as plt
 
-    recs = [r for s in result.specimens.values() for r in s["records"]]
+    recs = [r for s in specimens.values() for r in s["records"]]
     mis = np.array([m for r in recs for m in r["misalignment_mm"]])
     req = np.array([m for r in recs for m in r["required_correction_mm"]])
-    table = specimen_table(result)
+    table = specimen_table(specimens)
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
     ax[0].hist(mis, bins=40, color="tab:blue")
     pub = PUBLISHED["initial_misalignment_mean_mm"].value

@@ -34,9 +34,10 @@ What a real acquisition records goes to ``raw/``, the truth to ``truth/``
 - **Z-phantom** recordings (:mod:`ultrabones.twin.phantom_session`, the phantom of
   :mod:`ultrabones.calibration.phantom`) with the same probe, clocks and offset.
 
-This module is the stage (notebook 00): :func:`simulate_twin` runs the system, the phantom and every
-specimen, :func:`metrics` and :func:`specimen_table` report them, :func:`check_metrics` checks them. Its
-parameters are :class:`~ultrabones.twin.config.TwinConfig`; its figures are in :mod:`ultrabones.twin.figures`.
+This module is the stage (notebook 00), under the stage contract (docs/architecture.md): :data:`Params`
+(:class:`~ultrabones.twin.config.TwinConfig`), :func:`run` (nothing on real data; else :func:`simulate_twin`:
+the system, the phantom and every specimen, then the realism check against real frames), :data:`Result`,
+:func:`metrics`, :func:`check`, :func:`figures` (drawn by :mod:`ultrabones.twin.figures`) and :func:`tables`.
 
 Everything is seeded from the profile's ``seed``: the same parameters give the
 same bytes, whatever the number of workers.
@@ -45,16 +46,17 @@ same bytes, whatever the number of workers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import pandas as pd
 
 from ultrabones.core import geometry
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.executor import executor
 from ultrabones.core.paths import Paths, twin_specimen_name
-from ultrabones.twin.config import GROUPS, SYSTEM_KEYS, TwinConfig
+from ultrabones.twin import realism
+from ultrabones.twin.config import SYSTEM_KEYS, TwinConfig
+from ultrabones.twin.figures import figure_anatomy_and_sweeps, figure_example_frames, figure_statistics, specimen_table
 from ultrabones.twin.phantom_session import simulate_phantom
 from ultrabones.twin.specimen import simulate_specimen
 from ultrabones.twin.tracking import System, write_system
@@ -65,26 +67,46 @@ def _specimen_job(args):
     return simulate_specimen(paths, index, cfg, system, seed, progress)
 
 
+#: The stage's parameters (the ``simulate`` section).
+Params = TwinConfig
+#: The stage's name (notebook stem): its cache and metrics.
+STEM = "00_simulate"
+
+
 @dataclass(frozen=True)
 class SimulationResult:
-    """What :func:`simulate_twin` simulated.
+    """What :func:`run` (or :func:`simulate_twin`) simulated.
 
     Attributes
     ----------
     specimens : specimen name -> its statistics, every specimen of the run in the cache, sorted.
     phantom : the phantom session's statistics (``n_frames``, ...).
-    wall_seconds : wall time of the run (s).
-    system : the drawn :class:`~ultrabones.twin.tracking.System` (true calibration, temporal offset, ...).
+    wall_seconds : wall time of the simulation (s).
+    system : the drawn :class:`~ultrabones.twin.tracking.System` (true calibration, temporal offset, ...);
+        None when nothing was simulated.
     config : the configuration simulated.
     n_workers : processes the specimens ran on.
+    paths : where the twin was written (the figures read its frames back), or None.
+    simulated : False on real data (``data_root`` set), where there is nothing to simulate.
+    realism_checked : whether :func:`run` compared the twin's frames with real ones (the metrics key
+        ``realism``).
+    realism : that comparison (:func:`ultrabones.twin.realism.run_realism`), None without real frames.
     """
 
     specimens: dict
     phantom: dict | None
     wall_seconds: float
-    system: "System"
+    system: "System | None"
     config: TwinConfig
     n_workers: int = 1
+    paths: Paths | None = None
+    simulated: bool = True
+    realism_checked: bool = False
+    realism: "realism.RealismResult | None" = None
+
+
+#: What :func:`run` returns.
+Result = SimulationResult
 
 
 def simulate_twin(paths: Paths, P: TwinConfig, seed: int, specimens: list[str] | None = None, n_workers: int = 1,
@@ -140,11 +162,44 @@ def simulate_twin(paths: Paths, P: TwinConfig, seed: int, specimens: list[str] |
         with executor("auto", None, n_workers, progress) as ex:
             ex.map(_specimen_job, args, desc="specimens", on_result=done)
     return SimulationResult(dict(sorted(results.items())), phantom_stats, time.perf_counter() - t0, system, cfg,
-                            n_workers)
+                            n_workers, paths)
+
+
+def run(paths: Paths, params: TwinConfig, *, specimens: list[str] | None = None, seed: int = 0, n_workers: int = 1,
+        progress: bool = True, overrides: dict | None = None, cache: bool = True) -> SimulationResult:
+    """Notebook 00's work: the twin simulated (:func:`simulate_twin`), then its frames against real ones.
+
+    On real data (``paths.is_twin`` false) there is nothing to simulate: the result says so (``simulated``
+    False) and nothing is written. Otherwise the twin is simulated, then a sample of its frames is compared
+    with the real frames under ``params.real_frames_dir`` (:func:`ultrabones.twin.realism.run_realism`;
+    skipped, and the metrics say so, when there are none).
+
+    Parameters
+    ----------
+    paths : the run's paths.
+    params : the ``simulate`` section (:meth:`TwinConfig.from_section`).
+    specimens : only these specimen names are simulated (the cached others are kept); None: all.
+    seed : the profile's master seed.
+    n_workers : processes for the specimens (the output does not depend on it).
+    progress : progress bars.
+    overrides : per-specimen section overrides (``specimen_overrides``; :meth:`TwinConfig.for_specimen`).
+    cache : keep the specimens in the stage's :class:`~ultrabones.core.cache.SpecimenCache` (a rerun with the
+        same parameters skips them).
+    """
+    if not paths.is_twin:
+        return SimulationResult({}, None, 0.0, None, params, n_workers, paths, simulated=False)
+    from ultrabones.core.cache import SpecimenCache
+
+    res = simulate_twin(paths, params, seed, specimens=specimens, n_workers=n_workers, progress=progress,
+                        cache=SpecimenCache(paths, STEM) if cache else None, overrides=overrides)
+    real = realism.run_realism(paths.raw, params.real_frames_dir, cache_dir=paths.cache(STEM))
+    return replace(res, realism_checked=True, realism=real)
 
 
 def metrics(result: SimulationResult) -> dict:
-    """The 00 metrics from :func:`simulate_twin`'s result (every specimen in it).
+    """The 00 metrics from :func:`run`'s result (every specimen in it).
+
+    Off the twin only ``n_specimens``, ``n_frames`` (0) and ``simulated`` (False).
 
     ``frames_per_second`` is frames per CPU-second of one worker process (rendering, labels, PNG writes;
     the CT and the phantom excluded): a per-core rate that a busy machine does not distort much.
@@ -153,6 +208,8 @@ def metrics(result: SimulationResult) -> dict:
     1.13 +- 0.606 mm); ``required_correction_mm`` the fiducial displacement of the rigid correction each
     frame needs (the labeling stage discards frames above 1 mm; paper: 18.7 %).
     """
+    if not result.simulated:
+        return {"n_specimens": 0, "n_frames": 0, "simulated": False}
     specs = result.specimens
     recs = [r for s in specs.values() for r in s["records"]]
     mis = np.array([m for r in recs for m in r["misalignment_mm"]], dtype=float)
@@ -161,7 +218,7 @@ def metrics(result: SimulationResult) -> dict:
     render_s = float(sum(s["render_seconds"] for s in specs.values()))
     full = sum(r["full_pixels"] for r in recs)
     vis = sum(r["visible_pixels"] for r in recs)
-    return {
+    out = {
         "n_specimens": len(specs),
         "n_records": len(recs),
         "n_frames": n_frames,
@@ -180,21 +237,9 @@ def metrics(result: SimulationResult) -> dict:
         "calibration_error_deg": float(geometry.rotation_angle_deg(
             geometry.invert_transform(geometry.released_calibration()) @ result.system.calibration)),
     }
-
-
-def specimen_table(result: SimulationResult) -> pd.DataFrame:
-    """Per-specimen statistics: frames, visible bone fraction, misalignment, per record group."""
-    rows = []
-    for name, s in result.specimens.items():
-        for g in GROUPS:
-            rs = [r for r in s["records"] if r["bone"] == g]
-            mis = [m for r in rs for m in r["misalignment_mm"]]
-            full = sum(r["full_pixels"] for r in rs)
-            rows.append({"specimen": name, "bone": g, "frames": sum(r["n_frames"] for r in rs),
-                         "bone_in_view": sum(r["bone_in_view"] for r in rs) / max(1, sum(r["n_frames"] for r in rs)),
-                         "visible_fraction": sum(r["visible_pixels"] for r in rs) / full if full else float("nan"),
-                         "misalignment_mm": float(np.mean(mis)) if mis else float("nan")})
-    return pd.DataFrame(rows)
+    if result.realism_checked:
+        out["realism"] = realism.realism_metrics_or_skip(result.realism, result.config.real_frames_dir)
+    return out
 
 
 def specimen_names(P: TwinConfig) -> list[str]:
@@ -202,10 +247,43 @@ def specimen_names(P: TwinConfig) -> list[str]:
     return [twin_specimen_name(i) for i in range(int(P.n_specimens))]
 
 
-def check_metrics(metrics: dict, P: TwinConfig) -> None:
-    """Sanity of a simulated twin: frames and specimens as configured, an initial misalignment of the paper's
-    order (a simulator setting, paper 1.13 mm), and bone visible in some but not all of the image."""
-    mis = metrics["initial_misalignment_mm"]["mean"]
-    assert metrics["n_frames"] > 0 and metrics["n_specimens"] == P.n_specimens, metrics["n_specimens"]
+def check(result: SimulationResult) -> None:
+    """Sanity of a simulated twin (nothing to check off the twin): frames and specimens as configured, an
+    initial misalignment of the paper's order (a simulator setting, paper 1.13 mm), and bone visible in some
+    but not all of the image."""
+    if not result.simulated:
+        return
+    m = metrics(result)
+    n, want = m["n_specimens"], result.config.n_specimens
+    assert m["n_frames"] > 0 and n == want, \
+        f"the twin holds {n} specimen(s) and {m['n_frames']} frames; the profile asks for n_specimens = {want}"
+    mis = m["initial_misalignment_mm"]["mean"]
     assert 0.5 < mis < 2.0, f"initial misalignment {mis:.2f} mm is not of the paper's order (1.13 mm)"
-    assert 0.05 < metrics["visible_bone_fraction"] < 0.95, metrics["visible_bone_fraction"]
+    vis = m["visible_bone_fraction"]
+    assert 0.05 < vis < 0.95, f"visible bone fraction {vis:.3f} is outside (0.05, 0.95): labels or shadow are off"
+
+
+def figures(result: SimulationResult) -> dict:
+    """The stage's figures (:mod:`ultrabones.twin.figures`; none off the twin): ``twin_example_frames`` and
+    ``twin_anatomy_sweeps`` of the first specimen, ``twin_statistics``, and ``twin_vs_real_frames`` when
+    real frames were compared."""
+    if not result.simulated:
+        return {}
+    first = specimen_names(result.config)[0]
+    out = {"twin_example_frames": figure_example_frames(result.paths, first),
+           "twin_anatomy_sweeps": figure_anatomy_and_sweeps(result.paths, first),
+           "twin_statistics": figure_statistics(result.specimens)}
+    if result.realism is not None:
+        out["twin_vs_real_frames"] = realism.figure_side_by_side(result.realism)
+    return out
+
+
+def tables(result: SimulationResult) -> dict:
+    """The stage's tables (none off the twin): ``twin_specimens`` (:func:`ultrabones.twin.figures.specimen_table`)
+    and, when real frames were compared, ``twin_realism`` (the statistics, rounded to 3 decimals)."""
+    if not result.simulated:
+        return {}
+    out = {"twin_specimens": specimen_table(result.specimens)}
+    if result.realism is not None:
+        out["twin_realism"] = result.realism.table.round(3).reset_index()
+    return out
