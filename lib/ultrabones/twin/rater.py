@@ -29,7 +29,6 @@ from ultrabones.twin.layout import truth_dir
 MODEL_SOURCE = "simulated rater"
 
 
-
 @dataclass(frozen=True)
 class Rubric:
     """The rubric as thresholds on a label's error profile along the contour.
