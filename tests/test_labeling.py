@@ -1035,3 +1035,11 @@ def test_metrics_of_a_labelling_result_known_answer():
                                  "similarity_registered": pytest.approx(0.4), "n_sweeps": 2}
     assert m["settings"] == {"gamma_mm": 0.3}
     assert [f["timestamp"] for f in m["skipped_frames"]] == [5]
+    # the stage contract's check: passes here, names what fails
+    P = labeling_params(max_correction_mm=1.0)
+    assert batch.check(replace(result, params=P)) is None
+    with pytest.raises(AssertionError, match="more than once"):
+        batch.check(replace(result, report=pd.concat([rep, rep.iloc[:1]], ignore_index=True)))
+    with pytest.raises(AssertionError, match="max_correction_mm = 0.25"):
+        batch.check(replace(result, params=replace(P, max_correction_mm=0.25)))
+    assert batch.figures(result) == {}  # no lambda chosen, no paths to redraw frames from

@@ -74,7 +74,7 @@ def test_ratings_exported_from_the_page(smoke_metrics, smoke, tmp_path):
     _check_statistics(m)
     # The same numbers computed here from the fixture.
     key = rating_set.read_key(key_file)
-    expect = R.metrics(R.analyse(rating_stats.read_ratings(csv, key, rating_set.set_id_of(key))))
+    expect = R.analysis_metrics(R.analyse(rating_stats.read_ratings(csv, key, rating_set.set_id_of(key))))
     assert m["n_frames"] == expect["n_frames"] == 8
     assert m["mean_rating"] == pytest.approx(expect["mean_rating"])
     assert m["p_value_bonferroni"] == pytest.approx(expect["p_value_bonferroni"])

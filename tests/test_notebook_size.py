@@ -18,8 +18,6 @@ MAX_LINES = 40
 
 #: notebooks not yet thin, with their measured size (code lines, loops); each is work left, not a licence
 NOT_YET_THIN: dict[str, str] = {
-    "02_labeling": "42 code lines: the truth wall's measurement cell (twin paths, measurements written behind the "
-                   "wall) on top of main's 40",
     "07_summary": "54 code lines: main's 51 (results document, validation seeds) and the twin's measurement cell",
 }
 

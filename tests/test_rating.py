@@ -431,6 +431,38 @@ def test_build_rating_set_on_a_tiny_dataset(tmp_path):
     assert all((a == b).all() for a, b in zip(again["labels"], out["labels"]))
 
 
+def test_the_stage_result_without_and_with_ratings(tmp_path):
+    """The stage contract's functions on a set nobody rated yet, then on the rater model's ratings of it."""
+    import dataclasses
+
+    data, truth = _tiny_dataset(tmp_path, {"initial": 1.6, "registered": 4.5, "optimized": 0.0})
+    params = R.Params.from_section({**SECTION, "image_format": "png"})
+    built = R.build_rating_set(data, None, tmp_path / "rating", params, seed=0,
+                               label_fn_for=R.labeling_label_fn(20.0, 0.3, seed=0), progress=False)
+    waiting = R.Result(params=params, built=built, page=tmp_path / "rating" / rating_set.PAGE_FILE, seconds=1.0)
+    m = R.metrics(waiting)
+    assert m["awaiting_ratings"] and m["rater"] is None and m["n_frames"] == m["n_set_frames"] == 2
+    assert m["n_items"] == 6 and m["seconds"] == 1.0 and "mean_rating" not in m
+    assert R.check(waiting) is None and set(R.figures(waiting)) == {"fig5_rating_items"}
+
+    twin = Paths(tmp_path / "b", truth.parent, tmp_path / "f")
+    measured = rater.label_errors(twin, built, (0.1, 0.1))
+    rated = rater.with_model_ratings(twin, waiting, measured, seed=0)
+    assert rated.source == rater.MODEL_SOURCE and rated.analysis.rater == R.SIMULATED_RATER
+    assert rater.with_model_ratings(twin, rated, measured, seed=1) is rated  # ratings given stay
+    m = R.metrics(rated)
+    assert m["ratings_source"] == "simulated rater" and m["n_frames"] == 2 and m["seconds"] >= 1.0
+    assert m == {**m, **R.analysis_metrics(rated.analysis)}
+    assert set(m["significant_bonferroni"]) == set(rated.analysis.tests["pair"])
+    assert R.check(rated) is None
+    assert set(R.figures(rated)) == {"fig5_rating_items", "fig7_rating_distribution"}
+    assert set(R.PDF_FIGURES) <= set(R.figures(rated))
+    tests = rated.analysis.tests.assign(p_value_bonferroni=rated.analysis.tests["p_value_raw"])
+    broken = dataclasses.replace(rated, analysis=dataclasses.replace(rated.analysis, tests=tests))
+    with pytest.raises(AssertionError, match="Bonferroni"):
+        R.check(broken)
+
+
 # ----------------------------------------------------------------------------- the stage interface
 
 
@@ -466,7 +498,7 @@ def test_metrics_of_a_rating_result_known_answer():
                           "p_value_bonferroni": [0.75, 0.75, 1.0], "effect_size_r": [0.8, 0.9, 0.5]})
     result = R.RatingResult(rater="A", summary=summary, tests=tests, n_frames=4, n_complete=3)
     names = ("initial", "registration", "optimized")
-    assert R.metrics(result) == {
+    assert R.analysis_metrics(result) == {
         "rater": "A", "n_frames": 4, "n_frames_all_methods": 3,
         "n_ratings": dict(zip(names, [4, 4, 3])),
         "mean_rating": dict(zip(names, [1.5, 0.75, 2.0])),

@@ -191,7 +191,7 @@ def test_rate_reload_and_export(rating_set, driver):
     for m in RS.METHODS:
         assert result.summary.loc[m, "mean"] == pytest.approx(expected[m])
     assert len(result.tests) == 3 and result.tests["p_value_bonferroni"].between(0, 1).all()
-    stats = {**R.metrics(result), "ratings_source": str(target)}
+    stats = {**R.analysis_metrics(result), "ratings_source": str(target)}
     table = summary.summary_table({"03_rating_statistics": stats}).set_index("id")
     row = table.loc["mean_rating_optimized"]
     assert row["value"] == pytest.approx(expected["optimized"])

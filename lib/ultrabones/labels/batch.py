@@ -4,9 +4,12 @@ The maths lives in :mod:`ultrabones.labels.optimize`, :mod:`ultrabones.labels.sw
 this module runs it over every record of a dataset (layout A or B), on Dask: the inputs
 (:mod:`ultrabones.labels.inputs`), the lambda selection (:mod:`ultrabones.labels.lambda_selection`), the
 tasks (:mod:`ultrabones.labels.tasks`), their result files (:mod:`ultrabones.labels.chunks`) and the
-outputs (:mod:`ultrabones.labels.records`) each have their module. The parameters
-arrive as one :class:`LabelingParams` (a specimen's overrides: :meth:`LabelingParams.for_specimen`);
-:func:`run` returns a :class:`LabelingResult`, and :func:`metrics` gives notebook 02's metrics.
+outputs (:mod:`ultrabones.labels.records`) each have their module. The stage contract
+(docs/architecture.md): the parameters arrive as one :data:`Params`
+(:class:`~ultrabones.labels.labeling_params.LabelingParams`; a specimen's overrides:
+:meth:`~ultrabones.labels.labeling_params.LabelingParams.for_specimen`); :func:`run` returns a :data:`Result`
+(:class:`LabelingResult`); :func:`metrics` gives notebook 02's metrics, :func:`check` what must hold and
+:func:`figures` its figures (Figs. 3 and 4, the lambda selection).
 
 Work units and resuming
 -----------------------
@@ -66,7 +69,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -77,78 +80,22 @@ from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, params_hash, source_hash
-from ultrabones.core.params import SectionParams
+from ultrabones.labels import figures as label_figures
+from ultrabones.labels import select
 from ultrabones.labels.chunks import empty_registration, normalize_registration, read_registration
 from ultrabones.labels.inputs import (STEM, images_digest, record_image_shape, records_to_label, released_cloud,
                                       surface_cloud, task_recording)
+from ultrabones.labels.labeling_params import LabelingParams
 from ultrabones.labels.lambda_selection import select_lambda
 from ultrabones.labels.records import chunk_report, commit_record, require_bone_in_view, stage_record
-from ultrabones.labels.tasks import frame_device, label_sweep, registration_task, task_key, torch_device
+from ultrabones.labels.tasks import frame_device, label_sweep, registration_task, task_key
 
-SECTION = "labeling"
+SECTION = LabelingParams.SECTION
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image", "no_echo")
-
-
-@dataclass(frozen=True)
-class LabelingParams(SectionParams):
-    """The ``labeling`` section of a profile, typed and validated (units and ranges: ``schema.SCHEMA["labeling"]``).
-
-    Build it with :meth:`from_section`; a specimen's overrides give :meth:`for_specimen`. Construction, and so
-    ``dataclasses.replace``, validates every value; lists become tuples. :meth:`as_dict` gives the section back
-    as plain data: what the cache keys hash and the metrics' provenance records (all from
-    :class:`~ultrabones.core.params.SectionParams`).
-    """
-
-    SECTION: ClassVar[str] = SECTION
-
-    objective: str
-    released_ct_samples: int
-    density_per_mm2: float
-    label_density_per_mm2: float
-    objective_region: str
-    gamma_mm: float
-    bound_deg: float
-    bound_mm: float
-    popsize: int
-    maxiter: int
-    tol: float
-    lambdas: tuple[float, ...]
-    lambda_frames: int
-    selection_rule: str
-    selection_eval_region: str
-    selection_offset_frames: int
-    fallback_region: str
-    lambda_value: float | None
-    selection_inseparable: str
-    max_correction_mm: float
-    min_label_fraction: float
-    halves_check: str | None
-    incidence_max_deg: float
-    frame_stride: int
-    max_frames_per_record: int | None
-    chunk_size: int
-    optimizer: str
-    warm_step_deg: float
-    warm_step_mm: float
-    warm_min_step_deg: float
-    warm_min_step_mm: float
-    warm_max_calls: int
-    warm_max_gap: int
-    warm_cold_every: int
-    registration_frames: int
-    registration_bound_deg: float
-    registration_bound_mm: float
-    registration_maxiter: int
-    precision_tolerance_mm: float
-    executor: str
-    compare_objectives_frames: int
-    device: str | None
-    min_echo_level: float
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.device == "cuda":  # stop before any work where the asked-for GPU is missing
-            torch_device("cuda")
+#: The figures of :func:`figures` that are the paper's: saved as PDF too.
+PDF_FIGURES = ("fig3_labeling_pipeline", "fig4_before_after")
+#: The stage's parameters (the stage contract's name).
+Params = LabelingParams
 
 
 @dataclass(frozen=True)
@@ -167,6 +114,8 @@ class LabelingResult:
     settings : what later stages need to draw labels exactly as this stage did (``gamma_mm``,
         ``label_density_per_mm2``, ``label_cloud_seed``, ...; :func:`label_settings`).
     calibration_source : the calibration file used, or the released one (:func:`dataset.calibration_source`).
+    params, paths, seed : what :func:`run` was called with, for :func:`check` and :func:`figures` (which redraw
+        frames from the dataset and the stage's cache); None for a result made by hand.
     """
 
     report: pd.DataFrame
@@ -178,6 +127,13 @@ class LabelingResult:
     skipped_inputs: list
     settings: dict
     calibration_source: str = ""
+    params: LabelingParams | None = None
+    paths: Paths | None = None
+    seed: int = 0
+
+
+#: What :func:`run` returns (the stage contract's name).
+Result = LabelingResult
 
 
 def label_settings(P: LabelingParams, seed: int) -> dict:
@@ -357,7 +313,8 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     return LabelingResult(report=report, lam=lam, objective_region=region, selection=selection,
                           registrations=regs, calibration=(calib, spacing),
                           skipped_inputs=dataset.skipped_inputs(skipped), settings=label_settings(params, seed),
-                          calibration_source=dataset.calibration_source(paths.dataset))
+                          calibration_source=dataset.calibration_source(paths.dataset), params=params, paths=paths,
+                          seed=seed)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -445,3 +402,52 @@ def metrics(result: LabelingResult, measured_selection: Mapping | None = None) -
                          "similarity_initial": mean("similarity_initial"),
                          "similarity_registered": mean("similarity_registered"), "n_sweeps": len(regs)},
         "settings": dict(result.settings)}
+
+
+# ----------------------------------------------------------------------------- checks and figures
+
+
+def check(result: LabelingResult) -> None:
+    """What must hold for any labelling: every labelled frame reported once, the discard rate a share, the kept
+    frames' mean correction within the validation limit (``max_correction_mm``). Bounds on the errors against
+    the twin's truth belong in the tests, on several seeds.
+
+    Raises
+    ------
+    AssertionError
+        Naming what failed.
+    """
+    rep = result.report
+    frame = ["specimen", "record", "timestamp"]
+    if len(rep):
+        twice = rep[rep.duplicated(frame, keep=False)]
+        assert twice.empty, f"frames reported more than once:\n{twice[frame].drop_duplicates().head(10).to_string()}"
+    m = summarize(rep, result.skipped_inputs)
+    rate = m["discard_rate"]
+    assert 0.0 <= rate <= 1.0, f"discard rate {rate} outside [0, 1] (no frame kept or discarded?)"
+    if result.params is not None:
+        limit, mean = result.params.max_correction_mm, m["kept_mean_fiducial_correction_mm"]
+        assert mean <= limit + 1e-9, \
+            f"kept frames' mean fiducial correction {mean:.4f} mm above max_correction_mm = {limit} mm"
+
+
+def figures(result: LabelingResult, *, errors: pd.DataFrame | None = None,
+            oracle_table: pd.DataFrame | None = None) -> dict:
+    """Notebook 02's figures of a labelling: ``lambda_selection`` (when lambda was chosen,
+    :func:`~ultrabones.labels.select.plot_scores`), ``fig3_labeling_pipeline`` and ``fig4_before_after``
+    (:mod:`ultrabones.labels.figures`, redrawn from the dataset; they need ``result.paths`` and ``result.params``).
+
+    ``errors`` and ``oracle_table``, when given, are measurements made elsewhere (on the twin
+    :func:`ultrabones.twin.measure.labels` and :func:`ultrabones.twin.measure.lambda_oracle`'s ``table``): drawn
+    beside the rule's scores and in Fig. 4's titles, never read otherwise. :data:`PDF_FIGURES` are the paper's.
+    """
+    out = {}
+    if result.selection is not None:
+        out["lambda_selection"] = select.plot_scores(result.selection["table"], result.lam, result.objective_region,
+                                                     oracle_table)
+    if result.paths is None or result.params is None:
+        return out
+    P, paths, seed = result.params, result.paths, result.seed
+    out["fig3_labeling_pipeline"] = label_figures.fig3_pipeline(paths, result.report, P, seed)
+    out["fig4_before_after"] = label_figures.fig4_before_after(paths, result.report, P, seed, errors=errors)
+    return out

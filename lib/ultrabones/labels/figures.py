@@ -17,7 +17,7 @@ from ultrabones.core import dataset, geometry
 from ultrabones.core.overlay import overlay
 from ultrabones.core.paths import Paths
 from ultrabones.labels import label
-from ultrabones.labels.batch import LabelingParams
+from ultrabones.labels.labeling_params import LabelingParams
 from ultrabones.labels.inputs import record_tracking, surface_cloud
 from ultrabones.labels.cloud import load_cloud
 

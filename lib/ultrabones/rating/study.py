@@ -18,15 +18,22 @@ Wilcoxon signed-rank test, Bonferroni-corrected over the three pairs.
   or the rater model) validated against the key, per-method n, mean, median and
   distribution, the three paired tests with Bonferroni adjustment and effect size
   ``r = Z / sqrt(n)``; :func:`plot_rating_distribution` draws Fig. 7.
-- **The stage** (notebook 03): :class:`RatingParams` (the ``rating`` section, typed and frozen),
-  :func:`build_rating_set` and :func:`analyse` run it, :class:`RatingResult` is what the analysis found,
-  :func:`metrics` its metrics JSON entries, :func:`plot_items` and :func:`plot_rating_distribution` its figures.
+- **The stage** (notebook 03), the stage contract (docs/architecture.md): :data:`Params`
+  (:class:`RatingParams`, the ``rating`` section, typed and frozen); :func:`run` builds the set
+  (:func:`build_rating_set`) and analyses a person's ratings when given (:func:`analyse`, whose
+  :class:`RatingResult` is what one rater's ratings show); on the twin the rater model's ratings come after it,
+  through :func:`with_ratings`. :data:`Result` (:class:`StudyResult`) holds the set, the ratings, where they came
+  from and their analysis; :func:`metrics`, :func:`check` and :func:`figures` (:func:`plot_items`, Fig. 5, and
+  :func:`plot_rating_distribution`, Fig. 7) take it.
 
 Ratings are integers 0-3; distances are in millimetres.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Mapping, Sequence
@@ -37,8 +44,10 @@ import pandas as pd
 from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.params import SectionParams
+from ultrabones.core.paths import Paths
 from ultrabones.rating.rating_set import (
     METHODS,
+    PAGE_FILE,
     RATINGS,
     assemble_rating_set,
     eligible_timestamps,
@@ -64,6 +73,8 @@ PROFILES_FILE = "error_profiles.csv"
 SIMULATED_FILE = "ratings_simulated.csv"
 #: The profile section of this stage.
 SECTION = "rating"
+#: The figures of :func:`figures` that are the paper's: saved as PDF too.
+PDF_FIGURES = ("fig7_rating_distribution",)
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,10 @@ class RatingParams(SectionParams):
     ratings_key: str | None
 
 
+#: The stage's parameters (the stage contract's name).
+Params = RatingParams
+
+
 @dataclass(frozen=True)
 class RatingResult:
     """What :func:`analyse` found in one rater's ratings.
@@ -110,6 +125,38 @@ class RatingResult:
     tests: pd.DataFrame
     n_frames: int
     n_complete: int
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What notebook 03's stage made (:func:`run`, then :func:`with_ratings` for the rater model's ratings).
+
+    params : the ``rating`` section it ran with.
+    built : :func:`build_rating_set`'s dict (``key``, ``set_id``, ``labels``, ``examples``, ``spacing``).
+    page : the rating page (``paths.rating_dir / rating_page.html``).
+    ratings : the validated table of one rater's ratings (:func:`~ultrabones.rating.rating_stats.read_ratings`),
+        None while nobody has rated the set.
+    source : where the ratings came from: a CSV's path, or the rater model's name; None without ratings.
+    analysis : :func:`analyse` of the ratings (:class:`RatingResult`), None without ratings.
+    seconds : wall time of the stage's work (the set built, the ratings read and analysed).
+    """
+
+    params: RatingParams
+    built: dict
+    page: Path
+    ratings: pd.DataFrame | None = None
+    source: str | None = None
+    analysis: RatingResult | None = None
+    seconds: float | None = None
+
+    @property
+    def key(self) -> pd.DataFrame:
+        """The set's key (item id -> frame and method)."""
+        return self.built["key"]
+
+
+#: What :func:`run` returns (the stage contract's name).
+Result = StudyResult
 
 
 # ----------------------------------------------------------------------------- building a set from a dataset
@@ -288,8 +335,8 @@ def analyse(ratings: pd.DataFrame, zero_method: str = "wilcox", method: str = "a
                         n_complete=int(wide.notna().all(axis=1).sum()))
 
 
-def metrics(result: RatingResult) -> dict:
-    """The metrics JSON entries of :func:`analyse`'s result (keys as in the issue).
+def analysis_metrics(result: RatingResult) -> dict:
+    """The metrics JSON entries of :func:`analyse`'s result (keys as in the issue; :func:`metrics` adds the set's).
 
     Methods are keyed by :data:`~ultrabones.rating.rating_stats.METRIC_NAMES` (``initial``, ``registration``,
     ``optimized``) and pairs as ``"<a>_vs_<b>"`` (e.g. ``optimized_vs_initial``).
@@ -376,30 +423,14 @@ def plot_items(examples: Sequence[Mapping], outlines: Sequence[np.ndarray] | Non
 
 
 def check_analysis(result: RatingResult) -> None:
-    """What must hold for any ratings: frames rated, Bonferroni factor three, p-values in [0, 1]."""
+    """What must hold for any rater's ratings: frames rated, Bonferroni factor three, p-values in [0, 1]."""
     tests = result.tests
-    assert result.n_frames >= 1, result.n_frames
-    assert np.allclose(tests["p_value_bonferroni"], np.minimum(1.0, 3 * tests["p_value_raw"]))
-    assert ((tests["p_value_raw"] >= 0) & (tests["p_value_raw"] <= 1)).all()
-
-
-def stage_metrics(built: Mapping, result: RatingResult | None, params: RatingParams, source: str | None,
-                  page: Path | str, seconds: float | None = None) -> dict:
-    """Notebook 03's metrics: the set, and the statistics of its ratings when there are any.
-
-    ``source`` says where the ratings came from (a CSV's path, or the rater model's name); with no ratings
-    yet (real data, nobody has rated the page) the metrics say so (``awaiting_ratings``).
-    """
-    key = built["key"]
-    n_set_frames = len(key) // len(METHODS)
-    m = {"n_items": int(len(key)), "set_id": built["set_id"], "n_set_frames": int(n_set_frames),
-         "rating_page": str(page), "zero_method": params.zero_method,
-         "wilcoxon_method": params.wilcoxon_method, "alpha": params.alpha, "seconds": seconds}
-    if result is None:
-        return {**m, "rater": None, "awaiting_ratings": True, "n_frames": int(n_set_frames)}
-    tests = result.tests
-    return {**m, **metrics(result), "ratings_source": source,
-            "significant_bonferroni": dict(zip(tests["pair"], (tests["p_value_bonferroni"] < params.alpha).tolist()))}
+    assert result.n_frames >= 1, f"no frame rated by {result.rater}"
+    cols = ["pair", "p_value_raw", "p_value_bonferroni"]
+    assert np.allclose(tests["p_value_bonferroni"], np.minimum(1.0, 3 * tests["p_value_raw"])), \
+        f"the Bonferroni p-values are not min(1, 3 p) over the three pairs:\n{tests[cols].to_string()}"
+    assert ((tests["p_value_raw"] >= 0) & (tests["p_value_raw"] <= 1)).all(), \
+        f"p-values outside [0, 1]:\n{tests[cols].to_string()}"
 
 
 def ratings_of_another_set(ratings_csv: Path | str | None, ratings_key: Path | str | None) -> pd.DataFrame | None:
@@ -409,3 +440,94 @@ def ratings_of_another_set(ratings_csv: Path | str | None, ratings_key: Path | s
         return None
     rated_key = read_key(Path(ratings_key))
     return read_ratings(Path(ratings_csv), rated_key, set_id_of(rated_key))
+
+
+# ----------------------------------------------------------------------------- the stage contract
+
+
+def labeling_settings(paths: Paths) -> dict:
+    """The settings with which notebook 02 drew its labels (its metrics' ``settings``), to draw them again."""
+    f = paths.metrics("02_labeling")
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: no metrics yet; run notebook 02_labeling first")
+    return json.loads(f.read_text())["settings"]
+
+
+def run(paths: Paths, params: RatingParams, *, specimens: Sequence[str] | None = None, seed: int = 0,
+        labeling: Mapping | None = None, progress: bool = True) -> StudyResult:
+    """Build the rating set of a dataset labelled by notebook 02, and analyse a person's ratings when given.
+
+    Parameters
+    ----------
+    paths : the run's paths (dataset, derived dataset, ``rating_dir``); nothing here reads the twin's truth.
+    params : the stage's parameters (:meth:`RatingParams.from_section`). ``ratings_csv`` (a person's export of
+        the page) is analysed; with ``ratings_key`` it is another run's set's, validated before any work.
+    specimens : specimen folders (None: all).
+    seed : master seed.
+    labeling : notebook 02's label settings (None: read from its metrics, :func:`labeling_settings`).
+    progress : show a progress bar.
+
+    Returns
+    -------
+    :class:`StudyResult`; without a ratings file its ``ratings`` and ``analysis`` are None (on the twin the rater
+    model rates the set afterwards, :func:`with_ratings`; on real data the page waits for a person).
+    """
+    t0 = time.perf_counter()
+    given = ratings_of_another_set(params.ratings_csv, params.ratings_key)  # a bad file stops here, before work
+    drawn = labeling_settings(paths) if labeling is None else labeling
+    built = build_rating_set(paths.dataset, specimens, paths.rating_dir, params, seed,
+                             label_fn_of_labeling(paths, drawn), progress=progress, derived=paths.derived)
+    if given is None and params.ratings_csv is not None:
+        given = read_ratings(Path(params.ratings_csv), built["key"], built["set_id"])
+    result = StudyResult(params=params, built=built, page=paths.rating_dir / PAGE_FILE,
+                         seconds=time.perf_counter() - t0)
+    return result if given is None else with_ratings(result, given, str(params.ratings_csv))
+
+
+def with_ratings(result: StudyResult, ratings: pd.DataFrame, source: str) -> StudyResult:
+    """``result`` with one rater's validated ratings (a person's, or the rater model's) and their analysis
+    (:func:`analyse` with the stage's ``zero_method`` and ``wilcoxon_method``); ``source`` says where they came
+    from (a CSV's path, or the rater model's name). The analysis's time is added to ``seconds``."""
+    t0 = time.perf_counter()
+    analysis = analyse(ratings, result.params.zero_method, result.params.wilcoxon_method)
+    return dataclasses.replace(result, ratings=ratings, source=source, analysis=analysis,
+                               seconds=(result.seconds or 0.0) + time.perf_counter() - t0)
+
+
+def metrics(result: StudyResult) -> dict:
+    """Notebook 03's metrics: the set, and the statistics of its ratings when there are any.
+
+    ``ratings_source`` says where the ratings came from (a CSV's path, or the rater model's name); with no
+    ratings yet (real data, nobody has rated the page) the metrics say so (``awaiting_ratings``).
+    """
+    params, key = result.params, result.key
+    n_set_frames = len(key) // len(METHODS)
+    m = {"n_items": int(len(key)), "set_id": result.built["set_id"], "n_set_frames": int(n_set_frames),
+         "rating_page": str(result.page), "zero_method": params.zero_method,
+         "wilcoxon_method": params.wilcoxon_method, "alpha": params.alpha, "seconds": result.seconds}
+    if result.analysis is None:
+        return {**m, "rater": None, "awaiting_ratings": True, "n_frames": int(n_set_frames)}
+    tests = result.analysis.tests
+    return {**m, **analysis_metrics(result.analysis), "ratings_source": result.source,
+            "significant_bonferroni": dict(zip(tests["pair"], (tests["p_value_bonferroni"] < params.alpha).tolist()))}
+
+
+def check(result: StudyResult) -> None:
+    """What must hold for any run: three items per frame of the set and, with ratings, :func:`check_analysis`.
+    Whether the rater model rewards smaller measured errors is the twin's check
+    (:func:`ultrabones.twin.rater.check_coherence`)."""
+    n = len(result.key)
+    assert n >= len(METHODS) and n % len(METHODS) == 0, \
+        f"the rating set has {n} items, not {len(METHODS)} per frame ({result.page})"
+    if result.analysis is not None:
+        check_analysis(result.analysis)
+
+
+def figures(result: StudyResult, *, outlines: Sequence[np.ndarray] | None = None) -> dict:
+    """Notebook 03's figures: ``fig5_rating_items`` (:func:`plot_items`, the first frame's three items, with
+    ``outlines`` drawn over them when given: on the twin the true labels, never in the page) and, with ratings,
+    ``fig7_rating_distribution`` (:func:`plot_rating_distribution`). :data:`PDF_FIGURES` are the paper's."""
+    out = {"fig5_rating_items": plot_items(result.built["examples"], outlines)}
+    if result.analysis is not None:
+        out["fig7_rating_distribution"] = plot_rating_distribution(result.analysis.summary, result.analysis.rater)
+    return out

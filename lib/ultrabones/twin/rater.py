@@ -22,9 +22,11 @@ from ultrabones.core.paths import Paths
 from ultrabones.core.label_distances import directed_distances
 from ultrabones.rating import rating_set, rating_stats
 from ultrabones.rating.rating_set import stable_int
-from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult
+from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, StudyResult, with_ratings
 from ultrabones.twin.layout import truth_dir
 
+#: The ``ratings_source`` of the rater model's ratings (a person's is their CSV's path).
+MODEL_SOURCE = "simulated rater"
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame |
     rater model rated the set: a person's ratings are not the model's to check)."""
     from scipy.stats import spearmanr
 
-    if result is None or profiles is None or source != "simulated rater":
+    if result is None or profiles is None or source != MODEL_SOURCE:
         return {}
 
     prof = profiles.merge(key, on="item_id")
@@ -250,22 +252,18 @@ def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame |
     return {"spearman_rho": rho, "median_error_mm": median_err.round(3).to_dict()}
 
 
-def ratings_or_model(paths: Paths, built: Mapping, measured: Sequence[np.ndarray] | None, params: RatingParams,
-                     seed: int, given: pd.DataFrame | None,
-                     ratings_csv: Path | str | None) -> tuple[pd.DataFrame | None, str | None]:
-    """The table of ratings notebook 03 analyses, and where it came from.
+def with_model_ratings(paths: Paths, result: StudyResult, measured: Sequence[np.ndarray] | None, seed: int
+                       ) -> StudyResult:
+    """Notebook 03's result with the rater model's ratings where it has none.
 
-    A person's CSV (of another set, already read as ``given``, or of this run's set) always wins; on the
-    twin without one, the rater model rates the set from ``measured`` (:func:`label_errors`); on real data
-    without one there is nothing yet (None, None): the page waits for a person.
+    A person's CSV (read and analysed by :func:`ultrabones.rating.study.run`) always wins; on the twin without
+    one, the rater model rates the set from ``measured`` (:func:`label_errors`, :func:`ratings`) and the stage
+    analyses its table as a person's (:func:`~ultrabones.rating.study.with_ratings`, source
+    :data:`MODEL_SOURCE`); on real data without one the result stays without ratings: the page waits for a person.
     """
-    if given is not None:
-        return given, str(ratings_csv)
-    if ratings_csv is not None:
-        return rating_stats.read_ratings(Path(ratings_csv), built["key"], built["set_id"]), str(ratings_csv)
-    if paths.is_twin and measured is not None:
-        return ratings(built, measured, params, seed, paths.rating_dir), "simulated rater"
-    return None, None
+    if result.ratings is not None or not paths.is_twin or measured is None:
+        return result
+    return with_ratings(result, ratings(result.built, measured, result.params, seed, paths.rating_dir), MODEL_SOURCE)
 
 
 def true_outlines(paths: Paths, examples: Sequence[Mapping]) -> list[np.ndarray]:
