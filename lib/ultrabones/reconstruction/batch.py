@@ -18,7 +18,6 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
