@@ -32,7 +32,7 @@ import pytest
 from ultrabones.core.paths import Paths
 from ultrabones.labels.batch import LabelingParams
 from ultrabones.pipeline.runner import seeded_profile
-from ultrabones.pipeline.summary import HELDOUT_ORACLE
+from ultrabones.pipeline.headlines import HELDOUT_ORACLE
 from ultrabones.twin import measure
 
 PROFILE = os.environ.get("BENCH_PROFILE", "default")

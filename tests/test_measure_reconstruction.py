@@ -75,7 +75,7 @@ def test_grid_against_the_true_surface(twin, monkeypatch):
                   derived_root=twin / "dataset")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = batch.run(paths, PARAMS, ["specimen01"], progress=False)
+        result = batch.run(paths, PARAMS, specimens=["specimen01"], progress=False)
     vt = measure.reconstruction_vs_truth(paths, result, sample_mm=0.3)
     assert vt["missing"] == [] and vt["n_true_imaged"]["specimen01"] > 500
     opt, orig = vt["grid"]["labels_optimized"], vt["grid"]["labels_original"]
@@ -100,6 +100,6 @@ def test_off_the_twin_or_without_point_clouds(twin, monkeypatch, tmp_path):
     paths = Paths(build_dir=twin / "build" / "n", twin_dir=twin, figures_dir=twin / "figs")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = batch.run(paths, replace(PARAMS, save_ply=False), ["specimen01"], progress=False)
+        result = batch.run(paths, replace(PARAMS, save_ply=False), specimens=["specimen01"], progress=False)
     vt = measure.reconstruction_vs_truth(paths, result, sample_mm=0.5)
     assert vt["grid"] == {} and "save_ply" in vt["missing"][0]

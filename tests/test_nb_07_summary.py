@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ultrabones.pipeline import summary
+from ultrabones.pipeline import headlines
 
 pytestmark = pytest.mark.notebook
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,17 +16,17 @@ def test_summary_has_every_headline_number_traced_to_its_source(smoke_metrics, s
     m = smoke_metrics("07_summary")
     stage_metrics = {f.stem: smoke.merged(f.stem) for f in (smoke.build / "metrics").glob("*.json")
                      if f.stem != "07_summary"}
-    present = [r for r in summary.ROWS if not r.optional or summary.lookup(stage_metrics, r.source) is not None]
+    present = [r for r in headlines.ROWS if not r.optional or headlines.lookup(stage_metrics, r.source) is not None]
     assert m["n_rows"] == len(present) == len(m["rows"])
     assert m["n_missing"] == 0, [k for k, r in m["rows"].items() if r["value"] is None]
     assert m["orphan_figures"] == []
     assert m["n_seeds"] == 1
     for row in present:
         got = m["rows"][row.id]
-        assert got["value"] == pytest.approx(summary.lookup(stage_metrics, row.source)), row.id
-        assert got["how"] in summary.HOW, row.id
-        assert got["criterion"] == row.criterion.text({r.id: r.quantity for r in summary.ROWS})
-        assert got["met"] in summary.MET
+        assert got["value"] == pytest.approx(headlines.lookup(stage_metrics, row.source)), row.id
+        assert got["how"] in headlines.HOW, row.id
+        assert got["criterion"] == row.criterion.text({r.id: r.quantity for r in headlines.ROWS})
+        assert got["met"] in headlines.MET
     assert m["n_met"] + m["n_not_met"] == m["n_judged"]
     md = (smoke.build / "figures" / "summary_table.md").read_text()
     assert md.count("\n") == len(present) + 2  # header, rule, one line a row

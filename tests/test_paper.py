@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ultrabones.core import paper
-from ultrabones.pipeline import summary
+from ultrabones.pipeline import headlines
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_PY = ROOT / "lib" / "ultrabones" / "core" / "paper.py"
@@ -47,15 +47,16 @@ def test_paper_module_reads_nothing():
 
 def test_criteria_are_defined_in_paper_and_nowhere_else():
     """Every summary row's criterion is the object in paper.CRITERIA; the summary builds no criterion itself."""
-    assert {r.id for r in summary.ROWS} == set(paper.CRITERIA)
-    assert len({r.id for r in summary.ROWS}) == len(summary.ROWS)
-    for row in summary.ROWS:
+    assert {r.id for r in headlines.ROWS} == set(paper.CRITERIA)
+    assert len({r.id for r in headlines.ROWS}) == len(headlines.ROWS)
+    for row in headlines.ROWS:
         assert row.criterion is paper.CRITERIA[row.id]
         assert row.published is None or row.published in paper.PUBLISHED
-    src = (ROOT / "lib" / "ultrabones" / "pipeline" / "summary.py").read_text()
-    assert "Criterion(" not in src
-    for name in ("rule=", "tol=", "bound="):
-        assert name not in src, f"summary.py sets a criterion's {name}"
+    for module in ("headlines.py", "summary.py"):
+        src = (ROOT / "lib" / "ultrabones" / "pipeline" / module).read_text()
+        assert "Criterion(" not in src, module
+        for name in ("rule=", "tol=", "bound="):
+            assert name not in src, f"{module} sets a criterion's {name}"
 
 
 def test_every_criterion_has_a_basis_and_a_reason():
@@ -88,16 +89,16 @@ def test_criteria_raise_on_malformed_rules():
 
 
 def test_how_obtained_is_one_of_three_and_settings_are_never_judged():
-    assert summary.HOW == ("truth-free", "measured against truth", "simulator setting")
-    for row in summary.ROWS:
-        assert row.how in summary.HOW + (summary.RATINGS,), row.id
-        is_setting = row.how == summary.SIMULATOR_SETTING
+    assert headlines.HOW == ("truth-free", "measured against truth", "simulator setting")
+    for row in headlines.ROWS:
+        assert row.how in headlines.HOW + (headlines.RATINGS,), row.id
+        is_setting = row.how == headlines.SIMULATOR_SETTING
         assert is_setting == (row.criterion.rule == "setting"), row.id  # a setting is never "reproduced"
     runs = [{}, {"03_rating_statistics": {"ratings_source": "ratings.csv"}}]
     for metrics in runs:
-        table = summary.summary_table(metrics)
-        assert set(table["how obtained"]) <= set(summary.HOW)
-        assert (table.loc[table["how obtained"] == summary.SIMULATOR_SETTING, "criterion met"] == "-").all()
+        table = headlines.summary_table(metrics)
+        assert set(table["how obtained"]) <= set(headlines.HOW)
+        assert (table.loc[table["how obtained"] == headlines.SIMULATOR_SETTING, "criterion met"] == "-").all()
 
 
 def test_published_numbers_are_printed_in_the_paper():
@@ -150,7 +151,7 @@ def test_no_criterion_sits_just_past_an_observed_value(table_file):
     if not f.is_file():
         pytest.skip(f"{table_file} not produced yet")
     observed = _observed(pd.read_csv(f))
-    for row in summary.ROWS:
+    for row in headlines.ROWS:
         c = row.criterion
         if row.source in observed and c.bound is not None:
             for value in observed[row.source]:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ultrabones.pipeline import summary
+from ultrabones.pipeline import headlines
 from ultrabones.rating import rating_set as RS  # the name rating_set is this file's fixture
 from ultrabones.rating import rating_stats
 from ultrabones.rating import study as R
@@ -192,10 +192,10 @@ def test_rate_reload_and_export(rating_set, driver):
         assert result.summary.loc[m, "mean"] == pytest.approx(expected[m])
     assert len(result.tests) == 3 and result.tests["p_value_bonferroni"].between(0, 1).all()
     stats = {**R.analysis_metrics(result), "ratings_source": str(target)}
-    table = summary.summary_table({"03_rating_statistics": stats}).set_index("id")
+    table = headlines.summary_table({"03_rating_statistics": stats}).set_index("id")
     row = table.loc["mean_rating_optimized"]
     assert row["value"] == pytest.approx(expected["optimized"])
-    assert row["how obtained"] == summary.TRUTH_FREE  # a person's ratings: no truth read
+    assert row["how obtained"] == headlines.TRUTH_FREE  # a person's ratings: no truth read
 
     if os.environ.get("ULTRABONES_WRITE_RATING_FIXTURE"):
         shutil.copyfile(target, FIXTURES / "ratings_from_page.csv")

@@ -24,6 +24,7 @@ from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.core import geometry
 from ultrabones.core.mesh import morton_order
 from ultrabones.reconstruction import batch, figures
+from ultrabones.reconstruction import specimen as rspec
 from ultrabones.reconstruction import surface as rc
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
@@ -265,7 +266,7 @@ def specimen01(synthetic):
     bones = rc.read_record_bones(synthetic / "raw" / "specimen01", spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return batch.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), bones, out_dir=synthetic / "ply",
+        return rspec.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), bones, out_dir=synthetic / "ply",
                                        progress=False)
 
 
@@ -308,7 +309,7 @@ def test_specimen_writes_point_clouds(specimen01):
 
 def test_specimen_without_labelled_frame_is_skipped(synthetic):
     spec = dataset.read_specimen(synthetic / "dataset" / "specimen03")
-    r = batch.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), progress=False)
+    r = rspec.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), progress=False)
     assert r["skipped"] and "no labelled frame" in r["skipped"] and "specimen03" in r["skipped"]
     assert r["rows"] == []
     agg = batch.aggregate([r], PARAMS.sources, PARAMS.pose_methods)
@@ -321,7 +322,7 @@ def test_unreadable_label_is_reported_and_skipped(tmp_path):
     bad = spec_dir / "record01" / dataset.LABELS / "1048_label.png"
     bad.write_bytes(b"not a png")
     spec = dataset.read_specimen(spec_dir)
-    r = batch.reconstruct_specimen(spec, replace(PARAMS, sources=("labels",), save_ply=False), np.eye(4), (SP, SP),
+    r = rspec.reconstruct_specimen(spec, replace(PARAMS, sources=("labels",), save_ply=False), np.eye(4), (SP, SP),
                                 progress=False)
     assert len(r["bad_frames"]) == 1 and "1048_label.png" in r["bad_frames"][0]
     assert rows_of(r, "labels", "optimized")["n_frames"] == 11
@@ -336,16 +337,16 @@ def test_run_caches_and_aggregates(synthetic, monkeypatch):
     p = replace(PARAMS, save_ply=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        one = batch.run(paths, p, names, only="specimen02", progress=False)
+        one = batch.run(paths, p, specimens=names, only="specimen02", progress=False)
         assert [r["specimen"] for r in one.specimens] == ["specimen02"]
         assert one.pending == ("specimen01", "specimen03")
         assert "not yet reconstructed" in batch.report(one) and "specimen03" in batch.report(one)
-        res = batch.run(paths, p, names, progress=False)
+        res = batch.run(paths, p, specimens=names, progress=False)
     assert res.pending == () and [r["specimen"] for r in res.specimens] == names and res.params == p
     assert "skipped: specimen03" in batch.report(res)
     cache = paths.cache(batch.STEM)
     stamp = (cache / "specimen02.json").stat().st_mtime_ns
-    res2 = batch.run(paths, p, None, progress=False).specimens  # all from the cache; None: every specimen
+    res2 = batch.run(paths, p, specimens=None, progress=False).specimens  # all from the cache; None: every specimen
     assert (cache / "specimen02.json").stat().st_mtime_ns == stamp
     agg = batch.aggregate(res2, p.sources, p.pose_methods)
     assert agg["n_specimens"] == 2 and agg["skipped"][0]["specimen"] == "specimen03"
@@ -358,7 +359,7 @@ def test_run_caches_and_aggregates(synthetic, monkeypatch):
     table = batch.results_table(res2)
     assert set(table["specimen"]) == {"specimen01", "specimen02"} and "hist" not in table
     with pytest.raises(DatasetError, match="specimen99"):
-        batch.run(paths, p, names, only="specimen99", progress=False)
+        batch.run(paths, p, specimens=names, only="specimen99", progress=False)
 
 
 def test_specimen_with_broken_input_is_reported_and_skipped(tmp_path, monkeypatch):
@@ -371,7 +372,7 @@ def test_specimen_with_broken_input_is_reported_and_skipped(tmp_path, monkeypatc
     paths = Paths(build_dir=tmp_path / "build" / "t", twin_dir=tmp_path / "twin", figures_dir=tmp_path / "f",
                   derived_root=data)
     with pytest.warns(UserWarning, match="specimen01 skipped"):
-        res = batch.run(paths, replace(PARAMS, save_ply=False), ["specimen01", "specimen02"],
+        res = batch.run(paths, replace(PARAMS, save_ply=False), specimens=["specimen01", "specimen02"],
                         progress=False).specimens
     assert "CT_bone_model.stl" in res[0]["skipped"] and "no records" in res[1]["skipped"]
     assert not (paths.cache(batch.STEM) / "specimen01.json").exists()  # a broken input is not cached
@@ -396,12 +397,19 @@ def test_figures_draw(specimen01, synthetic):
                                   backend="matplotlib")
     assert used == "matplotlib (matplotlib requested)" and len(fig4.axes) == 3
     # notebook 06's render: the specimen with predicted labels, a panel per pose method
-    fig5, used = figures.render_example(batch.ReconstructionResult((specimen01,), (), PARAMS, 0.0),
-                                        synthetic / "dataset", backend="matplotlib")
-    assert used.startswith("matplotlib") and len(fig5.axes) == 3 and "specimen01" in fig5._suptitle.get_text()
+    render = figures.example_render([specimen01], PARAMS.pose_methods, synthetic / "dataset", backend="matplotlib")
+    assert render.used == "matplotlib (matplotlib requested)" and render.images is None
+    fig5 = figures.draw_example(render)
+    assert len(fig5.axes) == 3 and "specimen01" in fig5._suptitle.get_text()
     assert "predicted labels" in fig5.axes[0].get_title()
     no_ply = {**specimen01, "ply": {}}
-    assert figures.render_example(batch.ReconstructionResult((no_ply,), (), PARAMS, 0.0), synthetic) == (None, "none")
+    assert figures.example_render([no_ply], PARAMS.pose_methods, synthetic) is None
+    # the stage's figures of a result: the grid, the histograms and the render (left out without a render)
+    result = batch.ReconstructionResult((specimen01,), (), PARAMS, 0.0, render=render)
+    assert list(batch.figures(result)) == ["fig_reconstruction_grid", "fig_reconstruction_distance",
+                                           "fig_reconstruction_render"]
+    assert "fig_reconstruction_render" not in batch.figures(batch.ReconstructionResult((specimen01,), (), PARAMS, 0.0))
+    assert batch.metrics(result)["render"] == "matplotlib (matplotlib requested)"
 
 
 def test_open3d_render_or_a_clear_failure(specimen01):
@@ -493,7 +501,7 @@ def test_metrics_keep_ct_keys_and_merge_the_reference(synthetic, monkeypatch):
     monkeypatch.setenv("ULTRABONES_BUILD_ROOT", str(synthetic / "build"))
     paths = Paths(build_dir=synthetic / "build" / "m", twin_dir=synthetic, figures_dir=synthetic / "figs",
                   derived_root=synthetic / "dataset")  # the synthetic dataset ships its labels
-    result = batch.run(paths, replace(PARAMS, save_ply=False), ["specimen01"], progress=False)
+    result = batch.run(paths, replace(PARAMS, save_ply=False), specimens=["specimen01"], progress=False)
     m = batch.metrics(result)
     cell = m["grid"]["labels_optimized"]
     assert set(batch.CT_MODEL_KEYS) <= set(cell) and "specimens" not in cell
@@ -505,7 +513,7 @@ def test_metrics_keep_ct_keys_and_merge_the_reference(synthetic, monkeypatch):
     # a reference that says the original poses are better decides optimized_lower_mean
     ref = {"grid": {"labels_optimized": {"mean_true_mm": 2.0}, "labels_original": {"mean_true_mm": 1.0}},
            "per_specimen": {"specimen01": {"labels_optimized": {"mean_true_mm": 2.0}}}, "missing": []}
-    m = batch.metrics(result, ref, render="matplotlib")
+    m = batch.metrics(result, ref)
     assert m["grid"]["labels_optimized"]["mean_true_mm"] == 2.0 and "mean_mm" in m["grid"]["labels_optimized"]
     assert m["optimized_lower_mean"]["labels"] is False and m["optimized_lower_against"] == "true bone surface"
     assert m["per_specimen"]["specimen01"]["labels_optimized"]["mean_true_mm"] == 2.0
@@ -569,15 +577,14 @@ def test_metrics_pool_a_known_grid():
     assert m["n_points_reconstruction"] == 800 and m["points_per_second"] == pytest.approx(800 / 0.4)
     assert m["per_specimen"]["s2"]["labels_original"]["mean_mm"] == pytest.approx(0.4)
     assert m["seconds"] == 2.5 and m["vs_truth"] is None
-    batch.check(m, on_twin=True)
+    batch.check(batch.ReconstructionResult((s1, s2, s3), (), p, 2.5, on_twin=True))
     # the checks the notebook asserts
-    worse = batch.metrics(batch.ReconstructionResult((s1,), (), p, 1.0), {
-        "grid": {"labels_optimized": {"mean_true_mm": 2.0}, "labels_original": {"mean_true_mm": 1.0}}})
-    batch.check(worse, on_twin=False)  # off the twin there is no truth to judge the poses by
+    worse = {"grid": {"labels_optimized": {"mean_true_mm": 2.0}, "labels_original": {"mean_true_mm": 1.0}}}
+    batch.check(batch.ReconstructionResult((s1,), (), p, 1.0), worse)  # off the twin no truth judges the poses
     with pytest.raises(AssertionError, match="optimised poses do not bring"):
-        batch.check(worse, on_twin=True)
+        batch.check(batch.ReconstructionResult((s1,), (), p, 1.0, on_twin=True), worse)
     with pytest.raises(AssertionError, match="no specimen reconstructed"):
-        batch.check(batch.metrics(batch.ReconstructionResult((s3,), (), p, 0.0)), on_twin=True)
+        batch.check(batch.ReconstructionResult((s3,), (), p, 0.0, on_twin=True))
 
 
 def test_params_from_the_profile_section_and_overrides():

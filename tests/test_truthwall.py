@@ -361,18 +361,18 @@ def test_metrics_and_measurements_split_and_merge_back():
 
 def test_the_summary_merges_the_measurements_it_is_given(tmp_path):
     from ultrabones.core import atomic
-    from ultrabones.pipeline import summary
+    from ultrabones.pipeline import headlines
 
     paths = Paths(build_dir=tmp_path / "build" / "smoke", twin_dir=tmp_path / "twin" / "smoke",
                   figures_dir=tmp_path / "fig")
     atomic.write_json(paths.metrics("02_labeling"), {"lambda": 10.0, "lambda_selection": {"chosen": 10.0}})
     measure.write_measurements(paths, "02_labeling", {"lambda_selection": {"oracle": 1.0}})
-    measure.write_measurements(paths, summary.HELDOUT_ORACLE, {"oracle_gap_mm": 0.01})
-    stems = ["02_labeling", summary.HELDOUT_ORACLE]
+    measure.write_measurements(paths, headlines.HELDOUT_ORACLE, {"oracle_gap_mm": 0.01})
+    stems = ["02_labeling", headlines.HELDOUT_ORACLE]
     measured = measure.measured_builds(paths.twin_dir, [paths.build_dir], stems)
-    assert summary.load_all(paths, stems) == {"02_labeling": {"lambda": 10.0, "lambda_selection": {"chosen": 10.0}}}
-    assert summary.load_all(paths.for_method(), stems, measured["smoke"]) == {
+    assert headlines.load_all(paths, stems) == {"02_labeling": {"lambda": 10.0, "lambda_selection": {"chosen": 10.0}}}
+    assert headlines.load_all(paths.for_method(), stems, measured["smoke"]) == {
         "02_labeling": {"lambda": 10.0, "lambda_selection": {"chosen": 10.0, "oracle": 1.0}},
-        summary.HELDOUT_ORACLE: {"oracle_gap_mm": 0.01}}
-    runs, names = summary.load_seed_runs(paths.build_dir, stems, measured)
+        headlines.HELDOUT_ORACLE: {"oracle_gap_mm": 0.01}}
+    runs, names = headlines.load_seed_runs(paths.build_dir, stems, measured)
     assert names == ["smoke"] and runs[0]["02_labeling"]["lambda_selection"]["oracle"] == 1.0

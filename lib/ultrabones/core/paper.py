@@ -3,7 +3,7 @@
 This module is data, not computation. :data:`PUBLISHED` holds every number of the paper (and of the one
 companion publication the project sets its reconstructions beside) that the project compares with, each
 with its unit and where it is printed. :data:`CRITERIA` holds every acceptance criterion of the summary
-table (:mod:`ultrabones.pipeline.summary`), one per row id, each with the *basis* it was chosen on:
+table (:mod:`ultrabones.pipeline.headlines`), one per row id, each with the *basis* it was chosen on:
 
 - ``"paper"``: a number or a claim the paper prints (e.g. ``p < 0.001``; "the model beats manual labelling
   on low-intensity bone");
@@ -235,7 +235,7 @@ _MODEL_VS_ANNOTATOR = ("reported beside the simulated annotator: whether the mod
                        "(05_evaluation: model_beats_annotator_at_levels; " + _MODEL_BEATS_MANUAL + ")")
 _HALF_STEP = "physical: half a step of the integer 0-3 rubric, the smallest difference of means the scale is built to show"
 
-#: Every acceptance criterion of the summary table, by row id (:data:`ultrabones.pipeline.summary.ROWS`).
+#: Every acceptance criterion of the summary table, by row id (:data:`ultrabones.pipeline.headlines.ROWS`).
 CRITERIA: Mapping[str, Criterion] = MappingProxyType({
     # calibration
     "calibration_localisation_error": Criterion(

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ultrabones.core import atomic, criteria_history, paper
 from ultrabones.core.merge import merge_metrics
-from ultrabones.pipeline import summary, validation
+from ultrabones.pipeline import headlines, validation
 from ultrabones.pipeline.stage import to_markdown
 
 #: The README's generated block lies between these lines (notebook 07 rewrites it; a test compares it).
@@ -41,7 +41,7 @@ REAL_FINETUNE = "real/finetune"
 REAL_MODEL = "real/twin_model"
 #: The stems a committed run holds (notebooks 00-07) and the optional on-demand ones.
 STEMS = ("00_simulate", "01_calibration", "02_labeling", "03_rating_statistics", "04_training", "05_evaluation",
-         "06_reconstruction", "07_summary", *summary.MEASUREMENTS)
+         "06_reconstruction", "07_summary", *headlines.MEASUREMENTS)
 #: Timings of the run (issue 26), where the run wrote them.
 TIMINGS = "timings.json"
 
@@ -119,8 +119,8 @@ def history_table(design: Mapping[str, dict], runs: Sequence[Mapping[str, dict]]
     """Every criterion changed after a result was seen: its original form, the change, what had been seen, and
     the verdict the original form gives on today's numbers (``runs``: the validation seeds where they have the
     row's number, else the design run)."""
-    by_id = {r.id: r for r in summary.ROWS}
-    names = {r.id: r.quantity for r in summary.ROWS}
+    by_id = {r.id: r for r in headlines.ROWS}
+    names = {r.id: r.quantity for r in headlines.ROWS}
     records = []
     for ch in criteria_history.HISTORY:
         row = by_id.get(ch.row)
@@ -128,9 +128,9 @@ def history_table(design: Mapping[str, dict], runs: Sequence[Mapping[str, dict]]
         if row is not None and ch.original_rule not in ("reported", "setting"):
             original = paper.Criterion(ch.original_rule, ch.original_bound, ch.original_row, basis="paper",
                                        why="paper: the original form")
-            use = [r for r in runs if summary.seed_values([r], row.source)] or [design]
-            verdicts = [original.judge(summary.lookup(r, row.source), row.paper_value,
-                                       summary.lookup(r, by_id[ch.original_row].source) if ch.original_row else None)
+            use = [r for r in runs if headlines.seed_values([r], row.source)] or [design]
+            verdicts = [original.judge(headlines.lookup(r, row.source), row.paper_value,
+                                       headlines.lookup(r, by_id[ch.original_row].source) if ch.original_row else None)
                         for r in use]
             verdict = ("yes" if all(v == "yes" for v in verdicts) else
                        "no" if "no" in verdicts else "n/a") + f" ({len(use)} run{'s' if len(use) > 1 else ''})"
@@ -181,7 +181,7 @@ def _annotator_levels_line(design: Mapping[str, dict]) -> str | None:
     above = [str(v["level"]) for v in levels if v["beats"]]
     below = [str(v["level"]) for v in levels if not v["beats"]]
     return (f"model low-intensity completeness (agreement with the CT-derived labels) "
-            f"{summary.fmt_number(levels[0]['model'])}: above the simulated annotator's at levels "
+            f"{headlines.fmt_number(levels[0]['model'])}: above the simulated annotator's at levels "
             f"{', '.join(above) or 'none'}, not at {', '.join(below) or 'none'} of its sweep "
             f"({levels[0]['level']}: lenient, {levels[-1]['level']}: strict; seed 0, design seed) "
             f"[figures/metrics/05_evaluation.json: model_vs_annotator_levels]")
@@ -202,13 +202,13 @@ def _row_line(table: pd.DataFrame, rid: str, label: str | None = None) -> str | 
     if rid not in df.index:
         return None
     r = df.loc[rid]
-    value = summary.fmt_number(r["value"])
+    value = headlines.fmt_number(r["value"])
     if r["n_seeds"] > 1 and r["sd"] is not None and r["sd"] == r["sd"]:
-        value = f"{value} ± {summary.fmt_number(r['sd'])}"
+        value = f"{value} ± {headlines.fmt_number(r['sd'])}"
     design = "" if r["design seed"] is None or r["design seed"] != r["design seed"] else \
-        f"; design seed 0: {summary.fmt_number(r['design seed'])}"
+        f"; design seed 0: {headlines.fmt_number(r['design seed'])}"
     published = "" if r["published"] is None or r["published"] != r["published"] else \
-        f"; paper {summary.fmt_number(r['published'])}"
+        f"; paper {headlines.fmt_number(r['published'])}"
     seeds = r["seeds"] if str(r["seeds"]).startswith("seed ") else f"seeds {r['seeds']}"
     return f"- {label or r['quantity']}: **{value}** ({seeds}{design}{published}) [{r['source']}]"
 
@@ -256,7 +256,7 @@ def _real_lines(real: Mapping[str, dict]) -> list[str]:
         v = s2r.get(key, s2r if key == "surface" and "f1" in s2r else None)
         if isinstance(v, Mapping) and "f1" in v:
             out.append(f"- real sweep, agreement of the twin-trained model with the pipeline's CT-derived labels "
-                       f"(not an accuracy), {name}: F1 at 0.5 mm **{summary.fmt_number(v['f1'])}** on "
+                       f"(not an accuracy), {name}: F1 at 0.5 mm **{headlines.fmt_number(v['f1'])}** on "
                        f"{v.get('n_frames', '?')} frames [figures/{REAL}/05_evaluation.json: sim_to_real]")
     return out
 
@@ -269,13 +269,13 @@ def _real_model_line(model: Mapping[str, dict]) -> str | None:
     seed = re.search(r"-seed(\d+)$", str((m.get("_provenance") or {}).get("build_dir", "")))
     return (f"- the twin-trained model: {m.get('arch')}-{m.get('encoder')}, trained on the twin of seed "
             f"{seed.group(1) if seed else 0} (`make build/default-seed<N>/stamps/04_training.done SEED=<N>`), "
-            f"validation F1 at 0.5 mm on that twin's labels {summary.fmt_number(m.get('val_f1_at_0p5mm'))} "
+            f"validation F1 at 0.5 mm on that twin's labels {headlines.fmt_number(m.get('val_f1_at_0p5mm'))} "
             f"[figures/{REAL_MODEL}/04_training.json]")
 
 
 def _labels_summary(m: Mapping) -> str:
     """``N frames, discard rate D, mean correction of the kept labels C mm, S s a frame`` of a 02 metrics dict."""
-    f = summary.fmt_number
+    f = headlines.fmt_number
     return (f"{m.get('n_frames')} frames, discard rate {f(m.get('discard_rate'))}, mean correction of the kept "
             f"labels {f(m.get('kept_mean_fiducial_correction_mm'))} mm, {f(m.get('seconds_per_frame'))} s a frame")
 
@@ -298,7 +298,7 @@ def _real_selection_line(real: Mapping[str, dict]) -> str | None:
     sep = sel.get("separation")
     if not isinstance(sep, Mapping):
         return None
-    f = summary.fmt_number
+    f = headlines.fmt_number
     return (f"- truth-free choice on the real sweep: lambda {f(sel.get('chosen'))}, region {sel.get('region')} on "
             f"{sep.get('n_frames')} frames; margin over the runner-up (lambda {f(sep.get('runner_up_lambda'))}, "
             f"{sep.get('runner_up_region')}) {f(sep.get('margin'))} against its standard error "
@@ -321,7 +321,7 @@ def _real_finetune_lines(finetune: Mapping[str, dict]) -> list[str]:
         or (finetune.get("04_training") or {}).get("before_after")
     if not isinstance(ba, Mapping) or "before" not in ba:
         return []
-    f = summary.fmt_number
+    f = headlines.fmt_number
     stem = "05_evaluation.json: finetune_before_after" if (finetune.get("05_evaluation") or {}).get(
         "finetune_before_after") else "04_training.json: before_after"
     return [f"- fine-tuned on the sweep's earlier {ba.get('n_train')} frames, scored on its later {ba.get('n_test')} "
@@ -363,7 +363,7 @@ def results_markdown(figures_dir: Path | str) -> str:
         to_markdown(shown),
         "## Labels per seed",
         "",
-        to_markdown(summary.labeling_seed_table([c.design, *c.validation], ["seed0 (design)", *c.validation_names],
+        to_markdown(headlines.labeling_seed_table([c.design, *c.validation], ["seed0 (design)", *c.validation_names],
                                                 pooled=c.validation_names)),
         "## Criteria changed after a result was seen",
         "",

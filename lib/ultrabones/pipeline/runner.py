@@ -251,7 +251,7 @@ def seeded_name(profile: str, seed: int | None) -> str:
     """The run name of a profile under another master seed: ``<profile>-seed<N>`` (``profile`` for None).
 
     A seeded run writes to ``build/<profile>-seed<N>/`` and ``data/twin/<profile>-seed<N>/``, so
-    that runs of several seeds sit side by side (see :func:`ultrabones.pipeline.summary.seed_builds`).
+    that runs of several seeds sit side by side (see :func:`ultrabones.pipeline.headlines.seed_builds`).
     """
     return profile if seed is None else f"{profile}-seed{int(seed)}"
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ultrabones.core import atomic, paper
 from ultrabones.core.merge import merge_metrics
-from ultrabones.pipeline import summary
+from ultrabones.pipeline import headlines
 
 #: The stages ``make validate`` runs on each validation seed (the labelling rows of the summary).
 VALIDATION_STAGES = ("00_simulate", "01_calibration", "02_labeling")
@@ -122,7 +122,7 @@ def validation_runs(build_dir: Path | str, committed: Path | str | None, stems: 
     """
     build_dir = Path(build_dir)
     runs, names = [], []
-    for d in summary.seed_builds(build_dir):
+    for d in headlines.seed_builds(build_dir):
         m = re.search(r"-seed(\d+)$", d.name)
         if m and int(m.group(1)) in paper.VALIDATION_SEEDS:
             run = {s: merge_metrics(json.loads((d / "metrics" / f"{s}.json").read_text()),
@@ -153,13 +153,13 @@ def seeded_summary(design: Mapping[str, dict], design_name: str, validation: Seq
 
     Returns
     -------
-    :func:`ultrabones.pipeline.summary.summary_table`'s columns, where a row that the validation seeds give
+    :func:`ultrabones.pipeline.headlines.summary_table`'s columns, where a row that the validation seeds give
     takes their mean, sd, per-seed numbers and verdict (judged on every validation seed), plus ``seeds`` (which
     seeds the value is from, or ``"<design_name> (design seed)"``) and ``design seed`` (the profile's own
     number beside a validation mean; None where the value is the design seed's own).
     """
-    des = summary.summary_table([design]).set_index("id")
-    val = summary.summary_table(list(validation)).set_index("id") if validation else None
+    des = headlines.summary_table([design]).set_index("id")
+    val = headlines.summary_table(list(validation)).set_index("id") if validation else None
     records = []
     for rid, row in des.iterrows():
         rec = {"id": rid, **row.to_dict()}
@@ -175,13 +175,13 @@ def seeded_summary(design: Mapping[str, dict], design_name: str, validation: Seq
 
 
 def format_seeded(df: pd.DataFrame) -> pd.DataFrame:
-    """:func:`seeded_summary` for reading: :func:`ultrabones.pipeline.summary.format_table`'s columns with
+    """:func:`seeded_summary` for reading: :func:`ultrabones.pipeline.headlines.format_table`'s columns with
     ``seeds`` after ``value`` and ``design seed`` (the profile's own number, 3 significant digits) after it."""
-    out = summary.format_table(df)
+    out = headlines.format_table(df)
     cols = list(out.columns)
     at = cols.index("value") + 1
     out.insert(at, "seeds", df["seeds"].to_numpy())
-    out.insert(at + 1, DESIGN, [("" if v is None or v != v else summary.fmt_number(v)) for v in df["design seed"]])
+    out.insert(at + 1, DESIGN, [("" if v is None or v != v else headlines.fmt_number(v)) for v in df["design seed"]])
     return out
 
 

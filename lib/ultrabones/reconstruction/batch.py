@@ -1,16 +1,15 @@
-"""The reconstruction stage (notebook 06): one specimen, a dataset of them, the metrics and their checks.
+"""The reconstruction stage (notebook 06): a dataset of specimens reconstructed, the metrics, checks and figures.
 
-:func:`reconstruct_specimen` streams a specimen's label frames into voxel
-accumulators per record, merges them per bone and for the whole specimen
-(group ``all``), and measures every cloud against the CT bone model
-(definitions in :mod:`ultrabones.reconstruction.surface`). :func:`run` does
-that over a dataset, resumable: each specimen's result is cached with
-``cache.SpecimenCache``, keyed on its parameters and the content digest of the
-files it reads (CT models, the derived tracking tables and labels, the
-calibration). It returns a :class:`ReconstructionResult`; :func:`metrics`
-pools the comparison grid {CT-derived, predicted labels} x {original,
-optimised poses} over specimens, and :func:`check` is what the notebook
-asserts. The parameters arrive as one :class:`ReconstructionParams`.
+The stage contract (docs/architecture.md): :data:`Params` (:class:`ReconstructionParams`), :func:`run`,
+:data:`Result` (:class:`ReconstructionResult`), :func:`metrics`, :func:`check` and :func:`figures`.
+:func:`run` reconstructs every specimen
+(:func:`~ultrabones.reconstruction.specimen.reconstruct_specimen`: its label frames in voxel accumulators,
+merged per bone and for the whole specimen, group ``all``, every cloud measured against the CT bone model),
+resumable: each specimen's result is cached with ``cache.SpecimenCache``, keyed on its parameters and the
+content digest of the files it reads (CT models, the derived tracking tables and labels, the calibration); it
+also decides the render (open3d, falling back to matplotlib). :func:`metrics` pools the comparison grid
+{CT-derived, predicted labels} x {original, optimised poses} over specimens, and :func:`check` is what the
+notebook asserts.
 """
 
 from __future__ import annotations
@@ -19,22 +18,17 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ultrabones.core.calibration_file import CALIBRATION
-from ultrabones.core.dataset import LABELS, LABELS_PRED, Specimen, read_mesh
 from ultrabones.core.errors import DatasetError
-from ultrabones.core.mesh import SurfaceDistance
 from ultrabones.core.params import SectionParams
-from ultrabones.reconstruction.surface import (ALL, HIST_BIN_MM, SOURCES, SurfaceSamples, VoxelAccumulator,
-                                               backward_distances, cell_name, distance_histogram,
-                                               distance_summary, histogram_quantile, read_record_bones,
-                                               reconstruct_record, record_frames, sample_surface, visible_surface,
-                                               write_ply)
+from ultrabones.reconstruction import figures as rfig
+from ultrabones.reconstruction.specimen import dataset_fingerprint, reconstruct_specimen, skipped_result
+from ultrabones.reconstruction.surface import ALL, HIST_BIN_MM, cell_name, histogram_quantile, read_record_bones
 
 #: Notebook stem of the stage, and its section of the profile.
 STEM = "06_reconstruction"
@@ -76,174 +70,10 @@ class ReconstructionParams(SectionParams):
     render: str
 
 
-# ----------------------------------------------------------------------------- one specimen
-
-
-def reconstruct_specimen(
-    specimen: Specimen,
-    params: ReconstructionParams,
-    calib: np.ndarray,
-    spacing: tuple[float, float],
-    record_bones: Mapping[str, str] | None = None,
-    out_dir: Path | str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Reconstruct one specimen for every grid cell and group, and measure it against the CT model.
-
-    Parameters
-    ----------
-    specimen : the specimen (``dataset.read_specimen``).
-    params : the stage's parameters (``render`` is not used here).
-    calib, spacing : image-to-probe calibration (4x4, mm) and pixel spacing (mm).
-    record_bones : record name -> bone (:func:`read_record_bones`); default all :data:`ALL`.
-    out_dir : where the PLY files go (``<source>_<method>_<group>.ply``).
-    seed : seed of the surface sampling.
-    progress : progress bars.
-
-    Returns
-    -------
-    A JSON-able dict: ``specimen``, ``skipped`` (None, or why the specimen was
-    skipped), ``rows`` (one per source x method x group with the distance
-    statistics, histogram and coverage), ``groups`` (visible samples per
-    group), ``n_label_points``, ``n_queries``, ``query_seconds``, ``bad_frames``,
-    ``notes``.
-    """
-    t_start = time.perf_counter()
-    sources = list(params.sources)
-    methods = list(params.pose_methods)
-    voxel_mm = params.voxel_mm
-    record_bones = dict(record_bones or {})
-    result: dict = {"specimen": specimen.name, "skipped": None, "rows": [], "groups": {}, "notes": [],
-                    "bad_frames": [], "n_label_points": 0, "n_queries": 0, "query_seconds": 0.0, "ply": {}}
-    # Frames of every source (tracking is read once per record and source).
-    frames = {s: [record_frames(r, SOURCES[s], methods, params.frame_step) for r in specimen.records]
-              for s in sources}
-    if "labels" in sources:
-        n_labelled = sum(len(f.timestamps) for f in frames["labels"])
-    else:
-        n_labelled = sum(len(f.timestamps) for s in sources for f in frames[s])
-    if n_labelled == 0:
-        result["skipped"] = (
-            f"{specimen.path}: no labelled frame with a finite {' and '.join(methods)} pose "
-            f"(in {', '.join(SOURCES[s] + '/' for s in sources)} of {len(specimen.records)} record(s))"
-        )
-        return result
-    merged = read_mesh(specimen.ct_model)
-    surface = SurfaceDistance.from_mesh(merged)
-    bone_of = {r.name: record_bones.get(r.name, r.bone or ALL) for r in specimen.records}
-    groups = {ALL: [r.name for r in specimen.records]}
-    for name, bone in bone_of.items():
-        if bone != ALL:
-            groups.setdefault(bone, []).append(name)
-
-    # Stream every source's frames into per-record accumulators (one per pose method).
-    per_record: dict[str, dict[str, dict[str, VoxelAccumulator]]] = {s: {} for s in sources}
-    n_frames: dict[str, dict[str, int]] = {s: {} for s in sources}
-    image_size: dict[str, tuple[int, int]] = {}
-    for s in sources:
-        for f in frames[s]:
-            if not len(f.timestamps):
-                continue
-            acc, size, bad = reconstruct_record(f, SOURCES[s], calib, spacing, voxel_mm, progress=progress)
-            result["bad_frames"] += bad
-            if size is None:
-                continue
-            image_size.setdefault(s, size)
-            per_record[s][f.record.name] = acc
-            n_frames[s][f.record.name] = len(f.timestamps) - len(bad)
-    vis_source = "labels" if "labels" in sources else sources[0]
-    if vis_source not in image_size:
-        result["skipped"] = f"{specimen.path}: no readable {SOURCES[vis_source]}/ frame ({len(result['bad_frames'])} unreadable)"
-        return result
-
-    # Visible surface per group, from the planes of the frames that carry a CT-derived label.
-    vis_method = "optimized" if "optimized" in methods else methods[0]
-    visible: dict[str, SurfaceSamples] = {}
-    for g, names in groups.items():
-        mesh = merged
-        if g != ALL and g in specimen.ct_models:
-            mesh = read_mesh(specimen.ct_models[g])
-        elif g != ALL:
-            result["notes"].append(f"no CT_bone_model_{g}.stl: group '{g}' is covered against the merged model")
-        samples = sample_surface(mesh, params.surface_sample_mm, seed=seed)
-        plane = [f.poses[vis_method] for f in frames[vis_source] if f.record.name in names]
-        plane = np.concatenate(plane) @ np.asarray(calib, dtype=float) if plane else np.zeros((0, 4, 4))
-        mask = visible_surface(samples, plane, image_size[vis_source], spacing, surface,
-                               params.visibility_gamma_mm, params.max_incidence_deg)
-        visible[g] = SurfaceSamples(samples.points[mask], samples.normals[mask])
-        result["groups"][g] = {"records": names, "n_samples": len(samples), "n_visible": int(mask.sum()),
-                               "visible_area_mm2": float(mask.mean() * mesh.area),
-                               "mesh": "merged" if mesh is merged else g,
-                               "view_direction": (samples.normals[mask].mean(axis=0) if mask.any()
-                                                  else np.array([0.0, 0.0, 1.0])).tolist()}
-
-    for s in sources:
-        for m in methods:
-            for g, names in groups.items():
-                acc = VoxelAccumulator(voxel_mm)
-                for name in names:
-                    if name in per_record[s]:
-                        acc.merge(per_record[s][name][m])
-                if acc.n_added == 0:
-                    continue
-                pts = acc.centroids()
-                d = surface(pts)
-                back = backward_distances(visible[g].points, pts)
-                nv = len(visible[g])
-                row = {"source": s, "poses": m, "group": g,
-                       "n_frames": int(sum(n_frames[s].get(n, 0) for n in names)),
-                       "n_label_points": int(acc.n_added), "n_points": len(pts), **distance_summary(d),
-                       "n_visible": nv, "n_covered": int((back <= params.coverage_mm).sum()),
-                       "sum_mm": float(d.sum()), "sum_back_mm": float(back.sum()) if nv else 0.0,
-                       "hist": distance_histogram(d).tolist()}
-                row["coverage"] = row["n_covered"] / nv if nv else float("nan")
-                row["chamfer_mm"] = 0.5 * (row["mean_mm"] + row["sum_back_mm"] / nv) if nv else float("nan")
-                result["rows"].append(row)
-                if g == ALL:
-                    result["n_label_points"] += int(acc.n_added)
-                if params.save_ply and out_dir is not None:
-                    ply = write_ply(Path(out_dir) / specimen.name / f"{s}_{m}_{g}.ply", pts, d)
-                    result["ply"][f"{s}/{m}/{g}"] = str(ply)
-    for s in sources:
-        if s != vis_source and not per_record[s]:
-            result["notes"].append(f"no {SOURCES[s]}/ frames (e.g. not a test specimen): '{s}' cells left empty")
-    result["n_queries"] = surface.n_queries
-    result["query_seconds"] = surface.seconds
-    result["seconds"] = time.perf_counter() - t_start
-    return result
+Params = ReconstructionParams
 
 
 # ----------------------------------------------------------------------------- a dataset
-
-
-def dataset_fingerprint(specimen: Specimen, calibration_file: Path | None = None) -> dict:
-    """Content digests of what a specimen's reconstruction reads, for the cache key.
-
-    The CT models, each record's tracking table with the optimised poses
-    (:attr:`Record.poses_csv`, in the derived dataset), every label PNG of
-    ``Labels/`` and ``Labels_pred/`` (names and bytes) and the calibration
-    file: when an earlier stage changes any of them, the cached result is stale
-    (:func:`ultrabones.core.cache.files_digest`; unchanged files are not re-read).
-    """
-    from ultrabones.core.cache import file_digest, files_digest
-
-    out = {f"ct/{k}": file_digest(p) for k, p in sorted(specimen.ct_models.items())}
-    for r in specimen.records:
-        out[f"{r.key}/poses"] = file_digest(r.poses_csv)
-        for kind in (LABELS, LABELS_PRED):
-            folder = r.label_dir(kind)
-            files = sorted(folder.glob("*.png")) if folder.is_dir() else []
-            out[f"{r.key}/{kind}"] = files_digest(files, folder)
-    if calibration_file is not None:
-        out["calibration"] = file_digest(Path(calibration_file))
-    return out
-
-
-def _skipped(specimen: str, reason: str) -> dict:
-    """The result of a specimen that could not be reconstructed."""
-    return {"specimen": specimen, "skipped": reason, "rows": [], "groups": {}, "notes": [], "bad_frames": [],
-            "n_label_points": 0, "n_queries": 0, "query_seconds": 0.0, "ply": {}}
 
 
 @dataclass(frozen=True)
@@ -256,22 +86,31 @@ class ReconstructionResult:
         with their reason.
     pending : specimens with no result yet (``only`` was set and they are not in the cache).
     params : the parameters of the run.
-    seconds : wall time of :func:`run` (s).
+    seconds : wall time of the reconstruction in :func:`run` (s; the render not included).
+    on_twin : the run's input is the digital twin's dataset (:func:`check` then judges the optimised poses).
+    render : the example render (:func:`~ultrabones.reconstruction.figures.example_render`), or None when no
+        point cloud was written.
     """
 
     specimens: tuple[dict, ...]
     pending: tuple[str, ...]
     params: ReconstructionParams
     seconds: float
+    on_twin: bool = False
+    render: rfig.ExampleRender | None = None
 
     def table(self) -> pd.DataFrame:
         """:func:`results_table` of the specimens."""
         return results_table(self.specimens)
 
 
+Result = ReconstructionResult
+
+
 def run(
     paths,
     params: ReconstructionParams,
+    *,
     specimens: Sequence[str] | None = None,
     only: str | None = None,
     specimen_overrides: Mapping | None = None,
@@ -294,7 +133,8 @@ def run(
     Returns
     -------
     :class:`ReconstructionResult`: a result per specimen (skipped ones included, with their reason: no
-    labelled frame, or a :class:`DatasetError` such as a missing CT model or a broken tracking table).
+    labelled frame, or a :class:`DatasetError` such as a missing CT model or a broken tracking table), and the
+    example render (``params.render``: open3d offscreen here, where it works; else matplotlib in :func:`figures`).
 
     Raises
     ------
@@ -318,7 +158,7 @@ def run(
         try:
             spec = dataset_specimen(paths.dataset, sid, paths.derived)
         except DatasetError as exc:
-            results.append(_skipped(sid, str(exc)))
+            results.append(skipped_result(sid, str(exc)))
             continue
         p = params.for_specimen(specimen_overrides, sid)
         key = {"params": dataclasses.asdict(p), "seed": seed, "dataset": str(paths.dataset),
@@ -335,13 +175,15 @@ def run(
             result = reconstruct_specimen(spec, p, calib, spacing, bones, out_dir=paths.cache(STEM) / "point_clouds",
                                           seed=seed, progress=progress)
         except DatasetError as exc:  # a broken input file: report, skip, do not cache
-            result = _skipped(sid, str(exc))
+            result = skipped_result(sid, str(exc))
         else:
             cache.put(sid, key, result)
         if result["skipped"]:
             warnings.warn(f"reconstruction: specimen {sid} skipped: {result['skipped']}", stacklevel=2)
         results.append(result)
-    return ReconstructionResult(tuple(results), tuple(pending), params, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    render = rfig.example_render(results, params.pose_methods, paths.dataset, backend=params.render)
+    return ReconstructionResult(tuple(results), tuple(pending), params, seconds, paths.is_twin, render)
 
 
 def report(result: ReconstructionResult) -> str:
@@ -436,7 +278,18 @@ def reference_table(per_specimen: Mapping[str, Mapping[str, Mapping]]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def metrics(result: ReconstructionResult, reference: Mapping | None = None, render: str = "none") -> dict:
+def pooled_grid(result: ReconstructionResult, reference: Mapping | None = None) -> dict[str, dict]:
+    """The comparison grid pooled over specimens (:func:`aggregate`), per cell ``<source>_<poses>``, with the
+    reference's keys (``reference["grid"]``, see :func:`metrics`) merged in: the ``grid`` of :func:`metrics`."""
+    summary = aggregate(result.specimens, result.params.sources, result.params.pose_methods)
+    grid = {cell: {k: v for k, v in vals.items() if k != "specimens"} for cell, vals in summary["grid"].items()}
+    ref_grid = (reference or {}).get("grid", {})
+    for cell in grid:
+        grid[cell].update(ref_grid.get(cell, {}))
+    return grid
+
+
+def metrics(result: ReconstructionResult, reference: Mapping | None = None) -> dict:
     """The metrics of notebook 06 (``build/<profile>/metrics/06_reconstruction.json``).
 
     Parameters
@@ -446,7 +299,6 @@ def metrics(result: ReconstructionResult, reference: Mapping | None = None, rend
         :func:`ultrabones.twin.measure.reconstruction_vs_truth` on the twin:
         ``{"grid": {cell: {key: value}}, "per_specimen": {specimen: {cell: {...}}}, ...}``;
         its keys are merged into ``grid`` and ``per_specimen``, the rest is kept under ``vs_truth``.
-    render : the renderer of the figure (``open3d``, ``matplotlib (why)`` or ``none``).
 
     Returns
     -------
@@ -454,15 +306,14 @@ def metrics(result: ReconstructionResult, reference: Mapping | None = None, rend
     share), counts, and the reference's keys), ``self_consistency_vs_ct_model`` (the CT-model keys per cell
     with :data:`SELF_CONSISTENCY_NOTE`), ``optimized_lower_mean`` (per source: the optimised poses' mean
     distance below the original ones', against the reference where given, else against the CT model), the
-    counts of :func:`aggregate`, ``pending``, ``per_specimen``, ``vs_truth``, ``render``, ``seconds``
-    (wall time of :func:`run`).
+    counts of :func:`aggregate`, ``pending``, ``per_specimen``, ``vs_truth``, ``render`` (the renderer of the
+    example: ``open3d``, ``matplotlib (why)``, or ``none`` without a point cloud), ``seconds`` (wall time of the
+    reconstruction).
     """
     summary = aggregate(result.specimens, result.params.sources, result.params.pose_methods)
     table = results_table(result.specimens)
-    grid = {cell: {k: v for k, v in vals.items() if k != "specimens"} for cell, vals in summary["grid"].items()}
-    ref_grid = dict((reference or {}).get("grid", {}))
-    for cell in grid:
-        grid[cell].update(ref_grid.get(cell, {}))
+    grid = pooled_grid(result, reference)
+    ref_grid = (reference or {}).get("grid", {})
     key = "mean_true_mm" if ref_grid else "mean_mm"
     lower = {}
     for src in sorted({c.rsplit("_", 1)[0] for c in grid}):
@@ -487,7 +338,7 @@ def metrics(result: ReconstructionResult, reference: Mapping | None = None, rend
         "pending": list(result.pending),
         "per_specimen": per_specimen,
         "vs_truth": {k: v for k, v in (reference or {}).items() if k not in ("grid", "per_specimen")} or None,
-        "render": render,
+        "render": result.render.used if result.render is not None else "none",
         "seconds": result.seconds,
     }
 
@@ -528,22 +379,40 @@ def check_grid(grid: Mapping[str, Mapping], tol_mm: float = HIST_BIN_MM) -> None
                 raise AssertionError(f"reconstruction grid {cell}: coverage{prefix} = {cov} outside [0, 1]")
 
 
-def check(m: Mapping, on_twin: bool) -> None:
-    """What notebook 06 asserts on its metrics (:func:`metrics`).
-
-    Some specimen was reconstructed; every measured cell is sane (:func:`check_grid`); on the twin, the optimised
-    poses bring the CT-derived labels' reconstruction closer to the *true* surface than the original ones.
+def check(result: ReconstructionResult, reference: Mapping | None = None) -> None:
+    """What notebook 06 asserts: some specimen was reconstructed; every measured cell is sane (:func:`check_grid`,
+    on :func:`metrics` with the reference's keys); on the twin, the optimised poses bring the CT-derived labels'
+    reconstruction closer than the original ones to the *true* surface (``reference``:
+    :func:`ultrabones.twin.measure.reconstruction_vs_truth`), or to the CT model where nothing was measured.
 
     Raises
     ------
     AssertionError
         Naming what failed.
     """
+    m = metrics(result, reference)
     if not m["n_specimens"]:
         raise AssertionError(f"no specimen reconstructed (skipped: {m['skipped']})")
     check_grid(m["grid"])
     lower = m["optimized_lower_mean"]
-    if on_twin and "labels" in lower and not lower["labels"]:
+    if result.on_twin and "labels" in lower and not lower["labels"]:
         raise AssertionError(f"the optimised poses do not bring the CT-derived labels closer to the "
                              f"{m['optimized_lower_against']} than the original ones: "
                              f"{m['grid']['labels_optimized']} vs {m['grid']['labels_original']}")
+
+
+# ----------------------------------------------------------------------------- figures
+
+def figures(result: ReconstructionResult) -> dict:
+    """Notebook 06's figures of its result (the twin's grid against the true surface is drawn in its own cell).
+
+    ``fig_reconstruction_grid``: the grid per specimen and bone against the CT model (mean distance);
+    ``fig_reconstruction_distance``: the distance histograms pooled over specimens; ``fig_reconstruction_render``:
+    one specimen's reconstructions over its CT model (:attr:`ReconstructionResult.render`; left out when no point
+    cloud was written).
+    """
+    out = {"fig_reconstruction_grid": rfig.plot_grid(result.table(), "mean_mm"),
+           "fig_reconstruction_distance": rfig.plot_histograms(result.specimens)}
+    if result.render is not None:
+        out["fig_reconstruction_render"] = rfig.draw_example(result.render)
+    return out

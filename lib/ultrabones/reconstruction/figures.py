@@ -4,12 +4,14 @@ Histograms of the point-to-surface distances pooled over specimens
 (:func:`plot_histograms`), the comparison grid per specimen and bone
 (:func:`plot_grid`), and the reconstructions coloured by their distance over
 the CT bone model (:func:`render_figure`: open3d's offscreen renderer, falling
-back to matplotlib; :func:`render_example` picks the specimen notebook 06 shows).
+back to matplotlib; :func:`example_render` picks the specimen notebook 06 shows and
+:func:`draw_example` draws it).
 Distances in mm.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -42,7 +44,7 @@ def plot_histograms(results: Sequence[Mapping], max_mm: float | None = None):
 
     Parameters
     ----------
-    results : specimen results (:func:`reconstruct_specimen`).
+    results : specimen results (:func:`~ultrabones.reconstruction.specimen.reconstruct_specimen`).
     max_mm : right end of the axis (mm); None: the largest 99.5th percentile of the cells, rounded up to 0.5 mm.
 
     Returns
@@ -332,33 +334,73 @@ def render_figure(mesh, clouds: Mapping[str, tuple[np.ndarray, np.ndarray]], dir
     return fig, f"matplotlib ({reason})"
 
 
-def render_example(result, dataset_root, backend: str = "matplotlib"):
+@dataclass(frozen=True)
+class ExampleRender:
+    """Notebook 06's render, decided by the stage's run: which specimen, which clouds, and how it is drawn.
+
+    Attributes
+    ----------
+    specimen : the specimen shown.
+    ct_model : its CT bone model (STL).
+    ply : panel title -> PLY file of a reconstruction (group ``all``), one per pose method.
+    direction : the side the probe swept (the mean normal of the visible surface).
+    used : the renderer: ``"open3d"``, or ``"matplotlib (<why open3d was not used>)"``.
+    images : open3d's images (panel title -> RGB array) where it drew them, else None (matplotlib draws).
+    """
+
+    specimen: str
+    ct_model: Path
+    ply: Mapping[str, str]
+    direction: Sequence[float]
+    used: str
+    images: Mapping[str, np.ndarray] | None = None
+
+
+def example_render(specimens: Sequence[Mapping], pose_methods: Sequence[str], dataset_root,
+                   backend: str = "matplotlib") -> ExampleRender | None:
     """Notebook 06's render: one specimen's reconstructions (group ``all``) over its CT model, a panel per pose method.
 
     The first specimen with predicted-label point clouds (the downstream use; test specimens only) is shown,
-    else the first with CT-derived ones, seen from the side the probe swept (the mean normal of the visible
-    surface).
+    else the first with CT-derived ones. With ``backend="open3d"`` open3d's offscreen renderer draws the panels
+    here (:func:`render_open3d`); where it fails, the reason is kept and :func:`draw_example` falls back to
+    matplotlib, as :func:`render_figure` does.
 
     Parameters
     ----------
-    result : the stage's :class:`~ultrabones.reconstruction.batch.ReconstructionResult` (PLY files written).
+    specimens : the stage's specimen results (PLY files written).
+    pose_methods : the pose methods of the run, in panel order.
     dataset_root : the input dataset, for the CT model.
-    backend : ``"open3d"`` (falls back to matplotlib) or ``"matplotlib"``, as in :func:`render_figure`.
+    backend : ``"open3d"`` (falls back to matplotlib) or ``"matplotlib"``.
 
     Returns
     -------
-    fig : matplotlib figure, or None when no point cloud was written.
-    used : the renderer used (:func:`render_figure`), or ``"none"``.
+    :class:`ExampleRender`, or None when no point cloud was written.
     """
-    done = [r for r in result.specimens if not r["skipped"] and r["ply"]]
+    done = [r for r in specimens if not r["skipped"] and r["ply"]]
     predicted = [r for r in done if any(k.startswith("predicted/") for k in r["ply"])]
     if not done:
-        return None, "none"
+        return None
     shown = (predicted or done)[0]
     src = "predicted" if predicted else "labels"
-    clouds = {f"{src} labels\n{m} poses": read_ply(shown["ply"][f"{src}/{m}/{ALL}"])
-              for m in result.params.pose_methods if f"{src}/{m}/{ALL}" in shown["ply"]}
-    mesh = read_mesh(dataset_specimen(Path(dataset_root), shown["specimen"]).ct_model)
-    fig, used = render_figure(mesh, clouds, shown["groups"][ALL]["view_direction"], backend=backend)
-    fig.suptitle(f"{shown['specimen']}: reconstruction over the CT bone model")
-    return fig, used
+    ply = {f"{src} labels\n{m} poses": shown["ply"][f"{src}/{m}/{ALL}"]
+           for m in pose_methods if f"{src}/{m}/{ALL}" in shown["ply"]}
+    ct_model = dataset_specimen(Path(dataset_root), shown["specimen"]).ct_model
+    direction = shown["groups"][ALL]["view_direction"]
+    if backend != "open3d":
+        return ExampleRender(shown["specimen"], ct_model, ply, direction, "matplotlib (matplotlib requested)")
+    try:
+        images = render_open3d(read_mesh(ct_model), {k: read_ply(f) for k, f in ply.items()}, direction)
+    except RuntimeError as exc:
+        return ExampleRender(shown["specimen"], ct_model, ply, direction, f"matplotlib ({exc})")
+    return ExampleRender(shown["specimen"], ct_model, ply, direction, "open3d", images)
+
+
+def draw_example(render: ExampleRender, max_mm: float = 2.0):
+    """The figure of an :class:`ExampleRender`: open3d's images, or matplotlib's drawing of the clouds."""
+    if render.images is not None:
+        fig = figure_from_renders(render.images, max_mm)
+    else:
+        clouds = {k: read_ply(f) for k, f in render.ply.items()}
+        fig = render_distances(read_mesh(render.ct_model), clouds, view=view_angles(render.direction), max_mm=max_mm)
+    fig.suptitle(f"{render.specimen}: reconstruction over the CT bone model")
+    return fig
