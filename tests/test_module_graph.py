@@ -29,7 +29,6 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 576,
-    "ultrabones.twin.measure": 746,
     "ultrabones.twin.realism": 587,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
