@@ -25,7 +25,6 @@ MAX_LINES = 550
 OVERSIZE: dict[str, int] = {
     "ultrabones.evaluation.benchmark": 586,
     "ultrabones.evaluation.bone_detector": 597,
-    "ultrabones.reconstruction.surface": 670,
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 576,

@@ -30,11 +30,12 @@ from ultrabones.core.dataset import LABELS, LABELS_PRED, Specimen, read_mesh
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.mesh import SurfaceDistance
 from ultrabones.core.params import SectionParams
+from ultrabones.reconstruction.point_clouds import write_ply
+from ultrabones.reconstruction.record_points import read_record_bones, reconstruct_record, record_frames
 from ultrabones.reconstruction.surface import (ALL, HIST_BIN_MM, SOURCES, SurfaceSamples, VoxelAccumulator,
                                                backward_distances, cell_name, distance_histogram,
-                                               distance_summary, histogram_quantile, read_record_bones,
-                                               reconstruct_record, record_frames, sample_surface, visible_surface,
-                                               write_ply)
+                                               distance_summary, histogram_quantile, sample_surface,
+                                               visible_surface)
 
 #: Notebook stem of the stage, and its section of the profile.
 STEM = "06_reconstruction"

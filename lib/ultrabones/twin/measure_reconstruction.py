@@ -23,7 +23,7 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
     poses (``truth/.../poses.csv``) and the true calibration (Eq. 1). Empty
     when the specimen has no such frame.
     """
-    from ultrabones.reconstruction.surface import label_points
+    from ultrabones.reconstruction.record_points import label_points
 
     root = truth_root(paths)
     calib = true_system(paths)["calibration"]
@@ -85,6 +85,7 @@ def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_m
     or None without ``truth/``.
     """
     from ultrabones.reconstruction import surface as rc
+    from ultrabones.reconstruction.point_clouds import read_ply
 
     root = truth_root(paths)
     if root is None:
@@ -113,7 +114,7 @@ def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_m
             if not Path(ply).is_file():
                 missing.append(f"{ply}: point cloud missing (rerun 06)")
                 continue
-            clouds[rc.cell_name(src, method)] = rc.read_ply(ply)[0]
+            clouds[rc.cell_name(src, method)] = read_ply(ply)[0]
         true_pts = true_imaged_points(paths, sid, params.frame_step)
         # every crop below keeps samples within crop_mm of the imaged points or of a cloud: crop once to their union
         samples = rc.sample_surface(true_mesh, sample_mm, seed=seed).points
