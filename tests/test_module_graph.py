@@ -27,7 +27,6 @@ OVERSIZE: dict[str, int] = {
     "ultrabones.segmentation.segdata": 556,
     "ultrabones.twin.anatomy": 571,
     "ultrabones.twin.annotator": 576,
-    "ultrabones.twin.realism": 587,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
 KNOWN_CIRCLES: list[frozenset[str]] = []
