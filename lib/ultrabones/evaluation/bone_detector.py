@@ -191,7 +191,7 @@ def training_specimens(root, split: Mapping[str, Sequence[str]], derived=None) -
     root : dataset root (layout A): the images.
     derived : the derived dataset holding the labels (``Paths.derived``); None: beside the images.
     split : the checkpoint metadata's ``split`` (``{"train": [...], "val": [...], "test": [...]}``);
-        entries are folder names or bare numbers, as :func:`ultrabones.segmentation.segdata.resolve_specimens` reads them.
+        entries are folder names or bare numbers, as :func:`ultrabones.segmentation.splits.resolve_specimens` reads them.
 
     Returns
     -------
@@ -200,7 +200,7 @@ def training_specimens(root, split: Mapping[str, Sequence[str]], derived=None) -
     evaluated on real data). Test specimens are never returned.
     """
     from ultrabones.core import dataset as ds
-    from ultrabones.segmentation.segdata import resolve_specimens
+    from ultrabones.segmentation.splits import resolve_specimens
 
     available = [s.name for s in ds.discover(root)]
 
