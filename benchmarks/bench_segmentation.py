@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_segmentation import make_dataset, tiny_params  # noqa: E402
 
-from ultrabones.segmentation import segdata  # noqa: E402
+from ultrabones.segmentation import splits  # noqa: E402
 from ultrabones.segmentation import checkpoint, fit, inference, losses, net  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -109,7 +109,7 @@ def test_lightning_loop_throughput(tmp_path):
     size = _size()
     n_frames = 2048 if CUDA else 24
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=n_frames // 2, unlabeled=0, shape=(size, size))
-    split = segdata.Split(("specimen01", "specimen02"), ("specimen03",), ())
+    split = splits.Split(("specimen01", "specimen02"), ("specimen03",), ())
     P = tiny_params(encoder="resnet34", input_size=[size, size], epochs=3, batch_size=64 if CUDA else 8,
                     num_workers=4 if CUDA else 0, threads=None if CUDA else 2, deterministic=not CUDA,
                     max_val_frames_per_specimen=8, memory_budget_mb=4096, tv_weight=0.0, skeleton_weight=0.0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ultrabones.twin import anatomy
+from ultrabones.twin import anatomy, ct_scan
 from ultrabones.core.errors import ParamsError
 
 
@@ -84,7 +84,7 @@ def test_specimens_differ_and_seeds_repeat():
 
 def test_ct_volume_holds_bone_tissue_and_fiducials(leg):
     sphere = np.array([[80.0, 60.0, 200.0]])
-    vol, origin = anatomy.ct_volume(leg, sphere, 5.75, (1.5, 1.5, 1.5), np.random.default_rng(0), noise_hu=0.0)
+    vol, origin = ct_scan.ct_volume(leg, sphere, 5.75, (1.5, 1.5, 1.5), np.random.default_rng(0), noise_hu=0.0)
     spacing = np.array([1.5, 1.5, 1.5])
 
     def hu(p):
@@ -95,19 +95,19 @@ def test_ct_volume_holds_bone_tissue_and_fiducials(leg):
     z = leg.landmarks["plafond_z"] + 120
     c = [np.interp(z, tib.z, tib.centre[:, 0]), np.interp(z, tib.z, tib.centre[:, 1]), z]
     assert vol.dtype == np.int16
-    assert hu(c) >= anatomy.HU["cancellous"] - 50  # marrow filled: a thresholded mask is solid
+    assert hu(c) >= ct_scan.HU["cancellous"] - 50  # marrow filled: a thresholded mask is solid
     edge = tib.section_points(z)[0]
     inside_cortex = [edge[0] - 1.0, edge[1], z]
     assert hu(inside_cortex) > 800
-    assert hu(sphere[0]) == pytest.approx(anatomy.HU["fiducial"], abs=1)
-    assert hu(origin + spacing) == anatomy.HU["air"]
+    assert hu(sphere[0]) == pytest.approx(ct_scan.HU["fiducial"], abs=1)
+    assert hu(origin + spacing) == ct_scan.HU["air"]
     muscle = [c[0] + 5, c[1] - 45, z]  # calf
     assert -100 < hu(muscle) < 100
 
 
 def test_ct_volume_rejects_bad_spacing(leg):
     with pytest.raises(ParamsError, match="spacing"):
-        anatomy.ct_volume(leg, np.zeros((0, 3)), 5.0, (0.8, -0.8, 0.6), np.random.default_rng(0))
+        ct_scan.ct_volume(leg, np.zeros((0, 3)), 5.0, (0.8, -0.8, 0.6), np.random.default_rng(0))
 
 
 def test_tube_rejects_open_ends():

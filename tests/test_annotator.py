@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ultrabones.twin import annotator
+from ultrabones.twin import manual_labels as ml
 from ultrabones.core import distance_scores, label_distances
 from ultrabones.evaluation import metrics
 from ultrabones.core.dataset import read_label, read_specimen, write_image, write_label
@@ -28,8 +29,8 @@ def synthetic_frame(seed=0, shape=(200, 300)):
 
 def test_marks_bright_bone_and_misses_low_intensity_bone():
     img, contour = synthetic_frame()
-    p = annotator.AnnotatorParams()
-    manual = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(0, "s/r", 1))
+    p = ml.AnnotatorParams()
+    manual = ml.annotate(img, contour, SPACING, p, ml.frame_rng(0, "s/r", 1))
     cols = np.flatnonzero(manual.any(axis=0))
     assert cols.min() < 40 and 140 <= cols.max() < 165  # the bright stretch, a stroke's width beyond
     assert not manual[:, 170:].any()  # nothing in the dim part
@@ -42,10 +43,10 @@ def test_marks_bright_bone_and_misses_low_intensity_bone():
 
 def test_hand_tracing_jitter_moves_the_stroke_off_the_surface():
     img, contour = synthetic_frame()
-    still = annotator.AnnotatorParams(jitter_mm=0.0, brush_mm=0.0)
-    shaky = annotator.AnnotatorParams(jitter_mm=0.3, brush_mm=0.0)
-    a = annotator.annotate(img, contour, SPACING, still, annotator.frame_rng(0, "s/r", 1))
-    b = annotator.annotate(img, contour, SPACING, shaky, annotator.frame_rng(0, "s/r", 1))
+    still = ml.AnnotatorParams(jitter_mm=0.0, brush_mm=0.0)
+    shaky = ml.AnnotatorParams(jitter_mm=0.3, brush_mm=0.0)
+    a = ml.annotate(img, contour, SPACING, still, ml.frame_rng(0, "s/r", 1))
+    b = ml.annotate(img, contour, SPACING, shaky, ml.frame_rng(0, "s/r", 1))
     assert np.array_equal(a, contour & a)  # no jitter, no brush: exactly on the surface
     off = label_distances.directed_distances(b, contour, SPACING)
     assert off.mean() > 0.05 and off.max() < 1.5
@@ -54,7 +55,7 @@ def test_hand_tracing_jitter_moves_the_stroke_off_the_surface():
 def test_jitter_field_has_the_requested_spread_and_is_smooth():
     rng = np.random.default_rng(0)
     rows, cols = np.full(50, 100), np.arange(50) + 100
-    draws = np.array([annotator.smooth_field_at(rows, cols, (25.0, 25.0), 3.0, rng) for _ in range(300)])
+    draws = np.array([ml.smooth_field_at(rows, cols, (25.0, 25.0), 3.0, rng) for _ in range(300)])
     assert abs(draws.mean()) < 0.3
     assert 2.6 < draws.std(axis=0).mean() < 3.2  # the requested 3 pixels at every pixel
     assert np.abs(np.diff(draws, axis=1)).mean() < 0.3  # neighbours 1/25 of a correlation length apart agree
@@ -62,10 +63,10 @@ def test_jitter_field_has_the_requested_spread_and_is_smooth():
 
 def test_same_seed_same_label_other_frame_other_label():
     img, contour = synthetic_frame()
-    p = annotator.AnnotatorParams()
-    a = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(3, "specimen02/record01", 100))
-    b = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(3, "specimen02/record01", 100))
-    c = annotator.annotate(img, contour, SPACING, p, annotator.frame_rng(3, "specimen02/record01", 150))
+    p = ml.AnnotatorParams()
+    a = ml.annotate(img, contour, SPACING, p, ml.frame_rng(3, "specimen02/record01", 100))
+    b = ml.annotate(img, contour, SPACING, p, ml.frame_rng(3, "specimen02/record01", 100))
+    c = ml.annotate(img, contour, SPACING, p, ml.frame_rng(3, "specimen02/record01", 150))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -75,8 +76,8 @@ def test_short_stretches_are_not_marked_and_small_gaps_are_bridged():
     img[119:122, 60:70] = 230  # 0.8 mm bright blip: too short to be sure of
     img[119:122, 100:130] = 230  # two stretches 2.4 mm long ...
     img[119:122, 136:166] = 230  # ... 0.48 mm apart
-    p = annotator.AnnotatorParams(jitter_mm=0.0, brush_mm=0.0)
-    seen = annotator.visible_contour(img, contour, SPACING, p)
+    p = ml.AnnotatorParams(jitter_mm=0.0, brush_mm=0.0)
+    seen = ml.visible_contour(img, contour, SPACING, p)
     assert not seen[:, 55:75].any()
     assert seen[120, 100:166].all()  # the gap was traced through
 
@@ -86,8 +87,8 @@ def test_one_stroke_of_brush_width_whatever_the_band_thickness():
     band = np.zeros_like(contour)
     band[115:126, 20:150] = True  # an 11-pixel (0.88 mm) CT band over the bright stretch
     img[115:126, 20:150] = 230
-    p = annotator.AnnotatorParams(jitter_mm=0.0, brush_mm=0.25)
-    manual = annotator.annotate(img, band, SPACING, p, annotator.frame_rng(0, "x", 0))
+    p = ml.AnnotatorParams(jitter_mm=0.0, brush_mm=0.25)
+    manual = ml.annotate(img, band, SPACING, p, ml.frame_rng(0, "x", 0))
     thickness = manual[:, 40:130].sum(axis=0)
     assert np.median(thickness) <= 4  # 0.25 mm brush at 0.08 mm per pixel: 3 pixels
     rows = np.nonzero(manual[:, 40:130])[0]
@@ -97,20 +98,20 @@ def test_one_stroke_of_brush_width_whatever_the_band_thickness():
 def test_nothing_visible_gives_an_empty_label():
     img, contour = synthetic_frame()
     img[119:122, :] = 40
-    manual = annotator.annotate(img, contour, SPACING, annotator.AnnotatorParams(), annotator.frame_rng(0, "x", 0))
+    manual = ml.annotate(img, contour, SPACING, ml.AnnotatorParams(), ml.frame_rng(0, "x", 0))
     assert not manual.any()
 
 
 def test_bad_input_and_parameters():
     img, contour = synthetic_frame()
     with pytest.raises(DatasetError, match="differs from the contour"):
-        annotator.annotate(img, contour[:, :-1], SPACING, annotator.AnnotatorParams(), annotator.frame_rng(0, "x", 0))
+        ml.annotate(img, contour[:, :-1], SPACING, ml.AnnotatorParams(), ml.frame_rng(0, "x", 0))
     with pytest.raises(ParamsError, match="visible_quantile"):
-        annotator.AnnotatorParams(visible_quantile=1.5)
+        ml.AnnotatorParams(visible_quantile=1.5)
     with pytest.raises(ParamsError, match="jitter_mm"):
-        annotator.AnnotatorParams(jitter_mm=-0.1)
+        ml.AnnotatorParams(jitter_mm=-0.1)
     section = {"annotator_jitter_mm": 0.2, "annotator_brush_mm": 0.3, "sigmas_mm": [0.5]}
-    assert annotator.AnnotatorParams.from_section(section).jitter_mm == 0.2
+    assert ml.AnnotatorParams.from_section(section).jitter_mm == 0.2
 
 
 def test_annotate_frames_writes_labels_manual(tmp_path):
@@ -121,7 +122,7 @@ def test_annotate_frames_writes_labels_manual(tmp_path):
         write_label(rec / "Labels_full" / f"{t}_label.png", contour)
         write_label(rec / "Labels" / f"{t}_label.png", contour)
     frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen02")])
-    n = annotator.annotate_frames(frames, SPACING, annotator.AnnotatorParams(), seed=0, progress=False)
+    n = ml.annotate_frames(frames, SPACING, ml.AnnotatorParams(), seed=0, progress=False)
     assert n == 2
     m = read_label(rec / "LabelsManual" / "10_label.png", img.shape)
     assert m.any() and not m[:, 170:].any()
@@ -192,7 +193,7 @@ def test_sweep_levels_from_the_profile_lists():
                                         ev["annotator_sweep_contrasts"])
         assert annotator.is_lenient(levels[0]), name
     # the sweep's lists are not annotator fields: from_section ignores them
-    p = annotator.AnnotatorParams.from_section({"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5],
+    p = ml.AnnotatorParams.from_section({"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5],
                                                 "annotator_sweep_fractions": [0.1], "annotator_sweep_contrasts": [1.0],
                                                 "max_frames": 3})
     assert p.visible_quantile == 0.9 and annotator.LABEL == "simulated annotator (sensitivity study)"
@@ -205,10 +206,10 @@ def test_the_default_levels_differ_on_a_frame_and_the_lenient_one_marks_the_dim_
     img, contour = synthetic_frame()
     graded = img.copy()
     graded[119:122, 20:280] = np.linspace(20, 250, 260).astype(np.uint8)  # the echo brightens left to right
-    p = annotator.AnnotatorParams(gap_mm=0.0, min_length_mm=0.0)
+    p = ml.AnnotatorParams(gap_mm=0.0, min_length_mm=0.0)
     import dataclasses
 
-    seen = [annotator.visible_contour(graded, contour, SPACING, dataclasses.replace(p, **lv))
+    seen = [ml.visible_contour(graded, contour, SPACING, dataclasses.replace(p, **lv))
             for lv in annotator.DEFAULT_LEVELS]
     counts = [int(s.sum()) for s in seen]
     assert counts[0] == int(contour.sum())  # lenient: every contour pixel
@@ -249,7 +250,7 @@ def test_simulated_annotator_from_the_section_labels_and_sweeps_like_the_functio
     assert sim.params.visible_quantile == 0.9 and sim.seed == 3 and sim.name == annotator.LABEL
     assert sim.levels == tuple(annotator.sweep_levels([0.0, 0.97], [0.0, 0.6], [0.0, 2.0]))
     assert sim.annotate(frames, SPACING, progress=False) == 1
-    expected = annotator.annotate(img, contour, SPACING, sim.params, annotator.frame_rng(3, "specimen02/record01", 10))
+    expected = ml.annotate(img, contour, SPACING, sim.params, ml.frame_rng(3, "specimen02/record01", 10))
     assert np.array_equal(read_label(rec / "LabelsManual" / "10_label.png", img.shape), expected)
     table = sim.sweep(frames, SPACING, [0.5], threshold=150.0, sigma_mm=0.5)
     assert list(table["visible_quantile"].unique()) == [0.0, 0.97]

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from ultrabones.evaluation import bone_detector as bd
+from ultrabones.evaluation import shadow_peak as sp
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.distance_scores import distance_metrics
 from ultrabones.core.label_distances import directed_distances
@@ -49,18 +50,18 @@ def no_bone_frame(seed=0, shape=SHAPE):
 
 
 def true_band(rows, gamma=0.3, shape=SHAPE):
-    return bd.draw_band(rows, shape, SPACING, gamma)
+    return sp.draw_band(rows, shape, SPACING, gamma)
 
 
 def test_detects_known_surface_within_a_quarter_mm():
     rows = true_rows()
     img = bone_frame(seed=1, rows=rows)
-    found = bd.surface_rows(img, SPACING, bd.DetectorParams())
+    found = sp.surface_rows(img, SPACING, sp.DetectorParams())
     ok = np.isfinite(found)
     assert ok.mean() > 0.95  # nearly every scan line finds the bone
     err_mm = np.abs(found[ok] - rows[ok]) * SPACING[1]
     assert np.median(err_mm) <= 0.2 and err_mm.max() <= 0.5
-    label = bd.detect(img, SPACING)
+    label = sp.detect(img, SPACING)
     truth = true_band(rows)
     # every detected pixel within 0.25 mm of the true band, and the band found almost whole
     assert directed_distances(label, truth, SPACING).max() <= 0.25
@@ -70,32 +71,32 @@ def test_detects_known_surface_within_a_quarter_mm():
 
 def test_band_is_two_gamma_thick():
     rows = np.full(SHAPE[1], 100.0)
-    band = bd.draw_band(rows, SHAPE, SPACING, 0.3)
+    band = sp.draw_band(rows, SHAPE, SPACING, 0.3)
     # 0.3 mm each side of a row at 0.2 mm per pixel: the row and one each side
     assert set(band.sum(axis=0).tolist()) == {3}
-    assert bd.draw_band(np.full(SHAPE[1], np.nan), SHAPE, SPACING, 0.3).sum() == 0
+    assert sp.draw_band(np.full(SHAPE[1], np.nan), SHAPE, SPACING, 0.3).sum() == 0
 
 
 def test_no_bone_gives_an_almost_empty_mask():
     for seed in range(3):
-        label = bd.detect(no_bone_frame(seed), SPACING)
+        label = sp.detect(no_bone_frame(seed), SPACING)
         assert label.mean() < 0.002, seed  # at most ~110 of 55,808 pixels
 
 
 def test_depth_offset_moves_the_band():
     img = bone_frame(seed=2)
-    a = bd.surface_rows(img, SPACING, bd.DetectorParams())
-    b = bd.surface_rows(img, SPACING, bd.DetectorParams(depth_offset_mm=0.4))
+    a = sp.surface_rows(img, SPACING, sp.DetectorParams())
+    b = sp.surface_rows(img, SPACING, sp.DetectorParams(depth_offset_mm=0.4))
     ok = np.isfinite(a)
     np.testing.assert_allclose(b[ok] - a[ok], 2.0)
 
 
 def test_fast_enough():
     img = bone_frame(seed=3)
-    bd.detect(img, SPACING)
+    sp.detect(img, SPACING)
     t0 = time.perf_counter()
     for _ in range(20):
-        bd.detect(img, SPACING)
+        sp.detect(img, SPACING)
     ms = 1000 * (time.perf_counter() - t0) / 20
     assert ms < 60, ms  # target < 20 ms per 256 x 218 frame; loose bound for a busy shared machine
 
@@ -112,11 +113,11 @@ def test_fit_picks_parameters_on_training_frames():
 
 def test_bad_input():
     with pytest.raises(DatasetError, match="uint8"):
-        bd.detect(np.zeros(SHAPE), SPACING)
+        sp.detect(np.zeros(SHAPE), SPACING)
     with pytest.raises(ParamsError, match="median_columns"):
-        bd.DetectorParams(median_columns=4)
+        sp.DetectorParams(median_columns=4)
     with pytest.raises(ParamsError, match="min_score"):
-        bd.DetectorParams(min_score=1.5)
+        sp.DetectorParams(min_score=1.5)
     with pytest.raises(ParamsError, match="unknown parameter"):
         bd.fit([bone_frame()], [true_band(true_rows())], SPACING, {"nope": (1,)})
     with pytest.raises(DatasetError, match="as many labels"):
@@ -126,16 +127,16 @@ def test_bad_input():
 def test_phase_symmetry_finds_dim_bone_that_intensity_misses():
     rows = true_rows()
     dim = (bone_frame(seed=4, rows=rows) * 0.35).astype(np.uint8)  # the whole frame 3x darker: low-intensity bone
-    ps = bd.DetectorParams(enhancement="phase_symmetry", min_peak=0.0)
-    found = bd.surface_rows(dim, SPACING, ps)
+    ps = sp.DetectorParams(enhancement="phase_symmetry", min_peak=0.0)
+    found = sp.surface_rows(dim, SPACING, ps)
     ok = np.isfinite(found)
     assert ok.mean() > 0.9
     assert np.median(np.abs(found[ok] - rows[ok])) * SPACING[1] <= 0.2
-    assert np.isfinite(bd.surface_rows(dim, SPACING, bd.DetectorParams())).mean() < 0.1  # below min_peak
+    assert np.isfinite(sp.surface_rows(dim, SPACING, sp.DetectorParams())).mean() < 0.1  # below min_peak
     for seed in range(3):
-        assert bd.detect(no_bone_frame(seed), SPACING, ps).mean() < 0.002
+        assert sp.detect(no_bone_frame(seed), SPACING, ps).mean() < 0.002
     with pytest.raises(ParamsError, match="enhancement"):
-        bd.DetectorParams(enhancement="magic")
+        sp.DetectorParams(enhancement="magic")
 
 
 def test_score_detector_gives_the_evaluation_rows(tmp_path):
@@ -147,7 +148,7 @@ def test_score_detector_gives_the_evaluation_rows(tmp_path):
         write_image(rec / "UltrasoundImages" / f"{t}.png", bone_frame(seed=t))
         write_label(rec / "Labels" / f"{t}_label.png", true_band(true_rows()))
     frames = metrics.labelled_frames([read_specimen(tmp_path / "specimen03")])
-    table, summ = bd.score_detector(frames, bd.DetectorParams(), SPACING, [0.0, 0.5, 1.0], threshold=100.0)
+    table, summ = bd.score_detector(frames, sp.DetectorParams(), SPACING, [0.0, 0.5, 1.0], threshold=100.0)
     assert table["region"].tolist() == ["all", "high", "low"]
     assert {"method", "accuracy", "accuracy_strict", "completeness", "f1", "f1_strict", "n_frames"} <= set(table)
     a = table.set_index("region").loc["all"]

@@ -303,7 +303,7 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
     from ultrabones.core.geometry import POSE_COLUMNS
     from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
     from ultrabones.rating import rating_set
-    from ultrabones.reconstruction import surface
+    from ultrabones.reconstruction import record_points
 
     data, f = _copy_fixture(tmp_path)
     derived = tmp_path / "derived"
@@ -322,7 +322,7 @@ def test_case08_a_nan_pose_reported_bad_pose_by_02_does_not_stop_rating_or_recon
         dataset.write_label(rec.label_path(t), np.ones((4, 4), bool))
     got = dataset.read_tracking(rec.poses_csv, allow_missing_pose=True)
     assert np.isnan(got.loc[2, "x"]) and len(got) == len(tab)
-    frames = surface.record_frames(rec, dataset.LABELS, ["original", "optimized"])
+    frames = record_points.record_frames(rec, dataset.LABELS, ["original", "optimized"])
     assert frames.timestamps.tolist() == kept
     assert rating_set.eligible_timestamps(got).tolist() == kept
     pd.testing.assert_series_equal(got["timestamp"], tab["timestamp"])

@@ -24,13 +24,6 @@ MAX_LINES = 550
 #: Modules over the limit when the rule came in, with their line counts then: they may not grow.
 OVERSIZE: dict[str, int] = {
     "ultrabones.evaluation.benchmark": 586,
-    "ultrabones.evaluation.bone_detector": 597,
-    "ultrabones.reconstruction.surface": 670,
-    "ultrabones.segmentation.segdata": 556,
-    "ultrabones.twin.anatomy": 571,
-    "ultrabones.twin.annotator": 576,
-    "ultrabones.twin.measure": 746,
-    "ultrabones.twin.realism": 587,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
 KNOWN_CIRCLES: list[frozenset[str]] = []

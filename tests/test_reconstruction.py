@@ -25,6 +25,8 @@ from ultrabones.core import geometry
 from ultrabones.core.mesh import morton_order
 from ultrabones.reconstruction import batch, figures
 from ultrabones.reconstruction import specimen as rspec
+from ultrabones.reconstruction import point_clouds as pc
+from ultrabones.reconstruction import record_points as rp
 from ultrabones.reconstruction import surface as rc
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
@@ -223,9 +225,9 @@ def test_backward_distances_and_label_points():
     mask = np.zeros((HEIGHT, WIDTH), bool)
     mask[4, 7] = True
     pose = plane_pose(2.0)
-    np.testing.assert_allclose(rc.label_points(mask, pose, np.eye(4), (SP, SP)),
+    np.testing.assert_allclose(rp.label_points(mask, pose, np.eye(4), (SP, SP)),
                                geometry.pixels_to_ct(np.array([[7.0, 4.0]]), pose, np.eye(4), (SP, SP)))
-    assert rc.label_points(np.zeros((3, 3), bool), pose, np.eye(4), (SP, SP)).shape == (0, 3)
+    assert rp.label_points(np.zeros((3, 3), bool), pose, np.eye(4), (SP, SP)).shape == (0, 3)
 
 
 # ----------------------------------------------------------------------------- records and bones
@@ -233,27 +235,27 @@ def test_backward_distances_and_label_points():
 
 def test_record_bones_forms(tmp_path, synthetic):
     spec = dataset.read_specimen(synthetic / "dataset" / "specimen01")
-    assert rc.read_record_bones(None, spec) == {"record01": rc.ALL, "record02": rc.ALL}
-    assert rc.read_record_bones(synthetic / "raw" / "specimen01", spec) == {"record01": "tibia", "record02": "fibula"}
+    assert rp.read_record_bones(None, spec) == {"record01": rc.ALL, "record02": rc.ALL}
+    assert rp.read_record_bones(synthetic / "raw" / "specimen01", spec) == {"record01": "tibia", "record02": "fibula"}
     for form in ({"records": {"record01": {"bone": "foot"}}}, [{"name": "record01", "bone": "foot"}]):
         (tmp_path / "records.json").write_text(json.dumps(form))
-        assert rc.read_record_bones(tmp_path, spec)["record01"] == "foot"
+        assert rp.read_record_bones(tmp_path, spec)["record01"] == "foot"
     (tmp_path / "records.json").write_text("[{\"name\": \"record01\"}]")
     with pytest.raises(DatasetError, match=r"records.json item 0"):
-        rc.read_record_bones(tmp_path, spec)
+        rp.read_record_bones(tmp_path, spec)
     (tmp_path / "records.json").write_text("{not json")
     with pytest.raises(DatasetError, match="records.json: not valid JSON"):
-        rc.read_record_bones(tmp_path, spec)
+        rp.read_record_bones(tmp_path, spec)
 
 
 def test_record_frames_drop_discarded_frames(synthetic):
     rec = dataset.read_specimen(synthetic / "dataset" / "specimen01").records[0]
-    f = rc.record_frames(rec, dataset.LABELS, ["original", "optimized"])
+    f = rp.record_frames(rec, dataset.LABELS, ["original", "optimized"])
     assert len(f.timestamps) == 39  # 41 frames, 2 discarded (no label, NaN optimised pose)
-    fp = rc.record_frames(rec, dataset.LABELS_PRED, ["original", "optimized"])
+    fp = rp.record_frames(rec, dataset.LABELS_PRED, ["original", "optimized"])
     assert len(fp.timestamps) == 39  # predictions exist for all 41; NaN poses drop out for both methods
-    assert len(rc.record_frames(rec, dataset.LABELS_PRED, ["original"]).timestamps) == 41
-    assert len(rc.record_frames(rec, dataset.LABELS, ["original", "optimized"], frame_step=2).timestamps) == 20
+    assert len(rp.record_frames(rec, dataset.LABELS_PRED, ["original"]).timestamps) == 41
+    assert len(rp.record_frames(rec, dataset.LABELS, ["original", "optimized"], frame_step=2).timestamps) == 20
     assert all(np.isfinite(p).all() for p in f.poses.values())
 
 
@@ -263,7 +265,7 @@ def test_record_frames_drop_discarded_frames(synthetic):
 @pytest.fixture(scope="module")
 def specimen01(synthetic):
     spec = dataset.read_specimen(synthetic / "dataset" / "specimen01")
-    bones = rc.read_record_bones(synthetic / "raw" / "specimen01", spec)
+    bones = rp.read_record_bones(synthetic / "raw" / "specimen01", spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return rspec.reconstruct_specimen(spec, PARAMS, np.eye(4), (SP, SP), bones, out_dir=synthetic / "ply",
@@ -300,7 +302,7 @@ def test_specimen_grid_optimised_beats_initial(specimen01):
 
 
 def test_specimen_writes_point_clouds(specimen01):
-    pts, dist = rc.read_ply(specimen01["ply"]["labels/optimized/all"])
+    pts, dist = pc.read_ply(specimen01["ply"]["labels/optimized/all"])
     row = rows_of(specimen01, "labels", "optimized")
     assert pts.shape == (row["n_points"], 3)
     assert dist.mean() == pytest.approx(row["mean_mm"], rel=1e-6)
@@ -388,7 +390,7 @@ def test_figures_draw(specimen01, synthetic):
     assert len(fig.axes) == 2
     fig2 = figures.plot_grid(batch.results_table([specimen01]))
     assert fig2.axes
-    clouds = {m: rc.read_ply(specimen01["ply"][f"labels/{m}/all"]) for m in ("original", "optimized")}
+    clouds = {m: pc.read_ply(specimen01["ply"][f"labels/{m}/all"]) for m in ("original", "optimized")}
     view = figures.view_angles(specimen01["groups"]["all"]["view_direction"])
     assert view == pytest.approx((0.0, 90.0), abs=5.0)  # the probe sat at +y: look from +y
     fig3 = figures.render_distances(cylinder(), clouds, view=view)
@@ -414,7 +416,7 @@ def test_figures_draw(specimen01, synthetic):
 
 def test_open3d_render_or_a_clear_failure(specimen01):
     """open3d's offscreen renderer (Vulkan on the CPU) draws non-blank images, or fails with a RuntimeError."""
-    clouds = {m: rc.read_ply(specimen01["ply"][f"labels/{m}/all"]) for m in ("original", "optimized")}
+    clouds = {m: pc.read_ply(specimen01["ply"][f"labels/{m}/all"]) for m in ("original", "optimized")}
     try:
         images = figures.render_open3d(cylinder(), clouds, [0.0, 1.0, 0.3], size=(160, 120), timeout_s=20)
     except RuntimeError as exc:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ultrabones.core import dataset as ds
-from ultrabones.segmentation import checkpoint, fit, inference, losses, net, segdata, training, validation
+from ultrabones.segmentation import checkpoint, fit, inference, losses, net, segdata, splits, training, validation
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.params import resolved_profile, validate_section
 
@@ -63,18 +63,18 @@ def tiny_params(**kw):
 
 def test_automatic_split_matches_the_paper_proportions():
     names = [f"specimen{i:02d}" for i in range(1, 15)]
-    s = segdata.split_specimens(names)
+    s = splits.split_specimens(names)
     assert (len(s.train), len(s.val), len(s.test)) == (10, 1, 3)
-    s7 = segdata.split_specimens(names[:7])
+    s7 = splits.split_specimens(names[:7])
     assert (s7.train, s7.val, s7.test) == (tuple(names[:4]), (names[4],), tuple(names[5:7]))
-    s3 = segdata.split_specimens(names[:3])
+    s3 = splits.split_specimens(names[:3])
     assert (len(s3.train), len(s3.val), len(s3.test)) == (1, 1, 1)
 
 
 def test_released_split_resolves_numbers_to_folder_names():
     names = [f"cadaver{i:02d}_F23{i}" for i in range(1, 15)]
     P = resolved_profile("paper")["training"]
-    s = segdata.split_specimens(names, P["train_specimens"], P["val_specimens"], P["test_specimens"])
+    s = splits.split_specimens(names, P["train_specimens"], P["val_specimens"], P["test_specimens"])
     assert s.test == ("cadaver02_F232", "cadaver07_F237", "cadaver08_F238")
     assert len(s.train) == 10 and s.val == ("cadaver14_F2314",)
     assert not set(s.train) & set(s.test)
@@ -83,23 +83,23 @@ def test_released_split_resolves_numbers_to_folder_names():
 def test_split_rejects_overlap_unknown_and_too_few():
     names = ["specimen01", "specimen02", "specimen03"]
     with pytest.raises(ParamsError, match="specimen01.*more than one"):
-        segdata.split_specimens(names, train=["specimen01"], test=["1"])
+        splits.split_specimens(names, train=["specimen01"], test=["1"])
     with pytest.raises(ParamsError, match="val_specimens.*'9' matches no"):
-        segdata.split_specimens(names, val=["9"])
+        splits.split_specimens(names, val=["9"])
     with pytest.raises(ParamsError, match="empty split"):
-        segdata.split_specimens(names[:2])
+        splits.split_specimens(names[:2])
 
 
 def test_cross_validation_folds_rotate_validation_and_keep_test():
-    s = segdata.split_specimens([f"s{i}" for i in range(1, 8)])
-    folds = segdata.cross_validation_folds(s, 5)
+    s = splits.split_specimens([f"s{i}" for i in range(1, 8)])
+    folds = splits.cross_validation_folds(s, 5)
     assert len(folds) == 5
     vals = [v for f in folds for v in f.val]
     assert sorted(vals) == sorted(s.train + s.val)
     for f in folds:
         assert f.test == s.test and not set(f.train) & set(f.val)
         assert sorted(f.train + f.val) == sorted(s.train + s.val)
-    assert segdata.cross_validation_folds(s, 1) == [s]
+    assert splits.cross_validation_folds(s, 1) == [s]
 
 
 # ----------------------------------------------------------------------------- data
@@ -115,7 +115,7 @@ def test_frames_skip_unlabelled_and_subsample(tmp_path):
 
 def test_a_budget_smaller_than_the_pool_keeps_an_evenly_spaced_subset_that_fits(tmp_path):
     root = make_dataset(tmp_path, n_specimens=3, frames=6, unlabeled=1)
-    split = segdata.Split(("specimen01", "specimen02"), ("specimen03",), ())
+    split = splits.Split(("specimen01", "specimen02"), ("specimen03",), ())
     per_mb = segdata.frame_bytes((32, 32)) / 2**20  # 3 KiB a frame at 32 x 32: image, band, label
     assert segdata.frame_bytes((32, 32)) == 3 * 32 * 32
     frames = segdata.training_frames(root, split, (32, 32), 4.5 * per_mb, 2)  # room for 4 and a half frames
@@ -129,7 +129,7 @@ def test_a_budget_smaller_than_the_pool_keeps_an_evenly_spaced_subset_that_fits(
 
 def test_a_budget_that_holds_every_frame_keeps_them_all(tmp_path):
     root = make_dataset(tmp_path, n_specimens=3, frames=6, unlabeled=1)
-    split = segdata.Split(("specimen01", "specimen02"), ("specimen03",), ())
+    split = splits.Split(("specimen01", "specimen02"), ("specimen03",), ())
     exact = 12 * segdata.frame_bytes((32, 32)) / 2**20
     for budget in (exact, 64.0):
         frames = segdata.training_frames(root, split, (32, 32), budget)
@@ -449,7 +449,7 @@ def test_tiny_model_overfits_a_handful_of_frames():
 
 def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=6)
-    split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
+    split = splits.split_specimens(["specimen01", "specimen02", "specimen03"])
     P4 = tiny_params(epochs=3)
     full = fit.train_fold(root, tmp_path / "full", split, P4, seed=7, progress=False)
     part = fit.train_fold(root, tmp_path / "part", split, tiny_params(epochs=1), seed=7, progress=False)
@@ -472,7 +472,7 @@ def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 def test_an_epoch_draws_samples_per_epoch_from_the_frames_the_budget_holds(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=6)
-    split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
+    split = splits.split_specimens(["specimen01", "specimen02", "specimen03"])
     budget = 3.5 * segdata.frame_bytes((32, 32)) / 2**20  # three frames of the training specimen's six
     P = tiny_params(epochs=1, memory_budget_mb=budget, samples_per_epoch=10, augment=False)
     res = fit.train_fold(root, tmp_path / "run", split, P, seed=0, progress=False)
@@ -485,7 +485,7 @@ def test_an_epoch_draws_samples_per_epoch_from_the_frames_the_budget_holds(tmp_p
 
 def test_corrupt_last_checkpoint_names_the_file_and_how_to_start_fresh(tmp_path):
     root = make_dataset(tmp_path / "data", n_specimens=3, frames=4)
-    split = segdata.split_specimens(["specimen01", "specimen02", "specimen03"])
+    split = splits.split_specimens(["specimen01", "specimen02", "specimen03"])
     fit.train_fold(root, tmp_path / "run", split, tiny_params(epochs=1, augment=False), seed=3, progress=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
@@ -547,7 +547,7 @@ def test_bad_params_are_named():
 def test_a_finished_run_is_stale_once_its_labels_change(tmp_path):
     """Resume continues only onto the same data: relabelled frames give another resume key."""
     root = make_dataset(tmp_path, n_specimens=2, frames=4)
-    split = segdata.Split(("specimen01",), ("specimen02",), ())
+    split = splits.Split(("specimen01",), ("specimen02",), ())
     P = {"input_size": [32, 32], "memory_budget_mb": 64, "max_val_frames_per_specimen": None}
     before = fit.data_fingerprint(root, split, P)
     assert fit.data_fingerprint(root, split, P) == before
@@ -578,7 +578,7 @@ def test_training_params_are_the_schema_section_typed_and_round_trip():
 def _stage_result(tmp_path, **params):
     """A train-mode result with known numbers: two epochs, four validation frames (one with an empty label)."""
     tp = training.TrainingParams.from_section(tiny_params(epochs=2, **params))
-    split = segdata.Split(("specimen01",), ("specimen02",), ("specimen03",))
+    split = splits.Split(("specimen01",), ("specimen02",), ("specimen03",))
     history = pd.DataFrame({"epoch": [0, 1], "train_images_per_second": [10.0, 30.0], "val_f1": [0.2, 0.4]})
     fold = fit.FoldResult(0, split, tmp_path / "run" / "best.ckpt", history,
                           {"epoch": 1, "val_f1": 0.4, "val_dice": 0.5}, 6, 4, "cpu (1 threads, 32-true)", 12.5,

@@ -176,7 +176,7 @@ def test_a_method_module_calling_a_twin_reader_is_stopped(twin, tmp_path):
     assert not out["ok"], out
     assert out["error"].startswith(f"truth wall: {os.path.realpath(twin / 'truth/system.json')} is the twin's truth, "
                                    f"opened by {module} ("), out
-    assert "through ultrabones.twin.measure -> " in out["error"], out
+    assert "through ultrabones.twin.truth_reader -> " in out["error"], out  # measure.true_system lives there
 
 
 def test_a_recursive_glob_is_stopped_at_the_listing_of_the_truth_folder(twin, tmp_path):

@@ -28,7 +28,8 @@ from ultrabones.core.errors import DatasetError
 from ultrabones.core.params import SectionParams
 from ultrabones.reconstruction import figures as rfig
 from ultrabones.reconstruction.specimen import dataset_fingerprint, reconstruct_specimen, skipped_result
-from ultrabones.reconstruction.surface import ALL, HIST_BIN_MM, cell_name, histogram_quantile, read_record_bones
+from ultrabones.reconstruction.record_points import read_record_bones
+from ultrabones.reconstruction.surface import ALL, HIST_BIN_MM, cell_name, histogram_quantile
 
 #: Notebook stem of the stage, and its section of the profile.
 STEM = "06_reconstruction"

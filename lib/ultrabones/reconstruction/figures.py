@@ -21,8 +21,8 @@ import pandas as pd
 from ultrabones.core.dataset import read_mesh
 from ultrabones.core.dataset import specimen as dataset_specimen
 from ultrabones.core.mesh import decimate
-from ultrabones.reconstruction.surface import (ALL, HIST_BIN_MM, HIST_MAX_MM, POSE_METHODS, SOURCES,
-                                               histogram_quantile, read_ply)
+from ultrabones.reconstruction.point_clouds import read_ply
+from ultrabones.reconstruction.surface import ALL, HIST_BIN_MM, HIST_MAX_MM, POSE_METHODS, SOURCES, histogram_quantile
 
 
 def pooled_histograms(results: Iterable[Mapping], group: str = ALL) -> dict[tuple[str, str], np.ndarray]:

@@ -19,9 +19,11 @@ import numpy as np
 
 from ultrabones.core.dataset import LABELS, LABELS_PRED, Specimen, read_mesh
 from ultrabones.core.mesh import SurfaceDistance
+from ultrabones.reconstruction.point_clouds import write_ply
+from ultrabones.reconstruction.record_points import reconstruct_record, record_frames
 from ultrabones.reconstruction.surface import (ALL, SOURCES, SurfaceSamples, VoxelAccumulator, backward_distances,
-                                               distance_histogram, distance_summary, reconstruct_record,
-                                               record_frames, sample_surface, visible_surface, write_ply)
+                                               distance_histogram, distance_summary, sample_surface,
+                                               visible_surface)
 
 
 # ----------------------------------------------------------------------------- one specimen

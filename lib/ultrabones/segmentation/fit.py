@@ -23,10 +23,10 @@ import torch
 from ultrabones.core import atomic
 from ultrabones.core import dataset as ds
 from ultrabones.core.errors import ParamsError
-from ultrabones.segmentation import lightning, segdata
+from ultrabones.segmentation import lightning, segdata, splits
 from ultrabones.segmentation.checkpoint import load_lightning_checkpoint, save_checkpoint
 from ultrabones.segmentation.net import cpu_has_bf16_matrix_units
-from ultrabones.segmentation.segdata import Split
+from ultrabones.segmentation.splits import Split
 
 #: Parameters that may change between a stopped run and its resumption.
 #: (``memory_budget_mb`` only chooses the frames, and the data fingerprint holds the frames chosen.)
@@ -344,8 +344,8 @@ def train(
     """
     models_dir = Path(models_dir)
     available = segdata.available_specimens(root, specimens)
-    split = segdata.split_specimens(available, P["train_specimens"], P["val_specimens"], P["test_specimens"])
-    folds = segdata.cross_validation_folds(split, P["n_folds"])
+    split = splits.split_specimens(available, P["train_specimens"], P["val_specimens"], P["test_specimens"])
+    folds = splits.cross_validation_folds(split, P["n_folds"])
     results = []
     for k, fs in enumerate(folds):
         run_dir = models_dir / ("run" if len(folds) == 1 else f"fold{k}")

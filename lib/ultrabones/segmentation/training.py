@@ -31,7 +31,8 @@ import torch
 from ultrabones.core import dataset as ds
 from ultrabones.core.params import validate_section
 from ultrabones.segmentation import figures, fit, inference, segdata, validation
-from ultrabones.segmentation.segdata import Split, TrainingFrames
+from ultrabones.segmentation.segdata import TrainingFrames
+from ultrabones.segmentation.splits import Split
 
 #: Inference speed is timed on frames of this size (h, w; pixels), with this many CPU threads.
 SPEED_SIZE, SPEED_THREADS = (256, 256), 2

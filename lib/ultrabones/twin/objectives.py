@@ -16,7 +16,7 @@ import pandas as pd
 from ultrabones.core import dataset
 from ultrabones.core.geometry import POSE_COLUMNS, perturbation, pose_from_params
 from ultrabones.core.paths import Paths
-from ultrabones.twin import measure
+from ultrabones.twin import measure_labels, truth_reader
 
 
 def errors(paths: Paths, fits: pd.DataFrame, settings: dict) -> pd.DataFrame:
@@ -33,19 +33,19 @@ def errors(paths: Paths, fits: pd.DataFrame, settings: dict) -> pd.DataFrame:
     """
     from ultrabones.core.label_distances import contour_error_mm
 
-    if fits is None or fits.empty or measure.truth_root(paths) is None:
+    if fits is None or fits.empty or truth_reader.truth_root(paths) is None:
         return pd.DataFrame()
-    drawer = measure.LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"],
-                                  settings["label_cloud_seed"])
+    drawer = measure_labels.LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"],
+                                          settings["label_cloud_seed"])
     tabs, out = {}, []
     for r in fits.itertuples(index=False):
         key = (r.specimen, r.record)
         if key not in tabs:
-            tabs[key] = measure.tracking_table(paths, *key).set_index("timestamp")
+            tabs[key] = measure_labels.tracking_table(paths, *key).set_index("timestamp")
         pose0 = pose_from_params(tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float))
         shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
                                    / f"{int(r.timestamp)}.png").shape
-        tf = measure.true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
+        tf = truth_reader.true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
         x = np.asarray(r.x, float) if r.status == "kept" else np.zeros(6)
         init, deliv = drawer.draw(r.specimen, shape, [pose0, pose0 @ perturbation(x[:3], x[3:])])
         row = r._asdict()

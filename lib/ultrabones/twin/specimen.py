@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from ultrabones.core import atomic, dataset, geometry
 from ultrabones.core.paths import Paths, twin_specimen_name
-from ultrabones.twin import anatomy, bmode
+from ultrabones.twin import anatomy, bmode, ct_scan
 from ultrabones.twin.config import GROUPS, LEAD_S, RECORDS, TwinConfig, frames_in_sweep
 from ultrabones.twin.contour import chamfer_mm
 from ultrabones.twin.layout import truth_dir
@@ -72,7 +72,7 @@ def simulate_specimen(paths: Paths, index: int, cfg: TwinConfig, system: System,
     ot_from_ct = tracker_from_ct(rng_mark)
     spheres = geometry.transform_points(ct_from_marker, SPECIMEN_FIDUCIALS_MM)
     t0 = time.perf_counter()
-    vol, origin = anatomy.ct_volume(an, spheres, FIDUCIAL_RADIUS_MM, cfg.ct_spacing_mm, rng_ct, cfg.ct_noise_hu,
+    vol, origin = ct_scan.ct_volume(an, spheres, FIDUCIAL_RADIUS_MM, cfg.ct_spacing_mm, rng_ct, cfg.ct_noise_hu,
                                     blur_mm=cfg.ct_blur_mm, cortical_hu=cfg.ct_cortical_hu)
     save_npz(raw_s / "ct.npz", volume=vol, spacing_mm=np.asarray(cfg.ct_spacing_mm, float), origin_mm=origin)
     ct_seconds = time.perf_counter() - t0
