@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,9 @@ matplotlib.use("Agg")
 
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
 SPACING = (0.1, 0.1)
-E = benchmark.EvaluationParams(sigmas_mm=(0.0, 0.1, 0.5, 1.0), report_sigma_mm=0.5, n_examples=1)
+DEFAULT = params.load_profile("default", PARAMS_DIR).values["evaluation"]
+E = benchmark.EvaluationParams.from_section({**DEFAULT, "sigmas_mm": [0.0, 0.1, 0.5, 1.0], "report_sigma_mm": 0.5,
+                                              "n_examples": 1, "max_frames": None, "checkpoint": None})
 
 
 def bone_row(shape=(40, 60)):
@@ -65,19 +68,19 @@ def test_params_from_every_profiles_evaluation_section():
     ({"report_sigma_mm": 0.3}, "report_sigma_mm = 0.3 is not one of sigmas_mm"),
     ({"sigmas_mm": (0.5, 0.5)}, r"sigmas\[1\] = 0.5 mm does not increase"),
     ({"predict_scope": "all"}, "predict_scope"),
-    ({"max_frames": 0}, "max_frames = 0"),
+    ({"max_frames": 0}, r"evaluation.max_frames: 0 is below the minimum 1"),
     ({"n_examples": 0}, "n_examples"),
     ({"detector_enhancements": ["sobel"]}, "detector_enhancements"),
     ({"detector_enhancements": []}, "detector_enhancements"),
 ])
 def test_bad_params_stop_with_the_key_named(change, msg):
     with pytest.raises(ParamsError, match=msg):
-        benchmark.EvaluationParams(**{"sigmas_mm": (0.0, 0.5), **change})
+        dataclasses.replace(E, **{"sigmas_mm": (0.0, 0.5), **change})
 
 
 def test_every_test_frame_is_allowed_and_a_missing_key_is_named():
-    assert benchmark.EvaluationParams(sigmas_mm=(0.5,), max_frames=None).max_frames is None
-    with pytest.raises(ParamsError, match="missing key.*report_sigma_mm"):
+    assert dataclasses.replace(E, sigmas_mm=(0.5,), max_frames=None).max_frames is None
+    with pytest.raises(ParamsError, match="lacks key.*report_sigma_mm"):
         benchmark.EvaluationParams.from_section({"sigmas_mm": [0.5]})
 
 
@@ -104,7 +107,8 @@ def test_metrics_of_a_perfect_frame_and_an_empty_prediction(tmp_path):
     assert m["sim_to_real"] is None  # the checkpoint was trained on this data's split
     assert m["real_sweep"]["at_0p5mm"]["strict"]["all"]["f1"] == 0.5 and m["real_sweep"]["n_frames"] == 2
     assert m["seconds"] == {"predict_s": 0.5}
-    assert "1 of 2 frames have an empty prediction" in benchmark.check(r)
+    assert benchmark.check(r) is None
+    assert "1 of 2 frames have an empty prediction" in benchmark.headline(r)
     assert benchmark.verdict(r).startswith("No manual labels")
 
 
@@ -163,6 +167,23 @@ def test_figures_and_description(tmp_path):
         assert fig.axes
         plt.close(fig)
     assert "no detector" in benchmark.describe(r) and "manual baseline: LabelsManual" in benchmark.describe(r)
+    figs = benchmark.figures(r, sweep_figure=lambda result: 1 / 0)  # no sweep: the sweep's figure is not drawn
+    assert list(figs) == ["fig6b_label_intensity_histograms", "fig8_accuracy_completeness_f1", "fig8_strict_protocol",
+                          "fig6a_manual_vs_predicted"]
+    assert benchmark.PDF_FIGURES < set(figs) | {"fig8_annotator_sweep"}
+    for fig in figs.values():
+        assert fig.axes
+        plt.close(fig)
+    elsewhere = dataclasses.replace(r, model_meta={**r.model_meta, "mode": "evaluate"})
+    figs = benchmark.figures(elsewhere)
+    assert figs["fig_sim_to_real_predictions"] is figs["fig6a_manual_vs_predicted"]
+    plt.close("all")
+
+
+def test_check_raises_naming_what_failed(tmp_path):
+    r = result_of(two_frame_dataset(tmp_path))
+    with pytest.raises(AssertionError, match="Otsu threshold 300 is not a grey level"):
+        benchmark.check(dataclasses.replace(r, otsu=300))
 
 
 def test_no_labelled_test_frame_is_a_dataset_error(tmp_path):

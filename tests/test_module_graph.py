@@ -23,7 +23,6 @@ from test_architecture import PKG, imported_modules  # noqa: E402
 MAX_LINES = 550
 #: Modules over the limit when the rule came in, with their line counts then: they may not grow.
 OVERSIZE: dict[str, int] = {
-    "ultrabones.evaluation.benchmark": 586,
 }
 #: Strongly connected groups of modules (import circles) that existed when the rule came in.
 KNOWN_CIRCLES: list[frozenset[str]] = []

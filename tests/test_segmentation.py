@@ -576,7 +576,7 @@ def test_training_params_are_the_schema_section_typed_and_round_trip():
 
 
 def _stage_result(tmp_path, **params):
-    """A train-mode result with known numbers: two epochs, four validation frames (one with an empty label)."""
+    """A stage result in train mode with known numbers: two epochs, four validation frames (one with an empty label)."""
     tp = training.TrainingParams.from_section(tiny_params(epochs=2, **params))
     split = splits.Split(("specimen01",), ("specimen02",), ("specimen03",))
     history = pd.DataFrame({"epoch": [0, 1], "train_images_per_second": [10.0, 30.0], "val_f1": [0.2, 0.4]})
@@ -590,7 +590,7 @@ def _stage_result(tmp_path, **params):
     scores = pd.DataFrame({"label_pixels": [0, 5, 7, 9], "model_acc": [1.0, 0.5, 0.5, 0.2],
                            "model_com": [1.0, 0.5, 0.5, 0.0], "model_f1": [1.0, 0.5, 0.5, 0.0],
                            "background_f1": [1.0, 0.0, 0.0, 0.0], "threshold_f1": [0.0, 0.2, 0.2, 0.4]})
-    return training.TrainingResult(tp, trained, frames, scores, 0.6, 100.0, 20.0)
+    return training.Result("train", tp, training.TrainingResult(tp, trained, frames, scores, 0.6, 100.0, 20.0))
 
 
 def test_stage_metrics_known_answer(tmp_path):
@@ -609,17 +609,21 @@ def test_stage_metrics_known_answer(tmp_path):
     assert m["train_seconds"] == 12.5 and m["input_size"] == [32, 32] and m["n_folds"] == 1
     assert m["split"] == {"train": ["specimen01"], "val": ["specimen02"], "test": ["specimen03"]}
     json.dumps(m)  # JSON types only
-    training.check(m, training.TrainingParams.from_section(tiny_params(epochs=2)))
+    training.check(_stage_result(tmp_path))
+    training.check_train(m, training.TrainingParams.from_section(tiny_params(epochs=2)))
 
 
 def test_stage_check_names_what_failed(tmp_path):
     m = training.metrics(_stage_result(tmp_path))
     tp = training.TrainingParams.from_section(tiny_params(epochs=2))
     with pytest.raises(AssertionError, match="stopped early"):
-        training.check(m, training.TrainingParams.from_section(tiny_params(epochs=3)))
+        training.check_train(m, training.TrainingParams.from_section(tiny_params(epochs=3)))
+    with pytest.raises(AssertionError, match="stopped early"):
+        r = _stage_result(tmp_path)
+        training.check(dataclasses.replace(r, params=dataclasses.replace(r.params, epochs=3)))
     with pytest.raises(AssertionError, match="leaked"):
-        training.check({**m, "split": {"train": ["a"], "val": ["b"], "test": ["a"]}}, tp)
+        training.check_train({**m, "split": {"train": ["a"], "val": ["b"], "test": ["a"]}}, tp)
     learning = training.TrainingParams.from_section(tiny_params(epochs=2, expect_learning=True))
-    training.check(m, learning)  # F1 0.5: 0.25 above the better baseline (background 0.25, threshold 0.2)
+    training.check_train(m, learning)  # F1 0.5: 0.25 above the better baseline (background 0.25, threshold 0.2)
     with pytest.raises(AssertionError, match="did not clearly learn"):
-        training.check({**m, "baseline_threshold_f1_at_0p5mm": 0.4}, learning)  # 0.1 above it
+        training.check_train({**m, "baseline_threshold_f1_at_0p5mm": 0.4}, learning)  # 0.1 above it

@@ -1,10 +1,11 @@
 """Stage 05, the bone-segmentation benchmark: the model against a classical detector and manual labelling.
 
-One stage, four things (as every stage): :func:`run` evaluates a trained checkpoint over a dataset and
-returns an :class:`EvaluationResult`; :func:`metrics` turns it into the stage's metrics JSON; ``plot_fig6a``,
-``plot_fig6b`` and ``plot_fig8`` draw the paper's figures from it; :func:`check`, :func:`table` and
-:func:`verdict` are what the notebook asserts, tabulates and states. The parameters are one
-:class:`EvaluationParams`, built from the validated ``evaluation`` profile section.
+The stage contract (docs/architecture.md), as every stage's: :data:`Params` (:class:`EvaluationParams`, the
+validated ``evaluation`` profile section); :func:`run` evaluates a trained checkpoint over a dataset and returns
+a :data:`Result` (:class:`EvaluationResult`); :func:`metrics` turns it into the stage's metrics JSON;
+:func:`check` asserts what must hold; :func:`figures` draws the paper's Figs. 6a, 6b and 8
+(:mod:`ultrabones.evaluation.figures`). What the notebook states and tabulates (:func:`headline`, :func:`verdict`,
+:func:`describe`, :func:`table`) is :mod:`ultrabones.evaluation.report`'s, named here too.
 
 What :func:`run` does, in order:
 
@@ -30,27 +31,20 @@ and scores against the true labels are the twin's (``ultrabones.twin.measure.eva
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
-from ultrabones.core.distance_scores import SCORES
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.label_distances import check_sigmas
+from ultrabones.core.params import SectionParams
 from ultrabones.evaluation import bone_detector
-from ultrabones.evaluation.comparison import (
-    PAPER_AT_0P5MM,
-    level_name,
-    model_vs_levels,
-    model_vs_manual,
-    table_at,
-    table_with_sweep,
-)
-from ultrabones.evaluation.figures import pick_examples, plot_curves, plot_examples, plot_histograms
+from ultrabones.evaluation.comparison import PAPER_AT_0P5MM, model_vs_levels, model_vs_manual
+from ultrabones.evaluation.figures import plot_fig6a, plot_fig6b, plot_fig8
 from ultrabones.evaluation.metrics import (
     LabelSource,
     check_summary,
@@ -61,18 +55,29 @@ from ultrabones.evaluation.metrics import (
     otsu_threshold,
     summarise,
 )
+from ultrabones.evaluation.report import REFERENCE, describe, headline, table, table_caption, verdict
+
+#: What the stage states and tabulates (:mod:`ultrabones.evaluation.report`), and its figures
+#: (:mod:`ultrabones.evaluation.figures`), named with the stage for the notebook.
+__all__ = ["Params", "Result", "run", "metrics", "check", "figures", "EvaluationParams", "EvaluationResult",
+           "Annotator", "headline", "verdict", "describe", "table", "table_caption", "plot_fig6a", "plot_fig6b",
+           "plot_fig8", "REFERENCE", "PDF_FIGURES"]
 
 #: ``predict_scope`` values: segment the evaluated frames only, or every labelled frame of the test specimens.
 PREDICT_SCOPES = ("evaluated", "test_specimens")
 #: The manual source name when the data ships its own manual labels.
 SHIPPED_MANUAL = ds.LABELS_MANUAL
-#: Name of the CT-derived reference labels in the histograms (Fig. 6b).
-REFERENCE = "CT-derived labels"
+#: The figures saved as PDF too (the paper's), by file name (:func:`figures`).
+PDF_FIGURES = frozenset({"fig6b_label_intensity_histograms", "fig8_accuracy_completeness_f1", "fig8_annotator_sweep",
+                         "fig6a_manual_vs_predicted"})
 
 
 @dataclass(frozen=True)
-class EvaluationParams:
-    """Parameters of stage 05 (lengths in mm).
+class EvaluationParams(SectionParams):
+    """The ``evaluation`` section of a profile, typed (units and ranges: ``schema.SCHEMA["evaluation"]``).
+
+    Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`; construction, and so
+    ``dataclasses.replace``, validates every value against the schema, then the combinations (below).
 
     Attributes
     ----------
@@ -82,57 +87,53 @@ class EvaluationParams:
     checkpoint : the checkpoint evaluated; None: ``models/best.ckpt`` of the run.
     predict_scope : frames segmented into ``Labels_pred/`` (:data:`PREDICT_SCOPES`).
     n_examples : rows of Fig. 6a.
+    annotator_* : the twin's simulated annotator's keys
+        (``ultrabones.twin.annotator.SimulatedAnnotator.from_section``), not the method's: the method never reads them.
     detector_fit_frames : training-specimen frames the shadow-peak detector is fitted on.
     detector_enhancements : bright-echo terms its fit chooses among
         (:data:`ultrabones.evaluation.bone_detector.ENHANCEMENTS`).
     surface_band_mm : the model's masks are its probability map's surface, a band this thick
         (:func:`ultrabones.segmentation.inference.surface_mask`; the labels' ``2 gamma``); None: the
         thresholded map as it is (the paper's).
-
-    The section's ``annotator_*`` keys are the twin's simulated annotator's
-    (``ultrabones.twin.annotator.SimulatedAnnotator.from_section``), not the method's.
     """
 
+    SECTION: ClassVar[str] = "evaluation"
+
     sigmas_mm: tuple[float, ...]
-    report_sigma_mm: float = 0.5
-    max_frames: int | None = None
-    checkpoint: str | None = None
-    predict_scope: str = "evaluated"
-    n_examples: int = 3
-    detector_fit_frames: int = 60
-    detector_enhancements: tuple[str, ...] = bone_detector.ENHANCEMENTS
-    surface_band_mm: float | None = None
+    report_sigma_mm: float
+    max_frames: int | None
+    checkpoint: str | None
+    predict_scope: str
+    n_examples: int
+    annotator_visible_quantile: float
+    annotator_visible_contrast: float
+    annotator_visible_fraction: float
+    annotator_smooth_mm: float
+    annotator_search_mm: float
+    annotator_gap_mm: float
+    annotator_min_length_mm: float
+    annotator_jitter_mm: float
+    annotator_jitter_corr_mm: float
+    annotator_brush_mm: float
+    annotator_sweep_quantiles: tuple[float, ...]
+    annotator_sweep_fractions: tuple[float, ...]
+    annotator_sweep_contrasts: tuple[float, ...]
+    detector_fit_frames: int
+    detector_enhancements: tuple[str, ...]
+    surface_band_mm: float | None
 
     def __post_init__(self):
+        """Validate against the schema (ranges, ``predict_scope`` one of :data:`PREDICT_SCOPES`, ...), then the
+        combinations: ``sigmas_mm`` strictly increasing and holding ``report_sigma_mm``, at least one detector
+        enhancement (:class:`~ultrabones.core.errors.ParamsError`, naming the key)."""
+        super().__post_init__()
         object.__setattr__(self, "sigmas_mm", tuple(float(s) for s in check_sigmas(self.sigmas_mm)))
-        object.__setattr__(self, "report_sigma_mm", float(self.report_sigma_mm))
-        object.__setattr__(self, "detector_enhancements", tuple(str(e) for e in self.detector_enhancements))
         if not np.isclose(self.sigmas_mm, self.report_sigma_mm).any():
             raise ParamsError(f"evaluation.report_sigma_mm = {self.report_sigma_mm} is not one of sigmas_mm")
-        if self.max_frames is not None and int(self.max_frames) < 1:
-            raise ParamsError(f"evaluation.max_frames = {self.max_frames}: at least 1, or null for every test frame")
-        if self.predict_scope not in PREDICT_SCOPES:
-            raise ParamsError(f"evaluation.predict_scope = {self.predict_scope!r}: one of {list(PREDICT_SCOPES)}")
-        if int(self.n_examples) < 1:
-            raise ParamsError(f"evaluation.n_examples = {self.n_examples}: at least 1")
         unknown = set(self.detector_enhancements) - set(bone_detector.ENHANCEMENTS)
         if not self.detector_enhancements or unknown:
             raise ParamsError(f"evaluation.detector_enhancements = {list(self.detector_enhancements)}: a non-empty "
                               f"list of {list(bone_detector.ENHANCEMENTS)}")
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> "EvaluationParams":
-        """The method's keys of the validated ``evaluation`` section (``params.collect(globals(), "05_evaluation")``).
-
-        Raises
-        ------
-        ParamsError
-            Naming a key the section lacks.
-        """
-        missing = [f.name for f in fields(cls) if f.name not in section]
-        if missing:
-            raise ParamsError(f"evaluation section: missing key(s) {', '.join(missing)}")
-        return cls(**{f.name: section[f.name] for f in fields(cls)})
 
     @property
     def sigmas(self) -> np.ndarray:
@@ -271,14 +272,16 @@ def score(frames: Sequence[Frame], spacing, methods: Mapping[str, LabelSource], 
     return {"histograms": hists, "otsu": otsu, "scores": scores, "summary": summarise(scores, params.report_sigma_mm)}
 
 
-def run(paths, params: EvaluationParams, seed: int = 0, annotator: Annotator | None = None,
-        threads: int | None = None, progress: bool = True) -> EvaluationResult:
+def run(paths, params: EvaluationParams, *, specimens: Sequence[str] | None = None, seed: int = 0,
+        annotator: Annotator | None = None, threads: int | None = None, progress: bool = True) -> EvaluationResult:
     """Evaluate a trained checkpoint on its test specimens against two baselines (stage 05).
 
     Parameters
     ----------
     paths : the run's :class:`ultrabones.core.paths.Paths` (``dataset``, ``derived``, ``models_dir``).
     params : the stage's parameters.
+    specimens : the common ``specimens`` (the stage contract's); not used: the test specimens are the ones the
+        checkpoint's split names.
     seed : seed of the frame draws (the test frames, the detector's training frames).
     annotator : writes ``LabelsManual/`` for the evaluated frames and is swept (the twin's simulated
         annotator); None: the data's own ``LabelsManual/`` when present.
@@ -447,13 +450,9 @@ def metrics(result: EvaluationResult) -> dict[str, Any]:
     return out
 
 
-def check(result: EvaluationResult) -> str:
+def check(result: EvaluationResult) -> None:
     """Check a result: every score in [0, 1] and non-decreasing in sigma, Otsu's threshold a grey level.
-
-    Returns
-    -------
-    The model's headline scores at the report threshold (released protocol), and how many frames the
-    released protocol skipped.
+    (:func:`headline` states the model's scores; :func:`verdict` the paper's claim.)
 
     Raises
     ------
@@ -462,125 +461,35 @@ def check(result: EvaluationResult) -> str:
     """
     check_summary(result.summary)
     assert 0 <= result.otsu <= 255, f"Otsu threshold {result.otsu} is not a grey level"
-    model = result.summary["at"]["released"]["model"]["all"]
-    n = len(result.frames)
-    lines = [f"model {result.params.at_key} released: " + ", ".join(f"{k} {model[k]:.3f}" for k in SCORES)]
-    if n - model["n_frames"]:
-        lines.append(f"{n - model['n_frames']} of {n} frames have an empty prediction or label: skipped by the "
-                     "released protocol, counted by the strict one")
-    return "\n".join(lines)
-
-
-def verdict(result: EvaluationResult) -> str:
-    """The paper's claim, stated: does the model beat the manual labels on low-intensity completeness?
-
-    With an annotator's sweep (the twin), the claim is stated per level: at which levels of the visibility
-    rule the model's low-intensity completeness is higher, and at which it is not; the manual labels' own
-    level is one of them, not the verdict.
-    """
-    if not result.manual_source:
-        return ("No manual labels (no `LabelsManual/` in the data): the paper's claim against manual labelling "
-                "is not tested.")
-    claim = model_vs_manual(result.summary["at"])
-    sigma = result.params.report_sigma_mm
-    if result.sweep is None:
-        said = ("The model **beats** the manual labels on completeness in low-intensity regions, as in the paper"
-                if claim["beats"] else
-                "The model does **not** beat the manual labels on completeness in low-intensity regions here, "
-                "unlike the paper")
-        return (f"{said}: {claim['model']:.3f} vs {claim['manual']:.3f} at {sigma} mm "
-                f"({claim['protocol']} protocol; paper: 0.801 vs 0.190; manual = {result.manual_source}).")
-    levels = model_vs_levels(result.summary["at"], result.sweep.to_dict("records"))
-    won = [lv for lv in levels if lv["beats"]]
-    lost = [lv for lv in levels if not lv["beats"]]
-
-    def names(lvs):
-        return "; ".join(f"level {lv['level']} ({level_name(lv)}: {lv['model']:.3f} vs {lv['annotator']:.3f}, "
-                         f"{lv['protocol']})" for lv in lvs) or "none"
-
-    return (f"Low-intensity completeness at {sigma} mm, the model against the {result.manual_source} at each "
-            f"of its {len(levels)} visibility levels (paper, against its expert: 0.801 vs 0.190). "
-            f"The model's is **higher at {len(won)} of {len(levels)} levels**: {names(won)}. "
-            f"Not higher at: {names(lost)}. The manual labels scored above (the profile's level): "
-            f"{claim['model']:.3f} vs {claim['manual']:.3f} ({claim['protocol']} protocol). "
-            "Which level a person's labelling resembles is not known on the twin, so no single verdict is drawn.")
-
-
-def describe(result: EvaluationResult) -> str:
-    """What the stage evaluated and how long each step took (Markdown), with the detector's best fits."""
-    r, s = result, result.seconds
-    lines = [f"- checkpoint `{r.checkpoint}`; test specimens {list(r.test_specimens)}; {len(r.frames)} frames; "
-             f"spacing {r.spacing} mm; manual baseline: {r.manual_source or 'none (no LabelsManual/ in the data)'}"]
-    det = r.detector
-    if det is None and r.trained_elsewhere:
-        lines.append("- no detector: the model was trained elsewhere, so every labelled frame of this data is a test "
-                     "frame; fitting the detector on them would fit it on the test set (skipped)")
-    elif det is None:
-        lines.append(f"- no detector: the dataset holds no labelled frame of the checkpoint's training specimens "
-                     f"({', '.join(r.missing_train_specimens) or 'none listed'} missing)")
-    else:
-        lines.append(f"- detector fitted on {det['n_frames']} frames of {det['specimens']} in {det['seconds']:.1f} s; "
-                     f"chosen: `{det['params']}`")
-    if r.n_annotated is not None:
-        lines.append(f"- {r.annotator_name}: {r.n_annotated} frames in {s['annotator_s']:.1f} s")
-    lines.append(f"- predicted {r.n_predicted} frames in {s['predict_s']:.1f} s: {r.images_per_second:.1f} images/s "
-                 f"({r.device}, PNG read and write included)")
-    lines.append(f"- Otsu threshold over {r.histograms[REFERENCE].sum()} CT-derived label pixels: {r.otsu:.1f} "
-                 "(grey level)")
-    if r.finetune is not None:
-        from ultrabones.segmentation import finetune
-
-        lines.append("- fine-tuned model (training.mode finetune): the scores above include its training frames; "
-                     "before and after on the held-out later frames:\n\n" + finetune.describe(r.finetune))
-    return "\n".join(lines)
-
-
-def table(result: EvaluationResult):
-    """The table beside the paper's at the report threshold: one row per method and region (both protocols
-    and the paper's value), then one row per level and region of the annotator's sweep."""
-    at = result.summary["at"]
-    if result.sweep is None:
-        return table_with_sweep(table_at(at), None)
-    beats = {lv["level"]: lv["beats"] for lv in model_vs_levels(at, result.sweep.to_dict("records"))}
-    return table_with_sweep(table_at(at), result.sweep, result.annotator_name or "", beats)
-
-
-def table_caption(result: EvaluationResult) -> str:
-    """What :func:`table`'s columns and rows are."""
-    return (f"At sigma = {result.params.report_sigma_mm} mm (released protocol; `_strict` the strict one; "
-            f"`_paper` the paper's; `detector` = {bone_detector.LABEL}; `manual` = {result.manual_source}; "
-            f"the last rows: the annotator's sweep; `model_low_completeness_higher`: whether the model's "
-            f"low-intensity completeness is higher than that level's):")
 
 
 # ----------------------------------------------------------------------------- figures
 
 
-def plot_fig6b(result: EvaluationResult):
-    """Fig. 6b: grey values of the label pixels (manual, CT-derived, predicted) with Otsu's threshold."""
-    return plot_histograms(result.histograms, result.otsu)
+def figures(result: EvaluationResult, *, sweep_figure: Callable | None = None) -> dict[str, Any]:
+    """The stage's figures by file name (:data:`PDF_FIGURES` are saved as PDF too).
+
+    ``fig6b_label_intensity_histograms`` (:func:`~ultrabones.evaluation.figures.plot_fig6b`),
+    ``fig8_accuracy_completeness_f1`` and ``fig8_strict_protocol`` (:func:`~ultrabones.evaluation.figures.plot_fig8`,
+    released and strict protocol), ``fig8_annotator_sweep`` (with an annotator's sweep and ``sweep_figure``),
+    ``fig6a_manual_vs_predicted`` (:func:`~ultrabones.evaluation.figures.plot_fig6a`) and, for a model trained
+    elsewhere, the same figure as ``fig_sim_to_real_predictions``.
+
+    Parameters
+    ----------
+    sweep_figure : draws the annotator's sweep from the result (the twin's
+        ``ultrabones.twin.annotator.plot_evaluation_sweep``, passed in as the annotator is); None: no sweep figure.
+    """
+    out = {"fig6b_label_intensity_histograms": plot_fig6b(result),
+           "fig8_accuracy_completeness_f1": plot_fig8(result, "released"),
+           "fig8_strict_protocol": plot_fig8(result, "strict")}
+    if result.sweep is not None and sweep_figure is not None:
+        out["fig8_annotator_sweep"] = sweep_figure(result)
+    out["fig6a_manual_vs_predicted"] = plot_fig6a(result)
+    if result.trained_elsewhere:
+        out["fig_sim_to_real_predictions"] = out["fig6a_manual_vs_predicted"]
+    return out
 
 
-def plot_fig8(result: EvaluationResult, protocol: str = "released"):
-    """Fig. 8: accuracy, completeness and F1 against sigma per method and region; the released protocol
-    with the paper's values at 0.5 mm, the strict one without."""
-    curves = result.summary["curves"][protocol]
-    if protocol == "strict":
-        return plot_curves(result.params.sigmas, curves, "strict protocol (empty predictions count)")
-    title = (f"released protocol, {len(result.frames)} test frames; detector = {bone_detector.LABEL} "
-             "(fitted on training specimens)" + (f"; manual = {result.manual_source}" if result.manual_source else ""))
-    return plot_curves(result.params.sigmas, curves, title, paper=PAPER_AT_0P5MM)
-
-
-def plot_fig6a(result: EvaluationResult):
-    """Fig. 6a: input, CT-derived label, manual, detector and predicted labels on ``n_examples`` frames
-    with much low-intensity bone (green: high intensity, blue: low)."""
-    picks = pick_examples(result.scores["gt_counts"], result.params.n_examples)
-    columns = {"GT (CT-derived)": dataset_label(ds.LABELS)}
-    if result.manual_source:
-        name = "Manual" + (f" ({result.annotator_name})" if result.annotator_name else "")
-        columns[name] = dataset_label(ds.LABELS_MANUAL)
-    if "detector" in result.methods:
-        columns["Shadow-peak detector"] = result.methods["detector"]
-    columns["Predicted"] = dataset_label(ds.LABELS_PRED)
-    return plot_examples([result.frames[i] for i in picks], columns, result.otsu)
+#: The stage contract's names.
+Params, Result = EvaluationParams, EvaluationResult

@@ -1,7 +1,8 @@
 """Figs. 6 and 8 of the evaluation: example frames with their labels coloured by intensity class (6a), the
 grey-value distributions of label pixels with the Otsu threshold (6b), and accuracy, completeness and F1
 against the distance threshold per method and region (8), drawn from what :mod:`ultrabones.evaluation.metrics`
-computed.
+computed; :func:`plot_fig6a`, :func:`plot_fig6b` and :func:`plot_fig8` draw them from a stage-05 result
+(:class:`ultrabones.evaluation.benchmark.EvaluationResult`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
 from ultrabones.core.distance_scores import SCORES
 from ultrabones.core.overlay import overlay
-from ultrabones.evaluation.metrics import REGIONS, LabelSource
+from ultrabones.evaluation import bone_detector
+from ultrabones.evaluation.comparison import PAPER_AT_0P5MM
+from ultrabones.evaluation.metrics import REGIONS, LabelSource, dataset_label
 
 
 #: Colours of Fig. 6a: high-intensity label pixels green, low-intensity blue.
@@ -114,3 +118,36 @@ def plot_curves(sigmas, curves: Mapping, title: str = "", paper: Mapping | None 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- stage 05's figures, from its result
+
+
+def plot_fig6b(result):
+    """Fig. 6b: grey values of the label pixels (manual, CT-derived, predicted) with Otsu's threshold."""
+    return plot_histograms(result.histograms, result.otsu)
+
+
+def plot_fig8(result, protocol: str = "released"):
+    """Fig. 8: accuracy, completeness and F1 against sigma per method and region; the released protocol
+    with the paper's values at 0.5 mm, the strict one without."""
+    curves = result.summary["curves"][protocol]
+    if protocol == "strict":
+        return plot_curves(result.params.sigmas, curves, "strict protocol (empty predictions count)")
+    title = (f"released protocol, {len(result.frames)} test frames; detector = {bone_detector.LABEL} "
+             "(fitted on training specimens)" + (f"; manual = {result.manual_source}" if result.manual_source else ""))
+    return plot_curves(result.params.sigmas, curves, title, paper=PAPER_AT_0P5MM)
+
+
+def plot_fig6a(result):
+    """Fig. 6a: input, CT-derived label, manual, detector and predicted labels on ``n_examples`` frames
+    with much low-intensity bone (green: high intensity, blue: low)."""
+    picks = pick_examples(result.scores["gt_counts"], result.params.n_examples)
+    columns = {"GT (CT-derived)": dataset_label(ds.LABELS)}
+    if result.manual_source:
+        name = "Manual" + (f" ({result.annotator_name})" if result.annotator_name else "")
+        columns[name] = dataset_label(ds.LABELS_MANUAL)
+    if "detector" in result.methods:
+        columns["Shadow-peak detector"] = result.methods["detector"]
+    columns["Predicted"] = dataset_label(ds.LABELS_PRED)
+    return plot_examples([result.frames[i] for i in picks], columns, result.otsu)

@@ -36,7 +36,7 @@ from ultrabones.segmentation import segdata
 from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
 from ultrabones.segmentation.losses import SegmentationLoss
 from ultrabones.segmentation.validation import evaluate_frames
-from ultrabones.segmentation.training import TrainingParams
+from ultrabones.segmentation.training_params import TrainingParams
 
 #: What the before/after scores measure (named in the metrics).
 REFERENCE = "agreement with the pipeline's CT-derived visible labels (Labels/, truth-free): not an accuracy"

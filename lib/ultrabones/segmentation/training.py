@@ -1,113 +1,52 @@
-"""Stage 04 in train mode (paper 3.2, "Segmentation Mode"): a network trained by specimen, judged on validation.
+"""Stage 04 (paper 3.2, "Segmentation Mode"): a network trained by specimen, judged on validation.
 
-The stage's one shape, as every stage's:
+The stage contract (docs/architecture.md), as every stage's:
 
-- :class:`TrainingParams`: the ``training`` section of a profile, validated and typed (frozen);
-- :func:`run`: split the specimens, train every cross-validation fold (:func:`ultrabones.segmentation.fit.train`:
-  Lightning, checkpoints, resume; every labelled frame of the training specimens that fits ``memory_budget_mb``,
-  ``samples_per_epoch`` of them drawn an epoch, see :mod:`ultrabones.segmentation.segdata`), then judge the best fold's model on its validation specimens at the frames' own
-  size beside two baselines, **all background** (predicts nothing) and an **intensity threshold** (bright pixels
-  after a 1-px blur, the threshold fitted on training frames), and time inference;
-- :class:`TrainingResult` (frozen), :func:`metrics` (stage 04's metrics JSON), :func:`check` (what must hold on any
-  data), and the figures :func:`plot_curves` and :func:`plot_predictions`.
+- :data:`Params` (:class:`~ultrabones.segmentation.training_params.TrainingParams`): the ``training`` section of a
+  profile, validated and typed (frozen);
+- :func:`run` decides the mode (``training.mode``; ``auto``: :func:`ultrabones.segmentation.transfer.resolve_mode`)
+  and runs it, returning a :class:`Result`:
+
+  - **train** (:func:`train`): split the specimens, train every cross-validation fold
+    (:func:`ultrabones.segmentation.fit.train`: Lightning, checkpoints, resume; every labelled frame of the
+    training specimens that fits ``memory_budget_mb``, ``samples_per_epoch`` of them drawn an epoch, see
+    :mod:`ultrabones.segmentation.segdata`), then judge the best fold's model on its validation specimens at the
+    frames' own size beside two baselines, **all background** (predicts nothing) and an **intensity threshold**
+    (bright pixels after a 1-px blur, the threshold fitted on training frames), and time inference;
+  - **evaluate**: a model trained elsewhere, scored on data that cannot be split
+    (:mod:`ultrabones.segmentation.transfer`);
+  - **finetune**: a model trained further on each sweep's earlier frames (:mod:`ultrabones.segmentation.finetune`);
+
+- :func:`metrics` (stage 04's metrics JSON, the mode's), :func:`check` (what must hold on any data) and
+  :func:`figures` (train mode: :func:`plot_curves`, :func:`plot_predictions`).
 
 The scores are the paper's F1 at ``f1_sigma_mm`` (Eqs. 3-6) under the strict protocol: every frame counts, and a
-frame with an empty label scores 1 when nothing is predicted. Evaluate mode (a model trained elsewhere, scored on
-data that cannot be split) is :mod:`ultrabones.segmentation.transfer`.
+frame with an empty label scores 1 when nothing is predicted.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ultrabones.core import dataset as ds
-from ultrabones.core.params import validate_section
-from ultrabones.segmentation import figures, fit, inference, segdata, validation
+from ultrabones.segmentation import figures as seg_figures
+from ultrabones.segmentation import finetune, fit, inference, segdata, transfer, validation
 from ultrabones.segmentation.segdata import TrainingFrames
 from ultrabones.segmentation.splits import Split
+from ultrabones.segmentation.training_params import TrainingParams
+
+#: The stage's parameters (the stage contract's name).
+Params = TrainingParams
 
 #: Inference speed is timed on frames of this size (h, w; pixels), with this many CPU threads.
 SPEED_SIZE, SPEED_THREADS = (256, 256), 2
-
-
-@dataclass(frozen=True)
-class TrainingParams:
-    """The ``training`` section's keys, typed (units and ranges: ``schema.SCHEMA["training"]``).
-
-    Build it with :meth:`from_section`; lists become tuples. :meth:`as_dict` gives the section back as plain
-    data, which is what the Lightning module's hyperparameters, the checkpoint's metadata and the resume key of
-    :mod:`ultrabones.segmentation.fit` hold.
-    """
-
-    arch: str
-    encoder: str
-    encoder_weights: str | None
-    input_size: tuple[int, int]
-    label_band_px: int
-    norm_mean: float | None
-    norm_std: float | None
-    train_specimens: tuple[str, ...] | None
-    val_specimens: tuple[str, ...] | None
-    test_specimens: tuple[str, ...] | None
-    n_folds: int
-    memory_budget_mb: float
-    max_val_frames_per_specimen: int | None
-    augment: bool
-    epochs: int
-    samples_per_epoch: int | None
-    batch_size: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    lr_step_epochs: int
-    lr_gamma: float
-    dice_weight: float
-    bce_weight: float
-    tv_weight: float
-    skeleton_weight: float
-    threshold: float
-    f1_sigma_mm: float
-    accelerator: str
-    devices: int | None
-    precision: str
-    deterministic: bool
-    num_workers: int
-    threads: int | None
-    resume: bool
-    expect_learning: bool
-    mode: str
-    init_checkpoint: str | None
-    finetune_test_fraction: float
-    finetune_gap_frames: int
-    finetune_epochs: int
-    finetune_lr: float
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any], where: str = "training") -> "TrainingParams":
-        """From a ``training`` section (``params.collect(globals(), "04_training")``), validated again here.
-
-        Raises
-        ------
-        ParamsError
-            Naming the key, for an unknown or missing key or a bad value (see ``params.validate_section``), or a
-            ``memory_budget_mb`` that holds no frame at ``input_size``.
-        """
-        values = validate_section("training", section, where)
-        segdata.frames_in_budget(values["input_size"], values["memory_budget_mb"])
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def as_dict(self) -> dict[str, Any]:
-        """The section as plain data (tuples as lists), in the schema's order."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
@@ -152,9 +91,65 @@ class TrainingResult:
         return self.trained.checkpoint
 
 
-def run(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: int,
-        specimens: Sequence[str] | None = None, derived: Path | str | None = None,
-        progress: bool = False) -> TrainingResult:
+#: What a mode's run returns: train (:class:`TrainingResult`), evaluate, finetune.
+Outcome = Union[TrainingResult, transfer.EvaluateResult, finetune.FinetuneResult]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What stage 04 did.
+
+    Attributes
+    ----------
+    mode : the mode it ran in, ``train``, ``evaluate`` or ``finetune`` (``training.mode``, ``auto`` resolved).
+    params : the stage's parameters.
+    outcome : the mode's result: :class:`TrainingResult` (train),
+        :class:`ultrabones.segmentation.transfer.EvaluateResult` (evaluate) or
+        :class:`ultrabones.segmentation.finetune.FinetuneResult` (finetune).
+    """
+
+    mode: str
+    params: TrainingParams
+    outcome: Outcome
+
+
+def run(paths, params: TrainingParams, *, specimens: Sequence[str] | None = None, seed: int = 0,
+        progress: bool = False) -> Result:
+    """Stage 04: decide the mode, then train (:func:`train`), evaluate a model trained elsewhere
+    (:func:`ultrabones.segmentation.transfer.run`) or fine-tune one (:func:`ultrabones.segmentation.finetune.run`).
+
+    Parameters
+    ----------
+    paths : the run's :class:`ultrabones.core.paths.Paths` (``dataset``: the images; ``derived``: notebook 02's
+        labels; ``models_dir``: the folds and ``best.ckpt``).
+    params : the stage's parameters; ``mode`` ``auto`` evaluates when the data has fewer specimens than a split
+        needs (:func:`ultrabones.segmentation.transfer.resolve_mode`), else trains.
+    specimens : restrict to these specimen folders (the common ``specimens``); None: all.
+    seed : master seed (weights, shuffling, augmentation).
+    progress : progress bars.
+
+    Raises
+    ------
+    ParamsError, DatasetError
+        From the split (too few specimens, unknown names), a missing ``init_checkpoint`` or the data (no labelled
+        frame), naming what is wrong.
+    """
+    mode = transfer.resolve_mode(params.mode, len(segdata.available_specimens(paths.dataset, specimens)))
+    if mode == "evaluate":
+        outcome = transfer.run(paths.dataset, paths.models_dir, params, specimens=specimens, derived=paths.derived,
+                               progress=progress)
+    elif mode == "finetune":
+        outcome = finetune.run(paths.dataset, paths.models_dir, params, seed, specimens=specimens,
+                               derived=paths.derived, progress=progress)
+    else:
+        outcome = train(paths.dataset, paths.models_dir, params, seed, specimens=specimens, derived=paths.derived,
+                        progress=progress)
+    return Result(mode, params, outcome)
+
+
+def train(root: Path | str, models_dir: Path | str, params: TrainingParams, seed: int,
+          specimens: Sequence[str] | None = None, derived: Path | str | None = None,
+          progress: bool = False) -> TrainingResult:
     """Train by specimen, then judge the best model on its validation frames beside the two baselines.
 
     Parameters
@@ -199,7 +194,7 @@ def images_per_second(history: pd.DataFrame) -> float:
     return float(ips.mean()) if len(ips) else float("nan")
 
 
-def metrics(result: TrainingResult) -> dict[str, Any]:
+def train_metrics(result: TrainingResult) -> dict[str, Any]:
     """Stage 04's metrics in train mode (JSON types).
 
     Scores (means over the validation frames, at their own size; strict protocol): ``val_f1_at_0p5mm``,
@@ -251,15 +246,24 @@ def metrics(result: TrainingResult) -> dict[str, Any]:
 LEARNING_MARGIN = 0.2
 
 
-def check(m: Mapping[str, Any], params: TrainingParams) -> None:
-    """What must hold on any data, from :func:`metrics`: every epoch ran, no test specimen was trained or
-    validated on, scores are scores, and the all-background baseline scores exactly the share of empty labels
-    (strict protocol). With ``expect_learning`` the model beats both baselines by ``LEARNING_MARGIN``."""
+def check_train(m: Mapping[str, Any], params: TrainingParams) -> None:
+    """What must hold in train mode on any data, from :func:`train_metrics`: every epoch ran, no test specimen was
+    trained or validated on, scores are scores, and the all-background baseline scores exactly the share of empty
+    labels (strict protocol). With ``expect_learning`` the model beats both baselines by ``LEARNING_MARGIN``.
+
+    Raises
+    ------
+    AssertionError
+        Naming what failed.
+    """
     split = m["split"]
     assert not (set(split["train"]) | set(split["val"])) & set(split["test"]), "a test specimen leaked into training"
     assert m["epochs"] == params.epochs, "training stopped early"
-    assert 0.0 <= m["val_f1_at_0p5mm"] <= 1.0 and np.isfinite(m["val_dice"])
-    assert np.isclose(m["baseline_background_f1_at_0p5mm"], m["val_frames_empty_label"] / m["val_images"])
+    assert 0.0 <= m["val_f1_at_0p5mm"] <= 1.0 and np.isfinite(m["val_dice"]), \
+        f"validation F1 {m['val_f1_at_0p5mm']} or Dice {m['val_dice']} is not a score"
+    assert np.isclose(m["baseline_background_f1_at_0p5mm"], m["val_frames_empty_label"] / m["val_images"]), \
+        (f"the all-background baseline scores {m['baseline_background_f1_at_0p5mm']:.3f}, not the share of empty "
+         f"validation labels ({m['val_frames_empty_label']} of {m['val_images']}): the strict protocol is broken")
     if params.expect_learning:
         floor = max(m["baseline_background_f1_at_0p5mm"], m["baseline_threshold_f1_at_0p5mm"])
         assert m["val_f1_at_0p5mm"] >= floor + LEARNING_MARGIN, \
@@ -268,9 +272,55 @@ def check(m: Mapping[str, Any], params: TrainingParams) -> None:
 
 def plot_curves(result: TrainingResult):
     """Training curves of the best fold: losses, validation Dice and F1 per epoch."""
-    return figures.plot_history(result.best.history)
+    return seg_figures.plot_history(result.best.history)
 
 
 def plot_predictions(result: TrainingResult, n: int = 6):
     """``n`` validation frames (evenly spaced): image, CT-derived label (green), the model's prediction (magenta)."""
-    return figures.plot_predictions(result.checkpoint, result.frames.val, n=n)
+    return seg_figures.plot_predictions(result.checkpoint, result.frames.val, n=n)
+
+
+# ----------------------------------------------------------------------------- the stage contract
+
+
+def metrics(result: Result) -> dict[str, Any]:
+    """Stage 04's metrics (JSON types), the mode's: :func:`train_metrics`,
+    :func:`ultrabones.segmentation.transfer.metrics` or :func:`ultrabones.segmentation.finetune.metrics`."""
+    if result.mode == "evaluate":
+        return transfer.metrics(result.outcome)
+    if result.mode == "finetune":
+        return finetune.metrics(result.outcome)
+    return train_metrics(result.outcome)
+
+
+def check(result: Result) -> None:
+    """What must hold on any data: in train mode :func:`check_train`; in evaluate and finetune mode, scores that
+    are scores.
+
+    Raises
+    ------
+    AssertionError
+        Naming what failed.
+    """
+    m = metrics(result)
+    if result.mode == "train":
+        check_train(m, result.params)
+    elif result.mode == "evaluate":
+        f1 = m["eval_f1_at_0p5mm"]
+        assert 0.0 <= f1 <= 1.0, f"evaluate mode: F1 {f1} is not a score in [0, 1]"
+    else:
+        for side in ("before", "after"):
+            f1 = m["before_after"][side]["f1"]
+            assert 0.0 <= f1 <= 1.0, f"finetune mode: the {side} model's F1 {f1} is not a score in [0, 1]"
+
+
+def figures(result: Result) -> dict[str, Any]:
+    """The stage's figures, by file name: train mode ``training_curves`` (:func:`plot_curves`) and
+    ``training_val_predictions`` (:func:`plot_predictions`); evaluate mode ``training_eval_predictions``
+    (:func:`ultrabones.segmentation.transfer.plot_predictions`); finetune mode none."""
+    if result.mode == "train":
+        return {"training_curves": plot_curves(result.outcome),
+                "training_val_predictions": plot_predictions(result.outcome)}
+    if result.mode == "evaluate":
+        return {"training_eval_predictions": transfer.plot_predictions(result.outcome)}
+    return {}

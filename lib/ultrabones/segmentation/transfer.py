@@ -26,7 +26,7 @@ from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.segmentation import figures, segdata, validation
 from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
-from ultrabones.segmentation.training import TrainingParams
+from ultrabones.segmentation.training_params import TrainingParams
 
 #: Fewest specimens the train/val/test split needs (one of each).
 MIN_SPECIMENS_TO_SPLIT = 3
