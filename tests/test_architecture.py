@@ -3,8 +3,12 @@
 Layers, bottom up (a module may import its own layer and the ones below it):
 
     core                              geometry, dataset I/O, params, paths, atomic writes, cache, errors
-    calibration labels rating         the method, one package per stage of the paper
-    segmentation evaluation reconstruction
+    calibration                       the method, one package per stage of the paper, in the order the
+    labels                            stages run: a stage's package may use an earlier stage's (the rating
+    rating                            draws labels as notebook 02 does; the evaluation runs the model),
+    segmentation                      never a later one's
+    evaluation
+    reconstruction
     twin                              the simulator, the simulated people, the only reader of truth/
     pipeline                          runner, stage bookkeeping, CLI, summary
 
@@ -21,7 +25,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "lib" / "ultrabones"
 METHOD = ("calibration", "labels", "rating", "segmentation", "evaluation", "reconstruction")
-LAYER = {"core": 0, **{m: 1 for m in METHOD}, "twin": 2, "pipeline": 3}
+LAYER = {"core": 0, **{m: 1 + i for i, m in enumerate(METHOD)}, "twin": 1 + len(METHOD), "pipeline": 2 + len(METHOD)}
 
 
 def imported_modules(path: Path, pkg: Path = PKG) -> list[tuple[int, str]]:
@@ -91,6 +95,20 @@ def test_the_rule_allows_the_twin_to_import_the_method(tmp_path):
         (pkg / sub).mkdir(parents=True)
     (pkg / "twin" / "measure.py").write_text("from ultrabones.labels import frame\n")
     assert violations(pkg) == []
+
+
+def test_the_method_packages_keep_the_order_of_the_stages(tmp_path):
+    """An earlier stage's package never imports a later one's (segmentation -> evaluation was such an import)."""
+    assert [m for m in METHOD] == sorted(METHOD, key=LAYER.get)
+    pkg = tmp_path / "ultrabones"
+    for sub in ("segmentation", "evaluation"):
+        (pkg / sub).mkdir(parents=True)
+    (pkg / "evaluation" / "benchmark.py").write_text("from ultrabones.segmentation import inference\n")
+    assert violations(pkg) == []  # downward: allowed
+    (pkg / "segmentation" / "transfer.py").write_text("def f():\n    from ultrabones.evaluation import metrics\n")
+    assert violations(pkg) == ["ultrabones/segmentation/transfer.py:2 imports ultrabones.evaluation (an upper layer)",
+                               "ultrabones/segmentation/transfer.py:2 imports ultrabones.evaluation.metrics "
+                               "(an upper layer)"]
 
 
 def test_the_method_does_not_read_the_truth_folder():

@@ -340,7 +340,7 @@ def run(paths, params: EvaluationParams, *, specimens: Sequence[str] | None = No
 
     other_at = None  # a model trained elsewhere: the mask kind the stage did not write, scored in memory
     if meta.get("mode") == "evaluate":
-        other_at, seconds["other_masks_s"] = transfer.other_masks_at(frames, ckpt, spacing, params, scored["otsu"],
+        other_at, seconds["other_masks_s"] = other_masks_at(frames, ckpt, spacing, params, scored["otsu"],
                                                                      progress)
 
     sweep = None
@@ -360,6 +360,31 @@ def run(paths, params: EvaluationParams, *, specimens: Sequence[str] | None = No
         images_per_second=len(to_predict) / seconds["predict_s"], device="GPU" if torch.cuda.is_available() else "CPU",
         annotator_name=None if annotator is None else annotator.name, n_annotated=n_annotated, sweep=sweep,
         data_root=paths.data_root, seconds=seconds, finetune=before_after, other_masks_at=other_at)
+
+
+def other_masks_at(frames: Sequence[Frame], ckpt, spacing, params, otsu: float,
+                   progress: bool = True) -> tuple[dict, float]:
+    """A model trained elsewhere: its scores with the mask kind stage 05 did not write to ``Labels_pred/``, and their time (s).
+
+    Parameters
+    ----------
+    frames : the evaluated frames.
+    ckpt : the loaded checkpoint ``(model, metadata)``.
+    spacing : (sx, sy) mm per pixel.
+    params : stage 05's ``EvaluationParams`` (``surface_band_mm`` picks the other kind; the thresholds).
+    otsu : the stage's Otsu threshold of the CT-derived label pixels (grey level).
+
+    Returns
+    -------
+    ``(at, seconds)``: ``at`` as ``summarise(...)["at"]`` with one method, ``model``.
+    """
+    from ultrabones.segmentation import transfer
+
+    t0 = time.perf_counter()
+    source = transfer.mask_source(ckpt, spacing, transfer.other_band(params.surface_band_mm))
+    scores = evaluate(frames, dataset_label(ds.LABELS), {"model": source}, spacing, params.sigmas, otsu,
+                      progress=progress, keep_per_frame=None)
+    return summarise(scores, params.report_sigma_mm)["at"], time.perf_counter() - t0
 
 
 def evaluated_frames(specimens: Sequence, require: Sequence[str], n_max: int | None, seed: int) -> list[Frame]:

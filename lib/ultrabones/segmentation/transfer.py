@@ -223,33 +223,6 @@ def mask_source(ckpt, spacing, surface_band_mm: float | None):
     return read
 
 
-def other_masks_at(frames: Sequence[Frame], ckpt, spacing, params, otsu: float,
-                   progress: bool = True) -> tuple[dict, float]:
-    """The model's scores with the mask kind stage 05 did not write to ``Labels_pred/``, and their time (s).
-
-    Parameters
-    ----------
-    frames : the evaluated frames.
-    ckpt : the loaded checkpoint ``(model, metadata)``.
-    spacing : (sx, sy) mm per pixel.
-    params : stage 05's ``EvaluationParams`` (``surface_band_mm`` picks the other kind; the thresholds).
-    otsu : the stage's Otsu threshold of the CT-derived label pixels (grey level).
-
-    Returns
-    -------
-    ``(at, seconds)``: ``at`` as ``summarise(...)["at"]`` with one method, ``model``.
-    """
-    import time
-
-    from ultrabones.evaluation.metrics import dataset_label, evaluate, summarise
-
-    t0 = time.perf_counter()
-    source = mask_source(ckpt, spacing, other_band(params.surface_band_mm))
-    scores = evaluate(frames, dataset_label(ds.LABELS), {"model": source}, spacing, params.sigmas, otsu,
-                      progress=progress, keep_per_frame=None)
-    return summarise(scores, params.report_sigma_mm)["at"], time.perf_counter() - t0
-
-
 def sim_to_real(at: Mapping, model_meta: Mapping, n_frames: int, checkpoint: str,
                 surface_band_mm: float | None = None, other_at: Mapping | None = None) -> dict | None:
     """The ``sim_to_real`` block of notebook 05's metrics, or None when the model was trained on this data.
