@@ -9,6 +9,8 @@ then 0.5 mm from the true surface.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import warnings
 from dataclasses import replace
@@ -90,6 +92,12 @@ def test_grid_against_the_true_surface(twin, monkeypatch):
     assert set(vt["grid"]) == {"labels_optimized", "labels_original", "predicted_optimized", "predicted_original"}
     assert vt["per_specimen"]["specimen01"]["labels_optimized"]["mean_true_mm"] == pytest.approx(opt["mean_true_mm"])
     assert opt["n_specimens_true"] == 1
+    # the specimens are independent tasks: on two local processes, the same numbers
+    twice = dataclasses.replace(result, specimens=tuple(result.specimens) * 2)
+    vt2 = measure.reconstruction_vs_truth(paths, twice, sample_mm=0.3, n_workers=2)
+    assert vt2["grid"]["labels_optimized"]["n_specimens_true"] == 2
+    for k in ("mean_true_mm", "coverage_true", "chamfer_true_mm"):
+        assert vt2["grid"]["labels_optimized"][k] == pytest.approx(opt[k], rel=1e-12)
 
 
 def test_off_the_twin_or_without_point_clouds(twin, monkeypatch, tmp_path):

@@ -51,56 +51,67 @@ def tracking_table(paths: Paths, specimen: str, record: str) -> pd.DataFrame:
 
 
 def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: dict,
-           tol_mm: float = 0.5, progress: bool = False) -> pd.DataFrame:
+           tol_mm: float = 0.5, progress: bool = False, *, n_workers: int = 1,
+           scheduler: str | None = None) -> pd.DataFrame:
     """Every kept frame's label errors against the truth, from what notebook 02 wrote.
 
     The initial label is drawn at the recorded pose, the registration baseline's at the sweep's
     global correction, the optimised one at the report's correction: with the same cloud and band as
     notebook 02 (``settings``: ``gamma_mm``, ``label_density_per_mm2``, ``label_cloud_seed``). The
-    visible label is the one written in ``Labels/``.
+    visible label is the one written in ``Labels/``. Records are measured as independent tasks on the
+    package's executor (``n_workers`` local processes, or the Dask ``scheduler``); the table does not depend
+    on it.
 
     Returns
     -------
-    DataFrame per kept frame: ``specimen, record, timestamp``, ``contour_{initial,registered,optimized}_mm``
-    (:func:`ultrabones.core.label_distances.contour_error_mm`, the headline), ``error_*_mm`` (the band metric:
-    mean distance of the label band's pixels to the true band), ``visible_precision``, ``visible_recall``
-    (share within ``tol_mm``).
+    DataFrame per kept frame, in the report's order: ``specimen, record, timestamp``,
+    ``contour_{initial,registered,optimized}_mm`` (:func:`ultrabones.core.label_distances.contour_error_mm`, the
+    headline), ``error_*_mm`` (the band metric: mean distance of the label band's pixels to the true band),
+    ``visible_precision``, ``visible_recall`` (share within ``tol_mm``).
     """
-    from tqdm import tqdm
+    from ultrabones.core.executor import executor
 
+    if truth_root(paths) is None:
+        return pd.DataFrame()
+    kept = report[report["status"] == "kept"].reset_index(drop=True)
+    tasks = [(paths, spec, rec, rows, np.asarray(registrations[f"{spec}/{rec}"]["transform"], float), dict(settings),
+              float(tol_mm)) for (spec, rec), rows in kept.groupby(["specimen", "record"], sort=False)]
+    with executor("auto", scheduler, n_workers, progress) as ex:
+        parts = ex.map(record_label_errors, tasks, desc="errors vs truth", unit="record")
+    rows = [row for part in parts for row in part]
+    return pd.DataFrame(sorted(rows, key=lambda r: r.pop("_row"))) if rows else pd.DataFrame()
+
+
+def record_label_errors(task: tuple) -> list[dict]:
+    """One record's rows of :func:`labels` (a task of the executor: picklable in and out)."""
     from ultrabones.core.geometry import perturbation
     from ultrabones.core.label_distances import contour_error_mm
     from ultrabones.twin.contour import label_distance_mm, precision_recall
 
-    if truth_root(paths) is None:
-        return pd.DataFrame()
+    paths, specimen, record, kept, g, settings, tol_mm = task
     drawer = LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
-    kept = report[report["status"] == "kept"]
-    rows, tabs = [], {}
-    for r in tqdm(kept.itertuples(index=False), total=len(kept), desc="errors vs truth", disable=not progress):
-        key = (r.specimen, r.record)
-        if key not in tabs:
-            tabs[key] = tracking_table(paths, *key).set_index("timestamp")
-        prm = tabs[key].loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float)
-        shape = dataset.read_image(paths.dataset / r.specimen / r.record / dataset.IMAGES
+    tab = tracking_table(paths, specimen, record).set_index("timestamp")
+    rows = []
+    for i, r in zip(kept.index, kept.itertuples(index=False)):
+        prm = tab.loc[int(r.timestamp), list(POSE_COLUMNS)].to_numpy(float)
+        shape = dataset.read_image(paths.dataset / specimen / record / dataset.IMAGES
                                    / f"{int(r.timestamp)}.png").shape
         pose0 = pose_from_params(prm)
-        g = np.asarray(registrations[f"{r.specimen}/{r.record}"]["transform"], float)
         x = np.array([r.rot_x_deg, r.rot_y_deg, r.rot_z_deg, r.trans_x_mm, r.trans_y_mm, r.trans_z_mm], float)
-        init, reg, opt = drawer.draw(r.specimen, shape, [pose0, g @ pose0, pose0 @ perturbation(x[:3], x[3:])])
-        tf = true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS_FULL, shape)
-        tv = true_label(paths, r.specimen, r.record, r.timestamp, dataset.LABELS, shape)
-        row = {"specimen": r.specimen, "record": r.record, "timestamp": int(r.timestamp)}
+        init, reg, opt = drawer.draw(specimen, shape, [pose0, g @ pose0, pose0 @ perturbation(x[:3], x[3:])])
+        tf = true_label(paths, specimen, record, r.timestamp, dataset.LABELS_FULL, shape)
+        tv = true_label(paths, specimen, record, r.timestamp, dataset.LABELS, shape)
+        row = {"_row": int(i), "specimen": specimen, "record": record, "timestamp": int(r.timestamp)}
         for name, m in (("initial", init), ("registered", reg), ("optimized", opt)):
             row[f"contour_{name}_mm"] = contour_error_mm(m, tf, drawer.spacing) if tf is not None else np.nan
             row[f"error_{name}_mm"] = label_distance_mm(m, tf, drawer.spacing) if tf is not None else np.nan
-        vf = paths.derived / r.specimen / r.record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
+        vf = paths.derived / specimen / record / dataset.LABELS / f"{int(r.timestamp)}_label.png"
         prec = rec = np.nan
         if tv is not None and vf.is_file():
             prec, rec = precision_recall(dataset.read_label(vf, shape), tv, drawer.spacing, tol_mm)
         row["visible_precision"], row["visible_recall"] = prec, rec
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def _stats(e: pd.Series) -> dict:

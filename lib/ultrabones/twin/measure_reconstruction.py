@@ -46,7 +46,7 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
 
 
 def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_mm: float = 1.0,
-                            seed: int = 0) -> dict | None:
+                            seed: int = 0, *, n_workers: int = 1, scheduler: str | None = None) -> dict | None:
     """Notebook 06's grid measured against the twin's *true* bone surface (None off the twin).
 
     For each reconstructed specimen and grid cell (group ``all``), the
@@ -75,6 +75,8 @@ def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_m
     sample_mm : spacing of the true-surface samples (mm).
     crop_mm : distance of the imaged-part crop (mm; UltraBoneUDF: 1).
     seed : seed of the surface sampling.
+    n_workers, scheduler : specimens are measured as independent tasks on the package's executor (local
+        processes, or a Dask scheduler); the result does not depend on it.
 
     Returns
     -------
@@ -84,53 +86,71 @@ def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_m
     "missing": [why a cell or specimen could not be measured], "sample_mm", "crop_mm"}``,
     or None without ``truth/``.
     """
+    from ultrabones.core.executor import executor
     from ultrabones.reconstruction import surface as rc
-    from ultrabones.reconstruction.point_clouds import read_ply
 
     root = truth_root(paths)
     if root is None:
         return None
-    names = {"mean_mm": "mean_true_mm", "median_mm": "median_true_mm", "p95_mm": "p95_true_mm",
-             "chamfer_mm": "chamfer_true_mm", "chamfer_udf_crop_mm": "chamfer_true_udf_crop_mm",
-             "coverage": "coverage_true", "n_specimens": "n_specimens_true"}
     rows: dict[str, list] = {}
     per_specimen, n_imaged, missing = {}, {}, []
     results, params = result.specimens, result.params
-    for r in results:
-        if r.get("skipped"):
-            continue
-        sid = r["specimen"]
-        mesh_file = root / sid / "bone_model.stl"
-        if not mesh_file.is_file():
-            missing.append(f"{mesh_file}: no true bone model")
-            continue
-        true_mesh = dataset.read_mesh(mesh_file)
-        surf = rc.SurfaceDistance.from_mesh(true_mesh)
-        clouds = {}
-        for key, ply in sorted(r.get("ply", {}).items()):
-            src, method, group = key.split("/")
-            if group != rc.ALL:
-                continue
-            if not Path(ply).is_file():
-                missing.append(f"{ply}: point cloud missing (rerun 06)")
-                continue
-            clouds[rc.cell_name(src, method)] = read_ply(ply)[0]
-        true_pts = true_imaged_points(paths, sid, params.frame_step)
-        # every crop below keeps samples within crop_mm of the imaged points or of a cloud: crop once to their union
-        samples = rc.sample_surface(true_mesh, sample_mm, seed=seed).points
-        samples = rc.points_within(samples, np.concatenate([true_pts, *clouds.values()]), crop_mm)
-        imaged = rc.points_within(samples, true_pts, crop_mm)
-        n_imaged[sid] = len(imaged)
-        for cell, pts in clouds.items():
-            row = rc.compare_to_surface(pts, surf, imaged, params.coverage_mm, samples, crop_mm)
+    tasks = [(paths, root, r, params.frame_step, params.coverage_mm, sample_mm, crop_mm, seed)
+             for r in results if not r.get("skipped")]
+    with executor("auto", scheduler, n_workers, progress=False) as ex:
+        done = ex.map(specimen_vs_truth, tasks, desc="reconstruction vs truth", unit="specimen")
+    for sid, cells, n, why in done:
+        missing += why
+        if n is not None:
+            n_imaged[sid] = n
+        for cell, row in cells.items():
             rows.setdefault(cell, []).append(row)
             pooled = rc.pool_comparisons([row])
-            per_specimen.setdefault(sid, {})[cell] = {names[k]: pooled[k] for k in names if k != "n_specimens"}
+            per_specimen.setdefault(sid, {})[cell] = {TRUE_NAMES[k]: pooled[k] for k in TRUE_NAMES
+                                                      if k != "n_specimens"}
     if not any(r.get("ply") for r in results if not r.get("skipped")):
         missing.append("no point cloud written (reconstruction.save_ply is false): nothing measured against truth")
     grid = {}
     for cell, cell_rows in rows.items():
         pooled = rc.pool_comparisons(cell_rows)
-        grid[cell] = {names[k]: pooled[k] for k in names}
+        grid[cell] = {TRUE_NAMES[k]: pooled[k] for k in TRUE_NAMES}
     return {"grid": grid, "per_specimen": per_specimen, "n_true_imaged": n_imaged, "missing": missing,
             "sample_mm": sample_mm, "crop_mm": crop_mm}
+
+
+#: The reconstruction-vs-truth keys of :func:`reconstruction_vs_truth`, by their name in the stage's grid.
+TRUE_NAMES = {"mean_mm": "mean_true_mm", "median_mm": "median_true_mm", "p95_mm": "p95_true_mm",
+              "chamfer_mm": "chamfer_true_mm", "chamfer_udf_crop_mm": "chamfer_true_udf_crop_mm",
+              "coverage": "coverage_true", "n_specimens": "n_specimens_true"}
+
+
+def specimen_vs_truth(task: tuple) -> tuple[str, dict, int | None, list[str]]:
+    """One specimen of :func:`reconstruction_vs_truth` (a task of the executor): ``(specimen, {cell: row of
+    compare_to_surface}, number of truly imaged samples or None, [why something was not measured])``."""
+    from ultrabones.reconstruction import surface as rc
+    from ultrabones.reconstruction.point_clouds import read_ply
+
+    paths, root, r, frame_step, coverage_mm, sample_mm, crop_mm, seed = task
+    sid = r["specimen"]
+    mesh_file = root / sid / "bone_model.stl"
+    if not mesh_file.is_file():
+        return sid, {}, None, [f"{mesh_file}: no true bone model"]
+    true_mesh = dataset.read_mesh(mesh_file)
+    surf = rc.SurfaceDistance.from_mesh(true_mesh)
+    clouds, missing = {}, []
+    for key, ply in sorted(r.get("ply", {}).items()):
+        src, method, group = key.split("/")
+        if group != rc.ALL:
+            continue
+        if not Path(ply).is_file():
+            missing.append(f"{ply}: point cloud missing (rerun 06)")
+            continue
+        clouds[rc.cell_name(src, method)] = read_ply(ply)[0]
+    true_pts = true_imaged_points(paths, sid, frame_step)
+    # every crop below keeps samples within crop_mm of the imaged points or of a cloud: crop once to their union
+    samples = rc.sample_surface(true_mesh, sample_mm, seed=seed).points
+    samples = rc.points_within(samples, np.concatenate([true_pts, *clouds.values()]), crop_mm)
+    imaged = rc.points_within(samples, true_pts, crop_mm)
+    cells = {cell: rc.compare_to_surface(pts, surf, imaged, coverage_mm, samples, crop_mm)
+             for cell, pts in clouds.items()}
+    return sid, cells, len(imaged), missing
