@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ultrabones.twin import annotator
@@ -152,6 +153,9 @@ def test_visibility_sweep_low_intensity_completeness_falls_with_the_level(tmp_pa
     # the same seeded jitter at every level: the default level equals annotate_frames' label
     same = annotator.visibility_sweep(frames, SPACING, [0.5], threshold=150.0, levels=levels[1:])
     assert same["f1"].tolist() == table[table["level"] == 1]["f1"].tolist()
+    # blocks of frames on two local processes, summed in the frames' order: the same table
+    pd.testing.assert_frame_equal(
+        annotator.visibility_sweep(frames, SPACING, [0.25, 0.5], threshold=150.0, levels=levels, n_workers=2), table)
     import matplotlib
 
     matplotlib.use("Agg")

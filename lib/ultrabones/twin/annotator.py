@@ -105,7 +105,8 @@ def sweep_levels(quantiles: Sequence[float], fractions: Sequence[float], contras
 
 def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: AnnotatorParams = AnnotatorParams(),
                      levels: Sequence[dict] = DEFAULT_LEVELS, seed: int = 0, reference=None,
-                     contour_kind: str | None = None, sigma_mm: float = 0.5, progress: bool = False):
+                     contour_kind: str | None = None, sigma_mm: float = 0.5, progress: bool = False,
+                     n_workers: int = 1, scheduler: str | None = None):
     """The simulated annotator as a sensitivity study: scores along its visibility level.
 
     At each level (``base`` with the level's fields replaced, typically ``visible_quantile`` and
@@ -126,6 +127,10 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     reference : label source of the ground truth (default ``Labels/``).
     contour_kind : where the annotator may mark (default ``Labels_full``, else ``Labels``).
     sigma_mm : the reported threshold (mm).
+    progress : a progress bar over the blocks of frames.
+    n_workers, scheduler : blocks of frames are scored as independent tasks on the package's executor (local
+        processes, or a Dask scheduler); their scores are summed in the frames' order, so the table does not
+        depend on it.
 
     Returns
     -------
@@ -143,10 +148,9 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     import dataclasses
 
     import pandas as pd
-    from tqdm import tqdm
 
     from ultrabones.core import distance_scores, label_distances
-    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
+    from ultrabones.core.executor import executor
     from ultrabones.evaluation import metrics
 
     names = {f.name for f in dataclasses.fields(AnnotatorParams)}
@@ -158,23 +162,21 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
         plist.append(dataclasses.replace(base, **lv))
     sig = label_distances.check_sigmas(sigmas)
     sx, sy = label_distances.check_spacing(spacing)
-    ref = reference if reference is not None else metrics.dataset_label(LABELS)
     aggs = [metrics.Aggregate(sig) for _ in plist]
     marked = np.zeros(len(plist), np.int64)
     n_ref = 0
-    for fr in tqdm(frames, desc=f"{LABEL} sweep", disable=not progress):
-        rec, t = fr.record, fr.timestamp
-        img = rec.read_image(t)
-        gt = ref(fr, img.shape)
-        n_ref += int(gt.sum())
-        src = rec.label_path(t, contour_kind or LABELS_FULL)
-        if contour_kind is None and not src.is_file():
-            src = rec.label_path(t, LABELS)
-        contour = read_label(src, img.shape)
-        preds = {i: annotate(img, contour, (sx, sy), p, frame_rng(seed, rec.key, t)) for i, p in enumerate(plist)}
-        for i, sc in metrics.frame_scores_many(preds, gt, img, (sx, sy), sig, threshold, border=False).items():
-            aggs[i].add(sc)
-            marked[i] += int(preds[i].sum())
+    frames = list(frames)
+    step = max(1, -(-len(frames) // (4 * max(1, int(n_workers)))))  # a few blocks a worker: balanced, few tasks
+    tasks = [(frames[i:i + step], reference, contour_kind, (sx, sy), tuple(plist), sig, float(threshold), seed)
+             for i in range(0, len(frames), step)]
+    with executor("auto", scheduler, n_workers, progress) as ex:
+        blocks = ex.map(sweep_block, tasks, desc=f"{LABEL} sweep", unit="block")
+    for block in blocks:
+        for n_gt, scores, n_marked in block:
+            n_ref += n_gt
+            for i, sc in scores.items():
+                aggs[i].add(sc)
+                marked[i] += n_marked[i]
     keys = sorted({k for lv in levels for k in lv})
     rows = []
     for i, (p, agg) in enumerate(zip(plist, aggs)):
@@ -190,6 +192,30 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     return pd.DataFrame(rows)
 
 
+def sweep_block(task: tuple) -> list[tuple[int, dict, dict]]:
+    """One block of frames of :func:`visibility_sweep` (a task of the executor): per frame, in order, the
+    reference's pixel count, each level's :func:`ultrabones.evaluation.metrics.frame_scores_many` scores and
+    each level's marked pixel count."""
+    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
+    from ultrabones.evaluation import metrics
+
+    frames, reference, contour_kind, spacing, plist, sig, threshold, seed = task
+    ref = reference if reference is not None else metrics.dataset_label(LABELS)  # default: Labels/
+    out = []
+    for fr in frames:
+        rec, t = fr.record, fr.timestamp
+        img = rec.read_image(t)
+        gt = ref(fr, img.shape)
+        src = rec.label_path(t, contour_kind or LABELS_FULL)
+        if contour_kind is None and not src.is_file():
+            src = rec.label_path(t, LABELS)
+        contour = read_label(src, img.shape)
+        preds = {i: annotate(img, contour, spacing, p, frame_rng(seed, rec.key, t)) for i, p in enumerate(plist)}
+        scores = metrics.frame_scores_many(preds, gt, img, spacing, sig, threshold, border=False)
+        out.append((int(gt.sum()), scores, {i: int(m.sum()) for i, m in preds.items()}))
+    return out
+
+
 @dataclass(frozen=True)
 class SimulatedAnnotator:
     """The simulated annotator as stage 05's manual baseline (an
@@ -201,15 +227,19 @@ class SimulatedAnnotator:
     levels : the visibility levels of the sensitivity study (:func:`sweep_levels`).
     seed : master seed of the hand-tracing jitter (:func:`frame_rng`).
     name : its name in tables, figures and metrics (:data:`LABEL`).
+    n_workers, scheduler : where the sweep runs (:func:`visibility_sweep`); the numbers do not depend on it.
     """
 
     params: AnnotatorParams
     levels: tuple[dict, ...] = DEFAULT_LEVELS
     seed: int = 0
     name: str = LABEL
+    n_workers: int = 1
+    scheduler: str | None = None
 
     @classmethod
-    def from_section(cls, section: dict, seed: int = 0) -> "SimulatedAnnotator":
+    def from_section(cls, section: dict, seed: int = 0, n_workers: int = 1,
+                     scheduler: str | None = None) -> "SimulatedAnnotator":
         """From the ``evaluation`` section's ``annotator_*`` keys (the sweep's from ``annotator_sweep_*``).
 
         Raises
@@ -219,7 +249,8 @@ class SimulatedAnnotator:
         """
         levels = sweep_levels(section["annotator_sweep_quantiles"], section["annotator_sweep_fractions"],
                               section["annotator_sweep_contrasts"])
-        return cls(AnnotatorParams.from_section(section), tuple(levels), int(seed))
+        return cls(AnnotatorParams.from_section(section), tuple(levels), int(seed), n_workers=int(n_workers),
+                   scheduler=scheduler)
 
     def annotate(self, frames: Sequence, spacing, progress: bool = True) -> int:
         """Write ``LabelsManual/`` for every frame (:func:`annotate_frames`); returns how many."""
@@ -228,7 +259,7 @@ class SimulatedAnnotator:
     def sweep(self, frames: Sequence, spacing, sigmas, threshold: float, sigma_mm: float = 0.5):
         """Scores along the visibility levels on the same frames and Otsu split (:func:`visibility_sweep`)."""
         return visibility_sweep(frames, spacing, sigmas, threshold, self.params, self.levels, seed=self.seed,
-                                sigma_mm=sigma_mm)
+                                sigma_mm=sigma_mm, n_workers=self.n_workers, scheduler=self.scheduler)
 
 
 def plot_evaluation_sweep(result):
