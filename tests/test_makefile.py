@@ -1,5 +1,6 @@
 """The Makefile's stage graph: `make -n paper` lists every notebook run in order."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -84,3 +85,13 @@ def test_make_seed_runs_into_the_seed_build(tmp_path):
     assert len(runs) == 8
     assert all("--profile smoke --seed 2" in line and "--stamp build/smoke-seed2/stamps/" in line for line in runs)
     assert "smoke-seed2" in digest.read_text()
+
+
+def test_the_makefile_stage_lists_are_the_schema_s():
+    """The Makefile's STAGES and PER_SPECIMEN are written out for make; the schema holds them (one place)."""
+    from ultrabones.core import schema
+
+    text = (ROOT / "Makefile").read_text()
+    lists = {name: value.split() for name, value in re.findall(r"^(STAGES|PER_SPECIMEN)\s*:=\s*(.*)$", text, re.M)}
+    assert lists["STAGES"] == list(schema.NOTEBOOKS), "Makefile STAGES differs from core/schema.py NOTEBOOKS"
+    assert lists["PER_SPECIMEN"] == list(schema.PER_SPECIMEN), "Makefile PER_SPECIMEN differs from the schema's"
