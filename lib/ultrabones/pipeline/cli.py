@@ -17,8 +17,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+import yaml
+
+from ultrabones.core import atomic, timings
+from ultrabones.core.cache import inputs_digest
 from ultrabones.core.errors import UltrabonesError
+from ultrabones.core.params import explain_profile, load_profile, profile_path, resolve_profile_files, resolved_profile
+from ultrabones.core.paths import PARAMS_DIR, Paths, build_root, specimen_names
+from ultrabones.core.schema import NOTEBOOKS, PER_SPECIMEN
+from ultrabones.pipeline import runner
+from ultrabones.pipeline.convert import convert
+from ultrabones.pipeline.slicer import export_run
+from ultrabones.pipeline.validation import collect_validation
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,22 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "run":
-            from ultrabones.pipeline.runner import run_stage
-
-            run_stage(args.notebook, args.profile, args.specimen, args.assignments, args.stamp,
-                      progress=not args.no_progress, seed=args.seed)
+            runner.run_stage(args.notebook, args.profile, args.specimen, args.assignments, args.stamp,
+                             progress=not args.no_progress, seed=args.seed)
         elif args.verb == "check":
-            from ultrabones.core.params import load_profile
-            from ultrabones.core.paths import PARAMS_DIR
-
             prof = load_profile(args.profile, PARAMS_DIR)
             print(f"{prof.source}: ok ({len(prof.overrides)} specimen override file(s))")
         elif args.verb == "params":
-            import yaml
-
-            from ultrabones.core.params import profile_path, explain_profile, resolve_profile_files, resolved_profile
-            from ultrabones.core.paths import PARAMS_DIR
-
             if args.files:
                 _, _, files = resolve_profile_files(profile_path(args.profile, PARAMS_DIR), PARAMS_DIR)
                 print(" ".join(str(f) for f in files))
@@ -101,52 +103,26 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(yaml.safe_dump(resolved_profile(args.profile, PARAMS_DIR), sort_keys=False), end="")
         elif args.verb == "collect-validation":
-            from ultrabones.core.paths import build_root
-            from ultrabones.pipeline.validation import collect_validation
-
             rec = collect_validation(build_root(), args.profile, args.seeds, args.out)
             print(f"{args.out}: seeds {', '.join(sorted(rec['seeds'], key=int))} collected")
         elif args.verb == "specimens":
-            from ultrabones.core.params import load_profile
-            from ultrabones.core.paths import PARAMS_DIR
-
             prof = load_profile(args.profile, PARAMS_DIR)
-            from ultrabones.core.paths import specimen_names
-
             print("\n".join(specimen_names(prof.values)))
         elif args.verb == "inputs-digest":
-            from pathlib import Path
-
-            from ultrabones.core import atomic
-            from ultrabones.core.cache import inputs_digest
-            from ultrabones.core.paths import Paths
-            from ultrabones.pipeline.runner import seeded_profile
-
-            prof = seeded_profile(args.profile, args.assignments, args.seed)
+            prof = runner.seeded_profile(args.profile, args.assignments, args.seed)
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
             text = inputs_digest(paths, store=paths.cache("digests") / "inputs.json")
             atomic.write_text_if_changed(Path(args.out), text)
         elif args.verb == "convert":
-            from ultrabones.pipeline.convert import convert
-
             out = convert(args.src, args.dst, args.format, args.compress)
             print(f"{args.dst}: {len(out)} record(s) written")
         elif args.verb == "export-slicer":
-            from ultrabones.core.paths import Paths
-            from ultrabones.pipeline.runner import seeded_profile
-            from ultrabones.pipeline.slicer import export_run
-
-            prof = seeded_profile(args.profile, args.assignments, args.seed)
+            prof = runner.seeded_profile(args.profile, args.assignments, args.seed)
             paths = Paths.for_profile(prof.name, prof.values["data_root"], prof.values.get("derived_root"))
             out = export_run(paths, args.out, args.specimen)
             print(f"{args.out}: {len(out)} file(s) written")
         elif args.verb == "timings":
-            from ultrabones.core.params import NOTEBOOKS
-            from ultrabones.core.paths import build_root
-            from ultrabones.core import timings
-            from ultrabones.pipeline.runner import seeded_name
-
-            folder = build_root() / seeded_name(args.profile, args.seed)
+            folder = build_root() / runner.seeded_name(args.profile, args.seed)
             data = timings.read(folder)
             if not data:
                 print(f"no timings in {timings.timings_path(folder)} (run a stage first)", file=sys.stderr)
@@ -155,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{timings.timings_path(folder)}:")
             print(timings.table(data, order))
         elif args.verb == "stages":
-            from ultrabones.core.schema import NOTEBOOKS, PER_SPECIMEN
-
             for stem, section in NOTEBOOKS.items():
                 print(f"{stem:24s} {section:15s} {'per specimen' if stem in PER_SPECIMEN else ''}")
     except UltrabonesError as exc:
