@@ -22,12 +22,18 @@ method.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
+from ultrabones.core import distance_scores, label_distances
+from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
 from ultrabones.core.errors import ParamsError
+from ultrabones.evaluation import metrics
+from ultrabones.evaluation.comparison import level_name, model_vs_levels
 from ultrabones.twin.manual_labels import LABEL, AnnotatorParams, annotate, annotate_frames, frame_rng
 
 
@@ -140,14 +146,7 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     ParamsError
         If a level names a field the annotator does not have.
     """
-    import dataclasses
-
-    import pandas as pd
     from tqdm import tqdm
-
-    from ultrabones.core import distance_scores, label_distances
-    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
-    from ultrabones.evaluation import metrics
 
     names = {f.name for f in dataclasses.fields(AnnotatorParams)}
     plist = []
@@ -235,8 +234,6 @@ def plot_evaluation_sweep(result):
     """The sweep of a stage-05 result (:class:`ultrabones.evaluation.benchmark.EvaluationResult`), with the
     model's and the classical detector's released scores at the report threshold as horizontal lines, and
     the levels at which the model's low-intensity completeness beats the annotator's marked (Fig. 8)."""
-    from ultrabones.evaluation.comparison import model_vs_levels
-
     released = result.summary["at"]["released"]
     refs = {m: released[m] for m in result.methods if m != "manual"}
     levels = model_vs_levels(result.summary["at"], result.sweep.to_dict("records"))
@@ -257,8 +254,6 @@ def plot_sweep(table, score: str = "completeness", model: dict | None = None, re
     indices) are starred on the low-intensity ``score`` curve: the levels at which the model beats the annotator.
     """
     import matplotlib.pyplot as plt
-
-    from ultrabones.evaluation.comparison import level_name
 
     colours = {"all": "black", "high": "tab:green", "low": "tab:blue"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))

@@ -11,6 +11,9 @@ import pandas as pd
 from ultrabones.core import dataset
 from ultrabones.core.geometry import POSE_COLUMNS, pose_from_params
 from ultrabones.core.paths import Paths
+from ultrabones.reconstruction import surface as rc
+from ultrabones.reconstruction.point_clouds import read_ply
+from ultrabones.reconstruction.record_points import label_points
 from ultrabones.twin.truth_reader import true_label, true_system, truth_root
 
 
@@ -23,8 +26,6 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
     poses (``truth/.../poses.csv``) and the true calibration (Eq. 1). Empty
     when the specimen has no such frame.
     """
-    from ultrabones.reconstruction.record_points import label_points
-
     root = truth_root(paths)
     calib = true_system(paths)["calibration"]
     _, spacing, _ = dataset.read_calibration(paths.dataset)
@@ -84,9 +85,6 @@ def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_m
     "missing": [why a cell or specimen could not be measured], "sample_mm", "crop_mm"}``,
     or None without ``truth/``.
     """
-    from ultrabones.reconstruction import surface as rc
-    from ultrabones.reconstruction.point_clouds import read_ply
-
     root = truth_root(paths)
     if root is None:
         return None
