@@ -29,6 +29,7 @@ clock) was formed when the tracker clock read ``t + dt``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ultrabones.calibration import ct
 from ultrabones.calibration.ct_marker import register_marker
 from ultrabones.calibration.figures import plot_offset_sweep, plot_phantom_wires
 from ultrabones.calibration.offset_sweep import SweepResult, offset_grid, sweep_offsets
@@ -52,6 +54,7 @@ from ultrabones.calibration.acquisitions import (
 )
 from ultrabones.calibration.wires import detect_blobs, group_wire_points, middle_points_in_phantom
 from ultrabones.core import dataset
+from ultrabones.core.cache import DigestStore, SpecimenCache
 from ultrabones.core.calibration_file import write_calibration
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.executor import executor
@@ -223,8 +226,6 @@ def build_bone_model(ct_volume, P: CalibrationParams, exclude: np.ndarray | None
     """
     import trimesh
 
-    from ultrabones.calibration import ct
-
     labels, n = ct.segment_bones(ct_volume, P.bone_threshold_hu, P.min_bone_volume_mm3, exclude, where)
     boxes = ndimage.find_objects(labels)
     meshes = [ct.component_mesh(ct_volume, labels, i, P.bone_threshold_hu, P.smooth_iterations,
@@ -258,8 +259,6 @@ def process_specimen(raw: Path, dataset_root: Path, specimen: str, offset_ms: fl
     dict (JSON-able): registration (``ct_from_marker``, ``fre_mm``, ``icp_rmse_mm``,
     ``n_spheres``), the bone models written, per record the frames written and dropped.
     """
-    from ultrabones.calibration import ct
-
     raw_s = Path(raw) / specimen
     out_s = Path(dataset_root) / specimen
     fid, radius = read_marker(raw_s)
@@ -341,8 +340,6 @@ Result = CalibrationResult
 
 def _specimen_job(args: tuple) -> tuple[str, dict]:
     """One specimen's work (a top-level function, so that worker processes can run it)."""
-    import time
-
     raw, dataset_root, sid, offset_ms, Ps = args
     t1 = time.time()
     res = process_specimen(raw, dataset_root, sid, offset_ms, Ps)
@@ -375,10 +372,6 @@ def run(paths, params: CalibrationParams, *, specimens: list[str] | None = None,
     n_workers : specimens processed in parallel (local processes).
     dask_scheduler : address of a Dask scheduler to run the specimens on instead.
     """
-    import time
-
-    from ultrabones.core.cache import DigestStore, SpecimenCache
-
     if not paths.is_twin:
         return CalibrationResult(None, {}, 0.0, skipped=SKIP_REASON)
     P = params

@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -51,8 +54,6 @@ def write_text(path: Path | str, text: str) -> Path:
 def to_jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON data: dict keys as strings, tuples as lists, numpy scalars and arrays as Python
     numbers and lists."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -88,8 +89,6 @@ def swap_dir(new: Path | str, path: Path | str) -> Path:
     run killed between the two renames leaves ``path`` missing and the old set
     under ``.<name>.old-*``, never a mix; leftovers of earlier swaps are removed.
     """
-    import shutil
-
     new, path = Path(new), Path(path)
     old = None
     if path.exists():

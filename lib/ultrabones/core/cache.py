@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -161,8 +162,6 @@ def inputs_digest(paths: Paths, store: Path | str | None = None) -> str:
     paths : the run's paths.
     store : a :class:`DigestStore` file (unchanged files are then not re-read).
     """
-    import os
-
     lines = [f"derived_root: {paths.derived.absolute()}"]
     if paths.is_twin:
         lines.insert(0, f"data_root: twin {paths.dataset.absolute()} (made by notebooks 00-01)")

@@ -39,7 +39,6 @@ def read_calibration_file(f: Path | str) -> tuple[np.ndarray, tuple[float, float
         spacing that is not two positive numbers.
     """
     f = Path(f)
-    import json
 
     if not f.is_file():
         raise DatasetError(f"{f}: calibration file not found")

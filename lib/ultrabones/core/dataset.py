@@ -69,6 +69,7 @@ from ultrabones.core.dataset_types import (
     BONES, IMAGES, LABELS, LABELS_FULL, LABELS_MANUAL, LABELS_PRED, TRACKING, Frame, Record, Skipped, Specimen,
 )
 from ultrabones.core.errors import DatasetError
+from ultrabones.core.geometry import RELEASED_SPACING_MM, released_calibration
 from ultrabones.core.images import read_image, read_label, write_image, write_label
 from ultrabones.core.mesh import read_mesh, write_mesh
 from ultrabones.core.recording import read_recording
@@ -338,8 +339,6 @@ def read_calibration(root: Path | str) -> tuple[np.ndarray, tuple[float, float],
     spacing : (sx, sy) mm per pixel.
     temporal_offset_ms : the offset found by calibration, or None (released).
     """
-    from ultrabones.core.geometry import RELEASED_SPACING_MM, released_calibration
-
     root = Path(root)
     c_folders = _recording_folders(root)
     if c_folders:

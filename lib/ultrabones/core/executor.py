@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 KINDS = ("auto", "dask", "synchronous")
@@ -45,8 +47,6 @@ def show_progress(progress: bool | None = None) -> bool:
 
 def _worker_cpu_seconds() -> float:
     """A worker process's core-seconds (all its threads)."""
-    import time
-
     return time.process_time()
 
 
@@ -158,9 +158,6 @@ class Executor:
         For timing a phase (:class:`ultrabones.core.timings.Phases`): the difference of two calls is
         the CPU the phase cost wherever it ran. The workers' own clocks are read only when a cluster is up.
         """
-        import resource
-        import time
-
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         total = time.process_time() + ru.ru_utime + ru.ru_stime
         if self._client is not None:

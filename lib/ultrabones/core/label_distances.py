@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from ultrabones.core.errors import DatasetError, ParamsError
 
@@ -179,8 +180,6 @@ def contour_distances(label: np.ndarray, truth: np.ndarray, spacing,
 
     See :func:`centre_line_points`. Empty arrays when either label is empty.
     """
-    from scipy.spatial import cKDTree
-
     a = centre_line_points(label, spacing, max_run_mm)
     b = centre_line_points(truth, spacing, max_run_mm)
     if not len(a) or not len(b):

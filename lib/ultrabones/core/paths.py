@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ultrabones.core.dataset import discover
 from ultrabones.core.errors import DatasetError
 
 #: The repository root (``lib/ultrabones/paths.py`` -> three levels up).
@@ -182,7 +183,5 @@ def specimen_names(values: dict) -> list[str]:
     if values.get("specimens") is not None:
         return list(values["specimens"])
     if values.get("data_root"):
-        from ultrabones.core.dataset import discover
-
         return [s.name for s in discover(values["data_root"])]
     return [twin_specimen_name(i) for i in range(values["simulate"]["n_specimens"])]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ultrabones.core.calibration_file import read_calibration_file
 from ultrabones.core.errors import DatasetError
@@ -183,8 +184,6 @@ def read_recording(folder: Path | str) -> Recording:
     DatasetError
         Naming the file and the key for a missing or malformed entry.
     """
-    import yaml
-
     f = Path(folder) / RECORDING
     if not f.is_file():
         raise DatasetError(f"{f}: not found (layout C needs it beside the sequence files)")

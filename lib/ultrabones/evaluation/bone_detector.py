@@ -9,14 +9,22 @@ where it departs from Pandey et al. and its cost are :mod:`ultrabones.evaluation
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import fields, replace
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from ultrabones.core import dataset as ds
+from ultrabones.core.dataset import read_label
+from ultrabones.core.distance_scores import distance_metrics
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.evaluation import comparison, metrics
+from ultrabones.evaluation.metrics import labelled_frames
 from ultrabones.evaluation.shadow_peak import (ENHANCEMENTS, SCORE_FIELDS, DetectorParams, detect, draw_band,
                                                pick_rows, shadow_peak_score)
+from ultrabones.segmentation.splits import resolve_specimens
 
 LABEL = "shadow-peak detector"
 
@@ -73,10 +81,6 @@ def fit(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], spacing, gri
     DatasetError
         If there are no frames, or images and labels differ in number or size.
     """
-    import pandas as pd
-
-    from ultrabones.core.distance_scores import distance_metrics
-
     if len(images) == 0 or len(images) != len(labels):
         raise DatasetError(f"bone detector fit: need as many labels as images, got {len(images)} images and "
                            f"{len(labels)} labels (and at least one)")
@@ -125,8 +129,6 @@ def label_source(params: DetectorParams, spacing):
 
 def read_training_frames(frames: Sequence, kind: str = "Labels") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images and ``kind`` labels of :class:`ultrabones.core.dataset.Frame` objects (for :func:`fit`)."""
-    from ultrabones.core.dataset import read_label
-
     images, labels = [], []
     for fr in frames:
         img = fr.read_image()
@@ -174,8 +176,6 @@ def score_detector(frames: Sequence, params: DetectorParams, spacing, sigmas, th
     :func:`ultrabones.evaluation.metrics.summarise` dict (``at``, ``curves``, ``border``)
     to merge into the notebook's Fig. 8 curves.
     """
-    from ultrabones.evaluation import comparison, metrics
-
     ref = reference if reference is not None else metrics.dataset_label("Labels")
     res = metrics.evaluate(frames, ref, {name: label_source(params, spacing)}, spacing, sigmas, threshold,
                            progress=progress, keep_per_frame=None)
@@ -199,9 +199,6 @@ def training_specimens(root, split: Mapping[str, Sequence[str]], derived=None) -
     the split's training entries the dataset does not hold (e.g. a twin-trained model
     evaluated on real data). Test specimens are never returned.
     """
-    from ultrabones.core import dataset as ds
-    from ultrabones.segmentation.splits import resolve_specimens
-
     available = [s.name for s in ds.discover(root)]
 
     def resolve(entries):
@@ -245,10 +242,6 @@ def fit_on_training(specimens: Sequence, spacing, n_frames: int = 60, enhancemen
     ParamsError
         If ``enhancements`` is empty or names an unknown term.
     """
-    import time
-
-    from ultrabones.evaluation.metrics import labelled_frames
-
     enh = tuple(dict.fromkeys(str(e) for e in enhancements))
     if not enh or set(enh) - set(ENHANCEMENTS):
         raise ParamsError(f"evaluation.detector_enhancements = {list(enhancements)}: a non-empty list of "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ultrabones.core import paper as _paper
 from ultrabones.core.distance_scores import SCORES
@@ -23,8 +24,6 @@ def table_at(at: Mapping, paper: Mapping = PAPER_AT_0P5MM):
 
     ``at`` is ``{protocol: {method: {region: {score: value}}}}``.
     """
-    import pandas as pd
-
     rows = []
     methods = list(next(iter(at.values())))
     for method in methods:
@@ -110,8 +109,6 @@ def table_with_sweep(table, sweep=None, name: str = "simulated annotator", beats
     -------
     DataFrame: ``table`` followed by the sweep's rows, same columns (the paper's values NaN).
     """
-    import pandas as pd
-
     if sweep is None or len(sweep) == 0:
         return table
     rows = []

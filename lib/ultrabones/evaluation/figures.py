@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
@@ -71,7 +72,6 @@ def plot_histograms(hists: Mapping[str, np.ndarray], threshold: float):
     weights on one bin per grey value, normalised to the share of label pixels.
     """
     import matplotlib.pyplot as plt
-    import pandas as pd
     import seaborn as sns
 
     fig, axes = plt.subplots(1, len(hists), figsize=(4.2 * len(hists), 3.2), squeeze=False, sharey=True)

@@ -41,7 +41,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ultrabones.core.dataset import Frame
+from ultrabones.core.dataset import Frame, read_label
 from ultrabones.core.distance_scores import PROTOCOLS, SCORES, PairScores, border_metrics, scores_from_distances
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.core.label_distances import check_masks, check_sigmas, check_spacing, directed_distances
@@ -269,8 +269,6 @@ LabelSource = Callable[[Frame, tuple], np.ndarray]
 
 def dataset_label(kind: str) -> LabelSource:
     """A label source reading ``<record>/<kind>/<t>..png`` from the dataset."""
-    from ultrabones.core.dataset import read_label
-
     def read(frame: Frame, shape: tuple) -> np.ndarray:
         path = frame.record.label_path(frame.timestamp, kind)
         if not path.is_file():

@@ -75,6 +75,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage
 
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -185,7 +186,6 @@ def phase_symmetry(image: np.ndarray, spacing, wavelength_mm: float = 1.0, n_sca
     sigma_on_f : log-Gabor bandwidth (ratio of the Gaussian's width to the centre frequency).
     """
     _, sy = _spacing(spacing)
-    from scipy import fft as sfft
 
     img = np.asarray(image, np.float32)
     h = img.shape[0]

@@ -67,6 +67,7 @@ reported with the message and skipped, the rest of the record still labelled.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -80,6 +81,7 @@ from ultrabones.core import dataset
 from ultrabones.core import geometry
 from ultrabones.core.paths import Paths
 from ultrabones.core.cache import DigestStore, params_hash, source_hash
+from ultrabones.core.timings import Phases
 from ultrabones.labels import figures as label_figures
 from ultrabones.labels import select
 from ultrabones.labels.chunks import empty_registration, normalize_registration, read_registration
@@ -178,8 +180,6 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
     skipped inputs are also warned about and kept in ``report.attrs`` for :func:`summarize`.
     """
     if timer is None:
-        from ultrabones.core.timings import Phases
-
         timer = Phases()
     with timer.phase("inputs"):
         specs, skipped = dataset.scan(paths.dataset, specimens, derived=paths.derived)
@@ -304,8 +304,6 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             for rec, folder in staged:
                 commit_record(rec, folder)
         finally:
-            import shutil
-
             for _, folder in staged:
                 shutil.rmtree(folder, ignore_errors=True)
     report = pd.concat(reports, ignore_index=True) if reports else pd.DataFrame(columns=["status"])

@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset, geometry
-from ultrabones.core.errors import DatasetError
+from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.labels import cloud, objective, optimize
 
 #: The objective regions a candidate can use (see :class:`objective.FrameObjective`).
@@ -358,8 +358,6 @@ def require_a_measured_gain(table: pd.DataFrame, max_correction_mm: float, min_l
     ParamsError
         Naming the limits, the discard rates and what to change.
     """
-    from ultrabones.core.errors import ParamsError
-
     if table.empty or (table["score"].abs() > 1e-12).any():
         return
     rates = table["discard_rate"]

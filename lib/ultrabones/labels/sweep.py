@@ -8,6 +8,7 @@ sweep cut in chunks.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -254,8 +255,6 @@ def optimize_sweep(images, poses, calib, spacing, points, lam: float, *, x0=None
     -------
     list of :class:`FrameResult`, one per frame.
     """
-    import inspect
-
     poses = np.asarray(poses, float).reshape(-1, 4, 4)
     seeds = list(range(len(poses))) if seeds is None else list(seeds)
     if len(seeds) != len(poses):

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ultrabones.core import dataset as ds
 from ultrabones.core import recording, sequence
@@ -122,8 +123,6 @@ def write_sequence_nrrd(path: Path | str, frames, timestamps_ms, transforms: dic
 def write_recording(folder: Path | str, calib: np.ndarray, spacing, tracker_to_ct: np.ndarray | None = None,
                     pose_names=("TrackerToCT", "ProbeToTracker")) -> Path:
     """Write ``recording.yaml`` with ``ImageToProbe.txt`` (PLUS convention, pixel units) and ``TrackerToCT.txt``."""
-    import yaml
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ImageToProbe.txt").write_text(

@@ -21,9 +21,10 @@ from ultrabones import TRUTH_WALL_ENV
 from ultrabones.core import paper
 from ultrabones.core.errors import NotebookError, ParamsError
 from ultrabones.core.params import NOTEBOOKS, load_profile
-from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths
+from ultrabones.core.paths import NOTEBOOKS_DIR, PARAMS_DIR, Paths, twin_root
 from ultrabones.core import timings
 from ultrabones.pipeline import guards
+from ultrabones.pipeline.progress import ProgressRelay
 
 
 def resolve_notebook(name: str) -> Path:
@@ -145,12 +146,8 @@ def execute(
     NotebookError
         If a cell fails; the message names the notebook, cell and exception.
     """
-    import os
-
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
-
-    from ultrabones.pipeline.progress import ProgressRelay
 
     notebook = Path(notebook)
     check_parameters(notebook, parameters)
@@ -324,8 +321,6 @@ def walled_twins(stem: str, paths: Paths) -> list[Path] | None:
     """The twin folders whose truth a stage's kernel may open only from ``ultrabones.twin`` code: for the
     method stages (01-07), the run's twin and the twins beside it (other seeds, other profiles, which 07 may
     summarise); None for the simulation (00), which writes the truth."""
-    from ultrabones.core.paths import twin_root
-
     if stem == SIMULATION_STAGE:
         return None
     beside = sorted(p for p in twin_root().glob("*") if p.is_dir()) if twin_root().is_dir() else []

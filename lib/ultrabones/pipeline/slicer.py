@@ -33,6 +33,8 @@ import numpy as np
 
 from ultrabones.core import dataset as ds
 from ultrabones.core import recording
+from ultrabones.core.mesh import decimate
+from ultrabones.core.overlay import overlay
 from ultrabones.core.paths import Paths
 from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS
 from ultrabones.pipeline.convert import label_frames, write_sequence
@@ -136,9 +138,6 @@ def preview_figure(export_dir: Path | str, record: str, frame: int | None = None
     import matplotlib.pyplot as plt
     import SimpleITK as sitk
     import trimesh
-
-    from ultrabones.core.mesh import decimate
-    from ultrabones.core.overlay import overlay
 
     d = Path(export_dir)
     img = sitk.ReadImage(str(d / f"{record}_image.igs.mha"))

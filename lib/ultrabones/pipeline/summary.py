@@ -18,12 +18,14 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from ultrabones.core import paper
 from ultrabones.core.params import NOTEBOOKS, SectionParams
 from ultrabones.core.paths import FIGURES_DIR, Paths
 from ultrabones.pipeline import headlines, results_doc, validation
 from ultrabones.pipeline.headlines import SIMULATOR_SETTING, is_number
+from ultrabones.pipeline.stage import MANIFEST
 
 #: The profile section of this stage.
 SECTION = "summary"
@@ -239,7 +241,6 @@ def gallery(figures_dir: Path, names: Sequence[str], cols: int = 2):
     ``(fig, missing)``: a matplotlib figure (None when no figure exists) and the sorted missing names.
     """
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     figures_dir = Path(figures_dir)
     missing = missing_gallery(figures_dir, names)
@@ -263,8 +264,6 @@ def missing_gallery(figures_dir: Path, names: Sequence[str]) -> list[str]:
 
 def orphan_figures(figures_dir: Path) -> list[str]:
     """Files in the figures folder that no notebook recorded in the manifest."""
-    from ultrabones.pipeline.stage import MANIFEST
-
     figures_dir = Path(figures_dir)
     manifest_path = figures_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
 
 from ultrabones.core import atomic
 from ultrabones.core.errors import DatasetError, ParamsError
@@ -156,8 +157,6 @@ def draw_scale_bar(
     -------
     (H, W, 3) uint8 image with the bars.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     sx = float(spacing[0])
     if not sx > 0:
         raise ValueError(f"draw_scale_bar: spacing {spacing} must be positive")
@@ -187,8 +186,6 @@ def draw_scale_bar(
 
 def encode_item(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> str:
     """A rendered item as a ``data:`` URI (JPEG with 4:4:4 chroma, or PNG)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     im = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
     if fmt == "jpeg":

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ultrabones.core.errors import DatasetError, ParamsError
 from ultrabones.rating.rating_set import METHODS, RATINGS, RATINGS_COLUMNS
@@ -198,8 +199,6 @@ def wilcoxon_pairs(
     positive when ``a`` is rated higher), ``p_value_raw``, ``p_method``,
     ``p_value_bonferroni`` (over the pairs) and ``effect_size_r = z / sqrt(n)``.
     """
-    from scipy import stats
-
     if zero_method not in ("wilcox", "pratt", "zsplit"):
         raise ParamsError(f"rating.zero_method: {zero_method!r} is not one of ['wilcox', 'pratt', 'zsplit']")
     if method not in ("auto", "exact", "asymptotic"):

@@ -41,10 +41,12 @@ from typing import Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ultrabones.core import dataset as ds
 from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.params import SectionParams
 from ultrabones.core.paths import Paths
+from ultrabones.labels import cloud, inputs, label
 from ultrabones.rating.rating_set import (
     METHODS,
     PAGE_FILE,
@@ -197,8 +199,6 @@ def build_rating_set(
     function reads nothing but the dataset.
     """
     from tqdm import tqdm
-
-    from ultrabones.core import dataset as ds
 
     found = ds.discover(dataset_root, list(specimens) if specimens else None, derived)
     candidates, records = {}, {}
@@ -373,9 +373,6 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
     gamma_mm)`` for each alignment's pose.
     """
     def for_specimen(specimen, calib, spacing):
-        from ultrabones.core import dataset as ds
-        from ultrabones.labels import cloud, label
-
         if points_for is not None:
             points = points_for(specimen)
         else:
@@ -391,8 +388,6 @@ def labeling_label_fn(density_per_mm2: float, gamma_mm: float, seed: int,
 def label_fn_of_labeling(paths, drawn: Mapping) -> Callable:
     """``label_fn_for`` drawing labels exactly as notebook 02 drew its ``Labels_full`` (its recorded ``settings``:
     gamma, cloud density and seed), with ``C`` from 02's cache when there."""
-    from ultrabones.labels import cloud, inputs
-
     def points_of(spec):
         return cloud.load_cloud(inputs.surface_cloud(paths, spec, drawn["label_density_per_mm2"],
                                                      drawn["label_cloud_seed"]))[0]

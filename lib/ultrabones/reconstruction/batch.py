@@ -23,7 +23,10 @@ from typing import ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ultrabones.core.cache import SpecimenCache
 from ultrabones.core.calibration_file import CALIBRATION
+from ultrabones.core.dataset import discover, read_calibration
+from ultrabones.core.dataset import specimen as dataset_specimen
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.params import SectionParams
 from ultrabones.reconstruction import figures as rfig
@@ -143,10 +146,6 @@ def run(
         If ``only`` is not one of the specimens.
     """
     from tqdm import tqdm
-
-    from ultrabones.core.cache import SpecimenCache
-    from ultrabones.core.dataset import discover, read_calibration
-    from ultrabones.core.dataset import specimen as dataset_specimen
 
     t0 = time.perf_counter()
     specimens = list(specimens) if specimens is not None else [s.name for s in discover(paths.dataset)]

@@ -11,6 +11,7 @@ Distances in mm.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -252,8 +253,6 @@ def render_open3d(mesh, clouds: Mapping[str, tuple[np.ndarray, np.ndarray]], dir
     RuntimeError
         If the renderer cannot start or crashes (callers fall back to :func:`render_distances`).
     """
-    import multiprocessing as mp
-
     vertices, faces = decimate(mesh.vertices, mesh.faces, max_faces)
     args = (vertices, faces, [(np.asarray(p), np.asarray(d)) for p, d in clouds.values()],
             np.asarray(direction, dtype=float), tuple(size), float(max_mm), float(point_size))

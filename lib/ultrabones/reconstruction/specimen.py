@@ -17,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ultrabones.core.cache import file_digest, files_digest
 from ultrabones.core.dataset import LABELS, LABELS_PRED, Specimen, read_mesh
 from ultrabones.core.mesh import SurfaceDistance
 from ultrabones.reconstruction.point_clouds import write_ply
@@ -177,8 +178,6 @@ def dataset_fingerprint(specimen: Specimen, calibration_file: Path | None = None
     file: when an earlier stage changes any of them, the cached result is stale
     (:func:`ultrabones.core.cache.files_digest`; unchanged files are not re-read).
     """
-    from ultrabones.core.cache import file_digest, files_digest
-
     out = {f"ct/{k}": file_digest(p) for k, p in sorted(specimen.ct_models.items())}
     for r in specimen.records:
         out[f"{r.key}/poses"] = file_digest(r.poses_csv)

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ultrabones.core.dataset import LABELS, LABELS_PRED
 from ultrabones.core.geometry import invert_transform
@@ -333,8 +334,6 @@ def visible_surface(
 
 def backward_distances(samples: np.ndarray, cloud: np.ndarray) -> np.ndarray:
     """Distance (mm) of each surface sample to the nearest reconstruction point (inf if the cloud is empty)."""
-    from scipy.spatial import cKDTree
-
     samples = np.asarray(samples, dtype=float).reshape(-1, 3)
     if not len(cloud):
         return np.full(len(samples), np.inf)
@@ -386,8 +385,6 @@ def points_within(points: np.ndarray, cloud: np.ndarray, max_mm: float = 1.0) ->
     (``filter_source_by_target_distance``), so the unseen far side of the bone
     does not count.
     """
-    from scipy.spatial import cKDTree
-
     points = np.asarray(points, dtype=float).reshape(-1, 3)
     cloud = np.asarray(cloud, dtype=float).reshape(-1, 3)
     if not len(points) or not len(cloud):

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from ultrabones.core import atomic
+from ultrabones.core.cache import git_commit
 from ultrabones.core.errors import DatasetError
 from ultrabones.segmentation.net import ARCHS, build_model
 
@@ -32,8 +33,6 @@ def save_checkpoint(path: Path | str, state_dict: Mapping[str, torch.Tensor], me
     ``metadata`` is reduced to JSON types (lists, dicts, str, numbers, None)
     and given the git commit and creation time.
     """
-    from ultrabones.core.cache import git_commit
-
     meta = atomic.to_jsonable(dict(metadata))
     meta.setdefault("git_commit", git_commit())
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))

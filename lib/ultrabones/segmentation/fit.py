@@ -9,6 +9,7 @@ parameters and the data it started with (:func:`data_fingerprint`). The best fol
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -22,6 +23,7 @@ import torch
 
 from ultrabones.core import atomic
 from ultrabones.core import dataset as ds
+from ultrabones.core.cache import file_digest, files_digest, params_hash
 from ultrabones.core.errors import ParamsError
 from ultrabones.segmentation import lightning, segdata, splits
 from ultrabones.segmentation.checkpoint import load_lightning_checkpoint, save_checkpoint
@@ -103,8 +105,6 @@ def _device_name(hw: dict) -> str:
 
 
 def _resume_key(P: Mapping, split: Split, seed: int, data: str = "") -> str:
-    from ultrabones.core.cache import params_hash
-
     return params_hash({"params": {k: v for k, v in P.items() if k not in _RESUME_FREE},
                         "split": split.as_dict(), "seed": seed, "data": data})
 
@@ -115,13 +115,10 @@ def data_fingerprint(root: Path | str, split: Split, P: Mapping, derived: Path |
     A run resumes only onto the data it started with: relabelled frames (say a
     specimen rerun by ``make specimen``) make a finished run stale.
     """
-    import hashlib
-
     h = hashlib.sha256()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # records without labels are reported when the datasets are made
         frames = _split_frames(root, split, P, derived)
-    from ultrabones.core.cache import file_digest, files_digest
 
     for f in frames.train + frames.val:
         h.update(f"{f.specimen}/{f.record.key}/{f.timestamp}".encode())

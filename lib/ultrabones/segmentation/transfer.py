@@ -13,6 +13,7 @@ In ``training.mode: evaluate`` (or ``auto`` on data with fewer than three specim
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import pandas as pd
 from ultrabones.core import dataset as ds
 from ultrabones.core.dataset import Frame
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.segmentation import figures, segdata, validation
+from ultrabones.segmentation import figures, inference, segdata, validation
 from ultrabones.segmentation.checkpoint import load_checkpoint, save_checkpoint
 from ultrabones.segmentation.training_params import TrainingParams
 
@@ -207,8 +208,6 @@ def mask_source(ckpt, spacing, surface_band_mm: float | None):
     (:func:`ultrabones.segmentation.inference.surface_mask`); nothing is written. For scoring the mask kind
     a stage did not write to ``Labels_pred/``.
     """
-    from ultrabones.segmentation import inference
-
     thr = float(ckpt[1].get("threshold", 0.5))
     half = None if surface_band_mm is None else inference.band_half_rows(surface_band_mm, spacing)
 

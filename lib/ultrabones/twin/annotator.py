@@ -22,12 +22,19 @@ method.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
+from ultrabones.core import distance_scores, label_distances
+from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
 from ultrabones.core.errors import ParamsError
+from ultrabones.core.executor import executor
+from ultrabones.evaluation import metrics
+from ultrabones.evaluation.comparison import level_name, model_vs_levels
 from ultrabones.twin.manual_labels import LABEL, AnnotatorParams, annotate, annotate_frames, frame_rng
 
 
@@ -145,14 +152,6 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     ParamsError
         If a level names a field the annotator does not have.
     """
-    import dataclasses
-
-    import pandas as pd
-
-    from ultrabones.core import distance_scores, label_distances
-    from ultrabones.core.executor import executor
-    from ultrabones.evaluation import metrics
-
     names = {f.name for f in dataclasses.fields(AnnotatorParams)}
     plist = []
     for i, lv in enumerate(levels):
@@ -196,9 +195,6 @@ def sweep_block(task: tuple) -> list[tuple[int, dict, dict]]:
     """One block of frames of :func:`visibility_sweep` (a task of the executor): per frame, in order, the
     reference's pixel count, each level's :func:`ultrabones.evaluation.metrics.frame_scores_many` scores and
     each level's marked pixel count."""
-    from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
-    from ultrabones.evaluation import metrics
-
     frames, reference, contour_kind, spacing, plist, sig, threshold, seed = task
     ref = reference if reference is not None else metrics.dataset_label(LABELS)  # default: Labels/
     out = []
@@ -266,8 +262,6 @@ def plot_evaluation_sweep(result):
     """The sweep of a stage-05 result (:class:`ultrabones.evaluation.benchmark.EvaluationResult`), with the
     model's and the classical detector's released scores at the report threshold as horizontal lines, and
     the levels at which the model's low-intensity completeness beats the annotator's marked (Fig. 8)."""
-    from ultrabones.evaluation.comparison import model_vs_levels
-
     released = result.summary["at"]["released"]
     refs = {m: released[m] for m in result.methods if m != "manual"}
     levels = model_vs_levels(result.summary["at"], result.sweep.to_dict("records"))
@@ -288,8 +282,6 @@ def plot_sweep(table, score: str = "completeness", model: dict | None = None, re
     indices) are starred on the low-intensity ``score`` curve: the levels at which the model beats the annotator.
     """
     import matplotlib.pyplot as plt
-
-    from ultrabones.evaluation.comparison import level_name
 
     colours = {"all": "black", "high": "tab:green", "low": "tab:blue"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))

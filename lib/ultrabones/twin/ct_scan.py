@@ -4,6 +4,7 @@ the fiducial spheres, partial volume at every edge, noise and blur."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from ultrabones.core.errors import ParamsError
 from ultrabones.twin.anatomy import Anatomy, Tube
@@ -119,8 +120,6 @@ def ct_volume(
         hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
         vol[k0:k1] = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     if blurred is not None:
-        from scipy.ndimage import gaussian_filter
-
         sigma = tuple(float(blur_mm) / spacing[d] for d in (2, 1, 0))
         gaussian_filter(blurred, sigma, output=blurred, mode="nearest", truncate=3.0)
         for k0 in range(0, nz, chunk):  # the same noise stream as without blur, slab by slab

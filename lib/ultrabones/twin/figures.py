@@ -7,6 +7,8 @@ per specimen and bone (:func:`specimen_table`). :func:`ultrabones.twin.simulate.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -68,8 +70,6 @@ def figure_example_frames(paths: Paths, specimen: str, records=("record01", "rec
 
 def figure_anatomy_and_sweeps(paths: Paths, specimen: str, max_faces: int = 4000):
     """3D view of the true bones, the skin, and where every record's image top centre went."""
-    import json
-
     import matplotlib.pyplot as plt
 
     system = json.loads((paths.raw / "system.json").read_text())

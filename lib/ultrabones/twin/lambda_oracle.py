@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset
-from ultrabones.core.geometry import POSE_COLUMNS, pose_from_params
+from ultrabones.core.executor import executor
+from ultrabones.core.geometry import POSE_COLUMNS, perturbation, pose_from_params
+from ultrabones.core.label_distances import contour_error_mm
 from ultrabones.core.paths import Paths
+from ultrabones.labels import batch, lambda_selection, select
 from ultrabones.twin.measure_labels import LabelDrawer, tracking_table
 from ultrabones.twin.truth_reader import true_label, truth_root
 
@@ -26,9 +29,6 @@ def delivered_label_errors(paths: Paths, trials: pd.DataFrame, settings: dict) -
     DataFrame, one row per trial with a true label: ``specimen``, ``record``, ``timestamp``, ``region``,
     ``lambda``, ``kept``, ``true_contour_mm`` (delivered) and ``true_contour_initial_mm`` (no correction), mm.
     """
-    from ultrabones.core.geometry import perturbation
-    from ultrabones.core.label_distances import contour_error_mm
-
     cols = ["specimen", "record", "timestamp", "region", "lambda", "kept", "true_contour_mm",
             "true_contour_initial_mm"]
     if trials is None or len(trials) == 0 or truth_root(paths) is None:
@@ -141,9 +141,6 @@ def heldout_lambda_oracle(paths: Paths, params, chosen: float, region: str, *, s
     -------
     :func:`oracle_of`'s dict plus ``chosen``, ``region`` and ``errors`` (the per-trial DataFrame).
     """
-    from ultrabones.core.executor import executor
-    from ultrabones.labels import batch, lambda_selection, select
-
     if truth_root(paths) is None:
         return {}
     tasks = lambda_selection.heldout_fit_tasks(paths, params, seed=seed, n_frames=n_frames, specimens=specimens)

@@ -40,6 +40,7 @@ of the frame and at least 60 % of its brightest bone echo.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -48,6 +49,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from ultrabones.core.dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_label, write_label
 from ultrabones.core.errors import DatasetError, ParamsError
 
 #: Its name in tables, figures and metrics: a sensitivity study of a rule, not a person.
@@ -101,8 +103,6 @@ class AnnotatorParams:
     @classmethod
     def from_section(cls, section: dict) -> "AnnotatorParams":
         """The ``annotator_<field>`` keys of the ``evaluation`` parameter section (the sweep's keys are not fields)."""
-        import dataclasses
-
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k[len("annotator_"):]: v for k, v in section.items()
                       if k.startswith("annotator_") and k[len("annotator_"):] in names})
@@ -290,8 +290,6 @@ def annotate_frames(frames: Sequence, spacing, params: AnnotatorParams, seed: in
     Number of frames annotated. Frames stream: one image in memory at a time.
     """
     from tqdm import tqdm
-
-    from ultrabones.core.dataset import LABELS, LABELS_FULL, LABELS_MANUAL, read_label, write_label
 
     n = 0
     for fr in tqdm(frames, desc=f"{LABEL} labelling", disable=not progress):

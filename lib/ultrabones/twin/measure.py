@@ -17,6 +17,7 @@ of the reconstruction (:mod:`ultrabones.twin.measure_reconstruction`).
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.calibration import acquisitions, ct, ct_marker
-from ultrabones.core import dataset, merge
+from ultrabones.core import atomic, dataset, merge
 from ultrabones.core.geometry import (POSE_COLUMNS, invert_transform, mean_fiducial_displacement, pose_from_params,
                                      rotation_angle_deg, transform_points)
 from ultrabones.core.mesh import point_distances
 from ultrabones.core.paths import Paths
+from ultrabones.core.paths import twin_root as default_twin_root
 from ultrabones.twin.lambda_oracle import delivered_label_errors, heldout_lambda_oracle, lambda_oracle, oracle_of
 from ultrabones.twin.layout import TRUTH, measurements_file
 from ultrabones.twin.measure_evaluation import evaluation, evaluation_table, frames_with_truth, true_label_source
@@ -210,8 +212,6 @@ def write_measurements(paths: Paths, stem: str, values: dict) -> Path | None:
     Method code cannot read it back (:mod:`ultrabones.twin.wall`); the summary and the tests merge it into the
     stage's metrics (:func:`measured_runs`, :func:`merge_metrics`).
     """
-    from ultrabones.core import atomic
-
     if not paths.is_twin:
         return None
     return atomic.write_json(measurements_file(paths, stem), values)
@@ -249,8 +249,6 @@ def merge_collected(twin_root: Path | str, profile: str, seeds, out_dir: Path | 
     (``<out_dir>/seed<N>/<stem>.json``, ``python -m ultrabones collect-validation``), from the twin
     ``<twin_root>/<profile>-seed<N>``; returns the files rewritten. The collected metrics are results to report
     (committed under ``figures/validation/``), so they carry the truth's measurements as the summary reads them."""
-    from ultrabones.core import atomic
-
     written = []
     for seed in seeds:
         folder = Path(out_dir) / f"seed{int(seed)}"
@@ -264,10 +262,6 @@ def merge_collected(twin_root: Path | str, profile: str, seeds, out_dir: Path | 
 
 def main(argv=None) -> int:
     """``python -m ultrabones.twin.measure merge-collected --profile P --seeds N ... --out DIR`` (make validate)."""
-    import argparse
-
-    from ultrabones.core.paths import twin_root
-
     ap = argparse.ArgumentParser(prog="python -m ultrabones.twin.measure")
     sub = ap.add_subparsers(dest="verb", required=True)
     mc = sub.add_parser("merge-collected", help="merge the seeds' truth measurements into their collected metrics")
@@ -275,7 +269,7 @@ def main(argv=None) -> int:
     mc.add_argument("--seeds", type=int, nargs="+", required=True)
     mc.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    written = merge_collected(twin_root(), args.profile, args.seeds, args.out)
+    written = merge_collected(default_twin_root(), args.profile, args.seeds, args.out)
     print(f"{args.out}: the twin's measurements merged into {len(written)} file(s)")
     return 0
 

@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset
+from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
+from ultrabones.evaluation.comparison import table_at
+from ultrabones.evaluation.metrics import dataset_label, evaluate, summarise
 from ultrabones.twin.layout import truth_dir
 
 
@@ -15,8 +18,6 @@ def true_label_source(paths: Paths, kind: str = dataset.LABELS):
 
     ``truth/<specimen>/<record>/<kind>/<t>_label.png``: ``Labels`` (visible) or ``Labels_full``.
     """
-    from ultrabones.core.errors import DatasetError
-
     root = truth_dir(paths)
 
     def read(frame, shape: tuple) -> np.ndarray:
@@ -53,8 +54,6 @@ def evaluation(paths: Paths, result) -> dict:
     ``{"vs_truth": {"at_<sigma>mm": {protocol: {method: {region: scores}}}, "border": {method: ...},
     "n_frames": n}}``; ``{"vs_truth": None}`` off the twin.
     """
-    from ultrabones.evaluation.metrics import dataset_label, evaluate, summarise
-
     if not paths.is_twin:
         return {"vs_truth": None}
     p = result.params
@@ -68,7 +67,5 @@ def evaluation(paths: Paths, result) -> dict:
 def evaluation_table(vs_truth: dict, at_key: str) -> pd.DataFrame:
     """:func:`evaluation`'s ``vs_truth`` at the report threshold ``at_key`` (e.g. ``at_0p5mm``): one row per
     method and region, both protocols, no paper column."""
-    from ultrabones.evaluation.comparison import table_at
-
     table = table_at(vs_truth[at_key], {})
     return table.drop(columns=[c for c in table.columns if c.endswith("_paper")])

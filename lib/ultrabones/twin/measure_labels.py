@@ -8,8 +8,14 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset
-from ultrabones.core.geometry import POSE_COLUMNS, pose_from_params
+from ultrabones.core.executor import executor
+from ultrabones.core.geometry import POSE_COLUMNS, perturbation, pose_from_params
+from ultrabones.core.label_distances import contour_error_mm
 from ultrabones.core.paths import Paths
+from ultrabones.labels import cloud as label_cloud
+from ultrabones.labels import inputs
+from ultrabones.labels.label import full_label, points_near
+from ultrabones.twin.contour import label_distance_mm, precision_recall
 from ultrabones.twin.truth_reader import true_label, truth_root
 
 
@@ -17,13 +23,11 @@ class LabelDrawer:
     """Draws a frame's full label at any pose from the same dense cloud ``C`` as notebook 02's labels."""
 
     def __init__(self, paths: Paths, gamma_mm: float, density_per_mm2: float, cloud_seed: int):
-        from ultrabones.labels import cloud, inputs
-
         self.paths, self.gamma = paths, float(gamma_mm)
         self.density, self.cloud_seed = float(density_per_mm2), int(cloud_seed)
         self.calib, self.spacing, _ = dataset.read_calibration(paths.dataset)
         self._clouds: dict = {}
-        self._surface_cloud, self._load_cloud = inputs.surface_cloud, cloud.load_cloud
+        self._surface_cloud, self._load_cloud = inputs.surface_cloud, label_cloud.load_cloud
 
     def cloud(self, specimen: str):
         if specimen not in self._clouds:
@@ -34,8 +38,6 @@ class LabelDrawer:
 
     def draw(self, specimen: str, shape, poses) -> list[np.ndarray]:
         """Full labels (H, W) bool of one frame at each pose (4, 4) in ``poses``."""
-        from ultrabones.labels.label import full_label, points_near
-
         pts = self.cloud(specimen)
         near = points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
         return [full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
@@ -69,8 +71,6 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
     headline), ``error_*_mm`` (the band metric: mean distance of the label band's pixels to the true band),
     ``visible_precision``, ``visible_recall`` (share within ``tol_mm``).
     """
-    from ultrabones.core.executor import executor
-
     if truth_root(paths) is None:
         return pd.DataFrame()
     kept = report[report["status"] == "kept"].reset_index(drop=True)
@@ -84,10 +84,6 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
 
 def record_label_errors(task: tuple) -> list[dict]:
     """One record's rows of :func:`labels` (a task of the executor: picklable in and out)."""
-    from ultrabones.core.geometry import perturbation
-    from ultrabones.core.label_distances import contour_error_mm
-    from ultrabones.twin.contour import label_distance_mm, precision_recall
-
     paths, specimen, record, kept, g, settings, tol_mm = task
     drawer = LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"], settings["label_cloud_seed"])
     tab = tracking_table(paths, specimen, record).set_index("timestamp")

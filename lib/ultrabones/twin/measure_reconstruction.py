@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 
 from ultrabones.core import dataset
+from ultrabones.core.executor import executor
 from ultrabones.core.geometry import POSE_COLUMNS, pose_from_params
 from ultrabones.core.paths import Paths
+from ultrabones.reconstruction import surface as rc
+from ultrabones.reconstruction.point_clouds import read_ply
+from ultrabones.reconstruction.record_points import label_points
 from ultrabones.twin.truth_reader import true_label, true_system, truth_root
 
 
@@ -23,8 +27,6 @@ def true_imaged_points(paths: Paths, specimen: str, frame_step: int = 1, kind: s
     poses (``truth/.../poses.csv``) and the true calibration (Eq. 1). Empty
     when the specimen has no such frame.
     """
-    from ultrabones.reconstruction.record_points import label_points
-
     root = truth_root(paths)
     calib = true_system(paths)["calibration"]
     _, spacing, _ = dataset.read_calibration(paths.dataset)
@@ -86,9 +88,6 @@ def reconstruction_vs_truth(paths: Paths, result, sample_mm: float = 0.2, crop_m
     "missing": [why a cell or specimen could not be measured], "sample_mm", "crop_mm"}``,
     or None without ``truth/``.
     """
-    from ultrabones.core.executor import executor
-    from ultrabones.reconstruction import surface as rc
-
     root = truth_root(paths)
     if root is None:
         return None
@@ -127,9 +126,6 @@ TRUE_NAMES = {"mean_mm": "mean_true_mm", "median_mm": "median_true_mm", "p95_mm"
 def specimen_vs_truth(task: tuple) -> tuple[str, dict, int | None, list[str]]:
     """One specimen of :func:`reconstruction_vs_truth` (a task of the executor): ``(specimen, {cell: row of
     compare_to_surface}, number of truly imaged samples or None, [why something was not measured])``."""
-    from ultrabones.reconstruction import surface as rc
-    from ultrabones.reconstruction.point_clouds import read_ply
-
     paths, root, r, frame_step, coverage_mm, sample_mm, crop_mm, seed = task
     sid = r["specimen"]
     mesh_file = root / sid / "bone_model.stl"

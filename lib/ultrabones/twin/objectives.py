@@ -15,7 +15,9 @@ import pandas as pd
 
 from ultrabones.core import dataset
 from ultrabones.core.geometry import POSE_COLUMNS, perturbation, pose_from_params
+from ultrabones.core.label_distances import contour_error_mm
 from ultrabones.core.paths import Paths
+from ultrabones.labels import compare as fit
 from ultrabones.twin import measure_labels, truth_reader
 
 
@@ -31,8 +33,6 @@ def errors(paths: Paths, fits: pd.DataFrame, settings: dict) -> pd.DataFrame:
     -------
     ``fits`` with ``contour_initial_mm`` and ``contour_delivered_mm`` (mm; NaN where the frame has no true label).
     """
-    from ultrabones.core.label_distances import contour_error_mm
-
     if fits is None or fits.empty or truth_reader.truth_root(paths) is None:
         return pd.DataFrame()
     drawer = measure_labels.LabelDrawer(paths, settings["gamma_mm"], settings["label_density_per_mm2"],
@@ -111,8 +111,6 @@ def compare(paths: Paths, P, result, n_frames: int, seed: int, save_figure=None,
     -------
     :func:`table` as a dict of lists (the ``objective_comparison`` block of notebook 02's metrics).
     """
-    from ultrabones.labels import compare as fit
-
     errs = errors(paths, fit.fit_objectives(paths, P, result.lam, n_frames, seed), result.settings)
     if save_figure is not None:
         save_figure(plot(errs), paths, "objective_comparison", stem)

@@ -15,13 +15,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from ultrabones.core import atomic, dataset
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import Paths
 from ultrabones.core.label_distances import directed_distances
-from ultrabones.rating import rating_set, rating_stats
+from ultrabones.rating import rating_set, rating_stats, study
 from ultrabones.rating.rating_set import stable_int
+from ultrabones.rating.rating_stats import METRIC_NAMES
 from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, StudyResult, with_ratings
 from ultrabones.twin.layout import truth_dir
 
@@ -203,8 +205,6 @@ def ratings(built: Mapping, measured: Sequence[np.ndarray], params: RatingParams
     """The rater model's ratings of a rating set (``measured``: :func:`label_errors`), written as a CSV in the
     page's export format and read back through the same validation as a person's
     (:func:`ultrabones.rating.rating_stats.read_ratings`): a table of ratings, like a person's."""
-    from ultrabones.rating import study
-
     simulated = simulate_ratings(measured, Rubric.of(params), params.rater_gain_sd, params.rater_lapse, seed)
     table = rating_set.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
     f = Path(out_dir) / study.SIMULATED_FILE
@@ -215,8 +215,6 @@ def ratings(built: Mapping, measured: Sequence[np.ndarray], params: RatingParams
 def twin_label_error(profiles: pd.DataFrame | None, key: pd.DataFrame) -> dict:
     """``{"twin_label_error": per method: the items' median label error (mm) and the shares of their contour over
     3 mm, 1-3 mm, under 1 mm}``; {} without profiles (real data)."""
-    from ultrabones.rating.rating_stats import METRIC_NAMES
-
     if profiles is None:
         return {}
     prof = profiles.merge(key, on="item_id")
@@ -232,8 +230,6 @@ def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame |
     optimised labels are measured closer to the truth than the initial ones, they are rated higher, and
     significantly so once the set is as large as the paper's. Returns the figures it checked ({} unless the
     rater model rated the set: a person's ratings are not the model's to check)."""
-    from scipy.stats import spearmanr
-
     if result is None or profiles is None or source != MODEL_SOURCE:
         return {}
 

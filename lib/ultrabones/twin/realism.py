@@ -8,13 +8,17 @@ and cached, notebook 00's realism table, metrics and figure. This module re-expo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from ultrabones.core import atomic
 from ultrabones.twin.image_statistics import (STATISTICS, Regions, autocorrelation_lengths, bone_statistics,
                                               fascia_statistics, find_regions, frame_statistics, frames_table,
                                               fwhm_mm, speckle_snr)
@@ -60,8 +64,6 @@ def compare(twin_frames, real_frames) -> pd.DataFrame:
 
 def read_frames(paths: Iterable, spacing, every: int = 1, limit: int | None = None) -> list[tuple[np.ndarray, tuple]]:
     """``(image, spacing)`` of PNG files (every ``every``-th, at most ``limit``), as grey uint8."""
-    from PIL import Image
-
     files = sorted(Path(p) for p in paths)[::every]
     if limit is not None:
         files = files[:limit]
@@ -127,15 +129,11 @@ def twin_frame_files(raw_dir, n: int = 40) -> list[Path]:
 
 def twin_spacing(raw_dir) -> tuple[float, float]:
     """Pixel spacing (sx, sy) in mm/px of a twin's frames, from ``raw/system.json``."""
-    import json
-
     return tuple(float(v) for v in json.loads((Path(raw_dir) / "system.json").read_text())["spacing_mm"])
 
 
 def _files_digest(files) -> str:
     """SHA-256 over the files' names and contents (the cache key of their statistics)."""
-    import hashlib
-
     h = hashlib.sha256()
     for f in files:
         h.update(Path(f).name.encode())
@@ -151,8 +149,6 @@ def cached_frames_table(files, spacing, cache_dir=None) -> pd.DataFrame:
         return pd.read_csv(cache)
     table = frames_table(read_frames(files, spacing))
     if cache is not None:
-        from ultrabones.core import atomic
-
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(cache, table.to_csv(index=False))
     return table
@@ -240,7 +236,6 @@ def figure_side_by_side(result: RealismResult, n: int = 3, height_mm: float = 40
     height_mm : depth shown (mm from the top).
     """
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6.4), squeeze=False)
     rows = ((result.twin_files, result.twin_spacing, "twin"), (result.real_files, (REAL_SPACING_MM,) * 2, "real"))

@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ultrabones.core import geometry
+from ultrabones.core.cache import SpecimenCache
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.executor import executor
 from ultrabones.core.paths import Paths, twin_specimen_name
@@ -188,7 +189,6 @@ def run(paths: Paths, params: TwinConfig, *, specimens: list[str] | None = None,
     """
     if not paths.is_twin:
         return SimulationResult({}, None, 0.0, None, params, n_workers, paths, simulated=False)
-    from ultrabones.core.cache import SpecimenCache
 
     res = simulate_twin(paths, params, seed, specimens=specimens, n_workers=n_workers, progress=progress,
                         cache=SpecimenCache(paths, STEM) if cache else None, overrides=overrides)

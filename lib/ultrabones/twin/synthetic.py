@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from ultrabones.labels.label import full_label, visible_label
 
@@ -20,8 +21,6 @@ def synthetic_image(pose, calib, spacing, shape, points, normals, gamma_mm: floa
     -------
     (H, W) uint8 image.
     """
-    from scipy.ndimage import gaussian_filter
-
     rng = np.random.default_rng(seed)
     full = full_label(shape, pose, calib, spacing, points, gamma_mm)
     vis = visible_label(full, pose, calib, spacing, points, normals, gamma_mm)
