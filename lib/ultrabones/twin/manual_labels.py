@@ -100,7 +100,7 @@ class AnnotatorParams:
 
     @classmethod
     def from_section(cls, section: dict) -> "AnnotatorParams":
-        """The ``annotator_<field>`` keys of the ``evaluation`` parameter section (the sweep's keys are not fields)."""
+        """The ``annotator_<field>`` keys of the ``twin`` parameter section (the sweep's keys are not fields)."""
         import dataclasses
 
         names = {f.name for f in dataclasses.fields(cls)}
