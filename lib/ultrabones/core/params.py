@@ -1,7 +1,8 @@
 """Parameter profiles: loading, merging and strict validation.
 
-A profile (``params/<name>.yaml``) holds *common* keys at the top level and one
-section per stage (``simulate``, ``calibration``, ...). ``params/default.yaml``
+A profile (``params/<name>.yaml``) holds *common* keys at the top level, one
+section per stage (``simulate``, ``calibration``, ...) and ``twin``, the keys only
+the digital twin's code reads. ``params/default.yaml``
 gives every key; another profile says ``extends: default`` (or another profile)
 and lists only the keys whose values differ (:func:`resolve_profile_files`;
 ``python -m ultrabones params --profile hard --explain`` shows where each value
