@@ -44,7 +44,7 @@ endif
 # COMPARE_FRAMES=N: notebook 02 also fits every objective on N frames and measures each against the truth (twin)
 COMPARE_FRAMES ?=
 ifneq ($(strip $(COMPARE_FRAMES)),)
-  EXTRA += -p labeling.compare_objectives_frames=$(COMPARE_FRAMES)
+  EXTRA += -p twin.compare_objectives_frames=$(COMPARE_FRAMES)
 endif
 # The input dataset's path and content digest. Regenerated on every make (also under make -n: the
 # recipe starts with +), rewritten only when its text changes, so its mtime moves only when the

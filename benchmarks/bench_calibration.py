@@ -57,7 +57,7 @@ def test_stage_on_the_default_twin_under_2_min(tmp_path):
     P = cal.CalibrationParams.from_section(prof.values["calibration"])
     res = cal.run(paths, P, progress=False, n_workers=prof.values["n_workers"])
     dt = time.perf_counter() - t0
-    m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, P.surface_samples))
+    m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, prof.values["twin"]["surface_samples"]))
     print(f"\nstage 01 on the default twin: {m['n_specimens']} specimens, {m['frames_written']} frames, "
           f"{dt:.1f} s (probe calibration {m['probe_calibration_seconds']:.1f} s); offset error "
           f"{m['temporal_offset_error_ms']:.2f} ms, surface distance {m['ct_model_mean_surface_distance_mm']:.3f} mm")

@@ -8,6 +8,7 @@ import pytest
 
 from ultrabones.twin import annotator
 from ultrabones.twin import manual_labels as ml
+from ultrabones.twin.params import TwinParams
 from ultrabones.core import distance_scores, label_distances
 from ultrabones.evaluation import metrics
 from ultrabones.core.dataset import read_label, read_specimen, write_image, write_label
@@ -192,10 +193,14 @@ def test_sweep_levels_from_the_profile_lists():
     from ultrabones.core.paths import PARAMS_DIR
 
     for name in ("default", "hard", "paper", "real", "smoke"):
-        ev = load_profile(name, PARAMS_DIR).values["evaluation"]
-        levels = annotator.sweep_levels(ev["annotator_sweep_quantiles"], ev["annotator_sweep_fractions"],
-                                        ev["annotator_sweep_contrasts"])
+        twin = load_profile(name, PARAMS_DIR).notebook_parameters("05_evaluation")["twin"]  # notebook 05's twin keys
+        levels = annotator.sweep_levels(twin["annotator_sweep_quantiles"], twin["annotator_sweep_fractions"],
+                                        twin["annotator_sweep_contrasts"])
         assert annotator.is_lenient(levels[0]), name
+        sim = annotator.SimulatedAnnotator.from_params(TwinParams.from_section(twin), seed=1)
+        assert list(sim.levels) == levels and sim.seed == 1
+    with pytest.raises(ParamsError, match="twin.annotator_visible_quantile was not given"):
+        annotator.SimulatedAnnotator.from_params(TwinParams(surface_samples=5000))
     # the sweep's lists are not annotator fields: from_section ignores them
     p = ml.AnnotatorParams.from_section({"annotator_visible_quantile": 0.9, "annotator_sweep_quantiles": [0.5],
                                                 "annotator_sweep_fractions": [0.1], "annotator_sweep_contrasts": [1.0],

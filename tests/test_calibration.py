@@ -207,7 +207,7 @@ P_TEST = cal.CalibrationParams(
     wire_threshold=80.0, wire_sigma_px=1.0, wire_min_area_px=4, wire_max_extent_mm=5.0, wire_min_separation_mm=0.8,
     wire_collinearity_mm=0.5, offset_min_ms=-300.0, offset_max_ms=0.0, offset_step_ms=0.1, bone_threshold_hu=600.0,
     fiducial_threshold_hu=1500.0, min_bone_volume_mm3=200.0, smooth_iterations=5, decimate_fraction=0.5,
-    icp_max_distance_mm=2.0, surface_samples=4000)
+    icp_max_distance_mm=2.0)
 
 
 @pytest.mark.parametrize("flip_x", [False, True])
@@ -279,7 +279,7 @@ def test_run_end_to_end_on_a_small_synthetic_twin(tmp_path):
     P = P_TEST
     res = cal.run(paths, P, progress=False)
     assert "temporal_offset_error_ms" not in cal.metrics(res)  # the stage never reads truth/
-    m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, P.surface_samples))
+    m = measure.merge_metrics(cal.metrics(res), measure.calibration(paths, res, 4000))  # twin.surface_samples
     assert m["temporal_offset_error_ms"] <= 1.0 and m["calibration_translation_error_mm"] < 0.5
     assert m["n_specimens"] == 1 and m["per_specimen"]["specimen01"]["n_spheres"] == 4
     assert m["marker_tre_mm"] < 0.2 and m["marker_fre_mm"] < 0.2
@@ -321,8 +321,7 @@ def test_ct_without_bone_stops_with_a_clear_message(tmp_path):
         vol, sp, org = z["volume"], z["spacing_mm"], z["origin_mm"]
     vol = np.where(vol > 1300, vol, 40).astype(np.int16)  # keep the spheres (3000 HU), drop the bone (1200 HU)
     np.savez(f, volume=vol, spacing_mm=sp, origin_mm=org)
-    P = dataclasses.replace(P_TEST, bone_threshold_hu=1300.0, smooth_iterations=0, decimate_fraction=1.0,
-                            surface_samples=1000)
+    P = dataclasses.replace(P_TEST, bone_threshold_hu=1300.0, smooth_iterations=0, decimate_fraction=1.0)
     with pytest.raises(DatasetError, match=r"specimen01/ct.npz: no bone found"):
         cal.process_specimen(tmp_path / "twin" / "raw", tmp_path / "ds", "specimen01", -10.0, P)
 
@@ -352,8 +351,10 @@ def test_calibration_params_are_the_schema_section_typed_and_frozen():
         P.wire_threshold = 90.0
     with pytest.raises(ParamsError, match=r"calibration\.decimate_fraction"):
         dataclasses.replace(P, decimate_fraction=0.0)
-    with pytest.raises(ParamsError, match="lacks key.*surface_samples"):
-        cal.CalibrationParams.from_section({k: v for k, v in section.items() if k != "surface_samples"})
+    with pytest.raises(ParamsError, match="lacks key.*icp_max_distance_mm"):
+        cal.CalibrationParams.from_section({k: v for k, v in section.items() if k != "icp_max_distance_mm"})
+    with pytest.raises(ParamsError, match="'calibration.surface_samples' moved to twin.surface_samples"):
+        cal.CalibrationParams.from_section({**section, "surface_samples": 4000})
     over = {"specimen02": {"bone_threshold_hu": 650.0}}
     assert P.for_specimen(over, "specimen02") == dataclasses.replace(P, bone_threshold_hu=650.0)
     assert P.for_specimen(over, "specimen01") == P.for_specimen(None, "specimen01") == P

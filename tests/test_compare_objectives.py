@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from ultrabones.core.errors import ParamsError
 from ultrabones.labels import batch, compare
 from ultrabones.twin import objectives
 
@@ -53,3 +56,16 @@ def test_compare_gives_the_metrics_table_and_saves_the_figure(tmp_path):
     out = objectives.compare(paths, P, result, 1, 0, lambda fig, p, name, stem: saved.append((name, stem)), "02")
     assert out["objective"] == [c[0] for c in compare.CANDIDATES] and out["n_frames"] == [1, 1, 1]
     assert saved == [("objective_comparison", "02")]
+
+
+def test_compared_runs_only_on_the_twin_when_asked(tmp_path):
+    from ultrabones.twin.params import TwinParams
+
+    paths = make_twin(tmp_path, n_frames=3)
+    P = labeling_params(frame_stride=1)
+    off = TwinParams(compare_objectives_frames=0)
+    assert objectives.compared(paths, P, None, off, 0) == {}  # 0: off, nothing fitted
+    real = dataclasses.replace(paths, data_root=tmp_path / "real")
+    assert objectives.compared(real, P, None, TwinParams(compare_objectives_frames=5), 0) == {}  # real data: none
+    with pytest.raises(ParamsError, match="twin.compare_objectives_frames was not given"):
+        objectives.compared(paths, P, None, TwinParams(), 0)

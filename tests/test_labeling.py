@@ -283,13 +283,13 @@ PARAMS = {
     "tol": 0.02, "lambdas": [0.01, 1.0], "lambda_frames": 2, "lambda_value": None, "max_correction_mm": 1.0, "min_label_fraction": 0.5, "halves_check": "first_hit",
     "incidence_max_deg": 85.0, "frame_stride": 1, "max_frames_per_record": None, "chunk_size": 2,
     "registration_frames": 2, "registration_bound_deg": 1.0, "registration_bound_mm": 1.0,
-    "registration_maxiter": 5, "precision_tolerance_mm": 0.5, "executor": "synchronous",
+    "registration_maxiter": 5, "executor": "synchronous",
     "selection_rule": "split", "selection_eval_region": "first_hit", "selection_offset_frames": 4,
     "fallback_region": "first_hit",
     "optimizer": "sweep", "warm_step_deg": 0.2, "warm_step_mm": 0.2, "warm_min_step_deg": 0.02,
     "warm_min_step_mm": 0.02, "warm_max_calls": 60, "warm_max_gap": 1, "warm_cold_every": 0, "device": None,
     "min_echo_level": 0.1,
-    "objective": "eq2", "released_ct_samples": 1000000, "selection_inseparable": "keep", "compare_objectives_frames": 0,
+    "objective": "eq2", "released_ct_samples": 1000000, "selection_inseparable": "keep",
 }
 
 

@@ -163,6 +163,57 @@ def test_specimen_override_unknown_section_and_key(pdir):
         P.load_profile("smoke", pdir)
 
 
+# ----------------------------------------------------------------------------- the twin section
+
+
+def test_notebooks_receive_their_twin_keys_as_one_dict():
+    prof = P.load_profile("smoke", PARAMS_DIR)
+    for stem in P.NOTEBOOKS:
+        nbp = prof.notebook_parameters(stem)
+        if stem not in schema.TWIN_KEYS:
+            assert "twin" not in nbp, stem
+            continue
+        assert list(nbp["twin"]) == list(schema.TWIN_KEYS[stem]), stem
+        assert nbp["twin"] == {k: prof.values["twin"][k] for k in schema.TWIN_KEYS[stem]}
+        assert not set(nbp["twin"]) & set(P.SCHEMA[P.NOTEBOOKS[stem]]), stem  # the method's section never holds them
+    assert prof.notebook_parameters("01_calibration")["twin"] == {"surface_samples": 5000}  # smoke.yaml's
+    # every twin key is read by one notebook, every moved key names its new place
+    assert sorted(k for keys in schema.TWIN_KEYS.values() for k in keys) == sorted(P.SCHEMA["twin"])
+    assert schema.MOVED_KEYS["rating.rubric_visible_mm"] == "twin.rubric_visible_mm"
+    assert schema.MOVED_KEYS["evaluation.annotator_sweep_contrasts"] == "twin.annotator_sweep_contrasts"
+
+
+@pytest.mark.parametrize("old, value", [("rating.rubric_visible_mm", 0.4), ("labeling.compare_objectives_frames", 60),
+                                        ("calibration.surface_samples", 5000),
+                                        ("evaluation.annotator_sweep_quantiles", [0.0])])
+def test_a_key_moved_to_twin_is_named_in_its_new_place(pdir, old, value):
+    section, key = old.split(".")
+    moved = rf"'{section}.{key}' moved to twin.{key}"
+    with pytest.raises(ParamsError, match=rf"-p: {moved}"):
+        P.load_profile("smoke", pdir, [f"{old}={value}"])
+    (pdir / "old.yaml").write_text(f"extends: default\n{section}:\n  {key}: {value}\n")
+    with pytest.raises(ParamsError, match=rf"old.yaml: {moved}"):
+        P.load_profile("old", pdir)
+    (pdir / "specimens" / "specimen02.yaml").write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ParamsError, match=rf"specimen02.yaml: {moved}"):
+        P.load_profile("smoke", pdir)
+
+
+def test_twin_keys_are_set_in_the_twin_section_and_not_per_specimen(pdir):
+    prof = P.load_profile("smoke", pdir, ["twin.compare_objectives_frames=60", "twin.rubric_visible_mm=0.4"])
+    assert prof.values["twin"]["compare_objectives_frames"] == 60
+    assert prof.notebook_parameters("02_labeling")["twin"]["compare_objectives_frames"] == 60
+    assert prof.notebook_parameters("03_rating_statistics")["twin"]["rubric_visible_mm"] == 0.4
+    # a bare key the stage's section lacks goes to twin (docs: -p compare_objectives_frames=N)
+    prof = P.load_profile("smoke", pdir, ["compare_objectives_frames=7"], section_hint="labeling")
+    assert prof.values["twin"]["compare_objectives_frames"] == 7
+    with pytest.raises(ParamsError, match="twin.rubric_visible_mm: 1.5 is above the maximum"):
+        P.load_profile("smoke", pdir, ["twin.rubric_visible_mm=1.5"])
+    (pdir / "specimens" / "specimen02.yaml").write_text("twin:\n  surface_samples: 1000\n")
+    with pytest.raises(ParamsError, match="specimen02.yaml: unknown section 'twin'"):
+        P.load_profile("smoke", pdir)
+
+
 def test_specimen_must_be_listed(pdir):
     _edit(pdir / "default.yaml", "specimens: null", "specimens: [specimen01]")
     with pytest.raises(ParamsError, match="specimen 'specimen05' is not in specimens"):

@@ -14,15 +14,17 @@ from ultrabones.rating import rating_set, rating_stats
 from ultrabones.rating import study as R
 from ultrabones.core.label_distances import directed_distances
 from ultrabones.twin import rater
+from ultrabones.twin.params import TwinParams
 from ultrabones.core.paths import Paths
 from ultrabones.core.errors import DatasetError, ParamsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: The ``rating`` section of ``params/default.yaml``.
 SECTION = {"frames_per_sweep": 1, "image_format": "jpeg", "jpeg_quality": 90, "overlay_alpha": 0.5,
-           "rubric_large_share": 0.25, "rubric_some_share": 0.10, "rubric_visible_mm": 0.3, "rubric_minor_share": 0.10,
-           "rater_gain_sd": 0.25, "rater_lapse": 0.05, "zero_method": "wilcox", "wilcoxon_method": "auto",
-           "alpha": 0.001, "ratings_csv": None, "ratings_key": None}
+           "zero_method": "wilcox", "wilcoxon_method": "auto", "alpha": 0.001, "ratings_csv": None, "ratings_key": None}
+#: The rater model's keys of the ``twin`` section of ``params/default.yaml`` (notebook 03's ``twin`` parameter).
+TWIN = {"rubric_large_share": 0.25, "rubric_some_share": 0.10, "rubric_visible_mm": 0.3, "rubric_minor_share": 0.10,
+        "rater_gain_sd": 0.25, "rater_lapse": 0.05}
 
 
 def _wide(d):
@@ -447,9 +449,9 @@ def test_the_stage_result_without_and_with_ratings(tmp_path):
 
     twin = Paths(tmp_path / "b", truth.parent, tmp_path / "f")
     measured = rater.label_errors(twin, built, (0.1, 0.1))
-    rated = rater.with_model_ratings(twin, waiting, measured, seed=0)
+    rated = rater.with_model_ratings(twin, waiting, measured, TwinParams.from_section(TWIN), seed=0)
     assert rated.source == rater.MODEL_SOURCE and rated.analysis.rater == R.SIMULATED_RATER
-    assert rater.with_model_ratings(twin, rated, measured, seed=1) is rated  # ratings given stay
+    assert rater.with_model_ratings(twin, rated, measured, TwinParams(), seed=1) is rated  # ratings given stay
     m = R.metrics(rated)
     assert m["ratings_source"] == "simulated rater" and m["n_frames"] == 2 and m["seconds"] >= 1.0
     assert m == {**m, **R.analysis_metrics(rated.analysis)}
@@ -476,7 +478,13 @@ def test_rating_params_typed_frozen_and_validated():
     assert P.alpha == 0.001 and P.ratings_csv is None and P.frames_per_sweep == 1
     default = load_profile("default", Path(__file__).parents[1] / "params").values["rating"]
     assert R.RatingParams.from_section(default) == P
-    assert rater.Rubric.of(P) == rater.Rubric()
+    assert rater.Rubric.of(TwinParams.from_section(TWIN)) == rater.Rubric()
+    prof = load_profile("default", Path(__file__).parents[1] / "params")
+    assert prof.notebook_parameters("03_rating_statistics")["twin"] == TWIN  # what notebook 03's twin cells read
+    with pytest.raises(ParamsError, match="twin.rubric_visible_mm was not given"):
+        rater.Rubric.of(TwinParams.from_section({k: v for k, v in TWIN.items() if k != "rubric_visible_mm"}))
+    with pytest.raises(ParamsError, match="'rating.rubric_visible_mm' moved to twin.rubric_visible_mm"):
+        R.RatingParams.from_section({**SECTION, "rubric_visible_mm": 0.3})
     with pytest.raises(dataclasses.FrozenInstanceError):
         P.alpha = 0.05
     with pytest.raises(ParamsError, match="rating.alpha"):

@@ -96,7 +96,6 @@ class CalibrationParams(SectionParams):
     smooth_iterations: int
     decimate_fraction: float
     icp_max_distance_mm: float
-    surface_samples: int
 
 
 # ----------------------------------------------------------------------------- the probe

@@ -105,7 +105,7 @@ VALIDATION_SEEDS: tuple[int, ...] = (8, 9, 10, 61, 67, 71)
 #: that once); after their one run they are reported as they came out and move into :data:`VALIDATION_SEEDS`.
 SEALED_SEEDS: tuple[int, ...] = (83, 89, 97)
 #: Frames on which ``make validate`` also fits every objective (Eq. 2 ``first_hit`` and ``full``, and the released
-#: one) and measures each against the truth (``labeling.compare_objectives_frames``; a report, no label changes).
+#: one) and measures each against the truth (``twin.compare_objectives_frames``; a report, no label changes).
 VALIDATION_COMPARE_FRAMES = 60
 
 #: The version of :data:`CRITERIA`. A test pins a digest of the criteria to it: a change of any criterion needs a

@@ -1,13 +1,15 @@
 """Parameter profiles: loading, merging and strict validation.
 
-A profile (``params/<name>.yaml``) holds *common* keys at the top level and one
-section per stage (``simulate``, ``calibration``, ...). ``params/default.yaml``
+A profile (``params/<name>.yaml``) holds *common* keys at the top level, one
+section per stage (``simulate``, ``calibration``, ...) and ``twin``, the keys only
+the digital twin's code reads. ``params/default.yaml``
 gives every key; another profile says ``extends: default`` (or another profile)
 and lists only the keys whose values differ (:func:`resolve_profile_files`;
 ``python -m ultrabones params --profile hard --explain`` shows where each value
 came from). A notebook receives the
-common keys plus its own section's keys, flat, as papermill parameters; its
-``parameters`` cell names exactly those keys (``tests/test_params.py`` checks).
+common keys plus its own section's keys, flat, as papermill parameters, and, when its twin-only cells read
+some (:data:`~ultrabones.core.schema.TWIN_KEYS`), those keys of the ``twin`` section as one dict parameter
+``twin``; its ``parameters`` cell names exactly those keys (``tests/test_params.py`` checks).
 
 Per-specimen overrides (``params/specimens/<id>.yaml``) hold sections only and
 are merged over the profile for that specimen: notebooks receive them as
@@ -33,7 +35,7 @@ import yaml
 
 from ultrabones.core.errors import ParamsError
 from ultrabones.core.paths import PARAMS_DIR
-from ultrabones.core.schema import COMMON, NOTEBOOKS, PATH_KEYS, SCHEMA
+from ultrabones.core.schema import COMMON, MOVED_KEYS, NOTEBOOKS, PATH_KEYS, SCHEMA, TWIN_KEYS
 
 
 def resolve_path(value: str | None, base: Path | str) -> str | None:
@@ -304,6 +306,9 @@ def validate_section(section: str, values: Mapping, where: str, partial: bool = 
         raise ParamsError(f"{where}: section '{section}' must be a mapping")
     out = {}
     for key, value in values.items():
+        if f"{section}.{key}" in MOVED_KEYS:
+            raise ParamsError(f"{where}: '{section}.{key}' moved to {MOVED_KEYS[f'{section}.{key}']} (the twin "
+                              "section holds what only the digital twin reads); rename it there")
         if key not in schema:
             raise ParamsError(
                 f"{where}: unknown key '{section}.{key}' (known: {', '.join(sorted(schema)) or 'none'})"
@@ -372,13 +377,18 @@ def validate_profile(data: Mapping, where: str) -> dict:
     return out
 
 
+#: The section read only by the digital twin's code (not set per specimen).
+TWIN_SECTION = "twin"
+
+
 def validate_override(data: Mapping, where: str) -> dict:
     """Validate a per-specimen override file: known sections, known keys, any subset."""
     out = {}
     for key, value in data.items():
-        if key not in SCHEMA:
+        if key not in SCHEMA or key == TWIN_SECTION:
             raise ParamsError(
-                f"{where}: unknown section '{key}' (a specimen file may set: {', '.join(SCHEMA)})"
+                f"{where}: unknown section '{key}' (a specimen file may set: "
+                f"{', '.join(s for s in SCHEMA if s != TWIN_SECTION)})"
             )
         out[key] = validate_section(key, value or {}, where, partial=True)
     return out
@@ -410,10 +420,13 @@ class Profile:
     specimen: str | None = None
 
     def notebook_parameters(self, stem: str) -> dict:
-        """Common keys, this notebook's section, and its per-specimen overrides."""
+        """Common keys, this notebook's section, its per-specimen overrides and, for a notebook with twin-only
+        cells, ``twin``: the keys of the ``twin`` section it reads (:data:`~ultrabones.core.schema.TWIN_KEYS`)."""
         section = NOTEBOOKS[stem]
         params = {k: copy.deepcopy(self.values[k]) for k in COMMON}
         params.update(copy.deepcopy(self.values[section]))
+        if stem in TWIN_KEYS:
+            params[TWIN_SECTION] = {k: copy.deepcopy(self.values[TWIN_SECTION][k]) for k in TWIN_KEYS[stem]}
         params["specimen"] = self.specimen
         params["specimen_overrides"] = {
             spec: copy.deepcopy(ov[section]) for spec, ov in self.overrides.items() if section in ov
@@ -439,7 +452,8 @@ def load_profile(
         ``section_hint``, a bare key of that section or a common key.
     specimen : process only this specimen (``make specimen``); it must be
         one of ``specimens`` when that list is given.
-    section_hint : the section a bare key belongs to.
+    section_hint : the section a bare key belongs to (a bare key of the ``twin`` section that the hinted section
+        lacks goes to ``twin``).
     cwd : the directory where the command ran (default: the current one).
         Path-valued keys (:data:`PATH_KEYS`) given relative, in the profile,
         a specimen file or ``-p``, are read from here, and ``~`` expands.
@@ -459,7 +473,8 @@ def load_profile(
         elif key in COMMON:
             section, sub = None, key
         elif section_hint is not None:
-            section, sub = section_hint, key
+            in_twin = key in SCHEMA[TWIN_SECTION] and key not in SCHEMA.get(section_hint, {})
+            section, sub = (TWIN_SECTION if in_twin else section_hint), key
         else:
             raise ParamsError(f"-p {text}: give the key as section.key")
         if section is None:

@@ -3,7 +3,9 @@ section.
 
 :data:`SCHEMA` (section -> key -> :class:`Spec`) and :data:`COMMON` (top-level keys) are what
 :mod:`ultrabones.core.params` validates a profile against; :data:`NOTEBOOKS` maps each notebook to its section,
-:data:`PER_SPECIMEN` names the stages that work specimen by specimen and :data:`PATH_KEYS` the path-valued keys.
+:data:`TWIN_KEYS` to the keys of the ``twin`` section (read only by the digital twin's code) it also receives and
+:data:`MOVED_KEYS` names the keys that moved from a method's section into ``twin``; :data:`PER_SPECIMEN` names
+the stages that work specimen by specimen and :data:`PATH_KEYS` the path-valued keys.
 A new key is added here (and to ``params/default.yaml``, which gives every key).
 """
 
@@ -171,6 +173,30 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "ct_cortical_hu": _f(200, 3000, doc="HU of the twin's cortical bone (1400: the bone threshold 720 is the midpoint to muscle)"),
         "real_frames_dir": _s(nullable=True, doc="folder with real frames (reference_images/, real_sweep/) for notebook 00's realism table; relative to where the command ran; null or missing: the section is skipped"),
     },
+    "twin": {  # read only by the digital twin's code (ultrabones.twin): measurements, the rater, the annotator
+        "surface_samples": _i(100, 10000000, doc="points sampled per mesh to measure surface distances on the twin"),
+        "precision_tolerance_mm": _f(0.0, 10.0, doc="distance within which a visible-label pixel matches the truth (mm; issue: 0.5)"),
+        "compare_objectives_frames": _i(0, 1000000, doc="after labelling, fit Eq. 2 (first_hit and full) and the released objective on at most this many frames and measure each one's delivered labels against the truth (notebook 02's twin section; labels.compare, twin.objectives); 0: off"),
+        "rubric_large_share": _f(0.001, 1.0, doc="simulated rater: share of the contour with error > 3 mm that makes 'large sections' (rating 0)"),
+        "rubric_some_share": _f(0.001, 1.0, doc="simulated rater: share with error > 1 mm that makes 'some sections' (rating 1)"),
+        "rubric_visible_mm": _f(0.01, 0.99, doc="simulated rater: smallest error seen at full resolution (mm)"),
+        "rubric_minor_share": _f(0.001, 1.0, doc="simulated rater: share with error > rubric_visible_mm that makes 'minor errors' (rating 2, else 3)"),
+        "rater_gain_sd": _f(0.0, 2.0, doc="simulated rater: SD of the log of the per-item error-size misjudgement factor"),
+        "rater_lapse": _f(0.0, 1.0, doc="simulated rater: probability that a rating slips one step up or down"),
+        "annotator_visible_quantile": _f(0.0, 1.0, doc="simulated annotator: grey-level quantile of the frame a visible echo exceeds"),
+        "annotator_visible_contrast": _f(0.0, 100.0, doc="simulated annotator: least ratio of a visible echo to the frame's median grey level"),
+        "annotator_visible_fraction": _f(0.0, 1.0, doc="simulated annotator: least share of the frame's brightest contour echo"),
+        "annotator_smooth_mm": _f(0.0, 10.0, doc="simulated annotator: image smoothing before judging brightness (mm)"),
+        "annotator_search_mm": _f(0.0, 10.0, doc="simulated annotator: depth range each side where the echo is looked for (mm)"),
+        "annotator_gap_mm": _f(0.0, 50.0, doc="simulated annotator: dim stretches shorter than this are traced through (mm)"),
+        "annotator_min_length_mm": _f(0.0, 100.0, doc="simulated annotator: visible stretches shorter than this are not marked (mm)"),
+        "annotator_jitter_mm": _f(0.0, 10.0, doc="simulated annotator: std of the hand-tracing displacement (mm)"),
+        "annotator_jitter_corr_mm": _f(0.0, 100.0, doc="simulated annotator: correlation length of that displacement (mm)"),
+        "annotator_brush_mm": _f(0.0, 10.0, doc="simulated annotator: width of the drawn stroke (mm)"),
+        "annotator_sweep_quantiles": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_quantile of each level (twin only; as long as annotator_sweep_fractions)"),
+        "annotator_sweep_fractions": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_fraction of each level (as long as annotator_sweep_quantiles)"),
+        "annotator_sweep_contrasts": _l(_f(0.0, 100.0), doc="simulated annotator sensitivity study: visible_contrast of each level (as long as annotator_sweep_quantiles; one level is the lenient 0, 0, 0)"),
+    },
     "calibration": {
         "wire_threshold": _f(0, 255, doc="grey level (0..255, after smoothing) above which a pixel is a wire echo"),
         "wire_sigma_px": _f(0, 10, doc="Gaussian smoothing of phantom images before wire detection (px)"),
@@ -187,7 +213,6 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "smooth_iterations": _i(0, 100, doc="Taubin smoothing iterations of the bone mesh (0: none)"),
         "decimate_fraction": _f(0.01, 1, doc="fraction of the bone mesh's triangles kept by quadric decimation"),
         "icp_max_distance_mm": _f(0.01, 100, doc="ICP correspondence distance, virtual to CT fiducial spheres (mm)"),
-        "surface_samples": _i(100, 10000000, doc="points sampled per mesh to measure surface distances on the twin"),
     },
     "labeling": {
         "objective": _s(("eq2", "released"), doc="the pose objective: eq2 (the paper's Eq. 2 as printed) or released (the objective of the authors' public code that made the released labels: sum of exp(5 I) over image points within 0.5 mm of C minus 3000 times the fiducial displacement, with its image preparation and skip rules; labels.released)"),
@@ -228,9 +253,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "registration_bound_deg": _f(0.0, 30.0, doc="global registration search box, Euler angles about the sweep centre (degrees)"),
         "registration_bound_mm": _f(0.0, 100.0, doc="global registration search box, translation (mm)"),
         "registration_maxiter": _i(1, 10000, doc="differential evolution generations of the global registration"),
-        "precision_tolerance_mm": _f(0.0, 10.0, doc="distance within which a visible-label pixel matches the truth (mm; issue: 0.5)"),
         "executor": _s(("dask", "synchronous"), doc="dask: a LocalCluster of n_workers (or dask_scheduler); synchronous: in process"),
-        "compare_objectives_frames": _i(0, 1000000, doc="twin only: after labelling, fit Eq. 2 (first_hit and full) and the released objective on at most this many frames and measure each one's delivered labels against the truth (notebook 02's twin section; labels.compare, twin.objectives); 0: off"),
         "device": _s(("auto", "cuda", "cpu"), nullable=True, doc="optimizer de: the torch device that optimises a chunk's frames together (labels.torch_objective; Eq. 2 and each frame's correction equal to numpy/scipy's); null: numpy/scipy, frame by frame; auto: cuda where torch sees a CUDA device, else null; cuda (stops if there is none); cpu (tests)"),
         "min_echo_level": _f(0, 1, doc="a frame whose brightest 1% of pixels average below this grey level (0..1 of full scale) carries no echo (a blank frame) and is skipped as no_echo; 0: off"),
     },
@@ -239,12 +262,6 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "image_format": _s(("jpeg", "png"), doc="encoding of the items embedded in the rating page"),
         "jpeg_quality": _i(50, 100, doc="JPEG quality of the embedded items (4:4:4 chroma)"),
         "overlay_alpha": _f(0.0, 1.0, doc="opacity of the label colour over the image (0-1)"),
-        "rubric_large_share": _f(0.001, 1.0, doc="simulated rater: share of the contour with error > 3 mm that makes 'large sections' (rating 0)"),
-        "rubric_some_share": _f(0.001, 1.0, doc="simulated rater: share with error > 1 mm that makes 'some sections' (rating 1)"),
-        "rubric_visible_mm": _f(0.01, 0.99, doc="simulated rater: smallest error seen at full resolution (mm)"),
-        "rubric_minor_share": _f(0.001, 1.0, doc="simulated rater: share with error > rubric_visible_mm that makes 'minor errors' (rating 2, else 3)"),
-        "rater_gain_sd": _f(0.0, 2.0, doc="simulated rater: SD of the log of the per-item error-size misjudgement factor"),
-        "rater_lapse": _f(0.0, 1.0, doc="simulated rater: probability that a rating slips one step up or down"),
         "zero_method": _s(("wilcox", "pratt", "zsplit"), doc="Wilcoxon treatment of zero differences (scipy zero_method)"),
         "wilcoxon_method": _s(("auto", "exact", "asymptotic"), doc="Wilcoxon p-value: exact, asymptotic (normal, tie-corrected) or auto"),
         "alpha": _f(1e-9, 0.5, doc="significance level of the Bonferroni-adjusted tests (paper: p < 0.001)"),
@@ -302,19 +319,6 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "checkpoint": _s(nullable=True, doc="checkpoint to evaluate (e.g. a converted released model); null: models/best.ckpt"),
         "predict_scope": _s(("evaluated", "test_specimens"), doc="frames segmented into Labels_pred/: the evaluated ones, or every labelled test frame (for 06)"),
         "n_examples": _i(1, 12, doc="rows of Fig. 6a (example frames)"),
-        "annotator_visible_quantile": _f(0.0, 1.0, doc="simulated annotator: grey-level quantile of the frame a visible echo exceeds"),
-        "annotator_visible_contrast": _f(0.0, 100.0, doc="simulated annotator: least ratio of a visible echo to the frame's median grey level"),
-        "annotator_visible_fraction": _f(0.0, 1.0, doc="simulated annotator: least share of the frame's brightest contour echo"),
-        "annotator_smooth_mm": _f(0.0, 10.0, doc="simulated annotator: image smoothing before judging brightness (mm)"),
-        "annotator_search_mm": _f(0.0, 10.0, doc="simulated annotator: depth range each side where the echo is looked for (mm)"),
-        "annotator_gap_mm": _f(0.0, 50.0, doc="simulated annotator: dim stretches shorter than this are traced through (mm)"),
-        "annotator_min_length_mm": _f(0.0, 100.0, doc="simulated annotator: visible stretches shorter than this are not marked (mm)"),
-        "annotator_jitter_mm": _f(0.0, 10.0, doc="simulated annotator: std of the hand-tracing displacement (mm)"),
-        "annotator_jitter_corr_mm": _f(0.0, 100.0, doc="simulated annotator: correlation length of that displacement (mm)"),
-        "annotator_brush_mm": _f(0.0, 10.0, doc="simulated annotator: width of the drawn stroke (mm)"),
-        "annotator_sweep_quantiles": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_quantile of each level (twin only; as long as annotator_sweep_fractions)"),
-        "annotator_sweep_fractions": _l(_f(0.0, 1.0), doc="simulated annotator sensitivity study: visible_fraction of each level (as long as annotator_sweep_quantiles)"),
-        "annotator_sweep_contrasts": _l(_f(0.0, 100.0), doc="simulated annotator sensitivity study: visible_contrast of each level (as long as annotator_sweep_quantiles; one level is the lenient 0, 0, 0)"),
         "detector_fit_frames": _i(5, 10**7, doc="shadow-peak detector: training-specimen frames its parameters are fitted on (drawn with seed)"),
         "detector_enhancements": _l(_s(("intensity", "phase_symmetry")), doc="shadow-peak detector: bright-echo terms the fit chooses among (intensity, phase_symmetry)"),
         "surface_band_mm": _f(0.01, 10.0, nullable=True, doc="the model's masks: per scan line, the peaks of its probability map widened to a band this thick (the labels' 2 gamma, mm); null: the thresholded map (the paper's)"),
@@ -348,6 +352,21 @@ NOTEBOOKS: dict[str, str] = {
     "06_reconstruction": "reconstruction",
     "07_summary": "summary",
 }
+
+#: Notebook stem -> the ``twin`` keys its twin-only cells read. The notebook receives them as one parameter,
+#: ``twin`` (a dict of these keys; :meth:`ultrabones.core.params.Profile.notebook_parameters`), and builds
+#: ``ultrabones.twin.params.TwinParams`` from it; the method's own sections never hold them.
+TWIN_KEYS: dict[str, tuple[str, ...]] = {
+    "01_calibration": ("surface_samples",),
+    "02_labeling": ("precision_tolerance_mm", "compare_objectives_frames"),
+    "03_rating_statistics": ("rubric_large_share", "rubric_some_share", "rubric_visible_mm", "rubric_minor_share",
+                             "rater_gain_sd", "rater_lapse"),
+    "05_evaluation": tuple(k for k in SCHEMA["twin"] if k.startswith("annotator_")),
+}
+
+#: ``<section>.<key>`` of a key that moved into the ``twin`` section -> its new name (``twin.<key>``): a profile,
+#: a specimen file or ``-p`` that still names the old one fails with a message naming the new one.
+MOVED_KEYS: dict[str, str] = {f"{NOTEBOOKS[stem]}.{k}": f"twin.{k}" for stem, keys in TWIN_KEYS.items() for k in keys}
 
 #: Notebook stem -> the module holding its stage's contract (``Params``, ``Result``, ``run``, ``metrics``,
 #: ``check``, ``figures``: docs/architecture.md, "The stage contract"; tests/test_stage_contract.py).

@@ -87,8 +87,6 @@ class EvaluationParams(SectionParams):
     checkpoint : the checkpoint evaluated; None: ``models/best.ckpt`` of the run.
     predict_scope : frames segmented into ``Labels_pred/`` (:data:`PREDICT_SCOPES`).
     n_examples : rows of Fig. 6a.
-    annotator_* : the twin's simulated annotator's keys
-        (``ultrabones.twin.annotator.SimulatedAnnotator.from_section``), not the method's: the method never reads them.
     detector_fit_frames : training-specimen frames the shadow-peak detector is fitted on.
     detector_enhancements : bright-echo terms its fit chooses among
         (:data:`ultrabones.evaluation.bone_detector.ENHANCEMENTS`).
@@ -105,19 +103,6 @@ class EvaluationParams(SectionParams):
     checkpoint: str | None
     predict_scope: str
     n_examples: int
-    annotator_visible_quantile: float
-    annotator_visible_contrast: float
-    annotator_visible_fraction: float
-    annotator_smooth_mm: float
-    annotator_search_mm: float
-    annotator_gap_mm: float
-    annotator_min_length_mm: float
-    annotator_jitter_mm: float
-    annotator_jitter_corr_mm: float
-    annotator_brush_mm: float
-    annotator_sweep_quantiles: tuple[float, ...]
-    annotator_sweep_fractions: tuple[float, ...]
-    annotator_sweep_contrasts: tuple[float, ...]
     detector_fit_frames: int
     detector_enhancements: tuple[str, ...]
     surface_band_mm: float | None

@@ -66,9 +66,7 @@ class LabelingParams(SectionParams):
     registration_bound_deg: float
     registration_bound_mm: float
     registration_maxiter: int
-    precision_tolerance_mm: float
     executor: str
-    compare_objectives_frames: int
     device: str | None
     min_echo_level: float
 

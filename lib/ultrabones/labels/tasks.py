@@ -358,10 +358,6 @@ def task_key(task: Mapping[str, Any]) -> dict:
     return {k: _params_key(v) if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
 
 
-#: Keys of the section that change no label (a report made after labelling): left out of the cache keys.
-_NOT_IN_KEYS = ("compare_objectives_frames",)
-
-
 def _params_key(P) -> dict:
-    """The parameters as the cache keys see them: the section less :data:`_NOT_IN_KEYS`."""
-    return {k: v for k, v in P.as_dict().items() if k not in _NOT_IN_KEYS}
+    """The parameters as the cache keys see them: the section as plain data (``P.as_dict()``)."""
+    return P.as_dict()

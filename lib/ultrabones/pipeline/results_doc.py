@@ -408,7 +408,7 @@ def _objectives_section(c: Committed) -> list[str]:
             f"(`released`, upstream's optimiser settings) fitted on the same frames of validation seeds {seeds}, "
             "each label as the dataset would hold it (optimised when kept, the initial one when discarded) "
             "measured against the twin's truth (contour error, mm). The methods never see the truth. "
-            "`python -m ultrabones run 02 --profile default --seed N -p labeling.compare_objectives_frames=60` "
+            "`python -m ultrabones run 02 --profile default --seed N -p twin.compare_objectives_frames=60` "
             "(`make validate` runs it); source: "
             f"`figures/{VALIDATION}/seed*/02_labeling.json: objective_comparison`.",
             "",

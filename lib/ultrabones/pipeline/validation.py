@@ -196,7 +196,7 @@ def objective_comparison(runs: Sequence[Mapping[str, dict]], names: Sequence[str
     Parameters
     ----------
     runs, names : the validation seeds' metrics and names (:func:`committed_runs`); a run whose
-        ``02_labeling.json`` lacks ``objective_comparison`` (notebook 02 with ``compare_objectives_frames`` > 0,
+        ``02_labeling.json`` lacks ``objective_comparison`` (notebook 02 with ``twin.compare_objectives_frames`` > 0,
         measured against the truth by :mod:`ultrabones.twin.objectives`) is left out.
 
     Returns

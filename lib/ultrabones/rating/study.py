@@ -85,7 +85,7 @@ class RatingParams(SectionParams):
 
     Build it with :meth:`~ultrabones.core.params.SectionParams.from_section`. Construction, and so
     ``dataclasses.replace``, validates every value; ``as_dict`` gives the section back as plain data. The
-    ``rubric_*`` and ``rater_*`` fields are read only by the rater model (:mod:`ultrabones.twin.rater`).
+    rater model's keys (``rubric_*``, ``rater_*``) are the ``twin`` section's, not this one's.
     """
 
     SECTION: ClassVar[str] = SECTION
@@ -94,12 +94,6 @@ class RatingParams(SectionParams):
     image_format: str
     jpeg_quality: int
     overlay_alpha: float
-    rubric_large_share: float
-    rubric_some_share: float
-    rubric_visible_mm: float
-    rubric_minor_share: float
-    rater_gain_sd: float
-    rater_lapse: float
     zero_method: str
     wilcoxon_method: str
     alpha: float

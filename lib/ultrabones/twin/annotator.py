@@ -36,6 +36,7 @@ from ultrabones.core.executor import executor
 from ultrabones.evaluation import metrics
 from ultrabones.evaluation.comparison import level_name, model_vs_levels
 from ultrabones.twin.manual_labels import LABEL, AnnotatorParams, annotate, annotate_frames, frame_rng
+from ultrabones.twin.params import TwinParams
 
 
 # ----------------------------------------------------------------------------- sensitivity study
@@ -88,23 +89,23 @@ def sweep_levels(quantiles: Sequence[float], fractions: Sequence[float], contras
     """
     q, f, c = ([float(v) for v in vals] for vals in (quantiles, fractions, contrasts))
     if not q or not len(q) == len(f) == len(c):
-        raise ParamsError(f"evaluation.annotator_sweep_quantiles ({len(q)} values), annotator_sweep_contrasts "
+        raise ParamsError(f"twin.annotator_sweep_quantiles ({len(q)} values), annotator_sweep_contrasts "
                           f"({len(c)} values) and annotator_sweep_fractions ({len(f)} values) must be non-empty "
                           "lists of equal length: one triple per level")
     bad = [v for v in q + f if not 0.0 <= v <= 1.0]
     if bad:
-        raise ParamsError(f"evaluation.annotator_sweep_quantiles/fractions: {bad[0]} is outside [0, 1]")
+        raise ParamsError(f"twin.annotator_sweep_quantiles/fractions: {bad[0]} is outside [0, 1]")
     bad = [v for v in c if not (np.isfinite(v) and v >= 0.0)]
     if bad:
-        raise ParamsError(f"evaluation.annotator_sweep_contrasts: {bad[0]} is not a finite ratio >= 0")
+        raise ParamsError(f"twin.annotator_sweep_contrasts: {bad[0]} is not a finite ratio >= 0")
     levels = [dict(zip(LEVEL_FIELDS, t)) for t in zip(q, c, f)]
     triples = list(zip(q, c, f))
     dup = next((i for i, t in enumerate(triples) if t in triples[:i]), None)
     if dup is not None:
-        raise ParamsError(f"evaluation.annotator_sweep_*: level {dup} (quantile {q[dup]}, contrast {c[dup]}, "
+        raise ParamsError(f"twin.annotator_sweep_*: level {dup} (quantile {q[dup]}, contrast {c[dup]}, "
                           f"fraction {f[dup]}) repeats level {triples.index(triples[dup])}: the levels must differ")
     if not any(is_lenient(lv) for lv in levels):
-        raise ParamsError("evaluation.annotator_sweep_*: no lenient level (quantile 0, contrast 0, fraction 0): "
+        raise ParamsError("twin.annotator_sweep_*: no lenient level (quantile 0, contrast 0, fraction 0): "
                           "the sweep must start where the annotator marks every contour pixel, or its low-intensity "
                           "completeness is low by construction")
     return levels
@@ -236,7 +237,7 @@ class SimulatedAnnotator:
     @classmethod
     def from_section(cls, section: dict, seed: int = 0, n_workers: int = 1,
                      scheduler: str | None = None) -> "SimulatedAnnotator":
-        """From the ``evaluation`` section's ``annotator_*`` keys (the sweep's from ``annotator_sweep_*``).
+        """From the ``twin`` section's ``annotator_*`` keys, as a dict (the sweep's from ``annotator_sweep_*``).
 
         Raises
         ------
@@ -247,6 +248,19 @@ class SimulatedAnnotator:
                               section["annotator_sweep_contrasts"])
         return cls(AnnotatorParams.from_section(section), tuple(levels), int(seed), n_workers=int(n_workers),
                    scheduler=scheduler)
+
+    @classmethod
+    def from_params(cls, twin: TwinParams, seed: int = 0, n_workers: int = 1,
+                    scheduler: str | None = None) -> "SimulatedAnnotator":
+        """From notebook 05's :class:`~ultrabones.twin.params.TwinParams` (its ``annotator_*`` keys).
+
+        Raises
+        ------
+        ParamsError
+            If a key was not given (:meth:`~ultrabones.twin.params.TwinParams.need`) or as :meth:`from_section`.
+        """
+        twin.need(*(f.name for f in dataclasses.fields(twin) if f.name.startswith("annotator_")))
+        return cls.from_section(twin.as_dict(), seed, n_workers, scheduler)
 
     def annotate(self, frames: Sequence, spacing, progress: bool = True) -> int:
         """Write ``LabelsManual/`` for every frame (:func:`annotate_frames`); returns how many."""

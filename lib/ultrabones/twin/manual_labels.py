@@ -102,7 +102,7 @@ class AnnotatorParams:
 
     @classmethod
     def from_section(cls, section: dict) -> "AnnotatorParams":
-        """The ``annotator_<field>`` keys of the ``evaluation`` parameter section (the sweep's keys are not fields)."""
+        """The ``annotator_<field>`` keys of the ``twin`` parameter section (the sweep's keys are not fields)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k[len("annotator_"):]: v for k, v in section.items()
                       if k.startswith("annotator_") and k[len("annotator_"):] in names})

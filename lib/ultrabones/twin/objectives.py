@@ -5,7 +5,8 @@ here, on the twin only, the label each one delivers (the optimised label when th
 one otherwise, as the dataset would hold it) is drawn with notebook 02's cloud and band and compared with the
 true full label (contour error, :func:`ultrabones.core.label_distances.contour_error_mm`). :func:`table` gives,
 per objective, the discard rate, the contour error of the kept frames before and after, and that of every
-frame's delivered label; :func:`plot` the figure of notebook 02's twin section.
+frame's delivered label; :func:`plot` the figure of notebook 02's twin section; :func:`compared` all of it when
+``twin.compare_objectives_frames`` asks for it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ultrabones.core.label_distances import contour_error_mm
 from ultrabones.core.paths import Paths
 from ultrabones.labels import compare as fit
 from ultrabones.twin import measure_labels, truth_reader
+from ultrabones.twin.params import TwinParams
 
 
 def errors(paths: Paths, fits: pd.DataFrame, settings: dict) -> pd.DataFrame:
@@ -115,3 +117,12 @@ def compare(paths: Paths, P, result, n_frames: int, seed: int, save_figure=None,
     if save_figure is not None:
         save_figure(plot(errs), paths, "objective_comparison", stem)
     return table(errs).to_dict(orient="list")
+
+
+def compared(paths: Paths, P, result, twin: TwinParams, seed: int, save_figure=None, stem: str | None = None) -> dict:
+    """Notebook 02's objective comparison, when asked: ``{"objective_comparison": compare(...)}`` on the twin with
+    ``twin.compare_objectives_frames`` > 0 (:func:`compare` on that many frames), else ``{}``."""
+    n_frames = twin.need("compare_objectives_frames").compare_objectives_frames
+    if not paths.is_twin or n_frames < 1:
+        return {}
+    return {"objective_comparison": compare(paths, P, result, n_frames, seed, save_figure, stem)}

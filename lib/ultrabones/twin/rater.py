@@ -23,9 +23,11 @@ from ultrabones.core.paths import Paths
 from ultrabones.core.label_distances import directed_distances
 from ultrabones.rating import rating_set, rating_stats, study
 from ultrabones.rating.rating_set import stable_int
+from ultrabones.rating import study
 from ultrabones.rating.rating_stats import METRIC_NAMES
-from ultrabones.rating.study import PROFILES_FILE, RatingParams, RatingResult, StudyResult, with_ratings
+from ultrabones.rating.study import PROFILES_FILE, RatingResult, StudyResult, with_ratings
 from ultrabones.twin.layout import truth_dir
+from ultrabones.twin.params import TwinParams
 
 #: The ``ratings_source`` of the rater model's ratings (a person's is their CSV's path).
 MODEL_SOURCE = "simulated rater"
@@ -59,8 +61,9 @@ class Rubric:
     minor_share: float = 0.10
 
     @classmethod
-    def of(cls, params: RatingParams) -> "Rubric":
-        """The rubric of the ``rating`` section's ``rubric_*`` fields."""
+    def of(cls, params: TwinParams) -> "Rubric":
+        """The rubric of the ``twin`` section's ``rubric_*`` fields."""
+        params.need("rubric_large_share", "rubric_some_share", "rubric_visible_mm", "rubric_minor_share")
         return cls(params.rubric_large_share, params.rubric_some_share, params.rubric_visible_mm,
                    params.rubric_minor_share)
 
@@ -68,9 +71,9 @@ class Rubric:
         for name in ("large_share", "some_share", "minor_share"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
-                raise ParamsError(f"rating.rubric_{name}: {v} must be in (0, 1]")
+                raise ParamsError(f"twin.rubric_{name}: {v} must be in (0, 1]")
         if not 0.0 < self.visible_mm < 1.0:
-            raise ParamsError(f"rating.rubric_visible_mm: {self.visible_mm} must be in (0, 1) mm")
+            raise ParamsError(f"twin.rubric_visible_mm: {self.visible_mm} must be in (0, 1) mm")
 
 
 def contour_shares(distances: np.ndarray, visible_mm: float) -> dict[str, float]:
@@ -143,7 +146,7 @@ def simulate_ratings(
     (n_items,) int array of ratings 0-3.
     """
     if gain_sd < 0 or not 0 <= lapse <= 1:
-        raise ParamsError(f"rating: rater_gain_sd {gain_sd} must be >= 0 and rater_lapse {lapse} in [0, 1]")
+        raise ParamsError(f"twin: rater_gain_sd {gain_sd} must be >= 0 and rater_lapse {lapse} in [0, 1]")
     rng = np.random.default_rng([seed, stable_int("simulated-rater")])
     n = len(distances)
     gain = np.exp(gain_sd * rng.standard_normal(n))
@@ -200,11 +203,12 @@ def error_profiles(key: pd.DataFrame, distances: Sequence[np.ndarray], visible_m
 # ----------------------------------------------------------------------------- notebook 03 on the twin
 
 
-def ratings(built: Mapping, measured: Sequence[np.ndarray], params: RatingParams, seed: int,
+def ratings(built: Mapping, measured: Sequence[np.ndarray], params: TwinParams, seed: int,
             out_dir: Path | str) -> pd.DataFrame:
     """The rater model's ratings of a rating set (``measured``: :func:`label_errors`), written as a CSV in the
     page's export format and read back through the same validation as a person's
     (:func:`ultrabones.rating.rating_stats.read_ratings`): a table of ratings, like a person's."""
+    params.need("rater_gain_sd", "rater_lapse")
     simulated = simulate_ratings(measured, Rubric.of(params), params.rater_gain_sd, params.rater_lapse, seed)
     table = rating_set.ratings_table(built["key"], simulated, study.SIMULATED_RATER, built["set_id"])
     f = Path(out_dir) / study.SIMULATED_FILE
@@ -248,9 +252,10 @@ def check_coherence(ratings_table: pd.DataFrame | None, profiles: pd.DataFrame |
     return {"spearman_rho": rho, "median_error_mm": median_err.round(3).to_dict()}
 
 
-def with_model_ratings(paths: Paths, result: StudyResult, measured: Sequence[np.ndarray] | None, seed: int
-                       ) -> StudyResult:
-    """Notebook 03's result with the rater model's ratings where it has none.
+def with_model_ratings(paths: Paths, result: StudyResult, measured: Sequence[np.ndarray] | None,
+                       twin: TwinParams, seed: int) -> StudyResult:
+    """Notebook 03's result with the rater model's ratings where it has none (``twin``: its ``rubric_*`` and
+    ``rater_*`` keys).
 
     A person's CSV (read and analysed by :func:`ultrabones.rating.study.run`) always wins; on the twin without
     one, the rater model rates the set from ``measured`` (:func:`label_errors`, :func:`ratings`) and the stage
@@ -259,7 +264,7 @@ def with_model_ratings(paths: Paths, result: StudyResult, measured: Sequence[np.
     """
     if result.ratings is not None or not paths.is_twin or measured is None:
         return result
-    return with_ratings(result, ratings(result.built, measured, result.params, seed, paths.rating_dir), MODEL_SOURCE)
+    return with_ratings(result, ratings(result.built, measured, twin, seed, paths.rating_dir), MODEL_SOURCE)
 
 
 def true_outlines(paths: Paths, examples: Sequence[Mapping]) -> list[np.ndarray]:
