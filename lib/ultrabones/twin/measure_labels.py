@@ -39,8 +39,8 @@ class LabelDrawer:
     def draw(self, specimen: str, shape, poses) -> list[np.ndarray]:
         """Full labels (H, W) bool of one frame at each pose (4, 4) in ``poses``."""
         pts = self.cloud(specimen)
-        near = points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)
-        return [full_label(shape, p, self.calib, self.spacing, pts[near], self.gamma) for p in poses]
+        near = pts[points_near(pts, shape, poses[0], poses[1:], self.calib, self.spacing, self.gamma)]  # once
+        return [full_label(shape, p, self.calib, self.spacing, near, self.gamma) for p in poses]
 
 
 
