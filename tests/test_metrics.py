@@ -267,6 +267,14 @@ def test_evaluate_on_a_tiny_dataset(tmp_path):
     # manual marks columns 0..19 of 40; columns 20..23 lie within 0.4 mm < 0.5 mm of it
     assert s["at"]["strict"]["manual"]["all"]["completeness"] == pytest.approx(24 / 40)
     assert s["border"]["model"]["dice"] == 1.0
+    # the frames scored in blocks on two local processes, summed in order: the same result
+    par = metrics.evaluate(frames, metrics.dataset_label("Labels"),
+                           {"model": metrics.dataset_label("Labels_pred"),
+                            "manual": metrics.dataset_label("LabelsManual")},
+                           (0.1, 0.1), SIGMAS, t, progress=False, n_workers=2)
+    np.testing.assert_equal(metrics.summarise(par, 0.5), s)  # nested dicts and arrays, nan == nan
+    assert np.array_equal(par["gt_counts"], res["gt_counts"])
+    assert all(np.array_equal(par["per_frame"][m], res["per_frame"][m]) for m in res["per_frame"])
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -232,7 +232,8 @@ def label_sources(manual_source: str | None, detector: Mapping | None, spacing) 
 
 
 def score(frames: Sequence[Frame], spacing, methods: Mapping[str, LabelSource], params: EvaluationParams,
-          manual_source: str | None = None, progress: bool = True) -> dict:
+          manual_source: str | None = None, progress: bool = True, *, n_workers: int = 1,
+          scheduler: str | None = None) -> dict:
     """Otsu's split of the CT-derived label pixels, then every method scored against ``Labels/`` (Eqs. 3-6).
 
     Parameters
@@ -242,6 +243,7 @@ def score(frames: Sequence[Frame], spacing, methods: Mapping[str, LabelSource], 
     methods : method name -> label source (:func:`label_sources`); ``Labels_pred/`` must be written.
     params : the thresholds (``sigmas_mm``, ``report_sigma_mm``).
     manual_source : the manual labels' source, named in the histograms; None: no manual histogram.
+    n_workers, scheduler : where the frames are scored (:func:`~ultrabones.evaluation.metrics.evaluate`).
 
     Returns
     -------
@@ -253,12 +255,13 @@ def score(frames: Sequence[Frame], spacing, methods: Mapping[str, LabelSource], 
     hists = label_histograms(frames, sources, progress=progress)
     otsu = otsu_threshold(hists[REFERENCE])
     scores = evaluate(frames, dataset_label(ds.LABELS), methods, spacing, params.sigmas, otsu, progress=progress,
-                      keep_per_frame=params.report_sigma_mm)
+                      keep_per_frame=params.report_sigma_mm, n_workers=n_workers, scheduler=scheduler)
     return {"histograms": hists, "otsu": otsu, "scores": scores, "summary": summarise(scores, params.report_sigma_mm)}
 
 
 def run(paths, params: EvaluationParams, *, specimens: Sequence[str] | None = None, seed: int = 0,
-        annotator: Annotator | None = None, threads: int | None = None, progress: bool = True) -> EvaluationResult:
+        annotator: Annotator | None = None, threads: int | None = None, progress: bool = True, n_workers: int = 1,
+        scheduler: str | None = None) -> EvaluationResult:
     """Evaluate a trained checkpoint on its test specimens against two baselines (stage 05).
 
     Parameters
@@ -272,6 +275,8 @@ def run(paths, params: EvaluationParams, *, specimens: Sequence[str] | None = No
         annotator); None: the data's own ``LabelsManual/`` when present.
     threads : torch CPU threads for the predictions; None: torch's default.
     progress : progress bars.
+    n_workers, scheduler : where the frames are scored: local worker processes, or a Dask scheduler
+        (:func:`~ultrabones.evaluation.metrics.evaluate`); the scores do not depend on it.
 
     Returns
     -------
@@ -320,7 +325,7 @@ def run(paths, params: EvaluationParams, *, specimens: Sequence[str] | None = No
     seconds["predict_s"] = inference.predict_frames(to_predict, ckpt, threads, progress, params.surface_band_mm, spacing)
 
     methods = label_sources(manual, detector, spacing)
-    scored = score(frames, spacing, methods, params, manual, progress)
+    scored = score(frames, spacing, methods, params, manual, progress, n_workers=n_workers, scheduler=scheduler)
     seconds["evaluate_s"] = scored["scores"]["seconds"]
 
     other_at = None  # a model trained elsewhere: the mask kind the stage did not write, scored in memory

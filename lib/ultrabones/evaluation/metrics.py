@@ -44,6 +44,7 @@ from scipy import ndimage
 from ultrabones.core.dataset import Frame, read_label
 from ultrabones.core.distance_scores import PROTOCOLS, SCORES, PairScores, border_metrics, scores_from_distances
 from ultrabones.core.errors import DatasetError, ParamsError
+from ultrabones.core.executor import executor
 from ultrabones.core.label_distances import check_masks, check_sigmas, check_spacing, directed_distances
 
 REGIONS = ("all", "high", "low")
@@ -295,7 +296,8 @@ def label_histograms(frames: Sequence[Frame], sources: Mapping[str, LabelSource]
 
 
 def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[str, LabelSource], spacing,
-             sigmas, threshold: float, progress: bool = True, keep_per_frame: float | None = 0.5) -> dict:
+             sigmas, threshold: float, progress: bool = True, keep_per_frame: float | None = 0.5, *,
+             n_workers: int = 1, scheduler: str | None = None) -> dict:
     """Score every method's labels against the reference labels over a set of frames.
 
     Parameters
@@ -309,6 +311,9 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     threshold : Otsu grey-level threshold for the high/low split.
     keep_per_frame : also return per-frame ``(accuracy, completeness, f1)`` of
         region ``all`` at this sigma (mm) for picking examples; None: not kept.
+    n_workers, scheduler : blocks of frames are scored as independent tasks on the package's executor (local
+        processes, or a Dask scheduler; the label sources travel to them); the scores are summed in the frames'
+        order, so the result does not depend on it.
 
     Returns
     -------
@@ -316,8 +321,6 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     "gt_counts": (n, 2) high and low-intensity pixels of each reference label,
     "n_frames": n, "seconds": wall time}``.
     """
-    from tqdm import tqdm
-
     sig = check_sigmas(sigmas)
     check_spacing(spacing)
     aggs = {m: Aggregate(sig) for m in methods}
@@ -328,19 +331,37 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     per_frame = {m: [] for m in methods}
     gt_counts = []
     t0 = time.perf_counter()
-    for fr in tqdm(frames, desc="evaluating frames", disable=not progress):
-        img = fr.read_image()
-        gt = reference(fr, img.shape)
-        gt_counts.append((int((gt & (img > threshold)).sum()), int((gt & (img <= threshold)).sum())))
-        preds = {name: src(fr, img.shape) for name, src in methods.items()}
-        for name, sc in frame_scores_many(preds, gt, img, spacing, sig, threshold).items():
-            aggs[name].add(sc)
-            if i_keep is not None:
-                a = sc["all"]
-                per_frame[name].append((a.accuracy[i_keep], a.completeness[i_keep], a.f1[i_keep]))
+    frames = list(frames)
+    step = max(1, -(-len(frames) // (4 * max(1, int(n_workers)))))  # a few blocks a worker: balanced, few tasks
+    tasks = [(frames[i:i + step], reference, dict(methods), spacing, sig, float(threshold))
+             for i in range(0, len(frames), step)]
+    with executor("auto", scheduler, n_workers, progress) as ex:
+        blocks = ex.map(score_block, tasks, desc="evaluating frames", unit="block")
+    for block in blocks:
+        for counts, scores in block:
+            gt_counts.append(counts)
+            for name, sc in scores.items():
+                aggs[name].add(sc)
+                if i_keep is not None:
+                    a = sc["all"]
+                    per_frame[name].append((a.accuracy[i_keep], a.completeness[i_keep], a.f1[i_keep]))
     return {"aggregates": aggs, "per_frame": {m: np.array(v).reshape(-1, 3) for m, v in per_frame.items()},
             "gt_counts": np.array(gt_counts, dtype=np.int64).reshape(-1, 2),
             "n_frames": len(frames), "seconds": time.perf_counter() - t0}
+
+
+def score_block(task: tuple) -> list[tuple[tuple[int, int], dict]]:
+    """One block of frames of :func:`evaluate` (a task of the executor): per frame, in order, the reference
+    label's high- and low-intensity pixel counts and every method's :func:`frame_scores_many` scores."""
+    frames, reference, methods, spacing, sig, threshold = task
+    out = []
+    for fr in frames:
+        img = fr.read_image()
+        gt = reference(fr, img.shape)
+        counts = (int((gt & (img > threshold)).sum()), int((gt & (img <= threshold)).sum()))
+        preds = {name: src(fr, img.shape) for name, src in methods.items()}
+        out.append((counts, frame_scores_many(preds, gt, img, spacing, sig, threshold)))
+    return out
 
 
 def summarise(result: Mapping, sigma: float = 0.5) -> dict:

@@ -37,7 +37,7 @@ def frames_with_truth(paths: Paths, frames, kind: str = dataset.LABELS) -> list:
             if (root / fr.record.specimen / fr.record.name / kind / f"{fr.timestamp}_label.png").is_file()]
 
 
-def evaluation(paths: Paths, result) -> dict:
+def evaluation(paths: Paths, result, *, n_workers: int = 1, scheduler: str | None = None) -> dict:
     """Stage 05's methods scored against the twin's true visible labels, as ``{"vs_truth": ...}``.
 
     The model, the classical detector, the manual labels and the CT-derived labels ``G`` themselves
@@ -48,6 +48,7 @@ def evaluation(paths: Paths, result) -> dict:
     ----------
     paths : the run's paths.
     result : :class:`ultrabones.evaluation.benchmark.EvaluationResult`.
+    n_workers, scheduler : where the frames are scored (:func:`ultrabones.evaluation.metrics.evaluate`).
 
     Returns
     -------
@@ -59,7 +60,8 @@ def evaluation(paths: Paths, result) -> dict:
     p = result.params
     frames = frames_with_truth(paths, result.frames)
     methods = {**result.methods, "ct_labels": dataset_label(dataset.LABELS)}
-    scores = evaluate(frames, true_label_source(paths), methods, result.spacing, p.sigmas, result.otsu)
+    scores = evaluate(frames, true_label_source(paths), methods, result.spacing, p.sigmas, result.otsu,
+                      n_workers=n_workers, scheduler=scheduler)
     summ = summarise(scores, p.report_sigma_mm)
     return {"vs_truth": {p.at_key: summ["at"], "border": summ["border"], "n_frames": len(frames)}}
 
