@@ -297,7 +297,8 @@ def label_histograms(frames: Sequence[Frame], sources: Mapping[str, LabelSource]
 
 def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[str, LabelSource], spacing,
              sigmas, threshold: float, progress: bool = True, keep_per_frame: float | None = 0.5, *,
-             n_workers: int = 1, scheduler: str | None = None) -> dict:
+             n_workers: int = 1, scheduler: str | None = None,
+             block: Callable[[tuple], list] | None = None) -> dict:
     """Score every method's labels against the reference labels over a set of frames.
 
     Parameters
@@ -314,6 +315,9 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     n_workers, scheduler : blocks of frames are scored as independent tasks on the package's executor (local
         processes, or a Dask scheduler; the label sources travel to them); the scores are summed in the frames'
         order, so the result does not depend on it.
+    block : the task run on each block (default :func:`score_block`): the twin passes its own, which calls
+        :func:`score_block`, so that in a worker process its truth reads come from the twin's code (the truth
+        wall, :mod:`ultrabones.twin.wall`, judges a read by the outermost module that asked for it).
 
     Returns
     -------
@@ -336,7 +340,7 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     tasks = [(frames[i:i + step], reference, dict(methods), spacing, sig, float(threshold))
              for i in range(0, len(frames), step)]
     with executor("auto", scheduler, n_workers, progress) as ex:
-        blocks = ex.map(score_block, tasks, desc="evaluating frames", unit="block")
+        blocks = ex.map(block or score_block, tasks, desc="evaluating frames", unit="block")
     for block in blocks:
         for counts, scores in block:
             gt_counts.append(counts)

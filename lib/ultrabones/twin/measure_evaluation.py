@@ -9,7 +9,7 @@ from ultrabones.core import dataset
 from ultrabones.core.errors import DatasetError
 from ultrabones.core.paths import Paths
 from ultrabones.evaluation.comparison import table_at
-from ultrabones.evaluation.metrics import dataset_label, evaluate, summarise
+from ultrabones.evaluation.metrics import dataset_label, evaluate, score_block, summarise
 from ultrabones.twin.layout import truth_dir
 
 
@@ -61,9 +61,15 @@ def evaluation(paths: Paths, result, *, n_workers: int = 1, scheduler: str | Non
     frames = frames_with_truth(paths, result.frames)
     methods = {**result.methods, "ct_labels": dataset_label(dataset.LABELS)}
     scores = evaluate(frames, true_label_source(paths), methods, result.spacing, p.sigmas, result.otsu,
-                      n_workers=n_workers, scheduler=scheduler)
+                      n_workers=n_workers, scheduler=scheduler, block=truth_block)
     summ = summarise(scores, p.report_sigma_mm)
     return {"vs_truth": {p.at_key: summ["at"], "border": summ["border"], "n_frames": len(frames)}}
+
+
+def truth_block(task: tuple) -> list:
+    """One block of frames scored against the truth (:func:`ultrabones.evaluation.metrics.score_block`), run from
+    the twin's code: in a worker process the truth wall sees the twin ask for the true labels."""
+    return score_block(task)
 
 
 def evaluation_table(vs_truth: dict, at_key: str) -> pd.DataFrame:
