@@ -31,3 +31,24 @@ def test_local_dask_gives_the_same_results_as_in_process():
     pytest.importorskip("distributed")
     with executor("dask", n_workers=1, progress=False) as ex:
         assert ex.map(_square, list(range(5))) == [0, 1, 4, 9, 16]
+
+
+def _fail_or_sleep(x):
+    import time
+
+    if x == 0:
+        raise ValueError("task 0 failed")
+    time.sleep(30)
+    return x
+
+
+def test_a_failed_dask_task_raises_at_once_and_stops_the_others():
+    """A worker's exception comes up in a few seconds, not after the other tasks (they are cancelled)."""
+    import time
+
+    pytest.importorskip("distributed")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="task 0 failed"):
+        with executor("dask", n_workers=2, progress=False) as ex:
+            ex.map(_fail_or_sleep, [0, 1, 2, 3])
+    assert time.perf_counter() - t0 < 25  # four 30 s sleeps on two workers would take 60 s

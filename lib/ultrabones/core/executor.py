@@ -136,12 +136,16 @@ class Executor:
 
                 futures = self._dask_client().map(fn, tasks, pure=False)
                 index = {f.key: i for i, f in enumerate(futures)}
-                for fut in as_completed(futures):
-                    i = index[fut.key]
-                    out[i] = fut.result()
-                    if on_result is not None:
-                        on_result(i, out[i])
-                    bar.update()
+                try:
+                    for fut in as_completed(futures):
+                        i = index[fut.key]
+                        out[i] = fut.result()
+                        if on_result is not None:
+                            on_result(i, out[i])
+                        bar.update()
+                except BaseException:  # a task failed (or Ctrl-C): the others stop now, the error goes up
+                    self._client.cancel(futures, force=True)
+                    raise
             else:
                 for i, t in enumerate(tasks):
                     out[i] = fn(t)
