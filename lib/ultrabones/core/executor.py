@@ -63,6 +63,14 @@ def local_worker_config() -> dict:
             "distributed.nanny.pre-spawn-environ": environ}
 
 
+def blocks(items: Sequence, n_workers: int, per_worker: int = 4) -> list[list]:
+    """``items`` cut, in order, into about ``per_worker`` blocks a worker: tasks balanced over ``n_workers``
+    workers, and few of them (each task carries its block's share of the set-up)."""
+    items = list(items)
+    step = max(1, -(-len(items) // (per_worker * max(1, int(n_workers)))))
+    return [items[i:i + step] for i in range(0, len(items), step)]
+
+
 class Executor:
     """Maps a function over tasks; see :func:`executor`.
 

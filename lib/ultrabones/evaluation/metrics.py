@@ -44,7 +44,7 @@ from scipy import ndimage
 from ultrabones.core.dataset import Frame, read_label
 from ultrabones.core.distance_scores import PROTOCOLS, SCORES, PairScores, border_metrics, scores_from_distances
 from ultrabones.core.errors import DatasetError, ParamsError
-from ultrabones.core.executor import executor
+from ultrabones.core.executor import blocks, executor
 from ultrabones.core.label_distances import check_masks, check_sigmas, check_spacing, directed_distances
 
 REGIONS = ("all", "high", "low")
@@ -336,13 +336,11 @@ def evaluate(frames: Sequence[Frame], reference: LabelSource, methods: Mapping[s
     gt_counts = []
     t0 = time.perf_counter()
     frames = list(frames)
-    step = max(1, -(-len(frames) // (4 * max(1, int(n_workers)))))  # a few blocks a worker: balanced, few tasks
-    tasks = [(frames[i:i + step], reference, dict(methods), spacing, sig, float(threshold))
-             for i in range(0, len(frames), step)]
+    tasks = [(b, reference, dict(methods), spacing, sig, float(threshold)) for b in blocks(frames, n_workers)]
     with executor("auto", scheduler, n_workers, progress) as ex:
-        blocks = ex.map(block or score_block, tasks, desc="evaluating frames", unit="block")
-    for block in blocks:
-        for counts, scores in block:
+        done = ex.map(block or score_block, tasks, desc="evaluating frames", unit="block")
+    for part in done:
+        for counts, scores in part:
             gt_counts.append(counts)
             for name, sc in scores.items():
                 aggs[name].add(sc)

@@ -32,7 +32,7 @@ import pandas as pd
 from ultrabones.core import distance_scores, label_distances
 from ultrabones.core.dataset import LABELS, LABELS_FULL, read_label
 from ultrabones.core.errors import ParamsError
-from ultrabones.core.executor import executor
+from ultrabones.core.executor import blocks, executor
 from ultrabones.evaluation import metrics
 from ultrabones.evaluation.comparison import level_name, model_vs_levels
 from ultrabones.twin.manual_labels import LABEL, AnnotatorParams, annotate, annotate_frames, frame_rng
@@ -165,14 +165,12 @@ def visibility_sweep(frames: Sequence, spacing, sigmas, threshold: float, base: 
     aggs = [metrics.Aggregate(sig) for _ in plist]
     marked = np.zeros(len(plist), np.int64)
     n_ref = 0
-    frames = list(frames)
-    step = max(1, -(-len(frames) // (4 * max(1, int(n_workers)))))  # a few blocks a worker: balanced, few tasks
-    tasks = [(frames[i:i + step], reference, contour_kind, (sx, sy), tuple(plist), sig, float(threshold), seed)
-             for i in range(0, len(frames), step)]
+    tasks = [(b, reference, contour_kind, (sx, sy), tuple(plist), sig, float(threshold), seed)
+             for b in blocks(frames, n_workers)]
     with executor("auto", scheduler, n_workers, progress) as ex:
-        blocks = ex.map(sweep_block, tasks, desc=f"{LABEL} sweep", unit="block")
-    for block in blocks:
-        for n_gt, scores, n_marked in block:
+        done = ex.map(sweep_block, tasks, desc=f"{LABEL} sweep", unit="block")
+    for part in done:
+        for n_gt, scores, n_marked in part:
             n_ref += n_gt
             for i, sc in scores.items():
                 aggs[i].add(sc)

@@ -79,7 +79,9 @@ def labels(paths: Paths, report: pd.DataFrame, registrations: dict, settings: di
     with executor("auto", scheduler, n_workers, progress) as ex:
         parts = ex.map(record_label_errors, tasks, desc="errors vs truth", unit="record")
     rows = [row for part in parts for row in part]
-    return pd.DataFrame(sorted(rows, key=lambda r: r.pop("_row"))) if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).sort_values("_row").drop(columns="_row").reset_index(drop=True)
 
 
 def record_label_errors(task: tuple) -> list[dict]:
