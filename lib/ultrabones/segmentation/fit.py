@@ -27,7 +27,7 @@ from ultrabones.core.cache import file_digest, files_digest, params_hash
 from ultrabones.core.errors import ParamsError
 from ultrabones.segmentation import lightning, segdata, splits
 from ultrabones.segmentation.checkpoint import load_lightning_checkpoint, save_checkpoint
-from ultrabones.segmentation.net import cpu_has_bf16_matrix_units
+from ultrabones.segmentation.net import channels_last, cpu_has_bf16_matrix_units
 from ultrabones.segmentation.splits import Split
 
 #: Parameters that may change between a stopped run and its resumption.
@@ -90,11 +90,8 @@ def _resolve_hardware(P: Mapping) -> dict:
     deterministic = (True if accelerator == "cpu" else "warn") if P["deterministic"] else False
     # cuDNN autotuning when reproducibility is not asked for (about 10 % faster on an H100).
     benchmark = accelerator == "gpu" and not P["deterministic"]
-    # oneDNN's bf16 kernels on the CPU prefer channels-last tensors (measured 2.1x -> 2.8x fp32's images per
-    # core-second, FPN/ResNet-34 at 192 x 160, batch 16); fp32 keeps the default layout and its golden values.
-    channels_last = accelerator == "cpu" and precision == "bf16-mixed"
     return {"accelerator": accelerator, "devices": devices, "precision": precision, "deterministic": deterministic,
-            "benchmark": benchmark, "channels_last": channels_last}
+            "benchmark": benchmark, "channels_last": channels_last(precision, accelerator)}
 
 
 def _device_name(hw: dict) -> str:

@@ -20,7 +20,7 @@ from scipy import ndimage
 from ultrabones.core import dataset as ds
 from ultrabones.segmentation import segdata
 from ultrabones.segmentation.checkpoint import load_checkpoint
-from ultrabones.segmentation.net import uses_bf16
+from ultrabones.segmentation.net import channels_last, uses_bf16
 
 
 def as_model(model_or_ckpt, trust_pickle: bool = False):
@@ -63,13 +63,14 @@ def predict(
     size = tuple(input_size or meta["input_size"])
     mean, std = float(meta["norm_mean"]), float(meta["norm_std"])
     in_ch = int(meta.get("in_channels", 1))
-    bf16 = uses_bf16(meta, device)  # as trained: bf16 (channels-last on the CPU) or fp32
-    layout = torch.channels_last if bf16 and not str(device).startswith("cuda") else torch.contiguous_format
+    bf16 = uses_bf16(meta, device)  # as trained: bf16 or fp32
+    dev = torch.device(device).type
+    layout = torch.channels_last if channels_last("bf16-mixed" if bf16 else "32-true", dev) else torch.contiguous_format
     model = model.to(device, memory_format=layout).eval()
     single = isinstance(images, np.ndarray) and images.ndim == 3
     seq = list(images)
     out = []
-    with torch.inference_mode(), torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(dev, torch.bfloat16, enabled=bf16):
         for i in range(0, len(seq), batch_size):
             chunk = seq[i : i + batch_size]
             x = np.stack([segdata.resize_image(im, size) for im in chunk])

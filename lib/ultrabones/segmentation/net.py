@@ -4,6 +4,7 @@ encoder and one output channel, from random weights or a local file of encoder w
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -61,6 +62,7 @@ def _load_encoder_weights(model, path: Path, in_channels: int) -> None:
         )
 
 
+@functools.cache  # a machine's CPU does not change while it runs: /proc/cpuinfo is read once
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX-BF16): there bf16-mixed training is
     2-3 times faster than fp32; elsewhere it is slower, and ``precision: auto`` stays at 32-true."""
@@ -76,3 +78,10 @@ def uses_bf16(meta: dict, device: str) -> bool:
     bf16-mixed does where the hardware multiplies bf16 (a GPU, or a CPU with AMX), as it was validated in
     training; an fp32 model always predicts in fp32."""
     return meta.get("precision") == "bf16-mixed" and (str(device).startswith("cuda") or cpu_has_bf16_matrix_units())
+
+
+def channels_last(precision: str, device_type: str) -> bool:
+    """Whether the network runs on channels-last tensors: bf16 on the CPU, where oneDNN's bf16 kernels prefer
+    them (measured 2.1x -> 2.8x fp32's images per core-second, FPN/ResNet-34 at 192 x 160, batch 16); fp32 and
+    the GPU keep the default layout (and fp32 its golden values)."""
+    return device_type == "cpu" and precision == "bf16-mixed"
