@@ -14,6 +14,20 @@ import math
 from typing import Mapping
 
 
+def read_metrics(paths, stem: str) -> dict:
+    """A stage's metrics JSON (``paths.metrics(stem)``, :class:`ultrabones.core.paths.Paths`), as written.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the file and the notebook to run first.
+    """
+    f = paths.metrics(stem)
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: no metrics yet; run notebook {stem} first")
+    return json.loads(f.read_text())
+
+
 def merge_metrics(method: Mapping, measured: Mapping | None) -> dict:
     """A stage's metrics with its measurements merged in, nested dicts key by key (``measured`` wins).
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from ultrabones.core import atomic
 from ultrabones.core.cache import git_commit, params_hash
+from ultrabones.core.merge import read_metrics  # noqa: F401  (re-exported: stage.read_metrics)
 from ultrabones.core.paths import Paths
 
 
@@ -42,14 +43,6 @@ def write_metrics(paths: Paths, stem: str, metrics: Mapping[str, Any], params: M
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return atomic.write_json(paths.metrics(stem), out)
-
-
-def read_metrics(paths: Paths, stem: str) -> dict:
-    """Read a notebook's metrics JSON (raises FileNotFoundError naming the file)."""
-    f = paths.metrics(stem)
-    if not f.is_file():
-        raise FileNotFoundError(f"{f}: no metrics yet; run notebook {stem} first")
-    return json.loads(f.read_text())
 
 
 MANIFEST = "figures_manifest.json"

@@ -32,7 +32,6 @@ Ratings are integers 0-3; distances are in millimetres.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import pandas as pd
 from ultrabones.core import dataset as ds
 from ultrabones.core import paper as _paper
 from ultrabones.core.errors import DatasetError
+from ultrabones.core.merge import read_metrics
 from ultrabones.core.params import SectionParams
 from ultrabones.core.paths import Paths
 from ultrabones.labels import cloud, inputs, label
@@ -436,10 +436,7 @@ def ratings_of_another_set(ratings_csv: Path | str | None, ratings_key: Path | s
 
 def labeling_settings(paths: Paths) -> dict:
     """The settings with which notebook 02 drew its labels (its metrics' ``settings``), to draw them again."""
-    f = paths.metrics("02_labeling")
-    if not f.is_file():
-        raise FileNotFoundError(f"{f}: no metrics yet; run notebook 02_labeling first")
-    return json.loads(f.read_text())["settings"]
+    return read_metrics(paths, "02_labeling")["settings"]
 
 
 def run(paths: Paths, params: RatingParams, *, specimens: Sequence[str] | None = None, seed: int = 0,
