@@ -8,13 +8,16 @@
     OMP_NUM_THREADS=1 python -m pytest -q -s benchmarks/bench_labeling_pipeline.py -k twin
 
 The pipeline (:func:`ultrabones.labels.batch.run`, lambda fixed at 0.1 and the region at ``first_hit``, so
-that the frames, the objective and every optimiser setting are the benchmark's) labels ``BENCH_PIPE_FRAMES``
-frames per record (default 12, spread along each sweep) on a local Dask cluster of ``BENCH_PIPE_WORKERS``
-workers (default 2). Then the same frames are optimised here, in this process, as
-``benchmarks/bench_labeling_sweep.py`` does (:func:`ultrabones.labels.optimize.optimize_frame`, same seeds):
-the corrections must be equal, and the pipeline's mean optimisation cost per frame (process CPU seconds,
-``seconds_optimize`` of the report) must be within 20% of the in-process cost. Both are printed, with the
-pipeline's whole wall and CPU time (this process and its Dask workers) per frame.
+that the frames, the objective and every optimiser setting are the benchmark's) labels, on a local Dask
+cluster of ``BENCH_PIPE_WORKERS`` workers (default 2), ``BENCH_PIPE_FRAMES`` frames per record (default 12,
+spread along each sweep) where the profile solves frames one by one (``optimizer: de``, the twin), and every
+labelled frame (the profile's ``frame_stride``) where it warm-starts them along the sweep (``optimizer:
+sweep``, the real profile). Then the same frames are optimised here, in this process, by the benchmark's code
+(:func:`reference`: ``optimize_sweep`` as ``benchmarks/bench_labeling_sweep.py`` runs it, with the profile's
+warm-start settings, or ``optimize_frame``; same seeds): the corrections must be equal, and the pipeline's
+mean optimisation cost per frame (process CPU seconds, ``seconds_optimize`` of the report) must be within 20%
+of the in-process cost. Both are printed, with the paths (cold DE, warm, warm then DE) and the pipeline's
+whole wall and CPU time (this process and its Dask workers) per frame.
 
 ``BENCH_PIPE_DASK_DEFAULTS=1`` starts the workers with Dask's own defaults instead of
 :func:`ultrabones.core.executor.local_worker_config` (``MALLOC_TRIM_THRESHOLD_=65536`` and the profiler on),
@@ -57,18 +60,70 @@ def _setup(profile: str, build_root: Path, data_root: Path | None):
     assignments = [f"data_root={data_root}"] if data_root is not None else []
     values, _ = stage_parameters("02_labeling", profile, assignments=assignments)
     P = batch.LabelingParams.from_section(prm.collect(values, "02_labeling"))
-    P = dataclasses.replace(P, objective_region=REGION, lambda_value=LAM, max_frames_per_record=N_FRAMES,
-                            frame_stride=1, executor="dask", device=None)
+    P = dataclasses.replace(P, objective_region=REGION, lambda_value=LAM, executor="dask", device=None)
+    if P.optimizer != "sweep":  # frames solved one by one: a sample along each sweep will do
+        P = dataclasses.replace(P, max_frames_per_record=N_FRAMES, frame_stride=1)
+    # a warm-started sweep is timed as it runs: every labelled frame of the profile (its stride)
     twin = TWIN_ROOT / profile
     paths = Paths(build_root / profile, twin, build_root / "figures",
                   data_root, build_root / "derived" if data_root is not None else None)
     return paths, P
 
 
+def reference(P, paths, opt) -> tuple[list[float], list[float], list[bool], list[str]]:
+    """The pipeline's optimised frames again, in this process, by the benchmark's code.
+
+    Per record, its frames in time order, each with the pipeline's seed and a prepared objective
+    (the pipeline times the optimisation without the objective's set-up, and so does this):
+    ``optimize_sweep`` with the profile's warm-start settings (``max_gap``, ``cold_every``) for ``optimizer:
+    sweep``, as ``benchmarks/bench_labeling_sweep.py`` runs it; ``optimize_frame`` per frame for ``de``.
+    Returns per frame: the optimisation's CPU seconds, the same with the objective's set-up, whether the
+    correction equals the pipeline's (to 1e-12), and the path (de, warm, warm+de).
+    """
+    from ultrabones.core import dataset, geometry
+    from ultrabones.labels import cloud, inputs, objective, optimize, sweep, tasks
+
+    calib, spacing, _ = dataset.read_calibration(paths.dataset)
+    specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
+    seconds, with_setup, same, path = [], [], [], []
+    kw = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+              maxiter=P.maxiter, tol=P.tol, max_correction_mm=P.max_correction_mm,
+              min_label_fraction=P.min_label_fraction, region=REGION, halves_check=P.halves_check)
+    warm_kw = dict(step_deg=P.warm_step_deg, step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg,
+                   min_step_mm=P.warm_min_step_mm, max_calls=P.warm_max_calls)
+    for s in specs:
+        pts, _ = cloud.load_cloud(inputs.surface_cloud(paths, s, P.density_per_mm2, 0))
+        for rec in s.records:
+            rows = opt[(opt["specimen"] == s.name) & (opt["record"] == rec.name)].sort_values("timestamp")
+            if not len(rows):
+                continue
+            tab = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True).set_index("timestamp")
+            ts = rows["timestamp"].astype(int).tolist()
+            images = [dataset.read_image(rec.image_path(t)) for t in ts]
+            poses = [geometry.pose_from_params(tab.loc[t, list(geometry.POSE_COLUMNS)].to_numpy(float)) for t in ts]
+            seeds = [optimize.frame_seed(0, rec.key, t) for t in ts]
+            c0 = time.process_time()
+            objs = [objective.FrameObjective(im, p, calib, spacing, pts, P.gamma_mm, P.bound_deg, P.bound_mm,
+                                             region=REGION) for im, p in zip(images, poses)]
+            setup = (time.process_time() - c0) / len(ts)
+            if P.optimizer == "sweep":
+                res = sweep.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds, objectives=objs,
+                                           max_gap=P.warm_max_gap, cold_every=P.warm_cold_every, **kw, **warm_kw)
+            else:
+                res = [optimize.optimize_frame(im, p, calib, spacing, pts, LAM, seed=sd, objective=o, **kw)
+                       for im, p, sd, o in zip(images, poses, seeds, objs)]
+            for (_, r), f in zip(rows.iterrows(), res):
+                if r["status"] in ("kept", "discarded"):
+                    seconds.append(f.seconds)
+                    with_setup.append(f.seconds + setup)
+                    same.append(bool(np.allclose(f.x, [r[c] for c in tasks._X_COLUMNS], atol=1e-12, rtol=0)))
+                    path.append(f.path)
+    return seconds, with_setup, same, path
+
+
 def compare(profile: str, build_root: Path, data_root: Path | None = None) -> dict:
     """Label with the pipeline on Dask, then the same frames in process; the per-frame costs (core-s)."""
-    from ultrabones.core import dataset, geometry
-    from ultrabones.labels import batch, cloud, inputs, objective, optimize, tasks
+    from ultrabones.labels import batch
 
     paths, P = _setup(profile, build_root, data_root)
     if os.environ.get("BENCH_PIPE_DASK_DEFAULTS") == "1":  # Dask's defaults, as before issue 26
@@ -80,41 +135,26 @@ def compare(profile: str, build_root: Path, data_root: Path | None = None) -> di
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0 + _cpu_children() - k0  # workers are children, reaped when the cluster closed
     rep = result.report
+    odd = rep[~rep["status"].isin(["kept", "discarded", "no_bone"])]
+    assert odd.empty, f"frames the in-process reference would optimise and the pipeline did not: {odd[['status']]}"
     opt = rep[rep["status"].isin(["kept", "discarded"])]
-    calib, spacing, _ = dataset.read_calibration(paths.dataset)
-    specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
-    bench, bench_obj, same = [], [], []
-    for s in specs:
-        pts, _ = cloud.load_cloud(inputs.surface_cloud(paths, s, P.density_per_mm2, 0))
-        for rec in s.records:
-            tab = dataset.read_tracking(rec.tracking_csv, allow_missing_pose=True).set_index("timestamp")
-            for _, r in opt[(opt["specimen"] == s.name) & (opt["record"] == rec.name)].iterrows():
-                ts = int(r["timestamp"])
-                img = dataset.read_image(rec.image_path(ts))
-                pose = geometry.pose_from_params(tab.loc[ts, list(geometry.POSE_COLUMNS)].to_numpy(float))
-                kw = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                          maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(0, rec.key, ts),
-                          max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
-                          region=REGION, halves_check=P.halves_check)
-                c1 = time.process_time()
-                res = optimize.optimize_frame(img, pose, calib, spacing, pts, LAM, **kw)  # objective built inside
-                bench.append(time.process_time() - c1)
-                obj = objective.FrameObjective(img, pose, calib, spacing, pts, P.gamma_mm, P.bound_deg, P.bound_mm,
-                                           region=REGION)
-                bench_obj.append(optimize.optimize_frame(img, pose, calib, spacing, pts, LAM, objective=obj,
-                                                      **kw).seconds)
-                same.append(np.allclose(res.x, [r[c] for c in tasks._X_COLUMNS], atol=1e-12, rtol=0))
-    n = len(opt)
-    return {"profile": profile, "frames": n, "workers": N_WORKERS, "same_corrections": int(sum(same)),
+    seconds, with_setup, same, ref_path = reference(P, paths, rep)
+    paths_pipe = opt["path"].value_counts().to_dict()
+    paths_ref = {p: ref_path.count(p) for p in sorted(set(ref_path))}
+    return {"profile": profile, "frames": len(opt), "workers": N_WORKERS, "same_corrections": int(sum(same)),
+            "optimizer": P.optimizer, "stride": P.frame_stride, "cold_every": P.warm_cold_every,
+            "paths_pipeline": paths_pipe, "paths_reference": paths_ref,
             "pipeline_optimize_s": float(opt["seconds_optimize"].mean()),
             "pipeline_total_s": float(opt["seconds_total"].mean()),
-            "bench_optimize_s": float(np.mean(bench_obj)), "bench_with_objective_s": float(np.mean(bench)),
+            "bench_optimize_s": float(np.mean(seconds)), "bench_with_objective_s": float(np.mean(with_setup)),
             "pipeline_wall_s_per_frame": wall / max(len(rep), 1), "pipeline_cpu_s_per_frame": cpu / max(len(rep), 1)}
 
 
 def _print(out: dict) -> None:
     print(f"\n[bench] labelling pipeline vs in-process, {out['profile']}: {out['frames']} frames, "
-          f"{out['workers']} Dask workers, {out['same_corrections']} equal corrections\n"
+          f"{out['workers']} Dask workers, {out['same_corrections']} equal corrections; optimizer {out['optimizer']}, "
+          f"frame stride {out['stride']}, cold every {out['cold_every']} labelled frames; paths: pipeline "
+          f"{out['paths_pipeline']}, in process {out['paths_reference']}\n"
           f"  optimisation per frame (core-s): pipeline {out['pipeline_optimize_s']:.3f}, "
           f"in process {out['bench_optimize_s']:.3f} "
           f"(ratio {out['pipeline_optimize_s'] / out['bench_optimize_s']:.2f}); "

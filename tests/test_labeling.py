@@ -1008,6 +1008,26 @@ def test_a_replaced_image_in_a_sweep_redoes_its_chunk_and_those_after_only(tmp_p
     pd.testing.assert_frame_equal(again.iloc[:2][cols], first.iloc[:2][cols])
 
 
+def test_solved_cold_known_answers():
+    warm = np.zeros(6)
+    assert sweep.solved_cold(None, 1, 1, 3)  # no warm start
+    assert sweep.solved_cold(warm, 2, 1, 3) and not sweep.solved_cold(warm, 2, 2, 3)  # the chain broken past max_gap
+    assert not sweep.solved_cold(warm, 1, 1, 3, cold_every=0)  # 0: no periodic restart
+    assert [sweep.solved_cold(warm, 1, 1, i, cold_every=3) for i in range(7)] == [True, False, False, True, False,
+                                                                                False, True]
+
+
+def test_periodic_cold_restarts_count_labelled_frames_not_rows(tmp_path):
+    """With a frame stride of 2 and ``warm_cold_every: 2``, every 2nd *labelled* frame is solved cold (rows 0, 4,
+    8), in the pipeline's chunks as in ``optimize_sweep``; counting rows would have made every frame cold."""
+    paths = make_twin(tmp_path, n_frames=10)
+    P = labeling_params(lambda_value=0.1, chunk_size=2, registration_frames=1, min_echo_level=0.0, frame_stride=2,
+                        warm_cold_every=2, max_correction_mm=5.0, min_label_fraction=0.0, halves_check=None)
+    rep = batch.run(paths, P, seed=0).report.sort_values("timestamp")
+    assert len(rep) == 5 and (rep["status"] == "kept").all(), rep[["status", "message"]]
+    assert rep["path"].tolist() == ["de", "warm", "de", "warm", "de"]
+
+
 def test_metrics_of_a_labelling_result_known_answer():
     """``batch.metrics`` on a hand-made result: counts, rates, means and the registration block."""
     rep = pd.DataFrame({

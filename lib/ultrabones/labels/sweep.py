@@ -201,6 +201,18 @@ def optimize_frame_warm(image, pose, calib, spacing, points, lam: float, *, x0=N
     )
 
 
+def solved_cold(warm, age: int, max_gap: int, index: int, cold_every: int = 0) -> bool:
+    """Whether a sweep's frame is solved cold (differential evolution) rather than warm-started.
+
+    Cold when there is no warm start (``warm`` None: the sweep's first frame, or a chain broken for longer
+    than ``max_gap`` labelled frames, ``age`` being the labelled frames from the frame that gave ``warm``)
+    or when ``cold_every`` is set and the frame's ``index`` (0-based, among the sweep's *labelled* frames,
+    so that a frame stride does not change how often) is a multiple of it: a periodic restart of the chain.
+    The one rule of :func:`optimize_sweep` and of the pipeline's tasks (:mod:`ultrabones.labels.tasks`).
+    """
+    return warm is None or age > max_gap or bool(cold_every and index % cold_every == 0)
+
+
 def warm_start_after(results, x0=None, max_gap: int = 1, x0_age: int = 1) -> np.ndarray | None:
     """The warm start for the frame after ``results``, or None (that frame is solved cold).
 
@@ -221,7 +233,7 @@ def warm_start_after(results, x0=None, max_gap: int = 1, x0_age: int = 1) -> np.
 
 
 def optimize_sweep(images, poses, calib, spacing, points, lam: float, *, x0=None, seeds=None, max_gap: int = 1,
-                   on_frame=None, **kwargs) -> list[FrameResult]:
+                   cold_every: int = 0, objectives=None, on_frame=None, **kwargs) -> list[FrameResult]:
     """Optimise the frames of one sweep in time order, each warm-started from its predecessor.
 
     Frame ``t`` starts (:func:`optimize_frame_warm`) from the correction of the
@@ -247,6 +259,10 @@ def optimize_sweep(images, poses, calib, spacing, points, lam: float, *, x0=None
         default ``0, 1, ...``.
     max_gap : largest distance (frames) from the last kept frame at which its
         correction still warm-starts a frame (1: only the immediately preceding frame).
+    cold_every : solve every ``cold_every``-th frame (0, ``cold_every``, ...) cold, restarting the chain
+        (:func:`solved_cold`; 0: only where there is no warm start).
+    objectives : optional prepared :class:`FrameObjective` of each frame, same order (as the pipeline
+        prepares them; then a frame's ``seconds`` leave out the objective's set-up); None: built per frame.
     on_frame : optional callable ``(index, FrameResult)`` called after each frame (progress, writing).
     **kwargs : passed to :func:`optimize_frame_warm` (gamma_mm, bounds, steps, validation,
         region, method, DE settings); those that :func:`optimize_frame` takes also to it.
@@ -270,10 +286,13 @@ def optimize_sweep(images, poses, calib, spacing, points, lam: float, *, x0=None
     for t, image in enumerate(images):
         if t >= len(poses):
             raise ValueError(f"optimize_sweep: more images than the {len(poses)} poses")
-        if warm is None or age > max_gap:
-            res = optimize_frame(image, poses[t], calib, spacing, points, lam, seed=seeds[t], **de_kwargs)
+        obj = None if objectives is None else objectives[t]
+        if solved_cold(warm, age, max_gap, t, cold_every):
+            res = optimize_frame(image, poses[t], calib, spacing, points, lam, seed=seeds[t], objective=obj,
+                                 **de_kwargs)
         else:
-            res = optimize_frame_warm(image, poses[t], calib, spacing, points, lam, x0=warm, seed=seeds[t], **kwargs)
+            res = optimize_frame_warm(image, poses[t], calib, spacing, points, lam, x0=warm, seed=seeds[t],
+                                      objective=obj, **kwargs)
         if res.status == "kept":
             warm, age = np.asarray(res.x, float).copy(), 1
         else:

@@ -25,7 +25,7 @@ from ultrabones.labels import cloud, label, optimize, registration, released
 from ultrabones.labels.chunks import empty_registration, read_chunk, write_chunk
 from ultrabones.labels.inputs import read_image_or_none, task_record
 from ultrabones.labels.objective import FrameObjective
-from ultrabones.labels.sweep import optimize_frame_warm
+from ultrabones.labels.sweep import optimize_frame_warm, solved_cold
 
 
 def label_sweep(task: Mapping[str, Any]) -> dict:
@@ -34,8 +34,9 @@ def label_sweep(task: Mapping[str, Any]) -> dict:
     ``task`` holds the record folder, calibration, the registration
     correction, the cloud files, lambda, the specimen's parameters ``params``
     (:class:`~ultrabones.labels.batch.LabelingParams`), the seed, the record's image size, and
-    ``chunks``: a list of ``{"timestamps", "poses", "rows", "out", "key"}`` in
-    time order (``key``: the chunk's key without its warm start). With
+    ``chunks``: a list of ``{"timestamps", "poses", "rows", "index", "out", "key"}`` in
+    time order (``rows``: tracking-table rows; ``index``: positions among the record's labelled frames;
+    ``key``: the chunk's key without its warm start). With
     ``params.optimizer == "sweep"`` each frame starts (:func:`ultrabones.labels.sweep.optimize_frame_warm`)
     from the correction of the last kept frame when that one lies at most
     ``warm_max_gap`` labelled frames before it, else it is solved cold by
@@ -129,7 +130,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
     warm = None if x0 is None else np.asarray(x0, float)
     rows, masks = [], {}
     batched = _optimize_batched(task, ctx, chunk) if task.get("torch_device") and not sweep else {}
-    for ts, prm, row_no in zip(chunk["timestamps"], chunk["poses"], chunk["rows"]):
+    for ts, prm, row_no, index in zip(chunk["timestamps"], chunk["poses"], chunk["rows"], chunk["index"]):
         t0 = time.process_time()
         row: dict[str, Any] = {"specimen": rec.specimen, "record": rec.name, "timestamp": int(ts), "message": ""}
         prm = np.asarray(prm, float)
@@ -159,8 +160,7 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
                           maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(task["seed"], rec.key, ts),
                           max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
                           objective=obj, halves_check=P.halves_check)
-            every = P.warm_cold_every
-            if warm is not None and age <= max_gap and not (every and row_no % every == 0):
+            if not solved_cold(warm, age, max_gap, index, P.warm_cold_every):
                 res = optimize_frame_warm(
                     img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P.warm_step_deg,
                     step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg, min_step_mm=P.warm_min_step_mm,
