@@ -28,7 +28,7 @@ from ultrabones.core.calibration_file import write_calibration
 from ultrabones.core.tracking_table import OPTIMIZED_COLUMNS, REGISTERED_COLUMNS
 from ultrabones.core import geometry
 from ultrabones.labels import cloud, label, objective, optimize, reference, sweep
-from ultrabones.labels import batch, figures
+from ultrabones.labels import batch, figures, tasks
 from ultrabones.labels import registration
 from ultrabones.labels.chunks import empty_registration, normalize_registration, read_chunk
 from ultrabones.labels.inputs import record_image_shape, selected_rows, surface_cloud
@@ -1026,6 +1026,20 @@ def test_periodic_cold_restarts_count_labelled_frames_not_rows(tmp_path):
     rep = batch.run(paths, P, seed=0).report.sort_values("timestamp")
     assert len(rep) == 5 and (rep["status"] == "kept").all(), rep[["status", "message"]]
     assert rep["path"].tolist() == ["de", "warm", "de", "warm", "de"]
+
+
+def test_the_registration_is_not_redone_for_another_frame_optimiser_setting(tmp_path):
+    """The registration's cache key holds the parameters it reads only (``tasks.REGISTRATION_FIELDS``)."""
+    paths = make_twin(tmp_path, n_frames=4)
+    P = labeling_params(lambda_value=0.1, chunk_size=2, registration_frames=2, min_echo_level=0.0)
+    batch.run(paths, P, seed=0)
+    (reg,) = paths.cache("02_labeling").rglob("registration.json")
+    before = reg.stat().st_mtime_ns
+    batch.run(paths, replace(P, warm_cold_every=2, warm_max_calls=30, max_correction_mm=0.8), seed=0)
+    assert reg.stat().st_mtime_ns == before  # read from the cache
+    batch.run(paths, replace(P, registration_maxiter=P.registration_maxiter + 1), seed=0)
+    assert reg.stat().st_mtime_ns != before  # a setting the registration reads: redone
+    assert set(tasks.REGISTRATION_FIELDS) <= set(P.as_dict())
 
 
 def test_metrics_of_a_labelling_result_known_answer():

@@ -90,7 +90,7 @@ from ultrabones.labels.inputs import (STEM, images_digest, record_image_shape, r
 from ultrabones.labels.labeling_params import LabelingParams
 from ultrabones.labels.lambda_selection import select_lambda
 from ultrabones.labels.records import chunk_report, commit_record, require_bone_in_view, stage_record
-from ultrabones.labels.tasks import frame_device, label_sweep, registration_task, task_key
+from ultrabones.labels.tasks import REGISTRATION_FIELDS, frame_device, label_sweep, registration_task, task_key
 
 SECTION = LabelingParams.SECTION
 STATUSES = ("kept", "discarded", "no_bone", "bad_pose", "bad_image", "no_echo")
@@ -232,7 +232,7 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
                         record_dir=str(rec.path), recording=task_recording(rec), cloud=clouds[s.name],
                         image_shape=shapes[rec.key],
                         timestamps=tab.loc[pick, "timestamp"].tolist(), poses=frame_poses(tab, pick))
-            key = params_hash({"task": task_key(task), "src": source_hash(),
+            key = params_hash({"task": task_key(task, REGISTRATION_FIELDS), "src": source_hash(),
                                "inputs": images_digest(rec, task["timestamps"])})
             f = cache / rec.key / "registration.json"
             cached = read_registration(f, key)

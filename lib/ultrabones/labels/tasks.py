@@ -342,22 +342,31 @@ def registration_task(task: Mapping[str, Any]) -> dict:
     return atomic.to_jsonable(out)
 
 
-def task_key(task: Mapping[str, Any]) -> dict:
+#: The parameters a sweep's global registration reads (:func:`registration_task`): its cache key holds only
+#: these, so that changing the frames' optimiser (warm starts, validation, stride) does not redo it.
+REGISTRATION_FIELDS = ("min_echo_level", "gamma_mm", "registration_bound_deg", "registration_bound_mm", "popsize",
+                       "registration_maxiter", "tol", "objective_region")
+
+
+def task_key(task: Mapping[str, Any], fields: tuple[str, ...] | None = None) -> dict:
     """A task as its cache key sees it: plain data (the parameters as their section), the record folder left out
     (the images' digest in the key names the input; a moved dataset keeps its cache).
 
     Parameters
     ----------
     task : a task dict of the stage (its ``params`` a :class:`~ultrabones.labels.batch.LabelingParams`).
+    fields : the parameters the task reads (e.g. :data:`REGISTRATION_FIELDS`); None: all of them.
 
     Returns
     -------
     The task without ``record_dir`` and ``recording``, its ``params`` as :func:`_params_key` gives them: what
     :func:`ultrabones.core.cache.params_hash` hashes into the keys of chunks, registrations and the lambda trials.
     """
-    return {k: _params_key(v) if k == "params" else v for k, v in task.items() if k not in ("record_dir", "recording")}
+    return {k: _params_key(v, fields) if k == "params" else v for k, v in task.items()
+            if k not in ("record_dir", "recording")}
 
 
-def _params_key(P) -> dict:
-    """The parameters as the cache keys see them: the section as plain data (``P.as_dict()``)."""
-    return P.as_dict()
+def _params_key(P, fields: tuple[str, ...] | None = None) -> dict:
+    """The parameters as the cache keys see them: the section as plain data (``P.as_dict()``), or its ``fields``."""
+    d = P.as_dict()
+    return d if fields is None else {k: d[k] for k in fields}
