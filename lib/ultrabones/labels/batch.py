@@ -261,7 +261,8 @@ def run(paths: Paths, params: LabelingParams, *, specimens: list[str] | None = N
             for c0 in range(0, len(rows), size):
                 part = rows[c0:c0 + size]
                 ch = {"timestamps": tab.loc[part, "timestamp"].tolist(), "poses": frame_poses(tab, part),
-                      "rows": part.tolist(), "index": list(range(c0, c0 + len(part))), "out": str(cache / rec.key / f"chunk_{c0 // size:04d}.npz")}
+                      "rows": part.tolist(), "index": list(range(c0, c0 + len(part))),  # among the labelled frames
+                      "out": str(cache / rec.key / f"chunk_{c0 // size:04d}.npz")}
                 ch["key"] = params_hash({"task": common_key, "frames": {k: ch[k] for k in ("timestamps", "poses", "rows")},
                                          "src": source_hash(), "inputs": images_digest(rec, ch["timestamps"])})
                 chunks.append(ch)
