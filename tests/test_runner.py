@@ -24,6 +24,22 @@ def test_runs_a_notebook_and_keeps_executed_copy(tmp_path):
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
 
 
+def test_the_labelling_kernel_runs_one_blas_thread_and_this_process_keeps_its_environment(tmp_path, monkeypatch):
+    for k in runner.ONE_BLAS_THREAD:
+        monkeypatch.delenv(k, raising=False)
+    env = runner.kernel_environment("02_labeling", {"device": None})
+    assert env == runner.ONE_BLAS_THREAD
+    assert runner.kernel_environment("02_labeling", {"device": "cuda"}) == {}  # torch keeps its threads
+    assert runner.kernel_environment("04_training", {}) == {}
+    runner.execute(FIX / "env.ipynb", tmp_path / "env.ipynb", {"build_dir": str(tmp_path), "value": 1},
+                   progress=False, kernel_env=env)
+    assert json.loads((tmp_path / "metrics" / "env.json").read_text()) == {"OMP_NUM_THREADS": "1",
+                                                                          "OPENBLAS_NUM_THREADS": "1"}
+    assert "OMP_NUM_THREADS" not in runner.os.environ  # restored
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+    assert "OMP_NUM_THREADS" not in runner.kernel_environment("02_labeling", {"device": None})
+
+
 def test_failing_cell_names_notebook_cell_and_exception(tmp_path):
     out = tmp_path / "fail.ipynb"
     with pytest.raises(NotebookError) as err:
