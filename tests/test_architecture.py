@@ -67,6 +67,16 @@ def violations(pkg: Path = PKG) -> list[str]:
     return sorted(set(bad))
 
 
+def planted_package(root: Path, files: dict[str, str]) -> Path:
+    """A throw-away ``ultrabones`` package under ``root`` holding ``files`` (path in the package -> source),
+    for the tests that plant a violation; its folders are made as needed. Returns the package folder."""
+    pkg = root / "ultrabones"
+    for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    return pkg
+
+
 def test_no_method_module_imports_the_twin_or_an_upper_layer():
     assert violations() == []
 
@@ -79,31 +89,23 @@ def test_no_method_module_imports_the_twin_or_an_upper_layer():
     "def f():\n    from ultrabones.twin.measure import calibration\n",
 ])
 def test_the_rule_catches_a_method_module_importing_the_twin(tmp_path, source):
-    pkg = tmp_path / "ultrabones"
-    for sub in ("labels", "twin"):
-        (pkg / sub).mkdir(parents=True)
-        (pkg / sub / "__init__.py").write_text("")
-    (pkg / "twin" / "measure.py").write_text("")
-    (pkg / "labels" / "bad.py").write_text("import numpy as np\n" + source)
+    pkg = planted_package(tmp_path, {"labels/__init__.py": "", "twin/__init__.py": "", "twin/measure.py": "",
+                                     "labels/bad.py": "import numpy as np\n" + source})
     found = violations(pkg)
     assert len(found) >= 1 and all(v.startswith("ultrabones/labels/bad.py:") and "imports ultrabones.twin" in v for v in found), found
 
 
 def test_the_rule_allows_the_twin_to_import_the_method(tmp_path):
-    pkg = tmp_path / "ultrabones"
-    for sub in ("labels", "twin"):
-        (pkg / sub).mkdir(parents=True)
-    (pkg / "twin" / "measure.py").write_text("from ultrabones.labels import frame\n")
+    pkg = planted_package(tmp_path, {"twin/measure.py": "from ultrabones.labels import frame\n"})
+    (pkg / "labels").mkdir()
     assert violations(pkg) == []
 
 
 def test_the_method_packages_keep_the_order_of_the_stages(tmp_path):
     """An earlier stage's package never imports a later one's (segmentation -> evaluation was such an import)."""
     assert [m for m in METHOD] == sorted(METHOD, key=LAYER.get)
-    pkg = tmp_path / "ultrabones"
-    for sub in ("segmentation", "evaluation"):
-        (pkg / sub).mkdir(parents=True)
-    (pkg / "evaluation" / "benchmark.py").write_text("from ultrabones.segmentation import inference\n")
+    pkg = planted_package(tmp_path, {"evaluation/benchmark.py": "from ultrabones.segmentation import inference\n"})
+    (pkg / "segmentation").mkdir()
     assert violations(pkg) == []  # downward: allowed
     (pkg / "segmentation" / "transfer.py").write_text("def f():\n    from ultrabones.evaluation import metrics\n")
     assert violations(pkg) == ["ultrabones/segmentation/transfer.py:2 imports ultrabones.evaluation (an upper layer)",

@@ -18,7 +18,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_architecture import PKG, imported_modules  # noqa: E402
+from test_architecture import PKG, imported_modules, planted_package  # noqa: E402
 
 #: A module holds one idea: at most this many lines.
 MAX_LINES = 550
@@ -160,13 +160,10 @@ def test_no_new_import_circle():
 
 
 def test_the_circle_finder_finds_a_planted_circle(tmp_path):
-    pkg = tmp_path / "ultrabones"
-    (pkg / "core").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "core" / "__init__.py").write_text("")
-    (pkg / "core" / "a.py").write_text("from ultrabones.core import b\n")
-    (pkg / "core" / "b.py").write_text("def f():\n    from ultrabones.core.a import x\n")
-    (pkg / "core" / "c.py").write_text("from ultrabones.core import a\n")
+    pkg = planted_package(tmp_path, {"__init__.py": "", "core/__init__.py": "",
+                                     "core/a.py": "from ultrabones.core import b\n",
+                                     "core/b.py": "def f():\n    from ultrabones.core.a import x\n",
+                                     "core/c.py": "from ultrabones.core import a\n"})
     assert circles(pkg) == [frozenset({"ultrabones.core.a", "ultrabones.core.b"})]
 
 
@@ -177,17 +174,13 @@ def test_imports_sit_at_the_top_but_the_heavy_ones():
 
 
 def test_the_import_rule_finds_a_planted_import_in_a_function(tmp_path):
-    pkg = tmp_path / "ultrabones"
-    (pkg / "core").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "core" / "__init__.py").write_text("")
-    (pkg / "core" / "net.py").write_text("import torch\n")
-    (pkg / "core" / "model.py").write_text("from ultrabones.core import net\n")
-    (pkg / "core" / "a.py").write_text(
-        "import json\n\n\ndef f():\n    import matplotlib.pyplot as plt\n    from tqdm import tqdm\n"
-        "    from ultrabones.core import model\n    from ultrabones.core.net import build\n\n\n"
-        "class C:\n    def g(self):\n        import os\n        from . import b\n        from .b import h, x\n")
-    (pkg / "core" / "b.py").write_text("def h():\n    import yaml\n    from ultrabones.core.a import f, C\n")
+    pkg = planted_package(tmp_path, {
+        "__init__.py": "", "core/__init__.py": "", "core/net.py": "import torch\n",
+        "core/model.py": "from ultrabones.core import net\n",
+        "core/a.py": "import json\n\n\ndef f():\n    import matplotlib.pyplot as plt\n    from tqdm import tqdm\n"
+                     "    from ultrabones.core import model\n    from ultrabones.core.net import build\n\n\n"
+                     "class C:\n    def g(self):\n        import os\n        from . import b\n        from .b import h, x\n",
+        "core/b.py": "def h():\n    import yaml\n    from ultrabones.core.a import f, C\n"})
     assert heavy_modules(pkg) == {"ultrabones.core.net", "ultrabones.core.model"}
     assert imports_in_functions(pkg) == [
         "ultrabones/core/a.py:13 imports os",
