@@ -104,11 +104,7 @@ def reference_part(P, paths, rep, keys) -> tuple[list[float], list[float], list[
     calib, spacing, _ = dataset.read_calibration(paths.dataset)
     specs, _ = dataset.scan(paths.dataset, None, derived=paths.derived)
     seconds, with_setup, same, path = [], [], [], []
-    kw = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-              maxiter=P.maxiter, tol=P.tol, max_correction_mm=P.max_correction_mm,
-              min_label_fraction=P.min_label_fraction, region=REGION, halves_check=P.halves_check)
-    warm_kw = dict(step_deg=P.warm_step_deg, step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg,
-                   min_step_mm=P.warm_min_step_mm, max_calls=P.warm_max_calls)
+    kw = dict(tasks.frame_settings(P), region=REGION)  # the pipeline's own settings
     for s in specs:
         pts, _ = cloud.load_cloud(inputs.surface_cloud(paths, s, P.density_per_mm2, 0))
         for rec in s.records:
@@ -126,7 +122,8 @@ def reference_part(P, paths, rep, keys) -> tuple[list[float], list[float], list[
             setup = (time.process_time() - c0) / len(ts)
             if P.optimizer == "sweep":
                 res = sweep.optimize_sweep(images, poses, calib, spacing, pts, LAM, seeds=seeds, objectives=objs,
-                                           max_gap=P.warm_max_gap, cold_every=P.warm_cold_every, **kw, **warm_kw)
+                                           max_gap=P.warm_max_gap, cold_every=P.warm_cold_every, **kw,
+                                           **tasks.warm_settings(P))
             else:
                 res = [optimize.optimize_frame(im, p, calib, spacing, pts, LAM, seed=sd, objective=o, **kw)
                        for im, p, sd, o in zip(images, poses, seeds, objs)]

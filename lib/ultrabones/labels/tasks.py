@@ -156,15 +156,10 @@ def _label_frames(task, ctx, chunk, x0, age: int, max_gap: int, sweep: bool) -> 
             res = optimize_released(P, ctx, img, prm, pose0)
         elif res is None:
             obj = _frame_objective(P, ctx, img, pose0)
-            common = dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
-                          maxiter=P.maxiter, tol=P.tol, seed=optimize.frame_seed(task["seed"], rec.key, ts),
-                          max_correction_mm=P.max_correction_mm, min_label_fraction=P.min_label_fraction,
-                          objective=obj, halves_check=P.halves_check)
+            common = dict(frame_settings(P), seed=optimize.frame_seed(task["seed"], rec.key, ts), objective=obj)
             if not solved_cold(warm, age, max_gap, index, P.warm_cold_every):
-                res = optimize_frame_warm(
-                    img, pose0, calib, spacing, points, task["lambda"], x0=warm, step_deg=P.warm_step_deg,
-                    step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg, min_step_mm=P.warm_min_step_mm,
-                    max_calls=P.warm_max_calls, **common)
+                res = optimize_frame_warm(img, pose0, calib, spacing, points, task["lambda"], x0=warm,
+                                          **warm_settings(P), **common)
             else:
                 res = optimize.optimize_frame(img, pose0, calib, spacing, points, task["lambda"], **common)
         if res.status == "kept" and sweep:
@@ -230,6 +225,22 @@ def frame_device(P) -> str | None:
     ``P.device``), or None for the numpy/scipy path; always None with ``optimizer: sweep`` (its local searches
     stay on numpy)."""
     return torch_device(P.device) if P.optimizer == "de" and P.objective == "eq2" else None
+
+
+def frame_settings(P) -> dict[str, Any]:
+    """A frame's optimiser settings from the stage's parameters ``P``, as
+    :func:`~ultrabones.labels.optimize.optimize_frame` and :func:`~ultrabones.labels.sweep.optimize_frame_warm`
+    take them: intersection thickness, bounds, differential evolution, validation."""
+    return dict(gamma_mm=P.gamma_mm, bound_deg=P.bound_deg, bound_mm=P.bound_mm, popsize=P.popsize,
+                maxiter=P.maxiter, tol=P.tol, max_correction_mm=P.max_correction_mm,
+                min_label_fraction=P.min_label_fraction, halves_check=P.halves_check)
+
+
+def warm_settings(P) -> dict[str, Any]:
+    """The warm start's pattern-search settings from ``P``, as :func:`~ultrabones.labels.sweep.optimize_frame_warm`
+    takes them (steps and resolution in degrees and mm, calls at most)."""
+    return dict(step_deg=P.warm_step_deg, step_mm=P.warm_step_mm, min_step_deg=P.warm_min_step_deg,
+                min_step_mm=P.warm_min_step_mm, max_calls=P.warm_max_calls)
 
 
 def _frame_objective(P, ctx: Mapping, img: np.ndarray, pose: np.ndarray) -> FrameObjective:
