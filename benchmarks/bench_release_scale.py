@@ -73,8 +73,9 @@ def stretch(source: Path, rows: int, dest: Path) -> Path:
     return dest
 
 
-def label(profile: str, data_root: Path, work: Path) -> dict:
-    """Run the labelling stage of ``profile`` on ``data_root`` in this process; CPU seconds and the report."""
+def label(profile: str, data_root: Path, work: Path, changes: dict | None = None) -> dict:
+    """Run the labelling stage of ``profile`` on ``data_root`` in this process, its labelling parameters
+    replaced by ``changes`` (if any); CPU seconds and the report."""
     from ultrabones.core import params as prm
     from ultrabones.core.paths import Paths
     from ultrabones.core.timings import Phases
@@ -84,7 +85,8 @@ def label(profile: str, data_root: Path, work: Path) -> dict:
     values, _ = stage_parameters("02_labeling", profile, assignments=[f"data_root={data_root}"])
     P = batch.LabelingParams.from_section(prm.collect(values, "02_labeling"))
     region = P.fallback_region if P.objective_region == "auto" else P.objective_region
-    P = dataclasses.replace(P, lambda_value=LAM, objective_region=region, executor="synchronous", device=None)
+    P = dataclasses.replace(P, **{"lambda_value": LAM, "objective_region": region, "executor": "synchronous",
+                                  "device": None, **(changes or {})})
     paths = Paths(work / "build", work / "twin", work / "figures", data_root, work / "derived")
     ph = Phases()
     c0 = time.process_time()

@@ -23,7 +23,6 @@ DE, or above it (the criterion of ``bench_labeling_sweep.py`` for the warm sweep
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench_release_scale import SHARED, stretch
+from bench_release_scale import SHARED, label, stretch
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = int(os.environ.get("BENCH_RESTART_ROWS", "200"))
@@ -42,21 +41,6 @@ LAM, REGION, EQ2_TOL, BELOW = 0.1, "first_hit", 0.002, 0.005
 SETTINGS = {"cold_every_0": {"warm_cold_every": 0}, "cold_every_5": {"warm_cold_every": 5},
             "cold_every_10": {"warm_cold_every": 10},
             "paper_de": {"optimizer": "de", "popsize": 15, "maxiter": 100}}
-
-
-def _label(data_root: Path, work: Path, changes: dict) -> pd.DataFrame:
-    """The real profile's labelling stage on ``data_root`` with ``changes``, in this process; its report."""
-    from ultrabones.core import params as prm
-    from ultrabones.core.paths import Paths
-    from ultrabones.labels import batch
-    from ultrabones.pipeline.runner import stage_parameters
-
-    values, _ = stage_parameters("02_labeling", "real", assignments=[f"data_root={data_root}"])
-    P = batch.LabelingParams.from_section(prm.collect(values, "02_labeling"))
-    P = dataclasses.replace(P, lambda_value=LAM, objective_region=REGION, executor="synchronous", device=None,
-                            **changes)
-    paths = Paths(work / "build", work / "twin", work / "figures", data_root, work / "derived")
-    return batch.run(paths, P, seed=0, n_workers=1).report.set_index("timestamp")
 
 
 def compare(report: pd.DataFrame, ref: pd.DataFrame) -> dict:
@@ -79,7 +63,9 @@ def test_warm_restarts(tmp_path):
         if skip:  # the stride then labels the odd rows
             for f in data.glob("*/*/tracking.csv"):
                 pd.read_csv(f).iloc[skip:].to_csv(f, index=False)
-        reports = {k: _label(data, tmp_path / f"work_{name}", v) for k, v in SETTINGS.items()}
+        work = tmp_path / f"work_{name}"  # one build: a setting the registration does not read reuses it
+        reports = {k: label("real", data, work, dict(v, lambda_value=LAM, objective_region=REGION))["report"]
+                   .set_index("timestamp") for k, v in SETTINGS.items()}
         table[name] = {k: compare(rep, reports["paper_de"]) for k, rep in reports.items()}
     doc = {"command": "OMP_NUM_THREADS=1 python -m pytest -q -s benchmarks/bench_warm_restarts.py",
            "data": str(SHARED), "rows": ROWS, "lambda": LAM, "region": REGION, "settings": SETTINGS,
