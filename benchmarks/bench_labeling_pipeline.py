@@ -17,7 +17,8 @@ sweep``, the real profile). Then the same frames are optimised here, in this pro
 warm-start settings, or ``optimize_frame``; same seeds): the corrections must be equal, and the pipeline's
 mean optimisation cost per frame (process CPU seconds, ``seconds_optimize`` of the report) must be within 20%
 of the in-process cost. Both are printed, with the paths (cold DE, warm, warm then DE) and the pipeline's
-whole wall and CPU time (this process and its Dask workers) per frame. Where the pipeline kept more than one
+whole wall and CPU time (this process and its Dask workers) per frame; the numbers are written to
+``figures/bench/labeling_pipeline_<real|twin>.json``. Where the pipeline kept more than one
 worker busy, the reference is timed a second time in as many processes at once (records dealt round-robin),
 so that both sides run under the same load: on a 2-core machine two busy processes each take more CPU time
 per frame than one alone (shared caches and memory bandwidth), which is not the pipeline's overhead.
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bench_release_scale import record
 
 REPO = Path(__file__).resolve().parents[1]
 TWIN_ROOT = Path(os.environ.get("ULTRABONES_TWIN_ROOT", REPO / "data" / "twin"))
@@ -198,6 +201,8 @@ def test_real(tmp_path):
         pytest.skip(f"no real sweep at {REAL}")
     out = compare("real", tmp_path, REAL)
     _print(out)
+    record("labeling_pipeline_real", "OMP_NUM_THREADS=1 python -m pytest -q -s "
+           "benchmarks/bench_labeling_pipeline.py -k real", out)
     _check(out)
 
 
@@ -206,4 +211,6 @@ def test_twin(tmp_path):
         pytest.skip(f"no default twin in {TWIN_ROOT / 'default'} (see the module docstring)")
     out = compare("default", tmp_path)
     _print(out)
+    record("labeling_pipeline_twin", "ULTRABONES_TWIN_ROOT=<twin root> OMP_NUM_THREADS=1 python -m pytest -q -s "
+           "benchmarks/bench_labeling_pipeline.py -k twin", out)
     _check(out)

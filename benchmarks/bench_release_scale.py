@@ -13,7 +13,7 @@ timed as it runs) of each real sweep: the vendored fixtures (``tests/fixtures/re
 only read. Lambda is fixed at ``BENCH_SCALE_LAMBDA`` (0.1) with the profile's ``fallback_region``: the
 truth-free choice of lambda is a cost per dataset, not per frame, and is left out of the projection.
 
-Printed per profile: the labelled frames, their statuses, CPU seconds per labelled frame (the stage's
+Printed per profile, and written to ``figures/bench/release_scale_<profile>.json``: the labelled frames, their statuses, CPU seconds per labelled frame (the stage's
 ``frames`` and ``writing`` phases; the optimisation alone beside), per sweep (its registration) and per
 specimen (the clouds), and the projection for ``RELEASE_FRAMES`` = 100,000 labelled frames: core-hours, and
 wall hours on 16 cores (local Dask, one worker per core; the projection assumes the frames spread evenly over
@@ -44,6 +44,22 @@ PROFILES = [p.strip() for p in os.environ.get("BENCH_SCALE_PROFILES", "real,rele
 ROWS = int(os.environ.get("BENCH_SCALE_ROWS", "24"))
 LAM = float(os.environ.get("BENCH_SCALE_LAMBDA", "0.1"))
 RELEASE_FRAMES, CORES = 100_000, 16
+
+
+def record(name: str, command: str, out: dict) -> Path:
+    """Write a benchmark's printed numbers to ``figures/bench/<name>.json`` (committed: the docs quote them),
+    with the command, the commit and the time they were measured at. Returns the file."""
+    import json
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    path = REPO / "figures" / "bench" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"command": command, "commit": commit, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           **out}
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    return path
 
 
 def stretch(source: Path, rows: int, dest: Path) -> Path:
@@ -194,5 +210,8 @@ def test_release_scale(profile, tmp_path):
     ratio = reference_ratio(sources[0]) if profile == "released" else None
     out = project(profile, runs, ratio)
     _print(out)
+    record(f"release_scale_{profile}", f"BENCH_SCALE_PROFILES={profile} BENCH_SCALE_ROWS={ROWS} OMP_NUM_THREADS=1 "
+           "python -m pytest -q -s benchmarks/bench_release_scale.py", dict(out, rows=ROWS,
+                                                                            sources=[str(s) for s in sources]))
     assert out["frames"] > 0 and out["cpu_s_per_frame"] > 0
     assert out["status"].get("kept", 0) > 0, out["status"]
